@@ -1,0 +1,53 @@
+"""chatledger: event-sourced conversation state for chatbots.
+
+Every fact (session started, message received or sent, slot or task changed,
+session timed out, identity linked) is an immutable event in an append-only
+store; sessions, transcripts, analytics and memory are rebuilt from it.
+
+    >>> from chatledger import ChatLedger, SessionPolicy
+    >>> ledger = ChatLedger.open("sqlite:///chat.db")   # doctest: +SKIP
+"""
+
+from chatledger.domain.policy import SessionPolicy
+from chatledger.domain.session import Message, SessionContext
+from chatledger.domain.state import SessionState, Turn, VisitorState
+
+from .clock import Clock, ManualClock, system_clock
+from .errors import (
+    ChatLedgerError,
+    ConcurrencyConflictError,
+    ConfigurationError,
+    IdentityConflictError,
+    InvalidCommandError,
+    InvalidPolicyError,
+    SessionClosedError,
+    SessionExpiredError,
+    SessionOwnershipError,
+    TaskStateError,
+    UnknownSessionError,
+)
+from .ledger import ChatLedger
+
+__all__ = [
+    "ChatLedger",
+    "ChatLedgerError",
+    "Clock",
+    "ConcurrencyConflictError",
+    "ConfigurationError",
+    "IdentityConflictError",
+    "InvalidCommandError",
+    "InvalidPolicyError",
+    "ManualClock",
+    "Message",
+    "SessionClosedError",
+    "SessionContext",
+    "SessionExpiredError",
+    "SessionOwnershipError",
+    "SessionPolicy",
+    "SessionState",
+    "TaskStateError",
+    "Turn",
+    "UnknownSessionError",
+    "VisitorState",
+    "system_clock",
+]

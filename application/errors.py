@@ -1,0 +1,29 @@
+"""Public re-export of the exception tree (defined in :mod:`chatledger.domain.errors`)."""
+
+from chatledger.domain.errors import (
+    ChatLedgerError,
+    ConcurrencyConflictError,
+    ConfigurationError,
+    IdentityConflictError,
+    InvalidCommandError,
+    InvalidPolicyError,
+    SessionClosedError,
+    SessionExpiredError,
+    SessionOwnershipError,
+    TaskStateError,
+    UnknownSessionError,
+)
+
+__all__ = [
+    "ChatLedgerError",
+    "ConcurrencyConflictError",
+    "ConfigurationError",
+    "IdentityConflictError",
+    "InvalidCommandError",
+    "InvalidPolicyError",
+    "SessionClosedError",
+    "SessionExpiredError",
+    "SessionOwnershipError",
+    "TaskStateError",
+    "UnknownSessionError",
+]

@@ -1,0 +1,490 @@
+"""``ChatLedger``: the application a chatbot backend embeds.
+
+Commands append events and return plain data; queries rebuild immutable state
+from the event log. Every command that touches several aggregates saves them in
+one ``save(...)`` call, so it is one atomic write, and every write relies on the
+store's optimistic concurrency: a command that lost a race is re-run on fresh
+state (commands are safe to re-run: they re-check everything) or, after
+``conflict_retries`` attempts, fails with :class:`ConcurrencyConflictError`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+from uuid import UUID, uuid4
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import RecordConflictError
+
+from chatledger.domain.errors import (
+    ConcurrencyConflictError,
+    InvalidCommandError,
+    SessionClosedError,
+    SessionOwnershipError,
+    UnknownSessionError,
+)
+from chatledger.domain.model import DomainEvent, utc
+from chatledger.domain.policy import AppliedPolicy, SessionPolicy
+from chatledger.domain.session import Message, Session, SessionContext, SlotScope
+from chatledger.domain.state import SessionState, Turn, VisitorState
+from chatledger.domain.visitor import Visitor, visitor_aggregate_id
+from chatledger.infrastructure.persistence import eventsourcing_env
+from chatledger.infrastructure.settings import Settings
+
+from .clock import Clock, system_clock
+
+T = TypeVar("T")
+
+
+class ChatLedger(Application[UUID]):
+    """Event-sourced session management for one bot.
+
+    Open it with :meth:`open`; keep one instance per process (it owns the
+    connection pool) and share it between threads.
+    """
+
+    name = "ChatLedger"
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        policy: SessionPolicy | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.policy = policy or SessionPolicy()
+        self.clock: Clock = clock or system_clock
+        self.snapshotting_intervals = {  # type: ignore[misc]
+            Session: self.settings.snapshot_interval,
+            Visitor: self.settings.snapshot_interval,
+        }
+        super().__init__(env=eventsourcing_env(self.settings))
+
+    @classmethod
+    def open(
+        cls,
+        database_url: str | None = None,
+        *,
+        policy: SessionPolicy | None = None,
+        clock: Clock | None = None,
+        **settings: Any,
+    ) -> ChatLedger:
+        """Open (and create if needed) the ledger at ``database_url``.
+
+        Without a URL, ``CHATLEDGER_DATABASE_URL`` or ``sqlite:///chatledger.db``.
+        Extra keyword arguments are :class:`Settings` fields.
+        """
+        if database_url is not None:
+            settings["database_url"] = database_url
+        return cls(Settings(**settings), policy=policy, clock=clock)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _now(self, at: datetime | None) -> datetime:
+        return utc(at) if at is not None else utc(self.clock())
+
+    def _retrying(self, what: str, command: Callable[[], T]) -> T:
+        """Run ``command`` until it is not beaten by a concurrent writer."""
+        attempts = self.settings.conflict_retries
+        for attempt in range(attempts):
+            try:
+                return command()
+            except RecordConflictError:
+                time.sleep(random.uniform(0, 0.002 * (2 ** min(attempt, 6))))
+        raise ConcurrencyConflictError(what, attempts)
+
+    def _get_session(self, session_id: UUID | str) -> Session:
+        sid = _as_uuid(session_id)
+        try:
+            session = self.repository.get(sid)
+        except AggregateNotFoundError as err:
+            raise UnknownSessionError(session_id) from err
+        if not isinstance(session, Session):
+            raise UnknownSessionError(session_id)
+        return session
+
+    def _get_visitor(self, visitor_id: str) -> Visitor | None:
+        try:
+            visitor = self.repository.get(visitor_aggregate_id(visitor_id))
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(visitor, Visitor)
+        return visitor
+
+    def _open_session(
+        self, session_id: UUID | str, at: datetime | None
+    ) -> tuple[Session, datetime]:
+        """Load a session for a command; a clock time never runs behind its log."""
+        session = self._get_session(session_id)
+        now = self._now(at)
+        if at is None and session.status == "active":
+            now = max(now, session.last_activity_at)
+        return session, now
+
+    @staticmethod
+    def _check_owner(
+        session: Session, visitor_id: str | None, user_id: str | None, visitor: Visitor | None
+    ) -> None:
+        if visitor_id is None and user_id is None:
+            return
+        if visitor_id is not None and session.visitor_id == visitor_id:
+            return
+        known_user = user_id or (visitor.user_id if visitor else None)
+        if known_user is not None and session.user_id == known_user:
+            return
+        raise SessionOwnershipError(session.id, visitor_id=visitor_id, user_id=user_id)
+
+    # ------------------------------------------------------------------ commands
+
+    def receive(
+        self,
+        visitor_id: str,
+        text: str,
+        *,
+        session_id: UUID | str | None = None,
+        client_message_id: str | None = None,
+        channel: str = "web",
+        context: SessionContext | dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> Turn:
+        """Record a user message; start, continue or renew the visitor's session.
+
+        If the visitor's current session is still live, the message joins it.
+        If it went idle past its timeout, it is closed with a timed-out event
+        stamped at the moment it expired, and a new session starts, linked to it
+        and marked as a returning visit. A retry with a ``client_message_id``
+        that is already recorded appends nothing and returns the same turn
+        (``turn.duplicate`` is then True).
+        """
+        ctx = context if isinstance(context, SessionContext) or context is None else (
+            _validated(SessionContext, context)
+        )
+        return self._retrying(
+            f"receive() for visitor {visitor_id!r}",
+            lambda: self._receive_once(
+                visitor_id, text, session_id, client_message_id, channel, ctx, metadata, at
+            ),
+        )
+
+    def _receive_once(
+        self,
+        visitor_id: str,
+        text: str,
+        session_id: UUID | str | None,
+        client_message_id: str | None,
+        channel: str,
+        context: SessionContext | None,
+        metadata: dict[str, Any] | None,
+        at: datetime | None,
+    ) -> Turn:
+        visitor = self._get_visitor(visitor_id)
+        now = self._now(at)
+        explicit: Session | None = None
+        if session_id is not None:
+            explicit = self._get_session(session_id)
+            self._check_owner(explicit, visitor_id, None, visitor)
+        current = explicit
+        if visitor is not None and visitor.current_session_id is not None:
+            if explicit is None or explicit.id != visitor.current_session_id:
+                current = self._get_session(visitor.current_session_id)
+
+        if client_message_id is not None:
+            for candidate in self._recent_sessions(explicit, current):
+                seen = candidate.message_for(client_message_id)
+                if seen is not None and seen.role == "user":
+                    return Turn.of(candidate, seen, duplicate=True)
+
+        # A live session takes the message: the one the caller named, else the visitor's.
+        for live in (explicit, current):
+            if live is None or live.status != "active":
+                continue
+            when = max(now, live.last_activity_at) if at is None else now
+            if live.is_expired(when):
+                live.time_out(detected_at=when)
+                continue
+            message = live.receive(
+                text, at=when, client_message_id=client_message_id, metadata=metadata
+            )
+            self.save(live, *(s for s in (explicit, current) if s is not live))
+            return Turn.of(live, message)
+
+        # No live session: open one, linked to the visitor's previous session.
+        if visitor is None:
+            visitor = Visitor.register(visitor_id, at=now)
+        previous = current if current is not None and current.visitor_id == visitor_id else None
+        session = Session.start(
+            session_id=uuid4(),
+            visitor_id=visitor_id,
+            at=now,
+            policy=AppliedPolicy.of(self.policy),
+            channel=channel,
+            user_id=visitor.user_id,
+            context=context,
+            previous=previous,
+            carry_over_slots=self.policy.carry_over_slots,
+        )
+        message = session.receive(
+            text, at=now, client_message_id=client_message_id, metadata=metadata
+        )
+        visitor.open_session(session.id, at=now)
+        self.save(visitor, explicit, current if current is not explicit else None, session)
+        return Turn.of(session, message)
+
+    def _recent_sessions(self, *sessions: Session | None) -> Iterator[Session]:
+        """Where a retried message may already sit: these sessions and their predecessors."""
+        seen: set[UUID] = set()
+        for session in sessions:
+            if session is None or session.id in seen:
+                continue
+            seen.add(session.id)
+            yield session
+            previous = session.previous_session_id
+            if previous is not None and previous not in seen:
+                seen.add(previous)
+                yield self._get_session(previous)
+
+    def reply(
+        self,
+        session_id: UUID | str,
+        text: str,
+        *,
+        role: Literal["bot", "system"] = "bot",
+        client_message_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> Message:
+        """Record the bot's (or the system's) message; idempotent per client id."""
+
+        def once() -> Message:
+            session, now = self._open_session(session_id, at)
+            if client_message_id is not None:
+                seen = session.message_for(client_message_id)
+                if seen is not None:
+                    return seen
+            message = session.send(
+                text, at=now, role=role, client_message_id=client_message_id, metadata=metadata
+            )
+            self.save(session)
+            return message
+
+        return self._retrying(f"reply() to session {session_id}", once)
+
+    def _session_command(
+        self, what: str, session_id: UUID | str, at: datetime | None, apply: Callable[[Session, datetime], None]
+    ) -> SessionState:
+        def once() -> SessionState:
+            session, now = self._open_session(session_id, at)
+            apply(session, now)
+            self.save(session)
+            return SessionState.of(session)
+
+        return self._retrying(f"{what} on session {session_id}", once)
+
+    def set_slot(
+        self,
+        session_id: UUID | str,
+        key: str,
+        value: Any,
+        *,
+        scope: SlotScope = "session",
+        at: datetime | None = None,
+    ) -> SessionState:
+        """Set a slot. ``scope="user"`` marks it as a fact about the person
+        (name, preferences) that cross-session memory may keep."""
+        value = _json_value(value)
+        return self._session_command(
+            "set_slot()", session_id, at, lambda s, now: s.set_slot(key, value, at=now, scope=scope)
+        )
+
+    def clear_slot(self, session_id: UUID | str, key: str, *, at: datetime | None = None) -> SessionState:
+        return self._session_command(
+            "clear_slot()", session_id, at, lambda s, now: s.clear_slot(key, at=now)
+        )
+
+    def start_task(self, session_id: UUID | str, task: str, *, at: datetime | None = None) -> SessionState:
+        """Mark a task in progress; the session then idles on the longer task timeout."""
+        return self._session_command(
+            "start_task()", session_id, at, lambda s, now: s.start_task(task, at=now)
+        )
+
+    def complete_task(self, session_id: UUID | str, task: str, *, at: datetime | None = None) -> SessionState:
+        return self._session_command(
+            "complete_task()", session_id, at, lambda s, now: s.complete_task(task, at=now)
+        )
+
+    def end_session(
+        self, session_id: UUID | str, *, reason: str = "ended", at: datetime | None = None
+    ) -> SessionState:
+        """End a session on purpose. A session already past its timeout is
+        recorded as timed out (at the moment it expired) instead."""
+
+        def once() -> SessionState:
+            session, now = self._open_session(session_id, at)
+            if not session.time_out(detected_at=now):
+                session.end(at=now, reason=reason)
+            self.save(session)
+            return SessionState.of(session)
+
+        return self._retrying(f"end_session() on session {session_id}", once)
+
+    def expire_if_idle(self, session_id: UUID | str, *, now: datetime | None = None) -> bool:
+        """Record the timeout of one session if it is past its deadline at ``now``.
+
+        Returns True if this call appended the timed-out event. Safe to race
+        with the lazy path and other sweepers: the event is appended once.
+        """
+
+        def once() -> bool:
+            session = self._get_session(session_id)
+            if not session.time_out(detected_at=self._now(now)):
+                return False
+            self.save(session)
+            return True
+
+        return self._retrying(f"expire_if_idle() on session {session_id}", once)
+
+    def link_identity(self, visitor_id: str, user_id: str, *, at: datetime | None = None) -> VisitorState:
+        """Link an anonymous visitor to an authenticated user (an event).
+
+        The visitor's live session, if any, records the link too; every later
+        session of the visitor carries ``user_id``. Linking again to the same
+        user is a no-op; to another user, :class:`IdentityConflictError`.
+        """
+
+        def once() -> VisitorState:
+            now = self._now(at)
+            visitor = self._get_visitor(visitor_id) or Visitor.register(visitor_id, at=now)
+            if not visitor.link_identity(user_id, at=now):
+                return VisitorState.of(visitor)
+            session = None
+            if visitor.current_session_id is not None:
+                session = self._get_session(visitor.current_session_id)
+                if session.status == "active" and not session.is_expired(now):
+                    session.link_identity(user_id, at=max(now, session.last_activity_at))
+            self.save(visitor, session)
+            return VisitorState.of(visitor)
+
+        return self._retrying(f"link_identity() for visitor {visitor_id!r}", once)
+
+    # ------------------------------------------------------------------ queries
+
+    def session(
+        self,
+        session_id: UUID | str,
+        *,
+        as_of: datetime | None = None,
+        visitor_id: str | None = None,
+        user_id: str | None = None,
+    ) -> SessionState:
+        """The session rebuilt from its events, now or as it stood at ``as_of``.
+
+        Pass ``visitor_id`` or ``user_id`` to read on someone's behalf: a
+        session that is not theirs raises :class:`SessionOwnershipError`.
+        A session idle past its deadline reads as timed out even before the
+        timed-out event is recorded, so every reader agrees on when it ended.
+        """
+        if as_of is None:
+            session = self._get_session(session_id)
+            view_at = self._now(None)
+        else:
+            view_at = utc(as_of)
+            session = self._session_as_of(session_id, view_at)
+        visitor = self._get_visitor(visitor_id) if visitor_id and user_id is None else None
+        self._check_owner(session, visitor_id, user_id, visitor)
+        return _effective(SessionState.of(session), view_at)
+
+    def _session_as_of(self, session_id: UUID | str, as_of: datetime) -> Session:
+        sid = _as_uuid(session_id)
+        session: Session | None = None
+        for event in self.events.get(sid):
+            assert isinstance(event, DomainEvent)
+            if event.occurred_at > as_of:
+                break
+            session = event.mutate(session)  # type: ignore[attr-defined]
+        if session is None:
+            if self._exists(sid):
+                raise InvalidCommandError(
+                    f"Session {session_id} had not started by {as_of.isoformat()}."
+                )
+            raise UnknownSessionError(session_id)
+        return session
+
+    def _exists(self, aggregate_id: UUID) -> bool:
+        return bool(list(self.events.get(aggregate_id, limit=1)))
+
+    def session_events(self, session_id: UUID | str) -> list[DomainEvent]:
+        """Every stored event of a session, in order (for audit and display)."""
+        sid = _as_uuid(session_id)
+        events = [e for e in self.events.get(sid) if isinstance(e, DomainEvent)]
+        if not events:
+            raise UnknownSessionError(session_id)
+        return events
+
+    def visitor(self, visitor_id: str) -> VisitorState | None:
+        """The visitor's identity link and sessions, or None if never seen."""
+        visitor = self._get_visitor(visitor_id)
+        return VisitorState.of(visitor) if visitor else None
+
+    def current_session(self, visitor_id: str) -> SessionState | None:
+        """The visitor's live session, or None if they have none right now."""
+        visitor = self._get_visitor(visitor_id)
+        if visitor is None or visitor.current_session_id is None:
+            return None
+        state = self.session(visitor.current_session_id)
+        return state if state.status == "active" else None
+
+
+def _effective(state: SessionState, at: datetime) -> SessionState:
+    """The state as a reader at ``at`` sees it: expired reads as timed out."""
+    if state.status != "active" or state.expires_at is None or at <= state.expires_at:
+        return state
+    reason = "idle"
+    if state.expires_at < state.last_activity_at + state.idle_timeout:
+        reason = "max_length"
+    return state.model_copy(
+        update={
+            "status": "timed_out",
+            "closed_at": state.expires_at,
+            "close_reason": reason,
+            "expires_at": None,
+        }
+    )
+
+
+def _as_uuid(value: UUID | str) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError as err:
+        raise UnknownSessionError(value) from err
+
+
+def _validated(model: type[SessionContext], data: dict[str, Any]) -> SessionContext:
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise InvalidCommandError(f"Invalid session context: {err}") from err
+
+
+def _json_value(value: Any) -> Any:
+    import json
+
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as err:
+        raise InvalidCommandError(
+            f"Slot values must be JSON (str, number, bool, null, list, dict); got {type(value).__name__}."
+        ) from err
+    return value
+
+
+__all__ = ["ChatLedger"]

@@ -1,0 +1,128 @@
+"""The chatledger exception tree.
+
+::
+
+    ChatLedgerError
+    ├── InvalidCommandError (ValueError)     bad input; nothing was written
+    │   ├── InvalidPolicyError               a SessionPolicy that makes no sense
+    │   └── TaskStateError                   a task command out of order
+    ├── UnknownSessionError (LookupError)    no session has that id
+    ├── SessionOwnershipError (PermissionError)
+    │                                        the session belongs to someone else
+    ├── SessionClosedError                   the session already ended or timed out
+    │   └── SessionExpiredError              idle past its timeout (not yet recorded)
+    ├── IdentityConflictError                visitor already linked to another user
+    ├── ConcurrencyConflictError             retries exhausted under contention
+    └── ConfigurationError                   a database URL or setting is unusable
+
+Every message is a sentence that says what to do next; the facts travel as
+attributes (``exc.session_id``), so callers never parse messages.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+
+class ChatLedgerError(Exception):
+    """Base of every error chatledger raises on purpose."""
+
+
+class InvalidCommandError(ChatLedgerError, ValueError):
+    """Raised when a command's input is invalid. Nothing was appended."""
+
+
+class InvalidPolicyError(InvalidCommandError):
+    """Raised when a :class:`SessionPolicy` is built from nonsense values."""
+
+
+class TaskStateError(InvalidCommandError):
+    """Raised when a task is started twice or completed without being started."""
+
+    def __init__(self, message: str, *, session_id: UUID, task: str) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.task = task
+
+
+class UnknownSessionError(ChatLedgerError, LookupError):
+    """Raised when no session with the given id exists."""
+
+    def __init__(self, session_id: UUID | str) -> None:
+        super().__init__(
+            f"No session {session_id} exists; check the id, or call receive() "
+            "without session_id to start one."
+        )
+        self.session_id = session_id
+
+
+class SessionOwnershipError(ChatLedgerError, PermissionError):
+    """Raised when a session is addressed by a visitor or user it does not belong to."""
+
+    def __init__(self, session_id: UUID, *, visitor_id: str | None, user_id: str | None) -> None:
+        who = f"visitor {visitor_id!r}" if visitor_id else f"user {user_id!r}"
+        super().__init__(
+            f"Session {session_id} does not belong to {who}; nothing was written. "
+            "Drop the session id and let receive() pick the visitor's own session."
+        )
+        self.session_id = session_id
+        self.visitor_id = visitor_id
+        self.user_id = user_id
+
+
+class SessionClosedError(ChatLedgerError):
+    """Raised when a command addresses a session that has already ended or timed out."""
+
+    def __init__(self, session_id: UUID, status: str, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or f"Session {session_id} is {status.replace('_', ' ')}; nothing was written. "
+            "The visitor's next message starts a new session."
+        )
+        self.session_id = session_id
+        self.status = status
+
+
+class SessionExpiredError(SessionClosedError):
+    """Raised when a command reaches a session that has been idle past its timeout."""
+
+    def __init__(self, session_id: UUID, idle_since: datetime, expired_at: datetime) -> None:
+        super().__init__(
+            session_id,
+            "timed_out",
+            f"Session {session_id} has been idle since {idle_since.isoformat()} and "
+            f"expired at {expired_at.isoformat()}; nothing was written. The visitor's "
+            "next message starts a new session.",
+        )
+        self.idle_since = idle_since
+        self.expired_at = expired_at
+
+
+class IdentityConflictError(ChatLedgerError):
+    """Raised when a visitor already linked to one user is linked to another."""
+
+    def __init__(self, visitor_id: str, linked_user_id: str, requested_user_id: str) -> None:
+        super().__init__(
+            f"Visitor {visitor_id!r} is already linked to user {linked_user_id!r}; "
+            f"refusing to link it to {requested_user_id!r}. Use a new visitor id "
+            "for a different person."
+        )
+        self.visitor_id = visitor_id
+        self.linked_user_id = linked_user_id
+        self.requested_user_id = requested_user_id
+
+
+class ConcurrencyConflictError(ChatLedgerError):
+    """Raised when concurrent writers kept winning the race after every retry."""
+
+    def __init__(self, what: str, attempts: int) -> None:
+        super().__init__(
+            f"{what} conflicted with concurrent writers {attempts} times; nothing "
+            "was lost or half-written. Retry the command."
+        )
+        self.attempts = attempts
+
+
+class ConfigurationError(ChatLedgerError):
+    """Raised when a database URL or a setting cannot be used."""

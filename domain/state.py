@@ -1,0 +1,117 @@
+"""Immutable read-side views of the aggregates, returned by the public API."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from pydantic import AwareDatetime, JsonValue
+
+from .model import Immutable
+from .session import Message, Session, SessionContext, Slot, Status
+from .visitor import Visitor
+
+
+class SessionState(Immutable):
+    """A session as rebuilt from its events (never the live aggregate)."""
+
+    session_id: UUID
+    version: int
+    visitor_id: str
+    user_id: str | None
+    channel: str
+    context: SessionContext
+    status: Status
+    started_at: AwareDatetime
+    last_activity_at: AwareDatetime
+    expires_at: AwareDatetime | None
+    closed_at: AwareDatetime | None
+    close_reason: str | None
+    previous_session_id: UUID | None
+    is_returning: bool
+    messages: tuple[Message, ...]
+    slots: dict[str, JsonValue]
+    slot_scopes: dict[str, str]
+    open_tasks: tuple[str, ...]
+    completed_tasks: tuple[str, ...]
+    idle_timeout: timedelta
+
+    @classmethod
+    def of(cls, s: Session) -> SessionState:
+        return cls(
+            session_id=s.id,
+            version=s.version,
+            visitor_id=s.visitor_id,
+            user_id=s.user_id,
+            channel=s.channel,
+            context=s.context,
+            status=s.status,
+            started_at=s.started_at,
+            last_activity_at=s.last_activity_at,
+            expires_at=s.expiry()[0] if s.status == "active" else None,
+            closed_at=s.closed_at,
+            close_reason=s.close_reason,
+            previous_session_id=s.previous_session_id,
+            is_returning=s.is_returning,
+            messages=tuple(s.messages),
+            slots={k: v.value for k, v in s.slots.items()},
+            slot_scopes={k: v.scope for k, v in s.slots.items()},
+            open_tasks=tuple(s.tasks),
+            completed_tasks=tuple(s.completed_tasks),
+            idle_timeout=s.idle_timeout,
+        )
+
+    def is_over(self, at: datetime) -> bool:
+        """True if the session is closed, or would be expired at ``at``."""
+        return self.status != "active" or (self.expires_at is not None and at > self.expires_at)
+
+
+class Turn(Immutable):
+    """What ``receive`` tells the bot: enough facts to greet correctly.
+
+    The engine supplies facts; the bot picks the words ("Welcome back!").
+    """
+
+    session_id: UUID
+    message: Message
+    is_new_session: bool
+    is_returning: bool
+    previous_session_id: UUID | None
+    away_for: timedelta | None
+    carried_slots: dict[str, JsonValue]
+    user_id: str | None
+    duplicate: bool = False
+
+    @classmethod
+    def of(cls, s: Session, message: Message, *, duplicate: bool = False) -> Turn:
+        first = message.position == 0
+        return cls(
+            session_id=s.id,
+            message=message,
+            is_new_session=first,
+            is_returning=s.is_returning,
+            previous_session_id=s.previous_session_id,
+            away_for=timedelta(seconds=s.away_for_s) if first and s.away_for_s is not None else None,
+            carried_slots={k: v.value for k, v in s.carried_slots.items()} if first else {},
+            user_id=s.user_id,
+            duplicate=duplicate,
+        )
+
+
+class VisitorState(Immutable):
+    visitor_id: str
+    user_id: str | None
+    current_session_id: UUID | None
+    session_ids: tuple[UUID, ...]
+
+    @classmethod
+    def of(cls, v: Visitor) -> VisitorState:
+        return cls(
+            visitor_id=v.visitor_id,
+            user_id=v.user_id,
+            current_session_id=v.current_session_id,
+            session_ids=tuple(v.session_ids),
+        )
+
+
+__all__ = ["Message", "SessionContext", "SessionState", "Slot", "Turn", "VisitorState"]

@@ -1,0 +1,99 @@
+"""The ``Visitor`` aggregate: which session is a visitor's current one, and who they are.
+
+Its id is derived from the visitor key (uuid5), so two servers that see the
+same visitor's first message at once both try to create the *same* aggregate at
+version 1. The store's optimistic concurrency lets exactly one win; the loser
+retries and joins the winner's session. That is how one visitor never has two
+active sessions.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from .errors import IdentityConflictError
+from .model import Aggregate, AggregateSnapshot, SnapshotState, utc
+from .session import check_name
+
+VISITOR_NAMESPACE = uuid5(NAMESPACE_URL, "https://chatledger.invalid/visitor")
+
+
+def visitor_aggregate_id(visitor_id: str) -> UUID:
+    """The deterministic aggregate id of a visitor key."""
+    return uuid5(VISITOR_NAMESPACE, visitor_id)
+
+
+class VisitorSnapshotState(SnapshotState):
+    visitor_id: str
+    user_id: str | None
+    current_session_id: UUID | None
+    session_ids: list[UUID]
+
+
+class Visitor(Aggregate):
+    """One browser, device or channel identity (anonymous until linked)."""
+
+    class Snapshot(AggregateSnapshot):
+        state: VisitorSnapshotState
+
+    class Event(Aggregate.Event):
+        pass
+
+    class Registered(Event, Aggregate.Created):
+        """A visitor was seen for the first time."""
+
+        visitor_id: str
+
+        def apply(self, v: Visitor) -> None:
+            v.visitor_id = self.visitor_id
+            v.user_id = None
+            v.current_session_id = None
+            v.session_ids = []
+
+    class SessionOpened(Event):
+        """A new session became the visitor's current one."""
+
+        session_id: UUID
+
+        def apply(self, v: Visitor) -> None:
+            v.current_session_id = self.session_id
+            v.session_ids.append(self.session_id)
+
+    class IdentityLinked(Event):
+        """The visitor was identified as an authenticated user."""
+
+        user_id: str
+
+        def apply(self, v: Visitor) -> None:
+            v.user_id = self.user_id
+
+    if TYPE_CHECKING:
+        visitor_id: str
+        user_id: str | None
+        current_session_id: UUID | None
+        session_ids: list[UUID]
+
+    @classmethod
+    def register(cls, visitor_id: str, *, at: datetime) -> Visitor:
+        check_name("visitor id", visitor_id)
+        return cls._create(
+            cls.Registered,
+            id=visitor_aggregate_id(visitor_id),
+            occurred_at=utc(at),
+            visitor_id=visitor_id,
+        )
+
+    def open_session(self, session_id: UUID, *, at: datetime) -> None:
+        self.trigger_event(self.SessionOpened, occurred_at=utc(at), session_id=session_id)
+
+    def link_identity(self, user_id: str, *, at: datetime) -> bool:
+        """Link to ``user_id``; False if already linked to it, error if to another."""
+        check_name("user id", user_id)
+        if self.user_id == user_id:
+            return False
+        if self.user_id is not None:
+            raise IdentityConflictError(self.visitor_id, self.user_id, user_id)
+        self.trigger_event(self.IdentityLinked, occurred_at=utc(at), user_id=user_id)
+        return True

@@ -1,0 +1,1 @@
+"""Infrastructure: settings, persistence wiring, the scheduler and the CLI."""

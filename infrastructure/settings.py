@@ -1,0 +1,59 @@
+"""Configuration: one database URL plus a few tuning knobs, read by pydantic-settings.
+
+Every field can be set by an environment variable ``CHATLEDGER_<FIELD>``, for
+example ``CHATLEDGER_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test``.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from chatledger.domain.errors import ConfigurationError
+
+DEFAULT_DATABASE_URL = "sqlite:///chatledger.db"
+
+
+class Settings(BaseSettings):
+    """chatledger's settings. ``database_url`` picks the store:
+
+    - ``sqlite:///chat.db`` (default: a file in the working directory, WAL mode),
+      ``sqlite:////abs/path/chat.db``, or ``sqlite:///:memory:`` for throwaway use;
+    - ``postgresql://user:password@host:5432/dbname?schema=name`` (schema optional).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CHATLEDGER_", frozen=True, extra="forbid")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    snapshot_interval: int = Field(default=100, ge=2)
+    cache_size: int = Field(default=1000, ge=0)
+    conflict_retries: int = Field(default=20, ge=1)
+    sqlite_lock_timeout_s: int = Field(default=30, ge=1)
+    postgres_pool_size: int = Field(default=5, ge=1)
+    postgres_max_overflow: int = Field(default=10, ge=0)
+
+    def url(self) -> URL:
+        try:
+            return make_url(self.database_url)
+        except ArgumentError as err:
+            raise ConfigurationError(
+                f"Cannot parse database URL {self.database_url!r}; use "
+                "'sqlite:///file.db' or 'postgresql://user@host:5432/dbname'."
+            ) from err
+
+    @property
+    def backend(self) -> str:
+        name = self.url().get_backend_name()
+        if name not in ("sqlite", "postgresql"):
+            raise ConfigurationError(
+                f"Unsupported database {name!r} in {self.database_url!r}; "
+                "chatledger runs on 'sqlite' or 'postgresql'."
+            )
+        return name
+
+    @property
+    def postgres_schema(self) -> str | None:
+        schema = self.url().query.get("schema")
+        return schema if isinstance(schema, str) else None
