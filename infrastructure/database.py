@@ -1,0 +1,51 @@
+"""SQLAlchemy engines for the read models, on the same database as the event log."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL
+
+from .settings import Settings
+
+
+def read_model_url(settings: Settings) -> URL:
+    url = settings.url()
+    if settings.backend == "sqlite":
+        database = url.database or ":memory:"
+        if database != ":memory:":
+            database = os.path.abspath(database)
+        return URL.create("sqlite", database=database)
+    return URL.create(
+        "postgresql+psycopg",
+        username=url.username or "postgres",
+        password=url.password,
+        host=url.host or "127.0.0.1",
+        port=url.port or 5432,
+        database=url.database or "postgres",
+    )
+
+
+def make_engine(settings: Settings, **kwargs: Any) -> Engine:
+    """An engine for ``settings.database_url``; PostgreSQL honours ``?schema=``."""
+    url = read_model_url(settings)
+    if settings.backend == "sqlite":
+        engine = create_engine(
+            url, connect_args={"timeout": settings.sqlite_lock_timeout_s}, **kwargs
+        )
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    connect_args: dict[str, Any] = {"connect_timeout": 10}
+    schema = settings.postgres_schema
+    if schema:
+        connect_args["options"] = f"-csearch_path={schema}"
+    return create_engine(url, connect_args=connect_args, pool_pre_ping=True, **kwargs)

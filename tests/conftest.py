@@ -1,0 +1,95 @@
+"""Shared fixtures: every backend test runs on a real SQLite file and on the real
+PostgreSQL server (its own schema per test, dropped afterwards).
+
+PostgreSQL tests skip with a message when no server answers, except under
+``CI=true``, where an unreachable server fails them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from uuid import uuid4
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from chatledger import ChatLedger, ManualClock, SessionPolicy
+
+POSTGRES_URL = os.environ.get(
+    "CHATLEDGER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+POSTGRES_CONNINFO = os.environ.get(
+    "CHATLEDGER_TEST_POSTGRES_CONNINFO", "host=127.0.0.1 port=5432 user=postgres dbname=test"
+)
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+_pg_ok: bool | None = None
+
+
+def postgres_available() -> bool:
+    global _pg_ok
+    if _pg_ok is None:
+        try:
+            with psycopg.connect(POSTGRES_CONNINFO, connect_timeout=3):
+                _pg_ok = True
+        except psycopg.Error:
+            _pg_ok = False
+    return _pg_ok
+
+
+def require_postgres() -> None:
+    if postgres_available():
+        return
+    if IN_CI:
+        pytest.fail("CI=true but PostgreSQL at 127.0.0.1:5432 does not answer")
+    pytest.skip("PostgreSQL at 127.0.0.1:5432 does not answer; start it to run these tests")
+
+
+def drop_schema(schema: str) -> None:
+    with psycopg.connect(POSTGRES_CONNINFO, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL URL with a schema of its own, dropped after the test."""
+    require_postgres()
+    schema = f"t_{uuid4().hex[:16]}"
+    yield f"{POSTGRES_URL}?schema={schema}"
+    drop_schema(schema)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: os.PathLike[str]) -> str:
+    return f"sqlite:///{tmp_path}/chat.db"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Iterator[str]:
+    """Each test using this runs twice: on a SQLite file and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/chat.db"
+        return
+    require_postgres()
+    schema = f"t_{uuid4().hex[:16]}"
+    yield f"{POSTGRES_URL}?schema={schema}"
+    drop_schema(schema)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def policy() -> SessionPolicy:
+    return SessionPolicy()
+
+
+@pytest.fixture
+def ledger(database_url: str, clock: ManualClock, policy: SessionPolicy) -> Iterator[ChatLedger]:
+    ledger = ChatLedger.open(database_url, clock=clock, policy=policy)
+    yield ledger
+    ledger.close()
