@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from functools import cached_property
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 from uuid import UUID, uuid4
@@ -32,7 +33,10 @@ from chatledger.domain.policy import AppliedPolicy, SessionPolicy
 from chatledger.domain.session import Message, Session, SessionContext, SlotScope
 from chatledger.domain.state import SessionState, Turn, VisitorState
 from chatledger.domain.visitor import Visitor, visitor_aggregate_id
+from chatledger.infrastructure.database import make_engine
 from chatledger.infrastructure.persistence import eventsourcing_env
+from chatledger.projections import DEFAULT_READ_MODELS
+from chatledger.projections.base import Projector, ReadModel
 from chatledger.infrastructure.settings import Settings
 
 from .clock import Clock, system_clock
@@ -55,8 +59,10 @@ class ChatLedger(Application[UUID]):
         *,
         policy: SessionPolicy | None = None,
         clock: Clock | None = None,
+        read_models: Sequence[type[ReadModel]] | None = None,
     ) -> None:
         self.settings = settings or Settings()
+        self.read_models = list(DEFAULT_READ_MODELS if read_models is None else read_models)
         self.policy = policy or SessionPolicy()
         self.clock: Clock = clock or system_clock
         self.snapshotting_intervals = {  # type: ignore[misc]
@@ -82,6 +88,20 @@ class ChatLedger(Application[UUID]):
         if database_url is not None:
             settings["database_url"] = database_url
         return cls(Settings(**settings), policy=policy, clock=clock)
+
+    @cached_property
+    def projector(self) -> Projector:
+        """The read models of this ledger (tables in the same database), kept
+        current by ``ledger.projector.catch_up()`` or a background runner."""
+        return Projector(
+            self.name, self.recorder, self.mapper, make_engine(self.settings), self.read_models
+        )
+
+    def close(self) -> None:
+        if "projector" in self.__dict__:
+            self.projector.stop()
+            self.projector.engine.dispose()
+        super().close()
 
     # ------------------------------------------------------------------ helpers
 
