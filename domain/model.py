@@ -20,6 +20,7 @@ from eventsourcing.domain import (
     get_topic,
 )
 
+from .errors import InvalidCommandError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter
 
 _datetime = TypeAdapter(AwareDatetime)
@@ -29,7 +30,7 @@ def utc(value: datetime) -> datetime:
     """Return ``value`` as an aware UTC datetime; naive values are refused."""
     if value.tzinfo is None or value.utcoffset() is None:
         msg = f"datetime {value!r} has no timezone; pass an aware datetime (UTC)"
-        raise ValueError(msg)
+        raise InvalidCommandError(msg)
     return value.astimezone(timezone.utc)
 
 

@@ -1,0 +1,14 @@
+"""Small helpers shared by tests."""
+
+from __future__ import annotations
+
+from chatledger import ChatLedger
+
+
+def log_head(ledger: ChatLedger) -> int:
+    """Position of the last stored event (0 for an empty log)."""
+    return ledger.recorder.max_notification_id() or 0
+
+
+def event_names(ledger: ChatLedger, session_id: object) -> list[str]:
+    return [type(e).__name__ for e in ledger.session_events(session_id)]  # type: ignore[arg-type]
