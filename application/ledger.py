@@ -98,6 +98,8 @@ class ChatLedger(Application[UUID]):
         )
 
     def close(self) -> None:
+        if self.closing.is_set():
+            return
         if "projector" in self.__dict__:
             self.projector.stop()
             self.projector.engine.dispose()

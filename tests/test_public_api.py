@@ -1,0 +1,58 @@
+"""The public surface is deliberate: ``__all__`` is locked, the domain stays pure."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import chatledger
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_exported_members_are_sorted_and_complete() -> None:
+    assert chatledger.__all__ == sorted(chatledger.__all__)
+    for name in chatledger.__all__:
+        assert hasattr(chatledger, name), name
+    public = {n for n in dir(chatledger) if not n.startswith("_")}
+    modules = {"application", "clock", "errors", "ledger", "domain", "infrastructure", "projections"}
+    assert public - modules - set(chatledger.__all__) == set()
+
+
+def test_every_error_is_a_chatledger_error() -> None:
+    from chatledger import errors
+
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), chatledger.ChatLedgerError)
+
+
+def test_domain_imports_no_infrastructure() -> None:
+    allowed_roots = {"__future__", "pydantic", "typing", "datetime", "uuid", "collections", "dataclasses", "enum", "functools", "re", "typing_extensions"}
+    for path in (ROOT / "domain").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: stays inside domain/
+                    continue
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                root = name.split(".")[0]
+                assert root in allowed_roots or name == "eventsourcing.domain", f"{path.name} imports {name}"
+
+
+def test_the_package_is_installed_under_chatledger_not_as_top_level_modules(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import importlib.util, chatledger.domain, chatledger.infrastructure, chatledger.projections;"
+        "print([importlib.util.find_spec(n) is None for n in ('domain','infrastructure','projections','application')])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[True, True, True, True]"
