@@ -13,18 +13,14 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from functools import cached_property
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Literal, TypeVar
 from uuid import UUID, uuid4
-
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import RecordConflictError
 
 from chatledger.domain.errors import (
     ConcurrencyConflictError,
     InvalidCommandError,
-    SessionClosedError,
     SessionOwnershipError,
     UnknownSessionError,
 )
@@ -35,9 +31,11 @@ from chatledger.domain.state import SessionState, Turn, VisitorState
 from chatledger.domain.visitor import Visitor, visitor_aggregate_id
 from chatledger.infrastructure.database import make_engine
 from chatledger.infrastructure.persistence import eventsourcing_env
+from chatledger.infrastructure.settings import Settings
 from chatledger.projections import DEFAULT_READ_MODELS
 from chatledger.projections.base import Projector, ReadModel
-from chatledger.infrastructure.settings import Settings
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import RecordConflictError
 
 from .clock import Clock, system_clock
 
@@ -117,7 +115,7 @@ class ChatLedger(Application[UUID]):
             try:
                 return command()
             except RecordConflictError:
-                time.sleep(random.uniform(0, 0.002 * (2 ** min(attempt, 6))))
+                time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))  # full jitter
         raise ConcurrencyConflictError(what, attempts)
 
     def _get_session(self, session_id: UUID | str) -> Session:
@@ -212,9 +210,12 @@ class ChatLedger(Application[UUID]):
             explicit = self._get_session(session_id)
             self._check_owner(explicit, visitor_id, None, visitor)
         current = explicit
-        if visitor is not None and visitor.current_session_id is not None:
-            if explicit is None or explicit.id != visitor.current_session_id:
-                current = self._get_session(visitor.current_session_id)
+        if (
+            visitor is not None
+            and visitor.current_session_id is not None
+            and (explicit is None or explicit.id != visitor.current_session_id)
+        ):
+            current = self._get_session(visitor.current_session_id)
 
         if client_message_id is not None:
             for candidate in self._recent_sessions(explicit, current):

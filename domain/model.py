@@ -8,7 +8,7 @@ are frozen pydantic models (validated payloads, readable JSON), aggregates are
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -19,9 +19,9 @@ from eventsourcing.domain import (
     CanSnapshotAggregate,
     get_topic,
 )
+from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter
 
 from .errors import InvalidCommandError
-from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter
 
 _datetime = TypeAdapter(AwareDatetime)
 
@@ -31,7 +31,7 @@ def utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         msg = f"datetime {value!r} has no timezone; pass an aware datetime (UTC)"
         raise InvalidCommandError(msg)
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 class Immutable(BaseModel):

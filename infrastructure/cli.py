@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-
 from chatledger import ChatLedger, ChatLedgerError
+from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True, help="Event-sourced conversation state for chatbots.")
 session_app = typer.Typer(no_args_is_help=True, help="Inspect sessions.")
@@ -38,7 +37,7 @@ def parse_time(value: str) -> datetime:
         parsed = datetime.fromisoformat(value)
     except ValueError as err:
         raise typer.BadParameter(f"{value!r} is not an ISO-8601 time (e.g. 2026-03-02T14:03:00Z)") from err
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @app.command()

@@ -10,10 +10,9 @@ import json
 from datetime import timedelta
 from uuid import uuid4
 
+from chatledger import ChatLedger, ManualClock, SessionPolicy, SessionState
 from rich.console import Console
 from rich.table import Table
-
-from chatledger import ChatLedger, ManualClock, SessionPolicy, SessionState
 
 
 def run_demo(database_url: str, console: Console | None = None) -> dict[str, str]:

@@ -12,12 +12,11 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from chatledger.domain.errors import ConfigurationError
+from chatledger.domain.model import DomainEvent
 from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic, resolve_topic
 from psycopg import sql
-
-from chatledger.domain.errors import ConfigurationError
-from chatledger.domain.model import DomainEvent
 
 from .settings import Settings
 

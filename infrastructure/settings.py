@@ -6,12 +6,11 @@ example ``CHATLEDGER_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test``.
 
 from __future__ import annotations
 
+from chatledger.domain.errors import ConfigurationError
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
-
-from chatledger.domain.errors import ConfigurationError
 
 DEFAULT_DATABASE_URL = "sqlite:///chatledger.db"
 
@@ -29,7 +28,7 @@ class Settings(BaseSettings):
     database_url: str = DEFAULT_DATABASE_URL
     snapshot_interval: int = Field(default=100, ge=2)
     cache_size: int = Field(default=1000, ge=0)
-    conflict_retries: int = Field(default=20, ge=1)
+    conflict_retries: int = Field(default=50, ge=1)
     sqlite_lock_timeout_s: int = Field(default=30, ge=1)
     postgres_pool_size: int = Field(default=5, ge=1)
     postgres_max_overflow: int = Field(default=10, ge=0)

@@ -13,9 +13,8 @@ from uuid import uuid4
 
 import psycopg
 import pytest
-from psycopg import sql
-
 from chatledger import ChatLedger, ManualClock, SessionPolicy
+from psycopg import sql
 
 POSTGRES_URL = os.environ.get(
     "CHATLEDGER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"

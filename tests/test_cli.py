@@ -6,10 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from typer.testing import CliRunner
-
 from chatledger import ChatLedger
 from chatledger.infrastructure.cli import app
+from typer.testing import CliRunner
 
 runner = CliRunner()
 
@@ -48,7 +47,7 @@ def test_errors_are_one_red_line_and_exit_code_1(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", "from chatledger.infrastructure.cli import main; main()",
          "session", "show", "00000000-0000-4000-8000-000000000000", "--database", url],
-        capture_output=True, text=True, timeout=60,
+        check=False, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: No session 00000000-0000-4000-8000-000000000000 exists")

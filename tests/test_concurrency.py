@@ -5,10 +5,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
-
 from chatledger import ChatLedger, ManualClock
 
 from .helpers import event_names
@@ -94,7 +93,7 @@ def test_racing_renewals_after_a_timeout_record_one_timeout_and_one_new_session(
 
 
 def _first_message_in_process(url: str, start: float, barrier: object, out: object) -> None:
-    clock = ManualClock(datetime(2026, 1, 1, 9, tzinfo=timezone.utc))
+    clock = ManualClock(datetime(2026, 1, 1, 9, tzinfo=UTC))
     with ChatLedger.open(url, clock=clock) as ledger:
         barrier.wait()  # type: ignore[attr-defined]
         turn = ledger.receive("v-two-servers", "hello from a server")

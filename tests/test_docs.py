@@ -23,7 +23,7 @@ def test_every_event_class_is_in_the_catalogue() -> None:
 
 
 def test_readme_embedding_example_runs(tmp_path: Path, monkeypatch: object) -> None:
-    code = re.search(r"## Embedding\n\n```python\n(.*?)```", README.read_text(), re.S)
+    code = re.search(r"## Embedding\n\n```python\n(.*?)```", README.read_text(), re.DOTALL)
     assert code is not None
     monkeypatch.chdir(tmp_path)  # type: ignore[attr-defined]
     namespace: dict[str, object] = {}
@@ -36,7 +36,7 @@ def test_readme_embedding_example_runs(tmp_path: Path, monkeypatch: object) -> N
 
 def test_api_doc_examples_run(tmp_path: Path, monkeypatch: object) -> None:
     monkeypatch.chdir(tmp_path)  # type: ignore[attr-defined]
-    blocks = re.findall(r"```python\n(.*?)```", (DOCS / "api.md").read_text(), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / "api.md").read_text(), re.DOTALL)
     assert blocks
     namespace: dict[str, object] = {"ManualClock": ManualClock}
     for block in blocks:

@@ -6,7 +6,6 @@ from datetime import timedelta
 from uuid import uuid4
 
 import pytest
-
 from chatledger import (
     ChatLedger,
     IdentityConflictError,
@@ -312,7 +311,8 @@ def test_long_session_reads_through_snapshots(database_url: str, clock: ManualCl
         for i in range(1, 45):
             ledger.reply(turn.session_id, f"m{i}")
         assert ledger.snapshots is not None
-        assert list(ledger.snapshots.get(turn.session_id, desc=True, limit=1))[0].originator_version == 40
+        [latest] = ledger.snapshots.get(turn.session_id, desc=True, limit=1)
+        assert latest.originator_version == 40
     with ChatLedger.open(database_url, clock=clock, cache_size=0) as fresh:
         state = fresh.session(turn.session_id)
         assert [m.text for m in state.messages] == [f"m{i}" for i in range(45)]

@@ -1,7 +1,6 @@
 from datetime import timedelta
 
 import pytest
-
 from chatledger import ChatLedgerError, InvalidPolicyError, SessionPolicy
 
 

@@ -13,10 +13,9 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
+from chatledger import ChatLedger, ChatLedgerError, ManualClock, SessionPolicy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from chatledger import ChatLedger, ChatLedgerError, ManualClock, SessionPolicy
 
 from .conftest import POSTGRES_URL, drop_schema, require_postgres
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 import pytest
-
 from chatledger import InvalidCommandError, SessionClosedError, SessionExpiredError, TaskStateError
 from chatledger.domain.policy import AppliedPolicy, SessionPolicy
 from chatledger.domain.session import Session
 
-T0 = datetime(2026, 3, 2, 14, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
 
 
 def started(policy: SessionPolicy | None = None) -> Session:
