@@ -37,6 +37,7 @@ from chatledger.projections.base import Projector, ReadModel
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import RecordConflictError
 
+from .audit import HistoryStep, iter_history
 from .clock import Clock, system_clock
 
 T = TypeVar("T")
@@ -448,6 +449,31 @@ class ChatLedger(Application[UUID]):
         if not events:
             raise UnknownSessionError(session_id)
         return events
+
+    # ------------------------------------------------------------------ audit
+
+    def history(
+        self,
+        session_id: UUID | str,
+        *,
+        until: datetime | None = None,
+        version: int | None = None,
+    ) -> Iterator[HistoryStep]:
+        """Replay a session from its stored events only: ``(event, state after it)``.
+
+        ``until`` keeps the events known by then (a ``TimedOut`` counts from when
+        it was detected); ``version`` stops at that event. Never reads a
+        snapshot, the cache or a read model.
+        """
+        return iter_history(self, session_id, until=until, version=version)
+
+    def replay(self, session_id: UUID | str, *, until: datetime) -> SessionState:
+        """The session exactly as the live API showed it at ``until``, from the log."""
+        at = utc(until)
+        steps = list(self.history(session_id, until=at))
+        if not steps:
+            raise InvalidCommandError(f"Session {session_id} had not started by {at.isoformat()}.")
+        return _effective(steps[-1].state, at)
 
     def visitor(self, visitor_id: str) -> VisitorState | None:
         """The visitor's identity link and sessions, or None if never seen."""

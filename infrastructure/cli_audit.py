@@ -1,0 +1,102 @@
+"""``chatledger audit …`` and ``chatledger erase``: thin commands over the audit API.
+
+Registered in :mod:`chatledger.infrastructure.cli`. Errors travel as
+``ChatLedgerError`` to ``cli.main``, which prints one red line and exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from chatledger import ChatLedger
+from rich.console import Console
+
+audit_app = typer.Typer(
+    no_args_is_help=True, help="Replay, verify and export the event log for auditors."
+)
+console = Console(highlight=False)
+
+DatabaseOption = Annotated[
+    Optional[str],  # noqa: UP045 - typer needs Optional here
+    typer.Option(
+        "--database",
+        "-d",
+        envvar="CHATLEDGER_DATABASE_URL",
+        help="Database URL (default sqlite:///chatledger.db).",
+    ),
+]
+
+
+def _time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as err:
+        msg = f"{value!r} is not an ISO-8601 time (e.g. 2026-03-02T14:03:00Z)"
+        raise typer.BadParameter(msg) from err
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _event_payload(event: Any) -> dict[str, Any]:
+    data: dict[str, Any] = event.model_dump(mode="json")
+    for key in ("originator_id", "originator_version", "originator_topic"):
+        data.pop(key, None)
+    return data
+
+
+@audit_app.command("replay")
+def replay(
+    session_id: str,
+    until: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--until", help="ISO time: only the events known by then."),
+    ] = None,
+    version: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--version", help="Stop after this event version."),
+    ] = None,
+    database: DatabaseOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print a session event by event with the state after each step (from the log only)."""
+    at = _time(until)
+    with ChatLedger.open(database) as ledger:
+        steps = list(ledger.history(session_id, until=at, version=version))
+        final = ledger.replay(session_id, until=at) if at is not None else None
+    if as_json:
+        doc = {
+            "session_id": session_id,
+            "until": at.isoformat() if at else None,
+            "version": version,
+            "steps": [
+                {
+                    "version": step.event.originator_version,
+                    "type": type(step.event).__name__,
+                    "event": _event_payload(step.event),
+                    "state": step.state.model_dump(mode="json"),
+                }
+                for step in steps
+            ],
+            "state_at_until": final.model_dump(mode="json") if final else None,
+        }
+        print(json.dumps(doc, indent=2))
+        return
+    for step in steps:
+        e, s = step
+        console.print(
+            f"[bold]v{e.originator_version}[/] {e.occurred_at.isoformat()} "
+            f"[cyan]{type(e).__name__}[/] {json.dumps(_event_payload(e), default=str)}"
+        )
+        last = f"{s.messages[-1].role}: {s.messages[-1].text}" if s.messages else "-"
+        console.print(
+            f"    status={s.status} messages={len(s.messages)} last={last!r} "
+            f"slots={json.dumps(s.slots)} open_tasks={list(s.open_tasks)} "
+            f"completed_tasks={list(s.completed_tasks)}"
+        )
+    if final is not None and steps and final.status != steps[-1].state.status:
+        console.print(f"at {at.isoformat() if at else ''}: {final.status} since {final.closed_at}")
