@@ -8,10 +8,14 @@ store; sessions, transcripts, analytics and memory are rebuilt from it.
     >>> ledger = ChatLedger.open("sqlite:///chat.db")   # doctest: +SKIP
 """
 
+from chatledger.domain.erasure import ErasureReceipt
 from chatledger.domain.policy import SessionPolicy
 from chatledger.domain.session import Message, SessionContext
 from chatledger.domain.state import SessionState, Turn, VisitorState
 
+from chatledger.infrastructure.hashchain import VerificationReport
+
+from .audit import HistoryStep
 from .clock import Clock, ManualClock, system_clock
 from .errors import (
     ChatLedgerError,
@@ -25,6 +29,7 @@ from .errors import (
     SessionOwnershipError,
     TaskStateError,
     UnknownSessionError,
+    UnknownSubjectError,
 )
 from .ledger import ChatLedger
 
@@ -34,6 +39,8 @@ __all__ = [
     "Clock",
     "ConcurrencyConflictError",
     "ConfigurationError",
+    "ErasureReceipt",
+    "HistoryStep",
     "IdentityConflictError",
     "InvalidCommandError",
     "InvalidPolicyError",
@@ -48,6 +55,8 @@ __all__ = [
     "TaskStateError",
     "Turn",
     "UnknownSessionError",
+    "UnknownSubjectError",
+    "VerificationReport",
     "VisitorState",
     "system_clock",
 ]

@@ -18,10 +18,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 from uuid import UUID
 
-from chatledger.domain.errors import InvalidCommandError, UnknownSessionError
+from chatledger.domain.errors import ConfigurationError, InvalidCommandError, UnknownSessionError
 from chatledger.domain.model import DomainEvent, utc
 from chatledger.domain.session import Session
 from chatledger.domain.state import SessionState
+from chatledger.infrastructure.hashchain import VerificationReport
+from chatledger.infrastructure.recorders import PostgresLedgerRecorder, SQLiteLedgerRecorder
 
 if TYPE_CHECKING:
     from .ledger import ChatLedger
@@ -69,3 +71,19 @@ def iter_history(
         yield HistoryStep(event, SessionState.of(session))
     if not seen:
         raise UnknownSessionError(session_id)
+
+
+def verify_log(ledger: ChatLedger, session_id: UUID | str | None = None) -> VerificationReport:
+    """Recompute the hash chains of the whole log (or of one session)."""
+    from .ledger import _as_uuid
+
+    recorder = ledger.recorder
+    if not isinstance(recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder):
+        raise ConfigurationError("This ledger's recorder keeps no hash chain; open it with ChatLedger.open().")
+    if session_id is None:
+        return recorder.verify(VerificationReport(scope="log"))
+    sid = _as_uuid(session_id)
+    report = recorder.verify(VerificationReport(scope=f"session {sid}"), sid)
+    if report.checked == 0 and report.break_count == 0:
+        raise UnknownSessionError(session_id)
+    return report

@@ -12,6 +12,7 @@ from chatledger.domain.errors import (
     SessionOwnershipError,
     TaskStateError,
     UnknownSessionError,
+    UnknownSubjectError,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "SessionOwnershipError",
     "TaskStateError",
     "UnknownSessionError",
+    "UnknownSubjectError",
 ]

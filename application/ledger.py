@@ -30,6 +30,7 @@ from chatledger.domain.session import Message, Session, SessionContext, SlotScop
 from chatledger.domain.state import SessionState, Turn, VisitorState
 from chatledger.domain.visitor import Visitor, visitor_aggregate_id
 from chatledger.infrastructure.database import make_engine
+from chatledger.infrastructure.hashchain import VerificationReport
 from chatledger.infrastructure.persistence import eventsourcing_env
 from chatledger.infrastructure.settings import Settings
 from chatledger.projections import DEFAULT_READ_MODELS
@@ -37,7 +38,7 @@ from chatledger.projections.base import Projector, ReadModel
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import RecordConflictError
 
-from .audit import HistoryStep, iter_history
+from .audit import HistoryStep, iter_history, verify_log
 from .clock import Clock, system_clock
 
 T = TypeVar("T")
@@ -474,6 +475,11 @@ class ChatLedger(Application[UUID]):
         if not steps:
             raise InvalidCommandError(f"Session {session_id} had not started by {at.isoformat()}.")
         return _effective(steps[-1].state, at)
+
+    def verify(self, session_id: UUID | str | None = None) -> VerificationReport:
+        """Recompute the tamper-evident hash chains: the whole log, or one session's
+        events (each also checked against the log chain row before it)."""
+        return verify_log(self, session_id)
 
     def visitor(self, visitor_id: str) -> VisitorState | None:
         """The visitor's identity link and sessions, or None if never seen."""

@@ -7,6 +7,7 @@
     │   ├── InvalidPolicyError               a SessionPolicy that makes no sense
     │   └── TaskStateError                   a task command out of order
     ├── UnknownSessionError (LookupError)    no session has that id
+    ├── UnknownSubjectError (LookupError)    no visitor or user to erase or export
     ├── SessionOwnershipError (PermissionError)
     │                                        the session belongs to someone else
     ├── SessionClosedError                   the session already ended or timed out
@@ -55,6 +56,18 @@ class UnknownSessionError(ChatLedgerError, LookupError):
             "without session_id to start one."
         )
         self.session_id = session_id
+
+
+class UnknownSubjectError(ChatLedgerError, LookupError):
+    """Raised when an erasure or export names a visitor or user the log has never seen."""
+
+    def __init__(self, kind: str, subject_id: str) -> None:
+        super().__init__(
+            f"No {kind} {subject_id!r} is recorded; nothing was written. Check the id "
+            f"(a user is known once a visitor was linked to it)."
+        )
+        self.kind = kind
+        self.subject_id = subject_id
 
 
 class SessionOwnershipError(ChatLedgerError, PermissionError):

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from uuid import NAMESPACE_URL, UUID, uuid5
 
+from .erasure import ErasureReceipt
 from .errors import IdentityConflictError
 from .model import Aggregate, AggregateSnapshot, SnapshotState, utc
 from .session import check_name
@@ -69,6 +70,18 @@ class Visitor(Aggregate):
         def apply(self, v: Visitor) -> None:
             v.user_id = self.user_id
 
+    class DataErased(Event):
+        """The visitor's personal content was erased (its keys destroyed).
+
+        Records the receipt. The aggregate's state is unchanged: ids and the
+        session list are not personal content, and the visitor may come back.
+        """
+
+        receipt: ErasureReceipt
+
+        def apply(self, v: Visitor) -> None:
+            pass
+
     if TYPE_CHECKING:
         visitor_id: str
         user_id: str | None
@@ -87,6 +100,9 @@ class Visitor(Aggregate):
 
     def open_session(self, session_id: UUID, *, at: datetime) -> None:
         self.trigger_event(self.SessionOpened, occurred_at=utc(at), session_id=session_id)
+
+    def record_erasure(self, receipt: ErasureReceipt) -> None:
+        self.trigger_event(self.DataErased, occurred_at=utc(receipt.erased_at), receipt=receipt)
 
     def link_identity(self, user_id: str, *, at: datetime) -> bool:
         """Link to ``user_id``; False if already linked to it, error if to another."""

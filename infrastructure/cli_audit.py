@@ -100,3 +100,33 @@ def replay(
         )
     if final is not None and steps and final.status != steps[-1].state.status:
         console.print(f"at {at.isoformat() if at else ''}: {final.status} since {final.closed_at}")
+
+
+@audit_app.command("verify")
+def verify(
+    session: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--session", help="Verify one session's chain instead of the whole log."),
+    ] = None,
+    database: DatabaseOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Recompute the hash chains; exit status 1 if any link is broken."""
+    with ChatLedger.open(database) as ledger:
+        report = ledger.verify(session)
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    elif report.ok:
+        console.print(
+            f"[green]OK[/] {report.scope}: {report.checked} events verified; log head at "
+            f"position {report.head_position}, log hash {report.head_hash}"
+        )
+    else:
+        first = report.first_break
+        assert first is not None
+        console.print(f"[red]BROKEN[/] {report.scope}: {report.break_count} broken link(s)")
+        console.print(f"first: {first.describe()}")
+        for brk in report.breaks[1:]:
+            console.print(f"  then: {brk.describe()}")
+    if not report.ok:
+        raise typer.Exit(code=1)

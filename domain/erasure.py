@@ -1,0 +1,29 @@
+"""What an erasure removed: the receipt the caller gets and the log records."""
+
+from __future__ import annotations
+
+from typing import Literal
+from uuid import UUID
+
+from pydantic import AwareDatetime
+
+from .model import Immutable
+
+
+class ErasureReceipt(Immutable):
+    """Proof of one erasure by crypto-shredding.
+
+    ``key_ids`` are the content keys destroyed (never the keys themselves);
+    ``events_affected`` counts the stored events whose personal fields were
+    encrypted under them and now read as erased. Ids, times, event types and
+    counts stay in the log: they are not personal content.
+    """
+
+    erasure_id: UUID
+    subject: Literal["user", "visitor"]
+    user_id: str | None
+    visitor_ids: tuple[str, ...]
+    session_ids: tuple[UUID, ...]
+    key_ids: tuple[str, ...]
+    events_affected: int
+    erased_at: AwareDatetime

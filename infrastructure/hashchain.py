@@ -1,0 +1,222 @@
+"""Tamper evidence: two SHA-256 hash chains over the stored event log.
+
+Every stored event gets a row in ``chatledger_event_hashes``, written by the
+recorder (:mod:`chatledger.infrastructure.recorders`) in the same transaction
+as the event itself:
+
+- ``event_hash = H("chatledger/event/v1", prev_event_hash, originator_id,
+  originator_version, topic, state)`` where ``prev_event_hash`` is the
+  ``event_hash`` of the previous version of the same aggregate (32 zero bytes
+  for version 1) and ``state`` the bytes exactly as stored (ciphertext for
+  personal fields, see :mod:`chatledger.infrastructure.shredding`);
+- ``log_hash = H("chatledger/log/v1", prev_log_hash, notification_id,
+  originator_id, originator_version, event_hash)`` where ``prev_log_hash`` is
+  the ``log_hash`` of the previous row in notification order.
+
+Each field is length-prefixed, so no two different inputs hash alike by
+concatenation. :func:`verify_rows` re-checks every link against the stored
+rows and reports the breaks in log order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from hashlib import sha256
+from typing import NamedTuple
+from uuid import UUID
+
+GENESIS = bytes(32)
+MAX_REPORTED_BREAKS = 20
+
+
+def _field(data: bytes) -> bytes:
+    return len(data).to_bytes(8, "big") + data
+
+
+def canonical_id(originator_id: UUID | str) -> bytes:
+    return str(originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))).encode()
+
+
+def event_hash(prev: bytes, originator_id: UUID | str, version: int, topic: str, state: bytes) -> bytes:
+    h = sha256(b"chatledger/event/v1")
+    for part in (prev, canonical_id(originator_id), str(version).encode(), topic.encode(), state):
+        h.update(_field(part))
+    return h.digest()
+
+
+def log_hash(
+    prev: bytes, notification_id: int, originator_id: UUID | str, version: int, ev_hash: bytes
+) -> bytes:
+    h = sha256(b"chatledger/log/v1")
+    for part in (
+        prev,
+        str(notification_id).encode(),
+        canonical_id(originator_id),
+        str(version).encode(),
+        ev_hash,
+    ):
+        h.update(_field(part))
+    return h.digest()
+
+
+class EventRow(NamedTuple):
+    notification_id: int
+    originator_id: UUID
+    originator_version: int
+    topic: str
+    state: bytes
+
+
+class HashRow(NamedTuple):
+    notification_id: int
+    originator_id: UUID
+    originator_version: int
+    event_hash: bytes
+    log_hash: bytes
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    """One link that does not hold. ``position`` is the notification id."""
+
+    kind: str
+    position: int
+    originator_id: str
+    version: int
+    detail: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.kind} at log position {self.position} "
+            f"(aggregate {self.originator_id} version {self.version}): {self.detail}"
+        )
+
+
+@dataclass
+class VerificationReport:
+    """What ``verify`` checked and the breaks it found (first one first)."""
+
+    scope: str
+    checked: int = 0
+    head_position: int = 0
+    head_hash: str = ""
+    breaks: list[ChainBreak] = field(default_factory=list)
+    break_count: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.break_count == 0
+
+    @property
+    def first_break(self) -> ChainBreak | None:
+        return self.breaks[0] if self.breaks else None
+
+    def add(self, brk: ChainBreak) -> None:
+        self.break_count += 1
+        if len(self.breaks) < MAX_REPORTED_BREAKS:
+            self.breaks.append(brk)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "scope": self.scope,
+            "checked_events": self.checked,
+            "head_position": self.head_position,
+            "head_log_hash": self.head_hash,
+            "break_count": self.break_count,
+            "breaks": [vars(b) for b in self.breaks],
+        }
+
+
+def verify_rows(
+    events: Iterable[EventRow],
+    hashes: Iterable[HashRow],
+    report: VerificationReport,
+    *,
+    check_log_chain: bool = True,
+    prev_log_hash: dict[int, bytes] | None = None,
+) -> VerificationReport:
+    """Merge-join events and hash rows (both in notification order) and check each link.
+
+    Each link is checked against the *stored* hashes of its predecessors, so one
+    altered row is reported once instead of breaking everything after it, and a
+    row re-hashed by hand breaks its successor's link instead.
+    ``prev_log_hash`` maps a position to the stored log hash of the row before it,
+    for a partial (one-aggregate) verification with ``check_log_chain=False``.
+    """
+    last: dict[UUID, tuple[int, bytes]] = {}
+    prev_log = GENESIS
+    ev_it: Iterator[EventRow] = iter(events)
+    h_it: Iterator[HashRow] = iter(hashes)
+    e = next(ev_it, None)
+    h = next(h_it, None)
+    while e is not None or h is not None:
+        if h is None or (e is not None and e.notification_id < h.notification_id):
+            assert e is not None
+            report.checked += 1
+            report.add(
+                ChainBreak(
+                    "unchained event", e.notification_id, str(e.originator_id), e.originator_version,
+                    "a stored event has no hash-chain row: it was inserted or moved outside the ledger",
+                )
+            )
+            e = next(ev_it, None)
+            continue
+        if e is None or h.notification_id < e.notification_id:
+            report.add(
+                ChainBreak(
+                    "missing event", h.notification_id, str(h.originator_id), h.originator_version,
+                    "the chain records an event here but the log has none: it was deleted",
+                )
+            )
+            last[h.originator_id] = (h.originator_version, h.event_hash)
+            prev_log = h.log_hash
+            report.head_position, report.head_hash = h.notification_id, h.log_hash.hex()
+            h = next(h_it, None)
+            continue
+        report.checked += 1
+        nid = e.notification_id
+        if (e.originator_id, e.originator_version) != (h.originator_id, h.originator_version):
+            report.add(
+                ChainBreak(
+                    "reordered event", nid, str(e.originator_id), e.originator_version,
+                    f"the chain records {h.originator_id} version {h.originator_version} at this position",
+                )
+            )
+        expected_version, prev = last.get(e.originator_id, (0, GENESIS))
+        if e.originator_version != expected_version + 1:
+            report.add(
+                ChainBreak(
+                    "version gap", nid, str(e.originator_id), e.originator_version,
+                    f"expected version {expected_version + 1} of this aggregate next",
+                )
+            )
+        recomputed = event_hash(prev, e.originator_id, e.originator_version, e.topic, e.state)
+        if recomputed != h.event_hash:
+            report.add(
+                ChainBreak(
+                    "altered event", nid, str(e.originator_id), e.originator_version,
+                    "the event's hash does not match its stored content (payload, topic, "
+                    "version or predecessor changed)",
+                )
+            )
+        if prev_log_hash is not None:
+            prev_log = prev_log_hash.get(nid, GENESIS)
+        if check_log_chain or prev_log_hash is not None:
+            expected_log = log_hash(prev_log, nid, e.originator_id, e.originator_version, h.event_hash)
+            if expected_log != h.log_hash:
+                report.add(
+                    ChainBreak(
+                        "broken log chain", nid, str(e.originator_id), e.originator_version,
+                        "the log-wide chain does not continue from the previous position "
+                        "(events before it were deleted, inserted or re-hashed)",
+                    )
+                )
+        last[e.originator_id] = (e.originator_version, h.event_hash)
+        prev_log = h.log_hash
+        report.head_position = nid
+        report.head_hash = h.log_hash.hex()
+        e = next(ev_it, None)
+        h = next(h_it, None)
+    return report

@@ -1,0 +1,435 @@
+"""eventsourcing application recorders that keep the audit tables in step with the log.
+
+Selected through eventsourcing's ``APPLICATION_RECORDER_TOPIC`` (see
+:func:`chatledger.infrastructure.persistence.eventsourcing_env`). Inside the very
+transaction that inserts events they
+
+- append one row per event to ``chatledger_event_hashes`` (the two hash chains
+  of :mod:`chatledger.infrastructure.hashchain`); on PostgreSQL this runs after
+  eventsourcing's ``LOCK TABLE … IN EXCLUSIVE MODE``, on SQLite under its single
+  writer lock, so the log-wide chain is extended by one writer at a time;
+- destroy the content keys named by a ``Visitor.DataErased`` event, so the
+  erasure fact and the key destruction commit together or not at all.
+
+They also own the SQL of the key tables (``chatledger_keys``: one AES key per
+visitor; ``chatledger_key_subjects``: which visitor a session's personal data
+belongs to) and of verification, so all backend-specific SQL lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from chatledger.domain.errors import ConfigurationError
+from chatledger.domain.visitor import Visitor
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+from eventsourcing.utils import get_topic
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Composed, Identifier
+
+from .hashchain import GENESIS, EventRow, HashRow, VerificationReport, event_hash, log_hash, verify_rows
+
+HASHES = "chatledger_event_hashes"
+KEYS = "chatledger_keys"
+SUBJECTS = "chatledger_key_subjects"
+ERASURE_TOPIC = get_topic(Visitor.DataErased)
+
+
+def chain_rows(
+    stored_events: Sequence[StoredEvent],
+    notification_ids: Sequence[int],
+    prev_event_hashes: dict[UUID, bytes],
+    prev_log: bytes,
+) -> list[tuple[int, UUID, int, bytes, bytes]]:
+    """The hash rows of a batch: ``(notification_id, originator_id, version, event_hash, log_hash)``."""
+    rows = []
+    last = dict(prev_event_hashes)
+    for stored, nid in sorted(zip(stored_events, notification_ids, strict=True), key=lambda p: p[1]):
+        oid = UUID(str(stored.originator_id))
+        ev = event_hash(last.get(oid, GENESIS), oid, stored.originator_version, stored.topic, stored.state)
+        prev_log = log_hash(prev_log, nid, oid, stored.originator_version, ev)
+        last[oid] = ev
+        rows.append((nid, oid, stored.originator_version, ev, prev_log))
+    return rows
+
+
+def erased_visitor_ids(stored_events: Sequence[StoredEvent]) -> list[str]:
+    ids: list[str] = []
+    for stored in stored_events:
+        if stored.topic == ERASURE_TOPIC:
+            ids.extend(json.loads(stored.state)["receipt"]["visitor_ids"])
+    return ids
+
+
+class KeyRow(tuple[str, str, bytes]):
+    """``(kid, visitor_id, key)``; never printed with its key."""
+
+    def __repr__(self) -> str:
+        return f"KeyRow(kid={self[0]!r}, visitor_id={self[1]!r}, key=<redacted>)"
+
+
+# --------------------------------------------------------------------------- SQLite
+
+
+class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
+    """eventsourcing's SQLite recorder plus the hash chain and the key tables."""
+
+    datastore: SQLiteDatastore
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            *super().construct_create_table_statements(),
+            f"CREATE TABLE IF NOT EXISTS {HASHES} ("
+            "notification_id INTEGER PRIMARY KEY, originator_id TEXT NOT NULL, "
+            "originator_version INTEGER NOT NULL, event_hash BLOB NOT NULL, log_hash BLOB NOT NULL, "
+            "UNIQUE (originator_id, originator_version))",
+            f"CREATE TABLE IF NOT EXISTS {KEYS} ("
+            "kid TEXT PRIMARY KEY, visitor_id TEXT NOT NULL UNIQUE, key BLOB NOT NULL, "
+            "created_at TEXT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {SUBJECTS} ("
+            "aggregate_id TEXT PRIMARY KEY, visitor_id TEXT NOT NULL)",
+        ]
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        c.execute("PRAGMA secure_delete=ON")  # freed space is zeroed: no stale key bytes
+        ids = super()._insert_events(c, stored_events, **kwargs)
+        assert ids is not None
+        prev: dict[UUID, bytes] = {}
+        for stored in stored_events:
+            oid = UUID(str(stored.originator_id))
+            if stored.originator_version > 1 and oid not in prev:
+                c.execute(
+                    f"SELECT event_hash FROM {HASHES} WHERE originator_id=? AND originator_version=?",
+                    (oid.hex, stored.originator_version - 1),
+                )
+                row = c.fetchone()
+                if row is not None:
+                    prev[oid] = row[0]
+        c.execute(f"SELECT log_hash FROM {HASHES} ORDER BY notification_id DESC LIMIT 1")
+        head = c.fetchone()
+        rows = chain_rows(stored_events, ids, prev, head[0] if head else GENESIS)
+        c.executemany(
+            f"INSERT INTO {HASHES} VALUES (?,?,?,?,?)",
+            [(nid, oid.hex, v, ev, lh) for nid, oid, v, ev, lh in rows],
+        )
+        erased = erased_visitor_ids(stored_events)
+        if erased:
+            c.executemany(f"DELETE FROM {KEYS} WHERE visitor_id=?", [(v,) for v in erased])
+        return ids
+
+    # ---- keys -------------------------------------------------------------
+
+    def key_by_id(self, kid: str) -> bytes | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT key FROM {KEYS} WHERE kid=?", (kid,))
+            row = c.fetchone()
+        return bytes(row[0]) if row else None
+
+    def active_key(self, visitor_id: str, *, create: bool) -> KeyRow | None:
+        with self.datastore.transaction(commit=create) as c:
+            if create:
+                c.execute("PRAGMA secure_delete=ON")
+                c.execute(
+                    f"INSERT INTO {KEYS} VALUES (?,?,?,?) ON CONFLICT (visitor_id) DO NOTHING",
+                    (str(uuid4()), visitor_id, secrets.token_bytes(32), datetime.now(UTC).isoformat()),
+                )
+            c.execute(f"SELECT kid, visitor_id, key FROM {KEYS} WHERE visitor_id=?", (visitor_id,))
+            row = c.fetchone()
+        return KeyRow((row[0], row[1], bytes(row[2]))) if row else None
+
+    def key_ids_of(self, visitor_ids: Sequence[str]) -> list[str]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT kid FROM {KEYS} WHERE visitor_id IN ({','.join('?' * len(visitor_ids))})",
+                list(visitor_ids),
+            )
+            return sorted(r[0] for r in c.fetchall())
+
+    def set_subject(self, aggregate_id: UUID, visitor_id: str) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                f"INSERT INTO {SUBJECTS} VALUES (?,?) ON CONFLICT (aggregate_id) DO NOTHING",
+                (aggregate_id.hex, visitor_id),
+            )
+
+    def subject_of(self, aggregate_id: UUID) -> str | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT visitor_id FROM {SUBJECTS} WHERE aggregate_id=?", (aggregate_id.hex,))
+            row = c.fetchone()
+        return row[0] if row else None
+
+    # ---- after an erasure -------------------------------------------------
+
+    def delete_snapshots(self, table: str, aggregate_ids: Sequence[UUID]) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("PRAGMA secure_delete=ON")
+            c.executemany(f"DELETE FROM {table} WHERE originator_id=?", [(a.hex,) for a in aggregate_ids])
+
+    def purge_free_space(self) -> bool:
+        """Checkpoint the WAL into the file and truncate it, so erased key bytes
+        survive neither in the ``-wal`` file nor (``secure_delete``) in free pages.
+        Returns False if a reader kept the checkpoint from completing."""
+        if self.datastore.pool.is_sqlite_memory_mode:
+            return True
+        with self.datastore.get_connection(commit=True) as conn:
+            raw: sqlite3.Connection = conn._sqlite_conn  # noqa: SLF001
+            busy, _, _ = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return busy == 0
+
+    # ---- verification -----------------------------------------------------
+
+    def verify(self, report: VerificationReport, originator_id: UUID | None = None) -> VerificationReport:
+        with self.datastore.transaction(commit=False) as c:
+            conn = c.sqlite_cursor.connection
+            where, params = ("WHERE originator_id=? ", (originator_id.hex,)) if originator_id else ("", ())
+            events = (
+                EventRow(r[0], UUID(r[1]), r[2], r[3], bytes(r[4]))
+                for r in conn.execute(
+                    "SELECT rowid, originator_id, originator_version, topic, state "
+                    f"FROM {self.events_table_name} {where}ORDER BY rowid",
+                    params,
+                )
+            )
+            hashes = (
+                HashRow(r[0], UUID(r[1]), r[2], bytes(r[3]), bytes(r[4]))
+                for r in conn.execute(
+                    "SELECT notification_id, originator_id, originator_version, event_hash, log_hash "
+                    f"FROM {HASHES} {where}ORDER BY notification_id",
+                    params,
+                )
+            )
+            if originator_id is None:
+                return verify_rows(events, hashes, report)
+            prev_logs = {
+                r[0]: bytes(r[1])
+                for r in conn.execute(
+                    f"SELECT h.notification_id, (SELECT p.log_hash FROM {HASHES} p "
+                    "WHERE p.notification_id < h.notification_id ORDER BY p.notification_id DESC LIMIT 1) "
+                    f"FROM {HASHES} h WHERE h.originator_id=?",
+                    params,
+                )
+                if r[1] is not None
+            }
+            return verify_rows(events, hashes, report, check_log_chain=False, prev_log_hash=prev_logs)
+
+    def hash_rows(self, originator_id: UUID) -> dict[int, tuple[bytes, bytes]]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT notification_id, event_hash, log_hash FROM {HASHES} WHERE originator_id=?",
+                (originator_id.hex,),
+            )
+            return {r[0]: (bytes(r[1]), bytes(r[2])) for r in c.fetchall()}
+
+    def notification_ids(self, originator_id: UUID) -> dict[int, int]:
+        """``version -> notification id`` of one aggregate's events."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT originator_version, rowid FROM {self.events_table_name} WHERE originator_id=?",
+                (originator_id.hex,),
+            )
+            return {r[0]: r[1] for r in c.fetchall()}
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+class PostgresLedgerRecorder(PostgresApplicationRecorder):
+    """eventsourcing's PostgreSQL recorder plus the hash chain and the key tables."""
+
+    datastore: PostgresDatastore
+
+    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events") -> None:
+        if datastore.enable_db_functions:
+            raise ConfigurationError(
+                "POSTGRES_ENABLE_DB_FUNCTIONS inserts events in a database function that "
+                "bypasses the hash chain; turn it off for chatledger."
+            )
+        super().__init__(datastore, events_table_name=events_table_name)
+        s = Identifier(datastore.schema)
+        self.sql_create_statements += [
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {}.{} (notification_id bigint PRIMARY KEY, "
+                "originator_id uuid NOT NULL, originator_version bigint NOT NULL, "
+                "event_hash bytea NOT NULL, log_hash bytea NOT NULL, "
+                "UNIQUE (originator_id, originator_version))"
+            ).format(s, Identifier(HASHES)),
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {}.{} (kid text PRIMARY KEY, visitor_id text NOT NULL UNIQUE, "
+                "key bytea NOT NULL, created_at timestamptz NOT NULL)"
+            ).format(s, Identifier(KEYS)),
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {}.{} (aggregate_id uuid PRIMARY KEY, visitor_id text NOT NULL)"
+            ).format(s, Identifier(SUBJECTS)),
+        ]
+
+    def _t(self, table: str) -> Composed:
+        return SQL("{}.{}").format(Identifier(self.datastore.schema), Identifier(table))
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        assert ids is not None
+        with curs.connection.cursor() as c:
+            firsts = {}
+            for stored in stored_events:
+                oid = UUID(str(stored.originator_id))
+                if stored.originator_version > 1 and oid not in firsts:
+                    firsts[oid] = stored.originator_version - 1
+            prev: dict[UUID, bytes] = {}
+            if firsts:
+                c.execute(
+                    SQL(
+                        "SELECT h.originator_id, h.event_hash FROM {} h "
+                        "JOIN unnest(%s::uuid[], %s::bigint[]) AS q(oid, ver) "
+                        "ON h.originator_id = q.oid AND h.originator_version = q.ver"
+                    ).format(self._t(HASHES)),
+                    (list(firsts), list(firsts.values())),
+                )
+                prev = {r["originator_id"]: bytes(r["event_hash"]) for r in c.fetchall()}
+            c.execute(SQL("SELECT log_hash FROM {} ORDER BY notification_id DESC LIMIT 1").format(self._t(HASHES)))
+            head = c.fetchone()
+            rows = chain_rows(stored_events, ids, prev, bytes(head["log_hash"]) if head else GENESIS)
+            c.executemany(SQL("INSERT INTO {} VALUES (%s,%s,%s,%s,%s)").format(self._t(HASHES)), rows)
+            erased = erased_visitor_ids(stored_events)
+            if erased:
+                c.execute(SQL("DELETE FROM {} WHERE visitor_id = ANY(%s)").format(self._t(KEYS)), (erased,))
+        return ids
+
+    # ---- keys -------------------------------------------------------------
+
+    def key_by_id(self, kid: str) -> bytes | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(SQL("SELECT key FROM {} WHERE kid=%s").format(self._t(KEYS)), (kid,))
+            row = c.fetchone()
+        return bytes(row["key"]) if row else None
+
+    def active_key(self, visitor_id: str, *, create: bool) -> KeyRow | None:
+        with self.datastore.transaction(commit=create) as c:
+            if create:
+                c.execute(
+                    SQL("INSERT INTO {} VALUES (%s,%s,%s,now()) ON CONFLICT (visitor_id) DO NOTHING").format(
+                        self._t(KEYS)
+                    ),
+                    (str(uuid4()), visitor_id, secrets.token_bytes(32)),
+                )
+            c.execute(SQL("SELECT kid, visitor_id, key FROM {} WHERE visitor_id=%s").format(self._t(KEYS)), (visitor_id,))
+            row = c.fetchone()
+        return KeyRow((row["kid"], row["visitor_id"], bytes(row["key"]))) if row else None
+
+    def key_ids_of(self, visitor_ids: Sequence[str]) -> list[str]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(SQL("SELECT kid FROM {} WHERE visitor_id = ANY(%s)").format(self._t(KEYS)), (list(visitor_ids),))
+            return sorted(r["kid"] for r in c.fetchall())
+
+    def set_subject(self, aggregate_id: UUID, visitor_id: str) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                SQL("INSERT INTO {} VALUES (%s,%s) ON CONFLICT (aggregate_id) DO NOTHING").format(self._t(SUBJECTS)),
+                (aggregate_id, visitor_id),
+            )
+
+    def subject_of(self, aggregate_id: UUID) -> str | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(SQL("SELECT visitor_id FROM {} WHERE aggregate_id=%s").format(self._t(SUBJECTS)), (aggregate_id,))
+            row = c.fetchone()
+        return row["visitor_id"] if row else None
+
+    # ---- after an erasure -------------------------------------------------
+
+    def delete_snapshots(self, table: str, aggregate_ids: Sequence[UUID]) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(SQL("DELETE FROM {} WHERE originator_id = ANY(%s)").format(self._t(table)), (list(aggregate_ids),))
+
+    def purge_free_space(self) -> bool:
+        """VACUUM the key and snapshot tables so dead rows holding erased keys are
+        reclaimed (PostgreSQL's WAL and backups still hold them until recycled)."""
+        with self.datastore.get_connection() as conn:
+            assert conn.autocommit
+            conn.execute(SQL("VACUUM {}").format(self._t(KEYS)))
+        return True
+
+    # ---- verification -----------------------------------------------------
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Any]:
+        with self.datastore.get_connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield conn
+
+    def verify(self, report: VerificationReport, originator_id: UUID | None = None) -> VerificationReport:
+        where, params = (SQL("WHERE originator_id = %s "), (originator_id,)) if originator_id else (SQL(""), ())
+        with self._snapshot() as conn:
+            ev_cur = conn.cursor(name="chatledger_verify_events")
+            ev_cur.itersize = 5000
+            ev_cur.execute(
+                SQL(
+                    "SELECT notification_id, originator_id, originator_version, topic, state FROM {} {}"
+                    "ORDER BY notification_id"
+                ).format(self._t(self.events_table_name), where),
+                params,
+            )
+            h_cur = conn.cursor(name="chatledger_verify_hashes")
+            h_cur.itersize = 5000
+            h_cur.execute(
+                SQL(
+                    "SELECT notification_id, originator_id, originator_version, event_hash, log_hash "
+                    "FROM {} {}ORDER BY notification_id"
+                ).format(self._t(HASHES), where),
+                params,
+            )
+            events = (
+                EventRow(r["notification_id"], r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
+                for r in ev_cur
+            )
+            hashes = (
+                HashRow(r["notification_id"], r["originator_id"], r["originator_version"], bytes(r["event_hash"]), bytes(r["log_hash"]))
+                for r in h_cur
+            )
+            if originator_id is None:
+                return verify_rows(events, hashes, report)
+            with conn.cursor() as c:
+                c.execute(
+                    SQL(
+                        "SELECT h.notification_id, (SELECT p.log_hash FROM {0} p "
+                        "WHERE p.notification_id < h.notification_id ORDER BY p.notification_id DESC LIMIT 1) AS prev "
+                        "FROM {0} h WHERE h.originator_id = %s"
+                    ).format(self._t(HASHES)),
+                    params,
+                )
+                prev_logs = {r["notification_id"]: bytes(r["prev"]) for r in c.fetchall() if r["prev"] is not None}
+            return verify_rows(events, hashes, report, check_log_chain=False, prev_log_hash=prev_logs)
+
+    def hash_rows(self, originator_id: UUID) -> dict[int, tuple[bytes, bytes]]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                SQL("SELECT notification_id, event_hash, log_hash FROM {} WHERE originator_id=%s").format(self._t(HASHES)),
+                (originator_id,),
+            )
+            return {r["notification_id"]: (bytes(r["event_hash"]), bytes(r["log_hash"])) for r in c.fetchall()}
+
+    def notification_ids(self, originator_id: UUID) -> dict[int, int]:
+        """``version -> notification id`` of one aggregate's events."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                SQL("SELECT originator_version, notification_id FROM {} WHERE originator_id=%s").format(
+                    self._t(self.events_table_name)
+                ),
+                (originator_id,),
+            )
+            return {r["originator_version"]: r["notification_id"] for r in c.fetchall()}
+
+
+LedgerRecorder = SQLiteLedgerRecorder | PostgresLedgerRecorder
