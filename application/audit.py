@@ -13,17 +13,28 @@ system know at t" and equals what the live API returned at ``t``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import json
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
-from uuid import UUID
+from uuid import UUID, uuid4
 
-from chatledger.domain.errors import ConfigurationError, InvalidCommandError, UnknownSessionError
+from chatledger.domain.erasure import ErasureReceipt
+from chatledger.domain.errors import (
+    ConfigurationError,
+    InvalidCommandError,
+    UnknownSessionError,
+    UnknownSubjectError,
+)
 from chatledger.domain.model import DomainEvent, utc
 from chatledger.domain.session import Session
 from chatledger.domain.state import SessionState
+from chatledger.domain.visitor import Visitor
 from chatledger.infrastructure.hashchain import VerificationReport
 from chatledger.infrastructure.recorders import PostgresLedgerRecorder, SQLiteLedgerRecorder
+from chatledger.infrastructure.shredding import KeyRing, ShreddingMapper
+from eventsourcing.utils import get_topic
 
 if TYPE_CHECKING:
     from .ledger import ChatLedger
@@ -87,3 +98,103 @@ def verify_log(ledger: ChatLedger, session_id: UUID | str | None = None) -> Veri
     if report.checked == 0 and report.break_count == 0:
         raise UnknownSessionError(session_id)
     return report
+
+
+# --------------------------------------------------------------------------- erasure
+
+LINK_TOPIC = get_topic(Visitor.IdentityLinked)
+
+
+def install_key_ring(ledger: ChatLedger) -> None:
+    """Give the ledger's mapper its per-visitor keys (kept in the same database)."""
+    if isinstance(ledger.mapper, ShreddingMapper) and isinstance(
+        ledger.recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder
+    ):
+        ledger.mapper.key_ring = KeyRing(ledger.recorder)
+
+
+def visitors_of_user(ledger: ChatLedger, user_id: str) -> list[Visitor]:
+    """Every visitor ever linked to ``user_id``, found in the log (not a read model)."""
+    ids: list[UUID] = []
+    position = 0
+    while True:
+        batch = ledger.recorder.select_notifications(
+            start=position, limit=1000, topics=[LINK_TOPIC], inclusive_of_start=False
+        )
+        for notification in batch:
+            if json.loads(notification.state)["user_id"] == user_id:
+                ids.append(UUID(str(notification.originator_id)))
+        if len(batch) < 1000:
+            break
+        position = batch[-1].id
+    visitors = [ledger.repository.get(i) for i in dict.fromkeys(ids)]
+    return [v for v in visitors if isinstance(v, Visitor) and v.user_id == user_id]
+
+
+def count_encrypted_events(ledger: ChatLedger, aggregate_ids: Iterable[UUID], key_ids: Iterable[str]) -> int:
+    markers = [f'"kid":"{kid}"'.encode() for kid in key_ids]
+    if not markers:
+        return 0
+    return sum(
+        1
+        for aggregate_id in aggregate_ids
+        for stored in ledger.recorder.select_events(aggregate_id)
+        if any(m in stored.state for m in markers)
+    )
+
+
+def erase_subject(
+    ledger: ChatLedger, *, user_id: str | None, visitor_id: str | None, at: datetime | None
+) -> ErasureReceipt:
+    if (user_id is None) == (visitor_id is None):
+        raise InvalidCommandError("Erase either a user_id or a visitor_id (exactly one).")
+    recorder = ledger.recorder
+    if not isinstance(recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder):
+        raise ConfigurationError("This ledger's recorder keeps no content keys; open it with ChatLedger.open().")
+
+    def once() -> tuple[ErasureReceipt, list[Visitor]]:
+        now = ledger._now(at)  # noqa: SLF001
+        if visitor_id is not None:
+            visitor = ledger._get_visitor(visitor_id)  # noqa: SLF001
+            if visitor is None:
+                raise UnknownSubjectError("visitor", visitor_id)
+            visitors = [visitor]
+        else:
+            assert user_id is not None
+            visitors = visitors_of_user(ledger, user_id)
+            if not visitors:
+                raise UnknownSubjectError("user", user_id)
+        session_ids = [sid for v in visitors for sid in v.session_ids]
+        key_ids = recorder.key_ids_of([v.visitor_id for v in visitors])
+        receipt = ErasureReceipt(
+            erasure_id=uuid4(),
+            subject="user" if user_id is not None else "visitor",
+            user_id=user_id if user_id is not None else visitors[0].user_id,
+            visitor_ids=tuple(v.visitor_id for v in visitors),
+            session_ids=tuple(session_ids),
+            key_ids=tuple(key_ids),
+            events_affected=count_encrypted_events(ledger, session_ids, key_ids),
+            erased_at=now,
+        )
+        for visitor in visitors:
+            visitor.record_erasure(receipt)
+        ledger.save(*visitors)  # the recorder destroys the keys in this same transaction
+        return receipt, visitors
+
+    what = f"erase() of {'user ' + repr(user_id) if user_id else 'visitor ' + repr(visitor_id)}"
+    receipt, visitors = ledger._retrying(what, once)  # noqa: SLF001
+    # Derived copies of the plaintext: this process's caches and the snapshots.
+    if isinstance(ledger.mapper, ShreddingMapper) and ledger.mapper.key_ring is not None:
+        ledger.mapper.key_ring.forget(receipt.visitor_ids, receipt.key_ids)
+    aggregate_ids = [*receipt.session_ids, *(v.id for v in visitors)]
+    cache = ledger.repository.cache
+    for aggregate_id in aggregate_ids:
+        if cache is not None:
+            with contextlib.suppress(KeyError):
+                cache.get(aggregate_id, evict=True)
+    if ledger.snapshots is not None:
+        table = getattr(ledger.snapshots.recorder, "events_table_name", None)
+        if table:
+            recorder.delete_snapshots(table, list(receipt.session_ids))
+    recorder.purge_free_space()
+    return receipt

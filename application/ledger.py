@@ -24,6 +24,7 @@ from chatledger.domain.errors import (
     SessionOwnershipError,
     UnknownSessionError,
 )
+from chatledger.domain.erasure import ErasureReceipt
 from chatledger.domain.model import DomainEvent, utc
 from chatledger.domain.policy import AppliedPolicy, SessionPolicy
 from chatledger.domain.session import Message, Session, SessionContext, SlotScope
@@ -38,7 +39,7 @@ from chatledger.projections.base import Projector, ReadModel
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import RecordConflictError
 
-from .audit import HistoryStep, iter_history, verify_log
+from .audit import HistoryStep, erase_subject, install_key_ring, iter_history, verify_log
 from .clock import Clock, system_clock
 
 T = TypeVar("T")
@@ -70,6 +71,7 @@ class ChatLedger(Application[UUID]):
             Visitor: self.settings.snapshot_interval,
         }
         super().__init__(env=eventsourcing_env(self.settings))
+        install_key_ring(self)
 
     @classmethod
     def open(
@@ -480,6 +482,24 @@ class ChatLedger(Application[UUID]):
         """Recompute the tamper-evident hash chains: the whole log, or one session's
         events (each also checked against the log chain row before it)."""
         return verify_log(self, session_id)
+
+    def erase(
+        self,
+        *,
+        user_id: str | None = None,
+        visitor_id: str | None = None,
+        at: datetime | None = None,
+    ) -> ErasureReceipt:
+        """Erase a person's conversation content by destroying their keys.
+
+        A user's erasure covers every visitor ever linked to them, with those
+        visitors' sessions from before the login. Appends ``Visitor.DataErased``
+        (recording the returned receipt) and destroys the keys in the same
+        transaction; afterwards every personal field under those keys reads as
+        erased. Ids, times, event types and counts remain. An unknown subject
+        raises :class:`UnknownSubjectError` and appends nothing.
+        """
+        return erase_subject(self, user_id=user_id, visitor_id=visitor_id, at=at)
 
     def visitor(self, visitor_id: str) -> VisitorState | None:
         """The visitor's identity link and sessions, or None if never seen."""

@@ -130,3 +130,20 @@ def verify(
             console.print(f"  then: {brk.describe()}")
     if not report.ok:
         raise typer.Exit(code=1)
+
+
+def erase(
+    user: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--user", help="Erase a user: every visitor ever linked to them."),
+    ] = None,
+    visitor: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--visitor", help="Erase one (possibly anonymous) visitor."),
+    ] = None,
+    database: DatabaseOption = None,
+) -> None:
+    """Crypto-shred a person's conversation content; print the erasure receipt (JSON)."""
+    with ChatLedger.open(database) as ledger:
+        receipt = ledger.erase(user_id=user, visitor_id=visitor)
+    print(receipt.model_dump_json(indent=2))

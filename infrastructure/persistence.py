@@ -59,7 +59,7 @@ def eventsourcing_env(settings: Settings) -> dict[str, str]:
     """The eventsourcing environment for ``settings`` (database, cache, mapper)."""
     url = settings.url()
     env: dict[str, str] = {
-        "MAPPER_TOPIC": get_topic(PydanticMapper),
+        "MAPPER_TOPIC": "chatledger.infrastructure.shredding:ShreddingMapper",
         "AGGREGATE_CACHE_MAXSIZE": str(settings.cache_size),
         "AGGREGATE_CACHE_FASTFORWARD": "y",
         "IS_SNAPSHOTTING_ENABLED": "y",

@@ -1,0 +1,192 @@
+"""Erasure by crypto-shredding, checked in the raw database (SQLite file bytes, PostgreSQL rows)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import pytest
+from chatledger import (
+    ChatLedger,
+    InvalidCommandError,
+    ManualClock,
+    SessionPolicy,
+    UnknownSubjectError,
+)
+from chatledger.domain.visitor import Visitor, visitor_aggregate_id
+from chatledger.infrastructure.cli import app
+from chatledger.infrastructure.shredding import ERASED_TEXT
+from typer.testing import CliRunner
+
+from .audit_helpers import RawDB
+from .helpers import log_head
+
+POLICY = SessionPolicy(carry_over_slots=frozenset({"name"}))
+
+
+def contains(dump: bytes, secret: bytes) -> bool:
+    """PostgreSQL prints bytea as hex; SQLite files hold the raw bytes."""
+    return secret in dump or secret.hex().encode() in dump
+
+
+@dataclass
+class World:
+    ledger: ChatLedger
+    raw: RawDB
+    url: str
+    a_sessions: list[UUID] = field(default_factory=list)
+    b_sessions: list[UUID] = field(default_factory=list)
+    a_texts: list[str] = field(default_factory=list)
+    b_texts: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def world(database_url: str, clock: ManualClock) -> Iterator[World]:
+    ledger = ChatLedger.open(database_url, clock=clock, policy=POLICY, snapshot_interval=3)
+    w = World(ledger, RawDB(database_url), database_url)
+
+    def say(visitor: str, text: str, texts: list[str], sessions: list[UUID]) -> UUID:
+        turn = ledger.receive(visitor, text, context={"page_url": f"https://shop/?who={visitor}-pageurl"},
+                              metadata={"device": f"{visitor}-device-meta"})
+        texts.append(text)
+        if turn.session_id not in sessions:
+            sessions.append(turn.session_id)
+        return turn.session_id
+
+    # User A: an anonymous visit, a login, a returning visit, and a second device.
+    s = say("v-a-web", "alpha-secret-1 my address is 1 Main St", w.a_texts, w.a_sessions)
+    ledger.reply(s, "alpha-secret-2 noted your address")
+    w.a_texts.append("alpha-secret-2 noted your address")
+    ledger.set_slot(s, "name", "alpha-secret-name-Anna", scope="user")
+    ledger.link_identity("v-a-web", "user-a")
+    say("v-b-web", "bravo-secret-1 hello", w.b_texts, w.b_sessions)
+    clock.advance(hours=2)
+    say("v-a-web", "alpha-secret-3 back again", w.a_texts, w.a_sessions)  # carries the name slot
+    say("v-a-phone", "alpha-secret-4 from my phone", w.a_texts, w.a_sessions)
+    ledger.link_identity("v-a-phone", "user-a")
+    b = say("v-b-web", "bravo-secret-2 still here", w.b_texts, w.b_sessions)
+    ledger.set_slot(b, "name", "bravo-secret-name-Bob")
+    ledger.link_identity("v-b-web", "user-b")
+    yield w
+    ledger.close()
+
+
+def key_bytes(raw: RawDB, visitor_id: str) -> list[bytes]:
+    return [bytes(r[0]) for r in raw.execute("SELECT key FROM chatledger_keys WHERE visitor_id=?", (visitor_id,))]
+
+
+def counts(ledger: ChatLedger, sessions: list[UUID]) -> dict[UUID, tuple[int, int, list[str]]]:
+    result = {}
+    for sid in sessions:
+        steps = list(ledger.history(sid))
+        result[sid] = (len(steps), len(steps[-1].state.messages), [type(e).__name__ for e, _ in steps])
+    return result
+
+
+def test_erasing_a_user_shreds_their_content_everywhere_and_nothing_else(world: World) -> None:
+    ledger, raw = world.ledger, world.raw
+    a_keys = key_bytes(raw, "v-a-web") + key_bytes(raw, "v-a-phone")
+    b_keys = key_bytes(raw, "v-b-web")
+    assert len(a_keys) == 2 and len(b_keys) == 1
+    before_counts = counts(ledger, world.a_sessions + world.b_sessions)
+    kids = sorted(r[0] for r in raw.execute("SELECT kid FROM chatledger_keys WHERE visitor_id IN (?, ?)", ("v-a-web", "v-a-phone")))
+
+    dump = raw.dump()
+    assert all(contains(dump, k) for k in a_keys + b_keys)  # the search can find what is there
+    assert contains(dump, b"v-a-web")  # ids are metadata, stored in the clear
+    assert not any(contains(dump, t.encode()) for t in world.a_texts + world.b_texts)  # content never is
+
+    receipt = ledger.erase(user_id="user-a")
+
+    assert receipt.subject == "user" and receipt.user_id == "user-a"
+    assert set(receipt.visitor_ids) == {"v-a-web", "v-a-phone"}
+    assert set(receipt.session_ids) == set(world.a_sessions)  # the pre-login session too
+    assert len(world.a_sessions) == 3
+    assert sorted(receipt.key_ids) == kids
+    # Started + messages + slot + reply of A's sessions, all encrypted under A's keys
+    assert receipt.events_affected == sum(
+        sum(1 for n in names if n in ("Started", "MessageReceived", "MessageSent", "SlotSet"))
+        for sid, (_, _, names) in before_counts.items()
+        if sid in world.a_sessions
+    )
+
+    dump = raw.dump()
+    assert not any(contains(dump, k) for k in a_keys), "a destroyed key survived in the database"
+    assert all(contains(dump, k) for k in b_keys)
+    assert not any(contains(dump, t.encode()) for t in world.a_texts)
+
+    # A fresh process (no cache) sees A's content as erased and B's intact.
+    with ChatLedger.open(world.url, policy=POLICY) as fresh:
+        for sid in world.a_sessions:
+            state = fresh.session(sid)
+            assert {m.text for m in state.messages} == {ERASED_TEXT}
+            assert all(m.metadata == {"$erased": True} for m in state.messages)
+            assert all(v is None for v in state.slots.values())
+            assert state.context.page_url is None and state.context.client_metadata == {"$erased": True}
+            for event, step in fresh.history(sid):
+                assert "alpha-secret" not in event.model_dump_json() + step.model_dump_json()
+        b_texts = [m.text for sid in world.b_sessions for m in fresh.session(sid).messages]
+        assert b_texts == world.b_texts
+        assert fresh.session(world.b_sessions[-1]).slots == {"name": "bravo-secret-name-Bob"}
+        assert fresh.session(world.b_sessions[-1]).context.page_url == "https://shop/?who=v-b-web-pageurl"
+        # Counts (sessions, events, messages per session, event types) are unchanged.
+        assert counts(fresh, world.a_sessions + world.b_sessions) == before_counts
+        # The hashes were over ciphertext, which did not change.
+        assert fresh.verify().ok
+        # The log records the erasure on each visitor, with the receipt.
+        for visitor_id in ("v-a-web", "v-a-phone"):
+            last = list(fresh.events.get(visitor_aggregate_id(visitor_id)))[-1]
+            assert isinstance(last, Visitor.DataErased) and last.receipt == receipt
+        assert not isinstance(list(fresh.events.get(visitor_aggregate_id("v-b-web")))[-1], Visitor.DataErased)
+        # A keeps using the product: new content gets a new key and stays readable.
+        again = fresh.receive("v-a-web", "alpha-new after erasure")
+        assert fresh.session(again.session_id).messages[-1].text == "alpha-new after erasure"
+
+
+def test_snapshots_of_erased_sessions_are_dropped_and_the_cache_evicted(world: World) -> None:
+    ledger = world.ledger
+    assert ledger.snapshots is not None
+    assert any(list(ledger.snapshots.get(sid)) for sid in world.a_sessions)
+    ledger.session(world.a_sessions[0])  # warm the cache with plaintext
+    ledger.erase(user_id="user-a")
+    assert not any(list(ledger.snapshots.get(sid)) for sid in world.a_sessions)
+    assert {m.text for m in ledger.session(world.a_sessions[0]).messages} == {ERASED_TEXT}
+
+
+def test_erasing_an_anonymous_visitor_covers_only_that_visitor(world: World) -> None:
+    receipt = world.ledger.erase(visitor_id="v-a-phone")
+    assert receipt.subject == "visitor" and receipt.visitor_ids == ("v-a-phone",)
+    assert receipt.user_id == "user-a"
+    assert receipt.session_ids == (world.a_sessions[-1],)
+    assert world.ledger.session(world.a_sessions[-1]).messages[0].text == ERASED_TEXT
+    assert world.ledger.session(world.a_sessions[0]).messages[0].text == world.a_texts[0]
+
+
+def test_a_rejected_erasure_appends_nothing_and_destroys_nothing(world: World) -> None:
+    ledger, raw = world.ledger, world.raw
+    head = log_head(ledger)
+    keys = raw.execute("SELECT kid FROM chatledger_keys ORDER BY kid")
+    with pytest.raises(UnknownSubjectError) as err:
+        ledger.erase(user_id="nobody")
+    assert err.value.subject_id == "nobody"
+    with pytest.raises(UnknownSubjectError):
+        ledger.erase(visitor_id="never-seen")
+    with pytest.raises(InvalidCommandError):
+        ledger.erase()
+    with pytest.raises(InvalidCommandError):
+        ledger.erase(user_id="user-a", visitor_id="v-a-web")
+    assert log_head(ledger) == head
+    assert raw.execute("SELECT kid FROM chatledger_keys ORDER BY kid") == keys
+
+
+def test_cli_erase_prints_the_receipt(world: World) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["erase", "--user", "user-b", "-d", world.url])
+    assert result.exit_code == 0, result.output
+    receipt = json.loads(result.output)
+    assert receipt["visitor_ids"] == ["v-b-web"] and receipt["events_affected"] > 0
+    assert "key" not in {k for k in receipt if k != "key_ids"}
+    unknown = runner.invoke(app, ["erase", "--user", "nobody", "-d", world.url])
+    assert isinstance(unknown.exception, UnknownSubjectError)
