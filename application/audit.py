@@ -17,7 +17,7 @@ import contextlib
 import json
 from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID, uuid4
 
 from chatledger.domain.erasure import ErasureReceipt
@@ -198,3 +198,105 @@ def erase_subject(
             recorder.delete_snapshots(table, list(receipt.session_ids))
     recorder.purge_free_space()
     return receipt
+
+
+# --------------------------------------------------------------------------- export
+
+EXPORT_FORMAT = "chatledger-audit-export"
+EXPORT_VERSION = 1
+EXPORT_FIELDS = {
+    "record": "header | event | verification",
+    "aggregate": "session or visitor",
+    "originator_id": "the aggregate's id (UUID)",
+    "originator_version": "position of the event in its aggregate (1, 2, ...)",
+    "notification_id": "position of the event in the whole log",
+    "topic": "the event class (module:Class)",
+    "type": "the event class name",
+    "occurred_at": "business time of the fact (UTC)",
+    "event": "the event decoded: personal fields decrypted, or erased markers if the key was destroyed",
+    "stored_state": "the exact stored bytes (UTF-8 JSON; personal fields as {$enc, kid} envelopes)",
+    "event_hash": "hex SHA-256 chaining this event to the previous one of its aggregate",
+    "log_hash": "hex SHA-256 chaining this event to the previous event of the whole log",
+}
+EXPORT_HASHING = {
+    "encoding": "each part is prefixed by its length as 8 bytes big-endian",
+    "event_hash": "sha256('chatledger/event/v1' | prev event_hash (32 zero bytes for version 1) | "
+    "originator_id as canonical UUID text | version as decimal text | topic | stored_state bytes)",
+    "log_hash": "sha256('chatledger/log/v1' | prev log_hash (32 zero bytes first) | notification_id "
+    "as decimal text | originator_id | version | event_hash)",
+}
+
+
+def export_bundle(
+    ledger: ChatLedger, out: IO[str], *, user_id: str | None = None, session_id: UUID | str | None = None
+) -> VerificationReport:
+    """Write a self-describing JSONL bundle of a user's or a session's events."""
+    from .ledger import _as_uuid
+
+    if (user_id is None) == (session_id is None):
+        raise InvalidCommandError("Export either a user_id or a session_id (exactly one).")
+    recorder = ledger.recorder
+    if not isinstance(recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder):
+        raise ConfigurationError("This ledger's recorder keeps no hash chain; open it with ChatLedger.open().")
+    aggregates: list[tuple[str, UUID]] = []
+    if user_id is not None:
+        visitors = visitors_of_user(ledger, user_id)
+        if not visitors:
+            raise UnknownSubjectError("user", user_id)
+        aggregates += [("visitor", v.id) for v in visitors]
+        aggregates += [("session", sid) for v in visitors for sid in v.session_ids]
+        scope: dict[str, Any] = {"user_id": user_id, "visitor_ids": [v.visitor_id for v in visitors]}
+    else:
+        sid = _as_uuid(session_id)  # type: ignore[arg-type]
+        ledger._get_session(sid)  # noqa: SLF001 - raises UnknownSessionError
+        aggregates.append(("session", sid))
+        scope = {"session_id": str(sid)}
+    scope["session_ids"] = [str(a) for kind, a in aggregates if kind == "session"]
+    header = {
+        "record": "header",
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "generated_at": ledger._now(None).isoformat(),  # noqa: SLF001
+        "scope": scope,
+        "fields": EXPORT_FIELDS,
+        "hashing": EXPORT_HASHING,
+        "verify": "recompute event_hash per aggregate and compare; the last line has the ledger's own check",
+    }
+    out.write(json.dumps(header) + "\n")
+    scoped_ok: dict[str, bool] = {}
+    for kind, aggregate_id in aggregates:
+        positions = recorder.notification_ids(aggregate_id)
+        hashes = recorder.hash_rows(aggregate_id)
+        for stored in recorder.select_events(aggregate_id):
+            event = ledger.mapper.to_domain_event(stored)
+            nid = positions.get(stored.originator_version)
+            ev_hash, lg_hash = hashes.get(nid, (b"", b"")) if nid is not None else (b"", b"")
+            line = {
+                "record": "event",
+                "aggregate": kind,
+                "originator_id": str(aggregate_id),
+                "originator_version": stored.originator_version,
+                "notification_id": nid,
+                "topic": stored.topic,
+                "type": type(event).__name__,
+                "occurred_at": event.occurred_at.isoformat() if event.occurred_at else None,
+                "event": event.model_dump(mode="json"),
+                "stored_state": stored.state.decode(),
+                "event_hash": ev_hash.hex(),
+                "log_hash": lg_hash.hex(),
+            }
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
+        scoped_ok[str(aggregate_id)] = recorder.verify(VerificationReport(scope=str(aggregate_id)), aggregate_id).ok
+    report = recorder.verify(VerificationReport(scope="log"))
+    out.write(
+        json.dumps(
+            {
+                "record": "verification",
+                "ok": report.ok and all(scoped_ok.values()),
+                "aggregates": scoped_ok,
+                "log": report.as_dict(),
+            }
+        )
+        + "\n"
+    )
+    return report

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from functools import cached_property
-from typing import Any, Literal, TypeVar
+from typing import IO, Any, Literal, TypeVar
 from uuid import UUID, uuid4
 
 from chatledger.domain.errors import (
@@ -39,7 +39,14 @@ from chatledger.projections.base import Projector, ReadModel
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import RecordConflictError
 
-from .audit import HistoryStep, erase_subject, install_key_ring, iter_history, verify_log
+from .audit import (
+    HistoryStep,
+    erase_subject,
+    export_bundle,
+    install_key_ring,
+    iter_history,
+    verify_log,
+)
 from .clock import Clock, system_clock
 
 T = TypeVar("T")
@@ -500,6 +507,14 @@ class ChatLedger(Application[UUID]):
         raises :class:`UnknownSubjectError` and appends nothing.
         """
         return erase_subject(self, user_id=user_id, visitor_id=visitor_id, at=at)
+
+    def export_audit(
+        self, out: IO[str], *, user_id: str | None = None, session_id: UUID | str | None = None
+    ) -> VerificationReport:
+        """Write a self-describing JSONL bundle for auditors: a header (format and
+        field docs), every event of the user (their visitors and sessions) or of
+        one session with its hashes, and a final verification line."""
+        return export_bundle(self, out, user_id=user_id, session_id=session_id)
 
     def visitor(self, visitor_id: str) -> VisitorState | None:
         """The visitor's identity link and sessions, or None if never seen."""

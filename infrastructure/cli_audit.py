@@ -147,3 +147,25 @@ def erase(
     with ChatLedger.open(database) as ledger:
         receipt = ledger.erase(user_id=user, visitor_id=visitor)
     print(receipt.model_dump_json(indent=2))
+
+
+@audit_app.command("export")
+def export(
+    out: Annotated[Path, typer.Option("--out", help="The JSONL file to write.")],
+    user: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--user", help="Export every visitor and session of this user."),
+    ] = None,
+    session: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--session", help="Export one session."),
+    ] = None,
+    database: DatabaseOption = None,
+) -> None:
+    """Write a self-describing JSONL bundle: header, events with hashes, verification result."""
+    with ChatLedger.open(database) as ledger, out.open("w", encoding="utf-8") as fh:
+        report = ledger.export_audit(fh, user_id=user, session_id=session)
+    status = "[green]verified[/]" if report.ok else "[red]BROKEN[/]"
+    console.print(f"wrote {out} (log {status}, head position {report.head_position})")
+    if not report.ok:
+        raise typer.Exit(code=1)
