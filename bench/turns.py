@@ -496,7 +496,8 @@ def read_bench(backend: Backend, ledger: ChatLedger, sid: UUID, messages: int, r
 
 def bench_backend(backend: Backend, args: argparse.Namespace, tag: str, profile: cProfile.Profile | None) -> dict[str, Any]:
     out: dict[str, Any] = {"backend": backend.name}
-    ledger = ChatLedger.open(backend.ledger_url())
+    overrides = {"cache_size": args.cache_size} if args.cache_size is not None else {}
+    ledger = ChatLedger.open(backend.ledger_url(), **overrides)
     try:
         out["durability"] = backend.durability(ledger)
         out["cache_size"] = ledger.settings.cache_size
@@ -632,6 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="turns per concurrent conversation")
     ap.add_argument("--workers", type=int, default=8, help="threads driving the concurrent conversations")
     ap.add_argument("--read-messages", type=int, default=5000, help="messages in the long session")
+    ap.add_argument("--cache-size", type=int, default=None,
+                    help="ChatLedger cache_size (default: the Settings default)")
     ap.add_argument("--repeat", type=int, default=5, help="repetitions of each read (median)")
     ap.add_argument("--profile", action="store_true", help="cProfile the 1-conversation turns and a cold read")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
