@@ -363,6 +363,24 @@ def ledger_turns(
     return result, [sessions[v] for v in visitors]
 
 
+def combine(results: list[WriteResult]) -> dict[str, Any]:
+    """Median throughput over trials; latency percentiles over all calls."""
+    pooled: dict[str, list[float]] = {}
+    for r in results:
+        for name, values in r.latencies.items():
+            pooled.setdefault(name, []).extend(values)
+    merged = WriteResult(
+        label=results[0].label.rstrip("0123456789"),
+        turns=sum(r.turns for r in results),
+        seconds=sum(r.seconds for r in results),
+        latencies=pooled,
+    )
+    summary = merged.summary()
+    summary["turns_per_s"] = round(statistics.median(r.turns_per_s for r in results), 1)
+    summary["trials_turns_per_s"] = [round(r.turns_per_s, 1) for r in results]
+    return summary
+
+
 def raw_turns(
     backend: Backend, label: str, rows: dict[UUID, list[tuple[Any, ...]]], session_order: list[UUID],
     rounds: int, workers: int,
@@ -494,7 +512,7 @@ def read_bench(backend: Backend, ledger: ChatLedger, sid: UUID, messages: int, r
 # ---------------------------------------------------------------------------- driver
 
 
-def bench_backend(backend: Backend, args: argparse.Namespace, tag: str, profile: cProfile.Profile | None) -> dict[str, Any]:
+def bench_backend(backend: Backend, args: argparse.Namespace, tag: str) -> dict[str, Any]:
     out: dict[str, Any] = {"backend": backend.name}
     overrides = {"cache_size": args.cache_size} if args.cache_size is not None else {}
     ledger = ChatLedger.open(backend.ledger_url(), **overrides)
@@ -504,45 +522,78 @@ def bench_backend(backend: Backend, args: argparse.Namespace, tag: str, profile:
         out["snapshot_interval"] = ledger.settings.snapshot_interval
         ledger.receive(f"bench-{tag}-warmup", "warm up")  # pool, tables, imports
 
-        # 1 conversation
-        one, one_sessions = ledger_turns(ledger, "one", 1, args.single_turns, 1, tag)
-        # N concurrent conversations
-        many, many_sessions = ledger_turns(
-            ledger, "many", args.conversations, args.rounds, args.workers, tag
-        )
-
-        # The same rows, raw.
-        backend.raw_setup()
-        rows = backend.message_rows(one_sessions + many_sessions)
-        raw_one = raw_turns(backend, "one", rows, one_sessions, args.single_turns, 1)
-        backend.raw_setup()  # fresh table again, as the ledger's was
-        raw_many = raw_turns(backend, "many", rows, many_sessions, args.rounds, args.workers)
+        # Trials alternate ledger and raw runs, so both see the same machine
+        # load (the machine is shared); each figure is the median over trials.
+        writes: dict[str, dict[str, list[WriteResult]]] = {
+            "one": {"ledger": [], "raw": []}, "many": {"ledger": [], "raw": []}
+        }
+        for t in range(args.trials):
+            for key, conversations, rounds, workers in (
+                ("one", 1, args.single_turns, 1),
+                ("many", args.conversations, args.rounds, args.workers),
+            ):
+                led, sessions = ledger_turns(
+                    ledger, f"{key}{t}", conversations, rounds, workers, tag
+                )
+                backend.raw_setup()  # a fresh table, as the ledger's was at first
+                rows = backend.message_rows(sessions)
+                raw = raw_turns(backend, f"{key}{t}", rows, sessions, rounds, workers)
+                writes[key]["ledger"].append(led)
+                writes[key]["raw"].append(raw)
         out["writes"] = {
-            "one": {"ledger": one.summary(), "raw": raw_one.summary()},
-            "many": {"ledger": many.summary(), "raw": raw_many.summary()},
+            key: {side: combine(results) for side, results in sides.items()}
+            for key, sides in writes.items()
         }
 
         # Reading a long session.
         sid = build_long_session(ledger, args.read_messages, tag)
         out["read"] = read_bench(backend, ledger, sid, args.read_messages, args.repeat)
-        if profile:
-            profile_turns(ledger, profile, args.single_turns, tag)
-            print_profile(profile, f"{backend.name}: {args.single_turns} turns, 1 conversation", 30)
-            print_profile(profile, f"{backend.name}: {args.single_turns} turns, 1 conversation", 30, "cumulative")
+        if args.profile:
+            profile_turns(ledger, args.single_turns, tag, backend.name)
             profile_reads(ledger, sid, backend.name, args.read_messages)
     finally:
         ledger.close()
     return out
 
 
-def profile_turns(ledger: ChatLedger, profile: cProfile.Profile, turns: int, tag: str) -> None:
-    """The 1-conversation loop again, in this thread, under cProfile (not timed)."""
+class Profiled:
+    """pyinstrument (sampling, if installed) or cProfile around a block."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        try:
+            from pyinstrument import Profiler
+        except ImportError:
+            self.sampler = None
+            self.profile = cProfile.Profile()
+        else:
+            self.sampler = Profiler(interval=0.0005)
+
+    def __enter__(self) -> Profiled:
+        if self.sampler is not None:
+            self.sampler.start()
+        else:
+            self.profile.enable()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
+            print(f"\n-- profile (pyinstrument): {self.title}")
+            print(self.sampler.output_text(unicode=False, color=False))
+        else:
+            self.profile.disable()
+            print_profile(self.profile, self.title, 25, "cumulative")
+            print_profile(self.profile, self.title, 25, "tottime")
+
+
+def profile_turns(ledger: ChatLedger, turns: int, tag: str, name: str) -> None:
+    """The 1-conversation loop again, in this thread, profiled (not timed)."""
     visitor = f"bench-{tag}-profile"
-    profile.enable()
-    for _ in range(turns):
-        turn = ledger.receive(visitor, USER_TEXT)
-        ledger.reply(turn.session_id, BOT_TEXT)
-    profile.disable()
+    with Profiled(f"{name}: {turns} turns, 1 conversation"):
+        for _ in range(turns):
+            turn = ledger.receive(visitor, USER_TEXT)
+            ledger.reply(turn.session_id, BOT_TEXT)
 
 
 def profile_reads(ledger: ChatLedger, sid: UUID, name: str, messages: int) -> None:
@@ -552,22 +603,11 @@ def profile_reads(ledger: ChatLedger, sid: UUID, name: str, messages: int) -> No
         ("cold cache, snapshots", contextlib.nullcontext()),
         ("cold cache, no snapshots", snapshots_disabled(ledger)),
     ):
-        prof = cProfile.Profile()
-        with ctx:
-            for _ in range(3):
+        with ctx, Profiled(f"{name}: 5 x session() of {messages} messages, {title}"):
+            for _ in range(5):
                 with contextlib.suppress(KeyError):
                     cache.get(sid, evict=True)
-                prof.enable()
                 ledger.session(sid)
-                prof.disable()
-        print_profile(prof, f"{name}: 3 x session() of {messages} messages, {title}", 20)
-    prof = cProfile.Profile()
-    ledger.session(sid)
-    prof.enable()
-    for _ in range(3):
-        ledger.session(sid)
-    prof.disable()
-    print_profile(prof, f"{name}: 3 x session() of {messages} messages, warm cache", 20)
 
 
 def print_report(results: list[dict[str, Any]], args: argparse.Namespace, seconds: float) -> None:
@@ -576,7 +616,9 @@ def print_report(results: list[dict[str, Any]], args: argparse.Namespace, second
     p(f"chatledger session-engine benchmark -- {os.cpu_count()} CPUs, Python {platform.python_version()}, "
       f"load average at end {os.getloadavg()[0]:.2f}, total {seconds:.0f} s")
     p(f"turn = ledger.receive() + ledger.reply(), each its own committed transaction.")
-    p(f"'1 conversation': one thread, {args.single_turns} turns in a row.")
+    p(f"'1 conversation': one thread, {args.single_turns} turns in a row (a fresh visitor per trial).")
+    p(f"writes: {args.trials} trials alternating ledger and raw runs; turns/s = median over trials, "
+      "latency percentiles over all calls of all trials.")
     p(f"'{args.conversations} concurrent': {args.conversations} visitors, each an open session; "
       f"{args.workers} worker threads share one ChatLedger, each thread owns "
       f"{args.conversations}/{args.workers} conversations and drives them round-robin "
@@ -633,10 +675,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="turns per concurrent conversation")
     ap.add_argument("--workers", type=int, default=8, help="threads driving the concurrent conversations")
     ap.add_argument("--read-messages", type=int, default=5000, help="messages in the long session")
+    ap.add_argument("--trials", type=int, default=3,
+                    help="alternating ledger/raw write trials; medians are reported")
     ap.add_argument("--cache-size", type=int, default=None,
                     help="ChatLedger cache_size (default: the Settings default)")
     ap.add_argument("--repeat", type=int, default=5, help="repetitions of each read (median)")
-    ap.add_argument("--profile", action="store_true", help="cProfile the 1-conversation turns and a cold read")
+    ap.add_argument("--profile", action="store_true", help="profile (pyinstrument if installed, else cProfile) the 1-conversation turns and cold reads")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     ap.add_argument("--workdir", default=None, help="where the SQLite files go (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -647,10 +691,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
         backend: Backend = SQLiteBackend(workdir, tag) if name == "sqlite" else PostgresBackend(tag)
-        profile = cProfile.Profile() if args.profile else None
         print(f"[{name}] running...", file=sys.stderr, flush=True)
         try:
-            results.append(bench_backend(backend, args, tag, profile))
+            results.append(bench_backend(backend, args, tag))
         finally:
             backend.cleanup()
     if not args.workdir:
