@@ -3,7 +3,7 @@ rebuilds from the store; the cache never runs ahead of the store."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from collections.abc import Iterator
 
@@ -43,6 +43,9 @@ def test_snapshots_equal_a_rebuild_from_events(small_snapshots: ChatLedger, cloc
         assert snapshot.originator_version == expected.originator_version
         assert snapshot.topic == expected.topic
         assert snapshot.state == expected.state
+        for key in ("_created_on", "_modified_on"):  # typed again after the JSON round trip
+            assert isinstance(snapshot.state.model_extra[key], datetime)
+            assert snapshot.state.model_extra[key] == getattr(rebuilt, key)
 
 
 def test_cache_is_never_ahead_of_the_store(small_snapshots: ChatLedger) -> None:
