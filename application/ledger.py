@@ -181,7 +181,7 @@ class ChatLedger(Application[UUID]):
     def _get_session(self, session_id: UUID | str) -> Session:
         sid = _as_uuid(session_id)
         try:
-            session = self.repository.get(sid)
+            session = self.repository.get(sid, projector_func=_project)
         except AggregateNotFoundError as err:
             raise UnknownSessionError(session_id) from err
         if not isinstance(session, Session):
@@ -190,7 +190,9 @@ class ChatLedger(Application[UUID]):
 
     def _get_visitor(self, visitor_id: str) -> Visitor | None:
         try:
-            visitor = self.repository.get(visitor_aggregate_id(visitor_id))
+            visitor = self.repository.get(
+                visitor_aggregate_id(visitor_id), projector_func=_project
+            )
         except AggregateNotFoundError:
             return None
         assert isinstance(visitor, Visitor)
@@ -518,6 +520,18 @@ class ChatLedger(Application[UUID]):
             return None
         state = self.session(visitor.current_session_id)
         return state if state.status == "active" else None
+
+
+def _project(aggregate: Any, events: Any) -> Any:
+    """``eventsourcing.application.project_aggregate`` without its per-event
+    ``assert isinstance(event, CanMutateProtocol)``: a runtime-checkable
+    Protocol check costs tens of microseconds on Python 3.11, a third of the
+    time of replaying a long session without a snapshot. Every event the
+    mapper returns is a chatledger ``DomainEvent`` with ``mutate``.
+    """
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
 
 
 def _effective(state: SessionState, at: datetime) -> SessionState:

@@ -9,10 +9,16 @@ behaviour in this process only:
 - ``copy``:     the generic ``copy.deepcopy`` instead of ``Aggregate.__deepcopy__``
                 (and of ``AppliedPolicy.__deepcopy__``);
 - ``save``:     ``Application.save``/``take_snapshot`` instead of ChatLedger's
-                (snapshots rebuilt from the store; saved aggregates not cached).
+                (snapshots rebuilt from the store; saved aggregates not cached);
+- ``project``:  the library's ``project_aggregate`` (with its per-event Protocol
+                ``isinstance`` assert) instead of ``ledger._project``.
+
+(The SnapshotState validator change cannot be switched off at run time: compare
+commits with ``git stash`` or a checkout for that one.)
 
 Each round runs ``--turns`` turns (receive + reply) on a fresh conversation,
-then one cold and one warm ``session()`` of a ``--read-messages`` session.
+then cold (with and without snapshots) and warm ``session()`` reads of a
+``--read-messages`` session.
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ from collections.abc import Iterator
 from uuid import uuid4
 
 import psycopg
-from eventsourcing.application import Application
+from eventsourcing.application import project_aggregate
 from psycopg import sql
 
 sys.path.insert(0, os.path.dirname(__file__))
 from turns import BOT_TEXT, PG_BASE, PG_CONNINFO, USER_TEXT, build_long_session  # noqa: E402
 
+import chatledger.ledger as ledger_module  # noqa: E402
 from chatledger import ChatLedger  # noqa: E402
 from chatledger.domain.model import Aggregate  # noqa: E402
 from chatledger.domain.policy import AppliedPolicy  # noqa: E402
@@ -42,6 +49,13 @@ from chatledger.domain.policy import AppliedPolicy  # noqa: E402
 
 @contextlib.contextmanager
 def off(change: str) -> Iterator[None]:
+    if change == "project":
+        ledger_module._project = project_aggregate
+        try:
+            yield
+        finally:
+            ledger_module._project = _project
+        return
     saved: list[tuple[type, str, object]] = []
     targets = {
         "copy": [(Aggregate, "__deepcopy__"), (AppliedPolicy, "__deepcopy__")],
@@ -57,6 +71,9 @@ def off(change: str) -> Iterator[None]:
             setattr(cls, name, value)
 
 
+_project = ledger_module._project
+
+
 def turns_per_s(ledger: ChatLedger, turns: int) -> float:
     visitor = f"ab-{uuid4().hex}"
     t0 = time.perf_counter()
@@ -66,11 +83,14 @@ def turns_per_s(ledger: ChatLedger, turns: int) -> float:
     return turns / (time.perf_counter() - t0)
 
 
-def read_ms(ledger: ChatLedger, sid: object, cold: bool) -> float:
+def read_ms(ledger: ChatLedger, sid: object, cold: bool, snapshots: bool = True) -> float:
     """Median of 3 reads."""
     cache = ledger.repository.cache
     assert cache is not None
     times = []
+    store = ledger.repository.snapshot_store
+    if not snapshots:
+        ledger.repository.snapshot_store = None
     for _ in range(3):
         if cold:
             with contextlib.suppress(KeyError):
@@ -80,6 +100,7 @@ def read_ms(ledger: ChatLedger, sid: object, cold: bool) -> float:
         t0 = time.perf_counter()
         ledger.session(sid)
         times.append((time.perf_counter() - t0) * 1000)
+    ledger.repository.snapshot_store = store
     return statistics.median(times)
 
 
@@ -98,20 +119,25 @@ def main() -> int:
         sid = build_long_session(ledger, args.read_messages, "ab")
         results: dict[tuple[str, str], dict[str, list[float]]] = {}
         for _ in range(args.rounds):
-            for change in ("copy", "save"):
+            for change in ("copy", "save", "project"):
                 for variant in ("on", "off"):
                     ctx = off(change) if variant == "off" else contextlib.nullcontext()
                     with ctx:
-                        r = results.setdefault((change, variant), {"turns": [], "cold": [], "warm": []})
+                        r = results.setdefault(
+                            (change, variant), {"turns": [], "cold": [], "nosnap": [], "warm": []}
+                        )
                         r["turns"].append(turns_per_s(ledger, args.turns))
                         r["cold"].append(read_ms(ledger, sid, cold=True))
+                        r["nosnap"].append(read_ms(ledger, sid, cold=True, snapshots=False))
                         r["warm"].append(read_ms(ledger, sid, cold=False))
         print(f"{args.backend}: {args.rounds} alternating rounds, {args.turns} turns each; "
               f"reads of a {args.read_messages}-message session; medians")
-        print(f"{'change':<8}{'variant':<9}{'turns/s':>9}{'cold read ms':>14}{'warm read ms':>14}")
+        print(f"{'change':<9}{'variant':<9}{'turns/s':>9}{'cold read ms':>14}"
+              f"{'no-snapshot ms':>16}{'warm read ms':>14}")
         for (change, variant), r in results.items():
-            print(f"{change:<8}{variant:<9}{statistics.median(r['turns']):>9.0f}"
-                  f"{statistics.median(r['cold']):>14.2f}{statistics.median(r['warm']):>14.2f}")
+            print(f"{change:<9}{variant:<9}{statistics.median(r['turns']):>9.0f}"
+                  f"{statistics.median(r['cold']):>14.2f}{statistics.median(r['nosnap']):>16.2f}"
+                  f"{statistics.median(r['warm']):>14.2f}")
     finally:
         ledger.close()
         shutil.rmtree(tmp, ignore_errors=True)
