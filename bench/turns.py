@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -43,7 +43,6 @@ import psycopg
 from psycopg import sql
 
 from chatledger import ChatLedger
-from chatledger.domain.visitor import visitor_aggregate_id
 
 PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
 PG_CONNINFO = "host=127.0.0.1 port=5432 user=postgres dbname=test"
