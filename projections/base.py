@@ -84,6 +84,10 @@ class SQLView(TrackingRecorder):
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                # Take the write lock up front: a second runner waits here, then
+                # sees the first one's position (instead of failing mid-batch).
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
             self._local.conn = conn
             try:
                 yield conn
@@ -254,15 +258,17 @@ class Projector:
             projection.discard()
             try:
                 with view.transaction():
+                    # Claim the batch first: a racing runner blocks here, then fails
+                    # the compare-and-set and skips to the winner's position.
+                    view.advance_tracking(
+                        self.application_name, position, notifications[-1].id
+                    )
                     for notification in notifications:
                         event = self.mapper.to_domain_event(notification)
                         projection.process_event(
                             event, Tracking(self.application_name, notification.id)
                         )
                     projection.flush()
-                    view.advance_tracking(
-                        self.application_name, position, notifications[-1].id
-                    )
             except TrackingConflict:
                 # Another runner applied these events; continue from its position.
                 projection.discard()
