@@ -11,9 +11,12 @@ from rich.console import Console
 
 from chatledger import ChatLedger, ChatLedgerError
 
+from .cli_projections import register as register_projection_commands
+
 app = typer.Typer(no_args_is_help=True, help="Event-sourced conversation state for chatbots.")
 session_app = typer.Typer(no_args_is_help=True, help="Inspect sessions.")
 app.add_typer(session_app, name="session")
+register_projection_commands(app)
 
 console = Console()
 err_console = Console(stderr=True)
