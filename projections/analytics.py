@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from eventsourcing.persistence import Tracking
+from eventsourcing.utils import get_topic
 from sqlalchemy import Boolean, Connection, Float, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -22,7 +23,7 @@ from chatledger.domain.errors import InvalidCommandError
 from chatledger.domain.session import Session
 from chatledger.domain.visitor import Visitor
 
-from .base import ReadModel, RowBuffer
+from .base import ReadModel, RowBuffer, batch_ids
 from .conversation_log import messages_table
 from .results import Analytics, Engagement
 from .sqltypes import UTCDateTime
@@ -94,6 +95,11 @@ class SessionAnalytics(ReadModel):
     def discard(self) -> None:
         self.sessions.clear()
         self.visitors.clear()
+
+    def prepare(self, events: Sequence[Any]) -> None:
+        sessions, visitors = batch_ids(events, Session.Started, Visitor.Registered)
+        self.sessions.load(self.view.conn, sessions)
+        self.visitors.load(self.view.conn, visitors)
 
     def flush(self) -> None:
         self.sessions.flush(self.view.conn)
@@ -219,6 +225,8 @@ _HANDLERS: dict[type, Any] = {
     Visitor.IdentityLinked: SessionAnalytics.visitor_linked,
 }
 
+
+SessionAnalytics.topics = tuple(get_topic(t) for t in _HANDLERS)
 
 # ---------------------------------------------------------------- reads
 

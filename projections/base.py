@@ -174,6 +174,10 @@ class ReadModel(Projection[SQLView]):
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         """Events a read model does not handle are skipped (but still tracked)."""
 
+    def prepare(self, events: Sequence[Any]) -> None:
+        """Called with a batch's events before they are processed, inside its
+        transaction: prefetch the rows the batch needs in a few queries."""
+
     def flush(self) -> None:
         """Write buffered rows; called inside the batch's transaction."""
 
@@ -263,8 +267,13 @@ class Projector:
                     view.advance_tracking(
                         self.application_name, position, notifications[-1].id
                     )
-                    for notification in notifications:
-                        event = self.mapper.to_domain_event(notification)
+                    # Events of topics the read model does not handle are read and
+                    # tracked, but not decoded (``Projection.topics``; empty = all).
+                    wanted = projection.topics
+                    handled = [n for n in notifications if not wanted or n.topic in wanted]
+                    events = [self.mapper.to_domain_event(n) for n in handled]
+                    projection.prepare(events)
+                    for notification, event in zip(handled, events):
                         projection.process_event(
                             event, Tracking(self.application_name, notification.id)
                         )
@@ -420,3 +429,16 @@ class RowBuffer:
         self._rows.clear()
         self._in_db.clear()
         self._dirty.clear()
+
+
+def batch_ids(events: Sequence[Any], started: type, registered: type) -> tuple[list[str], list[str]]:
+    """Session and visitor aggregate ids a batch touches but did not create."""
+    new = {e.originator_id for e in events if isinstance(e, (started, registered))}
+    sessions: list[str] = []
+    visitors: list[str] = []
+    for e in events:
+        oid = e.originator_id
+        if oid in new:
+            continue
+        (visitors if type(e).__qualname__.startswith("Visitor.") else sessions).append(str(oid))
+    return sessions, visitors

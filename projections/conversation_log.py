@@ -9,18 +9,19 @@ user's transcript covers the conversations they had before logging in.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 from eventsourcing.persistence import Tracking
-from sqlalchemy import BigInteger, Connection, Index, Integer, String, Text, select, update
+from eventsourcing.utils import get_topic
+from sqlalchemy import BigInteger, Connection, bindparam, Index, Integer, String, Text, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from chatledger.domain.session import Session
 from chatledger.domain.visitor import Visitor
 
-from .base import ReadModel, RowBuffer
+from .base import ReadModel, RowBuffer, batch_ids
 from .results import TranscriptMessage
 from .sqltypes import UTCDateTime
 
@@ -89,11 +90,18 @@ class ConversationLog(ReadModel):
         self.sessions = RowBuffer(sessions_table, "session_id")  # type: ignore[arg-type]
         self.visitors = RowBuffer(visitors_table, "visitor_uuid")  # type: ignore[arg-type]
         self.pending: list[dict[str, Any]] = []
+        self.links: list[dict[str, str]] = []
 
     def discard(self) -> None:
         self.sessions.clear()
         self.visitors.clear()
         self.pending.clear()
+        self.links.clear()
+
+    def prepare(self, events: Sequence[Any]) -> None:
+        sessions, visitors = batch_ids(events, Session.Started, Visitor.Registered)
+        self.sessions.load(self.view.conn, sessions)
+        self.visitors.load(self.view.conn, visitors)
 
     def flush(self) -> None:
         conn = self.view.conn
@@ -102,6 +110,15 @@ class ConversationLog(ReadModel):
         if self.pending:
             conn.execute(messages_table.insert(), self.pending)
             self.pending.clear()
+        if self.links:
+            for table in (sessions_table, messages_table):
+                conn.execute(
+                    update(table)
+                    .where(table.c.visitor_id == bindparam("v"), table.c.user_id.is_(None))
+                    .values(user_id=bindparam("u")),
+                    self.links,
+                )
+            self.links.clear()
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:  # type: ignore[override]
         handler = self._handlers.get(type(domain_event))
@@ -156,24 +173,24 @@ class ConversationLog(ReadModel):
         )
 
     def _visitor_linked(self, e: Visitor.IdentityLinked, tracking: Tracking) -> None:
-        """Attribute the visitor's earlier (anonymous) sessions and messages to the user."""
-        conn = self.view.conn
-        visitor = self.visitors.get(conn, str(e.originator_id))
+        """Attribute the visitor's earlier (anonymous) sessions and messages to the user.
+
+        Rows of this batch are fixed in memory; rows already in the database
+        are fixed by one UPDATE per table at :meth:`flush` (after the inserts).
+        """
+        visitor = self.visitors.get(self.view.conn, str(e.originator_id))
         if visitor is None:  # pragma: no cover - Registered always comes first
             return
         visitor["user_id"] = e.user_id
         self.visitors.changed(visitor["visitor_uuid"])
         visitor_id = visitor["visitor_id"]
-        self.flush()  # the UPDATEs below must see this batch's rows
+        self.links.append({"v": visitor_id, "u": e.user_id})
         for session in self.sessions.rows():
             if session["visitor_id"] == visitor_id and session["user_id"] is None:
                 session["user_id"] = e.user_id
-        for table in (sessions_table, messages_table):
-            conn.execute(
-                update(table)
-                .where(table.c.visitor_id == visitor_id, table.c.user_id.is_(None))
-                .values(user_id=e.user_id)
-            )
+        for row in self.pending:
+            if row["visitor_id"] == visitor_id and row["user_id"] is None:
+                row["user_id"] = e.user_id
 
     _handlers: dict[type, Any] = {
         Session.Started: _started,
@@ -184,6 +201,8 @@ class ConversationLog(ReadModel):
         Visitor.IdentityLinked: _visitor_linked,
     }
 
+
+ConversationLog.topics = tuple(get_topic(t) for t in ConversationLog._handlers)
 
 def query_transcript(
     conn: Connection,

@@ -17,17 +17,19 @@ greets a returning visitor.)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from eventsourcing.persistence import Tracking
+from eventsourcing.utils import get_topic
 from sqlalchemy import JSON, Connection, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from chatledger.domain.session import Session
 from chatledger.domain.visitor import Visitor
 
-from .base import ReadModel, RowBuffer
+from .base import ReadModel, RowBuffer, batch_ids
 from .sqltypes import UTCDateTime
 
 DISPLAY_NAME_SLOTS = ("display_name", "name", "first_name")
@@ -109,6 +111,37 @@ class UserMemory(ReadModel):
         self.visitors.clear()
         self.profiles.clear()
         self.links.clear()
+
+    def prepare(self, events: Sequence[Any]) -> None:
+        conn = self.view.conn
+        sessions, visitors = batch_ids(events, Session.Started, Visitor.Registered)
+        self.sessions.load(conn, sessions)
+        self.visitors.load(conn, visitors)
+        registered = {e.visitor_id for e in events if isinstance(e, Visitor.Registered)}
+        for e in events:
+            if isinstance(e, Visitor.Registered):
+                self.links[e.visitor_id] = None
+        for row in self.visitors.rows():
+            self.links[row["visitor_id"]] = row["user_id"]
+        wanted = {e.visitor_id for e in events if isinstance(e, Session.Started)}
+        wanted |= {r["visitor_id"] for r in self.sessions.rows()}
+        missing = [v for v in wanted - registered if v not in self.links]
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            found = dict(
+                conn.execute(
+                    select(visitors_table.c.visitor_id, visitors_table.c.user_id).where(
+                        visitors_table.c.visitor_id.in_(chunk)
+                    )
+                ).all()
+            )
+            for v in chunk:
+                self.links[v] = found.get(v)
+        subjects = {self._subject(v) for v in wanted}
+        subjects |= {user_subject(r["user_id"]) for r in self.visitors.rows() if r["user_id"]}
+        subjects |= {user_subject(e.user_id) for e in events if isinstance(e, Visitor.IdentityLinked)}
+        subjects |= {visitor_subject(r["visitor_id"]) for r in self.visitors.rows()}
+        self.profiles.load(conn, sorted(subjects))
 
     def flush(self) -> None:
         conn = self.view.conn
@@ -329,6 +362,8 @@ _HANDLERS: dict[type, Any] = {
     Visitor.IdentityLinked: UserMemory.visitor_linked,
 }
 
+
+UserMemory.topics = tuple(get_topic(t) for t in _HANDLERS)
 
 def read_profile(conn: Connection, subject: str) -> dict[str, Any] | None:
     row = conn.execute(select(profiles_table).where(profiles_table.c.subject == subject)).mappings().first()
