@@ -180,7 +180,8 @@ def test_a_runner_killed_with_sigkill_mid_batch_resumes_exactly(
         child.wait()
     assert child.returncode == -signal.SIGKILL
     position = ledger.projector.position("conversation_log")
-    assert position == 30  # two batches of 15 committed; the third died uncommitted
+    # Whole batches of 15 committed; the one it died in left nothing behind.
+    assert 0 < position < head and position % 15 == 0
     ledger.catch_up()
     assert {s.position for s in ledger.projection_status()} == {head}
     resumed = dump(ledger)
