@@ -85,6 +85,8 @@ class SQLView(TrackingRecorder):
     def transaction(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
             if conn.dialect.name == "sqlite":
+                # A 64 MiB page cache: rebuilds insert into large random-key indexes.
+                conn.exec_driver_sql("PRAGMA cache_size=-65536")
                 # Take the write lock up front: a second runner waits here, then
                 # sees the first one's position (instead of failing mid-batch).
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
