@@ -11,6 +11,15 @@ store; sessions, transcripts, analytics and memory are rebuilt from it.
 from chatledger.domain.policy import SessionPolicy
 from chatledger.domain.session import Message, SessionContext
 from chatledger.domain.state import SessionState, Turn, VisitorState
+from chatledger.projections.base import ProjectionStatus
+from chatledger.projections.results import (
+    Analytics,
+    Engagement,
+    Memory,
+    Resessionized,
+    Transcript,
+    TranscriptMessage,
+)
 
 from .clock import Clock, ManualClock, system_clock
 from .errors import (
@@ -29,16 +38,21 @@ from .errors import (
 from .ledger import ChatLedger
 
 __all__ = [
+    "Analytics",
     "ChatLedger",
     "ChatLedgerError",
     "Clock",
     "ConcurrencyConflictError",
     "ConfigurationError",
+    "Engagement",
     "IdentityConflictError",
     "InvalidCommandError",
     "InvalidPolicyError",
     "ManualClock",
+    "Memory",
     "Message",
+    "ProjectionStatus",
+    "Resessionized",
     "SessionClosedError",
     "SessionContext",
     "SessionExpiredError",
@@ -46,6 +60,8 @@ __all__ = [
     "SessionPolicy",
     "SessionState",
     "TaskStateError",
+    "Transcript",
+    "TranscriptMessage",
     "Turn",
     "UnknownSessionError",
     "VisitorState",

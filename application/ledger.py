@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from copy import deepcopy
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, Literal, TypeVar
 from uuid import UUID, uuid4
@@ -35,7 +35,15 @@ from chatledger.infrastructure.database import make_engine
 from chatledger.infrastructure.persistence import eventsourcing_env
 from chatledger.infrastructure.settings import Settings
 from chatledger.projections import DEFAULT_READ_MODELS
-from chatledger.projections.base import Projector, ReadModel
+from chatledger.projections.base import Progress, ProjectionStatus, Projector, ReadModel
+from chatledger.projections.results import (
+    Analytics,
+    Engagement,
+    Memory,
+    Resessionized,
+    Transcript,
+)
+from chatledger.projections.service import ProjectionReads
 from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
 from eventsourcing.persistence import RecordConflictError
 
@@ -97,6 +105,63 @@ class ChatLedger(Application[UUID]):
         return Projector(
             self.name, self.recorder, self.mapper, make_engine(self.settings), self.read_models
         )
+
+    @cached_property
+    def _reads(self) -> ProjectionReads:
+        return ProjectionReads(self.projector, self.clock)
+
+    # ------------------------------------------------------------------ read models
+
+    def catch_up(self, *, progress: Progress | None = None) -> int:
+        """Bring every read model up to the head of the log; return events applied.
+
+        For a background runner use ``ledger.projector.start(interval)`` (and
+        ``stop()``), or leave it to ``chatledger projections run``.
+        """
+        return self.projector.catch_up(progress=progress)
+
+    def projection_status(self) -> list[ProjectionStatus]:
+        """Each read model's position, the head of the log, and the lag."""
+        return self.projector.status()
+
+    def transcript(
+        self,
+        session_id: UUID | str | None = None,
+        *,
+        user_id: str | None = None,
+        visitor_id: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> Transcript:
+        """Messages of a session, a user (all their linked sessions, including
+        anonymous ones from before they logged in), an anonymous visitor,
+        and/or a time range ``[start, end)``. Combining ``session_id`` with a
+        ``user_id``/``visitor_id`` checks ownership (:class:`SessionOwnershipError`)."""
+        return self._reads.transcript(
+            session_id, user_id=user_id, visitor_id=visitor_id, start=start, end=end
+        )
+
+    def analytics(
+        self,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        as_of: datetime | None = None,
+        engagement: Engagement | None = None,
+    ) -> Analytics:
+        """Session analytics for sessions started in ``[start, end)``, as of
+        ``as_of`` (default: the ledger clock)."""
+        return self._reads.analytics(start=start, end=end, as_of=as_of, engagement=engagement)
+
+    def resessionize(
+        self, timeout: timedelta, *, start: datetime | None = None, end: datetime | None = None
+    ) -> Resessionized:
+        """Conversation counts had the idle timeout been ``timeout`` (read only)."""
+        return self._reads.resessionize(timeout, start=start, end=end)
+
+    def memory(self, *, user_id: str | None = None, visitor_id: str | None = None) -> Memory:
+        """What the bot remembers about a user, or about a still-anonymous visitor."""
+        return self._reads.memory(user_id=user_id, visitor_id=visitor_id)
 
     def close(self) -> None:
         if self.closing.is_set():
