@@ -12,6 +12,15 @@ from chatledger.domain.erasure import ErasureReceipt
 from chatledger.domain.policy import SessionPolicy
 from chatledger.domain.session import Message, SessionContext
 from chatledger.domain.state import SessionState, Turn, VisitorState
+from chatledger.projections.base import ProjectionStatus
+from chatledger.projections.results import (
+    Analytics,
+    Engagement,
+    Memory,
+    Resessionized,
+    Transcript,
+    TranscriptMessage,
+)
 
 from chatledger.infrastructure.hashchain import VerificationReport
 
@@ -34,18 +43,23 @@ from .errors import (
 from .ledger import ChatLedger
 
 __all__ = [
+    "Analytics",
     "ChatLedger",
     "ChatLedgerError",
     "Clock",
     "ConcurrencyConflictError",
     "ConfigurationError",
+    "Engagement",
     "ErasureReceipt",
     "HistoryStep",
     "IdentityConflictError",
     "InvalidCommandError",
     "InvalidPolicyError",
     "ManualClock",
+    "Memory",
     "Message",
+    "ProjectionStatus",
+    "Resessionized",
     "SessionClosedError",
     "SessionContext",
     "SessionExpiredError",
@@ -53,6 +67,8 @@ __all__ = [
     "SessionPolicy",
     "SessionState",
     "TaskStateError",
+    "Transcript",
+    "TranscriptMessage",
     "Turn",
     "UnknownSessionError",
     "UnknownSubjectError",

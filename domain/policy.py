@@ -72,6 +72,9 @@ class AppliedPolicy(BaseModel):
     task_idle_timeout_s: float
     max_session_length_s: float | None = None
 
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> AppliedPolicy:
+        return self  # frozen, numbers only: sharing it is a copy
+
     @classmethod
     def of(cls, policy: SessionPolicy) -> AppliedPolicy:
         return cls(

@@ -100,6 +100,11 @@ class Session(Aggregate):
     ordered messages, slots, tasks in progress and the previous session's id.
     """
 
+    # Lists and dicts of frozen values only (see Aggregate.__deepcopy__).
+    _shallow_containers = Aggregate._shallow_containers | {
+        "messages", "slots", "carried_slots", "tasks", "completed_tasks", "client_message_ids",
+    }  # fmt: skip
+
     class Snapshot(AggregateSnapshot):
         state: SessionSnapshotState
 

@@ -36,6 +36,9 @@ class VisitorSnapshotState(SnapshotState):
 class Visitor(Aggregate):
     """One browser, device or channel identity (anonymous until linked)."""
 
+    # A list of UUIDs only (see Aggregate.__deepcopy__).
+    _shallow_containers = Aggregate._shallow_containers | {"session_ids"}
+
     class Snapshot(AggregateSnapshot):
         state: VisitorSnapshotState
 

@@ -11,12 +11,14 @@ from chatledger import ChatLedger, ChatLedgerError
 from rich.console import Console
 
 from .cli_audit import audit_app, erase
+from .cli_projections import register as register_projection_commands
 
 app = typer.Typer(no_args_is_help=True, help="Event-sourced conversation state for chatbots.")
 session_app = typer.Typer(no_args_is_help=True, help="Inspect sessions.")
 app.add_typer(session_app, name="session")
 app.add_typer(audit_app, name="audit")
 app.command("erase")(erase)
+register_projection_commands(app)
 
 console = Console()
 err_console = Console(stderr=True)

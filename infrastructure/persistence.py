@@ -60,10 +60,11 @@ def eventsourcing_env(settings: Settings) -> dict[str, str]:
     url = settings.url()
     env: dict[str, str] = {
         "MAPPER_TOPIC": "chatledger.infrastructure.shredding:ShreddingMapper",
-        "AGGREGATE_CACHE_MAXSIZE": str(settings.cache_size),
         "AGGREGATE_CACHE_FASTFORWARD": "y",
         "IS_SNAPSHOTTING_ENABLED": "y",
     }
+    if settings.cache_size > 0:  # eventsourcing reads 0 as "unbounded"; ours means "off"
+        env["AGGREGATE_CACHE_MAXSIZE"] = str(settings.cache_size)
     if settings.backend == "sqlite":
         database = url.database or ":memory:"
         if database == ":memory:":

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
 
     database_url: str = DEFAULT_DATABASE_URL
     snapshot_interval: int = Field(default=100, ge=2)
-    cache_size: int = Field(default=1000, ge=0)
+    cache_size: int = Field(default=5000, ge=0)  # aggregates (a conversation uses 2); 0 = off
     conflict_retries: int = Field(default=50, ge=1)
     sqlite_lock_timeout_s: int = Field(default=30, ge=1)
     postgres_pool_size: int = Field(default=5, ge=1)

@@ -22,8 +22,20 @@ from typing import Any, ClassVar
 
 from eventsourcing.persistence import ApplicationRecorder, Mapper, Tracking, TrackingRecorder
 from eventsourcing.projection import Projection
-from sqlalchemy import Column, Connection, Engine, Integer, MetaData, String, Table, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    bindparam,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 TRACKING = MetaData()
 tracking_table = Table(
@@ -36,6 +48,14 @@ tracking_table = Table(
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: called after each batch by long jobs."""
+
+
+class TrackingConflict(Exception):
+    """Another runner advanced this projection first; the batch was rolled back."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"projection {name!r} was advanced by another runner")
+        self.name = name
 
 
 class SQLView(TrackingRecorder):
@@ -64,6 +84,12 @@ class SQLView(TrackingRecorder):
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                # A 64 MiB page cache: rebuilds insert into large random-key indexes.
+                conn.exec_driver_sql("PRAGMA cache_size=-65536")
+                # Take the write lock up front: a second runner waits here, then
+                # sees the first one's position (instead of failing mid-batch).
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
             self._local.conn = conn
             try:
                 yield conn
@@ -84,6 +110,38 @@ class SQLView(TrackingRecorder):
                 set_={"notification_id": tracking.notification_id},
             )
         )
+
+    def advance_tracking(self, application_name: str, expected: int, position: int) -> None:
+        """Move this view's position from ``expected`` to ``position`` in the
+        current transaction, or raise :class:`TrackingConflict` if another
+        runner moved it first (so a batch is never applied twice, even when an
+        in-process runner and ``chatledger worker`` race)."""
+        where = and_(
+            tracking_table.c.projection == self.name,
+            tracking_table.c.application == application_name,
+        )
+        if expected == 0 and self.conn.execute(
+            select(tracking_table.c.notification_id).where(where)
+        ).first() is None:
+            try:
+                with self.conn.begin_nested():
+                    self.conn.execute(
+                        tracking_table.insert().values(
+                            projection=self.name,
+                            application=application_name,
+                            notification_id=position,
+                        )
+                    )
+            except IntegrityError as err:
+                raise TrackingConflict(self.name) from err
+            return
+        result = self.conn.execute(
+            tracking_table.update()
+            .where(where, tracking_table.c.notification_id == expected)
+            .values(notification_id=position)
+        )
+        if result.rowcount != 1:
+            raise TrackingConflict(self.name)
 
     def max_tracking_id(self, application_name: str) -> int | None:
         with self.engine.connect() as conn:
@@ -118,8 +176,17 @@ class ReadModel(Projection[SQLView]):
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         """Events a read model does not handle are skipped (but still tracked)."""
 
+    def prepare(self, events: Sequence[Any]) -> None:
+        """Called with a batch's events before they are processed, inside its
+        transaction: prefetch the rows the batch needs in a few queries."""
+
     def flush(self) -> None:
         """Write buffered rows; called inside the batch's transaction."""
+
+    def discard(self) -> None:
+        """Forget per-batch state (caches, buffered rows). The projector calls it
+        before every batch and after a batch failed, so a handler never sees
+        state from a rolled-back transaction."""
 
 
 @dataclass(frozen=True)
@@ -187,24 +254,46 @@ class Projector:
         position = view.max_tracking_id(self.application_name) or 0
         head = self.head()
         start_position = position
+        applied = 0
         while position < head:
             notifications = self.recorder.select_notifications(
                 start=position, limit=batch_size, stop=head, inclusive_of_start=False
             )
             if not notifications:
                 break
-            with view.transaction():
-                for notification in notifications:
-                    event = self.mapper.to_domain_event(notification)
-                    projection.process_event(
-                        event, Tracking(self.application_name, notification.id)
+            projection.discard()
+            try:
+                with view.transaction():
+                    # Claim the batch first: a racing runner blocks here, then fails
+                    # the compare-and-set and skips to the winner's position.
+                    view.advance_tracking(
+                        self.application_name, position, notifications[-1].id
                     )
-                projection.flush()
-                position = notifications[-1].id
-                view.insert_tracking(Tracking(self.application_name, position))
+                    # Events of topics the read model does not handle are read and
+                    # tracked, but not decoded (``Projection.topics``; empty = all).
+                    wanted = projection.topics
+                    handled = [n for n in notifications if not wanted or n.topic in wanted]
+                    events = [self.mapper.to_domain_event(n) for n in handled]
+                    projection.prepare(events)
+                    for notification, event in zip(handled, events):
+                        projection.process_event(
+                            event, Tracking(self.application_name, notification.id)
+                        )
+                    projection.flush()
+            except TrackingConflict:
+                # Another runner applied these events; continue from its position.
+                projection.discard()
+                position = view.max_tracking_id(self.application_name) or 0
+                continue
+            except BaseException:
+                projection.discard()
+                raise
+            projection.discard()
+            applied += len(notifications)
+            position = notifications[-1].id
             if progress is not None:
                 progress(position - start_position, head - start_position)
-        return position - start_position
+        return applied
 
     def rebuild(self, name: str, *, batch_size: int = 2000, progress: Progress | None = None) -> int:
         """Drop one read model and replay it from the first event."""
@@ -242,3 +331,116 @@ class Projector:
                 msg = f"projections did not reach position {position} within {timeout}s"
                 raise TimeoutError(msg)
             time.sleep(0.05)
+
+
+class RowBuffer:
+    """A per-batch write-back cache of one table keyed by a single column.
+
+    Handlers read rows with :meth:`get` (loaded from the database once per
+    batch), mutate the returned dicts and call :meth:`changed`; new rows go in
+    with :meth:`add`. :meth:`flush` writes everything with one ``executemany``
+    per statement kind (delete, update, insert), inside the batch transaction.
+    """
+
+    def __init__(self, table: Table, key: str) -> None:
+        self.table = table
+        self.key = key
+        self._rows: dict[Any, dict[str, Any] | None] = {}
+        self._in_db: set[Any] = set()
+        self._dirty: set[Any] = set()
+        self._columns = [c.name for c in table.columns if c.name != key]
+        self._update = (
+            table.update()
+            .where(table.c[key] == bindparam("k_"))
+            .values({c: bindparam("v_" + c) for c in self._columns})
+        )
+        self._delete = table.delete().where(table.c[key] == bindparam("k_"))
+
+    def get(self, conn: Connection, key: Any) -> dict[str, Any] | None:
+        if key in self._rows:
+            return self._rows[key]
+        row = conn.execute(select(self.table).where(self.table.c[self.key] == key)).mappings().first()
+        value = dict(row) if row is not None else None
+        if value is not None:
+            self._in_db.add(key)
+        self._rows[key] = value
+        return value
+
+    def load(self, conn: Connection, keys: Sequence[Any]) -> None:
+        """Prefetch many rows in one query (keys already cached are skipped)."""
+        missing = [k for k in dict.fromkeys(keys) if k not in self._rows]
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            found = {
+                r[self.key]: dict(r)
+                for r in conn.execute(
+                    select(self.table).where(self.table.c[self.key].in_(chunk))
+                ).mappings()
+            }
+            for k in chunk:
+                self._rows[k] = found.get(k)
+                if k in found:
+                    self._in_db.add(k)
+
+    def cached(self, key: Any) -> dict[str, Any] | None:
+        """The row if this batch already has it (no database read)."""
+        return self._rows.get(key)
+
+    def add(self, row: dict[str, Any]) -> dict[str, Any]:
+        key = row[self.key]
+        self._rows[key] = row
+        self._dirty.add(key)
+        return row
+
+    def changed(self, key: Any) -> None:
+        self._dirty.add(key)
+
+    def delete(self, key: Any) -> None:
+        self._rows[key] = None
+        self._dirty.add(key)
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        return (r for r in self._rows.values() if r is not None)
+
+    def flush(self, conn: Connection) -> None:
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        deletes: list[dict[str, Any]] = []
+        for key in self._dirty:
+            row = self._rows[key]
+            if row is None:
+                if key in self._in_db:
+                    deletes.append({"k_": key})
+                    self._in_db.discard(key)
+            elif key in self._in_db:
+                values = {"v_" + c: row[c] for c in self._columns}
+                values["k_"] = key
+                updates.append(values)
+            else:
+                inserts.append(row)
+                self._in_db.add(key)
+        self._dirty.clear()
+        if deletes:
+            conn.execute(self._delete, deletes)
+        if updates:
+            conn.execute(self._update, updates)
+        if inserts:
+            conn.execute(self.table.insert(), inserts)
+
+    def clear(self) -> None:
+        self._rows.clear()
+        self._in_db.clear()
+        self._dirty.clear()
+
+
+def batch_ids(events: Sequence[Any], started: type, registered: type) -> tuple[list[str], list[str]]:
+    """Session and visitor aggregate ids a batch touches but did not create."""
+    new = {e.originator_id for e in events if isinstance(e, (started, registered))}
+    sessions: list[str] = []
+    visitors: list[str] = []
+    for e in events:
+        oid = e.originator_id
+        if oid in new:
+            continue
+        (visitors if type(e).__qualname__.startswith("Visitor.") else sessions).append(str(oid))
+    return sessions, visitors

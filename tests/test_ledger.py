@@ -316,3 +316,10 @@ def test_long_session_reads_through_snapshots(database_url: str, clock: ManualCl
     with ChatLedger.open(database_url, clock=clock, cache_size=0) as fresh:
         state = fresh.session(turn.session_id)
         assert [m.text for m in state.messages] == [f"m{i}" for i in range(45)]
+
+
+def test_cache_size_zero_turns_the_aggregate_cache_off(sqlite_url: str) -> None:
+    with ChatLedger.open(sqlite_url, cache_size=0) as ledger:
+        assert not ledger.repository.cache
+    with ChatLedger.open(sqlite_url, cache_size=10) as ledger:
+        assert ledger.repository.cache is not None and ledger.repository.cache.maxsize == 10  # type: ignore[attr-defined]

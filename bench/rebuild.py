@@ -1,0 +1,176 @@
+"""Rebuild throughput of every projection, against reading the same events raw.
+
+    python bench/rebuild.py --events 1000000            # SQLite file and PostgreSQL
+    python bench/rebuild.py --events 100000 --only sqlite
+
+Generates a realistic history (visitors with several sessions, bot replies,
+user-scoped slots, tasks, timeouts, explicit ends, identity links) straight
+from the domain aggregates with explicit times, saved many aggregates per
+transaction; then, in the same run, times
+
+- ``raw``: ``select_notifications`` over the whole log (records only),
+- ``raw+decode``: the same plus turning each record into its pydantic event,
+- ``rebuild <name>``: ``Projector.rebuild`` of each read model,
+
+and prints events/s and the ratio of each rebuild to the raw read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+from chatledger import ChatLedger, SessionPolicy
+from chatledger.domain.policy import AppliedPolicy
+from chatledger.domain.session import Session
+from chatledger.domain.visitor import Visitor
+
+POSTGRES_URL = os.environ.get("CHATLEDGER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
+
+
+def generate(ledger: ChatLedger, events: int, seed: int = 7) -> int:
+    """Append about ``events`` events; return how many were appended."""
+    rng = random.Random(seed)
+    policy = AppliedPolicy.of(SessionPolicy())
+    pending: list[object] = []
+    written = 0
+    n = 0
+    while written < events:
+        n += 1
+        at = T0 + timedelta(minutes=rng.randrange(0, 60 * 24 * 28))
+        visitor = Visitor.register(f"visitor-{n}", at=at)
+        pending.append(visitor)  # saved before its sessions, as ChatLedger.receive does
+        previous: Session | None = None
+        for k in range(rng.choice((1, 1, 2, 3))):
+            session = Session.start(
+                session_id=uuid4(),
+                visitor_id=visitor.visitor_id,
+                at=at,
+                policy=policy,
+                channel=rng.choice(("web", "web", "whatsapp", "app")),
+                user_id=visitor.user_id,
+                previous=previous,
+            )
+            visitor.open_session(session.id, at=at)
+            session.receive("hello, I have a question", at=at)
+            for turn in range(rng.randrange(1, 6)):
+                at += timedelta(seconds=rng.randrange(1, 90))
+                session.send(f"bot answer {turn}", at=at)
+                at += timedelta(seconds=rng.randrange(2, 300))
+                session.receive(f"user message {turn}", at=at)
+            if rng.random() < 0.4:
+                session.set_slot("name", f"Name {n}", at=at, scope="user")
+            if rng.random() < 0.3:
+                session.start_task("refund", at=at)
+                if rng.random() < 0.6:
+                    session.complete_task("refund", at=at + timedelta(seconds=30))
+                    at += timedelta(seconds=30)
+            if rng.random() < 0.2:
+                session.end(at=at + timedelta(seconds=5))
+            else:
+                session.time_out(detected_at=at + timedelta(hours=3))
+            if k == 0 and rng.random() < 0.3:
+                visitor.link_identity(f"user-{n % 5000}", at=at)
+            pending.append(session)
+            written += len(session.pending_events)
+            previous = session
+            at += timedelta(hours=rng.randrange(1, 72))
+        written += len(visitor.pending_events)
+        if len(pending) >= 400:
+            ledger.save(*pending)  # type: ignore[arg-type]
+            pending.clear()
+    if pending:
+        ledger.save(*pending)  # type: ignore[arg-type]
+    return written
+
+
+def timed(label: str, count: int, seconds: float, raw: float | None = None) -> str:
+    rate = count / seconds
+    ratio = f"  ({rate / raw:.2f}x raw)" if raw else ""
+    line = f"  {label:<26} {count:>10,} events {seconds:8.1f} s {rate:>11,.0f} events/s{ratio}"
+    print(line, flush=True)
+    return line
+
+
+def bench(url: str, events: int, batch_size: int, names: list[str] | None) -> None:
+    ledger = ChatLedger.open(url)
+    try:
+        head = ledger.projector.head()
+        if head < events:
+            started = time.perf_counter()
+            written = generate(ledger, events - head)
+            timed("generate (append)", written, time.perf_counter() - started)
+        head = ledger.projector.head()
+        recorder, mapper = ledger.recorder, ledger.mapper
+
+        started = time.perf_counter()
+        position, count = 0, 0
+        while True:
+            batch = recorder.select_notifications(position, batch_size, inclusive_of_start=False)
+            if not batch:
+                break
+            count += len(batch)
+            position = batch[-1].id
+        raw = count / (time.perf_counter() - started)
+        timed("raw read", count, count / raw)
+
+        started = time.perf_counter()
+        position, count = 0, 0
+        while True:
+            batch = recorder.select_notifications(position, batch_size, inclusive_of_start=False)
+            if not batch:
+                break
+            for notification in batch:
+                mapper.to_domain_event(notification)
+            count += len(batch)
+            position = batch[-1].id
+        timed("raw read + decode", count, time.perf_counter() - started, raw)
+
+        for name in names or list(ledger.projector.projections):
+            started = time.perf_counter()
+            applied = ledger.projector.rebuild(name, batch_size=batch_size)
+            timed(f"rebuild {name}", applied, time.perf_counter() - started, raw)
+        print(f"  log head {head:,}", flush=True)
+    finally:
+        ledger.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--only", choices=("sqlite", "postgres"))
+    parser.add_argument("--projection", action="append", help="Rebuild only these (repeatable).")
+    parser.add_argument("--sqlite-path", help="Reuse this SQLite file (default: a temp file).")
+    parser.add_argument("--schema", default=None, help="PostgreSQL schema (default: a new one, dropped).")
+    args = parser.parse_args()
+
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {args.events:,} events, batch {args.batch_size}")
+    if args.only in (None, "sqlite"):
+        path = args.sqlite_path or os.path.join(tempfile.mkdtemp(), "bench.db")
+        print(f"SQLite {path}", flush=True)
+        bench(f"sqlite:///{path}", args.events, args.batch_size, args.projection)
+    if args.only in (None, "postgres"):
+        schema = args.schema or f"bench_{uuid4().hex[:8]}"
+        print(f"PostgreSQL schema {schema}", flush=True)
+        try:
+            bench(f"{POSTGRES_URL}?schema={schema}", args.events, args.batch_size, args.projection)
+        finally:
+            if args.schema is None:
+                import psycopg
+
+                with psycopg.connect(
+                    "host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True
+                ) as conn:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+if __name__ == "__main__":
+    main()

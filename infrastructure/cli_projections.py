@@ -1,0 +1,209 @@
+"""CLI for the read models: ``chatledger projections …``, ``export …`` and ``report``.
+
+Commands stay thin: they call the public API (or the projector) and render.
+Registered in :mod:`chatledger.infrastructure.cli` by :func:`register`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from chatledger import ChatLedger, InvalidCommandError, TranscriptMessage
+from chatledger.projections.service import ProjectionReads
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+projections_app = typer.Typer(no_args_is_help=True, help="Operate the read models.")
+export_app = typer.Typer(no_args_is_help=True, help="Export read models.")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DatabaseOption = Annotated[
+    Optional[str],  # noqa: UP045 - typer needs Optional here
+    typer.Option(
+        "--database",
+        "-d",
+        envvar="CHATLEDGER_DATABASE_URL",
+        help="Database URL (default sqlite:///chatledger.db).",
+    ),
+]
+BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Events per transaction.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the projection commands to the main ``chatledger`` app."""
+    app.add_typer(projections_app, name="projections")
+    app.add_typer(export_app, name="export")
+    app.command("report")(report)
+
+
+def _open(database: str | None) -> ChatLedger:
+    return ChatLedger.open(database)
+
+
+@contextmanager
+def _progress_bar(label: str) -> Iterator[Progress]:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>10,.0f} events/s"),
+        TimeElapsedColumn(),
+        console=err_console,
+    ) as bar:
+        yield bar
+
+
+@projections_app.command("status")
+def status(database: DatabaseOption = None) -> None:
+    """Each projection's position against the head of the log, and its lag."""
+    with _open(database) as ledger:
+        rows = ledger.projection_status()
+    table = Table("projection", "position", "head", "lag")
+    for row in rows:
+        table.add_row(row.name, str(row.position), str(row.head), str(row.lag))
+    console.print(table)
+
+
+@projections_app.command("rebuild")
+def rebuild(
+    name: Annotated[str, typer.Argument(help="Projection to drop and replay (see status).")],
+    database: DatabaseOption = None,
+    batch_size: BatchOption = 5000,
+) -> None:
+    """Drop one projection and replay it from the first event (progress and events/s)."""
+    with _open(database) as ledger:
+        if name not in ledger.projector.projections:
+            known = ", ".join(ledger.projector.projections)
+            raise InvalidCommandError(f"No projection named {name!r}; choose one of: {known}.")
+        started = time.perf_counter()
+        with _progress_bar(f"rebuild {name}") as bar:
+            task = bar.add_task(f"rebuild {name}", total=None, rate=0.0)
+
+            def progress(done: int, total: int) -> None:
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                bar.update(task, completed=done, total=total, rate=done / elapsed)
+
+            applied = ledger.projector.rebuild(name, batch_size=batch_size, progress=progress)
+        elapsed = time.perf_counter() - started
+    console.print(f"rebuilt {name}: {applied:,} events in {elapsed:.1f} s ({applied / max(elapsed, 1e-9):,.0f} events/s)")
+
+
+@projections_app.command("catch-up")
+def catch_up(database: DatabaseOption = None, batch_size: BatchOption = 2000) -> None:
+    """Apply every event not yet applied, to every projection, then exit."""
+    with _open(database) as ledger:
+        applied = ledger.projector.catch_up(
+            batch_size=batch_size,
+            progress=lambda done, total: print(f"{done}/{total}", file=sys.stderr, flush=True),
+        )
+    console.print(f"applied {applied:,} events")
+
+
+@projections_app.command("run")
+def run(
+    database: DatabaseOption = None,
+    interval: Annotated[float, typer.Option(help="Seconds between catch-ups.")] = 1.0,
+) -> None:
+    """Keep every projection current until interrupted (a runner for ``worker`` setups)."""
+    with _open(database) as ledger:
+        console.print(f"keeping projections current every {interval}s; Ctrl-C to stop")
+        try:
+            while True:
+                ledger.projector.catch_up()
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            console.print("stopped")
+
+
+# ------------------------------------------------------------------ exports
+
+FIELDS = ["session_id", "position", "visitor_id", "user_id", "channel", "role", "text", "at"]
+
+
+def _row(message: TranscriptMessage) -> dict[str, object]:
+    data = message.model_dump(mode="json")
+    return {k: data[k] for k in FIELDS}
+
+
+@export_app.command("transcripts")
+def export_transcripts(
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write (.jsonl or .csv).")],
+    database: DatabaseOption = None,
+    fmt: Annotated[
+        Optional[str], typer.Option("--format", help="jsonl or csv (default: from --out).")  # noqa: UP045
+    ] = None,
+    user: Annotated[Optional[str], typer.Option("--user", help="Only this user's messages.")] = None,  # noqa: UP045
+    session: Annotated[Optional[str], typer.Option("--session", help="Only this session.")] = None,  # noqa: UP045
+    since: Annotated[Optional[str], typer.Option("--since", help="ISO time, inclusive.")] = None,  # noqa: UP045
+    until: Annotated[Optional[str], typer.Option("--until", help="ISO time, exclusive.")] = None,  # noqa: UP045
+    catch_up_first: Annotated[bool, typer.Option("--catch-up/--no-catch-up")] = True,
+) -> None:
+    """Export the conversation log (one message per line/row) as JSONL or CSV."""
+    from .cli import parse_time
+
+    kind = (fmt or out.suffix.lstrip(".")).lower()
+    if kind not in ("jsonl", "csv"):
+        raise InvalidCommandError(f"Cannot export as {kind!r}; use --format jsonl or csv.")
+    start = parse_time(since) if since else None
+    end = parse_time(until) if until else None
+    with _open(database) as ledger:
+        if catch_up_first:
+            ledger.catch_up()
+        if user or session:
+            transcript = ledger.transcript(session, user_id=user, start=start, end=end)
+            position, head, messages = transcript.position, transcript.head, iter(transcript.messages)
+        else:
+            reads = ProjectionReads(ledger.projector, ledger.clock)
+            position, head, messages = reads.messages(start=start, end=end)
+        count = _write(out, kind, messages)
+    console.print(f"wrote {count:,} messages to {out} (log position {position} of {head})")
+
+
+def _write(out: Path, kind: str, messages: Iterator[TranscriptMessage]) -> int:
+    count = 0
+    with out.open("w", newline="", encoding="utf-8") as fh:
+        if kind == "csv":
+            writer = csv.DictWriter(fh, fieldnames=FIELDS)
+            writer.writeheader()
+            for message in messages:
+                writer.writerow(_row(message))
+                count += 1
+        else:
+            for message in messages:
+                fh.write(json.dumps(_row(message), ensure_ascii=False) + "\n")
+                count += 1
+    return count
+
+
+# ------------------------------------------------------------------ report
+
+
+def report(
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("report.html"),
+    database: DatabaseOption = None,
+    since: Annotated[Optional[str], typer.Option("--since", help="ISO time, inclusive.")] = None,  # noqa: UP045
+    until: Annotated[Optional[str], typer.Option("--until", help="ISO time, exclusive.")] = None,  # noqa: UP045
+) -> None:
+    """Write a self-contained HTML analytics report (inline SVG charts, no network)."""
+    from chatledger.projections.report import render_report
+
+    from .cli import parse_time
+
+    with _open(database) as ledger:
+        ledger.catch_up()
+        analytics = ledger.analytics(
+            start=parse_time(since) if since else None, end=parse_time(until) if until else None
+        )
+    out.write_text(render_report(analytics), encoding="utf-8")
+    console.print(f"wrote {out} ({analytics.sessions:,} sessions)")

@@ -1,0 +1,393 @@
+"""Session analytics: one row per session and per visitor, aggregated at read time.
+
+The read model stores facts only (times, counts, how the session closed); every
+metric is computed when read, so changing a definition (engagement, a period)
+needs no rebuild, and ``resessionize`` recomputes conversation counts under
+another timeout from the recorded messages alone.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from chatledger.domain.errors import InvalidCommandError
+from chatledger.domain.session import Session
+from chatledger.domain.visitor import Visitor
+from eventsourcing.persistence import Tracking
+from eventsourcing.utils import get_topic
+from sqlalchemy import Boolean, Connection, Float, Integer, String, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .base import ReadModel, RowBuffer, batch_ids
+from .conversation_log import messages_table
+from .results import Analytics, Engagement
+from .sqltypes import UTCDateTime
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SessionFacts(Base):
+    __tablename__ = "analytics_sessions"
+
+    session_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    visitor_id: Mapped[str] = mapped_column(String(200), index=True)
+    user_id: Mapped[str | None] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(200))
+    is_returning: Mapped[bool] = mapped_column(Boolean)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    first_message_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_message_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    messages: Mapped[int] = mapped_column(Integer)
+    user_messages: Mapped[int] = mapped_column(Integer)
+    open_tasks: Mapped[int] = mapped_column(Integer)
+    completed_tasks: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    close_reason: Mapped[str | None] = mapped_column(String(200))
+    idle_timeout_s: Mapped[float] = mapped_column(Float)
+    task_idle_timeout_s: Mapped[float] = mapped_column(Float)
+    max_length_s: Mapped[float | None] = mapped_column(Float)
+
+
+class VisitorFacts(Base):
+    __tablename__ = "analytics_visitors"
+
+    visitor_uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    visitor_id: Mapped[str] = mapped_column(String(200), index=True)
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    user_id: Mapped[str | None] = mapped_column(String(200))
+    linked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+sessions_table = SessionFacts.__table__
+visitors_table = VisitorFacts.__table__
+
+
+def _expiry(row: dict[str, Any]) -> datetime:
+    """When the session expires if nothing else happens (as ``Session.expiry``)."""
+    timeout = row["task_idle_timeout_s"] if row["open_tasks"] else row["idle_timeout_s"]
+    deadline: datetime = row["last_activity_at"] + timedelta(seconds=timeout)
+    if row["max_length_s"] is not None:
+        deadline = min(deadline, row["started_at"] + timedelta(seconds=row["max_length_s"]))
+    return deadline
+
+
+class SessionAnalytics(ReadModel):
+    """Projection of session events into ``analytics_sessions``/``analytics_visitors``."""
+
+    name = "analytics"
+    metadata = Base.metadata
+
+    def __init__(self, view: Any) -> None:
+        super().__init__(view)
+        self.sessions = RowBuffer(sessions_table, "session_id")  # type: ignore[arg-type]
+        self.visitors = RowBuffer(visitors_table, "visitor_uuid")  # type: ignore[arg-type]
+
+    def discard(self) -> None:
+        self.sessions.clear()
+        self.visitors.clear()
+
+    def prepare(self, events: Sequence[Any]) -> None:
+        sessions, visitors = batch_ids(events, Session.Started, Visitor.Registered)
+        self.sessions.load(self.view.conn, sessions)
+        self.visitors.load(self.view.conn, visitors)
+
+    def flush(self) -> None:
+        self.sessions.flush(self.view.conn)
+        self.visitors.flush(self.view.conn)
+
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:  # type: ignore[override]
+        handler = _HANDLERS.get(type(domain_event))
+        if handler is not None:
+            handler(self, domain_event)
+
+    def _session(self, e: Any) -> dict[str, Any] | None:
+        sid = str(e.originator_id)
+        row = self.sessions.cached(sid) or self.sessions.get(self.view.conn, sid)
+        if row is not None:
+            self.sessions.changed(sid)
+        return row
+
+    def _activity(self, row: dict[str, Any], at: datetime) -> None:
+        row["last_activity_at"] = at
+        row["expires_at"] = _expiry(row)
+
+    def started(self, e: Session.Started) -> None:
+        row = {
+            "session_id": str(e.originator_id),
+            "visitor_id": e.visitor_id,
+            "user_id": e.user_id,
+            "channel": e.channel,
+            "is_returning": e.is_returning,
+            "started_at": e.occurred_at,
+            "first_message_at": None,
+            "last_message_at": None,
+            "last_activity_at": e.occurred_at,
+            "expires_at": None,
+            "messages": 0,
+            "user_messages": 0,
+            "open_tasks": 0,
+            "completed_tasks": 0,
+            "status": "active",
+            "closed_at": None,
+            "close_reason": None,
+            "idle_timeout_s": e.policy.idle_timeout_s,
+            "task_idle_timeout_s": e.policy.task_idle_timeout_s,
+            "max_length_s": e.policy.max_session_length_s,
+        }
+        row["expires_at"] = _expiry(row)
+        self.sessions.add(row)
+
+    def message(self, e: Session.MessageRecorded) -> None:
+        row = self._session(e)
+        if row is None:
+            return
+        if row["first_message_at"] is None:
+            row["first_message_at"] = e.occurred_at
+        row["last_message_at"] = e.occurred_at
+        row["messages"] += 1
+        if e.role == "user":
+            row["user_messages"] += 1
+        self._activity(row, e.occurred_at)
+
+    def activity(self, e: Any) -> None:
+        row = self._session(e)
+        if row is not None:
+            self._activity(row, e.occurred_at)
+
+    def task_started(self, e: Session.TaskStarted) -> None:
+        row = self._session(e)
+        if row is not None:
+            row["open_tasks"] += 1
+            self._activity(row, e.occurred_at)
+
+    def task_completed(self, e: Session.TaskCompleted) -> None:
+        row = self._session(e)
+        if row is not None:
+            row["open_tasks"] -= 1
+            row["completed_tasks"] += 1
+            self._activity(row, e.occurred_at)
+
+    def session_linked(self, e: Session.IdentityLinked) -> None:
+        row = self._session(e)
+        if row is not None:
+            row["user_id"] = e.user_id
+
+    def closed(self, e: Session.TimedOut | Session.Ended) -> None:
+        row = self._session(e)
+        if row is not None:
+            row["status"] = "timed_out" if isinstance(e, Session.TimedOut) else "ended"
+            row["closed_at"] = e.occurred_at
+            row["close_reason"] = e.reason
+            row["expires_at"] = None
+
+    def registered(self, e: Visitor.Registered) -> None:
+        self.visitors.add(
+            {
+                "visitor_uuid": str(e.originator_id),
+                "visitor_id": e.visitor_id,
+                "registered_at": e.occurred_at,
+                "user_id": None,
+                "linked_at": None,
+            }
+        )
+
+    def visitor_linked(self, e: Visitor.IdentityLinked) -> None:
+        key = str(e.originator_id)
+        row = self.visitors.get(self.view.conn, key)
+        if row is not None:
+            row["user_id"] = e.user_id
+            row["linked_at"] = e.occurred_at
+            self.visitors.changed(key)
+
+
+_HANDLERS: dict[type, Any] = {
+    Session.Started: SessionAnalytics.started,
+    Session.MessageReceived: SessionAnalytics.message,
+    Session.MessageSent: SessionAnalytics.message,
+    Session.SlotSet: SessionAnalytics.activity,
+    Session.SlotCleared: SessionAnalytics.activity,
+    Session.TaskStarted: SessionAnalytics.task_started,
+    Session.TaskCompleted: SessionAnalytics.task_completed,
+    Session.IdentityLinked: SessionAnalytics.session_linked,
+    Session.TimedOut: SessionAnalytics.closed,
+    Session.Ended: SessionAnalytics.closed,
+    Visitor.Registered: SessionAnalytics.registered,
+    Visitor.IdentityLinked: SessionAnalytics.visitor_linked,
+}
+
+
+SessionAnalytics.topics = tuple(get_topic(t) for t in _HANDLERS)
+
+# ---------------------------------------------------------------- reads
+
+
+def end_reason(row: dict[str, Any], as_of: datetime) -> str:
+    """``abandoned`` (closed with a task still open), ``timed_out``, ``ended``,
+    or ``active``. A session idle past its deadline at ``as_of`` reads as timed
+    out even before its timed-out event is recorded (as ``ledger.session`` does)."""
+    status = row["status"]
+    if status == "active" and row["expires_at"] is not None and as_of > row["expires_at"]:
+        status = "timed_out"
+    if status == "active":
+        return "active"
+    return "abandoned" if row["open_tasks"] > 0 else status
+
+
+def duration_s(row: dict[str, Any]) -> float:
+    """First to last message: the idle tail before a timeout is not engagement."""
+    if row["first_message_at"] is None:
+        return 0.0
+    return float((row["last_message_at"] - row["first_message_at"]).total_seconds())
+
+
+def is_engaged(row: dict[str, Any], rule: Engagement) -> bool:
+    if rule.min_duration is not None and duration_s(row) >= rule.min_duration.total_seconds():
+        return True
+    if rule.min_user_messages is not None and row["user_messages"] >= rule.min_user_messages:
+        return True
+    return bool(rule.completed_task and row["completed_tasks"] > 0)
+
+
+def check_range(start: datetime | None, end: datetime | None) -> None:
+    for value in (start, end):
+        if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+            raise InvalidCommandError(
+                f"Time {value!r} has no timezone; pass an aware datetime (UTC)."
+            )
+    if start is not None and end is not None and end <= start:
+        raise InvalidCommandError(
+            f"The period's end {end.isoformat()} is not after its start {start.isoformat()}."
+        )
+
+
+def compute_analytics(
+    conn: Connection,
+    *,
+    start: datetime | None,
+    end: datetime | None,
+    as_of: datetime,
+    engagement: Engagement,
+    position: int,
+    head: int,
+) -> Analytics:
+    """Aggregate the session facts of sessions that started in ``[start, end)``."""
+    check_range(start, end)
+    s = sessions_table.c
+    query = select(sessions_table)
+    if start is not None:
+        query = query.where(s.started_at >= start)
+    if end is not None:
+        query = query.where(s.started_at < end)
+    rows = [dict(r) for r in conn.execute(query.order_by(s.started_at, s.session_id)).mappings()]
+    links = {
+        r.visitor_id: r.user_id
+        for r in conn.execute(
+            select(visitors_table.c.visitor_id, visitors_table.c.user_id).where(
+                visitors_table.c.user_id.is_not(None)
+            )
+        )
+    }
+    per_day: Counter[date] = Counter()
+    per_hour: Counter[int] = Counter()
+    per_channel: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    visitors: set[str] = set()
+    new: set[str] = set()
+    returning: set[str] = set()
+    durations: list[float] = []
+    counts: list[int] = []
+    engaged = returning_sessions = user_messages = authenticated = 0
+    for row in rows:
+        started = row["started_at"]
+        per_day[started.date()] += 1
+        per_hour[started.hour] += 1
+        per_channel[row["channel"]] += 1
+        reasons[end_reason(row, as_of)] += 1
+        visitors.add(row["visitor_id"])
+        (returning if row["is_returning"] else new).add(row["visitor_id"])
+        returning_sessions += row["is_returning"]
+        durations.append(duration_s(row))
+        counts.append(row["messages"])
+        user_messages += row["user_messages"]
+        engaged += is_engaged(row, engagement)
+        authenticated += row["user_id"] is not None
+    return Analytics(
+        position=position,
+        head=head,
+        start=start,
+        end=end,
+        as_of=as_of,
+        engagement=engagement,
+        sessions=len(rows),
+        sessions_per_day=dict(sorted(per_day.items())),
+        sessions_per_hour=dict(sorted(per_hour.items())),
+        sessions_per_channel=dict(sorted(per_channel.items())),
+        visitors=len(visitors),
+        new_visitors=len(new),
+        returning_visitors=len(returning),
+        returning_sessions=returning_sessions,
+        messages=sum(counts),
+        user_messages=user_messages,
+        messages_per_session=statistics.fmean(counts) if counts else 0.0,
+        median_messages_per_session=float(statistics.median(counts)) if counts else 0.0,
+        durations_s=tuple(durations),
+        mean_duration_s=statistics.fmean(durations) if durations else 0.0,
+        median_duration_s=float(statistics.median(durations)) if durations else 0.0,
+        end_reasons={k: reasons[k] for k in ("timed_out", "ended", "abandoned", "active")},
+        engaged_sessions=engaged,
+        linked_visitors=sum(1 for v in visitors if v in links),
+        authenticated_sessions=authenticated,
+    )
+
+
+# ---------------------------------------------------------------- re-sessionizing
+
+
+def resessionize(
+    messages: Iterable[tuple[str, datetime]], timeout: timedelta
+) -> list[tuple[str, datetime, datetime, int]]:
+    """Split each visitor's messages into conversations under ``timeout``.
+
+    ``messages`` are ``(visitor_id, at)`` pairs in time order per visitor. A
+    gap *longer* than ``timeout`` between two consecutive messages of a visitor
+    starts a new conversation (exactly ``timeout`` does not, as in the engine).
+    Returns ``(visitor_id, first_at, last_at, message_count)`` per conversation.
+    """
+    if timeout <= timedelta(0):
+        raise InvalidCommandError(f"A re-sessionizing timeout must be positive, got {timeout}.")
+    open_: dict[str, list[Any]] = {}
+    done: list[tuple[str, datetime, datetime, int]] = []
+    for visitor, at in messages:
+        current = open_.get(visitor)
+        if current is not None and at - current[1] <= timeout:
+            current[1] = at
+            current[2] += 1
+            continue
+        if current is not None:
+            done.append((visitor, current[0], current[1], current[2]))
+        open_[visitor] = [at, at, 1]
+    done.extend((v, c[0], c[1], c[2]) for v, c in open_.items())
+    done.sort(key=lambda c: (c[1], c[0]))
+    return done
+
+
+def message_times(
+    conn: Connection, start: datetime | None, end: datetime | None
+) -> Iterable[tuple[str, datetime]]:
+    """``(visitor_id, at)`` of every recorded message, per visitor in time order."""
+    m = messages_table.c
+    query = select(m.visitor_id, m.at).order_by(m.visitor_id, m.at, m.notification_id)
+    if start is not None:
+        query = query.where(m.at >= start)
+    if end is not None:
+        query = query.where(m.at < end)
+    yield from conn.execution_options(yield_per=10000).execute(query)

@@ -1,0 +1,282 @@
+"""The conversation log: one row per message, for transcripts and exports.
+
+Rows carry the session, visitor, user, role, text, business time and the
+message's position in its session. ``user_id`` is the user the visitor is
+linked to *now* (as of the projection's position): when a visitor is linked,
+the rows of its earlier anonymous sessions are attributed to the user too, so a
+user's transcript covers the conversations they had before logging in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any, ClassVar
+
+from chatledger.domain.session import Session
+from chatledger.domain.visitor import Visitor
+from eventsourcing.persistence import Tracking
+from eventsourcing.utils import get_topic
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Index,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    select,
+    update,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .base import ReadModel, RowBuffer, batch_ids
+from .results import TranscriptMessage
+from .sqltypes import UTCDateTime
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class LoggedSession(Base):
+    """Who a session belongs to and how many messages it has (for positions)."""
+
+    __tablename__ = "conversation_sessions"
+
+    session_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    visitor_id: Mapped[str] = mapped_column(String(200), index=True)
+    user_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    channel: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    message_count: Mapped[int] = mapped_column(Integer)
+
+
+class LoggedVisitor(Base):
+    """A visitor (keyed by its aggregate id) and the user it is linked to."""
+
+    __tablename__ = "conversation_visitors"
+
+    visitor_uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    visitor_id: Mapped[str] = mapped_column(String(200))
+    user_id: Mapped[str | None] = mapped_column(String(200))
+
+
+class LoggedMessage(Base):
+    """One message, as recorded."""
+
+    __tablename__ = "conversation_messages"
+    __table_args__ = (
+        Index("ix_conversation_messages_user_at", "user_id", "at"),
+        Index("ix_conversation_messages_visitor_at", "visitor_id", "at"),
+        Index("ix_conversation_messages_at", "at"),
+    )
+
+    session_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    visitor_id: Mapped[str] = mapped_column(String(200))
+    user_id: Mapped[str | None] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(10))
+    text: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    notification_id: Mapped[int] = mapped_column(BigInteger)
+
+
+sessions_table = LoggedSession.__table__
+visitors_table = LoggedVisitor.__table__
+messages_table = LoggedMessage.__table__
+
+
+class ConversationLog(ReadModel):
+    """Projection of message events into ``conversation_messages``."""
+
+    name = "conversation_log"
+    metadata = Base.metadata
+
+    def __init__(self, view: Any) -> None:
+        super().__init__(view)
+        self.sessions = RowBuffer(sessions_table, "session_id")  # type: ignore[arg-type]
+        self.visitors = RowBuffer(visitors_table, "visitor_uuid")  # type: ignore[arg-type]
+        self.pending: list[dict[str, Any]] = []
+        self.links: list[dict[str, str]] = []
+
+    def discard(self) -> None:
+        self.sessions.clear()
+        self.visitors.clear()
+        self.pending.clear()
+        self.links.clear()
+
+    def prepare(self, events: Sequence[Any]) -> None:
+        sessions, visitors = batch_ids(events, Session.Started, Visitor.Registered)
+        self.sessions.load(self.view.conn, sessions)
+        self.visitors.load(self.view.conn, visitors)
+
+    def flush(self) -> None:
+        conn = self.view.conn
+        self.sessions.flush(conn)
+        self.visitors.flush(conn)
+        if self.pending:
+            conn.execute(messages_table.insert(), self.pending)
+            self.pending.clear()
+        if self.links:
+            for table in (sessions_table, messages_table):
+                conn.execute(
+                    update(table)
+                    .where(table.c.visitor_id == bindparam("v"), table.c.user_id.is_(None))
+                    .values(user_id=bindparam("u")),
+                    self.links,
+                )
+            self.links.clear()
+
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:  # type: ignore[override]
+        handler = self._handlers.get(type(domain_event))
+        if handler is not None:
+            handler(self, domain_event, tracking)
+
+    def _started(self, e: Session.Started, tracking: Tracking) -> None:
+        # ``user_id`` is the visitor's link when the session started.
+        self.sessions.add(
+            {
+                "session_id": str(e.originator_id),
+                "visitor_id": e.visitor_id,
+                "user_id": e.user_id,
+                "channel": e.channel,
+                "started_at": e.occurred_at,
+                "message_count": 0,
+            }
+        )
+
+    def _message(self, e: Session.MessageRecorded, tracking: Tracking) -> None:
+        sid = str(e.originator_id)
+        session = self.sessions.cached(sid) or self.sessions.get(self.view.conn, sid)
+        if session is None:  # pragma: no cover - a message always follows its Started
+            return
+        position = session["message_count"]
+        session["message_count"] = position + 1
+        self.sessions.changed(sid)
+        self.pending.append(
+            {
+                "session_id": sid,
+                "position": position,
+                "visitor_id": session["visitor_id"],
+                "user_id": session["user_id"],
+                "channel": session["channel"],
+                "role": e.role,
+                "text": e.text,
+                "at": e.occurred_at,
+                "notification_id": tracking.notification_id,
+            }
+        )
+
+    def _session_linked(self, e: Session.IdentityLinked, tracking: Tracking) -> None:
+        sid = str(e.originator_id)
+        session = self.sessions.get(self.view.conn, sid)
+        if session is not None and session["user_id"] is None:
+            session["user_id"] = e.user_id
+            self.sessions.changed(sid)
+
+    def _visitor_registered(self, e: Visitor.Registered, tracking: Tracking) -> None:
+        self.visitors.add(
+            {"visitor_uuid": str(e.originator_id), "visitor_id": e.visitor_id, "user_id": None}
+        )
+
+    def _visitor_linked(self, e: Visitor.IdentityLinked, tracking: Tracking) -> None:
+        """Attribute the visitor's earlier (anonymous) sessions and messages to the user.
+
+        Rows of this batch are fixed in memory; rows already in the database
+        are fixed by one UPDATE per table at :meth:`flush` (after the inserts).
+        """
+        visitor = self.visitors.get(self.view.conn, str(e.originator_id))
+        if visitor is None:  # pragma: no cover - Registered always comes first
+            return
+        visitor["user_id"] = e.user_id
+        self.visitors.changed(visitor["visitor_uuid"])
+        visitor_id = visitor["visitor_id"]
+        self.links.append({"v": visitor_id, "u": e.user_id})
+        for session in self.sessions.rows():
+            if session["visitor_id"] == visitor_id and session["user_id"] is None:
+                session["user_id"] = e.user_id
+        for row in self.pending:
+            if row["visitor_id"] == visitor_id and row["user_id"] is None:
+                row["user_id"] = e.user_id
+
+    _handlers: ClassVar[dict[type, Any]] = {
+        Session.Started: _started,
+        Session.MessageReceived: _message,
+        Session.MessageSent: _message,
+        Session.IdentityLinked: _session_linked,
+        Visitor.Registered: _visitor_registered,
+        Visitor.IdentityLinked: _visitor_linked,
+    }
+
+
+ConversationLog.topics = tuple(get_topic(t) for t in ConversationLog._handlers)
+
+def query_transcript(
+    conn: Connection,
+    *,
+    session_id: str | None = None,
+    user_id: str | None = None,
+    visitor_id: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    limit: int | None = None,
+) -> list[TranscriptMessage]:
+    """Messages matching every given filter, in conversation order.
+
+    ``visitor_id`` alone reads only the visitor's *anonymous* messages: once a
+    visitor is linked, its history belongs to the user and is read by ``user_id``.
+    """
+    m = messages_table.c
+    query = select(messages_table)
+    if session_id is not None:
+        query = query.where(m.session_id == session_id)
+    if user_id is not None:
+        query = query.where(m.user_id == user_id)
+    if visitor_id is not None:
+        query = query.where(m.visitor_id == visitor_id)
+        if user_id is None:
+            query = query.where(m.user_id.is_(None))
+    if start is not None:
+        query = query.where(m.at >= start)
+    if end is not None:
+        query = query.where(m.at < end)
+    query = query.order_by(m.at, m.notification_id)
+    if limit is not None:
+        query = query.limit(limit)
+    return [_message(r) for r in conn.execute(query).mappings()]
+
+
+def iter_messages(conn: Connection, *, start: datetime | None = None, end: datetime | None = None) -> Iterator[TranscriptMessage]:
+    """Every message in the log (optionally in a time range), streamed in log order."""
+    m = messages_table.c
+    query = select(messages_table).order_by(m.notification_id)
+    if start is not None:
+        query = query.where(m.at >= start)
+    if end is not None:
+        query = query.where(m.at < end)
+    for row in conn.execution_options(yield_per=5000).execute(query).mappings():
+        yield _message(row)
+
+
+def session_owner(conn: Connection, session_id: str) -> tuple[str, str | None] | None:
+    row = conn.execute(
+        select(sessions_table.c.visitor_id, sessions_table.c.user_id).where(
+            sessions_table.c.session_id == session_id
+        )
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
+def _message(row: Any) -> TranscriptMessage:
+    return TranscriptMessage(
+        session_id=row["session_id"],
+        position=row["position"],
+        visitor_id=row["visitor_id"],
+        user_id=row["user_id"],
+        channel=row["channel"],
+        role=row["role"],
+        text=row["text"],
+        at=row["at"],
+    )

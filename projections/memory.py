@@ -1,0 +1,384 @@
+"""Cross-session memory: what the bot remembers about a person.
+
+One profile per *subject*: ``user:<user_id>`` for a linked person, or
+``visitor:<visitor_id>`` for an anonymous visitor. A session's events feed the
+profile of its visitor's subject at the time of the event. When a visitor is
+linked, its visitor profile is merged into the user's and removed, so anonymous
+reads (by visitor id) never reveal what belongs to a user.
+
+Preferences come from slots set with ``scope="user"``; the latest value of a
+key wins (by business time) when profiles merge. The *last conversation* is
+the most recently active session that has closed (timed out or ended): its
+slots and its unfinished tasks, so a returning user can be offered to finish
+them. (A session's timeout is recorded at the latest when the visitor's next
+message arrives, so the previous conversation is closed by the time a bot
+greets a returning visitor.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from chatledger.domain.session import Session
+from chatledger.domain.visitor import Visitor
+from eventsourcing.persistence import Tracking
+from eventsourcing.utils import get_topic
+from sqlalchemy import JSON, Connection, Integer, String, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .base import ReadModel, RowBuffer, batch_ids
+from .sqltypes import UTCDateTime
+
+DISPLAY_NAME_SLOTS = ("display_name", "name", "first_name")
+"""User-scoped slots, in order of preference, that hold the name to greet with."""
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class MemorySession(Base):
+    """Working state of one session: its subject's visitor, slots and tasks."""
+
+    __tablename__ = "memory_sessions"
+
+    session_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    visitor_id: Mapped[str] = mapped_column(String(200))
+    slots: Mapped[dict[str, Any]] = mapped_column(JSON)  # key -> [value, scope]
+    open_tasks: Mapped[list[str]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20))
+    last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class MemoryVisitor(Base):
+    __tablename__ = "memory_visitors"
+
+    visitor_uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    visitor_id: Mapped[str] = mapped_column(String(200), unique=True)
+    user_id: Mapped[str | None] = mapped_column(String(200))
+
+
+class MemoryProfile(Base):
+    """What is remembered about one subject (``user:…`` or ``visitor:…``)."""
+
+    __tablename__ = "memory_profiles"
+
+    subject: Mapped[str] = mapped_column(String(210), primary_key=True)
+    preferences: Mapped[dict[str, Any]] = mapped_column(JSON)  # key -> [value, set_at iso]
+    session_count: Mapped[int] = mapped_column(Integer)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_session_id: Mapped[str] = mapped_column(String(36))
+    # Where the most recent *closed* conversation left off:
+    left_off_session_id: Mapped[str | None] = mapped_column(String(36))
+    left_off_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    left_off_status: Mapped[str | None] = mapped_column(String(20))
+    last_slots: Mapped[dict[str, Any]] = mapped_column(JSON)
+    unfinished_tasks: Mapped[list[str]] = mapped_column(JSON)
+
+
+sessions_table = MemorySession.__table__
+visitors_table = MemoryVisitor.__table__
+profiles_table = MemoryProfile.__table__
+
+
+def user_subject(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+def visitor_subject(visitor_id: str) -> str:
+    return f"visitor:{visitor_id}"
+
+
+class UserMemory(ReadModel):
+    """Projection of session and visitor events into ``memory_profiles``."""
+
+    name = "memory"
+    metadata = Base.metadata
+
+    def __init__(self, view: Any) -> None:
+        super().__init__(view)
+        self.sessions = RowBuffer(sessions_table, "session_id")  # type: ignore[arg-type]
+        self.visitors = RowBuffer(visitors_table, "visitor_uuid")  # type: ignore[arg-type]
+        self.profiles = RowBuffer(profiles_table, "subject")  # type: ignore[arg-type]
+        self.links: dict[str, str | None] = {}  # visitor_id -> user_id, this batch
+
+    def discard(self) -> None:
+        self.sessions.clear()
+        self.visitors.clear()
+        self.profiles.clear()
+        self.links.clear()
+
+    def prepare(self, events: Sequence[Any]) -> None:
+        conn = self.view.conn
+        sessions, visitors = batch_ids(events, Session.Started, Visitor.Registered)
+        self.sessions.load(conn, sessions)
+        self.visitors.load(conn, visitors)
+        registered = {e.visitor_id for e in events if isinstance(e, Visitor.Registered)}
+        for e in events:
+            if isinstance(e, Visitor.Registered):
+                self.links[e.visitor_id] = None
+        for row in self.visitors.rows():
+            self.links[row["visitor_id"]] = row["user_id"]
+        wanted = {e.visitor_id for e in events if isinstance(e, Session.Started)}
+        wanted |= {r["visitor_id"] for r in self.sessions.rows()}
+        missing = [v for v in wanted - registered if v not in self.links]
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            found = dict(
+                conn.execute(
+                    select(visitors_table.c.visitor_id, visitors_table.c.user_id).where(
+                        visitors_table.c.visitor_id.in_(chunk)
+                    )
+                ).all()
+            )
+            for v in chunk:
+                self.links[v] = found.get(v)
+        subjects = {self._subject(v) for v in wanted}
+        subjects |= {user_subject(r["user_id"]) for r in self.visitors.rows() if r["user_id"]}
+        subjects |= {user_subject(e.user_id) for e in events if isinstance(e, Visitor.IdentityLinked)}
+        subjects |= {visitor_subject(r["visitor_id"]) for r in self.visitors.rows()}
+        self.profiles.load(conn, sorted(subjects))
+
+    def flush(self) -> None:
+        conn = self.view.conn
+        self.sessions.flush(conn)
+        self.visitors.flush(conn)
+        self.profiles.flush(conn)
+
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:  # type: ignore[override]
+        handler = _HANDLERS.get(type(domain_event))
+        if handler is not None:
+            handler(self, domain_event)
+
+    # ---- lookups --------------------------------------------------------
+
+    def _user_of(self, visitor_id: str) -> str | None:
+        if visitor_id not in self.links:
+            row = self.view.conn.execute(
+                select(visitors_table.c.user_id).where(visitors_table.c.visitor_id == visitor_id)
+            ).first()
+            self.links[visitor_id] = row[0] if row else None
+        return self.links[visitor_id]
+
+    def _subject(self, visitor_id: str) -> str:
+        user = self._user_of(visitor_id)
+        return user_subject(user) if user is not None else visitor_subject(visitor_id)
+
+    def _session(self, e: Any) -> dict[str, Any] | None:
+        sid = str(e.originator_id)
+        row = self.sessions.cached(sid) or self.sessions.get(self.view.conn, sid)
+        if row is not None:
+            self.sessions.changed(sid)
+        return row
+
+    def _touch(self, session: dict[str, Any], at: datetime) -> dict[str, Any] | None:
+        """Record activity of ``session`` on its subject's profile."""
+        session["last_activity_at"] = at
+        subject = self._subject(session["visitor_id"])
+        profile = self.profiles.get(self.view.conn, subject)
+        if profile is None:
+            return None
+        if at >= profile["last_seen_at"]:
+            profile["last_seen_at"] = at
+            profile["last_session_id"] = session["session_id"]
+        self.profiles.changed(subject)
+        return profile
+
+    # ---- handlers -------------------------------------------------------
+
+    def visitor_registered(self, e: Visitor.Registered) -> None:
+        self.visitors.add(
+            {"visitor_uuid": str(e.originator_id), "visitor_id": e.visitor_id, "user_id": None}
+        )
+        self.links[e.visitor_id] = None
+
+    def visitor_linked(self, e: Visitor.IdentityLinked) -> None:
+        visitor = self.visitors.get(self.view.conn, str(e.originator_id))
+        if visitor is None:  # pragma: no cover - Registered always comes first
+            return
+        visitor["user_id"] = e.user_id
+        self.visitors.changed(visitor["visitor_uuid"])
+        self.links[visitor["visitor_id"]] = e.user_id
+        old_key = visitor_subject(visitor["visitor_id"])
+        old = self.profiles.get(self.view.conn, old_key)
+        if old is None:
+            return
+        self.profiles.delete(old_key)
+        new_key = user_subject(e.user_id)
+        new = self.profiles.get(self.view.conn, new_key)
+        if new is None:
+            self.profiles.add({**old, "subject": new_key})
+            return
+        merge(new, old)
+        self.profiles.changed(new_key)
+
+    def started(self, e: Session.Started) -> None:
+        if e.user_id is not None and self._user_of(e.visitor_id) is None:  # pragma: no cover
+            self.links[e.visitor_id] = e.user_id
+        slots = {k: [v.value, v.scope] for k, v in e.carried_slots.items()}
+        session = self.sessions.add(
+            {
+                "session_id": str(e.originator_id),
+                "visitor_id": e.visitor_id,
+                "slots": slots,
+                "open_tasks": [],
+                "status": "active",
+                "last_activity_at": e.occurred_at,
+            }
+        )
+        subject = self._subject(e.visitor_id)
+        profile = self.profiles.get(self.view.conn, subject)
+        if profile is None:
+            profile = self.profiles.add(
+                {
+                    "subject": subject,
+                    "preferences": {},
+                    "session_count": 0,
+                    "first_seen_at": e.occurred_at,
+                    "last_seen_at": e.occurred_at,
+                    "last_session_id": session["session_id"],
+                    "left_off_session_id": None,
+                    "left_off_at": None,
+                    "left_off_status": None,
+                    "last_slots": {},
+                    "unfinished_tasks": [],
+                }
+            )
+        profile["session_count"] += 1
+        profile["first_seen_at"] = min(profile["first_seen_at"], e.occurred_at)
+        stamp = _stamp(e.occurred_at)
+        for key, slot in e.carried_slots.items():
+            if slot.scope == "user":
+                profile["preferences"][key] = [slot.value, stamp]
+        self._touch(session, e.occurred_at)
+
+    def activity(self, e: Any) -> None:
+        session = self._session(e)
+        if session is not None:
+            self._touch(session, e.occurred_at)
+
+    def slot_set(self, e: Session.SlotSet) -> None:
+        session = self._session(e)
+        if session is None:
+            return
+        session["slots"] = {**session["slots"], e.key: [e.value, e.scope]}
+        profile = self._touch(session, e.occurred_at)
+        if profile is not None and e.scope == "user":
+            profile["preferences"] = {
+                **profile["preferences"],
+                e.key: [e.value, _stamp(e.occurred_at)],
+            }
+
+    def slot_cleared(self, e: Session.SlotCleared) -> None:
+        session = self._session(e)
+        if session is None:
+            return
+        slots = dict(session["slots"])
+        removed = slots.pop(e.key, None)
+        session["slots"] = slots
+        profile = self._touch(session, e.occurred_at)
+        if profile is not None and removed is not None and removed[1] == "user":
+            profile["preferences"] = {
+                k: v for k, v in profile["preferences"].items() if k != e.key
+            }
+
+    def task_started(self, e: Session.TaskStarted) -> None:
+        session = self._session(e)
+        if session is not None:
+            session["open_tasks"] = [*session["open_tasks"], e.task]
+            self._touch(session, e.occurred_at)
+
+    def task_completed(self, e: Session.TaskCompleted) -> None:
+        session = self._session(e)
+        if session is not None:
+            session["open_tasks"] = [t for t in session["open_tasks"] if t != e.task]
+            self._touch(session, e.occurred_at)
+
+    def closed(self, e: Session.TimedOut | Session.Ended) -> None:
+        """A closed session is where its subject left off, if it is their latest."""
+        session = self._session(e)
+        if session is None:
+            return
+        session["status"] = "timed_out" if isinstance(e, Session.TimedOut) else "ended"
+        subject = self._subject(session["visitor_id"])
+        profile = self.profiles.get(self.view.conn, subject)
+        if profile is None:
+            return
+        at = session["last_activity_at"]
+        if profile["left_off_at"] is None or at >= profile["left_off_at"]:
+            profile["left_off_session_id"] = session["session_id"]
+            profile["left_off_at"] = at
+            profile["left_off_status"] = session["status"]
+            profile["last_slots"] = {k: v[0] for k, v in session["slots"].items()}
+            profile["unfinished_tasks"] = list(session["open_tasks"])
+            self.profiles.changed(subject)
+
+
+def _stamp(at: datetime) -> str:
+    """A sortable UTC time stamp for JSON (preferences remember when they were set)."""
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def merge(into: dict[str, Any], other: dict[str, Any]) -> None:
+    """Merge ``other``'s profile into ``into`` (a visitor's into its user's)."""
+    into["session_count"] += other["session_count"]
+    into["first_seen_at"] = min(into["first_seen_at"], other["first_seen_at"])
+    preferences = dict(into["preferences"])
+    for key, (value, stamp) in other["preferences"].items():
+        if key not in preferences or stamp > preferences[key][1]:
+            preferences[key] = [value, stamp]
+    into["preferences"] = preferences
+    if other["last_seen_at"] > into["last_seen_at"]:
+        into["last_seen_at"] = other["last_seen_at"]
+        into["last_session_id"] = other["last_session_id"]
+    if other["left_off_at"] is not None and (
+        into["left_off_at"] is None or other["left_off_at"] > into["left_off_at"]
+    ):
+        for key in (
+            "left_off_session_id",
+            "left_off_at",
+            "left_off_status",
+            "last_slots",
+            "unfinished_tasks",
+        ):
+            into[key] = other[key]
+
+
+_HANDLERS: dict[type, Any] = {
+    Session.Started: UserMemory.started,
+    Session.MessageReceived: UserMemory.activity,
+    Session.MessageSent: UserMemory.activity,
+    Session.SlotSet: UserMemory.slot_set,
+    Session.SlotCleared: UserMemory.slot_cleared,
+    Session.TaskStarted: UserMemory.task_started,
+    Session.TaskCompleted: UserMemory.task_completed,
+    Session.TimedOut: UserMemory.closed,
+    Session.Ended: UserMemory.closed,
+    Visitor.Registered: UserMemory.visitor_registered,
+    Visitor.IdentityLinked: UserMemory.visitor_linked,
+}
+
+
+UserMemory.topics = tuple(get_topic(t) for t in _HANDLERS)
+
+def read_profile(conn: Connection, subject: str) -> dict[str, Any] | None:
+    row = conn.execute(select(profiles_table).where(profiles_table.c.subject == subject)).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def visitor_link(conn: Connection, visitor_id: str) -> str | None:
+    row = conn.execute(
+        select(visitors_table.c.user_id).where(visitors_table.c.visitor_id == visitor_id)
+    ).first()
+    return row[0] if row else None
+
+
+def display_name(preferences: dict[str, Any]) -> str | None:
+    for key in DISPLAY_NAME_SLOTS:
+        value = preferences.get(key)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
