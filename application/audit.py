@@ -196,6 +196,9 @@ def erase_subject(
         table = getattr(ledger.snapshots.recorder, "events_table_name", None)
         if table:
             recorder.delete_snapshots(table, list(receipt.session_ids))
+    if ledger.read_models:
+        # Read models copy personal fields; they blank them on Visitor.DataErased.
+        ledger.projector.catch_up()
     recorder.purge_free_space()
     return receipt
 

@@ -9,6 +9,9 @@ from pydantic import AwareDatetime
 
 from .model import Immutable
 
+ERASED_TEXT = "[erased]"
+"""What an erased message text reads as, in replay, exports and read models."""
+
 
 class ErasureReceipt(Immutable):
     """Proof of one erasure by crypto-shredding.

@@ -41,6 +41,7 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA secure_delete=ON")  # erased content leaves no bytes in free pages
             cursor.close()
 
         return engine

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
+from chatledger.domain.erasure import ERASED_TEXT
 from chatledger.domain.model import DomainEvent
 from chatledger.domain.session import Session
 from cryptography.exceptions import InvalidTag
@@ -40,7 +41,6 @@ from eventsourcing.utils import get_topic, resolve_topic
 from .persistence import PydanticMapper
 from .recorders import KeyRow, PostgresLedgerRecorder, SQLiteLedgerRecorder
 
-ERASED_TEXT = "[erased]"
 ERASED_VALUES: dict[str, Any] = {
     "text": ERASED_TEXT,
     "metadata": {"$erased": True},

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
+from chatledger.domain.erasure import ERASED_TEXT
 from chatledger.domain.session import Session
 from chatledger.domain.visitor import Visitor
 from eventsourcing.persistence import Tracking
@@ -100,12 +101,14 @@ class ConversationLog(ReadModel):
         self.visitors = RowBuffer(visitors_table, "visitor_uuid")  # type: ignore[arg-type]
         self.pending: list[dict[str, Any]] = []
         self.links: list[dict[str, str]] = []
+        self.erased: set[str] = set()
 
     def discard(self) -> None:
         self.sessions.clear()
         self.visitors.clear()
         self.pending.clear()
         self.links.clear()
+        self.erased.clear()
 
     def prepare(self, events: Sequence[Any]) -> None:
         sessions, visitors = batch_ids(events, Session.Started, Visitor.Registered)
@@ -128,6 +131,13 @@ class ConversationLog(ReadModel):
                     self.links,
                 )
             self.links.clear()
+        if self.erased:
+            conn.execute(
+                update(messages_table)
+                .where(messages_table.c.session_id.in_(sorted(self.erased)))
+                .values(text=ERASED_TEXT)
+            )
+            self.erased.clear()
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:  # type: ignore[override]
         handler = self._handlers.get(type(domain_event))
@@ -201,6 +211,14 @@ class ConversationLog(ReadModel):
             if row["visitor_id"] == visitor_id and row["user_id"] is None:
                 row["user_id"] = e.user_id
 
+    def _data_erased(self, e: Visitor.DataErased, tracking: Tracking) -> None:
+        """Blank the texts of the erased sessions (a rebuild decodes them as erased too)."""
+        sessions = {str(s) for s in e.receipt.session_ids}
+        for row in self.pending:
+            if row["session_id"] in sessions:
+                row["text"] = ERASED_TEXT
+        self.erased |= sessions
+
     _handlers: ClassVar[dict[type, Any]] = {
         Session.Started: _started,
         Session.MessageReceived: _message,
@@ -208,6 +226,7 @@ class ConversationLog(ReadModel):
         Session.IdentityLinked: _session_linked,
         Visitor.Registered: _visitor_registered,
         Visitor.IdentityLinked: _visitor_linked,
+        Visitor.DataErased: _data_erased,
     }
 
 

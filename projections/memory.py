@@ -317,6 +317,30 @@ class UserMemory(ReadModel):
             self.profiles.changed(subject)
 
 
+def _data_erased(self: UserMemory, e: Visitor.DataErased) -> None:
+    """Blank remembered slot values of the erased sessions and subjects.
+
+    Slot names, counts and times stay (as in the log). A visitor's erasure also
+    blanks the profile of the user it is linked to, which merged its memory.
+    """
+    conn = self.view.conn
+    for sid in e.receipt.session_ids:
+        session = self.sessions.get(conn, str(sid))
+        if session is not None:
+            session["slots"] = {k: [None, v[1]] for k, v in session["slots"].items()}
+            self.sessions.changed(str(sid))
+    subjects = [visitor_subject(v) for v in e.receipt.visitor_ids]
+    if e.receipt.user_id is not None:
+        subjects.append(user_subject(e.receipt.user_id))
+    for subject in subjects:
+        profile = self.profiles.get(conn, subject)
+        if profile is None:
+            continue
+        profile["preferences"] = {k: [None, v[1]] for k, v in profile["preferences"].items()}
+        profile["last_slots"] = {k: None for k in profile["last_slots"]}
+        self.profiles.changed(subject)
+
+
 def _stamp(at: datetime) -> str:
     """A sortable UTC time stamp for JSON (preferences remember when they were set)."""
     return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -359,6 +383,7 @@ _HANDLERS: dict[type, Any] = {
     Session.Ended: UserMemory.closed,
     Visitor.Registered: UserMemory.visitor_registered,
     Visitor.IdentityLinked: UserMemory.visitor_linked,
+    Visitor.DataErased: _data_erased,
 }
 
 

@@ -190,3 +190,35 @@ def test_cli_erase_prints_the_receipt(world: World) -> None:
     assert "key" not in {k for k in receipt if k != "key_ids"}
     unknown = runner.invoke(app, ["erase", "--user", "nobody", "-d", world.url])
     assert isinstance(unknown.exception, UnknownSubjectError)
+
+
+def figures(ledger: ChatLedger) -> dict[str, object]:
+    """Analytics without the read position (the erasure events move it on)."""
+    data = ledger.analytics().model_dump()
+    return {k: v for k, v in data.items() if k not in ("position", "head", "lag")}
+
+
+def test_read_models_blank_erased_content_live_and_after_a_rebuild(world: World) -> None:
+    ledger, raw = world.ledger, world.raw
+    assert ledger.read_models, "the default read models copy message texts"
+    ledger.projector.catch_up()
+    assert contains(raw.dump(), b"alpha-secret-1")  # the transcript holds plaintext
+    before = figures(ledger)
+
+    ledger.erase(user_id="user-a")  # brings the read models up to date itself
+
+    dump = raw.dump()
+    assert not any(contains(dump, t.encode()) for t in world.a_texts)
+    assert not contains(dump, b"alpha-secret-name-Anna")
+    assert all(contains(dump, t.encode()) for t in world.b_texts)
+    assert {m.text for m in ledger.transcript(user_id="user-a").messages} == {ERASED_TEXT}
+    assert [m.text for m in ledger.transcript(user_id="user-b").messages] == world.b_texts
+    assert figures(ledger) == before  # counts, times and rates unchanged
+    for name in list(ledger.projector.projections):
+        ledger.projector.rebuild(name)
+    assert {m.text for m in ledger.transcript(user_id="user-a").messages} == {ERASED_TEXT}
+    assert figures(ledger) == before
+    ledger.recorder.purge_free_space()  # type: ignore[attr-defined]
+    dump = raw.dump()
+    assert not any(contains(dump, t.encode()) for t in world.a_texts)
+    assert ledger.verify().ok
