@@ -12,6 +12,7 @@ from chatledger.domain.erasure import ErasureReceipt
 from chatledger.domain.policy import SessionPolicy
 from chatledger.domain.session import Message, SessionContext
 from chatledger.domain.state import SessionState, Turn, VisitorState
+from chatledger.infrastructure.hashchain import VerificationReport
 from chatledger.projections.base import ProjectionStatus
 from chatledger.projections.results import (
     Analytics,
@@ -21,8 +22,6 @@ from chatledger.projections.results import (
     Transcript,
     TranscriptMessage,
 )
-
-from chatledger.infrastructure.hashchain import VerificationReport
 
 from .audit import HistoryStep
 from .clock import Clock, ManualClock, system_clock

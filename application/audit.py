@@ -153,9 +153,9 @@ def erase_subject(
         raise ConfigurationError("This ledger's recorder keeps no content keys; open it with ChatLedger.open().")
 
     def once() -> tuple[ErasureReceipt, list[Visitor]]:
-        now = ledger._now(at)  # noqa: SLF001
+        now = ledger._now(at)
         if visitor_id is not None:
-            visitor = ledger._get_visitor(visitor_id)  # noqa: SLF001
+            visitor = ledger._get_visitor(visitor_id)
             if visitor is None:
                 raise UnknownSubjectError("visitor", visitor_id)
             visitors = [visitor]
@@ -182,7 +182,7 @@ def erase_subject(
         return receipt, visitors
 
     what = f"erase() of {'user ' + repr(user_id) if user_id else 'visitor ' + repr(visitor_id)}"
-    receipt, visitors = ledger._retrying(what, once)  # noqa: SLF001
+    receipt, visitors = ledger._retrying(what, once)
     # Derived copies of the plaintext: this process's caches and the snapshots.
     if isinstance(ledger.mapper, ShreddingMapper) and ledger.mapper.key_ring is not None:
         ledger.mapper.key_ring.forget(receipt.visitor_ids, receipt.key_ids)
@@ -251,7 +251,7 @@ def export_bundle(
         scope: dict[str, Any] = {"user_id": user_id, "visitor_ids": [v.visitor_id for v in visitors]}
     else:
         sid = _as_uuid(session_id)  # type: ignore[arg-type]
-        ledger._get_session(sid)  # noqa: SLF001 - raises UnknownSessionError
+        ledger._get_session(sid)
         aggregates.append(("session", sid))
         scope = {"session_id": str(sid)}
     scope["session_ids"] = [str(a) for kind, a in aggregates if kind == "session"]
@@ -259,7 +259,7 @@ def export_bundle(
         "record": "header",
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
-        "generated_at": ledger._now(None).isoformat(),  # noqa: SLF001
+        "generated_at": ledger._now(None).isoformat(),
         "scope": scope,
         "fields": EXPORT_FIELDS,
         "hashing": EXPORT_HASHING,

@@ -20,13 +20,13 @@ from functools import cached_property
 from typing import IO, Any, Literal, TypeVar
 from uuid import UUID, uuid4
 
+from chatledger.domain.erasure import ErasureReceipt
 from chatledger.domain.errors import (
     ConcurrencyConflictError,
     InvalidCommandError,
     SessionOwnershipError,
     UnknownSessionError,
 )
-from chatledger.domain.erasure import ErasureReceipt
 from chatledger.domain.model import Aggregate, DomainEvent, utc
 from chatledger.domain.policy import AppliedPolicy, SessionPolicy
 from chatledger.domain.session import Message, Session, SessionContext, SlotScope

@@ -37,7 +37,15 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
-from .hashchain import GENESIS, EventRow, HashRow, VerificationReport, event_hash, log_hash, verify_rows
+from .hashchain import (
+    GENESIS,
+    EventRow,
+    HashRow,
+    VerificationReport,
+    event_hash,
+    log_hash,
+    verify_rows,
+)
 
 HASHES = "chatledger_event_hashes"
 KEYS = "chatledger_keys"
@@ -89,15 +97,15 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
     def construct_create_table_statements(self) -> list[str]:
         return [
             *super().construct_create_table_statements(),
-            f"CREATE TABLE IF NOT EXISTS {HASHES} ("
+            (f"CREATE TABLE IF NOT EXISTS {HASHES} ("
             "notification_id INTEGER PRIMARY KEY, originator_id TEXT NOT NULL, "
             "originator_version INTEGER NOT NULL, event_hash BLOB NOT NULL, log_hash BLOB NOT NULL, "
-            "UNIQUE (originator_id, originator_version))",
-            f"CREATE TABLE IF NOT EXISTS {KEYS} ("
+            "UNIQUE (originator_id, originator_version))"),
+            (f"CREATE TABLE IF NOT EXISTS {KEYS} ("
             "kid TEXT PRIMARY KEY, visitor_id TEXT NOT NULL UNIQUE, key BLOB NOT NULL, "
-            "created_at TEXT NOT NULL)",
-            f"CREATE TABLE IF NOT EXISTS {SUBJECTS} ("
-            "aggregate_id TEXT PRIMARY KEY, visitor_id TEXT NOT NULL)",
+            "created_at TEXT NOT NULL)"),
+            (f"CREATE TABLE IF NOT EXISTS {SUBJECTS} ("
+            "aggregate_id TEXT PRIMARY KEY, visitor_id TEXT NOT NULL)"),
         ]
 
     def _insert_events(
@@ -184,7 +192,7 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
         if self.datastore.pool.is_sqlite_memory_mode:
             return True
         with self.datastore.get_connection(commit=True) as conn:
-            raw: sqlite3.Connection = conn._sqlite_conn  # noqa: SLF001
+            raw: sqlite3.Connection = conn._sqlite_conn
             busy, _, _ = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return busy == 0
 

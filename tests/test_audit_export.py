@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chatledger import ChatLedger, InvalidCommandError, ManualClock, UnknownSessionError, UnknownSubjectError
+from chatledger import (
+    ChatLedger,
+    InvalidCommandError,
+    ManualClock,
+    UnknownSessionError,
+    UnknownSubjectError,
+)
 from chatledger.infrastructure.cli import app
 from typer.testing import CliRunner
 

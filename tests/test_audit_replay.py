@@ -8,7 +8,13 @@ from datetime import datetime, timedelta
 from uuid import uuid4
 
 import pytest
-from chatledger import ChatLedger, InvalidCommandError, ManualClock, SessionState, UnknownSessionError
+from chatledger import (
+    ChatLedger,
+    InvalidCommandError,
+    ManualClock,
+    SessionState,
+    UnknownSessionError,
+)
 from chatledger.infrastructure.cli import app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
