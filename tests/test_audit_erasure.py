@@ -122,7 +122,10 @@ def test_erasing_a_user_shreds_their_content_everywhere_and_nothing_else(world: 
         for sid in world.a_sessions:
             state = fresh.session(sid)
             assert {m.text for m in state.messages} == {ERASED_TEXT}
-            assert all(m.metadata == {"$erased": True} for m in state.messages)
+            # user messages carried metadata (now erased); bot replies had none (stays empty)
+            assert all(
+                m.metadata == ({"$erased": True} if m.role == "user" else {}) for m in state.messages
+            )
             assert all(v is None for v in state.slots.values())
             assert state.context.page_url is None and state.context.client_metadata == {"$erased": True}
             for event, step in fresh.history(sid):
