@@ -442,6 +442,46 @@ def _read_sqlite(recorder: SQLiteApplicationRecorder, position: int, limit: int,
         return [_Record(convert, *row) for row in c.fetchall()]
 
 
+_COMPILED: dict[tuple[Any, str, tuple[str, ...]], tuple[str, list[tuple[str, Any]]]] = {}
+
+
+def executemany(conn: Connection, statement: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """``conn.execute(statement, rows)``, minus SQLAlchemy's per-row work on SQLite.
+
+    The statement is compiled once (per dialect and parameter names) and each
+    row becomes a tuple through the columns' own bind processors, so the
+    values stored are exactly what ``conn.execute`` stores; ``sqlite3`` gets
+    one ``executemany``. Every row must have the keys of the first. Other
+    dialects go through ``conn.execute`` (PostgreSQL batches the rows itself).
+    """
+    if not rows:
+        return
+    dialect = conn.dialect
+    if dialect.name != "sqlite":
+        conn.execute(statement, list(rows))
+        return
+    keys = tuple(rows[0])
+    cache_key = (statement, dialect.name, keys)
+    entry = _COMPILED.get(cache_key)
+    if entry is None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        params = []
+        for name in compiled.positiontup or ():
+            bind_type = compiled.binds[name].type
+            params.append((name, bind_type.dialect_impl(dialect).bind_processor(dialect)))
+        entry = _COMPILED[cache_key] = (compiled.string, params)
+    sql, params = entry
+    plain = [name for name, proc in params if proc is None]
+    if len(plain) == len(params):
+        data = [tuple([row[name] for name in plain]) for row in rows]
+    else:
+        data = [
+            tuple([row[name] if proc is None else proc(row[name]) for name, proc in params])
+            for row in rows
+        ]
+    conn.exec_driver_sql(sql, data)
+
+
 class RowBuffer:
     """A per-batch write-back cache of one table keyed by a single column.
 
@@ -464,6 +504,7 @@ class RowBuffer:
             .values({c: bindparam("v_" + c) for c in self._columns})
         )
         self._delete = table.delete().where(table.c[key] == bindparam("k_"))
+        self._insert = table.insert()
 
     def get(self, conn: Connection, key: Any) -> dict[str, Any] | None:
         if key in self._rows:
@@ -529,12 +570,9 @@ class RowBuffer:
                 inserts.append(row)
                 self._in_db.add(key)
         self._dirty.clear()
-        if deletes:
-            conn.execute(self._delete, deletes)
-        if updates:
-            conn.execute(self._update, updates)
-        if inserts:
-            conn.execute(self.table.insert(), inserts)
+        executemany(conn, self._delete, deletes)
+        executemany(conn, self._update, updates)
+        executemany(conn, self._insert, inserts)
 
     def clear(self) -> None:
         self._rows.clear()

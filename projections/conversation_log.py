@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .base import ReadModel, RowBuffer, batch_ids
+from .base import ReadModel, RowBuffer, batch_ids, executemany
 from .results import TranscriptMessage
 from .sqltypes import UTCDateTime
 
@@ -87,6 +87,14 @@ sessions_table = LoggedSession.__table__
 visitors_table = LoggedVisitor.__table__
 messages_table = LoggedMessage.__table__
 
+_INSERT_MESSAGE = messages_table.insert()
+_LINK_UPDATES = [
+    update(table)
+    .where(table.c.visitor_id == bindparam("v"), table.c.user_id.is_(None))
+    .values(user_id=bindparam("u"))
+    for table in (sessions_table, messages_table)
+]
+
 
 class ConversationLog(ReadModel):
     """Projection of message events into ``conversation_messages``."""
@@ -116,17 +124,11 @@ class ConversationLog(ReadModel):
         conn = self.view.conn
         self.sessions.flush(conn)
         self.visitors.flush(conn)
-        if self.pending:
-            conn.execute(messages_table.insert(), self.pending)
-            self.pending.clear()
+        executemany(conn, _INSERT_MESSAGE, self.pending)
+        self.pending.clear()
         if self.links:
-            for table in (sessions_table, messages_table):
-                conn.execute(
-                    update(table)
-                    .where(table.c.visitor_id == bindparam("v"), table.c.user_id.is_(None))
-                    .values(user_id=bindparam("u")),
-                    self.links,
-                )
+            for statement in _LINK_UPDATES:
+                executemany(conn, statement, self.links)
             self.links.clear()
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:  # type: ignore[override]
