@@ -482,6 +482,37 @@ def executemany(conn: Connection, statement: Any, rows: Sequence[dict[str, Any]]
     conn.exec_driver_sql(sql, data)
 
 
+def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert ``rows`` (each with the keys of the first) into ``table``.
+
+    PostgreSQL: one ``COPY ... FROM STDIN`` (psycopg would otherwise send one
+    pipelined INSERT per row); values go through the columns' bind processors
+    as with ``conn.execute``. SQLite: :func:`executemany`.
+    """
+    if not rows:
+        return
+    dialect = conn.dialect
+    if dialect.name != "postgresql" or dialect.driver != "psycopg":
+        executemany(conn, table.insert(), rows)
+        return
+    from psycopg import sql
+
+    keys = list(rows[0])
+    procs = [table.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in keys]
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, keys))
+    )
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(
+                    [row[k] if p is None else p(row[k]) for k, p in zip(keys, procs)]
+                )
+    finally:
+        cursor.close()
+
+
 class RowBuffer:
     """A per-batch write-back cache of one table keyed by a single column.
 
@@ -504,7 +535,6 @@ class RowBuffer:
             .values({c: bindparam("v_" + c) for c in self._columns})
         )
         self._delete = table.delete().where(table.c[key] == bindparam("k_"))
-        self._insert = table.insert()
 
     def get(self, conn: Connection, key: Any) -> dict[str, Any] | None:
         if key in self._rows:
@@ -572,7 +602,7 @@ class RowBuffer:
         self._dirty.clear()
         executemany(conn, self._delete, deletes)
         executemany(conn, self._update, updates)
-        executemany(conn, self._insert, inserts)
+        insert_rows(conn, self.table, inserts)
 
     def clear(self) -> None:
         self._rows.clear()

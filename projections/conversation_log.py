@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .base import ReadModel, RowBuffer, batch_ids, executemany
+from .base import ReadModel, RowBuffer, batch_ids, executemany, insert_rows
 from .results import TranscriptMessage
 from .sqltypes import UTCDateTime
 
@@ -87,7 +87,6 @@ sessions_table = LoggedSession.__table__
 visitors_table = LoggedVisitor.__table__
 messages_table = LoggedMessage.__table__
 
-_INSERT_MESSAGE = messages_table.insert()
 _LINK_UPDATES = [
     update(table)
     .where(table.c.visitor_id == bindparam("v"), table.c.user_id.is_(None))
@@ -124,7 +123,7 @@ class ConversationLog(ReadModel):
         conn = self.view.conn
         self.sessions.flush(conn)
         self.visitors.flush(conn)
-        executemany(conn, _INSERT_MESSAGE, self.pending)
+        insert_rows(conn, messages_table, self.pending)  # type: ignore[arg-type]
         self.pending.clear()
         if self.links:
             for statement in _LINK_UPDATES:
