@@ -106,12 +106,14 @@ class ConversationLog(ReadModel):
         self.sessions = RowBuffer(sessions_table, "session_id")  # type: ignore[arg-type]
         self.visitors = RowBuffer(visitors_table, "visitor_uuid")  # type: ignore[arg-type]
         self.pending: list[dict[str, Any]] = []
+        self.pending_by_visitor: dict[str, list[dict[str, Any]]] = {}
         self.links: list[dict[str, str]] = []
 
     def discard(self) -> None:
         self.sessions.clear()
         self.visitors.clear()
         self.pending.clear()
+        self.pending_by_visitor.clear()
         self.links.clear()
 
     def prepare(self, events: Sequence[Any]) -> None:
@@ -125,6 +127,7 @@ class ConversationLog(ReadModel):
         self.visitors.flush(conn)
         insert_rows(conn, messages_table, self.pending)  # type: ignore[arg-type]
         self.pending.clear()
+        self.pending_by_visitor.clear()
         if self.links:
             for statement in _LINK_UPDATES:
                 executemany(conn, statement, self.links)
@@ -156,19 +159,20 @@ class ConversationLog(ReadModel):
         position = session["message_count"]
         session["message_count"] = position + 1
         self.sessions.changed(sid)
-        self.pending.append(
-            {
-                "session_id": sid,
-                "position": position,
-                "visitor_id": session["visitor_id"],
-                "user_id": session["user_id"],
-                "channel": session["channel"],
-                "role": e.role,
-                "text": e.text,
-                "at": e.occurred_at,
-                "notification_id": tracking.notification_id,
-            }
-        )
+        row = {
+            "session_id": sid,
+            "position": position,
+            "visitor_id": session["visitor_id"],
+            "user_id": session["user_id"],
+            "channel": session["channel"],
+            "role": e.role,
+            "text": e.text,
+            "at": e.occurred_at,
+            "notification_id": tracking.notification_id,
+        }
+        self.pending.append(row)
+        if row["user_id"] is None:  # only anonymous rows can be attributed later
+            self.pending_by_visitor.setdefault(row["visitor_id"], []).append(row)
 
     def _session_linked(self, e: Session.IdentityLinked, tracking: Tracking) -> None:
         sid = str(e.originator_id)
@@ -198,8 +202,8 @@ class ConversationLog(ReadModel):
         for session in self.sessions.rows():
             if session["visitor_id"] == visitor_id and session["user_id"] is None:
                 session["user_id"] = e.user_id
-        for row in self.pending:
-            if row["visitor_id"] == visitor_id and row["user_id"] is None:
+        for row in self.pending_by_visitor.pop(visitor_id, ()):
+            if row["user_id"] is None:
                 row["user_id"] = e.user_id
 
     _handlers: ClassVar[dict[type, Any]] = {
