@@ -320,7 +320,6 @@ class Projector:
         applied = 0
         # A long catch-up (a rebuild, or a runner far behind) writes in bulk mode.
         bulk = head - min(positions.values(), default=head) > 4 * batch_size
-        since_analyze = {p.name: 0 for p in projections}
         analyze_at = {p.name: max(batch_size, 5000) for p in projections}
         while True:
             behind = [p for p in projections if positions[p.name] < head]
@@ -333,10 +332,13 @@ class Projector:
                 break
             last = batch[-1].id
             events = self._decode(batch, group)
+            everything = list(zip(batch, events))
             for projection in group:
                 view = projection.view
-                wanted = projection.topics
-                handled = [(n, events[i]) for i, n in enumerate(batch) if not wanted or n.topic in wanted]
+                wanted = _topic_set(projection)
+                handled = everything if wanted is None else [
+                    pair for pair in everything if pair[0].topic in wanted
+                ]
                 projection.discard()
                 try:
                     with view.transaction(bulk=bulk):
@@ -362,11 +364,10 @@ class Projector:
                 positions[projection.name] = last
                 # A long catch-up (a rebuild) grows tables faster than autovacuum
                 # analyzes them: refresh statistics as they double (PostgreSQL).
-                since_analyze[projection.name] += len(batch)
-                if since_analyze[projection.name] >= analyze_at[projection.name]:
+                done = last - starts[projection.name]
+                if done >= analyze_at[projection.name]:
                     view.analyze()
-                    analyze_at[projection.name] = 2 * (last - starts[projection.name])
-                    since_analyze[projection.name] = 0
+                    analyze_at[projection.name] = 2 * done
             if progress is not None:
                 progress(
                     sum(positions[p.name] - starts[p.name] for p in projections),
@@ -387,10 +388,8 @@ class Projector:
     def _decode(self, batch: Sequence[Any], group: Sequence[ReadModel]) -> list[Any]:
         """The batch's events, decoded once; ``None`` for topics no read model
         of ``group`` handles (``Projection.topics``; empty = all)."""
-        if any(not p.topics for p in group):
-            wanted = None
-        else:
-            wanted = {t for p in group for t in p.topics}
+        sets = [_topic_set(p) for p in group]
+        wanted = None if None in sets else set().union(*sets)  # type: ignore[arg-type]
         decode = self.mapper.to_domain_event
         return [decode(n) if wanted is None or n.topic in wanted else None for n in batch]
 
@@ -423,6 +422,12 @@ class Projector:
                 msg = f"projections did not reach position {position} within {timeout}s"
                 raise TimeoutError(msg)
             time.sleep(0.05)
+
+
+def _topic_set(projection: ReadModel) -> frozenset[str] | None:
+    """The topics ``projection`` handles, or ``None`` for all of them."""
+    topics = projection.topics
+    return frozenset(topics) if topics else None
 
 
 class _Record:
