@@ -78,6 +78,7 @@ class SQLView(TrackingRecorder):
         self._local = threading.local()
         TRACKING.create_all(engine)
         metadata.create_all(engine)
+        self.create_indexes()  # a rebuild that died may have left some out
 
     @property
     def conn(self) -> Connection:
@@ -167,6 +168,22 @@ class SQLView(TrackingRecorder):
                 )
             ).scalar()
 
+    def drop_indexes(self, names: Sequence[str]) -> None:
+        """Drop these secondary indexes (a rebuild defers them; see
+        :attr:`ReadModel.deferred_indexes`)."""
+        with self.engine.begin() as conn:
+            for table in self.metadata.sorted_tables:
+                for index in table.indexes:
+                    if index.name in names:
+                        index.drop(conn, checkfirst=True)
+
+    def create_indexes(self) -> None:
+        """Create every index of the metadata that does not exist."""
+        with self.engine.begin() as conn:
+            for table in self.metadata.sorted_tables:
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
+
     def checkpoint(self) -> None:
         """Fold the WAL back into the database file after a bulk catch-up
         (SQLite; ``PASSIVE``: never waits for readers or writers)."""
@@ -211,6 +228,10 @@ class ReadModel(Projection[SQLView]):
     """
 
     metadata: ClassVar[MetaData]
+    deferred_indexes: ClassVar[tuple[str, ...]] = ()
+    """Secondary indexes only reads use (never the handlers' own lookups or
+    updates): a rebuild drops them and builds them once at the end, instead
+    of inserting a million random keys into them one batch at a time."""
 
     @singledispatchmethod
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
@@ -304,7 +325,14 @@ class Projector:
             projections = [self.projections[n] for n in names or list(self.projections)]
             for projection in projections:
                 projection.view.reset()
-            return self._run(projections, batch_size, progress)
+                projection.view.drop_indexes(projection.deferred_indexes)
+            try:
+                return self._run(projections, batch_size, progress)
+            finally:
+                # Also after a failure; a process killed here gets them back
+                # when its next SQLView starts (``create_indexes``).
+                for projection in projections:
+                    projection.view.create_indexes()
 
     def _run(self, projections: Sequence[ReadModel], batch_size: int, progress: Progress | None) -> int:
         """Catch ``projections`` up to the head of the log.

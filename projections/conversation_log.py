@@ -100,6 +100,12 @@ class ConversationLog(ReadModel):
 
     name = "conversation_log"
     metadata = Base.metadata
+    # The link UPDATEs need the visitor indexes; these serve reads only.
+    deferred_indexes = (
+        "ix_conversation_messages_user_at",
+        "ix_conversation_messages_at",
+        "ix_conversation_sessions_user_id",
+    )
 
     def __init__(self, view: Any) -> None:
         super().__init__(view)

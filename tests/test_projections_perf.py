@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import pytest
+
 from chatledger import ChatLedger
 from chatledger.projections.base import executemany, insert_rows
 from chatledger.projections.sqltypes import UTCDateTime
@@ -149,3 +151,46 @@ def test_plain_engine_executemany_falls_back_outside_sqlite() -> None:
             executemany(conn, table.insert(), [{"k": start + i, "v": str(i)} for i in range(10)])
         executemany(conn, table.insert(), [])
         assert conn.execute(select(table.c.v).order_by(table.c.k)).scalars().all()[-1] == "9"
+
+
+def _index_names(ledger: ChatLedger) -> set[str]:
+    from sqlalchemy import inspect
+
+    inspector = inspect(ledger.projector.engine)
+    return {
+        i["name"]
+        for table in ("conversation_messages", "conversation_sessions")
+        for i in inspector.get_indexes(table)
+    }
+
+
+def test_a_rebuild_defers_read_only_indexes_and_always_restores_them(ledger: ChatLedger) -> None:
+    from chatledger.projections.base import SQLView
+    from chatledger.projections.conversation_log import ConversationLog
+
+    write_history(ledger, visitors=4)
+    expected = _index_names(ledger)
+    assert set(ConversationLog.deferred_indexes) <= expected
+    ledger.catch_up()
+    live = dump(ledger)
+    ledger.projector.rebuild("conversation_log", batch_size=3)
+    assert _index_names(ledger) == expected
+    assert dump(ledger) == live
+
+    class Boom(Exception):
+        pass
+
+    def fail(done: int, total: int) -> None:
+        assert not set(ConversationLog.deferred_indexes) & _index_names(ledger)
+        raise Boom
+
+    with pytest.raises(Boom):
+        ledger.projector.rebuild("conversation_log", batch_size=3, progress=fail)
+    assert _index_names(ledger) == expected  # restored after a failure
+    # A process killed mid-rebuild: the next SQLView creates them again.
+    view = ledger.projector["conversation_log"].view
+    view.drop_indexes(ConversationLog.deferred_indexes)
+    SQLView(view.engine, view.name, view.metadata)
+    assert _index_names(ledger) == expected
+    ledger.catch_up()
+    assert dump(ledger) == live
