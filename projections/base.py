@@ -19,9 +19,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import singledispatchmethod
 from typing import Any, ClassVar
+from uuid import UUID
 
 from eventsourcing.persistence import ApplicationRecorder, Mapper, Tracking, TrackingRecorder
 from eventsourcing.projection import Projection
+from eventsourcing.sqlite import SQLiteApplicationRecorder
 from sqlalchemy import (
     Column,
     Connection,
@@ -58,6 +60,10 @@ class TrackingConflict(Exception):
         self.name = name
 
 
+BULK_WAL_PAGES = 32768
+"""WAL pages (of 4 KiB) a bulk catch-up lets accumulate before checkpointing."""
+
+
 class SQLView(TrackingRecorder):
     """SQLAlchemy tables of one projection, with its tracking record.
 
@@ -72,6 +78,7 @@ class SQLView(TrackingRecorder):
         self._local = threading.local()
         TRACKING.create_all(engine)
         metadata.create_all(engine)
+        self.create_indexes()  # a rebuild that died may have left some out
 
     @property
     def conn(self) -> Connection:
@@ -82,11 +89,20 @@ class SQLView(TrackingRecorder):
         return conn
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self, *, bulk: bool = False) -> Iterator[Connection]:
+        """A write transaction. ``bulk`` (a long catch-up, e.g. a rebuild) lets
+        SQLite's WAL grow to 128 MiB before the commit checkpoints it, instead
+        of 4 MiB: a rebuild batch dirties thousands of random index pages, and
+        checkpointing after every batch rewrote (and fsynced) them each time.
+        Durability is unchanged (see docs/projections.md, "Rebuild speed")."""
         with self.engine.begin() as conn:
             if conn.dialect.name == "sqlite":
                 # A 64 MiB page cache: rebuilds insert into large random-key indexes.
                 conn.exec_driver_sql("PRAGMA cache_size=-65536")
+                # Set on every write: pooled connections must not keep the bulk value.
+                conn.exec_driver_sql(
+                    f"PRAGMA wal_autocheckpoint={BULK_WAL_PAGES if bulk else 1000}"
+                )
                 # Take the write lock up front: a second runner waits here, then
                 # sees the first one's position (instead of failing mid-batch).
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -152,6 +168,47 @@ class SQLView(TrackingRecorder):
                 )
             ).scalar()
 
+    def drop_indexes(self, names: Sequence[str]) -> None:
+        """Drop these secondary indexes (a rebuild defers them; see
+        :attr:`ReadModel.deferred_indexes`)."""
+        with self.engine.begin() as conn:
+            for table in self.metadata.sorted_tables:
+                for index in table.indexes:
+                    if index.name in names:
+                        index.drop(conn, checkfirst=True)
+
+    def create_indexes(self) -> None:
+        """Create every index of the metadata that does not exist."""
+        with self.engine.begin() as conn:
+            for table in self.metadata.sorted_tables:
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
+
+    def checkpoint(self) -> None:
+        """Fold the WAL back into the database file after a bulk catch-up
+        (SQLite; ``PASSIVE``: never waits for readers or writers)."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def analyze(self) -> None:
+        """Refresh the planner statistics of this view's tables (PostgreSQL only).
+
+        Tables created by :meth:`reset` have no statistics until autovacuum gets
+        to them, and a rebuild fills them far faster than that. Without
+        statistics PostgreSQL assumes ``user_id IS NULL`` is rare and plans the
+        conversation log's link UPDATE as a BitmapAnd over the ``user_id``
+        index, which reads every NULL entry of the table per linked visitor
+        (O(table) per link). With statistics it uses the visitor index.
+        """
+        if self.engine.dialect.name != "postgresql":
+            return
+        quote = self.engine.dialect.identifier_preparer.quote
+        with self.engine.begin() as conn:
+            for table in self.metadata.sorted_tables:
+                conn.exec_driver_sql(f"ANALYZE {quote(table.name)}")
+
     def reset(self) -> None:
         """Drop the read model's tables and its position: the next catch-up rebuilds."""
         with self.engine.begin() as conn:
@@ -171,6 +228,10 @@ class ReadModel(Projection[SQLView]):
     """
 
     metadata: ClassVar[MetaData]
+    deferred_indexes: ClassVar[tuple[str, ...]] = ()
+    """Secondary indexes only reads use (never the handlers' own lookups or
+    updates): a rebuild drops them and builds them once at the end, instead
+    of inserting a million random keys into them one batch at a time."""
 
     @singledispatchmethod
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
@@ -242,65 +303,123 @@ class Projector:
         batch_size: int = 2000,
         progress: Progress | None = None,
     ) -> int:
-        """Apply every event not yet applied; return how many were applied."""
-        applied = 0
+        """Apply every event not yet applied; return how many were applied
+        (summed over the read models)."""
         with self._lock:
-            for name in names or list(self.projections):
-                applied += self._catch_up_one(self.projections[name], batch_size, progress)
-        return applied
-
-    def _catch_up_one(self, projection: ReadModel, batch_size: int, progress: Progress | None) -> int:
-        view = projection.view
-        position = view.max_tracking_id(self.application_name) or 0
-        head = self.head()
-        start_position = position
-        applied = 0
-        while position < head:
-            notifications = self.recorder.select_notifications(
-                start=position, limit=batch_size, stop=head, inclusive_of_start=False
-            )
-            if not notifications:
-                break
-            projection.discard()
-            try:
-                with view.transaction():
-                    # Claim the batch first: a racing runner blocks here, then fails
-                    # the compare-and-set and skips to the winner's position.
-                    view.advance_tracking(
-                        self.application_name, position, notifications[-1].id
-                    )
-                    # Events of topics the read model does not handle are read and
-                    # tracked, but not decoded (``Projection.topics``; empty = all).
-                    wanted = projection.topics
-                    handled = [n for n in notifications if not wanted or n.topic in wanted]
-                    events = [self.mapper.to_domain_event(n) for n in handled]
-                    projection.prepare(events)
-                    for notification, event in zip(handled, events):
-                        projection.process_event(
-                            event, Tracking(self.application_name, notification.id)
-                        )
-                    projection.flush()
-            except TrackingConflict:
-                # Another runner applied these events; continue from its position.
-                projection.discard()
-                position = view.max_tracking_id(self.application_name) or 0
-                continue
-            except BaseException:
-                projection.discard()
-                raise
-            projection.discard()
-            applied += len(notifications)
-            position = notifications[-1].id
-            if progress is not None:
-                progress(position - start_position, head - start_position)
-        return applied
+            return self._run([self.projections[n] for n in names or list(self.projections)], batch_size, progress)
 
     def rebuild(self, name: str, *, batch_size: int = 2000, progress: Progress | None = None) -> int:
         """Drop one read model and replay it from the first event."""
+        return self.rebuild_many([name], batch_size=batch_size, progress=progress)
+
+    def rebuild_many(
+        self,
+        names: Sequence[str] | None = None,
+        *,
+        batch_size: int = 2000,
+        progress: Progress | None = None,
+    ) -> int:
+        """Drop several read models (default: all) and replay them together:
+        each batch of the log is read and decoded once for all of them."""
         with self._lock:
-            projection = self.projections[name]
-            projection.view.reset()
-            return self._catch_up_one(projection, batch_size, progress)
+            projections = [self.projections[n] for n in names or list(self.projections)]
+            for projection in projections:
+                projection.view.reset()
+                projection.view.drop_indexes(projection.deferred_indexes)
+            try:
+                return self._run(projections, batch_size, progress)
+            finally:
+                # Also after a failure; a process killed here gets them back
+                # when its next SQLView starts (``create_indexes``).
+                for projection in projections:
+                    projection.view.create_indexes()
+
+    def _run(self, projections: Sequence[ReadModel], batch_size: int, progress: Progress | None) -> int:
+        """Catch ``projections`` up to the head of the log.
+
+        Read models at the same position share each batch: it is read and
+        decoded once, then applied to each of them in its own transaction with
+        its own compare-and-set tracking (so a read model that another runner
+        moved, or that started elsewhere, simply continues from its position).
+        """
+        head = self.head()
+        positions = {p.name: p.view.max_tracking_id(self.application_name) or 0 for p in projections}
+        starts = dict(positions)
+        applied = 0
+        # A long catch-up (a rebuild, or a runner far behind) writes in bulk mode.
+        bulk = head - min(positions.values(), default=head) > 4 * batch_size
+        analyze_at = {p.name: max(batch_size, 5000) for p in projections}
+        while True:
+            behind = [p for p in projections if positions[p.name] < head]
+            if not behind:
+                break
+            low = min(positions[p.name] for p in behind)
+            group = [p for p in behind if positions[p.name] == low]
+            batch = self._read(low, batch_size, head)
+            if not batch:
+                break
+            last = batch[-1].id
+            events = self._decode(batch, group)
+            everything = list(zip(batch, events))
+            for projection in group:
+                view = projection.view
+                wanted = _topic_set(projection)
+                handled = everything if wanted is None else [
+                    pair for pair in everything if pair[0].topic in wanted
+                ]
+                projection.discard()
+                try:
+                    with view.transaction(bulk=bulk):
+                        # Claim the batch first: a racing runner blocks here, then fails
+                        # the compare-and-set and skips to the winner's position.
+                        view.advance_tracking(self.application_name, low, last)
+                        projection.prepare([e for _, e in handled])
+                        for notification, event in handled:
+                            projection.process_event(
+                                event, Tracking(self.application_name, notification.id)
+                            )
+                        projection.flush()
+                except TrackingConflict:
+                    # Another runner applied these events; continue from its position.
+                    projection.discard()
+                    positions[projection.name] = view.max_tracking_id(self.application_name) or 0
+                    continue
+                except BaseException:
+                    projection.discard()
+                    raise
+                projection.discard()
+                applied += len(batch)
+                positions[projection.name] = last
+                # A long catch-up (a rebuild) grows tables faster than autovacuum
+                # analyzes them: refresh statistics as they double (PostgreSQL).
+                done = last - starts[projection.name]
+                if done >= analyze_at[projection.name]:
+                    view.analyze()
+                    analyze_at[projection.name] = 2 * done
+            if progress is not None:
+                progress(
+                    sum(positions[p.name] - starts[p.name] for p in projections),
+                    sum(head - starts[p.name] for p in projections),
+                )
+        if bulk and projections:
+            projections[0].view.checkpoint()
+        return applied
+
+    def _read(self, position: int, limit: int, stop: int) -> Sequence[Any]:
+        """Notifications after ``position`` up to ``stop`` (at most ``limit``)."""
+        if isinstance(self.recorder, SQLiteApplicationRecorder):
+            return _read_sqlite(self.recorder, position, limit, stop)
+        return self.recorder.select_notifications(
+            start=position, limit=limit, stop=stop, inclusive_of_start=False
+        )
+
+    def _decode(self, batch: Sequence[Any], group: Sequence[ReadModel]) -> list[Any]:
+        """The batch's events, decoded once; ``None`` for topics no read model
+        of ``group`` handles (``Projection.topics``; empty = all)."""
+        sets = [_topic_set(p) for p in group]
+        wanted = None if None in sets else set().union(*sets)  # type: ignore[arg-type]
+        decode = self.mapper.to_domain_event
+        return [decode(n) if wanted is None or n.topic in wanted else None for n in batch]
 
     # ---- in-process background runner --------------------------------------
 
@@ -331,6 +450,125 @@ class Projector:
                 msg = f"projections did not reach position {position} within {timeout}s"
                 raise TimeoutError(msg)
             time.sleep(0.05)
+
+
+def _topic_set(projection: ReadModel) -> frozenset[str] | None:
+    """The topics ``projection`` handles, or ``None`` for all of them."""
+    topics = projection.topics
+    return frozenset(topics) if topics else None
+
+
+class _Record:
+    """A notification as the projector reads it from SQLite.
+
+    ``select_notifications`` turns every originator id into a ``UUID`` (about
+    15 % of a rebuild's time); here that happens only if the mapper asks for
+    ``originator_id`` (``PydanticMapper`` reads the id from the event's JSON).
+    """
+
+    __slots__ = ("id", "topic", "state", "originator_version", "_originator_id", "_convert")
+
+    def __init__(
+        self,
+        convert: Callable[[str], UUID | str],
+        id: int,  # noqa: A002
+        originator_id: str,
+        originator_version: int,
+        topic: str,
+        state: bytes,
+    ) -> None:
+        self._convert = convert
+        self.id = id
+        self._originator_id = originator_id
+        self.originator_version = originator_version
+        self.topic = topic
+        self.state = state
+
+    @property
+    def originator_id(self) -> UUID | str:
+        return self._convert(self._originator_id)
+
+
+def _read_sqlite(recorder: SQLiteApplicationRecorder, position: int, limit: int, stop: int) -> list[_Record]:
+    statement = (
+        f"SELECT rowid, originator_id, originator_version, topic, state FROM {recorder.events_table_name} "
+        "WHERE rowid>? AND rowid<=? ORDER BY rowid LIMIT ?"
+    )
+    with recorder.datastore.transaction(commit=False) as c:
+        c.execute(statement, (position, stop, limit))
+        convert = recorder.convert_originator_id
+        return [_Record(convert, *row) for row in c.fetchall()]
+
+
+_COMPILED: dict[tuple[Any, str, tuple[str, ...]], tuple[str, list[tuple[str, Any]]]] = {}
+
+
+def executemany(conn: Connection, statement: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """``conn.execute(statement, rows)``, minus SQLAlchemy's per-row work on SQLite.
+
+    The statement is compiled once (per dialect and parameter names) and each
+    row becomes a tuple through the columns' own bind processors, so the
+    values stored are exactly what ``conn.execute`` stores; ``sqlite3`` gets
+    one ``executemany``. Every row must have the keys of the first. Other
+    dialects go through ``conn.execute`` (PostgreSQL batches the rows itself).
+    """
+    if not rows:
+        return
+    dialect = conn.dialect
+    if dialect.name != "sqlite":
+        conn.execute(statement, list(rows))
+        return
+    keys = tuple(rows[0])
+    cache_key = (statement, dialect.name, keys)
+    entry = _COMPILED.get(cache_key)
+    if entry is None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        params = []
+        for name in compiled.positiontup or ():
+            bind_type = compiled.binds[name].type
+            params.append((name, bind_type.dialect_impl(dialect).bind_processor(dialect)))
+        entry = _COMPILED[cache_key] = (compiled.string, params)
+    sql, params = entry
+    plain = [name for name, proc in params if proc is None]
+    if len(plain) == len(params):
+        data = [tuple([row[name] for name in plain]) for row in rows]
+    else:
+        data = [
+            tuple([row[name] if proc is None else proc(row[name]) for name, proc in params])
+            for row in rows
+        ]
+    conn.exec_driver_sql(sql, data)
+
+
+def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert ``rows`` (each with the keys of the first) into ``table``.
+
+    PostgreSQL: one ``COPY ... FROM STDIN`` (psycopg would otherwise send one
+    pipelined INSERT per row); values go through the columns' bind processors
+    as with ``conn.execute``. SQLite: :func:`executemany`.
+    """
+    if not rows:
+        return
+    dialect = conn.dialect
+    if dialect.name != "postgresql" or dialect.driver != "psycopg":
+        executemany(conn, table.insert(), rows)
+        return
+    from psycopg import sql
+
+    keys = list(rows[0])
+    procs = [table.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in keys]
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, keys))
+    )
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(
+                    [row[k] if p is None else p(row[k]) for k, p in zip(keys, procs)]
+                )
+    finally:
+        cursor.close()
 
 
 class RowBuffer:
@@ -420,12 +658,9 @@ class RowBuffer:
                 inserts.append(row)
                 self._in_db.add(key)
         self._dirty.clear()
-        if deletes:
-            conn.execute(self._delete, deletes)
-        if updates:
-            conn.execute(self._update, updates)
-        if inserts:
-            conn.execute(self.table.insert(), inserts)
+        executemany(conn, self._delete, deletes)
+        executemany(conn, self._update, updates)
+        insert_rows(conn, self.table, inserts)
 
     def clear(self) -> None:
         self._rows.clear()

@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .base import ReadModel, RowBuffer, batch_ids
+from .base import ReadModel, RowBuffer, batch_ids, executemany, insert_rows
 from .results import TranscriptMessage
 from .sqltypes import UTCDateTime
 
@@ -88,18 +88,32 @@ sessions_table = LoggedSession.__table__
 visitors_table = LoggedVisitor.__table__
 messages_table = LoggedMessage.__table__
 
+_LINK_UPDATES = [
+    update(table)
+    .where(table.c.visitor_id == bindparam("v"), table.c.user_id.is_(None))
+    .values(user_id=bindparam("u"))
+    for table in (sessions_table, messages_table)
+]
+
 
 class ConversationLog(ReadModel):
     """Projection of message events into ``conversation_messages``."""
 
     name = "conversation_log"
     metadata = Base.metadata
+    # The link UPDATEs need the visitor indexes; these serve reads only.
+    deferred_indexes = (
+        "ix_conversation_messages_user_at",
+        "ix_conversation_messages_at",
+        "ix_conversation_sessions_user_id",
+    )
 
     def __init__(self, view: Any) -> None:
         super().__init__(view)
         self.sessions = RowBuffer(sessions_table, "session_id")  # type: ignore[arg-type]
         self.visitors = RowBuffer(visitors_table, "visitor_uuid")  # type: ignore[arg-type]
         self.pending: list[dict[str, Any]] = []
+        self.pending_by_visitor: dict[str, list[dict[str, Any]]] = {}
         self.links: list[dict[str, str]] = []
         self.erased: set[str] = set()
 
@@ -107,6 +121,7 @@ class ConversationLog(ReadModel):
         self.sessions.clear()
         self.visitors.clear()
         self.pending.clear()
+        self.pending_by_visitor.clear()
         self.links.clear()
         self.erased.clear()
 
@@ -119,17 +134,12 @@ class ConversationLog(ReadModel):
         conn = self.view.conn
         self.sessions.flush(conn)
         self.visitors.flush(conn)
-        if self.pending:
-            conn.execute(messages_table.insert(), self.pending)
-            self.pending.clear()
+        insert_rows(conn, messages_table, self.pending)  # type: ignore[arg-type]
+        self.pending.clear()
+        self.pending_by_visitor.clear()
         if self.links:
-            for table in (sessions_table, messages_table):
-                conn.execute(
-                    update(table)
-                    .where(table.c.visitor_id == bindparam("v"), table.c.user_id.is_(None))
-                    .values(user_id=bindparam("u")),
-                    self.links,
-                )
+            for statement in _LINK_UPDATES:
+                executemany(conn, statement, self.links)
             self.links.clear()
         if self.erased:
             conn.execute(
@@ -165,19 +175,20 @@ class ConversationLog(ReadModel):
         position = session["message_count"]
         session["message_count"] = position + 1
         self.sessions.changed(sid)
-        self.pending.append(
-            {
-                "session_id": sid,
-                "position": position,
-                "visitor_id": session["visitor_id"],
-                "user_id": session["user_id"],
-                "channel": session["channel"],
-                "role": e.role,
-                "text": e.text,
-                "at": e.occurred_at,
-                "notification_id": tracking.notification_id,
-            }
-        )
+        row = {
+            "session_id": sid,
+            "position": position,
+            "visitor_id": session["visitor_id"],
+            "user_id": session["user_id"],
+            "channel": session["channel"],
+            "role": e.role,
+            "text": e.text,
+            "at": e.occurred_at,
+            "notification_id": tracking.notification_id,
+        }
+        self.pending.append(row)
+        if row["user_id"] is None:  # only anonymous rows can be attributed later
+            self.pending_by_visitor.setdefault(row["visitor_id"], []).append(row)
 
     def _session_linked(self, e: Session.IdentityLinked, tracking: Tracking) -> None:
         sid = str(e.originator_id)
@@ -207,8 +218,8 @@ class ConversationLog(ReadModel):
         for session in self.sessions.rows():
             if session["visitor_id"] == visitor_id and session["user_id"] is None:
                 session["user_id"] = e.user_id
-        for row in self.pending:
-            if row["visitor_id"] == visitor_id and row["user_id"] is None:
+        for row in self.pending_by_visitor.pop(visitor_id, ()):
+            if row["user_id"] is None:
                 row["user_id"] = e.user_id
 
     def _data_erased(self, e: Visitor.DataErased, tracking: Tracking) -> None:

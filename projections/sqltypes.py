@@ -17,6 +17,20 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        # The generic chain (this decorator, then SQLite's DATETIME formatting
+        # through a dict) is a third of a rebuild's write time; this gives the
+        # same text in one C call: 'YYYY-MM-DD HH:MM:SS.ffffff', naive UTC.
+        def process(value: Any) -> str | None:
+            if value is None:
+                return None
+            return str(value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds"))
+
+        return process
+
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
