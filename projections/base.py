@@ -466,12 +466,12 @@ class _Record:
     ``originator_id`` (``PydanticMapper`` reads the id from the event's JSON).
     """
 
-    __slots__ = ("id", "topic", "state", "originator_version", "_originator_id", "_convert")
+    __slots__ = ("_convert", "_originator_id", "id", "originator_version", "state", "topic")
 
     def __init__(
         self,
         convert: Callable[[str], UUID | str],
-        id: int,  # noqa: A002
+        id: int,
         originator_id: str,
         originator_version: int,
         topic: str,

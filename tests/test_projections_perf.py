@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-
 from chatledger import ChatLedger
 from chatledger.projections.base import executemany, insert_rows
 from chatledger.projections.sqltypes import UTCDateTime
