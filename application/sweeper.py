@@ -11,9 +11,10 @@ APScheduler job and ``chatledger worker``:
    session went idle) at the row's version + 1 and append the whole batch in
    one ``save(*events)`` call, one transaction;
 4. if any session in the batch moved on since the index saw it, the store
-   rejects the batch (optimistic concurrency: that version is taken) and it is
-   retried one session at a time through ``ledger.expire_if_idle``, which
-   reloads the aggregate and lets the domain decide;
+   rejects the batch (optimistic concurrency: that version is taken); it is
+   split in halves and retried, and the few sessions left are retried one at a
+   time through ``ledger.expire_if_idle``, which reloads the aggregate and
+   lets the domain decide;
 5. drop the rows of sessions that are now closed, including ones closed by
    someone else (the lazy path, another sweeper) that the index had not seen.
 
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.persistence import RecordConflictError
-from sqlalchemy import bindparam, select, tuple_
+from sqlalchemy import select, tuple_
 
 from chatledger.domain.errors import InvalidCommandError, UnknownSessionError
 from chatledger.domain.session import Session
@@ -43,7 +44,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("chatledger.sweeper")
 
-DEFAULT_BATCH_SIZE = 500
+DEFAULT_BATCH_SIZE = 1000
+SPLIT_BELOW = 8  # a rejected batch this small is retried session by session
+
+
+_COLUMNS = [
+    active_sessions.c[name]
+    for name in (
+        "session_id", "version", "expires_at", "expiry_reason", "last_activity_at", "open_tasks", "exact"
+    )
+]
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,7 @@ class SweepReport:
     dropped: int
     """Index rows dropped for sessions someone else had already closed."""
     conflicts: int
-    """Batches the store rejected and that were retried one session at a time."""
+    """Batches (or halves of batches) the store rejected because a session had moved on."""
     duration_s: float
 
 
@@ -77,7 +87,7 @@ def timed_out_event(row: Any, detected_at: datetime) -> Session.TimedOut:
         reason=row.expiry_reason,
         idle_since=row.last_activity_at,
         detected_at=detected_at,
-        open_tasks=tuple(_json_list(row.open_tasks)),
+        open_tasks=() if row.open_tasks == "[]" else tuple(_json_list(row.open_tasks)),
     )
 
 
@@ -106,7 +116,7 @@ def sweep(
     while limit is None or timed_out < limit:
         size = batch_size if limit is None else min(batch_size, limit - timed_out)
         query = (
-            select(active_sessions)
+            select(*_COLUMNS)
             .where(c.expires_at < detected_at)
             .order_by(c.expires_at, c.session_id)
             .limit(size)
@@ -159,18 +169,35 @@ class _Batch:
 
 def _expire_batch(ledger: ChatLedger, rows: Sequence[Any], detected_at: datetime) -> _Batch:
     exact = [row for row in rows if row.exact]
-    if exact:
-        try:
-            ledger.save(*(timed_out_event(row, detected_at) for row in exact))
-        except RecordConflictError:
-            pass  # someone else wrote to one of them: decide one by one below
-        else:
-            closed = [row.session_id for row in exact]
-            inexact = [row for row in rows if not row.exact]
-            appended, also_closed = _one_by_one(ledger, inexact, detected_at)
-            return _Batch(len(exact) + appended, closed + also_closed, 0)
-    appended, closed = _one_by_one(ledger, rows, detected_at)
-    return _Batch(appended, closed, 1 if exact else 0)
+    appended, rejected, conflicts = _append(ledger, exact, detected_at)
+    retry = rejected + [row for row in rows if not row.exact]
+    one_by_one, closed = _one_by_one(ledger, retry, detected_at)
+    return _Batch(len(appended) + one_by_one, appended + closed, conflicts)
+
+
+def _append(
+    ledger: ChatLedger, rows: Sequence[Any], detected_at: datetime
+) -> tuple[list[UUID], list[Any], int]:
+    """Append the rows' timed-out events in one transaction.
+
+    Returns (appended ids, rows to retry one by one, conflicts met). A batch
+    the store rejects is split in halves and retried, so one session that moved
+    on costs a few small transactions, not a thousand single ones.
+    """
+    if not rows:
+        return [], [], 0
+    try:
+        # EventStore.put: the store path of Application.save(*events), minus
+        # the per-object protocol checks (they cost more than the insert).
+        ledger.events.put([timed_out_event(row, detected_at) for row in rows])
+    except RecordConflictError:
+        if len(rows) <= SPLIT_BELOW:
+            return [], list(rows), 1
+        middle = len(rows) // 2
+        left = _append(ledger, rows[:middle], detected_at)
+        right = _append(ledger, rows[middle:], detected_at)
+        return left[0] + right[0], left[1] + right[1], 1 + left[2] + right[2]
+    return [row.session_id for row in rows], [], 0
 
 
 def _one_by_one(
@@ -193,13 +220,9 @@ def _one_by_one(
 
 
 def _drop_rows(conn: Any, session_ids: Sequence[UUID]) -> None:
-    if session_ids:
-        conn.execute(
-            active_sessions.delete().where(
-                active_sessions.c.session_id == bindparam("b_session_id")
-            ),
-            [{"b_session_id": sid} for sid in session_ids],
-        )
+    for start in range(0, len(session_ids), 500):
+        chunk = session_ids[start : start + 500]
+        conn.execute(active_sessions.delete().where(active_sessions.c.session_id.in_(chunk)))
 
 
 def _json_list(value: str) -> list[str]:
