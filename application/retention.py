@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from sqlalchemy import select
 
 from chatledger.domain.errors import InvalidCommandError
@@ -46,6 +46,13 @@ class RetentionPolicy(BaseModel):
     archive_after: timedelta
     archive_dir: Path
     interval: timedelta = timedelta(hours=1)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            raise InvalidCommandError(f"Invalid retention policy ({problems}).") from err
 
     @field_validator("archive_after", "interval")
     @classmethod

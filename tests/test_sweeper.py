@@ -184,6 +184,34 @@ def test_lazy_path_and_sweeper_racing_on_a_session_time_it_out_once(database_url
         worker.close()
 
 
+def test_two_sweepers_racing_over_the_same_sessions_time_each_out_once(database_url: str) -> None:
+    """Two servers sweep the same 600 due sessions at the same instant; on SQLite
+    (no row locks) they collide and the loser's batches are retried and dropped."""
+    first = ChatLedger.open(database_url)
+    second = ChatLedger.open(database_url)
+    try:
+        ids = seed_sessions(first, 600, at=T0, batch=300)
+        now = T0 + timedelta(hours=1)
+        barrier = threading.Barrier(2)
+        counts: list[int] = []
+
+        def run(ledger: ChatLedger) -> None:
+            barrier.wait()
+            counts.append(ledger.sweep(now, batch_size=100))
+
+        threads = [threading.Thread(target=run, args=(lg,)) for lg in (first, second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sum(counts) == 600
+        assert all(len(timed_out_events(first, sid)) == 1 for sid in ids)
+        assert index_rows(first) == {}
+    finally:
+        first.close()
+        second.close()
+
+
 def test_a_session_closed_behind_the_index_is_dropped_without_a_second_event(
     database_url: str,
 ) -> None:

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from uuid import uuid4
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
@@ -175,11 +176,11 @@ def test_retention_archives_old_closed_sessions_and_keeps_the_log(
 
 def test_retention_policy_refuses_nonsense() -> None:
     for bad in (0, -3):
-        try:
+        with pytest.raises(ChatLedgerError):
             RetentionPolicy.days(bad, "x")
-        except ChatLedgerError:
-            continue
-        raise AssertionError(f"{bad} days accepted")
+    with pytest.raises(ChatLedgerError, match="interval"):
+        RetentionPolicy(archive_after=timedelta(days=1), archive_dir="x", interval=timedelta(0))
+    assert RetentionPolicy.days(30, "x").archive_after == timedelta(days=30)
 
 
 def test_worker_once_sweeps_and_prints_the_count(sqlite_url: str) -> None:
