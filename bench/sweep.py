@@ -29,6 +29,7 @@ import io
 import os
 import pstats
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -196,6 +197,8 @@ def main() -> None:
     with ledger.projector.engine.connect() as conn:
         left = conn.execute(text("SELECT count(*) FROM chatledger_active_sessions")).scalar()
     ledger.close()
+    if args.database is None:
+        shutil.rmtree(tmp, ignore_errors=True)
 
     rate, raw_rate = swept / sweep_s, swept / raw_s
     print("\nresults")
