@@ -522,7 +522,7 @@ class ChatLedger(Application[UUID]):
     # ------------------------------------------------------------------ housekeeping
 
     def sweep(
-        self, now: datetime | None = None, *, limit: int | None = None, batch_size: int = 1000
+        self, now: datetime | None = None, *, limit: int | None = None, batch_size: int = 5000
     ) -> int:
         """Time out every session idle past its deadline at ``now``; return how many.
 

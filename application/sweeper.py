@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("chatledger.sweeper")
 
-DEFAULT_BATCH_SIZE = 1000
+DEFAULT_BATCH_SIZE = 5000
 SPLIT_BELOW = 8  # a rejected batch this small is retried session by session
 
 

@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1_000_000)
     parser.add_argument("--database", default=None, help="default: a new SQLite file in a temp dir")
     parser.add_argument("--batch", type=int, default=1000, help="sessions per save() while seeding")
-    parser.add_argument("--sweep-batch", type=int, default=1000, help="sessions per sweep batch")
+    parser.add_argument("--sweep-batch", type=int, default=5000, help="sessions per sweep batch (ledger.sweep default)")
     parser.add_argument("--profile", action="store_true", help="profile the big sweep (cProfile)")
     args = parser.parse_args()
     n = args.sessions
