@@ -197,3 +197,28 @@ def test_worker_once_sweeps_and_prints_the_count(sqlite_url: str) -> None:
         ledger.projector.catch_up()
         with ledger.projector.engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(active_sessions)).scalar() == 1
+
+
+def test_the_embedding_example_in_docs_timeouts_runs(sqlite_url: str) -> None:
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "timeouts.md").read_text()
+    [block] = re.findall(r"```python\n(.*?)```", doc, re.DOTALL)
+    served: list[bool] = []
+    namespace: dict[str, object] = {
+        "ChatLedger": ChatLedger,
+        "url": sqlite_url,
+        "serve": lambda: served.append(ledger_jobs_running(namespace)),
+    }
+    exec(compile(block, "docs/timeouts.md", "exec"), namespace)  # noqa: S102
+    ledger = namespace["ledger"]
+    assert isinstance(ledger, ChatLedger)
+    assert served == [True]  # the jobs ran while serve() ran ...
+    assert ledger._jobs is None  # ... and stopped after the block
+    ledger.close()
+
+
+def ledger_jobs_running(namespace: dict[str, object]) -> bool:
+    ledger = namespace["ledger"]
+    return isinstance(ledger, ChatLedger) and ledger._jobs is not None and ledger._jobs.scheduler.running

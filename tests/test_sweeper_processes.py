@@ -19,7 +19,7 @@ from chatledger import ChatLedger
 from chatledger.domain.policy import AppliedPolicy
 from chatledger.domain.session import Session
 
-from conftest import POSTGRES_CONNINFO
+from .conftest import POSTGRES_CONNINFO
 
 T0 = datetime(2026, 1, 1, 9, 0, tzinfo=timezone.utc)
 
