@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
-from sqlalchemy import select
-
 from chatledger.domain.errors import InvalidCommandError
 from chatledger.domain.state import SessionState
 from chatledger.projections.active_sessions import ActiveSessions, closed_sessions
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from sqlalchemy import select
 
 from .sweeper import check_now
 
@@ -51,7 +50,9 @@ class RetentionPolicy(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
+            )
             raise InvalidCommandError(f"Invalid retention policy ({problems}).") from err
 
     @field_validator("archive_after", "interval")
@@ -65,7 +66,9 @@ class RetentionPolicy(BaseModel):
     @classmethod
     def days(cls, days: float, archive_dir: str | os.PathLike[str]) -> RetentionPolicy:
         if days <= 0:
-            raise InvalidCommandError(f"Retention of {days} days makes no sense; use a positive number.")
+            raise InvalidCommandError(
+                f"Retention of {days} days makes no sense; use a positive number."
+            )
         return cls(archive_after=timedelta(days=days), archive_dir=Path(archive_dir))
 
 
@@ -139,7 +142,5 @@ def _archive_line(ledger: ChatLedger, session_id: UUID) -> dict[str, object]:
     return {
         "session_id": str(session_id),
         "state": state.model_dump(mode="json"),
-        "events": [
-            {"type": type(e).__qualname__, **e.model_dump(mode="json")} for e in events
-        ],
+        "events": [{"type": type(e).__qualname__, **e.model_dump(mode="json")} for e in events],
     }

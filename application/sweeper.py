@@ -28,16 +28,15 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
-
-from eventsourcing.persistence import RecordConflictError
-from sqlalchemy import select, tuple_
 
 from chatledger.domain.errors import InvalidCommandError, UnknownSessionError
 from chatledger.domain.session import Session
 from chatledger.projections.active_sessions import ActiveSessions, active_sessions
+from eventsourcing.persistence import RecordConflictError
+from sqlalchemy import select, tuple_
 
 if TYPE_CHECKING:
     from .ledger import ChatLedger
@@ -51,7 +50,13 @@ SPLIT_BELOW = 8  # a rejected batch this small is retried session by session
 _COLUMNS = [
     active_sessions.c[name]
     for name in (
-        "session_id", "version", "expires_at", "expiry_reason", "last_activity_at", "open_tasks", "exact"
+        "session_id",
+        "version",
+        "expires_at",
+        "expiry_reason",
+        "last_activity_at",
+        "open_tasks",
+        "exact",
     )
 ]
 
@@ -232,4 +237,4 @@ def _json_list(value: str) -> list[str]:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

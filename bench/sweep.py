@@ -33,17 +33,16 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from uuid import uuid4
-
-from sqlalchemy import BigInteger, Column, Integer, LargeBinary, MetaData, Table, select, text
 
 from chatledger import ChatLedger, SessionPolicy
 from chatledger.domain.policy import AppliedPolicy
 from chatledger.domain.session import Session
 from chatledger.projections.active_sessions import active_sessions
+from sqlalchemy import BigInteger, Column, Integer, LargeBinary, MetaData, Table, select, text
 
-T0 = datetime(2026, 1, 1, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
 IDLE = timedelta(minutes=30)
 
 
@@ -107,7 +106,10 @@ def raw_io_baseline(ledger: ChatLedger, n: int, batch: int) -> float:
     """Seconds for raw inserts of ``n`` event-sized rows + ``n`` indexed deletes."""
     md = MetaData()
     events = Table(
-        "bench_raw_events", md, Column("id", Integer, primary_key=True), Column("state", LargeBinary)
+        "bench_raw_events",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("state", LargeBinary),
     )
     index = Table(
         "bench_raw_index",
@@ -142,7 +144,12 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1_000_000)
     parser.add_argument("--database", default=None, help="default: a new SQLite file in a temp dir")
     parser.add_argument("--batch", type=int, default=1000, help="sessions per save() while seeding")
-    parser.add_argument("--sweep-batch", type=int, default=5000, help="sessions per sweep batch (ledger.sweep default)")
+    parser.add_argument(
+        "--sweep-batch",
+        type=int,
+        default=5000,
+        help="sessions per sweep batch (ledger.sweep default)",
+    )
     parser.add_argument("--profile", action="store_true", help="profile the big sweep (cProfile)")
     args = parser.parse_args()
     n = args.sessions
@@ -170,7 +177,9 @@ def main() -> None:
     started = time.perf_counter()
     ledger.projector.catch_up(["active_sessions"], batch_size=5000)
     catch_up_s = time.perf_counter() - started
-    print(f"index caught up with {2 * n:,} events in {catch_up_s:.1f} s ({2 * n / catch_up_s:,.0f} events/s)")
+    print(
+        f"index caught up with {2 * n:,} events in {catch_up_s:.1f} s ({2 * n / catch_up_s:,.0f} events/s)"
+    )
     after_index = mem("after index catch-up")
     idle_big, _ = timed(lambda: ledger.sweep(nothing_due), repeat=20)
     raw_big = raw_range_query(ledger, nothing_due)
@@ -203,22 +212,32 @@ def main() -> None:
     rate, raw_rate = swept / sweep_s, swept / raw_s
     print("\nresults")
     print(f"  sweep: {swept:,} sessions timed out in {sweep_s:.2f} s = {rate:,.0f} sessions/s")
-    print(f"    baseline raw insert+delete of as many rows: {raw_rate:,.0f} rows/s; "
-          f"ratio sweep/raw = {rate / raw_rate:.2f}")
-    print(f"  idle sweep (nothing due), best of 20:")
-    print(f"    {small:>9,} sessions: {idle_small * 1000:6.2f} ms  (raw range query "
-          f"{raw_small * 1000:.2f} ms, ratio {idle_small / raw_small:.1f})")
-    print(f"    {n:>9,} sessions: {idle_big * 1000:6.2f} ms  (raw range query "
-          f"{raw_big * 1000:.2f} ms, ratio {idle_big / raw_big:.1f}); "
-          f"growth x{idle_big / idle_small:.2f}")
+    print(
+        f"    baseline raw insert+delete of as many rows: {raw_rate:,.0f} rows/s; "
+        f"ratio sweep/raw = {rate / raw_rate:.2f}"
+    )
+    print("  idle sweep (nothing due), best of 20:")
+    print(
+        f"    {small:>9,} sessions: {idle_small * 1000:6.2f} ms  (raw range query "
+        f"{raw_small * 1000:.2f} ms, ratio {idle_small / raw_small:.1f})"
+    )
+    print(
+        f"    {n:>9,} sessions: {idle_big * 1000:6.2f} ms  (raw range query "
+        f"{raw_big * 1000:.2f} ms, ratio {idle_big / raw_big:.1f}); "
+        f"growth x{idle_big / idle_small:.2f}"
+    )
     print(f"    after the sweep (0 active): {idle_after * 1000:6.2f} ms")
     print(f"  projecting the {swept:,} timed-out events afterwards: {post_catch_up_s:.1f} s")
-    print(f"  peak RSS: open {base_rss[1]:.0f} MB, seeded {after_seed[1]:.0f} MB, index "
-          f"{after_index[1]:.0f} MB, swept {small:,} {after_small_sweep[1]:.0f} MB, swept "
-          f"{swept:,} {after_sweep[1]:.0f} MB, end {after_all[1]:.0f} MB")
-    print(f"  current RSS: before sweeps {after_index[0]:.0f} MB, after {swept:,} expired "
-          f"{after_sweep[0]:.0f} MB (ratio {after_sweep[0] / after_index[0]:.2f}); "
-          f"at the end {after_all[0]:.0f} MB")
+    print(
+        f"  peak RSS: open {base_rss[1]:.0f} MB, seeded {after_seed[1]:.0f} MB, index "
+        f"{after_index[1]:.0f} MB, swept {small:,} {after_small_sweep[1]:.0f} MB, swept "
+        f"{swept:,} {after_sweep[1]:.0f} MB, end {after_all[1]:.0f} MB"
+    )
+    print(
+        f"  current RSS: before sweeps {after_index[0]:.0f} MB, after {swept:,} expired "
+        f"{after_sweep[0]:.0f} MB (ratio {after_sweep[0] / after_index[0]:.2f}); "
+        f"at the end {after_all[0]:.0f} MB"
+    )
     print(f"  index rows left: {left}")
     if profiler:
         out = io.StringIO()

@@ -80,7 +80,7 @@ def session_show(
         _print_state(console, state)
 
 
-from .worker import worker  # noqa: E402
+from .worker import worker
 
 app.command("worker")(worker)
 

@@ -12,11 +12,10 @@ catch-up never does anything twice.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
-
 from chatledger.domain.errors import InvalidCommandError
 
 if TYPE_CHECKING:
@@ -40,14 +39,16 @@ class BackgroundJobs:
         retention: RetentionPolicy | None = None,
     ) -> None:
         if not interval > 0:
-            raise InvalidCommandError(f"interval={interval!r} must be a positive number of seconds.")
+            raise InvalidCommandError(
+                f"interval={interval!r} must be a positive number of seconds."
+            )
         self.ledger = ledger
         self.interval = float(interval)
         self.retention = retention
-        self.scheduler = BackgroundScheduler(timezone=timezone.utc)
+        self.scheduler = BackgroundScheduler(timezone=UTC)
 
     def start(self) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         self.scheduler.add_job(
             self.ledger.sweep,
             "interval",

@@ -8,7 +8,6 @@ import threading
 from typing import Annotated, Optional
 
 import typer
-
 from chatledger import ChatLedger
 from chatledger.retention import RetentionPolicy
 
@@ -31,7 +30,9 @@ def worker(
     archive_dir: Annotated[
         str, typer.Option(envvar="CHATLEDGER_ARCHIVE_DIR", help="Where archives are written.")
     ] = "chatledger-archive",
-    once: Annotated[bool, typer.Option("--once", help="Run one sweep, print the count, exit.")] = False,
+    once: Annotated[
+        bool, typer.Option("--once", help="Run one sweep, print the count, exit.")
+    ] = False,
 ) -> None:
     """Time out idle sessions (and apply retention) until stopped with Ctrl-C or SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -26,10 +26,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from chatledger.domain.session import Session
 from eventsourcing.persistence import Tracking
 from sqlalchemy import (
     BigInteger,
@@ -50,11 +51,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from chatledger.domain.session import Session
-
 from .base import ReadModel
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 
 
@@ -111,7 +110,9 @@ closed_sessions = Table(
     "chatledger_closed_sessions",
     metadata,
     Column("session_id", Uuid, primary_key=True),
-    Column("visitor_id", String(200), nullable=True),  # unknown if the sweeper dropped the live row first
+    Column(
+        "visitor_id", String(200), nullable=True
+    ),  # unknown if the sweeper dropped the live row first
     Column("status", String(16), nullable=False),
     Column("closed_at", UTCMicros, nullable=False),
     Index("ix_chatledger_closed_sessions_closed_at", "closed_at"),
@@ -327,18 +328,26 @@ class ActiveSessions(ReadModel):
                 continue  # not live here (closed or never indexed), or stale
             row.apply(event)
 
-        inserts = [r.values() for sid, r in state.items() if isinstance(r, ActiveRow) and sid not in existing]
+        inserts = [
+            r.values()
+            for sid, r in state.items()
+            if isinstance(r, ActiveRow) and sid not in existing
+        ]
         updates = [
             {**r.values(), "b_session_id": sid}
             for sid, r in state.items()
             if isinstance(r, ActiveRow) and sid in existing and r.version != original_versions[sid]
         ]
-        deletes = [{"b_session_id": sid} for sid, r in state.items() if r is _CLOSED and sid in existing]
+        deletes = [
+            {"b_session_id": sid} for sid, r in state.items() if r is _CLOSED and sid in existing
+        ]
         if inserts:
             insert = _dialect_insert(conn)(active_sessions)
             conn.execute(insert.on_conflict_do_nothing(index_elements=["session_id"]), inserts)
         if updates:
-            columns = {c.name: bindparam(c.name) for c in active_sessions.c if c.name != "session_id"}
+            columns = {
+                c.name: bindparam(c.name) for c in active_sessions.c if c.name != "session_id"
+            }
             conn.execute(
                 active_sessions.update()
                 .where(active_sessions.c.session_id == bindparam("b_session_id"))

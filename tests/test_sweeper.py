@@ -6,13 +6,10 @@ Every test drives time with a ManualClock or an explicit ``now``; nothing sleeps
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
 import pytest
-from sqlalchemy import func, select
-
 from chatledger import (
     ChatLedger,
     InvalidCommandError,
@@ -23,8 +20,9 @@ from chatledger.domain.policy import AppliedPolicy
 from chatledger.domain.session import Session
 from chatledger.projections.active_sessions import active_sessions, closed_sessions
 from chatledger.sweeper import _expire_batch
+from sqlalchemy import select
 
-T0 = datetime(2026, 1, 1, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
 
 
 def timed_out_events(ledger: ChatLedger, session_id: UUID) -> list[Session.TimedOut]:
@@ -43,7 +41,9 @@ def seed_sessions(ledger: ChatLedger, n: int, *, at: datetime, batch: int = 500)
     for start in range(0, n, batch):
         sessions = []
         for i in range(start, min(n, start + batch)):
-            session = Session.start(session_id=uuid4(), visitor_id=f"seed-{i}", at=at, policy=policy)
+            session = Session.start(
+                session_id=uuid4(), visitor_id=f"seed-{i}", at=at, policy=policy
+            )
             session.receive("hello", at=at)
             sessions.append(session)
         ledger.save(*sessions)
@@ -120,7 +120,9 @@ def test_ended_sessions_leave_the_index_and_are_never_timed_out(
         assert conn.execute(select(closed_sessions.c.status)).scalars().all() == ["ended"]
 
 
-def test_limit_caps_one_sweep_and_the_next_one_continues(ledger: ChatLedger, clock: ManualClock) -> None:
+def test_limit_caps_one_sweep_and_the_next_one_continues(
+    ledger: ChatLedger, clock: ManualClock
+) -> None:
     ids = seed_sessions(ledger, 25, at=clock())
     now = clock() + timedelta(hours=1)
     assert ledger.sweep(now, limit=10, batch_size=4) == 10
@@ -150,15 +152,25 @@ def test_lazy_path_and_sweeper_racing_on_a_session_time_it_out_once(database_url
             barrier = threading.Barrier(2)
             results: dict[str, object] = {}
 
-            def lazy() -> None:
+            def lazy(
+                visitor: str,
+                later: datetime,
+                barrier: threading.Barrier,
+                results: dict[str, object],
+            ) -> None:
                 barrier.wait()
                 results["turn"] = web.receive(visitor, "I'm back", at=later)
 
-            def sweep() -> None:
+            def sweep(
+                later: datetime, barrier: threading.Barrier, results: dict[str, object]
+            ) -> None:
                 barrier.wait()
                 results["swept"] = worker.sweep(later)
 
-            threads = [threading.Thread(target=lazy), threading.Thread(target=sweep)]
+            threads = [
+                threading.Thread(target=lazy, args=(visitor, later, barrier, results)),
+                threading.Thread(target=sweep, args=(later, barrier, results)),
+            ]
             for t in threads:
                 t.start()
             for t in threads:
@@ -278,7 +290,6 @@ def test_a_sweeper_restarted_after_downtime_catches_up(database_url: str) -> Non
 def test_background_jobs_sweep_once_on_start(database_url: str) -> None:
     """A (re)started scheduler sweeps at once: no waiting a whole interval."""
     from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
-
     from chatledger.infrastructure.scheduler import SWEEP_JOB_ID, BackgroundJobs
 
     clock = ManualClock(T0)
@@ -289,7 +300,10 @@ def test_background_jobs_sweep_once_on_start(database_url: str) -> None:
         outcome: list[object] = []
         jobs = BackgroundJobs(ledger, interval=3600)
         jobs.scheduler.add_listener(
-            lambda e: (outcome.append(e.retval if e.exception is None else e.exception), finished.set()),
+            lambda e: (
+                outcome.append(e.retval if e.exception is None else e.exception),
+                finished.set(),
+            ),
             EVENT_JOB_EXECUTED | EVENT_JOB_ERROR,
         )
         jobs.start()

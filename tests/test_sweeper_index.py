@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import gzip
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
+from chatledger import ChatLedger, ChatLedgerError, ManualClock, SessionPolicy
+from chatledger.domain.session import Session
+from chatledger.projections.active_sessions import active_sessions, closed_sessions
+from chatledger.retention import RetentionPolicy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from chatledger import ChatLedger, ChatLedgerError, ManualClock, SessionPolicy
-from chatledger.domain.session import Session
-from chatledger.projections.active_sessions import active_sessions, closed_sessions
-from chatledger.retention import RetentionPolicy
-
-T0 = datetime(2026, 1, 1, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
 
 Step = tuple[str, float]
 steps = st.lists(
@@ -187,8 +186,8 @@ def test_worker_once_sweeps_and_prints_the_count(sqlite_url: str) -> None:
     from chatledger.infrastructure.cli import app
 
     with ChatLedger.open(sqlite_url) as ledger:  # the system clock: these are due
-        ledger.receive("w1", "hi", at=datetime.now(timezone.utc) - timedelta(hours=2))
-        ledger.receive("w2", "hi", at=datetime.now(timezone.utc) - timedelta(hours=3))
+        ledger.receive("w1", "hi", at=datetime.now(UTC) - timedelta(hours=2))
+        ledger.receive("w2", "hi", at=datetime.now(UTC) - timedelta(hours=3))
         ledger.receive("w3", "hi")
     result = CliRunner().invoke(app, ["worker", "--once", "--database", sqlite_url])
     assert result.exit_code == 0, result.output
@@ -221,4 +220,8 @@ def test_the_embedding_example_in_docs_timeouts_runs(sqlite_url: str) -> None:
 
 def ledger_jobs_running(namespace: dict[str, object]) -> bool:
     ledger = namespace["ledger"]
-    return isinstance(ledger, ChatLedger) and ledger._jobs is not None and ledger._jobs.scheduler.running
+    return (
+        isinstance(ledger, ChatLedger)
+        and ledger._jobs is not None
+        and ledger._jobs.scheduler.running
+    )

@@ -8,20 +8,19 @@ import os
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 import psycopg
 import pytest
-from psycopg import sql
-
 from chatledger import ChatLedger
 from chatledger.domain.policy import AppliedPolicy
 from chatledger.domain.session import Session
+from psycopg import sql
 
 from .conftest import POSTGRES_CONNINFO
 
-T0 = datetime(2026, 1, 1, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
 
 SWEEPER = textwrap.dedent(
     """
@@ -54,7 +53,7 @@ def test_three_sweeper_processes_time_out_10000_sessions_exactly_once(
     n = 10_000
     with ChatLedger.open(postgres_url) as ledger:
         policy = AppliedPolicy.of(ledger.policy)
-        ledger.projector  # create the read-model tables once, before the race
+        ledger.projector  # noqa: B018 - create the read-model tables once, before the race
         for start in range(0, n, 1000):
             sessions = []
             for i in range(start, start + 1000):
