@@ -11,11 +11,9 @@ A second, small table remembers *closed* sessions (id, visitor, closed_at) so
 the retention job can find ended sessions older than N days with an indexed
 query, archive them and drop their rows.
 
-Safe with several processes catching up at once: each batch first locks this
-read model's own watermark row (``UPDATE … SET position = position``: a row
-lock on PostgreSQL, the write lock on SQLite), then skips every event at or
-below the watermark. Two processes never apply the same event twice, even
-though the shared tracking record may be written by whichever finishes last.
+Safe with several processes catching up at once: the projector claims each
+batch with a compare-and-set on the tracking row before applying it, so no
+event is applied twice (``projections/base.py``).
 
 Times are stored as integer microseconds since the epoch (UTC), so the range
 query, comparisons and sums are exact and identical on SQLite and PostgreSQL.
@@ -32,6 +30,7 @@ from uuid import UUID
 
 from chatledger.domain.session import Session
 from eventsourcing.persistence import Tracking
+from eventsourcing.utils import get_topic
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -116,13 +115,6 @@ closed_sessions = Table(
     Column("status", String(16), nullable=False),
     Column("closed_at", UTCMicros, nullable=False),
     Index("ix_chatledger_closed_sessions_closed_at", "closed_at"),
-)
-
-watermark = Table(
-    "chatledger_active_sessions_position",
-    metadata,
-    Column("application", String(100), primary_key=True),
-    Column("notification_id", BigInteger, nullable=False),
 )
 
 # Events whose effect on expiry this index reproduces; any other Session event
@@ -244,53 +236,20 @@ class ActiveSessions(ReadModel):
 
     def __init__(self, view: Any) -> None:
         super().__init__(view)
-        self._events: list[tuple[int, Session.Event]] = []
-        self._application = "ChatLedger"
+        self._events: list[Session.Event] = []
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         """Buffer session events; the batch is folded and written in :meth:`flush`."""
         if isinstance(domain_event, Session.Event):
-            self._events.append((tracking.notification_id, domain_event))
-            self._application = tracking.application_name
+            self._events.append(domain_event)
 
     def flush(self) -> None:
         events, self._events = self._events, []
-        if not events:
-            return
-        conn = self.view.conn
-        application = self._application
-        floor = self._lock_watermark(conn, application)
-        events = [(n, e) for n, e in events if n > floor]
-        if not events:
-            return
-        self._apply(conn, [e for _, e in events])
-        conn.execute(
-            watermark.update()
-            .where(watermark.c.application == application)
-            .values(notification_id=events[-1][0])
-        )
+        if events:
+            self._apply(self.view.conn, events)
 
-    def _lock_watermark(self, conn: Connection, application: str) -> int:
-        """Serialise batches across processes and return the position applied so far."""
-        locked = conn.execute(
-            watermark.update()
-            .where(watermark.c.application == application)
-            .values(notification_id=watermark.c.notification_id)
-        )
-        if locked.rowcount == 0:
-            insert = _dialect_insert(conn)(watermark).values(
-                application=application, notification_id=0
-            )
-            conn.execute(insert.on_conflict_do_nothing(index_elements=["application"]))
-            conn.execute(
-                watermark.update()
-                .where(watermark.c.application == application)
-                .values(notification_id=watermark.c.notification_id)
-            )
-        position = conn.execute(
-            select(watermark.c.notification_id).where(watermark.c.application == application)
-        ).scalar_one()
-        return int(position)
+    def discard(self) -> None:
+        self._events = []
 
     def _apply(self, conn: Connection, events: Sequence[Session.Event]) -> None:
         # Rows this batch needs that it does not create itself.
@@ -380,6 +339,22 @@ class ActiveSessions(ReadModel):
             )
             dropped += max(result.rowcount, 0)
         return dropped
+
+
+def _session_event_topics() -> tuple[str, ...]:
+    """Every stored event class of Session, found by introspection, so an event
+    added later is still seen (and marks its rows inexact)."""
+    found = {
+        value
+        for value in vars(Session).values()
+        if isinstance(value, type)
+        and issubclass(value, Session.Event)
+        and value not in (Session.Event, Session.MessageRecorded)
+    }
+    return tuple(sorted(get_topic(cls) for cls in found))
+
+
+ActiveSessions.topics = _session_event_topics()
 
 
 def _dialect_insert(conn: Connection) -> Any:
