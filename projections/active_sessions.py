@@ -102,7 +102,8 @@ active_sessions = Table(
     # False when an event this index does not understand was applied: the
     # sweeper then loads the aggregate instead of trusting the row.
     Column("exact", Boolean, nullable=False),
-    Index("ix_chatledger_active_sessions_expires_at", "expires_at"),
+    # (expires_at, session_id): the sweep's ORDER BY and keyset, straight from the index.
+    Index("ix_chatledger_active_sessions_expires_at", "expires_at", "session_id"),
 )
 
 closed_sessions = Table(
