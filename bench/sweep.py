@@ -154,7 +154,7 @@ def main() -> None:
     args = parser.parse_args()
     n = args.sessions
     small = min(1000, n)
-    tmp = tempfile.mkdtemp(prefix="chatledger-bench-")
+    tmp = None if args.database else tempfile.mkdtemp(prefix="chatledger-bench-")
     url = args.database or f"sqlite:///{tmp}/bench.db"
     print(f"chatledger sweep benchmark: {n:,} sessions on {url.split('?')[0]}")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n")
@@ -206,7 +206,7 @@ def main() -> None:
     with ledger.projector.engine.connect() as conn:
         left = conn.execute(text("SELECT count(*) FROM chatledger_active_sessions")).scalar()
     ledger.close()
-    if args.database is None:
+    if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     rate, raw_rate = swept / sweep_s, swept / raw_s
