@@ -10,14 +10,16 @@ state (commands are safe to re-run: they re-check everything) or, after
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from copy import deepcopy
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import IO, Any, Literal, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 from uuid import UUID, uuid4
 
 from chatledger.domain.erasure import ErasureReceipt
@@ -34,7 +36,7 @@ from chatledger.domain.state import SessionState, Turn, VisitorState
 from chatledger.domain.visitor import Visitor, visitor_aggregate_id
 from chatledger.infrastructure.database import make_engine
 from chatledger.infrastructure.hashchain import VerificationReport
-from chatledger.infrastructure.persistence import eventsourcing_env
+from chatledger.infrastructure.persistence import eventsourcing_env, schema_lock
 from chatledger.infrastructure.settings import Settings
 from chatledger.projections import DEFAULT_READ_MODELS
 from chatledger.projections.base import Progress, ProjectionStatus, Projector, ReadModel
@@ -58,6 +60,11 @@ from .audit import (
     verify_log,
 )
 from .clock import Clock, system_clock
+
+if TYPE_CHECKING:
+    from chatledger.infrastructure.scheduler import BackgroundJobs
+
+    from .retention import ArchiveResult, RetentionPolicy
 
 T = TypeVar("T")
 
@@ -88,7 +95,10 @@ class ChatLedger(Application[UUID]):
             Visitor: self.settings.snapshot_interval,
         }
         self._saving = threading.local()  # the aggregates this thread is saving
-        super().__init__(env=eventsourcing_env(self.settings))
+        self._jobs: BackgroundJobs | None = None
+        env = eventsourcing_env(self.settings)
+        with schema_lock(self.settings):
+            super().__init__(env=env)
         install_key_ring(self)
 
     @classmethod
@@ -113,9 +123,10 @@ class ChatLedger(Application[UUID]):
     def projector(self) -> Projector:
         """The read models of this ledger (tables in the same database), kept
         current by ``ledger.projector.catch_up()`` or a background runner."""
-        return Projector(
-            self.name, self.recorder, self.mapper, make_engine(self.settings), self.read_models
-        )
+        with schema_lock(self.settings):
+            return Projector(
+                self.name, self.recorder, self.mapper, make_engine(self.settings), self.read_models
+            )
 
     @cached_property
     def _reads(self) -> ProjectionReads:
@@ -177,6 +188,7 @@ class ChatLedger(Application[UUID]):
     def close(self) -> None:
         if self.closing.is_set():
             return
+        self.stop_background_jobs()
         if "projector" in self.__dict__:
             self.projector.stop()
             self.projector.engine.dispose()
@@ -509,6 +521,58 @@ class ChatLedger(Application[UUID]):
             return True
 
         return self._retrying(f"expire_if_idle() on session {session_id}", once)
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def sweep(
+        self, now: datetime | None = None, *, limit: int | None = None, batch_size: int = 5000
+    ) -> int:
+        """Time out every session idle past its deadline at ``now``; return how many.
+
+        Each timed-out event is stamped with the moment the session went idle,
+        and is appended exactly once however many sweepers (threads, processes,
+        servers) and lazy checks race. See ``docs/timeouts.md``.
+        """
+        from .sweeper import sweep
+
+        return sweep(self, now, limit=limit, batch_size=batch_size).timed_out
+
+    def archive_closed_sessions(
+        self, older_than: timedelta, archive_dir: str | os.PathLike[str], *, now: datetime | None = None
+    ) -> ArchiveResult:
+        """Archive sessions closed before ``now - older_than`` to a gzipped JSONL
+        file and drop their read-model rows. The event log is not touched."""
+        from .retention import archive_closed_sessions
+
+        return archive_closed_sessions(self, older_than, archive_dir, now=now)
+
+    def start_background_jobs(
+        self, interval: float = 30.0, *, retention: RetentionPolicy | None = None
+    ) -> BackgroundJobs:
+        """Run the sweep (and the retention job, if given) in a background
+        scheduler thread until :meth:`stop_background_jobs` or :meth:`close`."""
+        from chatledger.infrastructure.scheduler import BackgroundJobs
+
+        if self._jobs is None:
+            self._jobs = BackgroundJobs(self, interval=interval, retention=retention)
+            self._jobs.start()
+        return self._jobs
+
+    def stop_background_jobs(self) -> None:
+        jobs, self._jobs = getattr(self, "_jobs", None), None
+        if jobs is not None:
+            jobs.stop()
+
+    @contextmanager
+    def background_jobs(
+        self, interval: float = 30.0, *, retention: RetentionPolicy | None = None
+    ) -> Iterator[BackgroundJobs]:
+        """``with ledger.background_jobs(): serve()``: jobs run while the block runs."""
+        jobs = self.start_background_jobs(interval, retention=retention)
+        try:
+            yield jobs
+        finally:
+            self.stop_background_jobs()
 
     def link_identity(self, visitor_id: str, user_id: str, *, at: datetime | None = None) -> VisitorState:
         """Link an anonymous visitor to an authenticated user (an event).

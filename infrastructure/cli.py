@@ -80,6 +80,11 @@ def session_show(
         _print_state(console, state)
 
 
+from .worker import worker
+
+app.command("worker")(worker)
+
+
 def main() -> None:
     """Entry point: one red line and exit code 1 for any chatledger error."""
     try:

@@ -8,6 +8,8 @@ pydantic mapper that stores every event as readable JSON.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
@@ -94,8 +96,7 @@ def eventsourcing_env(settings: Settings) -> dict[str, str]:
         )
         schema = settings.postgres_schema
         if schema:
-            env["POSTGRES_SCHEMA"] = schema
-            create_postgres_schema(settings, schema)
+            env["POSTGRES_SCHEMA"] = schema  # created under schema_lock()
     return env
 
 
@@ -111,12 +112,36 @@ def psycopg_conninfo(settings: Settings) -> str:
     )
 
 
-def create_postgres_schema(settings: Settings, schema: str) -> None:
+@contextmanager
+def schema_lock(settings: Settings) -> Iterator[None]:
+    """Serialise table creation between processes opening one PostgreSQL store.
+
+    eventsourcing and SQLAlchemy create their tables with ``CREATE … IF NOT
+    EXISTS``; two servers starting at the same moment can still collide inside
+    PostgreSQL's catalog ("tuple concurrently updated"). A session-level
+    advisory lock, keyed by the schema, makes them take turns. SQLite needs
+    nothing: its writers are serialised already.
+    """
+    if settings.backend != "postgresql":
+        yield
+        return
+    key = f"chatledger-ddl:{settings.postgres_schema or 'public'}"
     try:
-        with psycopg.connect(psycopg_conninfo(settings), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        conn = psycopg.connect(psycopg_conninfo(settings), autocommit=True)
     except psycopg.Error as err:
         raise ConfigurationError(
             f"Cannot reach PostgreSQL for {settings.database_url!r}: {err}. "
             "Check that the server runs and the URL is right."
         ) from err
+    with conn:
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+        try:
+            if settings.postgres_schema:
+                conn.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                        sql.Identifier(settings.postgres_schema)
+                    )
+                )
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))

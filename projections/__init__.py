@@ -1,21 +1,29 @@
 """Read models derived from the event log; each can be rebuilt from scratch.
 
 ``DEFAULT_READ_MODELS`` lists the projections every :class:`ChatLedger` keeps:
-the conversation log (transcripts, exports), session analytics, and
-cross-session user memory. See ``docs/projections.md``.
+the conversation log (transcripts, exports), session analytics, cross-session
+user memory, and the active-session index the sweeper reads. See
+``docs/projections.md`` and ``docs/timeouts.md``.
 """
 
 from __future__ import annotations
 
+from .active_sessions import ActiveSessions
 from .analytics import SessionAnalytics
 from .base import ReadModel
 from .conversation_log import ConversationLog
 from .memory import UserMemory
 
-DEFAULT_READ_MODELS: list[type[ReadModel]] = [ConversationLog, SessionAnalytics, UserMemory]
+DEFAULT_READ_MODELS: list[type[ReadModel]] = [
+    ConversationLog,
+    SessionAnalytics,
+    UserMemory,
+    ActiveSessions,
+]
 
 __all__ = [
     "DEFAULT_READ_MODELS",
+    "ActiveSessions",
     "ConversationLog",
     "ReadModel",
     "SessionAnalytics",

@@ -63,12 +63,12 @@ def _table(metadata: MetaData, name: str) -> Table:
 
 def test_bulk_writes_store_what_conn_execute_stores(database_url: str) -> None:
     from chatledger.infrastructure.database import make_engine
-    from chatledger.infrastructure.persistence import eventsourcing_env
+    from chatledger.infrastructure.persistence import schema_lock
     from chatledger.infrastructure.settings import Settings
 
     settings = Settings(database_url=database_url)
-    eventsourcing_env(settings)  # creates the PostgreSQL schema
-    engine = make_engine(settings)
+    with schema_lock(settings):  # creates the PostgreSQL schema
+        engine = make_engine(settings)
     metadata = MetaData()
     plain, fast = _table(metadata, "bulk_plain"), _table(metadata, "bulk_fast")
     metadata.create_all(engine)
@@ -128,10 +128,11 @@ def test_read_models_at_different_positions_share_reads_and_end_equal(ledger: Ch
     ledger.receive("visitor-1", "back", at=at(20_000))
     applied = projector.catch_up(batch_size=4)
     head2 = projector.head()
-    assert applied == (head2 - head) + 2 * head2
+    others = len(projector.projections) - 1  # every read model but conversation_log starts at 0
+    assert applied == (head2 - head) + others * head2
     assert {s.position for s in ledger.projection_status()} == {head2}
     live = dump(ledger)
-    assert projector.rebuild_many(batch_size=5) == 3 * head2
+    assert projector.rebuild_many(batch_size=5) == len(projector.projections) * head2
     assert dump(ledger) == live
     for name in projector.projections:
         projector.rebuild(name, batch_size=1000)

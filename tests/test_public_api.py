@@ -15,7 +15,10 @@ def test_exported_members_are_sorted_and_complete() -> None:
     for name in chatledger.__all__:
         assert hasattr(chatledger, name), name
     public = {n for n in dir(chatledger) if not n.startswith("_")}
-    modules = {"application", "audit", "clock", "errors", "ledger", "domain", "infrastructure", "projections"}
+    modules = {
+        "application", "audit", "clock", "errors", "ledger", "domain", "infrastructure",
+        "projections", "retention", "sweeper",
+    }
     assert public - modules - set(chatledger.__all__) == set()
 
 

@@ -1,0 +1,146 @@
+"""Retention (default off): archive long-closed sessions, drop their read-model rows.
+
+Sessions closed (timed out or ended) before ``now - older_than`` are written,
+one JSON line each (the rebuilt state and every event), to a new gzipped JSONL
+file under ``archive_dir``; then every read model that knows how drops their
+rows (a read model opts in with a ``drop_sessions(conn, session_ids)`` method).
+The event log stays append-only: erasure is a separate, explicit operation.
+
+The file is closed and fsynced before any row is dropped, so a crash in between
+at worst archives a session twice, never loses it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from uuid import UUID, uuid4
+
+from chatledger.domain.errors import InvalidCommandError
+from chatledger.domain.state import SessionState
+from chatledger.projections.active_sessions import ActiveSessions, closed_sessions
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from sqlalchemy import select
+
+from .sweeper import check_now
+
+if TYPE_CHECKING:
+    from .ledger import ChatLedger
+
+logger = logging.getLogger("chatledger.retention")
+
+
+class RetentionPolicy(BaseModel):
+    """Archive sessions closed more than ``archive_after`` ago into ``archive_dir``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    archive_after: timedelta
+    archive_dir: Path
+    interval: timedelta = timedelta(hours=1)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
+            )
+            raise InvalidCommandError(f"Invalid retention policy ({problems}).") from err
+
+    @field_validator("archive_after", "interval")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            msg = f"must be a positive duration, got {value}"
+            raise ValueError(msg)
+        return value
+
+    @classmethod
+    def days(cls, days: float, archive_dir: str | os.PathLike[str]) -> RetentionPolicy:
+        if days <= 0:
+            raise InvalidCommandError(
+                f"Retention of {days} days makes no sense; use a positive number."
+            )
+        return cls(archive_after=timedelta(days=days), archive_dir=Path(archive_dir))
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    archived: int
+    path: Path | None
+    """The file written, or None when nothing was old enough."""
+
+
+def archive_closed_sessions(
+    ledger: ChatLedger,
+    older_than: timedelta,
+    archive_dir: str | os.PathLike[str],
+    *,
+    now: datetime | None = None,
+    batch_size: int = 1000,
+) -> ArchiveResult:
+    check_now(now)
+    if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
+        raise InvalidCommandError(
+            f"older_than={older_than!r} must be a positive timedelta, e.g. timedelta(days=90)."
+        )
+    started = time.perf_counter()
+    cutoff = ledger._now(now) - older_than
+    projector = ledger.projector
+    projector.catch_up([ActiveSessions.name])
+    directory = Path(archive_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"sessions-{cutoff:%Y%m%dT%H%M%S}-{uuid4().hex[:8]}.jsonl.gz"
+    archived = 0
+    c = closed_sessions.c
+    with gzip.open(path, "wt", encoding="utf-8") as out:
+        while True:
+            with projector.engine.connect() as conn:
+                ids: list[UUID] = list(
+                    conn.execute(
+                        select(c.session_id)
+                        .where(c.closed_at < cutoff)
+                        .order_by(c.closed_at, c.session_id)
+                        .limit(batch_size)
+                    ).scalars()
+                )
+            if not ids:
+                break
+            for sid in ids:
+                out.write(json.dumps(_archive_line(ledger, sid)) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+            with projector.engine.begin() as conn:
+                for model in projector.projections.values():
+                    drop = getattr(model, "drop_sessions", None)
+                    if drop is not None:
+                        drop(conn, ids)
+            archived += len(ids)
+    if archived == 0:
+        path.unlink()
+    logger.info(
+        "retention: archived %d sessions closed before %s to %s in %.1f ms",
+        archived,
+        cutoff.isoformat(),
+        path if archived else "-",
+        (time.perf_counter() - started) * 1000,
+    )
+    return ArchiveResult(archived, path if archived else None)
+
+
+def _archive_line(ledger: ChatLedger, session_id: UUID) -> dict[str, object]:
+    events = ledger.session_events(session_id)
+    state = SessionState.of(ledger._get_session(session_id))
+    return {
+        "session_id": str(session_id),
+        "state": state.model_dump(mode="json"),
+        "events": [{"type": type(e).__qualname__, **e.model_dump(mode="json")} for e in events],
+    }

@@ -1,0 +1,91 @@
+"""Background jobs on APScheduler 3: one sweep job for all sessions (and retention).
+
+No per-session timers: one interval job finds every due session with one
+indexed query, so memory does not grow with the number of sessions. Jobs have
+explicit ids, ``max_instances=1`` (a slow sweep is never run twice at once)
+and ``coalesce=True`` (runs missed while the process was busy or asleep
+collapse into one). The first sweep runs as soon as the scheduler starts, so a
+worker that was down catches up at once; the sweep is idempotent, so that
+catch-up never does anything twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from chatledger.domain.errors import InvalidCommandError
+
+if TYPE_CHECKING:
+    from chatledger.ledger import ChatLedger
+    from chatledger.retention import RetentionPolicy
+
+logger = logging.getLogger("chatledger.scheduler")
+
+SWEEP_JOB_ID = "chatledger.sweep"
+RETENTION_JOB_ID = "chatledger.retention"
+
+
+class BackgroundJobs:
+    """The ledger's scheduled jobs, in a daemon thread of this process."""
+
+    def __init__(
+        self,
+        ledger: ChatLedger,
+        *,
+        interval: float = 30.0,
+        retention: RetentionPolicy | None = None,
+    ) -> None:
+        if not interval > 0:
+            raise InvalidCommandError(
+                f"interval={interval!r} must be a positive number of seconds."
+            )
+        self.ledger = ledger
+        self.interval = float(interval)
+        self.retention = retention
+        self.scheduler = BackgroundScheduler(timezone=UTC)
+
+    def start(self) -> None:
+        now = datetime.now(UTC)
+        self.scheduler.add_job(
+            self.ledger.sweep,
+            "interval",
+            seconds=self.interval,
+            id=SWEEP_JOB_ID,
+            name="time out idle sessions",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=now,
+        )
+        if self.retention is not None:
+            policy = self.retention
+            self.scheduler.add_job(
+                self.ledger.archive_closed_sessions,
+                "interval",
+                args=(policy.archive_after, policy.archive_dir),
+                seconds=policy.interval.total_seconds(),
+                id=RETENTION_JOB_ID,
+                name="archive long-closed sessions",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+                next_run_time=now,
+            )
+        self.scheduler.start()
+        logger.info(
+            "background jobs started: sweep every %.0f s%s",
+            self.interval,
+            f", retention after {self.retention.archive_after}" if self.retention else "",
+        )
+
+    def stop(self, wait: bool = True) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=wait)
+            logger.info("background jobs stopped")
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [job.id for job in self.scheduler.get_jobs()]
