@@ -547,14 +547,24 @@ class ChatLedger(Application[UUID]):
         return archive_closed_sessions(self, older_than, archive_dir, now=now)
 
     def start_background_jobs(
-        self, interval: float = 30.0, *, retention: RetentionPolicy | None = None
+        self,
+        interval: float = 30.0,
+        *,
+        retention: RetentionPolicy | None = None,
+        projections_interval: float | None = 5.0,
     ) -> BackgroundJobs:
-        """Run the sweep (and the retention job, if given) in a background
-        scheduler thread until :meth:`stop_background_jobs` or :meth:`close`."""
+        """Run the sweep, the projections catch-up (unless ``projections_interval``
+        is None) and the retention job (if given) in a background scheduler
+        thread until :meth:`stop_background_jobs` or :meth:`close`."""
         from chatledger.infrastructure.scheduler import BackgroundJobs
 
         if self._jobs is None:
-            self._jobs = BackgroundJobs(self, interval=interval, retention=retention)
+            self._jobs = BackgroundJobs(
+                self,
+                interval=interval,
+                retention=retention,
+                projections_interval=projections_interval,
+            )
             self._jobs.start()
         return self._jobs
 
@@ -565,10 +575,16 @@ class ChatLedger(Application[UUID]):
 
     @contextmanager
     def background_jobs(
-        self, interval: float = 30.0, *, retention: RetentionPolicy | None = None
+        self,
+        interval: float = 30.0,
+        *,
+        retention: RetentionPolicy | None = None,
+        projections_interval: float | None = 5.0,
     ) -> Iterator[BackgroundJobs]:
         """``with ledger.background_jobs(): serve()``: jobs run while the block runs."""
-        jobs = self.start_background_jobs(interval, retention=retention)
+        jobs = self.start_background_jobs(
+            interval, retention=retention, projections_interval=projections_interval
+        )
         try:
             yield jobs
         finally:

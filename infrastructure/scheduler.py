@@ -12,6 +12,7 @@ catch-up never does anything twice.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ logger = logging.getLogger("chatledger.scheduler")
 
 SWEEP_JOB_ID = "chatledger.sweep"
 RETENTION_JOB_ID = "chatledger.retention"
+PROJECTIONS_JOB_ID = "chatledger.projections"
 
 
 class BackgroundJobs:
@@ -37,12 +39,15 @@ class BackgroundJobs:
         *,
         interval: float = 30.0,
         retention: RetentionPolicy | None = None,
+        projections_interval: float | None = None,
     ) -> None:
-        if not interval > 0:
-            raise InvalidCommandError(
-                f"interval={interval!r} must be a positive number of seconds."
-            )
+        for name, value in (("interval", interval), ("projections_interval", projections_interval)):
+            if value is not None and not value > 0:
+                raise InvalidCommandError(
+                    f"{name}={value!r} must be a positive number of seconds."
+                )
         self.ledger = ledger
+        self.projections_interval = projections_interval
         self.interval = float(interval)
         self.retention = retention
         self.scheduler = BackgroundScheduler(timezone=UTC)
@@ -60,6 +65,18 @@ class BackgroundJobs:
             misfire_grace_time=None,
             next_run_time=now,
         )
+        if self.projections_interval is not None:
+            self.scheduler.add_job(
+                self.catch_up_projections,
+                "interval",
+                seconds=self.projections_interval,
+                id=PROJECTIONS_JOB_ID,
+                name="catch the read models up with the log",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+                next_run_time=now,
+            )
         if self.retention is not None:
             policy = self.retention
             self.scheduler.add_job(
@@ -80,6 +97,16 @@ class BackgroundJobs:
             self.interval,
             f", retention after {self.retention.archive_after}" if self.retention else "",
         )
+
+    def catch_up_projections(self) -> int:
+        """One catch-up of every read model; logs what it applied and how long it took."""
+        started = time.monotonic()
+        applied = self.ledger.catch_up()
+        if applied:
+            logger.info(
+                "projections: applied %d events in %.3f s", applied, time.monotonic() - started
+            )
+        return applied
 
     def stop(self, wait: bool = True) -> None:
         if self.scheduler.running:

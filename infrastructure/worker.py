@@ -30,15 +30,25 @@ def worker(
     archive_dir: Annotated[
         str, typer.Option(envvar="CHATLEDGER_ARCHIVE_DIR", help="Where archives are written.")
     ] = "chatledger-archive",
+    projections_interval: Annotated[
+        float,
+        typer.Option(
+            envvar="CHATLEDGER_PROJECTIONS_INTERVAL",
+            help="Seconds between read-model catch-ups.",
+        ),
+    ] = 5.0,
     once: Annotated[
-        bool, typer.Option("--once", help="Run one sweep, print the count, exit.")
+        bool,
+        typer.Option("--once", help="Catch the read models up, run one sweep, print the count, exit."),
     ] = False,
 ) -> None:
-    """Time out idle sessions (and apply retention) until stopped with Ctrl-C or SIGTERM."""
+    """Time out idle sessions, keep the read models current (and apply retention)
+    until stopped with Ctrl-C or SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     retention = RetentionPolicy.days(retention_days, archive_dir) if retention_days else None
     with ChatLedger.open(database) as ledger:
         if once:
+            ledger.catch_up()
             print(ledger.sweep())
             if retention is not None:
                 ledger.archive_closed_sessions(retention.archive_after, retention.archive_dir)
@@ -46,5 +56,7 @@ def worker(
         stopped = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stopped.set())
-        with ledger.background_jobs(interval, retention=retention):
+        with ledger.background_jobs(
+            interval, retention=retention, projections_interval=projections_interval
+        ):
             stopped.wait()

@@ -317,13 +317,27 @@ def test_background_jobs_sweep_once_on_start(database_url: str) -> None:
 
 def test_start_and_stop_background_jobs(ledger: ChatLedger) -> None:
     jobs = ledger.start_background_jobs(interval=3600)
-    assert jobs.scheduler.running and jobs.job_ids == ["chatledger.sweep"]  # retention off
+    assert jobs.scheduler.running
+    assert sorted(jobs.job_ids) == ["chatledger.projections", "chatledger.sweep"]  # retention off
     assert ledger.start_background_jobs() is jobs  # one scheduler per ledger
     ledger.stop_background_jobs()
     assert not jobs.scheduler.running
-    with ledger.background_jobs(interval=3600) as again:
-        assert again.scheduler.running
+    with ledger.background_jobs(interval=3600, projections_interval=None) as again:
+        assert again.scheduler.running and again.job_ids == ["chatledger.sweep"]
     assert not again.scheduler.running
+
+
+def test_projections_job_catches_every_read_model_up(ledger: ChatLedger) -> None:
+    from chatledger.infrastructure.scheduler import BackgroundJobs
+
+    turn = ledger.receive("v-jobs", "hello")
+    ledger.reply(turn.session_id, "hi")
+    jobs = BackgroundJobs(ledger, interval=3600, projections_interval=3600)  # not started
+    assert {s.lag for s in ledger.projection_status()} != {0}
+    assert jobs.catch_up_projections() > 0
+    assert {s.lag for s in ledger.projection_status()} == {0}
+    assert [m.text for m in ledger.transcript(turn.session_id).messages] == ["hello", "hi"]
+    assert jobs.catch_up_projections() == 0
 
 
 # ---------------------------------------------------------------- bad input
