@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from chatledger import ChatLedger, ChatLedgerError
+from chatledger.infrastructure.cli_options import DatabaseOption
 from rich.console import Console
 
 from .cli_audit import audit_app, erase
@@ -23,15 +24,6 @@ register_projection_commands(app)
 console = Console()
 err_console = Console(stderr=True)
 
-DatabaseOption = Annotated[
-    Optional[str],  # noqa: UP045 - typer needs Optional here
-    typer.Option(
-        "--database",
-        "-d",
-        envvar="CHATLEDGER_DATABASE_URL",
-        help="Database URL (default sqlite:///chatledger.db).",
-    ),
-]
 
 
 def open_ledger(database: str | None) -> ChatLedger:

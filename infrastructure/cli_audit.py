@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from chatledger import ChatLedger
+from chatledger.infrastructure.cli_options import DatabaseOption
 from rich.console import Console
 
 audit_app = typer.Typer(
@@ -20,15 +21,6 @@ audit_app = typer.Typer(
 )
 console = Console(highlight=False)
 
-DatabaseOption = Annotated[
-    Optional[str],  # noqa: UP045 - typer needs Optional here
-    typer.Option(
-        "--database",
-        "-d",
-        envvar="CHATLEDGER_DATABASE_URL",
-        help="Database URL (default sqlite:///chatledger.db).",
-    ),
-]
 
 
 def _time(value: str | None) -> datetime | None:

@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 from chatledger import ChatLedger, InvalidCommandError, TranscriptMessage
+from chatledger.infrastructure.cli_options import DatabaseOption
 from chatledger.projections.service import ProjectionReads
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -28,15 +29,6 @@ export_app = typer.Typer(no_args_is_help=True, help="Export read models.")
 console = Console()
 err_console = Console(stderr=True)
 
-DatabaseOption = Annotated[
-    Optional[str],  # noqa: UP045 - typer needs Optional here
-    typer.Option(
-        "--database",
-        "-d",
-        envvar="CHATLEDGER_DATABASE_URL",
-        help="Database URL (default sqlite:///chatledger.db).",
-    ),
-]
 BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Events per transaction.")]
 
 
