@@ -213,7 +213,7 @@ class ShreddingMapper(PydanticMapper):
         if paths is None or b'"$enc"' not in stored_event.state:
             return super().to_domain_event(stored_event)
         data = self.decrypt_state(stored_event)
-        return resolve_topic(stored_event.topic).model_validate_json(json.dumps(data))
+        return resolve_topic(stored_event.topic).model_validate(data)
 
     def decrypt_state(self, stored_event: StoredEvent) -> dict[str, Any]:
         """The stored JSON with each envelope opened, or replaced by its erased marker."""
