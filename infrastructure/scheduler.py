@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from chatledger.domain.errors import InvalidCommandError
@@ -54,42 +54,40 @@ class BackgroundJobs:
 
     def start(self) -> None:
         now = datetime.now(UTC)
-        self.scheduler.add_job(
-            self.ledger.sweep,
-            "interval",
-            seconds=self.interval,
-            id=SWEEP_JOB_ID,
-            name="time out idle sessions",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-            next_run_time=now,
-        )
-        if self.projections_interval is not None:
+
+        def every(seconds: float, job_id: str, name: str, func: Any, *args: Any) -> None:
+            # One instance at a time; runs missed while down collapse into one,
+            # and the first run is now, so a restarted worker catches up at once.
             self.scheduler.add_job(
-                self.catch_up_projections,
+                func,
                 "interval",
-                seconds=self.projections_interval,
-                id=PROJECTIONS_JOB_ID,
-                name="catch the read models up with the log",
+                args=args,
+                seconds=seconds,
+                id=job_id,
+                name=name,
                 max_instances=1,
                 coalesce=True,
                 misfire_grace_time=None,
                 next_run_time=now,
             )
+
+        every(self.interval, SWEEP_JOB_ID, "time out idle sessions", self.ledger.sweep)
+        if self.projections_interval is not None:
+            every(
+                self.projections_interval,
+                PROJECTIONS_JOB_ID,
+                "catch the read models up with the log",
+                self.catch_up_projections,
+            )
         if self.retention is not None:
             policy = self.retention
-            self.scheduler.add_job(
+            every(
+                policy.interval.total_seconds(),
+                RETENTION_JOB_ID,
+                "archive long-closed sessions",
                 self.ledger.archive_closed_sessions,
-                "interval",
-                args=(policy.archive_after, policy.archive_dir),
-                seconds=policy.interval.total_seconds(),
-                id=RETENTION_JOB_ID,
-                name="archive long-closed sessions",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=None,
-                next_run_time=now,
+                policy.archive_after,
+                policy.archive_dir,
             )
         self.scheduler.start()
         logger.info(
