@@ -178,7 +178,13 @@ def erase_subject(
         )
         for visitor in visitors:
             visitor.record_erasure(receipt)
-        ledger.save(*visitors)  # the recorder destroys the keys in this same transaction
+        sessions = [ledger._get_session(sid) for sid in session_ids]
+        for session in sessions:
+            session.erase_content(receipt.erasure_id, at=now)
+        # One transaction: the erasure record, every session's ContentErased (so
+        # cached copies in other processes blank themselves when they catch up,
+        # and a writer holding a stale copy conflicts), and the key destruction.
+        ledger.save(*visitors, *sessions)
         return receipt, visitors
 
     what = f"erase() of {'user ' + repr(user_id) if user_id else 'visitor ' + repr(visitor_id)}"

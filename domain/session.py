@@ -13,6 +13,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, Field, JsonValue
 
+from .erasure import ERASED_TEXT
 from .errors import (
     InvalidCommandError,
     SessionClosedError,
@@ -241,6 +242,29 @@ class Session(Aggregate):
             s.closed_at = self.occurred_at
             s.close_reason = self.reason
 
+    class ContentErased(Event):
+        """The visitor's personal content was crypto-shredded (see ``Visitor.DataErased``).
+
+        Recorded on every session of the erased visitor, in the transaction that
+        destroys the key, so every cached copy of the session (in any process)
+        blanks its content when it catches up, and nothing later re-stores it.
+        """
+
+        erasure_id: UUID
+
+        def apply(self, s: Session) -> None:
+            s.messages = [
+                m.model_copy(
+                    update={"text": ERASED_TEXT, "metadata": {"$erased": True} if m.metadata else {}}
+                )
+                for m in s.messages
+            ]
+            s.slots = {k: v.model_copy(update={"value": None}) for k, v in s.slots.items()}
+            s.carried_slots = {
+                k: v.model_copy(update={"value": None}) for k, v in s.carried_slots.items()
+            }
+            s.context = SessionContext(client_metadata={"$erased": True})
+
     if TYPE_CHECKING:  # attributes set by the events above (not dataclass fields)
         visitor_id: str
         user_id: str | None
@@ -447,6 +471,11 @@ class Session(Aggregate):
             open_tasks=tuple(self.tasks),
         )
         return True
+
+    def erase_content(self, erasure_id: UUID, *, at: datetime) -> None:
+        """Blank this session's personal content (the keys are destroyed elsewhere)."""
+        at = max(utc(at), self.last_activity_at, self.closed_at or self.last_activity_at)
+        self.trigger_event(self.ContentErased, occurred_at=at, erasure_id=erasure_id)
 
     def end(self, *, at: datetime, reason: str = "ended") -> None:
         at = self._check_open(at)

@@ -126,13 +126,23 @@ class KeyRing:
         return subject
 
     def encryption_key(self, aggregate_id: UUID) -> tuple[str, AESGCM] | None:
-        """The key new personal data of ``aggregate_id`` is encrypted with (created if needed)."""
+        """The key new personal data of ``aggregate_id`` is encrypted with (created if needed).
+
+        A cached key is checked against the store first (one primary-key look-up):
+        an erasure in another process may have destroyed it, and data encrypted
+        under a destroyed key would be lost. Racing the erasure itself is settled
+        by the store: the erasure appends to every session and to the visitor, so
+        a writer that encoded with the old key conflicts and re-encodes.
+        """
         visitor_id = self.subject_of(aggregate_id)
         if visitor_id is None:
             return None
         now = time.monotonic()
         with self._lock:
             cached = self._active.get(visitor_id)
+        if cached is not None and self.recorder.key_by_id(cached[1][0]) is None:
+            self.forget([visitor_id], [cached[1][0]])
+            cached = None
         if cached is None or now - cached[0] > KEY_CACHE_TTL_S:
             row = self.recorder.active_key(visitor_id, create=True)
             assert row is not None

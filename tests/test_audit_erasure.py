@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from uuid import UUID
 
 import pytest
@@ -134,8 +135,13 @@ def test_erasing_a_user_shreds_their_content_everywhere_and_nothing_else(world: 
         assert b_texts == world.b_texts
         assert fresh.session(world.b_sessions[-1]).slots == {"name": "bravo-secret-name-Bob"}
         assert fresh.session(world.b_sessions[-1]).context.page_url == "https://shop/?who=v-b-web-pageurl"
-        # Counts (sessions, events, messages per session, event types) are unchanged.
-        assert counts(fresh, world.a_sessions + world.b_sessions) == before_counts
+        # Counts (sessions, messages per session, event types) are unchanged, but for
+        # the one ContentErased fact that closes each of A's sessions' histories.
+        expected = {
+            sid: (n + 1, msgs, [*types, "ContentErased"]) if sid in world.a_sessions else (n, msgs, types)
+            for sid, (n, msgs, types) in before_counts.items()
+        }
+        assert counts(fresh, world.a_sessions + world.b_sessions) == expected
         # The hashes were over ciphertext, which did not change.
         assert fresh.verify().ok
         # The log records the erasure on each visitor, with the receipt.
@@ -225,3 +231,33 @@ def test_read_models_blank_erased_content_live_and_after_a_rebuild(world: World)
     dump = raw.dump()
     assert not any(contains(dump, t.encode()) for t in world.a_texts)
     assert ledger.verify().ok
+
+
+def test_erasure_reaches_the_cache_of_another_process_and_is_never_undone(sqlite_url: str) -> None:
+    """Server A erases; server B had the session cached in plaintext. B must read
+    it erased, and B's next writes (a snapshot included) must not store the
+    erased content again, under any key."""
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
+    a = ChatLedger.open(sqlite_url, snapshot_interval=4)
+    b = ChatLedger.open(sqlite_url, snapshot_interval=4)
+    try:
+        sid = a.receive("v-1", "my ssn is 123-45-6789", at=t0).session_id
+        b.reply(sid, "noted", at=t0 + timedelta(seconds=1))  # B caches the plaintext
+        assert b.session(sid).messages[0].text.startswith("my ssn")
+        a.erase(visitor_id="v-1", at=t0 + timedelta(seconds=2))
+        assert [m.text for m in b.session(sid).messages] == ["[erased]", "[erased]"]
+        b.reply(sid, "still here", at=t0 + timedelta(seconds=3))  # version 4: a snapshot
+        b.reply(sid, "and here", at=t0 + timedelta(seconds=4))
+    finally:
+        a.close()
+        b.close()
+    with ChatLedger.open(sqlite_url, cache_size=0) as fresh:
+        texts = [m.text for m in fresh.session(sid).messages]
+    assert texts == ["[erased]", "[erased]", "still here", "and here"]
+    raw = b"".join(
+        path.read_bytes()
+        for path in Path(sqlite_url.removeprefix("sqlite:///")).parent.glob("chat.db*")
+    )
+    assert b"123-45-6789" not in raw
