@@ -293,7 +293,7 @@ class ChatLedger(Application[UUID]):
         session = self._get_session(session_id)
         now = self._now(at)
         if at is None and session.status == "active":
-            now = max(now, session.last_activity_at)
+            now = max(now, session.latest_event_at)
         return session, now
 
     @staticmethod
@@ -377,7 +377,7 @@ class ChatLedger(Application[UUID]):
         for live in (explicit, current):
             if live is None or live.status != "active":
                 continue
-            when = max(now, live.last_activity_at) if at is None else now
+            when = max(now, live.latest_event_at) if at is None else now
             if live.is_expired(when):
                 live.time_out(detected_at=when)
                 continue
@@ -607,7 +607,7 @@ class ChatLedger(Application[UUID]):
             if visitor.current_session_id is not None:
                 session = self._get_session(visitor.current_session_id)
                 if session.status == "active" and not session.is_expired(now):
-                    session.link_identity(user_id, at=max(now, session.last_activity_at))
+                    session.link_identity(user_id, at=max(now, session.latest_event_at))
             self.save(visitor, session)
             return VisitorState.of(visitor)
 

@@ -92,6 +92,7 @@ class SessionSnapshotState(SnapshotState):
     tasks: dict[str, AwareDatetime]
     completed_tasks: list[str]
     client_message_ids: dict[str, int]
+    last_event_at: AwareDatetime | None = None  # absent from snapshots taken before it existed
 
 
 class Session(Aggregate):
@@ -110,7 +111,12 @@ class Session(Aggregate):
         state: SessionSnapshotState
 
     class Event(Aggregate.Event):
-        pass
+        def mutate(self, aggregate: Any) -> Any:
+            # Every event moves the session's clock: later events may not be
+            # stamped earlier (point-in-time reads stop at the first later one).
+            session = super().mutate(aggregate)
+            session.last_event_at = self.occurred_at
+            return session
 
     class Started(Event, Aggregate.Created):
         """The first user message of a visitor arrived with no live session."""
@@ -360,13 +366,19 @@ class Session(Aggregate):
             raise SessionClosedError(self.id, self.status)
         if self.is_expired(at):
             raise SessionExpiredError(self.id, self.last_activity_at, self.expiry()[0])
-        if at < self.last_activity_at:
+        if at < self.latest_event_at:
             msg = (
-                f"at={at.isoformat()} is earlier than the session's last activity "
-                f"{self.last_activity_at.isoformat()}; events must be recorded in order."
+                f"at={at.isoformat()} is earlier than the session's last event "
+                f"{self.latest_event_at.isoformat()}; events must be recorded in order."
             )
             raise InvalidCommandError(msg)
         return at
+
+    @property
+    def latest_event_at(self) -> datetime:
+        """The business time of the session's last event (no new event may be earlier)."""
+        latest = getattr(self, "last_event_at", None)
+        return latest if latest is not None else self.last_activity_at
 
     # ---- commands ---------------------------------------------------------
 
@@ -473,8 +485,12 @@ class Session(Aggregate):
         return True
 
     def erase_content(self, erasure_id: UUID, *, at: datetime) -> None:
-        """Blank this session's personal content (the keys are destroyed elsewhere)."""
-        at = max(utc(at), self.last_activity_at, self.closed_at or self.last_activity_at)
+        """Blank this session's personal content (the keys are destroyed elsewhere).
+
+        A session already past its deadline is first recorded as timed out (at
+        its deadline), so its events stay in time order."""
+        self.time_out(detected_at=at)
+        at = max(utc(at), self.latest_event_at)
         self.trigger_event(self.ContentErased, occurred_at=at, erasure_id=erasure_id)
 
     def end(self, *, at: datetime, reason: str = "ended") -> None:

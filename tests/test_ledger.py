@@ -323,3 +323,18 @@ def test_cache_size_zero_turns_the_aggregate_cache_off(sqlite_url: str) -> None:
         assert not ledger.repository.cache
     with ChatLedger.open(sqlite_url, cache_size=10) as ledger:
         assert ledger.repository.cache is not None and ledger.repository.cache.maxsize == 10  # type: ignore[attr-defined]
+
+
+def test_no_event_may_be_stamped_before_the_sessions_last_event(ledger: ChatLedger, clock: ManualClock) -> None:
+    """A login is not activity, but it is an event: a message stamped before it
+    would vanish from point-in-time reads, so it is refused (nothing appended)."""
+    t0 = clock()
+    turn = ledger.receive("v-1", "hi", at=t0)
+    ledger.link_identity("v-1", "u-1", at=t0 + timedelta(minutes=10))
+    before = log_head(ledger)
+    with pytest.raises(InvalidCommandError, match="earlier than the session's last event"):
+        ledger.receive("v-1", "second", at=t0 + timedelta(minutes=5))
+    assert log_head(ledger) == before
+    ledger.receive("v-1", "third", at=t0 + timedelta(minutes=11))
+    texts = [m.text for m in ledger.session(turn.session_id, as_of=t0 + timedelta(minutes=12)).messages]
+    assert texts == ["hi", "third"]
