@@ -330,7 +330,9 @@ class ChatLedger(Application[UUID]):
         stamped at the moment it expired, and a new session starts, linked to it
         and marked as a returning visit. A retry with a ``client_message_id``
         that is already recorded appends nothing and returns the same turn
-        (``turn.duplicate`` is then True).
+        (``turn.duplicate`` is then True). Retries are recognised within the
+        visitor's current session and the one before it (a webhook's retry
+        window); a redelivery after two further sessions is recorded anew.
         """
         ctx = context if isinstance(context, SessionContext) or context is None else (
             _validated(SessionContext, context)
