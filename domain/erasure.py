@@ -12,6 +12,18 @@ from .model import Immutable
 ERASED_TEXT = "[erased]"
 """What an erased message text reads as, in replay, exports and read models."""
 
+ERASED_METADATA = {"$erased": True}
+"""What erased (non-empty) message or client metadata reads as."""
+
+ERASED_VALUES = {
+    "text": ERASED_TEXT,
+    "metadata": ERASED_METADATA,
+    "context": {"client_metadata": ERASED_METADATA},
+    "value": None,
+}
+"""What a personal field reads as once erased, by field name: the decoder's
+markers for destroyed keys and ``Session.ContentErased`` use these same values."""
+
 
 class ErasureReceipt(Immutable):
     """Proof of one erasure by crypto-shredding.

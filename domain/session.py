@@ -13,7 +13,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, Field, JsonValue
 
-from .erasure import ERASED_TEXT
+from .erasure import ERASED_METADATA, ERASED_VALUES
 from .errors import (
     InvalidCommandError,
     SessionClosedError,
@@ -261,15 +261,19 @@ class Session(Aggregate):
         def apply(self, s: Session) -> None:
             s.messages = [
                 m.model_copy(
-                    update={"text": ERASED_TEXT, "metadata": {"$erased": True} if m.metadata else {}}
+                    update={
+                        "text": ERASED_VALUES["text"],
+                        "metadata": dict(ERASED_METADATA) if m.metadata else {},
+                    }
                 )
                 for m in s.messages
             ]
-            s.slots = {k: v.model_copy(update={"value": None}) for k, v in s.slots.items()}
+            erased_value = ERASED_VALUES["value"]
+            s.slots = {k: v.model_copy(update={"value": erased_value}) for k, v in s.slots.items()}
             s.carried_slots = {
-                k: v.model_copy(update={"value": None}) for k, v in s.carried_slots.items()
+                k: v.model_copy(update={"value": erased_value}) for k, v in s.carried_slots.items()
             }
-            s.context = SessionContext(client_metadata={"$erased": True})
+            s.context = SessionContext.model_validate(ERASED_VALUES["context"])
 
     if TYPE_CHECKING:  # attributes set by the events above (not dataclass fields)
         visitor_id: str

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
-from chatledger.domain.erasure import ERASED_TEXT
+from chatledger.domain.erasure import ERASED_VALUES
 from chatledger.domain.model import DomainEvent
 from chatledger.domain.session import Session
 from cryptography.exceptions import InvalidTag
@@ -40,14 +40,6 @@ from eventsourcing.utils import get_topic, resolve_topic
 
 from .persistence import PydanticMapper
 from .recorders import KeyRow, PostgresLedgerRecorder, SQLiteLedgerRecorder
-
-ERASED_VALUES: dict[str, Any] = {
-    "text": ERASED_TEXT,
-    "metadata": {"$erased": True},
-    "context": {"client_metadata": {"$erased": True}},
-    "value": None,
-}
-"""What a personal field reads as once its key is destroyed, by field name."""
 
 PERSONAL_FIELDS: dict[type[DomainEvent], tuple[str, ...]] = {
     Session.Started: ("context", "carried_slots.*.value"),

@@ -16,9 +16,9 @@ from chatledger import (
     SessionPolicy,
     UnknownSubjectError,
 )
+from chatledger.domain.erasure import ERASED_TEXT
 from chatledger.domain.visitor import Visitor, visitor_aggregate_id
 from chatledger.infrastructure.cli import app
-from chatledger.infrastructure.shredding import ERASED_TEXT
 from typer.testing import CliRunner
 
 from .audit_helpers import RawDB
