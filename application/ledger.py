@@ -20,7 +20,7 @@ from copy import deepcopy
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from chatledger.domain.erasure import ErasureReceipt
 from chatledger.domain.errors import (
@@ -29,6 +29,7 @@ from chatledger.domain.errors import (
     SessionOwnershipError,
     UnknownSessionError,
 )
+from chatledger.domain.ids import uuid7
 from chatledger.domain.model import Aggregate, DomainEvent, utc
 from chatledger.domain.policy import AppliedPolicy, SessionPolicy
 from chatledger.domain.session import Message, Session, SessionContext, SlotScope
@@ -394,7 +395,7 @@ class ChatLedger(Application[UUID]):
             visitor = Visitor.register(visitor_id, at=now)
         previous = current if current is not None and current.visitor_id == visitor_id else None
         session = Session.start(
-            session_id=uuid4(),
+            session_id=uuid7(now),
             visitor_id=visitor_id,
             at=now,
             policy=AppliedPolicy.of(self.policy),

@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 from chatledger import ChatLedger, SessionPolicy
+from chatledger.domain.ids import uuid7
 from chatledger.domain.policy import AppliedPolicy
 from chatledger.domain.session import Session
 from chatledger.domain.visitor import Visitor
@@ -53,7 +54,7 @@ def generate(ledger: ChatLedger, events: int, seed: int = 7) -> int:
         previous: Session | None = None
         for k in range(rng.choice((1, 1, 2, 3))):
             session = Session.start(
-                session_id=uuid4(),
+                session_id=uuid7(at),
                 visitor_id=visitor.visitor_id,
                 at=at,
                 policy=policy,

@@ -34,9 +34,9 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from uuid import uuid4
 
 from chatledger import ChatLedger, SessionPolicy
+from chatledger.domain.ids import uuid7
 from chatledger.domain.policy import AppliedPolicy
 from chatledger.domain.session import Session
 from chatledger.projections.active_sessions import active_sessions
@@ -69,7 +69,7 @@ def seed(ledger: ChatLedger, first: int, count: int, batch: int) -> float:
         sessions = []
         for i in range(start, min(first + count, start + batch)):
             at = T0 + timedelta(milliseconds=i)
-            session = Session.start(session_id=uuid4(), visitor_id=f"b-{i}", at=at, policy=policy)
+            session = Session.start(session_id=uuid7(at), visitor_id=f"b-{i}", at=at, policy=policy)
             session.receive("hello, I have a question about my order", at=at)
             sessions.append(session)
         ledger.save(*sessions)

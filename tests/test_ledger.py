@@ -18,6 +18,7 @@ from chatledger import (
     TaskStateError,
     UnknownSessionError,
 )
+from chatledger.domain.ids import uuid7_time_ms
 
 from .helpers import event_names, log_head
 
@@ -26,7 +27,9 @@ def test_first_message_starts_a_session(ledger: ChatLedger, clock: ManualClock) 
     turn = ledger.receive("v-1", "hi", channel="whatsapp", context={"locale": "pt-PT"})
     assert turn.is_new_session and not turn.is_returning
     assert turn.previous_session_id is None and turn.away_for is None
-    assert turn.session_id.version == 4  # unguessable UUID4
+    # UUIDv7: starts with the session's start millisecond, then 74 random bits
+    assert turn.session_id.version == 7
+    assert uuid7_time_ms(turn.session_id) == int(clock().timestamp() * 1000)
     state = ledger.session(turn.session_id)
     assert state.status == "active"
     assert state.channel == "whatsapp" and state.context.locale == "pt-PT"
