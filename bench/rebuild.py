@@ -21,11 +21,13 @@ and prints events/s and the ratio of each rebuild to the raw read.
 from __future__ import annotations
 
 import argparse
+import heapq
 import os
 import random
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -37,20 +39,38 @@ from chatledger.domain.visitor import Visitor
 
 POSTGRES_URL = os.environ.get("CHATLEDGER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
+WINDOW = 200
 
 
 def generate(ledger: ChatLedger, events: int, seed: int = 7) -> int:
-    """Append about ``events`` events; return how many were appended."""
+    """Append about ``events`` events in time order; return how many were appended.
+
+    A discrete-event simulation, as production would write the log: visitors
+    arrive spread over 28 days, each runs its conversations turn by turn
+    (coming back hours later for further sessions), and every action happens
+    at its business time, so log position and time increase together and many
+    visitors' conversations interleave. Timeouts are recorded when detected
+    (by a sweep a few minutes after the deadline). Actions are saved in windows
+    of about ``WINDOW`` events, many aggregates per transaction; within a
+    window the events of one aggregate are adjacent.
+    """
     rng = random.Random(seed)
     policy = AppliedPolicy.of(SessionPolicy())
-    pending: list[object] = []
+    window: dict[int, object] = {}
+    queue: list[tuple[datetime, int, Iterator[datetime]]] = []
     written = 0
-    n = 0
-    while written < events:
-        n += 1
-        at = T0 + timedelta(minutes=rng.randrange(0, 60 * 24 * 28))
+    pending = 0
+    seq = 0
+
+    def touch(*aggregates: object) -> None:
+        nonlocal pending
+        for aggregate in aggregates:
+            window.setdefault(id(aggregate), aggregate)
+        pending += len(aggregates)
+
+    def visitor_script(n: int, at: datetime) -> Iterator[datetime]:
         visitor = Visitor.register(f"visitor-{n}", at=at)
-        pending.append(visitor)  # saved before its sessions, as ChatLedger.receive does
+        touch(visitor)  # saved before its sessions, as ChatLedger.receive does
         previous: Session | None = None
         for k in range(rng.choice((1, 1, 2, 3))):
             session = Session.start(
@@ -64,34 +84,70 @@ def generate(ledger: ChatLedger, events: int, seed: int = 7) -> int:
             )
             visitor.open_session(session.id, at=at)
             session.receive("hello, I have a question", at=at)
+            touch(visitor, session)
             for turn in range(rng.randrange(1, 6)):
                 at += timedelta(seconds=rng.randrange(1, 90))
+                yield at
                 session.send(f"bot answer {turn}", at=at)
+                touch(session)
                 at += timedelta(seconds=rng.randrange(2, 300))
+                yield at
                 session.receive(f"user message {turn}", at=at)
+                touch(session)
             if rng.random() < 0.4:
                 session.set_slot("name", f"Name {n}", at=at, scope="user")
+                touch(session)
             if rng.random() < 0.3:
                 session.start_task("refund", at=at)
+                touch(session)
                 if rng.random() < 0.6:
-                    session.complete_task("refund", at=at + timedelta(seconds=30))
                     at += timedelta(seconds=30)
+                    yield at
+                    session.complete_task("refund", at=at)
+                    touch(session)
             if rng.random() < 0.2:
-                session.end(at=at + timedelta(seconds=5))
+                at += timedelta(seconds=5)
+                yield at
+                session.end(at=at)
             else:
-                session.time_out(detected_at=at + timedelta(hours=3))
+                # Detected by a sweep a few minutes after the deadline.
+                at = session.expiry()[0] + timedelta(seconds=rng.randrange(1, 300))
+                yield at
+                session.time_out(detected_at=at)
+            touch(session)
             if k == 0 and rng.random() < 0.3:
                 visitor.link_identity(f"user-{n % 5000}", at=at)
-            pending.append(session)
-            written += len(session.pending_events)
+                touch(visitor)
             previous = session
             at += timedelta(hours=rng.randrange(1, 72))
-        written += len(visitor.pending_events)
-        if len(pending) >= 400:
-            ledger.save(*pending)  # type: ignore[arg-type]
-            pending.clear()
-    if pending:
-        ledger.save(*pending)  # type: ignore[arg-type]
+            yield at
+
+    # About 20 events per visitor: arrivals spread evenly (with jitter) over 28 days.
+    gap = timedelta(days=28) / max(events / 20, 1)
+    arrival, n = T0, 0
+    while written + pending < events:
+        # Start every visitor who arrived before the next scheduled action.
+        while not queue or arrival <= queue[0][0]:
+            n += 1
+            script = visitor_script(n, arrival)
+            seq += 1
+            heapq.heappush(queue, (next(script, arrival), seq, script))
+            arrival += gap * rng.uniform(0.2, 1.8)
+        at, _, script = heapq.heappop(queue)
+        step = next(script, None)
+        if step is not None:
+            seq += 1
+            heapq.heappush(queue, (step, seq, script))
+        if pending >= WINDOW:
+            aggregates = list(window.values())
+            written += sum(len(a.pending_events) for a in aggregates)  # type: ignore[attr-defined]
+            ledger.save(*aggregates)  # type: ignore[arg-type]
+            window.clear()
+            pending = 0
+    if window:
+        aggregates = list(window.values())
+        written += sum(len(a.pending_events) for a in aggregates)  # type: ignore[attr-defined]
+        ledger.save(*aggregates)  # type: ignore[arg-type]
     return written
 
 
