@@ -133,7 +133,7 @@ def generate(ledger: ChatLedger, events: int, seed: int = 7) -> int:
             seq += 1
             heapq.heappush(queue, (next(script, arrival), seq, script))
             arrival += gap * rng.uniform(0.2, 1.8)
-        at, _, script = heapq.heappop(queue)
+        _, _, script = heapq.heappop(queue)
         step = next(script, None)
         if step is not None:
             seq += 1
