@@ -233,6 +233,7 @@ class ActiveSessions(ReadModel):
 
     name = "active_sessions"
     metadata = metadata
+    personal_fields = ()  # times, versions, policies, task names only
     lookup_chunk = 500
 
     def __init__(self, view: Any) -> None:
@@ -243,6 +244,11 @@ class ActiveSessions(ReadModel):
         """Buffer session events; the batch is folded and written in :meth:`flush`."""
         if isinstance(domain_event, Session.Event):
             self._events.append(domain_event)
+
+    def process_batch(self, application_name: str, items: Sequence[tuple[int, Any]]) -> None:
+        if type(self).process_event is not ActiveSessions.process_event:  # a subclass's own
+            return super().process_batch(application_name, items)
+        self._events.extend(e for _, e in items if isinstance(e, Session.Event))
 
     def flush(self) -> None:
         events, self._events = self._events, []

@@ -85,6 +85,7 @@ class SessionAnalytics(ReadModel):
 
     name = "analytics"
     metadata = Base.metadata
+    personal_fields = ()  # times, counts, roles, ids: never message texts or slot values
 
     def __init__(self, view: Any) -> None:
         super().__init__(view)
@@ -108,6 +109,15 @@ class SessionAnalytics(ReadModel):
         handler = _HANDLERS.get(type(domain_event))
         if handler is not None:
             handler(self, domain_event)
+
+    def process_batch(self, application_name: str, items: Sequence[tuple[int, Any]]) -> None:
+        if type(self).process_event is not SessionAnalytics.process_event:  # a subclass's own
+            return super().process_batch(application_name, items)
+        handlers = _HANDLERS
+        for _, event in items:
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(self, event)
 
     def _session(self, e: Any) -> dict[str, Any] | None:
         sid = str(e.originator_id)

@@ -12,6 +12,7 @@ needed).
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,7 @@ from uuid import UUID
 from eventsourcing.persistence import ApplicationRecorder, Mapper, Tracking, TrackingRecorder
 from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteApplicationRecorder
+from eventsourcing.utils import get_topic
 from sqlalchemy import (
     Column,
     Connection,
@@ -233,9 +235,24 @@ class ReadModel(Projection[SQLView]):
     updates): a rebuild drops them and builds them once at the end, instead
     of inserting a million random keys into them one batch at a time."""
 
+    personal_fields: ClassVar[tuple[type, ...] | None] = None
+    """Event classes whose personal (encrypted) fields this read model reads;
+    ``None``: any. Events of other classes may reach it *sealed*: decoded
+    without opening their envelopes, each personal field replaced by a
+    placeholder (``ShreddingMapper.to_sealed_event``), which skips the
+    decryption a message costs. Declare ``()`` only if no handler reads a
+    personal field (see ``infrastructure/shredding.py``, ``PERSONAL_FIELDS``)."""
+
     @singledispatchmethod
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         """Events a read model does not handle are skipped (but still tracked)."""
+
+    def process_batch(self, application_name: str, items: Sequence[tuple[int, Any]]) -> None:
+        """Apply ``(notification id, event)`` pairs in log order. The default
+        calls :meth:`process_event` with a ``Tracking`` per event; read models
+        that do not need one override this."""
+        for notification_id, event in items:
+            self.process_event(event, Tracking(application_name, notification_id))
 
     def prepare(self, events: Sequence[Any]) -> None:
         """Called with a batch's events before they are processed, inside its
@@ -344,10 +361,25 @@ class Projector:
         """
         head = self.head()
         positions = {p.name: p.view.max_tracking_id(self.application_name) or 0 for p in projections}
-        starts = dict(positions)
-        applied = 0
         # A long catch-up (a rebuild, or a runner far behind) writes in bulk mode.
         bulk = head - min(positions.values(), default=head) > 4 * batch_size
+        if not bulk:
+            return self._catch_up(projections, batch_size, progress, head, positions, bulk=False)
+        with _no_cyclic_gc():
+            return self._catch_up(projections, batch_size, progress, head, positions, bulk=True)
+
+    def _catch_up(
+        self,
+        projections: Sequence[ReadModel],
+        batch_size: int,
+        progress: Progress | None,
+        head: int,
+        positions: dict[str, int],
+        *,
+        bulk: bool,
+    ) -> int:
+        starts = dict(positions)
+        applied = 0
         analyze_at = {p.name: max(batch_size, 5000) for p in projections}
         while True:
             behind = [p for p in projections if positions[p.name] < head]
@@ -360,12 +392,12 @@ class Projector:
                 break
             last = batch[-1].id
             events = self._decode(batch, group)
-            everything = list(zip(batch, events))
+            everything = [(n.id, n.topic, e) for n, e in zip(batch, events)]
             for projection in group:
                 view = projection.view
                 wanted = _topic_set(projection)
-                handled = everything if wanted is None else [
-                    pair for pair in everything if pair[0].topic in wanted
+                handled = [
+                    (i, e) for i, topic, e in everything if wanted is None or topic in wanted
                 ]
                 projection.discard()
                 try:
@@ -374,10 +406,7 @@ class Projector:
                         # the compare-and-set and skips to the winner's position.
                         view.advance_tracking(self.application_name, low, last)
                         projection.prepare([e for _, e in handled])
-                        for notification, event in handled:
-                            projection.process_event(
-                                event, Tracking(self.application_name, notification.id)
-                            )
+                        projection.process_batch(self.application_name, handled)
                         projection.flush()
                 except TrackingConflict:
                     # Another runner applied these events; continue from its position.
@@ -419,7 +448,27 @@ class Projector:
         sets = [_topic_set(p) for p in group]
         wanted = None if None in sets else set().union(*sets)  # type: ignore[arg-type]
         decode = self.mapper.to_domain_event
-        return [decode(n) if wanted is None or n.topic in wanted else None for n in batch]
+        sealed = getattr(self.mapper, "to_sealed_event", None)
+        personal = [_personal_set(p) for p in group]
+        if sealed is None or None in personal:
+            prefetch = getattr(self.mapper, "prefetch_keys", None)
+            if prefetch is not None:
+                prefetch(batch)
+            return [decode(n) if wanted is None or n.topic in wanted else None for n in batch]
+        # Open envelopes only of the events some read model of the group reads
+        # personal fields of; every read model gets the same event objects.
+        opened = frozenset().union(*personal)  # type: ignore[arg-type]
+        prefetch = getattr(self.mapper, "prefetch_keys", None)
+        if prefetch is not None and opened:
+            prefetch([n for n in batch if n.topic in opened])
+        return [
+            None
+            if wanted is not None and n.topic not in wanted
+            else decode(n)
+            if n.topic in opened
+            else sealed(n)
+            for n in batch
+        ]
 
     # ---- in-process background runner --------------------------------------
 
@@ -452,10 +501,37 @@ class Projector:
             time.sleep(0.05)
 
 
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector during a bulk catch-up.
+
+    Each batch allocates tens of thousands of containers (records, events,
+    row dicts) that live until the batch is written, so they survive young
+    collections and keep triggering full ones, which walk every object of the
+    process: ~15 % of a rebuild. Reference counting still frees everything the
+    projector drops (it makes no cycles); collection resumes, with one young
+    pass, at the end."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect(1)
+
+
 def _topic_set(projection: ReadModel) -> frozenset[str] | None:
     """The topics ``projection`` handles, or ``None`` for all of them."""
     topics = projection.topics
     return frozenset(topics) if topics else None
+
+
+def _personal_set(projection: ReadModel) -> frozenset[str] | None:
+    """Topics whose personal fields ``projection`` reads, or ``None`` for all."""
+    classes = projection.personal_fields
+    return None if classes is None else frozenset(get_topic(c) for c in classes)
 
 
 class _Record:
@@ -487,6 +563,11 @@ class _Record:
     @property
     def originator_id(self) -> UUID | str:
         return self._convert(self._originator_id)
+
+    @property
+    def raw_originator_id(self) -> str:
+        """The id as stored (hex); the shredding mapper builds its associated data from it."""
+        return self._originator_id
 
 
 def _read_sqlite(recorder: SQLiteApplicationRecorder, position: int, limit: int, stop: int) -> list[_Record]:

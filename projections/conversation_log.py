@@ -101,6 +101,7 @@ class ConversationLog(ReadModel):
 
     name = "conversation_log"
     metadata = Base.metadata
+    personal_fields = (Session.MessageReceived, Session.MessageSent)  # texts
     # The link UPDATEs need the visitor indexes; these serve reads only.
     deferred_indexes = (
         "ix_conversation_messages_user_at",
@@ -152,9 +153,18 @@ class ConversationLog(ReadModel):
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:  # type: ignore[override]
         handler = self._handlers.get(type(domain_event))
         if handler is not None:
-            handler(self, domain_event, tracking)
+            handler(self, domain_event, tracking.notification_id)
 
-    def _started(self, e: Session.Started, tracking: Tracking) -> None:
+    def process_batch(self, application_name: str, items: Sequence[tuple[int, Any]]) -> None:
+        if type(self).process_event is not ConversationLog.process_event:  # a subclass's own
+            return super().process_batch(application_name, items)
+        handlers = self._handlers
+        for notification_id, event in items:
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(self, event, notification_id)
+
+    def _started(self, e: Session.Started, notification_id: int) -> None:
         # ``user_id`` is the visitor's link when the session started.
         self.sessions.add(
             {
@@ -167,7 +177,7 @@ class ConversationLog(ReadModel):
             }
         )
 
-    def _message(self, e: Session.MessageRecorded, tracking: Tracking) -> None:
+    def _message(self, e: Session.MessageRecorded, notification_id: int) -> None:
         sid = str(e.originator_id)
         session = self.sessions.cached(sid) or self.sessions.get(self.view.conn, sid)
         if session is None:  # pragma: no cover - a message always follows its Started
@@ -184,25 +194,25 @@ class ConversationLog(ReadModel):
             "role": e.role,
             "text": e.text,
             "at": e.occurred_at,
-            "notification_id": tracking.notification_id,
+            "notification_id": notification_id,
         }
         self.pending.append(row)
         if row["user_id"] is None:  # only anonymous rows can be attributed later
             self.pending_by_visitor.setdefault(row["visitor_id"], []).append(row)
 
-    def _session_linked(self, e: Session.IdentityLinked, tracking: Tracking) -> None:
+    def _session_linked(self, e: Session.IdentityLinked, notification_id: int) -> None:
         sid = str(e.originator_id)
         session = self.sessions.get(self.view.conn, sid)
         if session is not None and session["user_id"] is None:
             session["user_id"] = e.user_id
             self.sessions.changed(sid)
 
-    def _visitor_registered(self, e: Visitor.Registered, tracking: Tracking) -> None:
+    def _visitor_registered(self, e: Visitor.Registered, notification_id: int) -> None:
         self.visitors.add(
             {"visitor_uuid": str(e.originator_id), "visitor_id": e.visitor_id, "user_id": None}
         )
 
-    def _visitor_linked(self, e: Visitor.IdentityLinked, tracking: Tracking) -> None:
+    def _visitor_linked(self, e: Visitor.IdentityLinked, notification_id: int) -> None:
         """Attribute the visitor's earlier (anonymous) sessions and messages to the user.
 
         Rows of this batch are fixed in memory; rows already in the database
@@ -222,7 +232,7 @@ class ConversationLog(ReadModel):
             if row["user_id"] is None:
                 row["user_id"] = e.user_id
 
-    def _data_erased(self, e: Visitor.DataErased, tracking: Tracking) -> None:
+    def _data_erased(self, e: Visitor.DataErased, notification_id: int) -> None:
         """Blank the texts of the erased sessions (a rebuild decodes them as erased too)."""
         sessions = {str(s) for s in e.receipt.session_ids}
         for row in self.pending:

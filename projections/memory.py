@@ -97,6 +97,8 @@ class UserMemory(ReadModel):
 
     name = "memory"
     metadata = Base.metadata
+    # Slot values (carried or set); message events only mark activity.
+    personal_fields = (Session.Started, Session.SlotSet)
 
     def __init__(self, view: Any) -> None:
         super().__init__(view)
@@ -152,6 +154,15 @@ class UserMemory(ReadModel):
         handler = _HANDLERS.get(type(domain_event))
         if handler is not None:
             handler(self, domain_event)
+
+    def process_batch(self, application_name: str, items: Sequence[tuple[int, Any]]) -> None:
+        if type(self).process_event is not UserMemory.process_event:  # a subclass's own
+            return super().process_batch(application_name, items)
+        handlers = _HANDLERS
+        for _, event in items:
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(self, event)
 
     # ---- lookups --------------------------------------------------------
 

@@ -261,3 +261,90 @@ def test_erasure_reaches_the_cache_of_another_process_and_is_never_undone(sqlite
         for path in Path(sqlite_url.removeprefix("sqlite:///")).parent.glob("chat.db*")
     )
     assert b"123-45-6789" not in raw
+
+
+def _read_model_text(ledger: ChatLedger) -> str:
+    from .test_projections import dump
+
+    return json.dumps(dump(ledger), default=str)
+
+
+def test_read_models_that_skip_decryption_store_the_same_rows_and_never_a_placeholder(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """analytics and active_sessions get events with their envelopes left closed
+    (``personal_fields = ()``); forcing full decryption gives the same rows, and
+    no read model ever stores a sealed placeholder."""
+    from chatledger.infrastructure.shredding import SEALED_TEXT
+    from chatledger.projections import DEFAULT_READ_MODELS
+
+    from .test_projections import dump
+
+    ledger = world.ledger
+    ledger.projector.catch_up()
+    sealed_calls: list[str] = []
+    to_sealed = ledger.mapper.to_sealed_event  # type: ignore[attr-defined]
+    monkeypatch.setattr(
+        ledger.mapper, "to_sealed_event", lambda s: sealed_calls.append(s.topic) or to_sealed(s)
+    )
+    skipping = [cls for cls in DEFAULT_READ_MODELS if cls.personal_fields == ()]
+    assert {cls.name for cls in skipping} >= {"analytics", "active_sessions"}
+    for cls in skipping:
+        ledger.projector.rebuild(cls.name)
+    assert any("Message" in t for t in sealed_calls)  # messages reached them sealed
+    sealed_rows = dump(ledger)
+
+    for cls in skipping:
+        monkeypatch.setattr(cls, "personal_fields", None)  # decrypt everything
+    sealed_calls.clear()
+    for cls in skipping:
+        ledger.projector.rebuild(cls.name)
+    assert sealed_calls == []
+    assert dump(ledger) == sealed_rows
+    monkeypatch.undo()
+
+    ledger.projector.rebuild_many()  # shared batches: decrypted events serve everyone
+    assert dump(ledger) == sealed_rows
+    for name in ledger.projector.projections:  # and one at a time
+        ledger.projector.rebuild(name)
+        assert dump(ledger) == sealed_rows
+    assert [m.text for m in ledger.transcript(user_id="user-b").messages] == world.b_texts
+    text = _read_model_text(ledger)
+    assert SEALED_TEXT not in text and "$sealed" not in text
+
+
+def test_a_sealed_event_equals_the_decoded_one_except_its_personal_fields(world: World) -> None:
+    from chatledger.infrastructure.shredding import SEALED_VALUES
+
+    ledger = world.ledger
+    mapper = ledger.mapper
+    records = ledger.recorder.select_notifications(0, 1000)
+    personal = {"text", "metadata", "context", "value", "carried_slots"}
+    seen = set()
+    for record in records:
+        opened = mapper.to_domain_event(record)
+        sealed = mapper.to_sealed_event(record)  # type: ignore[attr-defined]
+        assert type(sealed) is type(opened)
+        a, b = opened.model_dump(), sealed.model_dump()
+        assert {k: v for k, v in a.items() if k not in personal} == {
+            k: v for k, v in b.items() if k not in personal
+        }
+        for field_name in ("text", "metadata", "value"):
+            if field_name in b and b[field_name] != a[field_name]:
+                assert b[field_name] == SEALED_VALUES[field_name]
+                seen.add(field_name)
+    assert {"text", "metadata", "value"} <= seen
+
+
+def test_a_rebuild_in_a_fresh_process_after_erasure_shows_markers_not_content(world: World) -> None:
+    """Keys are prefetched per batch in one query; destroyed ones read as erased."""
+    world.ledger.erase(user_id="user-a")
+    with ChatLedger.open(world.url, policy=POLICY) as fresh:
+        fresh.projector.rebuild_many()
+        assert {m.text for m in fresh.transcript(user_id="user-a").messages} == {ERASED_TEXT}
+        assert [m.text for m in fresh.transcript(user_id="user-b").messages] == world.b_texts
+        assert fresh.memory(user_id="user-a").preferences.get("name") is None
+        assert fresh.memory(user_id="user-b").known
+        text = _read_model_text(fresh)
+        assert not any(t in text for t in world.a_texts)
+        assert "alpha-secret-name-Anna" not in text
