@@ -69,26 +69,45 @@ def status(database: DatabaseOption = None) -> None:
 
 @projections_app.command("rebuild")
 def rebuild(
-    name: Annotated[str, typer.Argument(help="Projection to drop and replay (see status).")],
+    names: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Argument(help="Projections to drop and replay together (see status).", show_default=False),
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Rebuild every projection.")] = False,
     database: DatabaseOption = None,
     batch_size: BatchOption = 5000,
 ) -> None:
-    """Drop one projection and replay it from the first event (progress and events/s)."""
+    """Drop projections and replay them from the first event (progress and events/s).
+
+    Several names (or ``--all``) are rebuilt in one pass over the log: each
+    batch is read and decoded once and applied to each of them.
+    """
     with _open(database) as ledger:
-        if name not in ledger.projector.projections:
-            known = ", ".join(ledger.projector.projections)
-            raise InvalidCommandError(f"No projection named {name!r}; choose one of: {known}.")
+        known = list(ledger.projector.projections)
+        if all_ and names:
+            raise InvalidCommandError("Give projection names or --all, not both.")
+        chosen = known if all_ else list(dict.fromkeys(names or ()))
+        if not chosen:
+            raise InvalidCommandError(f"Name the projections to rebuild (or --all): {', '.join(known)}.")
+        for name in chosen:
+            if name not in known:
+                raise InvalidCommandError(f"No projection named {name!r}; choose one of: {', '.join(known)}.")
+        label = f"rebuild {', '.join(chosen)}"
         started = time.perf_counter()
-        with _progress_bar(f"rebuild {name}") as bar:
-            task = bar.add_task(f"rebuild {name}", total=None, rate=0.0)
+        with _progress_bar(label) as bar:
+            task = bar.add_task(label, total=None, rate=0.0)
 
             def progress(done: int, total: int) -> None:
                 elapsed = max(time.perf_counter() - started, 1e-9)
                 bar.update(task, completed=done, total=total, rate=done / elapsed)
 
-            applied = ledger.projector.rebuild(name, batch_size=batch_size, progress=progress)
+            applied = ledger.projector.rebuild_many(chosen, batch_size=batch_size, progress=progress)
         elapsed = time.perf_counter() - started
-    console.print(f"rebuilt {name}: {applied:,} events in {elapsed:.1f} s ({applied / max(elapsed, 1e-9):,.0f} events/s)")
+    events = applied // len(chosen)  # each log event is applied to each projection
+    console.print(
+        f"rebuilt {', '.join(chosen)}: {events:,} events in {elapsed:.1f} s "
+        f"({events / max(elapsed, 1e-9):,.0f} events/s)"
+    )
 
 
 @projections_app.command("catch-up")

@@ -49,6 +49,49 @@ def test_status_rebuild_and_errors(sqlite_url: str, ledger: ChatLedger) -> None:
     assert result.exit_code != 0 and "No projection named 'nope'" in str(result.exception)
 
 
+def test_rebuild_several_or_all_in_one_pass(sqlite_url: str, ledger: ChatLedger) -> None:
+    history(ledger)
+    head = ledger.projector.head()
+    url = ledger.settings.database_url
+    ledger.catch_up()
+    before = dump(ledger)
+    calls: list[list[str]] = []
+    original = ledger.projector.rebuild_many
+
+    result = runner.invoke(
+        app, ["projections", "rebuild", "memory", "analytics", "-d", url, "--batch-size", "7"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"rebuilt memory, analytics: {head:,} events" in result.output
+
+    with ChatLedger.open(url) as other:
+        assert dump(other) == before  # dropped and replayed: the same rows
+
+    # --all rebuilds every projection through one rebuild_many call.
+    from chatledger.projections import base
+
+    def spy(self: Any, names: Any = None, **kwargs: Any) -> int:
+        calls.append(list(names))
+        return original.__func__(self, names, **kwargs)  # type: ignore[attr-defined]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(base.Projector, "rebuild_many", spy)
+        result = runner.invoke(app, ["projections", "rebuild", "--all", "-d", url])
+    assert result.exit_code == 0, result.output
+    assert calls == [list(ledger.projector.projections)]
+    assert f"{head:,} events" in result.output
+    with ChatLedger.open(url) as other:
+        assert dump(other) == before
+        assert all(other.projector.position(n) == head for n in other.projector.projections)
+
+    result = runner.invoke(app, ["projections", "rebuild", "memory", "nope", "-d", url])
+    assert result.exit_code != 0 and "No projection named 'nope'" in str(result.exception)
+    result = runner.invoke(app, ["projections", "rebuild", "-d", url])
+    assert result.exit_code != 0 and "--all" in str(result.exception)
+    result = runner.invoke(app, ["projections", "rebuild", "memory", "--all", "-d", url])
+    assert result.exit_code != 0 and "not both" in str(result.exception)
+
+
 def test_exports_jsonl_and_csv(ledger: ChatLedger, tmp_path: Path) -> None:
     history(ledger)
     url = ledger.settings.database_url
