@@ -27,6 +27,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         def process(value: Any) -> str | None:
             if value is None:
                 return None
+            offset = value.utcoffset()
+            if offset is not None and not offset:
+                # Already UTC (every event time is): drop the "+00:00".
+                return str(value.isoformat(" ", "microseconds")[:26])
             return str(value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds"))
 
         return process
