@@ -750,13 +750,19 @@ class RowBuffer:
 
 
 def batch_ids(events: Sequence[Any], started: type, registered: type) -> tuple[list[str], list[str]]:
-    """Session and visitor aggregate ids a batch touches but did not create."""
+    """Session and visitor aggregate ids a batch touches but did not create
+    (each once: a batch has several events per aggregate)."""
     new = {e.originator_id for e in events if isinstance(e, (started, registered))}
-    sessions: list[str] = []
-    visitors: list[str] = []
+    sessions: dict[Any, None] = {}
+    visitors: dict[Any, None] = {}
+    kinds: dict[type, dict[Any, None]] = {}
     for e in events:
         oid = e.originator_id
         if oid in new:
             continue
-        (visitors if type(e).__qualname__.startswith("Visitor.") else sessions).append(str(oid))
-    return sessions, visitors
+        cls = type(e)
+        ids = kinds.get(cls)
+        if ids is None:
+            ids = kinds[cls] = visitors if cls.__qualname__.startswith("Visitor.") else sessions
+        ids[oid] = None
+    return [str(oid) for oid in sessions], [str(oid) for oid in visitors]
