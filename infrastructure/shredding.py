@@ -478,4 +478,7 @@ def _aad_id(stored_event: StoredEvent) -> str:
     raw = getattr(stored_event, "raw_originator_id", None)
     if type(raw) is str and _HEX32.fullmatch(raw):
         return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
-    return str(UUID(str(stored_event.originator_id)))
+    originator_id = stored_event.originator_id
+    if type(originator_id) is UUID:  # PostgreSQL records
+        return str(originator_id)
+    return str(UUID(str(originator_id)))
