@@ -5,8 +5,13 @@
 
 Generates a realistic history (visitors with several sessions, bot replies,
 user-scoped slots, tasks, timeouts, explicit ends, identity links) straight
-from the domain aggregates with explicit times, saved many aggregates per
-transaction; then, in the same run, times
+from the domain aggregates with explicit times. It is written as production
+writes it: a discrete-event simulation over 28 days in which visitors'
+conversations interleave and each action is appended at its business time, so
+log position and time increase together (session ids are UUIDv7 of their start
+time, so tables keyed by session id get near-sequential inserts, as in
+production). Actions are saved in windows of about 200 events, many aggregates
+per transaction. Then, in the same run, it times
 
 - ``raw``: ``select_notifications`` over the whole log (records only),
 - ``raw+decode``: the same plus turning each record into its pydantic event,
