@@ -584,32 +584,47 @@ def _read_sqlite(recorder: SQLiteApplicationRecorder, position: int, limit: int,
 _COMPILED: dict[tuple[Any, str, tuple[str, ...]], tuple[str, list[tuple[str, Any]]]] = {}
 
 
-def executemany(conn: Connection, statement: Any, rows: Sequence[dict[str, Any]]) -> None:
+_INSERTS: dict[Table, Any] = {}
+
+
+def executemany(
+    conn: Connection, statement: Any, rows: Sequence[Any], keys: Sequence[str] | None = None
+) -> None:
     """``conn.execute(statement, rows)``, minus SQLAlchemy's per-row work on SQLite.
 
     The statement is compiled once (per dialect and parameter names) and each
     row becomes a tuple through the columns' own bind processors, so the
     values stored are exactly what ``conn.execute`` stores; ``sqlite3`` gets
-    one ``executemany``. Every row must have the keys of the first. Other
-    dialects go through ``conn.execute`` (PostgreSQL batches the rows itself).
+    one ``executemany``. Rows are dicts with the keys of the first, or, with
+    ``keys``, sequences of values in that order (cheaper for a handler to
+    build). Other dialects go through ``conn.execute`` (PostgreSQL batches the
+    rows itself).
     """
     if not rows:
         return
     dialect = conn.dialect
     if dialect.name != "sqlite":
+        if keys is not None:
+            rows = [dict(zip(keys, row)) for row in rows]
         conn.execute(statement, list(rows))
         return
-    keys = tuple(rows[0])
-    cache_key = (statement, dialect.name, keys)
+    names = tuple(keys) if keys is not None else tuple(rows[0])
+    cache_key = (statement, dialect.name, names)
     entry = _COMPILED.get(cache_key)
     if entry is None:
-        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        compiled = statement.compile(dialect=dialect, column_keys=list(names))
         params = []
         for name in compiled.positiontup or ():
             bind_type = compiled.binds[name].type
             params.append((name, bind_type.dialect_impl(dialect).bind_processor(dialect)))
         entry = _COMPILED[cache_key] = (compiled.string, params)
     sql, params = entry
+    if keys is not None:
+        index = {name: i for i, name in enumerate(names)}
+        at = [(index[name], proc) for name, proc in params]
+        data = [tuple([row[i] if proc is None else proc(row[i]) for i, proc in at]) for row in rows]
+        conn.exec_driver_sql(sql, data)
+        return
     plain = [name for name, proc in params if proc is None]
     if len(plain) == len(params):
         data = [tuple([row[name] for name in plain]) for row in rows]
@@ -621,8 +636,11 @@ def executemany(conn: Connection, statement: Any, rows: Sequence[dict[str, Any]]
     conn.exec_driver_sql(sql, data)
 
 
-def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert ``rows`` (each with the keys of the first) into ``table``.
+def insert_rows(
+    conn: Connection, table: Table, rows: Sequence[Any], keys: Sequence[str] | None = None
+) -> None:
+    """Insert ``rows`` (dicts with the keys of the first, or sequences of
+    values in the order of ``keys``) into ``table``.
 
     PostgreSQL: one ``COPY ... FROM STDIN`` (psycopg would otherwise send one
     pipelined INSERT per row); values go through the columns' bind processors
@@ -632,22 +650,28 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
         return
     dialect = conn.dialect
     if dialect.name != "postgresql" or dialect.driver != "psycopg":
-        executemany(conn, table.insert(), rows)
+        # One INSERT object per table: the compiled-statement cache is keyed by it.
+        insert = _INSERTS.get(table)
+        if insert is None:
+            insert = _INSERTS[table] = table.insert()
+        executemany(conn, insert, rows, keys)
         return
     from psycopg import sql
 
-    keys = list(rows[0])
-    procs = [table.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in keys]
+    names = list(keys) if keys is not None else list(rows[0])
+    procs = [table.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in names]
     statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, keys))
+        sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, names))
     )
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         with cursor.copy(statement) as copy:
-            for row in rows:
-                copy.write_row(
-                    [row[k] if p is None else p(row[k]) for k, p in zip(keys, procs)]
-                )
+            if keys is not None:
+                for row in rows:
+                    copy.write_row([v if p is None else p(v) for v, p in zip(row, procs)])
+            else:
+                for row in rows:
+                    copy.write_row([row[k] if p is None else p(row[k]) for k, p in zip(names, procs)])
     finally:
         cursor.close()
 

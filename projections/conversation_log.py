@@ -88,6 +88,13 @@ sessions_table = LoggedSession.__table__
 visitors_table = LoggedVisitor.__table__
 messages_table = LoggedMessage.__table__
 
+_MESSAGE_KEYS = (
+    "session_id", "position", "visitor_id", "user_id", "channel", "role", "text", "at", "notification_id",
+)  # fmt: skip
+_SESSION, _VISITOR, _USER, _TEXT = (
+    _MESSAGE_KEYS.index(k) for k in ("session_id", "visitor_id", "user_id", "text")
+)
+
 _LINK_UPDATES = [
     update(table)
     .where(table.c.visitor_id == bindparam("v"), table.c.user_id.is_(None))
@@ -113,8 +120,8 @@ class ConversationLog(ReadModel):
         super().__init__(view)
         self.sessions = RowBuffer(sessions_table, "session_id")  # type: ignore[arg-type]
         self.visitors = RowBuffer(visitors_table, "visitor_uuid")  # type: ignore[arg-type]
-        self.pending: list[dict[str, Any]] = []
-        self.pending_by_visitor: dict[str, list[dict[str, Any]]] = {}
+        self.pending: list[list[Any]] = []  # message rows, values in _MESSAGE_KEYS order
+        self.pending_by_visitor: dict[str, list[list[Any]]] = {}
         self.links: list[dict[str, str]] = []
         self.erased: set[str] = set()
 
@@ -135,7 +142,7 @@ class ConversationLog(ReadModel):
         conn = self.view.conn
         self.sessions.flush(conn)
         self.visitors.flush(conn)
-        insert_rows(conn, messages_table, self.pending)  # type: ignore[arg-type]
+        insert_rows(conn, messages_table, self.pending, _MESSAGE_KEYS)  # type: ignore[arg-type]
         self.pending.clear()
         self.pending_by_visitor.clear()
         if self.links:
@@ -185,20 +192,20 @@ class ConversationLog(ReadModel):
         position = session["message_count"]
         session["message_count"] = position + 1
         self.sessions.changed(sid)
-        row = {
-            "session_id": sid,
-            "position": position,
-            "visitor_id": session["visitor_id"],
-            "user_id": session["user_id"],
-            "channel": session["channel"],
-            "role": e.role,
-            "text": e.text,
-            "at": e.occurred_at,
-            "notification_id": notification_id,
-        }
+        row = [
+            sid,
+            position,
+            session["visitor_id"],
+            session["user_id"],
+            session["channel"],
+            e.role,
+            e.text,
+            e.occurred_at,
+            notification_id,
+        ]
         self.pending.append(row)
-        if row["user_id"] is None:  # only anonymous rows can be attributed later
-            self.pending_by_visitor.setdefault(row["visitor_id"], []).append(row)
+        if row[_USER] is None:  # only anonymous rows can be attributed later
+            self.pending_by_visitor.setdefault(row[_VISITOR], []).append(row)
 
     def _session_linked(self, e: Session.IdentityLinked, notification_id: int) -> None:
         sid = str(e.originator_id)
@@ -229,15 +236,15 @@ class ConversationLog(ReadModel):
             if session["visitor_id"] == visitor_id and session["user_id"] is None:
                 session["user_id"] = e.user_id
         for row in self.pending_by_visitor.pop(visitor_id, ()):
-            if row["user_id"] is None:
-                row["user_id"] = e.user_id
+            if row[_USER] is None:
+                row[_USER] = e.user_id
 
     def _data_erased(self, e: Visitor.DataErased, notification_id: int) -> None:
         """Blank the texts of the erased sessions (a rebuild decodes them as erased too)."""
         sessions = {str(s) for s in e.receipt.session_ids}
         for row in self.pending:
-            if row["session_id"] in sessions:
-                row["text"] = ERASED_TEXT
+            if row[_SESSION] in sessions:
+                row[_TEXT] = ERASED_TEXT
         self.erased |= sessions
 
     _handlers: ClassVar[dict[type, Any]] = {
