@@ -15,6 +15,7 @@ from pydantic import AwareDatetime, Field, JsonValue
 
 from .erasure import ERASED_METADATA, ERASED_VALUES
 from .errors import (
+    ClientMessageIdConflictError,
     InvalidCommandError,
     SessionClosedError,
     SessionExpiredError,
@@ -395,6 +396,7 @@ class Session(Aggregate):
         metadata: dict[str, Any] | None = None,
     ) -> Message:
         at = self._check_open(at)
+        self._check_client_id(client_message_id, "user")
         self.trigger_event(
             self.MessageReceived,
             occurred_at=at,
@@ -416,6 +418,7 @@ class Session(Aggregate):
         at = self._check_open(at)
         if role not in ("bot", "system"):
             raise InvalidCommandError(f"A reply's role is 'bot' or 'system', not {role!r}.")
+        self._check_client_id(client_message_id, role)
         self.trigger_event(
             self.MessageSent,
             occurred_at=at,
@@ -500,6 +503,23 @@ class Session(Aggregate):
     def end(self, *, at: datetime, reason: str = "ended") -> None:
         at = self._check_open(at)
         self.trigger_event(self.Ended, occurred_at=at, reason=check_name("reason", reason))
+
+    def _check_client_id(self, client_message_id: str | None, role: Role) -> None:
+        """A client id names one message of a session; a second message may not take it."""
+        if client_message_id is None:
+            return
+        seen = self.message_for(client_message_id)
+        if seen is None:
+            return
+        if seen.role != role:
+            raise ClientMessageIdConflictError(
+                self.id, client_message_id, recorded_role=seen.role, role=role
+            )
+        msg = (
+            f"Client message id {client_message_id!r} is already recorded in session {self.id}; "
+            "a retry is recognised by the ledger and appends nothing."
+        )
+        raise InvalidCommandError(msg)
 
     # ---- queries ----------------------------------------------------------
 

@@ -261,3 +261,25 @@ def test_erasure_reaches_the_cache_of_another_process_and_is_never_undone(sqlite
         for path in Path(sqlite_url.removeprefix("sqlite:///")).parent.glob("chat.db*")
     )
     assert b"123-45-6789" not in raw
+
+
+def test_personal_values_shaped_like_an_envelope_are_stored_and_read_back_unchanged(database_url: str) -> None:
+    """The store marks encrypted fields with ``{"$enc", "kid"}``; a visitor's own data
+    of exactly that shape must not be taken for one (nor decrypted, nor blanked)."""
+    from datetime import UTC, datetime
+
+    lookalike = {"$enc": "bm90IGNpcGhlcnRleHQ=", "kid": "not-a-key"}
+    t0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
+    with ChatLedger.open(database_url, snapshot_interval=3) as ledger:
+        sid = ledger.receive("v-1", "hi", metadata=lookalike, at=t0).session_id
+        ledger.set_slot(sid, "weird", lookalike, at=t0)
+        ledger.reply(sid, "ok", metadata=lookalike, at=t0)  # version 4: after a snapshot
+        ledger.catch_up()
+        transcript = ledger.transcript(session_id=sid)
+    with ChatLedger.open(database_url, cache_size=0) as fresh:
+        state = fresh.session(sid)
+        replayed = fresh.session(sid, as_of=t0)
+    for view in (state, replayed):
+        assert [m.metadata for m in view.messages] == [lookalike, lookalike]
+        assert view.slots["weird"] == lookalike
+    assert [m.text for m in transcript.messages] == ["hi", "ok"]
