@@ -94,6 +94,8 @@ class SessionSnapshotState(SnapshotState):
     completed_tasks: list[str]
     client_message_ids: dict[str, int]
     last_event_at: AwareDatetime | None = None  # absent from snapshots taken before it existed
+    archived_at: AwareDatetime | None = None
+    archive: str | None = None
 
 
 class Session(Aggregate):
@@ -152,6 +154,8 @@ class Session(Aggregate):
             s.tasks = {}
             s.completed_tasks = []
             s.client_message_ids = {}
+            s.archived_at = None
+            s.archive = None
 
     class MessageRecorded(Event):
         text: str
@@ -276,6 +280,20 @@ class Session(Aggregate):
             }
             s.context = SessionContext.model_validate(ERASED_VALUES["context"])
 
+    class Archived(Event):
+        """Retention wrote this closed session to an archive file.
+
+        The events stay in the log (erasure is separate and explicit); read
+        models drop the session's bulky rows when they see this event, so a
+        rebuild from scratch drops exactly the same rows as the live run did.
+        """
+
+        archive: str
+
+        def apply(self, s: Session) -> None:
+            s.archived_at = self.occurred_at
+            s.archive = self.archive
+
     if TYPE_CHECKING:  # attributes set by the events above (not dataclass fields)
         visitor_id: str
         user_id: str | None
@@ -296,6 +314,8 @@ class Session(Aggregate):
         tasks: dict[str, datetime]
         completed_tasks: list[str]
         client_message_ids: dict[str, int]
+        archived_at: datetime | None
+        archive: str | None
 
     # ---- creation ---------------------------------------------------------
 
@@ -499,6 +519,18 @@ class Session(Aggregate):
         self.time_out(detected_at=at)
         at = max(utc(at), self.latest_event_at)
         self.trigger_event(self.ContentErased, occurred_at=at, erasure_id=erasure_id)
+
+    def record_archive(self, archive: str, *, at: datetime) -> None:
+        """Record that retention archived this closed session into ``archive``."""
+        at = utc(at)
+        if self.status == "active":
+            raise SessionClosedError(
+                self.id, self.status, f"Session {self.id} is still active; only closed sessions are archived."
+            )
+        if self.archived_at is not None:
+            raise InvalidCommandError(f"Session {self.id} was already archived to {self.archive}.")
+        check_name("archive name", archive)
+        self.trigger_event(self.Archived, occurred_at=max(at, self.latest_event_at), archive=archive)
 
     def end(self, *, at: datetime, reason: str = "ended") -> None:
         at = self._check_open(at)

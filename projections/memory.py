@@ -317,6 +317,13 @@ class UserMemory(ReadModel):
             self.profiles.changed(subject)
 
 
+def _archived(self: UserMemory, e: Session.Archived) -> None:
+    """Retention archived the session: drop its working row; the profile stays."""
+    sid = str(e.originator_id)
+    if self.sessions.get(self.view.conn, sid) is not None:
+        self.sessions.delete(sid)
+
+
 def _data_erased(self: UserMemory, e: Visitor.DataErased) -> None:
     """Blank remembered slot values of the erased sessions and subjects.
 
@@ -381,6 +388,7 @@ _HANDLERS: dict[type, Any] = {
     Session.TaskCompleted: UserMemory.task_completed,
     Session.TimedOut: UserMemory.closed,
     Session.Ended: UserMemory.closed,
+    Session.Archived: _archived,
     Visitor.Registered: UserMemory.visitor_registered,
     Visitor.IdentityLinked: UserMemory.visitor_linked,
     Visitor.DataErased: _data_erased,
