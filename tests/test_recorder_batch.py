@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 class RowByRowRecorder(SQLiteLedgerRecorder):
     """The same recorder, inserting events the library's way (one execute per event)."""
 
-    def _insert_event_rows(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> list[int]:
+    def _insert_event_rows(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], hexes: Sequence[str]
+    ) -> list[int]:
         return list(SQLiteApplicationRecorder._insert_events(self, c, stored_events) or ())
 
 
