@@ -198,9 +198,12 @@ def _append(
     if not rows:
         return [], [], 0
     try:
-        # EventStore.put: the store path of Application.save(*events), minus
-        # the per-object protocol checks (they cost more than the insert).
-        ledger.events.put([timed_out_event(row, detected_at) for row in rows])
+        # EventStore.put (the store path of Application.save(*events)) minus
+        # the per-object protocol checks and the Recording objects it returns,
+        # which nothing here reads: map each event, insert the batch.
+        store = ledger.events
+        to_stored = store.mapper.to_stored_event
+        store.recorder.insert_events([to_stored(timed_out_event(row, detected_at)) for row in rows])
     except RecordConflictError:
         if len(rows) <= SPLIT_BELOW:
             return [], list(rows), 1

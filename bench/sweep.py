@@ -240,7 +240,9 @@ def main() -> None:
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
+    cpu_started = time.process_time()
     sweep_s, swept = timed(lambda: ledger.sweep(everything_due, batch_size=args.sweep_batch))
+    sweep_cpu_s = time.process_time() - cpu_started
     if profiler:
         profiler.disable()
     after_sweep = mem(f"after sweeping {swept:,}")
@@ -260,6 +262,10 @@ def main() -> None:
     rate, raw_rate = swept / sweep_s, swept / raw_s
     print("\nresults")
     print(f"  sweep: {swept:,} sessions timed out in {sweep_s:.2f} s = {rate:,.0f} sessions/s")
+    print(
+        f"    CPU time of this process during the sweep: {sweep_cpu_s:.2f} s "
+        f"({sweep_cpu_s / swept * 1e6:.1f} us per session; wall/CPU {sweep_s / sweep_cpu_s:.2f})"
+    )
     print(
         f"    baseline raw insert+delete of as many rows: {raw_rate:,.0f} rows/s; "
         f"ratio sweep/raw = {rate / raw_rate:.2f}"
