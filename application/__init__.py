@@ -27,6 +27,7 @@ from .audit import HistoryStep
 from .clock import Clock, ManualClock, system_clock
 from .errors import (
     ChatLedgerError,
+    ClientMessageIdConflictError,
     ConcurrencyConflictError,
     ConfigurationError,
     IdentityConflictError,
@@ -45,6 +46,7 @@ __all__ = [
     "Analytics",
     "ChatLedger",
     "ChatLedgerError",
+    "ClientMessageIdConflictError",
     "Clock",
     "ConcurrencyConflictError",
     "ConfigurationError",

@@ -2,6 +2,7 @@
 
 from chatledger.domain.errors import (
     ChatLedgerError,
+    ClientMessageIdConflictError,
     ConcurrencyConflictError,
     ConfigurationError,
     IdentityConflictError,
@@ -17,6 +18,7 @@ from chatledger.domain.errors import (
 
 __all__ = [
     "ChatLedgerError",
+    "ClientMessageIdConflictError",
     "ConcurrencyConflictError",
     "ConfigurationError",
     "IdentityConflictError",

@@ -24,6 +24,7 @@ from uuid import UUID
 
 from chatledger.domain.erasure import ErasureReceipt
 from chatledger.domain.errors import (
+    ClientMessageIdConflictError,
     ConcurrencyConflictError,
     InvalidCommandError,
     SessionOwnershipError,
@@ -373,7 +374,11 @@ class ChatLedger(Application[UUID]):
         if client_message_id is not None:
             for candidate in self._recent_sessions(explicit, current):
                 seen = candidate.message_for(client_message_id)
-                if seen is not None and seen.role == "user":
+                if seen is not None:
+                    if seen.role != "user":
+                        raise ClientMessageIdConflictError(
+                            candidate.id, client_message_id, recorded_role=seen.role, role="user"
+                        )
                     return Turn.of(candidate, seen, duplicate=True)
 
         # A live session takes the message: the one the caller named, else the visitor's.
@@ -442,6 +447,10 @@ class ChatLedger(Application[UUID]):
             if client_message_id is not None:
                 seen = session.message_for(client_message_id)
                 if seen is not None:
+                    if seen.role != role:
+                        raise ClientMessageIdConflictError(
+                            session.id, client_message_id, recorded_role=seen.role, role=role
+                        )
                     return seen
             message = session.send(
                 text, at=now, role=role, client_message_id=client_message_id, metadata=metadata
@@ -633,14 +642,19 @@ class ChatLedger(Application[UUID]):
         A session idle past its deadline reads as timed out even before the
         timed-out event is recorded, so every reader agrees on when it ended.
         """
-        if as_of is None:
+        view_at = self._now(None) if as_of is None else utc(as_of)
+        session: Session | None = None
+        if visitor_id is not None or user_id is not None:
             session = self._get_session(session_id)
-            view_at = self._now(None)
-        else:
-            view_at = utc(as_of)
+            # Ownership is decided on the session as it is now (a later login makes
+            # an anonymous session its user's), and before anything is said about
+            # the session's past, so a stranger learns nothing, not even its start.
+            visitor = self._get_visitor(visitor_id) if visitor_id and user_id is None else None
+            self._check_owner(session, visitor_id, user_id, visitor)
+        if as_of is not None:
             session = self._session_as_of(session_id, view_at)
-        visitor = self._get_visitor(visitor_id) if visitor_id and user_id is None else None
-        self._check_owner(session, visitor_id, user_id, visitor)
+        elif session is None:
+            session = self._get_session(session_id)
         return _effective(SessionState.of(session), view_at)
 
     def _session_as_of(self, session_id: UUID | str, as_of: datetime) -> Session:

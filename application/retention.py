@@ -2,12 +2,16 @@
 
 Sessions closed (timed out or ended) before ``now - older_than`` are written,
 one JSON line each (the rebuilt state and every event), to a new gzipped JSONL
-file under ``archive_dir``; then every read model that knows how drops their
-rows (a read model opts in with a ``drop_sessions(conn, session_ids)`` method).
-The event log stays append-only: erasure is a separate, explicit operation.
+file under ``archive_dir``. Then a ``Session.Archived`` event is appended to
+each of them, and the read models drop their rows when they apply it: the
+conversation log its messages, user memory its working row, the active-session
+index its closed row. Because the drop is driven by an event, a read model
+rebuilt from scratch drops exactly the rows the live one dropped. The event
+log stays append-only: erasure is a separate, explicit operation.
 
-The file is closed and fsynced before any row is dropped, so a crash in between
-at worst archives a session twice, never loses it.
+Each batch is written and fsynced before its ``Archived`` events are appended,
+so a crash in between at worst archives a session twice (in two files), never
+loses it; a session already marked archived is skipped.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 from chatledger.domain.errors import InvalidCommandError
+from chatledger.domain.session import Session
 from chatledger.domain.state import SessionState
 from chatledger.projections.active_sessions import ActiveSessions, closed_sessions
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -93,7 +98,8 @@ def archive_closed_sessions(
             f"older_than={older_than!r} must be a positive timedelta, e.g. timedelta(days=90)."
         )
     started = time.perf_counter()
-    cutoff = ledger._now(now) - older_than
+    when = ledger._now(now)
+    cutoff = when - older_than
     projector = ledger.projector
     projector.catch_up([ActiveSessions.name])
     directory = Path(archive_dir)
@@ -114,18 +120,20 @@ def archive_closed_sessions(
                 )
             if not ids:
                 break
-            for sid in ids:
-                out.write(json.dumps(_archive_line(ledger, sid)) + "\n")
+            sessions = [s for s in map(ledger._get_session, ids) if s.archived_at is None]
+            for session in sessions:
+                out.write(json.dumps(_archive_line(ledger, session)) + "\n")
             out.flush()
             os.fsync(out.fileno())
-            with projector.engine.begin() as conn:
-                for model in projector.projections.values():
-                    drop = getattr(model, "drop_sessions", None)
-                    if drop is not None:
-                        drop(conn, ids)
-            archived += len(ids)
+            done = _record_archived(ledger, [s.id for s in sessions], path.name, when)
+            # The index drops the closed rows when it applies the events; the
+            # next query must not see this batch again.
+            projector.catch_up([ActiveSessions.name])
+            archived += done
     if archived == 0:
         path.unlink()
+    else:
+        projector.catch_up()  # every read model drops the archived sessions' rows now
     logger.info(
         "retention: archived %d sessions closed before %s to %s in %.1f ms",
         archived,
@@ -136,11 +144,24 @@ def archive_closed_sessions(
     return ArchiveResult(archived, path if archived else None)
 
 
-def _archive_line(ledger: ChatLedger, session_id: UUID) -> dict[str, object]:
-    events = ledger.session_events(session_id)
-    state = SessionState.of(ledger._get_session(session_id))
+def _record_archived(ledger: ChatLedger, session_ids: list[UUID], archive: str, now: datetime) -> int:
+    """Append ``Archived`` to each session (one transaction; retried on conflict)."""
+
+    def once() -> int:
+        sessions = [s for s in map(ledger._get_session, session_ids) if s.archived_at is None]
+        for session in sessions:
+            session.record_archive(archive, at=now)
+        ledger.save(*sessions)
+        return len(sessions)
+
+    return ledger._retrying(f"archiving {len(session_ids)} sessions", once) if session_ids else 0
+
+
+def _archive_line(ledger: ChatLedger, session: Session) -> dict[str, object]:
+    events = ledger.session_events(session.id)
+    state = SessionState.of(session)
     return {
-        "session_id": str(session_id),
+        "session_id": str(session.id),
         "state": state.model_dump(mode="json"),
         "events": [{"type": type(e).__qualname__, **e.model_dump(mode="json")} for e in events],
     }

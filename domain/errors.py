@@ -47,6 +47,25 @@ class TaskStateError(InvalidCommandError):
         self.task = task
 
 
+class ClientMessageIdConflictError(InvalidCommandError):
+    """Raised when a client message id is reused for a message of another role.
+
+    A retry repeats the same message, so a user message and a bot reply can never
+    share an id; recording the second would make the first unfindable by its id,
+    and returning the first would silently drop the second.
+    """
+
+    def __init__(self, session_id: UUID, client_message_id: str, *, recorded_role: str, role: str) -> None:
+        super().__init__(
+            f"Client message id {client_message_id!r} already belongs to a {recorded_role} message "
+            f"of session {session_id}; a {role} message needs an id of its own."
+        )
+        self.session_id = session_id
+        self.client_message_id = client_message_id
+        self.recorded_role = recorded_role
+        self.role = role
+
+
 class UnknownSessionError(ChatLedgerError, LookupError):
     """Raised when no session with the given id exists."""
 

@@ -15,6 +15,7 @@ from pydantic import AwareDatetime, Field, JsonValue
 
 from .erasure import ERASED_METADATA, ERASED_VALUES
 from .errors import (
+    ClientMessageIdConflictError,
     InvalidCommandError,
     SessionClosedError,
     SessionExpiredError,
@@ -93,6 +94,8 @@ class SessionSnapshotState(SnapshotState):
     completed_tasks: list[str]
     client_message_ids: dict[str, int]
     last_event_at: AwareDatetime | None = None  # absent from snapshots taken before it existed
+    archived_at: AwareDatetime | None = None
+    archive: str | None = None
 
 
 class Session(Aggregate):
@@ -151,6 +154,8 @@ class Session(Aggregate):
             s.tasks = {}
             s.completed_tasks = []
             s.client_message_ids = {}
+            s.archived_at = None
+            s.archive = None
 
     class MessageRecorded(Event):
         text: str
@@ -275,6 +280,20 @@ class Session(Aggregate):
             }
             s.context = SessionContext.model_validate(ERASED_VALUES["context"])
 
+    class Archived(Event):
+        """Retention wrote this closed session to an archive file.
+
+        The events stay in the log (erasure is separate and explicit); read
+        models drop the session's bulky rows when they see this event, so a
+        rebuild from scratch drops exactly the same rows as the live run did.
+        """
+
+        archive: str
+
+        def apply(self, s: Session) -> None:
+            s.archived_at = self.occurred_at
+            s.archive = self.archive
+
     if TYPE_CHECKING:  # attributes set by the events above (not dataclass fields)
         visitor_id: str
         user_id: str | None
@@ -295,6 +314,8 @@ class Session(Aggregate):
         tasks: dict[str, datetime]
         completed_tasks: list[str]
         client_message_ids: dict[str, int]
+        archived_at: datetime | None
+        archive: str | None
 
     # ---- creation ---------------------------------------------------------
 
@@ -395,6 +416,7 @@ class Session(Aggregate):
         metadata: dict[str, Any] | None = None,
     ) -> Message:
         at = self._check_open(at)
+        self._check_client_id(client_message_id, "user")
         self.trigger_event(
             self.MessageReceived,
             occurred_at=at,
@@ -416,6 +438,7 @@ class Session(Aggregate):
         at = self._check_open(at)
         if role not in ("bot", "system"):
             raise InvalidCommandError(f"A reply's role is 'bot' or 'system', not {role!r}.")
+        self._check_client_id(client_message_id, role)
         self.trigger_event(
             self.MessageSent,
             occurred_at=at,
@@ -497,9 +520,38 @@ class Session(Aggregate):
         at = max(utc(at), self.latest_event_at)
         self.trigger_event(self.ContentErased, occurred_at=at, erasure_id=erasure_id)
 
+    def record_archive(self, archive: str, *, at: datetime) -> None:
+        """Record that retention archived this closed session into ``archive``."""
+        at = utc(at)
+        if self.status == "active":
+            raise SessionClosedError(
+                self.id, self.status, f"Session {self.id} is still active; only closed sessions are archived."
+            )
+        if self.archived_at is not None:
+            raise InvalidCommandError(f"Session {self.id} was already archived to {self.archive}.")
+        check_name("archive name", archive)
+        self.trigger_event(self.Archived, occurred_at=max(at, self.latest_event_at), archive=archive)
+
     def end(self, *, at: datetime, reason: str = "ended") -> None:
         at = self._check_open(at)
         self.trigger_event(self.Ended, occurred_at=at, reason=check_name("reason", reason))
+
+    def _check_client_id(self, client_message_id: str | None, role: Role) -> None:
+        """A client id names one message of a session; a second message may not take it."""
+        if client_message_id is None:
+            return
+        seen = self.message_for(client_message_id)
+        if seen is None:
+            return
+        if seen.role != role:
+            raise ClientMessageIdConflictError(
+                self.id, client_message_id, recorded_role=seen.role, role=role
+            )
+        msg = (
+            f"Client message id {client_message_id!r} is already recorded in session {self.id}; "
+            "a retry is recognised by the ledger and appends nothing."
+        )
+        raise InvalidCommandError(msg)
 
     # ---- queries ----------------------------------------------------------
 

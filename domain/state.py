@@ -35,6 +35,8 @@ class SessionState(Immutable):
     open_tasks: tuple[str, ...]
     completed_tasks: tuple[str, ...]
     idle_timeout: timedelta
+    archived_at: AwareDatetime | None = None
+    """When retention archived this (closed) session; its transcript rows are gone then."""
 
     @classmethod
     def of(cls, s: Session) -> SessionState:
@@ -59,6 +61,7 @@ class SessionState(Immutable):
             open_tasks=tuple(s.tasks),
             completed_tasks=tuple(s.completed_tasks),
             idle_timeout=s.idle_timeout,
+            archived_at=s.archived_at,
         )
 
     def is_over(self, at: datetime) -> bool:

@@ -69,7 +69,7 @@ def run_demo(database_url: str, console: Console | None = None) -> dict[str, str
                     exclude={"originator_id", "originator_version", "timestamp", "occurred_at", "originator_topic"},
                 )
                 table.add_row(
-                    str(sid)[:8],
+                    "…" + str(sid)[-8:],  # UUIDv7: the head is the start time, the tail is random
                     str(event.originator_version),
                     f"{event.occurred_at:%H:%M:%S}",
                     type(event).__name__,

@@ -75,14 +75,14 @@ def eventsourcing_env(settings: Settings) -> dict[str, str]:
             database = os.path.abspath(database)
             os.makedirs(os.path.dirname(database), exist_ok=True)
         env.update(
-            PERSISTENCE_MODULE="eventsourcing.sqlite",
+            PERSISTENCE_MODULE="chatledger.infrastructure.snapshots:LedgerSQLiteFactory",
             APPLICATION_RECORDER_TOPIC="chatledger.infrastructure.recorders:SQLiteLedgerRecorder",
             SQLITE_DBNAME=database,
             SQLITE_LOCK_TIMEOUT=str(settings.sqlite_lock_timeout_s),
         )
     else:
         env.update(
-            PERSISTENCE_MODULE="eventsourcing.postgres",
+            PERSISTENCE_MODULE="chatledger.infrastructure.snapshots:LedgerPostgresFactory",
             APPLICATION_RECORDER_TOPIC="chatledger.infrastructure.recorders:PostgresLedgerRecorder",
             POSTGRES_DBNAME=url.database or "postgres",
             POSTGRES_HOST=url.host or "127.0.0.1",

@@ -21,9 +21,12 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from hashlib import sha256
+from itertools import islice
+from operator import itemgetter, lt
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -42,8 +45,7 @@ from .hashchain import (
     EventRow,
     HashRow,
     VerificationReport,
-    event_hash,
-    log_hash,
+    _field,
     verify_rows,
 )
 
@@ -51,6 +53,9 @@ HASHES = "chatledger_event_hashes"
 KEYS = "chatledger_keys"
 SUBJECTS = "chatledger_key_subjects"
 ERASURE_TOPIC = get_topic(Visitor.DataErased)
+_EVENT_TAG = b"chatledger/event/v1"  # as in hashchain.event_hash
+_LOG_TAG = b"chatledger/log/v1"  # as in hashchain.log_hash
+_PAIRS_PER_QUERY = 500  # (id, version) pairs per look-up; SQLite allows 32,766 parameters
 
 
 def chain_rows(
@@ -60,15 +65,64 @@ def chain_rows(
     prev_log: bytes,
 ) -> list[tuple[int, UUID, int, bytes, bytes]]:
     """The hash rows of a batch: ``(notification_id, originator_id, version, event_hash, log_hash)``."""
+    oids = [_uuid(s.originator_id) for s in stored_events]
+    rows = _chain(
+        stored_events,
+        oids,
+        [oid.hex for oid in oids],
+        notification_ids,
+        {oid.hex: h for oid, h in prev_event_hashes.items()},
+        prev_log,
+    )
+    return [(nid, oid, v, ev, lh) for nid, oid, _, v, ev, lh in rows]
+
+
+def _chain(
+    stored_events: Sequence[StoredEvent],
+    oids: Sequence[UUID],
+    hexes: Sequence[str],
+    notification_ids: Sequence[int],
+    prev_by_hex: dict[str, bytes],
+    prev_log: bytes,
+) -> list[tuple[int, UUID, str, int, bytes, bytes]]:
+    """:func:`chain_rows` with the ids given as UUIDs and hex (``prev_by_hex`` is updated).
+
+    The same digests as :func:`~chatledger.infrastructure.hashchain.event_hash`
+    and :func:`~chatledger.infrastructure.hashchain.log_hash` (which verification
+    uses, and a test compares), computed with each field encoded once per event
+    and one ``sha256`` call per digest: a sweep hashes thousands of events per
+    transaction.
+    """
     rows = []
-    last = dict(prev_event_hashes)
-    for stored, nid in sorted(zip(stored_events, notification_ids, strict=True), key=lambda p: p[1]):
-        oid = UUID(str(stored.originator_id))
-        ev = event_hash(last.get(oid, GENESIS), oid, stored.originator_version, stored.topic, stored.state)
-        prev_log = log_hash(prev_log, nid, oid, stored.originator_version, ev)
-        last[oid] = ev
-        rows.append((nid, oid, stored.originator_version, ev, prev_log))
+    last = prev_by_hex
+    topic_fields: dict[str, bytes] = {}
+    items: Iterable[tuple[StoredEvent, UUID, str, int]] = zip(
+        stored_events, oids, hexes, notification_ids, strict=True
+    )
+    if not all(map(lt, notification_ids, islice(notification_ids, 1, None))):
+        items = sorted(items, key=itemgetter(3))  # chained in notification order
+    for stored, oid, hex_id, nid in items:
+        id_field = _field(str(oid).encode())
+        version = stored.originator_version
+        version_field = _field(str(version).encode())
+        topic_field = topic_fields.get(stored.topic)
+        if topic_field is None:
+            topic_field = topic_fields[stored.topic] = _field(stored.topic.encode())
+        ev = sha256(
+            b"".join(
+                (_EVENT_TAG, _field(last.get(hex_id, GENESIS)), id_field, version_field, topic_field, _field(stored.state))
+            )
+        ).digest()
+        prev_log = sha256(
+            b"".join((_LOG_TAG, _field(prev_log), _field(str(nid).encode()), id_field, version_field, _field(ev)))
+        ).digest()
+        last[hex_id] = ev
+        rows.append((nid, oid, hex_id, version, ev, prev_log))
     return rows
+
+
+def _uuid(originator_id: UUID | str) -> UUID:
+    return originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
 
 
 def erased_visitor_ids(stored_events: Sequence[StoredEvent]) -> list[str]:
@@ -112,30 +166,86 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         c.execute("PRAGMA secure_delete=ON")  # freed space is zeroed: no stale key bytes
-        ids = super()._insert_events(c, stored_events, **kwargs)
-        assert ids is not None
-        prev: dict[UUID, bytes] = {}
-        for stored in stored_events:
-            oid = UUID(str(stored.originator_id))
-            if stored.originator_version > 1 and oid not in prev:
-                c.execute(
-                    f"SELECT event_hash FROM {HASHES} WHERE originator_id=? AND originator_version=?",
-                    (oid.hex, stored.originator_version - 1),
-                )
-                row = c.fetchone()
-                if row is not None:
-                    prev[oid] = row[0]
+        oids = [_uuid(s.originator_id) for s in stored_events]
+        hexes = [oid.hex for oid in oids]
+        ids = self._insert_event_rows(c, stored_events, hexes)
+        prev = self._prev_event_hashes(c, stored_events, hexes)
         c.execute(f"SELECT log_hash FROM {HASHES} ORDER BY notification_id DESC LIMIT 1")
         head = c.fetchone()
-        rows = chain_rows(stored_events, ids, prev, head[0] if head else GENESIS)
+        rows = _chain(stored_events, oids, hexes, ids, prev, head[0] if head else GENESIS)
         c.executemany(
             f"INSERT INTO {HASHES} VALUES (?,?,?,?,?)",
-            [(nid, oid.hex, v, ev, lh) for nid, oid, v, ev, lh in rows],
+            [(nid, hex_id, v, ev, lh) for nid, _, hex_id, v, ev, lh in rows],
         )
         erased = erased_visitor_ids(stored_events)
         if erased:
             c.executemany(f"DELETE FROM {KEYS} WHERE visitor_id=?", [(v,) for v in erased])
         return ids
+
+    def _insert_event_rows(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], hexes: Sequence[str]
+    ) -> list[int]:
+        """Insert the events with one ``executemany`` and return their notification ids.
+
+        eventsourcing's recorder runs one ``execute`` per event to read each
+        ``lastrowid``; the rows and ids here are the same. The events table has
+        no ``AUTOINCREMENT``, so SQLite gives each row the table's largest rowid
+        + 1, and inside this write transaction (SQLite has one writer) nobody
+        else inserts: the ``n`` rows get ``last - n + 1 … last``, where ``last``
+        is ``last_insert_rowid()``. That is checked on the first row; should it
+        ever not hold (a rowid at 2**63 - 1 makes SQLite pick random ones), the
+        ids are read back row by row instead.
+        """
+        if len(stored_events) < 2:
+            return list(super()._insert_events(c, stored_events) or ())
+        c.executemany(
+            self.insert_events_statement,
+            [
+                # the id as eventsourcing stores it: a UUID as hex, text as it is
+                (h if isinstance(s.originator_id, UUID) else s.originator_id, s.originator_version, s.topic, s.state)
+                for s, h in zip(stored_events, hexes, strict=True)
+            ],
+        )
+        c.execute("SELECT last_insert_rowid()")
+        last = c.fetchone()[0]
+        first = last - len(stored_events) + 1
+        c.execute(
+            f"SELECT originator_id, originator_version FROM {self.events_table_name} WHERE rowid=?",
+            (first,),
+        )
+        row = c.fetchone()
+        s0 = stored_events[0]
+        if row is not None and (_uuid(row[0]), row[1]) == (_uuid(s0.originator_id), s0.originator_version):
+            return list(range(first, last + 1))
+        ids = []
+        for s, h in zip(stored_events, hexes, strict=True):
+            c.execute(
+                f"SELECT rowid FROM {self.events_table_name} WHERE originator_id=? AND originator_version=?",
+                (h if isinstance(s.originator_id, UUID) else s.originator_id, s.originator_version),
+            )
+            ids.append(c.fetchone()[0])
+        return ids
+
+    def _prev_event_hashes(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], hexes: Sequence[str]
+    ) -> dict[str, bytes]:
+        """By hex id: the event hash of the event before each aggregate's first event in the batch."""
+        firsts: dict[str, int] = {}
+        for stored, hex_id in zip(stored_events, hexes, strict=True):
+            if stored.originator_version > 1 and hex_id not in firsts:
+                firsts[hex_id] = stored.originator_version - 1
+        prev: dict[str, bytes] = {}
+        wanted = list(firsts.items())
+        for start in range(0, len(wanted), _PAIRS_PER_QUERY):
+            chunk = wanted[start : start + _PAIRS_PER_QUERY]
+            c.execute(
+                # VALUES first (CROSS JOIN keeps that order): one index probe per pair.
+                f"SELECT h.originator_id, h.event_hash FROM (VALUES {','.join(['(?,?)'] * len(chunk))}) AS q "
+                f"CROSS JOIN {HASHES} h ON h.originator_id = q.column1 AND h.originator_version = q.column2",
+                [x for pair in chunk for x in pair],
+            )
+            prev.update(c.fetchall())
+        return prev
 
     # ---- keys -------------------------------------------------------------
 

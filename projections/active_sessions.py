@@ -272,8 +272,12 @@ class ActiveSessions(ReadModel):
 
         state: dict[UUID, ActiveRow | object] = dict(existing)
         closed: list[dict[str, Any]] = []
+        archived: list[dict[str, Any]] = []
         for event in events:
             sid = event.originator_id
+            if isinstance(event, Session.Archived):
+                archived.append({"b_session_id": sid})  # retention is done with it
+                continue
             if isinstance(event, Session.Started):
                 state[sid] = ActiveRow.started(event)
                 continue
@@ -330,22 +334,13 @@ class ActiveSessions(ReadModel):
         if closed:
             insert = _dialect_insert(conn)(closed_sessions)
             conn.execute(insert.on_conflict_do_nothing(index_elements=["session_id"]), closed)
-
-    # ---- used by the sweeper and the retention job -------------------------
-
-    @staticmethod
-    def drop_sessions(conn: Connection, session_ids: Iterable[UUID]) -> int:
-        """Forget these sessions (archived by retention); returns rows dropped."""
-        ids = [{"b_session_id": sid} for sid in session_ids]
-        if not ids:
-            return 0
-        dropped = 0
-        for table in (active_sessions, closed_sessions):
-            result = conn.execute(
-                table.delete().where(table.c.session_id == bindparam("b_session_id")), ids
+        if archived:
+            conn.execute(
+                closed_sessions.delete().where(
+                    closed_sessions.c.session_id == bindparam("b_session_id")
+                ),
+                archived,
             )
-            dropped += max(result.rowcount, 0)
-        return dropped
 
 
 def _session_event_topics() -> tuple[str, ...]:

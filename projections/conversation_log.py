@@ -124,6 +124,7 @@ class ConversationLog(ReadModel):
         self.pending_by_visitor: dict[str, list[list[Any]]] = {}
         self.links: list[dict[str, str]] = []
         self.erased: set[str] = set()
+        self.archived: set[str] = set()
 
     def discard(self) -> None:
         self.sessions.clear()
@@ -132,6 +133,7 @@ class ConversationLog(ReadModel):
         self.pending_by_visitor.clear()
         self.links.clear()
         self.erased.clear()
+        self.archived.clear()
 
     def prepare(self, events: Sequence[Any]) -> None:
         sessions, visitors = batch_ids(events, Session.Started, Visitor.Registered)
@@ -142,6 +144,8 @@ class ConversationLog(ReadModel):
         conn = self.view.conn
         self.sessions.flush(conn)
         self.visitors.flush(conn)
+        if self.archived:
+            self.pending = [r for r in self.pending if r[_SESSION] not in self.archived]
         insert_rows(conn, messages_table, self.pending, _MESSAGE_KEYS)  # type: ignore[arg-type]
         self.pending.clear()
         self.pending_by_visitor.clear()
@@ -156,6 +160,15 @@ class ConversationLog(ReadModel):
                 .values(text=ERASED_TEXT)
             )
             self.erased.clear()
+        if self.archived:
+            archived = sorted(self.archived)
+            for start in range(0, len(archived), 500):
+                conn.execute(
+                    messages_table.delete().where(
+                        messages_table.c.session_id.in_(archived[start : start + 500])
+                    )
+                )
+            self.archived.clear()
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:  # type: ignore[override]
         handler = self._handlers.get(type(domain_event))
@@ -247,11 +260,19 @@ class ConversationLog(ReadModel):
                 row[_TEXT] = ERASED_TEXT
         self.erased |= sessions
 
+    def _archived(self, e: Session.Archived, notification_id: int) -> None:
+        """Retention archived the session: its messages leave the log's read model.
+
+        The session's row stays (who, when, how many messages), so the
+        transcript of an archived session is empty, not unknown."""
+        self.archived.add(str(e.originator_id))
+
     _handlers: ClassVar[dict[type, Any]] = {
         Session.Started: _started,
         Session.MessageReceived: _message,
         Session.MessageSent: _message,
         Session.IdentityLinked: _session_linked,
+        Session.Archived: _archived,
         Visitor.Registered: _visitor_registered,
         Visitor.IdentityLinked: _visitor_linked,
         Visitor.DataErased: _data_erased,

@@ -66,7 +66,9 @@ class MemoryProfile(Base):
     __tablename__ = "memory_profiles"
 
     subject: Mapped[str] = mapped_column(String(210), primary_key=True)
-    preferences: Mapped[dict[str, Any]] = mapped_column(JSON)  # key -> [value, set_at iso]
+    # key -> [value, set_at iso, visitor_id that set it] (the visitor lets an
+    # erasure of one of a user's visitors blank only what that visitor said)
+    preferences: Mapped[dict[str, Any]] = mapped_column(JSON)
     session_count: Mapped[int] = mapped_column(Integer)
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -263,7 +265,7 @@ class UserMemory(ReadModel):
         stamp = _stamp(e.occurred_at)
         for key, slot in e.carried_slots.items():
             if slot.scope == "user":
-                profile["preferences"][key] = [slot.value, stamp]
+                profile["preferences"][key] = [slot.value, stamp, e.visitor_id]
         self._touch(session, e.occurred_at)
 
     def activity(self, e: Any) -> None:
@@ -280,7 +282,7 @@ class UserMemory(ReadModel):
         if profile is not None and e.scope == "user":
             profile["preferences"] = {
                 **profile["preferences"],
-                e.key: [e.value, _stamp(e.occurred_at)],
+                e.key: [e.value, _stamp(e.occurred_at), session["visitor_id"]],
             }
 
     def slot_cleared(self, e: Session.SlotCleared) -> None:
@@ -328,18 +330,30 @@ class UserMemory(ReadModel):
             self.profiles.changed(subject)
 
 
-def _data_erased(self: UserMemory, e: Visitor.DataErased) -> None:
-    """Blank remembered slot values of the erased sessions and subjects.
+def _archived(self: UserMemory, e: Session.Archived) -> None:
+    """Retention archived the session: drop its working row; the profile stays."""
+    sid = str(e.originator_id)
+    if self.sessions.get(self.view.conn, sid) is not None:
+        self.sessions.delete(sid)
 
-    Slot names, counts and times stay (as in the log). A visitor's erasure also
-    blanks the profile of the user it is linked to, which merged its memory.
+
+def _data_erased(self: UserMemory, e: Visitor.DataErased) -> None:
+    """Blank what the erased visitors said: their sessions' slot values, and in
+    each profile they fed, the preferences they set and the left-off slots of
+    their sessions.
+
+    A user's profile merges all of the user's visitors; erasing one visitor (a
+    device) leaves what the others said. Erasing the user names every visitor.
+    Slot names, counts and times stay (as in the log).
     """
     conn = self.view.conn
-    for sid in e.receipt.session_ids:
-        session = self.sessions.get(conn, str(sid))
+    erased_sessions = {str(sid) for sid in e.receipt.session_ids}
+    erased_visitors = set(e.receipt.visitor_ids)
+    for sid in erased_sessions:
+        session = self.sessions.get(conn, sid)
         if session is not None:
             session["slots"] = {k: [None, v[1]] for k, v in session["slots"].items()}
-            self.sessions.changed(str(sid))
+            self.sessions.changed(sid)
     subjects = [visitor_subject(v) for v in e.receipt.visitor_ids]
     if e.receipt.user_id is not None:
         subjects.append(user_subject(e.receipt.user_id))
@@ -347,8 +361,12 @@ def _data_erased(self: UserMemory, e: Visitor.DataErased) -> None:
         profile = self.profiles.get(conn, subject)
         if profile is None:
             continue
-        profile["preferences"] = {k: [None, v[1]] for k, v in profile["preferences"].items()}
-        profile["last_slots"] = {k: None for k in profile["last_slots"]}
+        profile["preferences"] = {
+            k: [None, *v[1:]] if len(v) < 3 or v[2] in erased_visitors else v
+            for k, v in profile["preferences"].items()
+        }
+        if profile["left_off_session_id"] in erased_sessions:
+            profile["last_slots"] = {k: None for k in profile["last_slots"]}
         self.profiles.changed(subject)
 
 
@@ -362,9 +380,9 @@ def merge(into: dict[str, Any], other: dict[str, Any]) -> None:
     into["session_count"] += other["session_count"]
     into["first_seen_at"] = min(into["first_seen_at"], other["first_seen_at"])
     preferences = dict(into["preferences"])
-    for key, (value, stamp) in other["preferences"].items():
-        if key not in preferences or stamp > preferences[key][1]:
-            preferences[key] = [value, stamp]
+    for key, entry in other["preferences"].items():
+        if key not in preferences or entry[1] > preferences[key][1]:
+            preferences[key] = entry
     into["preferences"] = preferences
     if other["last_seen_at"] > into["last_seen_at"]:
         into["last_seen_at"] = other["last_seen_at"]
@@ -392,6 +410,7 @@ _HANDLERS: dict[type, Any] = {
     Session.TaskCompleted: UserMemory.task_completed,
     Session.TimedOut: UserMemory.closed,
     Session.Ended: UserMemory.closed,
+    Session.Archived: _archived,
     Visitor.Registered: UserMemory.visitor_registered,
     Visitor.IdentityLinked: UserMemory.visitor_linked,
     Visitor.DataErased: _data_erased,

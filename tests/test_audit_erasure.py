@@ -373,3 +373,54 @@ def test_the_fast_decoders_give_what_the_general_path_gives(world: World) -> Non
     assert check() > 10
     ledger.erase(visitor_id="v-c")
     assert check() > 10
+
+
+def test_personal_values_shaped_like_an_envelope_are_stored_and_read_back_unchanged(database_url: str) -> None:
+    """The store marks encrypted fields with ``{"$enc", "kid"}``; a visitor's own data
+    of exactly that shape must not be taken for one (nor decrypted, nor blanked)."""
+    from datetime import UTC, datetime
+
+    lookalike = {"$enc": "bm90IGNpcGhlcnRleHQ=", "kid": "not-a-key"}
+    t0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
+    with ChatLedger.open(database_url, snapshot_interval=3) as ledger:
+        sid = ledger.receive("v-1", "hi", metadata=lookalike, at=t0).session_id
+        ledger.set_slot(sid, "weird", lookalike, at=t0)
+        ledger.reply(sid, "ok", metadata=lookalike, at=t0)  # version 4: after a snapshot
+        ledger.catch_up()
+        transcript = ledger.transcript(session_id=sid)
+    with ChatLedger.open(database_url, cache_size=0) as fresh:
+        state = fresh.session(sid)
+        replayed = fresh.session(sid, as_of=t0)
+    for view in (state, replayed):
+        assert [m.metadata for m in view.messages] == [lookalike, lookalike]
+        assert view.slots["weird"] == lookalike
+    assert [m.text for m in transcript.messages] == ["hi", "ok"]
+
+
+def test_erasing_one_device_of_a_user_blanks_only_what_that_device_said_in_memory(world: World) -> None:
+    ledger = world.ledger
+    phone = world.a_sessions[-1]
+    ledger.set_slot(phone, "lang", "alpha-secret-lang-pt", scope="user")
+    ledger.catch_up()
+    memory = ledger.memory(user_id="user-a")
+    assert memory.display_name == "alpha-secret-name-Anna"
+    assert memory.preferences == {"name": "alpha-secret-name-Anna", "lang": "alpha-secret-lang-pt"}
+    other = ledger.memory(user_id="user-b")
+
+    ledger.erase(visitor_id="v-a-phone")
+    ledger.catch_up()
+    live = ledger.memory(user_id="user-a")
+    assert live.preferences == {"name": "alpha-secret-name-Anna", "lang": None}
+    assert live.display_name == "alpha-secret-name-Anna"  # said on the web, not erased
+    assert ledger.memory(user_id="user-b").model_dump(exclude={"position", "head"}) == other.model_dump(
+        exclude={"position", "head"}
+    )
+    ledger.projector.rebuild("memory")
+    assert ledger.memory(user_id="user-a") == live
+
+    ledger.erase(visitor_id="v-a-web")
+    ledger.catch_up()
+    assert ledger.memory(user_id="user-a").preferences == {"name": None, "lang": None}
+    assert ledger.memory(user_id="user-a").display_name is None
+    ledger.projector.rebuild("memory")
+    assert ledger.memory(user_id="user-a").preferences == {"name": None, "lang": None}

@@ -8,6 +8,7 @@ from uuid import uuid4
 import pytest
 from chatledger import (
     ChatLedger,
+    ClientMessageIdConflictError,
     IdentityConflictError,
     InvalidCommandError,
     ManualClock,
@@ -139,6 +140,28 @@ def test_point_in_time_read_after_the_deadline_shows_it_timed_out(ledger: ChatLe
     assert ledger.session(turn.session_id, as_of=start + timedelta(minutes=29)).status == "active"
 
 
+def test_a_point_in_time_read_checks_ownership_first_and_against_the_session_as_it_is_now(
+    ledger: ChatLedger, clock: ManualClock
+) -> None:
+    anon = ledger.receive("v-ana", "hi")
+    before_start = clock() - timedelta(seconds=1)
+    clock.advance(minutes=1)
+    ledger.link_identity("v-ana", "u-ana")
+    # a stranger learns nothing about the session's past, not even that it had not started
+    for stranger in ({"visitor_id": "v-eve"}, {"user_id": "u-eve"}):
+        with pytest.raises(SessionOwnershipError):
+            ledger.session(anon.session_id, as_of=before_start, **stranger)
+        with pytest.raises(SessionOwnershipError):
+            ledger.session(anon.session_id, as_of=clock(), **stranger)
+    # the user owns the anonymous session from before the login, also as it stood then
+    then = ledger.session(anon.session_id, as_of=anon.message.at, user_id="u-ana")
+    assert then.user_id is None and [m.text for m in then.messages] == ["hi"]
+    with pytest.raises(InvalidCommandError, match="had not started"):
+        ledger.session(anon.session_id, as_of=before_start, user_id="u-ana")
+    with pytest.raises(UnknownSessionError):
+        ledger.session(uuid4(), as_of=before_start, user_id="u-ana")
+
+
 def test_foreign_session_id_is_refused_and_nothing_is_appended(ledger: ChatLedger) -> None:
     alice = ledger.receive("v-alice", "my address is 1 Main St")
     ledger.receive("v-bob", "hi")
@@ -203,6 +226,40 @@ def test_retried_reply_appends_nothing(ledger: ChatLedger) -> None:
     before = log_head(ledger)
     assert ledger.reply(turn.session_id, "hello", client_message_id="r-1") == sent
     assert log_head(ledger) == before
+
+
+def test_a_client_message_id_is_never_shared_by_a_user_message_and_a_reply(ledger: ChatLedger) -> None:
+    turn = ledger.receive("v-1", "hi", client_message_id="c-1")
+    before = log_head(ledger)
+    # the bot's reply under the user's id would vanish behind the user message
+    with pytest.raises(ClientMessageIdConflictError, match="already belongs to a user message") as caught:
+        ledger.reply(turn.session_id, "hello", client_message_id="c-1")
+    assert (caught.value.recorded_role, caught.value.role) == ("user", "bot")
+    sent = ledger.reply(turn.session_id, "hello", client_message_id="c-2")
+    after_reply = log_head(ledger)
+    assert after_reply != before
+    # and a user message under the bot's id would make the reply unfindable by its id
+    with pytest.raises(ClientMessageIdConflictError, match="already belongs to a bot message"):
+        ledger.receive("v-1", "again", client_message_id="c-2")
+    with pytest.raises(ClientMessageIdConflictError):
+        ledger.reply(turn.session_id, "note", role="system", client_message_id="c-2")
+    assert log_head(ledger) == after_reply
+    assert ledger.reply(turn.session_id, "hello", client_message_id="c-2") == sent
+    state = ledger.session(turn.session_id)
+    assert [(m.role, m.client_message_id) for m in state.messages] == [("user", "c-1"), ("bot", "c-2")]
+
+
+def test_the_session_itself_refuses_a_second_message_under_one_client_id(ledger: ChatLedger, clock: ManualClock) -> None:
+    from chatledger.domain.session import Session
+
+    turn = ledger.receive("v-1", "hi", client_message_id="c-1")
+    session = ledger.repository.get(turn.session_id)
+    assert isinstance(session, Session)
+    with pytest.raises(InvalidCommandError, match="already recorded"):
+        session.receive("hi", at=clock(), client_message_id="c-1")
+    with pytest.raises(ClientMessageIdConflictError):
+        session.send("hello", at=clock(), client_message_id="c-1")
+    assert session.collect_events() == []
 
 
 def test_identity_link_is_an_event_and_later_sessions_carry_the_user(

@@ -293,19 +293,23 @@ commands = st.lists(
         st.tuples(st.just("sweep"), st.sampled_from(VISITORS)),
         st.tuples(st.just("wait"), st.integers(1, 120)),
         st.tuples(st.just("catch_up"), st.integers(1, 9)),
+        st.tuples(st.just("archive"), st.integers(1, 120)),
     ),
     min_size=1,
     max_size=40,
 )
 
 
-def run_command(ledger: ChatLedger, clock: ManualClock, command: tuple[Any, ...]) -> None:
+def run_command(ledger: ChatLedger, clock: ManualClock, command: tuple[Any, ...], archives: Any) -> None:
     kind = command[0]
     if kind == "wait":
         clock.advance(minutes=command[1])
         return
     if kind == "catch_up":
         ledger.projector.catch_up(batch_size=command[1])
+        return
+    if kind == "archive":  # retention: sessions closed over N minutes ago
+        ledger.archive_closed_sessions(timedelta(minutes=command[1]), archives, now=clock())
         return
     clock.advance(seconds=7)
     now = clock()
@@ -352,10 +356,11 @@ def test_live_projections_equal_rebuilt_projections(
     clock = ManualClock(T0)
     with fresh_ledger(database_url, tmp_path, clock, SessionPolicy()) as ledger:
         for command in history:
-            run_command(ledger, clock, command)
+            run_command(ledger, clock, command, tmp_path / "archives")
         ledger.catch_up()
         live = dump(ledger)
-        assert live["conversation_messages"] or not any(c[0] == "receive" for c in history)
+        kinds = {c[0] for c in history}
+        assert live["conversation_messages"] or "receive" not in kinds or "archive" in kinds
         assert rebuilt(ledger) == live
 
 

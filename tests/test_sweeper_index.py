@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from .helpers import event_names
+
 T0 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
 
 Step = tuple[str, float]
@@ -142,6 +144,7 @@ def test_retention_archives_old_closed_sessions_and_keeps_the_log(
     ledger: ChatLedger, clock: ManualClock, tmp_path: Path
 ) -> None:
     old = ledger.receive("old", "hi").session_id
+    ledger.set_slot(old, "name", "Ana", scope="user")
     ledger.end_session(old)
     idle = ledger.receive("idle", "hi").session_id
     clock.advance(days=10)
@@ -150,6 +153,9 @@ def test_retention_archives_old_closed_sessions_and_keeps_the_log(
     ledger.end_session(recent)
     live = ledger.receive("live", "hi").session_id
     head = ledger.recorder.max_notification_id()
+    ledger.catch_up()
+    metrics = ("sessions", "messages", "end_reasons", "durations_s", "visitors")
+    counts_before = ledger.analytics().model_dump(include=set(metrics))
 
     result = ledger.archive_closed_sessions(timedelta(days=5), tmp_path / "archive")
     assert result.archived == 2 and result.path is not None
@@ -161,16 +167,54 @@ def test_retention_archives_old_closed_sessions_and_keeps_the_log(
     assert [e["type"] for e in by_id[str(old)]["events"]] == [
         "Session.Started",
         "Session.MessageReceived",
+        "Session.SlotSet",
         "Session.Ended",
     ]
     with ledger.projector.engine.connect() as conn:
         closed = set(conn.execute(select(closed_sessions.c.session_id)).scalars())
         active = set(conn.execute(select(active_sessions.c.session_id)).scalars())
     assert closed == {recent} and active == {live}
-    assert ledger.recorder.max_notification_id() == head  # the log is untouched
+    # Nothing in the log changed; one Archived fact per archived session was appended.
+    assert ledger.recorder.max_notification_id() == head + 2
     assert ledger.session(old).status == "ended"
+    assert ledger.session(old).archived_at == clock()
+    assert event_names(ledger, old)[-1] == "Archived"
+    # The transcripts are gone from the read model, the rest stays.
+    assert ledger.transcript(session_id=old).messages == ()
+    assert [m.text for m in ledger.transcript(session_id=recent).messages] == ["hi"]
+    assert ledger.memory(visitor_id="old").display_name == "Ana"
+    assert ledger.analytics().model_dump(include=set(metrics)) == counts_before
     again = ledger.archive_closed_sessions(timedelta(days=5), tmp_path / "archive")
     assert (again.archived, again.path) == (0, None)
+    # A rebuild from scratch drops exactly what the live run dropped.
+    live_rows = read_model_rows(ledger)
+    for name in ledger.projector.projections:
+        ledger.projector.rebuild(name)
+    assert read_model_rows(ledger) == live_rows
+
+
+def read_model_rows(ledger: ChatLedger) -> dict[str, list[tuple[object, ...]]]:
+    rows: dict[str, list[tuple[object, ...]]] = {}
+    with ledger.projector.engine.connect() as conn:
+        for model in ledger.projector.projections.values():
+            for table in model.metadata.sorted_tables:
+                rows[table.name] = sorted(map(tuple, conn.execute(select(table))), key=repr)
+    return rows
+
+
+def test_an_archived_session_is_archived_once_and_only_when_closed(ledger: ChatLedger, clock: ManualClock) -> None:
+    from chatledger import SessionClosedError
+
+    sid = ledger.receive("v", "hi").session_id
+    session = ledger.repository.get(sid)
+    assert isinstance(session, Session)
+    with pytest.raises(SessionClosedError, match="still active"):
+        session.record_archive("a.jsonl.gz", at=clock())
+    ledger.end_session(sid)
+    session = ledger.repository.get(sid)
+    session.record_archive("a.jsonl.gz", at=clock())
+    with pytest.raises(ChatLedgerError, match="already archived to a.jsonl.gz"):
+        session.record_archive("b.jsonl.gz", at=clock())
 
 
 def test_retention_policy_refuses_nonsense() -> None:
