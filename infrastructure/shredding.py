@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import os
 import re
@@ -64,6 +65,9 @@ _EMPTY: tuple[Any, ...] = ({}, [], "", None)
 
 _BY_TOPIC = {get_topic(cls): paths for cls, paths in PERSONAL_FIELDS.items()}
 KEY_CACHE_TTL_S = 30.0
+MAX_CACHED_KEYS = 20_000
+"""Bound of each of the key ring's caches (one AES key object is ~2.6 KB): they
+must not grow with the number of visitors a long-running process has met."""
 
 SEALED_TEXT = "[sealed]"
 SEALED_VALUES: dict[str, Any] = {
@@ -120,8 +124,28 @@ def _walk(node: Any, parts: list[str], trail: list[str]) -> Iterable[tuple[Any, 
             yield node, key, path
 
 
+def _bounded(cache: dict[Any, Any] | set[Any], now: float | None = None) -> None:
+    """Make room in a cache that is full: drop expired entries, then the oldest.
+
+    Called with the ring's lock held, before an insert. Dropping an entry only
+    costs a look-up in the store later (which stays the truth, also for erased
+    keys), so a crude bound beats an unbounded cache in a process that meets
+    millions of visitors."""
+    if len(cache) < MAX_CACHED_KEYS:
+        return
+    if isinstance(cache, set):
+        cache.clear()
+        return
+    if now is not None:
+        for key in [k for k, v in cache.items() if now - v[0] > KEY_CACHE_TTL_S]:
+            del cache[key]
+    # Still full: forget the oldest half (dicts keep insertion order).
+    for key in list(itertools.islice(cache, max(len(cache) - MAX_CACHED_KEYS // 2, 0))):
+        del cache[key]
+
+
 class KeyRing:
-    """Content keys by visitor, with short-lived caches (erased keys stay erased)."""
+    """Content keys by visitor, with short-lived, bounded caches (erased keys stay erased)."""
 
     def __init__(self, recorder: SQLiteLedgerRecorder | PostgresLedgerRecorder) -> None:
         self.recorder = recorder
@@ -137,6 +161,7 @@ class KeyRing:
     def set_subject(self, aggregate_id: UUID, visitor_id: str) -> None:
         self.recorder.set_subject(aggregate_id, visitor_id)
         with self._lock:
+            _bounded(self._subjects)
             self._subjects[aggregate_id] = visitor_id
 
     def subject_of(self, aggregate_id: UUID) -> str | None:
@@ -146,8 +171,7 @@ class KeyRing:
         subject = self.recorder.subject_of(aggregate_id)
         if subject is not None:
             with self._lock:
-                if len(self._subjects) > 100_000:
-                    self._subjects.clear()
+                _bounded(self._subjects)
                 self._subjects[aggregate_id] = subject
         return subject
 
@@ -174,6 +198,7 @@ class KeyRing:
             assert row is not None
             cached = (now, row)
             with self._lock:
+                _bounded(self._active, now)
                 self._active[visitor_id] = cached
         kid, _, key = cached[1]
         return kid, AESGCM(key)
@@ -191,10 +216,12 @@ class KeyRing:
         key = self.recorder.key_by_id(kid)
         with self._lock:
             if key is None:
+                _bounded(self._erased)
                 self._erased.add(kid)
                 self._by_kid.pop(kid, None)
                 return None
             aead = AESGCM(key)
+            _bounded(self._by_kid, now)
             self._by_kid[kid] = (now, aead)
             return aead
 
@@ -216,9 +243,11 @@ class KeyRing:
                 for kid in chunk:
                     key = found.get(kid)
                     if key is None:
+                        _bounded(self._erased)
                         self._erased.add(kid)
                         self._by_kid.pop(kid, None)
                     else:
+                        _bounded(self._by_kid, now)
                         self._by_kid[kid] = (now, AESGCM(key))
 
     def forget(self, visitor_ids: Iterable[str], key_ids: Iterable[str]) -> None:
@@ -228,6 +257,7 @@ class KeyRing:
                 self._active.pop(visitor_id, None)
             for kid in key_ids:
                 self._by_kid.pop(kid, None)
+                _bounded(self._erased)
                 self._erased.add(kid)
 
 

@@ -424,3 +424,29 @@ def test_erasing_one_device_of_a_user_blanks_only_what_that_device_said_in_memor
     assert ledger.memory(user_id="user-a").display_name is None
     ledger.projector.rebuild("memory")
     assert ledger.memory(user_id="user-a").preferences == {"name": None, "lang": None}
+
+
+def test_the_key_rings_caches_stay_bounded_however_many_visitors_pass(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that meets millions of visitors must not keep a key object for
+    each (issue 3: nothing in memory grows with the number of sessions)."""
+    from datetime import UTC, datetime, timedelta
+
+    from chatledger.infrastructure import shredding
+
+    monkeypatch.setattr(shredding, "MAX_CACHED_KEYS", 8)
+    t0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
+    with ChatLedger.open(sqlite_url) as ledger:
+        sids = [ledger.receive(f"v-{n}", f"secret {n}", at=t0 + timedelta(seconds=n)).session_id for n in range(40)]
+        ledger.erase(visitor_id="v-3", at=t0 + timedelta(minutes=5))
+        ledger.catch_up()
+        ring = ledger.mapper.key_ring  # type: ignore[attr-defined]
+        for cache in (ring._subjects, ring._active, ring._by_kid, ring._erased):
+            assert len(cache) <= 8
+        with ChatLedger.open(sqlite_url, cache_size=0) as cold:  # every key read again
+            texts = [cold.session(sid).messages[0].text for sid in sids]
+            cold_ring = cold.mapper.key_ring  # type: ignore[attr-defined]
+            assert len(cold_ring._by_kid) <= 8
+        assert [m.text for m in ledger.transcript(session_id=sids[5]).messages] == ["secret 5"]
+    assert texts == [ERASED_TEXT if n == 3 else f"secret {n}" for n in range(40)]
