@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from hashlib import sha256
 from itertools import islice
@@ -30,9 +31,10 @@ from operator import itemgetter, lt
 from typing import Any
 from uuid import UUID, uuid4
 
+import psycopg
 from chatledger.domain.errors import ConfigurationError
 from chatledger.domain.visitor import Visitor
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import RecordConflictError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 from eventsourcing.utils import get_topic
@@ -140,10 +142,84 @@ class KeyRow(tuple[str, str, bytes]):
         return f"KeyRow(kid={self[0]!r}, visitor_id={self[1]!r}, key=<redacted>)"
 
 
+@dataclass(frozen=True)
+class KeyedStoredEvent(StoredEvent):
+    """A stored event whose personal fields are encrypted (see the shredding mapper).
+
+    ``visitor_id``/``kid``: the visitor and the key its envelopes were made with
+    (``kid`` None if no field needed one). ``new_key``: a key the mapper made in
+    memory and the store may not hold yet; the recorder inserts it in the event's
+    transaction. ``subject``: the event opens a session, so the recorder records
+    ``session -> visitor`` in that transaction.
+    """
+
+    visitor_id: str = ""
+    kid: str | None = None
+    new_key: KeyRow | None = field(default=None, repr=False, compare=False)
+    subject: bool = False
+
+
+class StaleKeyError(RecordConflictError):
+    """Envelopes of a batch were made with a key the store does not hold for their
+    visitor: an erasure destroyed it, or another writer created the visitor's key
+    first. Nothing of the batch was written; the command is re-run (it is a
+    conflict) and re-encodes with the visitor's current key."""
+
+    def __init__(self, kids: Sequence[str]) -> None:
+        super().__init__(f"stale content keys {sorted(kids)}: re-encode and retry")
+        self.kids = list(kids)
+
+
+StaleKeyHook = Callable[[Sequence[str], Sequence[str], Sequence[KeyRow]], None]
+"""``(kids not in the store, visitors whose key was stale, those visitors' current
+key rows)``: tells the key ring to drop what it cached, from inside the failing
+transaction, before it raises."""
+ConfirmedKeysHook = Callable[[Sequence[KeyRow]], None]
+"""New key rows that were just committed."""
+
+
+def _key_work(
+    stored_events: Sequence[StoredEvent],
+) -> tuple[list[KeyRow], list[tuple[UUID, str]], dict[str, str]]:
+    """A batch's new key rows, ``(session, visitor)`` subject rows and ``kid -> visitor`` to check."""
+    new_keys: dict[str, KeyRow] = {}
+    subjects: list[tuple[UUID, str]] = []
+    used: dict[str, str] = {}
+    for s in stored_events:
+        if not isinstance(s, KeyedStoredEvent):
+            continue
+        if s.subject:
+            subjects.append((_uuid(s.originator_id), s.visitor_id))
+        if s.kid is not None:
+            used[s.kid] = s.visitor_id
+        if s.new_key is not None:
+            new_keys[s.new_key[0]] = s.new_key
+    return list(new_keys.values()), subjects, used
+
+
+class _KeyHooks:
+    """Hooks through which the key ring learns the outcome of its new and cached keys."""
+
+    on_stale_keys: StaleKeyHook | None = None
+    on_keys_confirmed: ConfirmedKeysHook | None = None
+
+    def _stale(self, used: dict[str, str], found: dict[str, str], current: Sequence[KeyRow]) -> None:
+        bad = [kid for kid, visitor in used.items() if found.get(kid) != visitor]
+        if self.on_stale_keys is not None:
+            self.on_stale_keys([k for k in bad if k not in found], sorted({used[k] for k in bad}), current)
+        raise StaleKeyError(bad)
+
+    def _confirmed(self, stored_events: Sequence[StoredEvent]) -> None:
+        if self.on_keys_confirmed is not None:
+            rows = [s.new_key for s in stored_events if isinstance(s, KeyedStoredEvent) and s.new_key is not None]
+            if rows:
+                self.on_keys_confirmed(rows)
+
+
 # --------------------------------------------------------------------------- SQLite
 
 
-class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
+class SQLiteLedgerRecorder(_KeyHooks, SQLiteApplicationRecorder):
     """eventsourcing's SQLite recorder plus the hash chain and the key tables."""
 
     datastore: SQLiteDatastore
@@ -177,10 +253,44 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
             f"INSERT INTO {HASHES} VALUES (?,?,?,?,?)",
             [(nid, hex_id, v, ev, lh) for nid, _, hex_id, v, ev, lh in rows],
         )
+        self._write_keys(c, stored_events)
         erased = erased_visitor_ids(stored_events)
         if erased:
             c.executemany(f"DELETE FROM {KEYS} WHERE visitor_id=?", [(v,) for v in erased])
         return ids
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        ids = super().insert_events(stored_events, **kwargs)
+        self._confirmed(stored_events)
+        return ids
+
+    def _write_keys(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> None:
+        """Insert the batch's new keys and subjects, then check that every key its
+        envelopes use is in the store and is its visitor's (else :class:`StaleKeyError`,
+        which rolls the whole batch back)."""
+        new_keys, subjects, used = _key_work(stored_events)
+        if new_keys:
+            now = datetime.now(UTC).isoformat()
+            c.executemany(
+                f"INSERT INTO {KEYS} VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
+                [(kid, visitor, key, now) for kid, visitor, key in new_keys],
+            )
+        if subjects:
+            c.executemany(
+                f"INSERT INTO {SUBJECTS} VALUES (?,?) ON CONFLICT (aggregate_id) DO NOTHING",
+                [(oid.hex, visitor) for oid, visitor in subjects],
+            )
+        if not used:
+            return
+        found = _sqlite_key_visitors(c, list(used))
+        if all(found.get(kid) == visitor for kid, visitor in used.items()):
+            return
+        visitors = sorted({v for k, v in used.items() if found.get(k) != v})
+        c.execute(
+            f"SELECT kid, visitor_id, key FROM {KEYS} WHERE visitor_id IN ({','.join('?' * len(visitors))})",
+            visitors,
+        )
+        self._stale(used, found, [KeyRow((r[0], r[1], bytes(r[2]))) for r in c.fetchall()])
 
     def _insert_event_rows(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], hexes: Sequence[str]
@@ -275,13 +385,6 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
             )
             return sorted(r[0] for r in c.fetchall())
 
-    def set_subject(self, aggregate_id: UUID, visitor_id: str) -> None:
-        with self.datastore.transaction(commit=True) as c:
-            c.execute(
-                f"INSERT INTO {SUBJECTS} VALUES (?,?) ON CONFLICT (aggregate_id) DO NOTHING",
-                (aggregate_id.hex, visitor_id),
-            )
-
     def subject_of(self, aggregate_id: UUID) -> str | None:
         with self.datastore.transaction(commit=False) as c:
             c.execute(f"SELECT visitor_id FROM {SUBJECTS} WHERE aggregate_id=?", (aggregate_id.hex,))
@@ -360,10 +463,21 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
             return {r[0]: r[1] for r in c.fetchall()}
 
 
+def _sqlite_key_visitors(c: SQLiteCursor, kids: list[str]) -> dict[str, str]:
+    """``kid -> visitor_id`` of those of ``kids`` that are in the store."""
+    c.execute(f"SELECT kid, visitor_id FROM {KEYS} WHERE kid IN ({','.join('?' * len(kids))})", kids)
+    return {r[0]: r[1] for r in c.fetchall()}
+
+
+def _pg_key_visitors(c: Cursor[DictRow], keys: Composed, kids: list[str]) -> dict[str, str]:
+    c.execute(SQL("SELECT kid, visitor_id FROM {} WHERE kid = ANY(%s)").format(keys), (kids,))
+    return {r["kid"]: r["visitor_id"] for r in c.fetchall()}
+
+
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-class PostgresLedgerRecorder(PostgresApplicationRecorder):
+class PostgresLedgerRecorder(_KeyHooks, PostgresApplicationRecorder):
     """eventsourcing's PostgreSQL recorder plus the hash chain and the key tables."""
 
     datastore: PostgresDatastore
@@ -421,10 +535,71 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             head = c.fetchone()
             rows = chain_rows(stored_events, ids, prev, bytes(head["log_hash"]) if head else GENESIS)
             c.executemany(SQL("INSERT INTO {} VALUES (%s,%s,%s,%s,%s)").format(self._t(HASHES)), rows)
+            self._write_keys(c, stored_events)
             erased = erased_visitor_ids(stored_events)
             if erased:
                 c.execute(SQL("DELETE FROM {} WHERE visitor_id = ANY(%s)").format(self._t(KEYS)), (erased,))
         return ids
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        """The library's ``insert_events`` (``enable_db_functions`` is refused in
+        ``__init__``), except that an exception that is not the database's rolls
+        the transaction back: the library catches every exception inside the
+        transaction block and re-raises it after the block has exited normally,
+        which commits whatever was written unless the database had aborted the
+        transaction itself (as it has after any database error). A
+        :class:`StaleKeyError` is raised after statements that succeeded."""
+        if not stored_events:
+            return super().insert_events(stored_events, **kwargs)
+        exc: psycopg.Error | None = None
+        ids: Sequence[int] | None = None
+        with self.datastore.get_connection() as conn:
+            with conn.pipeline() as pipeline, conn.transaction():
+                with conn.cursor() as curs:
+                    self._insert_events(curs, stored_events, **kwargs)
+                with conn.cursor() as curs:
+                    try:
+                        self._insert_stored_events(curs, stored_events, **kwargs)
+                        # Sync now, so a uniqueness violation raises here (as in the library).
+                        pipeline.sync()
+                        ids = self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+                    except psycopg.Error as e:
+                        exc = e  # the transaction is aborted: re-raised after the pipeline, as the library does
+            if exc is not None:
+                raise exc
+        self._confirmed(stored_events)
+        return ids
+
+    def _write_keys(self, c: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
+        """As :meth:`SQLiteLedgerRecorder._write_keys`. This runs after the events
+        table's ``LOCK TABLE … IN EXCLUSIVE MODE``, so an erasure (which deletes
+        keys under the same lock) has committed entirely before, or starts after."""
+        new_keys, subjects, used = _key_work(stored_events)
+        if new_keys:
+            c.executemany(
+                SQL("INSERT INTO {} VALUES (%s,%s,%s,now()) ON CONFLICT DO NOTHING").format(self._t(KEYS)),
+                [tuple(row) for row in new_keys],
+            )
+        if subjects:
+            c.executemany(
+                SQL("INSERT INTO {} VALUES (%s,%s) ON CONFLICT (aggregate_id) DO NOTHING").format(self._t(SUBJECTS)),
+                subjects,
+            )
+        if not used:
+            return
+        # A cursor of its own: in pipeline mode, a fetch on the cursor of an
+        # executemany can meet that statement's result instead of the query's.
+        with c.connection.cursor() as q:
+            found = _pg_key_visitors(q, self._t(KEYS), list(used))
+            if all(found.get(kid) == visitor for kid, visitor in used.items()):
+                return
+            visitors = sorted({v for k, v in used.items() if found.get(k) != v})
+            q.execute(
+                SQL("SELECT kid, visitor_id, key FROM {} WHERE visitor_id = ANY(%s)").format(self._t(KEYS)),
+                (visitors,),
+            )
+            current = [KeyRow((r["kid"], r["visitor_id"], bytes(r["key"]))) for r in q.fetchall()]
+        self._stale(used, found, current)
 
     # ---- keys -------------------------------------------------------------
 
@@ -451,13 +626,6 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         with self.datastore.transaction(commit=False) as c:
             c.execute(SQL("SELECT kid FROM {} WHERE visitor_id = ANY(%s)").format(self._t(KEYS)), (list(visitor_ids),))
             return sorted(r["kid"] for r in c.fetchall())
-
-    def set_subject(self, aggregate_id: UUID, visitor_id: str) -> None:
-        with self.datastore.transaction(commit=True) as c:
-            c.execute(
-                SQL("INSERT INTO {} VALUES (%s,%s) ON CONFLICT (aggregate_id) DO NOTHING").format(self._t(SUBJECTS)),
-                (aggregate_id, visitor_id),
-            )
 
     def subject_of(self, aggregate_id: UUID) -> str | None:
         with self.datastore.transaction(commit=False) as c:

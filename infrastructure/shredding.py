@@ -5,9 +5,11 @@ The :class:`ShreddingMapper` replaces each personal field of an event (see
 "kid": key id}`` made with AES-256-GCM (``cryptography``), so the rest of the
 event (ids, times, types, slot names, counts) stays readable JSON. The key
 belongs to the visitor whose conversation it is: ``Session.Started`` names the
-visitor, and the mapper records ``session id -> visitor`` in
-``chatledger_key_subjects`` before the first event of the session is stored, so
-every later event (and snapshot) of that session finds the same subject.
+visitor, and ``session id -> visitor`` is stored in ``chatledger_key_subjects``
+in the transaction of that event, so every later event (and snapshot) of that
+session finds the same subject. A new key is made in memory and stored in the
+transaction of the first events encrypted with it; the recorder checks there
+that every key a batch uses is in the store (see :class:`KeyRing`).
 
 Erasure destroys the visitor's key rows (in the transaction that appends the
 ``Visitor.DataErased`` event, see :mod:`chatledger.infrastructure.recorders`).
@@ -27,11 +29,12 @@ import itertools
 import json
 import os
 import re
+import secrets
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from chatledger.domain.erasure import ERASED_VALUES
 from chatledger.domain.model import DomainEvent
@@ -45,7 +48,7 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from .persistence import PydanticMapper
-from .recorders import KEYS, KeyRow, PostgresLedgerRecorder, SQLiteLedgerRecorder
+from .recorders import KEYS, KeyedStoredEvent, KeyRow, PostgresLedgerRecorder, SQLiteLedgerRecorder
 
 PERSONAL_FIELDS: dict[type[DomainEvent], tuple[str, ...]] = {
     Session.Started: ("context", "carried_slots.*.value"),
@@ -145,21 +148,35 @@ def _bounded(cache: dict[Any, Any] | set[Any], now: float | None = None) -> None
 
 
 class KeyRing:
-    """Content keys by visitor, with short-lived, bounded caches (erased keys stay erased)."""
+    """Content keys by visitor, with short-lived, bounded caches (erased keys stay erased).
+
+    Writing costs no transaction of its own: a visitor without a key gets one
+    made in memory, and the recorder inserts it (and a new session's subject row)
+    in the transaction of the events encrypted with it, where it also checks
+    that every key those events use is in the store and is their visitor's. A
+    key destroyed by an erasure elsewhere, or a visitor whose key another writer
+    created first, fails that check: nothing is written, the recorder tells this
+    ring (:meth:`_on_stale_keys`, with the visitor's current key) and raises a
+    conflict, and the command re-runs with the right key.
+    """
 
     def __init__(self, recorder: SQLiteLedgerRecorder | PostgresLedgerRecorder) -> None:
         self.recorder = recorder
         self._lock = threading.Lock()
         self._subjects: dict[UUID, str | None] = {}
-        self._active: dict[str, tuple[float, KeyRow]] = {}
+        # visitor -> (cached at, key row, confirmed: the row is known to be committed)
+        self._active: dict[str, tuple[float, KeyRow, bool]] = {}
         self._by_kid: dict[str, tuple[float, AESGCM]] = {}
         self._erased: set[str] = set()
+        recorder.on_stale_keys = self._on_stale_keys
+        recorder.on_keys_confirmed = self._on_keys_confirmed
 
     def __repr__(self) -> str:
         return f"KeyRing({type(self.recorder).__name__})"
 
-    def set_subject(self, aggregate_id: UUID, visitor_id: str) -> None:
-        self.recorder.set_subject(aggregate_id, visitor_id)
+    def remember_subject(self, aggregate_id: UUID, visitor_id: str) -> None:
+        """``aggregate_id`` is a session of ``visitor_id`` (its ``Started`` event is
+        being encoded; the recorder stores the row with it)."""
         with self._lock:
             _bounded(self._subjects)
             self._subjects[aggregate_id] = visitor_id
@@ -175,33 +192,65 @@ class KeyRing:
                 self._subjects[aggregate_id] = subject
         return subject
 
-    def encryption_key(self, aggregate_id: UUID) -> tuple[str, AESGCM] | None:
-        """The key new personal data of ``aggregate_id`` is encrypted with (created if needed).
+    def encryption_key(
+        self, aggregate_id: UUID, *, new_session: bool = False
+    ) -> tuple[str, AESGCM, str, KeyRow | None] | None:
+        """``(kid, key, visitor, new key row or None)`` for new personal data of ``aggregate_id``.
 
-        A cached key is checked against the store first (one primary-key look-up):
-        an erasure in another process may have destroyed it, and data encrypted
-        under a destroyed key would be lost. Racing the erasure itself is settled
-        by the store: the erasure appends to every session and to the visitor, so
-        a writer that encoded with the old key conflicts and re-encodes.
+        The cached key of the visitor is used without a look-up: the recorder
+        checks it in the write transaction. Without one, the store is asked
+        (read only), except for a new session (``new_session``: most often a new
+        visitor), where a key is made in memory straight away; if the visitor
+        had one after all, the write conflicts and the retry uses it. A key made
+        in memory is returned as a row for the recorder to insert until a write
+        with it has committed.
         """
         visitor_id = self.subject_of(aggregate_id)
         if visitor_id is None:
             return None
-        now = time.monotonic()
         with self._lock:
             cached = self._active.get(visitor_id)
-        if cached is not None and self.recorder.key_by_id(cached[1][0]) is None:
-            self.forget([visitor_id], [cached[1][0]])
-            cached = None
-        if cached is None or now - cached[0] > KEY_CACHE_TTL_S:
-            row = self.recorder.active_key(visitor_id, create=True)
-            assert row is not None
-            cached = (now, row)
+        if cached is None:
+            row = None if new_session else self.recorder.active_key(visitor_id, create=False)
+            now = time.monotonic()
             with self._lock:
+                cached = self._active.get(visitor_id)  # another thread may have been first
+                if cached is None:
+                    if row is None:
+                        row = KeyRow((str(uuid4()), visitor_id, secrets.token_bytes(32)))
+                        cached = (now, row, False)
+                    else:
+                        cached = (now, row, True)
+                    _bounded(self._active, now)
+                    self._active[visitor_id] = cached
+        _, row, confirmed = cached
+        return row[0], AESGCM(row[2]), visitor_id, None if confirmed else row
+
+    def _on_stale_keys(self, kids: Sequence[str], visitor_ids: Sequence[str], current: Sequence[KeyRow]) -> None:
+        """Called by the recorder, in a write transaction it is about to roll back:
+        ``kids`` are not (or not any more) in the store; ``visitor_ids`` wrote
+        with a stale key; ``current`` are those visitors' keys in the store."""
+        now = time.monotonic()
+        with self._lock:
+            for visitor_id in visitor_ids:
+                self._active.pop(visitor_id, None)
+            for kid in kids:
+                self._by_kid.pop(kid, None)
+                _bounded(self._erased)
+                self._erased.add(kid)
+            for row in current:
                 _bounded(self._active, now)
-                self._active[visitor_id] = cached
-        kid, _, key = cached[1]
-        return kid, AESGCM(key)
+                self._active[row[1]] = (now, row, True)
+
+    def _on_keys_confirmed(self, rows: Sequence[KeyRow]) -> None:
+        """Called by the recorder after a write that inserted ``rows`` committed."""
+        now = time.monotonic()
+        with self._lock:
+            for row in rows:
+                _bounded(self._active, now)
+                self._active[row[1]] = (now, row, True)
+                _bounded(self._by_kid, now)
+                self._by_kid[row[0]] = (now, AESGCM(row[2]))
 
     def decryption_key(self, kid: str) -> AESGCM | None:
         """The key ``kid``, or None if it was destroyed."""
@@ -301,12 +350,14 @@ class ShreddingMapper(PydanticMapper):
         ring = self.key_ring
         if ring is None or paths is None or self.compressor or self.cipher:
             return super().to_stored_event(domain_event)
-        if isinstance(domain_event, Session.Started):
-            ring.set_subject(domain_event.originator_id, domain_event.visitor_id)
-        key = ring.encryption_key(domain_event.originator_id)
+        new_session = isinstance(domain_event, Session.Started)
+        if new_session:
+            ring.remember_subject(domain_event.originator_id, domain_event.visitor_id)
+        key = ring.encryption_key(domain_event.originator_id, new_session=new_session)
         if key is None:
             return super().to_stored_event(domain_event)
-        kid, aead = key
+        kid, aead, visitor_id, new_key = key
+        used = False
         data = domain_event.model_dump(mode="json")
         aad_prefix = [str(domain_event.originator_id), str(domain_event.originator_version)]
         for path in paths:
@@ -318,11 +369,16 @@ class ShreddingMapper(PydanticMapper):
                 plain = json.dumps(node[leaf], separators=(",", ":")).encode()
                 sealed = nonce + aead.encrypt(nonce, plain, aad)
                 node[leaf] = {"$enc": base64.b64encode(sealed).decode(), "kid": kid}
-        return StoredEvent(
+                used = True
+        return KeyedStoredEvent(
             originator_id=domain_event.originator_id,
             originator_version=domain_event.originator_version,
             topic=get_topic(type(domain_event)),
             state=json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(),
+            visitor_id=visitor_id,
+            kid=kid if used else None,
+            new_key=new_key if used else None,
+            subject=new_session,
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:

@@ -25,6 +25,17 @@ from eventsourcing.postgres import PostgresAggregateRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteCursor, SQLiteFactory
 from psycopg.sql import SQL, Identifier
 
+from .recorders import KEYS, KeyedStoredEvent
+
+
+class _KeyGone(Exception):
+    """A snapshot's key is not (or no longer) in the store: the snapshot is not written."""
+
+
+def used_keys(stored_events: Sequence[StoredEvent]) -> dict[str, str]:
+    """``kid -> visitor`` of the keys the snapshots' envelopes were made with."""
+    return {s.kid: s.visitor_id for s in stored_events if isinstance(s, KeyedStoredEvent) and s.kid is not None}
+
 
 def newest_versions(stored_events: Sequence[StoredEvent]) -> dict[UUID, int]:
     newest: dict[UUID, int] = {}
@@ -35,25 +46,62 @@ def newest_versions(stored_events: Sequence[StoredEvent]) -> dict[UUID, int]:
 
 
 class SQLiteSnapshotRecorder(SQLiteAggregateRecorder):
+    """Also: a snapshot is written only if the key of its (encrypted) state is in
+    the store, checked in its own write transaction (SQLite has one writer, so no
+    erasure commits in between). A snapshot under a destroyed key would be
+    unreadable; snapshots are derived, so one not written costs only a replay."""
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        try:
+            return super().insert_events(stored_events, **kwargs)
+        except _KeyGone:
+            return None
+
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         ids = super()._insert_events(c, stored_events, **kwargs)
         c.executemany(
             f"DELETE FROM {self.events_table_name} WHERE originator_id=? AND originator_version<?",
             [(oid.hex, version) for oid, version in newest_versions(stored_events).items()],
         )
+        used = used_keys(stored_events)
+        if used:
+            kids = list(used)
+            c.execute(f"SELECT kid, visitor_id FROM {KEYS} WHERE kid IN ({','.join('?' * len(kids))})", kids)
+            found = dict(c.fetchall())
+            if any(found.get(k) != v for k, v in used.items()):
+                raise _KeyGone
         return ids
 
 
 class PostgresSnapshotRecorder(PostgresAggregateRecorder):
+    """As :class:`SQLiteSnapshotRecorder`; the key rows are read ``FOR SHARE``, so
+    an erasure's ``DELETE`` of them waits for this transaction (and then deletes
+    the snapshot too), or this one waits for the erasure and finds them gone."""
+
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         if not stored_events:
             return None
+        schema = Identifier(self.datastore.schema or "public")
         prune = SQL("DELETE FROM {}.{} WHERE originator_id=%s AND originator_version<%s").format(
-            Identifier(self.datastore.schema or "public"), Identifier(self.events_table_name)
+            schema, Identifier(self.events_table_name)
         )
-        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
-            self._insert_stored_events(curs, stored_events, **kwargs)
-            curs.executemany(prune, list(newest_versions(stored_events).items()))
+        used = used_keys(stored_events)
+        try:
+            with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+                if used:
+                    curs.execute(
+                        SQL("SELECT kid, visitor_id FROM {}.{} WHERE kid = ANY(%s) FOR SHARE").format(
+                            schema, Identifier(KEYS)
+                        ),
+                        (list(used),),
+                    )
+                    found = {r["kid"]: r["visitor_id"] for r in curs.fetchall()}
+                    if any(found.get(k) != v for k, v in used.items()):
+                        raise _KeyGone
+                self._insert_stored_events(curs, stored_events, **kwargs)
+                curs.executemany(prune, list(newest_versions(stored_events).items()))
+        except _KeyGone:
+            return None
         return None
 
 
