@@ -57,7 +57,21 @@ SUBJECTS = "chatledger_key_subjects"
 ERASURE_TOPIC = get_topic(Visitor.DataErased)
 _EVENT_TAG = b"chatledger/event/v1"  # as in hashchain.event_hash
 _LOG_TAG = b"chatledger/log/v1"  # as in hashchain.log_hash
-_PAIRS_PER_QUERY = 500  # (id, version) pairs per look-up; SQLite allows 32,766 parameters
+SQLITE_MAX_PARAMS = 999
+"""Bound parameters per statement that every SQLite build accepts (builds
+before 3.32, still shipped by some LTS distributions, stop at 999)."""
+_PAIRS_PER_QUERY = SQLITE_MAX_PARAMS // 2  # (id, version) pairs per look-up
+
+
+def sqlite_select_in(c: SQLiteCursor, sql: str, values: Sequence[Any]) -> list[Any]:
+    """Rows of ``sql`` (one ``{}`` where the ``IN`` list goes) for all ``values``,
+    in as many statements as the parameter limit needs."""
+    rows: list[Any] = []
+    for start in range(0, len(values), SQLITE_MAX_PARAMS):
+        chunk = list(values[start : start + SQLITE_MAX_PARAMS])
+        c.execute(sql.format(",".join("?" * len(chunk))), chunk)
+        rows.extend(c.fetchall())
+    return rows
 
 
 def chain_rows(
@@ -286,11 +300,8 @@ class SQLiteLedgerRecorder(_KeyHooks, SQLiteApplicationRecorder):
         if all(found.get(kid) == visitor for kid, visitor in used.items()):
             return
         visitors = sorted({v for k, v in used.items() if found.get(k) != v})
-        c.execute(
-            f"SELECT kid, visitor_id, key FROM {KEYS} WHERE visitor_id IN ({','.join('?' * len(visitors))})",
-            visitors,
-        )
-        self._stale(used, found, [KeyRow((r[0], r[1], bytes(r[2]))) for r in c.fetchall()])
+        rows = sqlite_select_in(c, f"SELECT kid, visitor_id, key FROM {KEYS} WHERE visitor_id IN ({{}})", visitors)
+        self._stale(used, found, [KeyRow((r[0], r[1], bytes(r[2]))) for r in rows])
 
     def _insert_event_rows(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], hexes: Sequence[str]
@@ -379,11 +390,8 @@ class SQLiteLedgerRecorder(_KeyHooks, SQLiteApplicationRecorder):
 
     def key_ids_of(self, visitor_ids: Sequence[str]) -> list[str]:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(
-                f"SELECT kid FROM {KEYS} WHERE visitor_id IN ({','.join('?' * len(visitor_ids))})",
-                list(visitor_ids),
-            )
-            return sorted(r[0] for r in c.fetchall())
+            rows = sqlite_select_in(c, f"SELECT kid FROM {KEYS} WHERE visitor_id IN ({{}})", visitor_ids)
+            return sorted(r[0] for r in rows)
 
     def subject_of(self, aggregate_id: UUID) -> str | None:
         with self.datastore.transaction(commit=False) as c:
@@ -465,8 +473,7 @@ class SQLiteLedgerRecorder(_KeyHooks, SQLiteApplicationRecorder):
 
 def _sqlite_key_visitors(c: SQLiteCursor, kids: list[str]) -> dict[str, str]:
     """``kid -> visitor_id`` of those of ``kids`` that are in the store."""
-    c.execute(f"SELECT kid, visitor_id FROM {KEYS} WHERE kid IN ({','.join('?' * len(kids))})", kids)
-    return {r[0]: r[1] for r in c.fetchall()}
+    return {r[0]: r[1] for r in sqlite_select_in(c, f"SELECT kid, visitor_id FROM {KEYS} WHERE kid IN ({{}})", kids)}
 
 
 def _pg_key_visitors(c: Cursor[DictRow], keys: Composed, kids: list[str]) -> dict[str, str]:

@@ -48,7 +48,14 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from .persistence import PydanticMapper
-from .recorders import KEYS, KeyedStoredEvent, KeyRow, PostgresLedgerRecorder, SQLiteLedgerRecorder
+from .recorders import (
+    KEYS,
+    KeyedStoredEvent,
+    KeyRow,
+    PostgresLedgerRecorder,
+    SQLiteLedgerRecorder,
+    sqlite_select_in,
+)
 
 PERSONAL_FIELDS: dict[type[DomainEvent], tuple[str, ...]] = {
     Session.Started: ("context", "carried_slots.*.value"),
@@ -319,8 +326,8 @@ def _keys_by_id(recorder: SQLiteLedgerRecorder | PostgresLedgerRecorder, kids: l
                 (kids,),
             )
             return {row["kid"]: bytes(row["key"]) for row in c.fetchall()}
-        c.execute(f"SELECT kid, key FROM {KEYS} WHERE kid IN ({','.join('?' * len(kids))})", kids)
-        return {row[0]: bytes(row[1]) for row in c.fetchall()}
+        rows = sqlite_select_in(c, f"SELECT kid, key FROM {KEYS} WHERE kid IN ({{}})", kids)
+        return {row[0]: bytes(row[1]) for row in rows}
 
 
 _ENVELOPE = re.compile(rb'"(text|metadata|value)":\{"\$enc":"[A-Za-z0-9+/=]*","kid":"[^"\\]*"\}')

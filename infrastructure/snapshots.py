@@ -25,7 +25,7 @@ from eventsourcing.postgres import PostgresAggregateRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteCursor, SQLiteFactory
 from psycopg.sql import SQL, Identifier
 
-from .recorders import KEYS, KeyedStoredEvent
+from .recorders import KEYS, KeyedStoredEvent, sqlite_select_in
 
 
 class _KeyGone(Exception):
@@ -66,8 +66,7 @@ class SQLiteSnapshotRecorder(SQLiteAggregateRecorder):
         used = used_keys(stored_events)
         if used:
             kids = list(used)
-            c.execute(f"SELECT kid, visitor_id FROM {KEYS} WHERE kid IN ({','.join('?' * len(kids))})", kids)
-            found = dict(c.fetchall())
+            found = dict(sqlite_select_in(c, f"SELECT kid, visitor_id FROM {KEYS} WHERE kid IN ({{}})", kids))
             if any(found.get(k) != v for k, v in used.items()):
                 raise _KeyGone
         return ids

@@ -241,7 +241,8 @@ class ReadModel(Projection[SQLView]):
     without opening their envelopes, each personal field replaced by a
     placeholder (``ShreddingMapper.to_sealed_event``), which skips the
     decryption a message costs. Declare ``()`` only if no handler reads a
-    personal field (see ``infrastructure/shredding.py``, ``PERSONAL_FIELDS``)."""
+    personal field (see ``infrastructure/shredding.py``, ``PERSONAL_FIELDS``).
+    Not inherited: a subclass must declare it again, or it gets everything opened."""
 
     @singledispatchmethod
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
@@ -530,7 +531,10 @@ def _topic_set(projection: ReadModel) -> frozenset[str] | None:
 
 def _personal_set(projection: ReadModel) -> frozenset[str] | None:
     """Topics whose personal fields ``projection`` reads, or ``None`` for all."""
-    classes = projection.personal_fields
+    # Only a class's own declaration counts: a subclass that adds handlers
+    # (which may read personal fields) gets everything opened unless it
+    # declares again what it reads.
+    classes = type(projection).__dict__.get("personal_fields")
     return None if classes is None else frozenset(get_topic(c) for c in classes)
 
 

@@ -450,3 +450,21 @@ def test_the_key_rings_caches_stay_bounded_however_many_visitors_pass(
             assert len(cold_ring._by_kid) <= 8
         assert [m.text for m in ledger.transcript(session_id=sids[5]).messages] == ["secret 5"]
     assert texts == [ERASED_TEXT if n == 3 else f"secret {n}" for n in range(40)]
+
+
+def test_a_subclass_must_declare_personal_fields_again_to_get_sealed_events() -> None:
+    """A subclass of a read model that reads no personal field may add a handler
+    that does: it gets everything opened unless it says otherwise."""
+    from chatledger.projections.analytics import SessionAnalytics
+    from chatledger.projections.base import _personal_set
+
+    class WithTexts(SessionAnalytics):
+        pass
+
+    class StillNone(SessionAnalytics):
+        personal_fields = ()
+
+    view = object.__new__(SessionAnalytics)
+    assert _personal_set(view) == frozenset()
+    assert _personal_set(object.__new__(WithTexts)) is None
+    assert _personal_set(object.__new__(StillNone)) == frozenset()

@@ -13,7 +13,7 @@ from uuid import UUID, uuid4
 import pytest
 from chatledger.infrastructure.hashchain import GENESIS, VerificationReport, event_hash, log_hash
 from chatledger.infrastructure.recorders import HASHES, SQLiteLedgerRecorder, chain_rows
-from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 from hypothesis import given
 from hypothesis import strategies as st
@@ -145,3 +145,45 @@ def test_chain_rows_computes_the_digests_hashchain_defines(
     prev = {oids[0]: bytes(range(32))} if known else {}
     head = bytes(32) if known else bytes(range(1, 33))
     assert chain_rows(events, ids, prev, head) == reference_chain_rows(events, ids, prev, head)
+
+
+def test_big_batches_fit_the_parameter_limit_of_every_sqlite_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite before 3.32 (still in some LTS distributions) binds at most 999
+    parameters per statement; a sweep of thousands of sessions, and a save of
+    over a thousand new visitors, must still work there."""
+    from datetime import UTC, datetime, timedelta
+
+    from chatledger import ChatLedger
+    from chatledger.domain.ids import uuid7
+    from chatledger.domain.policy import AppliedPolicy
+    from chatledger.domain.session import Session
+
+    connect = sqlite3.connect
+
+    def old_sqlite(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", old_sqlite)
+    t0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
+    with (
+        ChatLedger.open(f"sqlite:///{tmp_path}/chat.db") as probe,
+        pytest.raises(OperationalError, match="too many SQL variables"),
+        probe.recorder.datastore.transaction(commit=False) as c,  # type: ignore[attr-defined]
+    ):
+        c.execute(f"SELECT 1 WHERE 1 IN ({','.join('?' * 1000)})", list(range(1000)))
+    with ChatLedger.open(f"sqlite:///{tmp_path}/chat.db") as ledger:
+        policy = AppliedPolicy.of(ledger.policy)
+        sessions = []
+        for i in range(1200):  # one save: 1,200 new visitors' keys checked in one transaction
+            at = t0 + timedelta(milliseconds=i)
+            session = Session.start(session_id=uuid7(at), visitor_id=f"v-{i}", at=at, policy=policy)
+            session.receive(f"secret {i}", at=at)
+            sessions.append(session)
+        ledger.save(*sessions)
+        assert ledger.sweep(now=t0 + timedelta(days=1)) == 1200  # batches of 5,000 rows
+        assert ledger.verify().ok
+        assert ledger.session(sessions[1100].id).messages[0].text == "secret 1100"
