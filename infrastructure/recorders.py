@@ -34,10 +34,15 @@ from uuid import UUID, uuid4
 import psycopg
 from chatledger.domain.errors import ConfigurationError
 from chatledger.domain.visitor import Visitor
-from eventsourcing.persistence import RecordConflictError, StoredEvent
+from eventsourcing.persistence import (
+    InterfaceError,
+    OperationalError,
+    RecordConflictError,
+    StoredEvent,
+)
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
-from eventsourcing.utils import get_topic
+from eventsourcing.utils import get_topic, retry
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
@@ -53,6 +58,10 @@ from .hashchain import (
 
 HASHES = "chatledger_event_hashes"
 KEYS = "chatledger_keys"
+DESTROYED = "chatledger_destroyed_keys"
+"""Ids (never keys) of the keys erasures destroyed: a key id is random and used
+once, so a new key under a destroyed id can only be a writer resurrecting a key
+it made before the erasure; the write is refused and re-encoded."""
 SUBJECTS = "chatledger_key_subjects"
 ERASURE_TOPIC = get_topic(Visitor.DataErased)
 _EVENT_TAG = b"chatledger/event/v1"  # as in hashchain.event_hash
@@ -250,6 +259,7 @@ class SQLiteLedgerRecorder(_KeyHooks, SQLiteApplicationRecorder):
             "created_at TEXT NOT NULL)"),
             (f"CREATE TABLE IF NOT EXISTS {SUBJECTS} ("
             "aggregate_id TEXT PRIMARY KEY, visitor_id TEXT NOT NULL)"),
+            f"CREATE TABLE IF NOT EXISTS {DESTROYED} (kid TEXT PRIMARY KEY)",
         ]
 
     def _insert_events(
@@ -270,7 +280,9 @@ class SQLiteLedgerRecorder(_KeyHooks, SQLiteApplicationRecorder):
         self._write_keys(c, stored_events)
         erased = erased_visitor_ids(stored_events)
         if erased:
-            c.executemany(f"DELETE FROM {KEYS} WHERE visitor_id=?", [(v,) for v in erased])
+            params = [(v,) for v in erased]
+            c.executemany(f"INSERT OR IGNORE INTO {DESTROYED} SELECT kid FROM {KEYS} WHERE visitor_id=?", params)
+            c.executemany(f"DELETE FROM {KEYS} WHERE visitor_id=?", params)
         return ids
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
@@ -297,11 +309,18 @@ class SQLiteLedgerRecorder(_KeyHooks, SQLiteApplicationRecorder):
         if not used:
             return
         found = _sqlite_key_visitors(c, list(used))
+        destroyed: set[str] = set()
+        if new_keys:
+            destroyed = {
+                r[0] for r in sqlite_select_in(c, f"SELECT kid FROM {DESTROYED} WHERE kid IN ({{}})", [k[0] for k in new_keys])
+            }
+            for kid in destroyed:
+                found.pop(kid, None)
         if all(found.get(kid) == visitor for kid, visitor in used.items()):
             return
         visitors = sorted({v for k, v in used.items() if found.get(k) != v})
         rows = sqlite_select_in(c, f"SELECT kid, visitor_id, key FROM {KEYS} WHERE visitor_id IN ({{}})", visitors)
-        self._stale(used, found, [KeyRow((r[0], r[1], bytes(r[2]))) for r in rows])
+        self._stale(used, found, [KeyRow((r[0], r[1], bytes(r[2]))) for r in rows if r[0] not in destroyed])
 
     def _insert_event_rows(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], hexes: Sequence[str]
@@ -511,6 +530,7 @@ class PostgresLedgerRecorder(_KeyHooks, PostgresApplicationRecorder):
             SQL(
                 "CREATE TABLE IF NOT EXISTS {}.{} (aggregate_id uuid PRIMARY KEY, visitor_id text NOT NULL)"
             ).format(s, Identifier(SUBJECTS)),
+            SQL("CREATE TABLE IF NOT EXISTS {}.{} (kid text PRIMARY KEY)").format(s, Identifier(DESTROYED)),
         ]
 
     def _t(self, table: str) -> Composed:
@@ -545,9 +565,16 @@ class PostgresLedgerRecorder(_KeyHooks, PostgresApplicationRecorder):
             self._write_keys(c, stored_events)
             erased = erased_visitor_ids(stored_events)
             if erased:
+                c.execute(
+                    SQL("INSERT INTO {} SELECT kid FROM {} WHERE visitor_id = ANY(%s) ON CONFLICT DO NOTHING").format(
+                        self._t(DESTROYED), self._t(KEYS)
+                    ),
+                    (erased,),
+                )
                 c.execute(SQL("DELETE FROM {} WHERE visitor_id = ANY(%s)").format(self._t(KEYS)), (erased,))
         return ids
 
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)  # as the library's
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         """The library's ``insert_events`` (``enable_db_functions`` is refused in
         ``__init__``), except that an exception that is not the database's rolls
@@ -598,6 +625,15 @@ class PostgresLedgerRecorder(_KeyHooks, PostgresApplicationRecorder):
         # executemany can meet that statement's result instead of the query's.
         with c.connection.cursor() as q:
             found = _pg_key_visitors(q, self._t(KEYS), list(used))
+            destroyed: set[str] = set()
+            if new_keys:
+                q.execute(
+                    SQL("SELECT kid FROM {} WHERE kid = ANY(%s)").format(self._t(DESTROYED)),
+                    ([row[0] for row in new_keys],),
+                )
+                destroyed = {r["kid"] for r in q.fetchall()}
+                for kid in destroyed:
+                    found.pop(kid, None)
             if all(found.get(kid) == visitor for kid, visitor in used.items()):
                 return
             visitors = sorted({v for k, v in used.items() if found.get(k) != v})
@@ -605,7 +641,9 @@ class PostgresLedgerRecorder(_KeyHooks, PostgresApplicationRecorder):
                 SQL("SELECT kid, visitor_id, key FROM {} WHERE visitor_id = ANY(%s)").format(self._t(KEYS)),
                 (visitors,),
             )
-            current = [KeyRow((r["kid"], r["visitor_id"], bytes(r["key"]))) for r in q.fetchall()]
+            current = [
+                KeyRow((r["kid"], r["visitor_id"], bytes(r["key"]))) for r in q.fetchall() if r["kid"] not in destroyed
+            ]
         self._stale(used, found, current)
 
     # ---- keys -------------------------------------------------------------

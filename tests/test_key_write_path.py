@@ -248,3 +248,83 @@ def test_a_returning_visitor_met_by_a_fresh_process_keeps_one_key(database_url: 
     with ChatLedger.open(database_url, cache_size=0) as fresh:
         assert [m.text for m in fresh.session(first).messages] == ["first visit"]
         assert [m.text for m in fresh.session(turn.session_id).messages] == ["hours later"]
+
+
+def test_a_key_destroyed_before_its_maker_learned_it_was_committed_is_never_resurrected(
+    database_url: str,
+) -> None:
+    """A commits a new visitor's first message (its new key in the same
+    transaction) but has not yet been told the key is committed; meanwhile B
+    erases the visitor, and another thread of A replies with the key it still
+    holds as new. Re-inserting that key would bring the destroyed key back and
+    make the erased content readable again: the destroyed key ids are kept, and
+    the reply is re-encoded under a fresh key."""
+    raw = RawDB(database_url)
+    a = ChatLedger.open(database_url)
+    b = ChatLedger.open(database_url)
+    recorder: Any = a.recorder
+    confirm = recorder.on_keys_confirmed
+    committed, release = threading.Event(), threading.Event()
+
+    def late_confirm(rows: Any) -> None:
+        committed.set()
+        release.wait(10)
+        confirm(rows)
+
+    recorder.on_keys_confirmed = late_confirm
+    first = threading.Thread(target=lambda: a.receive("v-1", "my secret", at=T0))
+    first.start()
+    try:
+        assert committed.wait(10)
+        recorder.on_keys_confirmed = confirm
+        [k1] = key_rows(raw, "v-1")
+        sid = b.visitor("v-1").session_ids[-1]  # type: ignore[union-attr]
+        assert b.erase(visitor_id="v-1", at=T0 + timedelta(seconds=1)).key_ids == (k1,)
+        with counting_stale_keys(a) as stale:
+            a.reply(sid, "after erasure", at=T0 + timedelta(seconds=2))
+        assert stale == [[k1]]
+        [k2] = key_rows(raw, "v-1")
+        assert k2 != k1
+    finally:
+        release.set()
+        first.join()
+        a.close()
+        b.close()
+    with ChatLedger.open(database_url, cache_size=0) as fresh:
+        texts = [getattr(e, "text", None) for e in fresh.session_events(sid)]
+        history = [m.text for m in list(fresh.history(sid))[1].state.messages]
+    assert "my secret" not in texts and texts[1] == "[erased]" and texts[-1] == "after erasure"
+    assert history == ["[erased]"]
+
+
+def test_a_postgres_lock_timeout_is_retried_as_the_library_does(postgres_url: str) -> None:
+    """Our PostgreSQL recorder replaces the library's ``insert_events``; it keeps
+    its retry of lock timeouts and dropped connections (10 attempts, 0.2 s apart)."""
+    import time
+
+    import psycopg
+    from psycopg import sql
+
+    with ChatLedger.open(postgres_url) as ledger:
+        recorder: Any = ledger.recorder
+        recorder.lock_table_statements[0] = sql.SQL("SET LOCAL lock_timeout = '300ms'")
+        ledger.receive("v-1", "hello", at=T0)
+        schema = recorder.datastore.schema
+        locked = threading.Event()
+
+        def hold_the_table() -> None:
+            with psycopg.connect("host=127.0.0.1 user=postgres dbname=test") as conn:
+                conn.execute(
+                    sql.SQL("LOCK TABLE {}.{} IN EXCLUSIVE MODE").format(
+                        sql.Identifier(schema), sql.Identifier(recorder.events_table_name)
+                    )
+                )
+                locked.set()
+                time.sleep(0.8)
+
+        holder = threading.Thread(target=hold_the_table)
+        holder.start()
+        assert locked.wait(5)
+        turn = ledger.receive("v-2", "hi", at=T0)  # times out at least once, then succeeds
+        holder.join()
+        assert ledger.session(turn.session_id).messages[0].text == "hi"
