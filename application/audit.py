@@ -165,6 +165,10 @@ def erase_subject(
             if not visitors:
                 raise UnknownSubjectError("user", user_id)
         session_ids = [sid for v in visitors for sid in v.session_ids]
+        sessions = [ledger._get_session(sid) for sid in session_ids]
+        # Keys are read after the aggregates: a write that creates a key and
+        # commits later appended to one of them, so this erasure conflicts and
+        # is retried, and the receipt names every key it destroys.
         key_ids = recorder.key_ids_of([v.visitor_id for v in visitors])
         receipt = ErasureReceipt(
             erasure_id=uuid4(),
@@ -178,7 +182,6 @@ def erase_subject(
         )
         for visitor in visitors:
             visitor.record_erasure(receipt)
-        sessions = [ledger._get_session(sid) for sid in session_ids]
         for session in sessions:
             session.erase_content(receipt.erasure_id, at=now)
         # One transaction: the erasure record, every session's ContentErased (so
