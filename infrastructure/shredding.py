@@ -206,8 +206,8 @@ class KeyRing:
 
         The cached key of the visitor is used without a look-up: the recorder
         checks it in the write transaction. Without one, the store is asked
-        (read only), except for a new session (``new_session``: most often a new
-        visitor), where a key is made in memory straight away; if the visitor
+        (read only), except for a visitor's first session (``new_session``: most
+        often a new visitor), where a key is made in memory straight away; if the visitor
         had one after all, the write conflicts and the retry uses it. A key made
         in memory is returned as a row for the recorder to insert until a write
         with it has committed.
@@ -360,7 +360,10 @@ class ShreddingMapper(PydanticMapper):
         new_session = isinstance(domain_event, Session.Started)
         if new_session:
             ring.remember_subject(domain_event.originator_id, domain_event.visitor_id)
-        key = ring.encryption_key(domain_event.originator_id, new_session=new_session)
+        # A first session is most often a new visitor's: guess "no key yet" and
+        # save a read. A later session's visitor usually has a key: look it up.
+        first_session = new_session and domain_event.previous_session_id is None
+        key = ring.encryption_key(domain_event.originator_id, new_session=first_session)
         if key is None:
             return super().to_stored_event(domain_event)
         kid, aead, visitor_id, new_key = key
