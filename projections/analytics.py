@@ -17,12 +17,11 @@ from typing import Any
 from chatledger.domain.errors import InvalidCommandError
 from chatledger.domain.session import Session
 from chatledger.domain.visitor import Visitor
-from eventsourcing.persistence import Tracking
 from eventsourcing.utils import get_topic
 from sqlalchemy import Boolean, Connection, Float, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .base import ReadModel, RowBuffer, batch_ids
+from .base import HandlerTableReadModel, RowBuffer, batch_ids
 from .conversation_log import messages_table
 from .results import Analytics, Engagement
 from .sqltypes import UTCDateTime
@@ -80,7 +79,7 @@ def _expiry(row: dict[str, Any]) -> datetime:
     return deadline
 
 
-class SessionAnalytics(ReadModel):
+class SessionAnalytics(HandlerTableReadModel):
     """Projection of session events into ``analytics_sessions``/``analytics_visitors``."""
 
     name = "analytics"
@@ -104,20 +103,6 @@ class SessionAnalytics(ReadModel):
     def flush(self) -> None:
         self.sessions.flush(self.view.conn)
         self.visitors.flush(self.view.conn)
-
-    def process_event(self, domain_event: Any, tracking: Tracking) -> None:  # type: ignore[override]
-        handler = _HANDLERS.get(type(domain_event))
-        if handler is not None:
-            handler(self, domain_event)
-
-    def process_batch(self, application_name: str, items: Sequence[tuple[int, Any]]) -> None:
-        if type(self).process_event is not SessionAnalytics.process_event:  # a subclass's own
-            return super().process_batch(application_name, items)
-        handlers = _HANDLERS
-        for _, event in items:
-            handler = handlers.get(type(event))
-            if handler is not None:
-                handler(self, event)
 
     def _session(self, e: Any) -> dict[str, Any] | None:
         sid = str(e.originator_id)
@@ -235,6 +220,7 @@ _HANDLERS: dict[type, Any] = {
 }
 
 
+SessionAnalytics.handlers = _HANDLERS
 SessionAnalytics.topics = tuple(get_topic(t) for t in _HANDLERS)
 
 # ---------------------------------------------------------------- reads

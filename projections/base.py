@@ -268,6 +268,31 @@ class ReadModel(Projection[SQLView]):
         state from a rolled-back transaction."""
 
 
+class HandlerTableReadModel(ReadModel):
+    """A read model whose handlers are a table ``{event class: function(self, event)}``.
+
+    Subclasses set :attr:`handlers` (and usually ``topics`` from its keys).
+    A batch is dispatched with one dict look-up per event and no ``Tracking``
+    objects, unless a subclass overrides :meth:`process_event` itself, which
+    is then called for every event as usual."""
+
+    handlers: ClassVar[dict[type, Any]] = {}
+
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:  # type: ignore[override]
+        handler = self.handlers.get(type(domain_event))
+        if handler is not None:
+            handler(self, domain_event)
+
+    def process_batch(self, application_name: str, items: Sequence[tuple[int, Any]]) -> None:
+        if type(self).process_event is not HandlerTableReadModel.process_event:  # a subclass's own
+            return super().process_batch(application_name, items)
+        handlers = self.handlers
+        for _, event in items:
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(self, event)
+
+
 @dataclass(frozen=True)
 class ProjectionStatus:
     name: str

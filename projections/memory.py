@@ -23,12 +23,11 @@ from typing import Any
 
 from chatledger.domain.session import Session
 from chatledger.domain.visitor import Visitor
-from eventsourcing.persistence import Tracking
 from eventsourcing.utils import get_topic
 from sqlalchemy import JSON, Connection, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .base import ReadModel, RowBuffer, batch_ids
+from .base import HandlerTableReadModel, RowBuffer, batch_ids
 from .sqltypes import UTCDateTime
 
 DISPLAY_NAME_SLOTS = ("display_name", "name", "first_name")
@@ -94,7 +93,7 @@ def visitor_subject(visitor_id: str) -> str:
     return f"visitor:{visitor_id}"
 
 
-class UserMemory(ReadModel):
+class UserMemory(HandlerTableReadModel):
     """Projection of session and visitor events into ``memory_profiles``."""
 
     name = "memory"
@@ -151,20 +150,6 @@ class UserMemory(ReadModel):
         self.sessions.flush(conn)
         self.visitors.flush(conn)
         self.profiles.flush(conn)
-
-    def process_event(self, domain_event: Any, tracking: Tracking) -> None:  # type: ignore[override]
-        handler = _HANDLERS.get(type(domain_event))
-        if handler is not None:
-            handler(self, domain_event)
-
-    def process_batch(self, application_name: str, items: Sequence[tuple[int, Any]]) -> None:
-        if type(self).process_event is not UserMemory.process_event:  # a subclass's own
-            return super().process_batch(application_name, items)
-        handlers = _HANDLERS
-        for _, event in items:
-            handler = handlers.get(type(event))
-            if handler is not None:
-                handler(self, event)
 
     # ---- lookups --------------------------------------------------------
 
@@ -417,6 +402,7 @@ _HANDLERS: dict[type, Any] = {
 }
 
 
+UserMemory.handlers = _HANDLERS
 UserMemory.topics = tuple(get_topic(t) for t in _HANDLERS)
 
 def read_profile(conn: Connection, subject: str) -> dict[str, Any] | None:
