@@ -236,7 +236,11 @@ class KeyRing:
     def _on_stale_keys(self, kids: Sequence[str], visitor_ids: Sequence[str], current: Sequence[KeyRow]) -> None:
         """Called by the recorder, in a write transaction it is about to roll back:
         ``kids`` are not (or not any more) in the store; ``visitor_ids`` wrote
-        with a stale key; ``current`` are those visitors' keys in the store."""
+        with a stale key; ``current`` are those visitors' keys in the store as
+        the failing transaction saw them, which may include a key this very
+        batch inserted (and the rollback removes): they are cached as not yet
+        confirmed, so the next write sends them again (a no-op insert if the
+        key exists, checked against the destroyed keys if not)."""
         now = time.monotonic()
         with self._lock:
             for visitor_id in visitor_ids:
@@ -247,7 +251,7 @@ class KeyRing:
                 self._erased.add(kid)
             for row in current:
                 _bounded(self._active, now)
-                self._active[row[1]] = (now, row, True)
+                self._active[row[1]] = (now, row, False)
 
     def _on_keys_confirmed(self, rows: Sequence[KeyRow]) -> None:
         """Called by the recorder after a write that inserted ``rows`` committed."""

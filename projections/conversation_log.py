@@ -154,11 +154,13 @@ class ConversationLog(ReadModel):
                 executemany(conn, statement, self.links)
             self.links.clear()
         if self.erased:
-            conn.execute(
-                update(messages_table)
-                .where(messages_table.c.session_id.in_(sorted(self.erased)))
-                .values(text=ERASED_TEXT)
-            )
+            erased = sorted(self.erased)
+            for start in range(0, len(erased), 500):  # SQLite < 3.32 binds at most 999 values
+                conn.execute(
+                    update(messages_table)
+                    .where(messages_table.c.session_id.in_(erased[start : start + 500]))
+                    .values(text=ERASED_TEXT)
+                )
             self.erased.clear()
         if self.archived:
             archived = sorted(self.archived)
