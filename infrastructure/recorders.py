@@ -19,7 +19,6 @@ belongs to) and of verification, so all backend-specific SQL lives here.
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ from hashlib import sha256
 from itertools import islice
 from operator import itemgetter, lt
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import psycopg
 from chatledger.domain.errors import ConfigurationError
@@ -395,14 +394,10 @@ class SQLiteLedgerRecorder(_KeyHooks, SQLiteApplicationRecorder):
             row = c.fetchone()
         return bytes(row[0]) if row else None
 
-    def active_key(self, visitor_id: str, *, create: bool) -> KeyRow | None:
-        with self.datastore.transaction(commit=create) as c:
-            if create:
-                c.execute("PRAGMA secure_delete=ON")
-                c.execute(
-                    f"INSERT INTO {KEYS} VALUES (?,?,?,?) ON CONFLICT (visitor_id) DO NOTHING",
-                    (str(uuid4()), visitor_id, secrets.token_bytes(32), datetime.now(UTC).isoformat()),
-                )
+    def active_key(self, visitor_id: str) -> KeyRow | None:
+        """The visitor's key, if any (read only: new keys are inserted, and
+        checked against the destroyed ones, only in the event transaction)."""
+        with self.datastore.transaction(commit=False) as c:
             c.execute(f"SELECT kid, visitor_id, key FROM {KEYS} WHERE visitor_id=?", (visitor_id,))
             row = c.fetchone()
         return KeyRow((row[0], row[1], bytes(row[2]))) if row else None
@@ -654,15 +649,9 @@ class PostgresLedgerRecorder(_KeyHooks, PostgresApplicationRecorder):
             row = c.fetchone()
         return bytes(row["key"]) if row else None
 
-    def active_key(self, visitor_id: str, *, create: bool) -> KeyRow | None:
-        with self.datastore.transaction(commit=create) as c:
-            if create:
-                c.execute(
-                    SQL("INSERT INTO {} VALUES (%s,%s,%s,now()) ON CONFLICT (visitor_id) DO NOTHING").format(
-                        self._t(KEYS)
-                    ),
-                    (str(uuid4()), visitor_id, secrets.token_bytes(32)),
-                )
+    def active_key(self, visitor_id: str) -> KeyRow | None:
+        """As :meth:`SQLiteLedgerRecorder.active_key`."""
+        with self.datastore.transaction(commit=False) as c:
             c.execute(SQL("SELECT kid, visitor_id, key FROM {} WHERE visitor_id=%s").format(self._t(KEYS)), (visitor_id,))
             row = c.fetchone()
         return KeyRow((row["kid"], row["visitor_id"], bytes(row["key"]))) if row else None

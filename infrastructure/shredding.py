@@ -218,7 +218,7 @@ class KeyRing:
         with self._lock:
             cached = self._active.get(visitor_id)
         if cached is None:
-            row = None if new_session else self.recorder.active_key(visitor_id, create=False)
+            row = None if new_session else self.recorder.active_key(visitor_id)
             now = time.monotonic()
             with self._lock:
                 cached = self._active.get(visitor_id)  # another thread may have been first
