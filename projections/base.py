@@ -269,24 +269,37 @@ class ReadModel(Projection[SQLView]):
 
 
 class HandlerTableReadModel(ReadModel):
-    """A read model whose handlers are a table ``{event class: function(self, event)}``.
+    """A read model whose handlers are a table ``{event class: function}``.
 
-    Subclasses set :attr:`handlers` (and usually ``topics`` from its keys).
-    A batch is dispatched with one dict look-up per event and no ``Tracking``
-    objects, unless a subclass overrides :meth:`process_event` itself, which
-    is then called for every event as usual."""
+    Subclasses set :attr:`handlers` (and usually ``topics`` from its keys); a
+    handler is called as ``handler(self, event)``, or ``handler(self, event,
+    notification_id)`` if :attr:`handlers_take_position` is set. A batch is
+    dispatched with one dict look-up per event and no ``Tracking`` objects,
+    unless a subclass overrides :meth:`process_event` itself, which is then
+    called for every event as usual."""
 
     handlers: ClassVar[dict[type, Any]] = {}
+    handlers_take_position: ClassVar[bool] = False
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:  # type: ignore[override]
         handler = self.handlers.get(type(domain_event))
-        if handler is not None:
+        if handler is None:
+            return
+        if self.handlers_take_position:
+            handler(self, domain_event, tracking.notification_id)
+        else:
             handler(self, domain_event)
 
     def process_batch(self, application_name: str, items: Sequence[tuple[int, Any]]) -> None:
         if type(self).process_event is not HandlerTableReadModel.process_event:  # a subclass's own
             return super().process_batch(application_name, items)
         handlers = self.handlers
+        if self.handlers_take_position:
+            for notification_id, event in items:
+                handler = handlers.get(type(event))
+                if handler is not None:
+                    handler(self, event, notification_id)
+            return
         for _, event in items:
             handler = handlers.get(type(event))
             if handler is not None:

@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 from chatledger.domain.erasure import ERASED_TEXT
 from chatledger.domain.session import Session
 from chatledger.domain.visitor import Visitor
-from eventsourcing.persistence import Tracking
 from eventsourcing.utils import get_topic
 from sqlalchemy import (
     BigInteger,
@@ -31,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .base import ReadModel, RowBuffer, batch_ids, executemany, insert_rows
+from .base import HandlerTableReadModel, RowBuffer, batch_ids, executemany, insert_rows
 from .results import TranscriptMessage
 from .sqltypes import UTCDateTime
 
@@ -103,7 +102,7 @@ _LINK_UPDATES = [
 ]
 
 
-class ConversationLog(ReadModel):
+class ConversationLog(HandlerTableReadModel):
     """Projection of message events into ``conversation_messages``."""
 
     name = "conversation_log"
@@ -171,20 +170,6 @@ class ConversationLog(ReadModel):
                     )
                 )
             self.archived.clear()
-
-    def process_event(self, domain_event: Any, tracking: Tracking) -> None:  # type: ignore[override]
-        handler = self._handlers.get(type(domain_event))
-        if handler is not None:
-            handler(self, domain_event, tracking.notification_id)
-
-    def process_batch(self, application_name: str, items: Sequence[tuple[int, Any]]) -> None:
-        if type(self).process_event is not ConversationLog.process_event:  # a subclass's own
-            return super().process_batch(application_name, items)
-        handlers = self._handlers
-        for notification_id, event in items:
-            handler = handlers.get(type(event))
-            if handler is not None:
-                handler(self, event, notification_id)
 
     def _started(self, e: Session.Started, notification_id: int) -> None:
         # ``user_id`` is the visitor's link when the session started.
@@ -269,7 +254,8 @@ class ConversationLog(ReadModel):
         transcript of an archived session is empty, not unknown."""
         self.archived.add(str(e.originator_id))
 
-    _handlers: ClassVar[dict[type, Any]] = {
+    handlers_take_position = True  # message rows record their notification id
+    handlers: ClassVar[dict[type, Any]] = {
         Session.Started: _started,
         Session.MessageReceived: _message,
         Session.MessageSent: _message,
@@ -281,7 +267,7 @@ class ConversationLog(ReadModel):
     }
 
 
-ConversationLog.topics = tuple(get_topic(t) for t in ConversationLog._handlers)
+ConversationLog.topics = tuple(get_topic(t) for t in ConversationLog.handlers)
 
 def query_transcript(
     conn: Connection,
