@@ -26,6 +26,7 @@ from chatledger.domain.erasure import ErasureReceipt
 from chatledger.domain.errors import (
     ClientMessageIdConflictError,
     ConcurrencyConflictError,
+    IdentityMismatchError,
     InvalidCommandError,
     SessionOwnershipError,
     UnknownSessionError,
@@ -161,6 +162,8 @@ class ChatLedger(Application[UUID]):
         anonymous ones from before they logged in), an anonymous visitor,
         and/or a time range ``[start, end)``. Combining ``session_id`` with a
         ``user_id``/``visitor_id`` checks ownership (:class:`SessionOwnershipError`)."""
+        if visitor_id is not None and user_id is not None:
+            self._caller_user(visitor_id, user_id)
         return self._reads.transcript(
             session_id, user_id=user_id, visitor_id=visitor_id, start=start, end=end
         )
@@ -298,17 +301,33 @@ class ChatLedger(Application[UUID]):
             now = max(now, session.latest_event_at)
         return session, now
 
-    @staticmethod
-    def _check_owner(
-        session: Session, visitor_id: str | None, user_id: str | None, visitor: Visitor | None
-    ) -> None:
+    def _caller_user(self, visitor_id: str | None, user_id: str | None) -> str | None:
+        """The user a caller acts as; a visitor id given with a user id must be
+        linked to that user (:class:`IdentityMismatchError` otherwise)."""
+        if visitor_id is None or user_id is not None:
+            if visitor_id is not None:
+                visitor = self._get_visitor(visitor_id)
+                if visitor is None or visitor.user_id != user_id:
+                    raise IdentityMismatchError(visitor_id, user_id)  # type: ignore[arg-type]
+            return user_id
+        visitor = self._get_visitor(visitor_id)
+        return visitor.user_id if visitor is not None else None
+
+    def _check_owner(self, session: Session, visitor_id: str | None, user_id: str | None) -> None:
+        """Refuse unless ``session`` belongs to the caller: its visitor, or the
+        user that visitor is (now) linked to. Every id the caller gives must
+        belong together, or nothing is read or written."""
         if visitor_id is None and user_id is None:
             return
+        caller_user = self._caller_user(visitor_id, user_id)
         if visitor_id is not None and session.visitor_id == visitor_id:
             return
-        known_user = user_id or (visitor.user_id if visitor else None)
-        if known_user is not None and session.user_id == known_user:
-            return
+        if caller_user is not None:
+            if session.user_id == caller_user:
+                return
+            owner = self._get_visitor(session.visitor_id)
+            if owner is not None and owner.user_id == caller_user:
+                return
         raise SessionOwnershipError(session.id, visitor_id=visitor_id, user_id=user_id)
 
     # ------------------------------------------------------------------ commands
@@ -362,7 +381,7 @@ class ChatLedger(Application[UUID]):
         explicit: Session | None = None
         if session_id is not None:
             explicit = self._get_session(session_id)
-            self._check_owner(explicit, visitor_id, None, visitor)
+            self._check_owner(explicit, visitor_id, None)
         current = explicit
         if (
             visitor is not None
@@ -649,8 +668,7 @@ class ChatLedger(Application[UUID]):
             # Ownership is decided on the session as it is now (a later login makes
             # an anonymous session its user's), and before anything is said about
             # the session's past, so a stranger learns nothing, not even its start.
-            visitor = self._get_visitor(visitor_id) if visitor_id and user_id is None else None
-            self._check_owner(session, visitor_id, user_id, visitor)
+            self._check_owner(session, visitor_id, user_id)
         if as_of is not None:
             session = self._session_as_of(session_id, view_at)
         elif session is None:
@@ -680,8 +698,8 @@ class ChatLedger(Application[UUID]):
         """Every stored event of a session, in order (for audit and display)."""
         sid = _as_uuid(session_id)
         events = [e for e in self.events.get(sid) if isinstance(e, DomainEvent)]
-        if not events:
-            raise UnknownSessionError(session_id)
+        if not events or not isinstance(events[0], Session.Started):
+            raise UnknownSessionError(session_id)  # a visitor's stream is no session
         return events
 
     # ------------------------------------------------------------------ audit

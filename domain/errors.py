@@ -10,6 +10,8 @@
     ├── UnknownSubjectError (LookupError)    no visitor or user to erase or export
     ├── SessionOwnershipError (PermissionError)
     │                                        the session belongs to someone else
+    ├── IdentityMismatchError (PermissionError)
+    │                                        a visitor id given with a user id it is not linked to
     ├── SessionClosedError                   the session already ended or timed out
     │   └── SessionExpiredError              idle past its timeout (not yet recorded)
     ├── IdentityConflictError                visitor already linked to another user
@@ -99,6 +101,18 @@ class SessionOwnershipError(ChatLedgerError, PermissionError):
             "Drop the session id and let receive() pick the visitor's own session."
         )
         self.session_id = session_id
+        self.visitor_id = visitor_id
+        self.user_id = user_id
+
+
+class IdentityMismatchError(ChatLedgerError, PermissionError):
+    """Raised when a call names a visitor and a user that do not belong together."""
+
+    def __init__(self, visitor_id: str, user_id: str) -> None:
+        super().__init__(
+            f"Visitor {visitor_id!r} is not linked to user {user_id!r}; nothing was read or "
+            "written. Pass only the id you act as, or link the visitor first (link_identity)."
+        )
         self.visitor_id = visitor_id
         self.user_id = user_id
 

@@ -12,3 +12,10 @@ def log_head(ledger: ChatLedger) -> int:
 
 def event_names(ledger: ChatLedger, session_id: object) -> list[str]:
     return [type(e).__name__ for e in ledger.session_events(session_id)]  # type: ignore[arg-type]
+
+
+def visitor_stream_id(visitor_id: str) -> object:
+    """The id of a visitor's own event stream (not a session)."""
+    from chatledger.domain.visitor import visitor_aggregate_id
+
+    return visitor_aggregate_id(visitor_id)
