@@ -92,3 +92,11 @@ def ledger(database_url: str, clock: ManualClock, policy: SessionPolicy) -> Iter
     ledger = ChatLedger.open(database_url, clock=clock, policy=policy)
     yield ledger
     ledger.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The fast loop (``pytest -m "not slow"``) is the whole behaviour on SQLite:
+    every PostgreSQL test also counts as slow. CI runs everything."""
+    for item in items:
+        if item.get_closest_marker("postgres") is not None:
+            item.add_marker(pytest.mark.slow)

@@ -196,6 +196,7 @@ def bulk_log(ledger: ChatLedger, events: int, per_session: int = 50, batch: int 
         ledger.recorder.insert_events(pending)
 
 
+@pytest.mark.slow
 def test_an_untouched_100k_event_log_verifies_and_one_edit_in_it_is_found(database_url: str) -> None:
     with ChatLedger.open(database_url) as ledger:
         bulk_log(ledger, 100_000)

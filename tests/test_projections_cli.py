@@ -145,6 +145,7 @@ def find_chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(find_chromium() is None, reason="Debian's chromium is not installed")
 def test_report_opens_in_headless_chromium(sqlite_url: str, ledger: ChatLedger, tmp_path: Path) -> None:
     out = report_html(ledger, tmp_path)

@@ -109,6 +109,7 @@ def check_replay(url: str, commands: list[tuple[object, ...]], worker: subproces
     assert rebuild_elsewhere(worker, url, now, ids) == live
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(commands=st.lists(command, max_size=40))
 def test_replay_in_a_fresh_process_rebuilds_identical_state_sqlite(
