@@ -71,7 +71,9 @@ def test_replay_until_a_time_before_the_timeout_was_noticed(ledger: ChatLedger, 
     assert ledger.replay(turn.session_id, until=t) == live_then
     assert live_then.version == 2 and live_then.status == "timed_out"
     assert ledger.replay(turn.session_id, until=clock()).version == 3
-    assert ledger.replay(turn.session_id, until=start) == ledger.replay(turn.session_id, until=start)
+    at_start = ledger.replay(turn.session_id, until=start)
+    assert at_start.version == 2 and [m.text for m in at_start.messages] == ["hi"]
+    assert at_start.status == "active" and at_start.last_activity_at == start
     with pytest.raises(InvalidCommandError, match="had not started"):
         ledger.replay(turn.session_id, until=start - timedelta(seconds=1))
 
