@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from chatledger import ChatLedger
 
 
@@ -12,3 +15,17 @@ def log_head(ledger: ChatLedger) -> int:
 
 def event_names(ledger: ChatLedger, session_id: object) -> list[str]:
     return [type(e).__name__ for e in ledger.session_events(session_id)]  # type: ignore[arg-type]
+
+
+@contextmanager
+def unicode_checks_off() -> Iterator[None]:
+    """Let NUL and lone surrogates through the validation layer (and nothing
+    else), to reach what the database itself does with a value it refuses."""
+    from chatledger.domain import validation
+
+    original = validation._check_unicode
+    validation._check_unicode = lambda field, value: None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        validation._check_unicode = original  # type: ignore[assignment]
