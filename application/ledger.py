@@ -24,8 +24,8 @@ from functools import cached_property
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 from uuid import UUID
 
-from chatledger.domain.erasure import ErasureReceipt
 from chatledger.domain import validation as v
+from chatledger.domain.erasure import ErasureReceipt
 from chatledger.domain.errors import (
     ClientMessageIdConflictError,
     ConcurrencyConflictError,
@@ -144,8 +144,8 @@ def _interval(name: str, value: Any, limits: v.Limits) -> float:
 
 ID, TEXT, SID, OBJ, JSON = v.check_id, v.check_text, v.check_session_id, v.check_object, v.check_json
 COUNT = v.check_count
-TIME: Check = lambda name, value, limits: v.check_time(name, value)  # noqa: E731
-DURATION: Check = lambda name, value, limits: v.check_duration(name, value)  # noqa: E731
+TIME: Check = lambda name, value, limits: v.check_time(name, value)
+DURATION: Check = lambda name, value, limits: v.check_duration(name, value)
 
 
 class ChatLedger(Application[UUID]):
