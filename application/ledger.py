@@ -138,6 +138,12 @@ def _engagement(name: str, value: Any, limits: v.Limits) -> Any:
     return value
 
 
+def _callback(name: str, value: Any, limits: v.Limits) -> Any:
+    if value is not None and not callable(value):
+        raise InvalidValueError(name, "type", f"{name} must be a callable or None, not {type(value).__name__}.")
+    return value
+
+
 def _interval(name: str, value: Any, limits: v.Limits) -> float:
     return v.check_number(name, value, maximum=86_400.0 * 366)
 
@@ -220,6 +226,7 @@ class ChatLedger(Application[UUID]):
 
     # ------------------------------------------------------------------ read models
 
+    @_checked(progress=_callback)
     def catch_up(self, *, progress: Progress | None = None) -> int:
         """Bring every read model up to the head of the log; return events applied.
 

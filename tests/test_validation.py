@@ -92,6 +92,7 @@ CASES: list[tuple[str, Call, type[InvalidFieldError], str]] = [
     ("erase id int", lambda l, s: l.erase(visitor_id=7), InvalidValueError, "visitor_id"),
     ("memory id list", lambda l, s: l.memory(user_id=["u"]), InvalidValueError, "user_id"),
     ("transcript id", lambda l, s: l.transcript(s, user_id=1), InvalidValueError, "user_id"),
+    ("progress not callable", lambda l, s: l.catch_up(progress=1), InvalidValueError, "progress"),
     ("jobs interval nan", lambda l, s: l.start_background_jobs(math.nan), InvalidValueError, "interval"),
     ("archive dir None", lambda l, s: l.archive_closed_sessions(timedelta(days=1), None), InvalidValueError,
      "archive_dir"),
@@ -321,3 +322,10 @@ def test_validated_times_are_aware_utc_and_in_range(value: datetime) -> None:
         return
     assert checked.tzinfo is UTC and checked == value.astimezone(UTC)
     checked + validation.MAX_DURATION  # a deadline never overflows
+
+
+def test_the_limits_ceilings_are_the_domains() -> None:
+    from chatledger.domain import session
+
+    assert validation.TEXT_CEILING == session.MAX_TEXT_LENGTH
+    session.check_name("task name", "t" * validation.ID_CEILING)  # the longest id passes the domain
