@@ -12,6 +12,7 @@ from chatledger.domain.erasure import ErasureReceipt
 from chatledger.domain.policy import SessionPolicy
 from chatledger.domain.session import Message, SessionContext
 from chatledger.domain.state import SessionState, Turn, VisitorState
+from chatledger.domain.validation import Limits
 from chatledger.infrastructure.hashchain import VerificationReport
 from chatledger.projections.base import ProjectionStatus
 from chatledger.projections.results import (
@@ -30,16 +31,22 @@ from .errors import (
     ClientMessageIdConflictError,
     ConcurrencyConflictError,
     ConfigurationError,
+    FieldTooLargeError,
     IdentityConflictError,
     IdentityMismatchError,
     InvalidCommandError,
+    InvalidFieldError,
     InvalidPolicyError,
+    InvalidTextError,
+    InvalidTimeError,
+    InvalidValueError,
     SessionClosedError,
     SessionExpiredError,
     SessionOwnershipError,
     TaskStateError,
     UnknownSessionError,
     UnknownSubjectError,
+    ValueRefusedError,
 )
 from .ledger import ChatLedger
 
@@ -53,11 +60,17 @@ __all__ = [
     "ConfigurationError",
     "Engagement",
     "ErasureReceipt",
+    "FieldTooLargeError",
     "HistoryStep",
     "IdentityConflictError",
     "IdentityMismatchError",
     "InvalidCommandError",
+    "InvalidFieldError",
     "InvalidPolicyError",
+    "InvalidTextError",
+    "InvalidTimeError",
+    "InvalidValueError",
+    "Limits",
     "ManualClock",
     "Memory",
     "Message",
@@ -75,6 +88,7 @@ __all__ = [
     "Turn",
     "UnknownSessionError",
     "UnknownSubjectError",
+    "ValueRefusedError",
     "VerificationReport",
     "VisitorState",
     "system_clock",

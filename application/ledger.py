@@ -10,6 +10,8 @@ state (commands are safe to re-run: they re-check everything) or, after
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import random
 import threading
@@ -22,14 +24,19 @@ from functools import cached_property
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 from uuid import UUID
 
+from chatledger.domain import validation as v
 from chatledger.domain.erasure import ErasureReceipt
 from chatledger.domain.errors import (
     ClientMessageIdConflictError,
     ConcurrencyConflictError,
+    ConfigurationError,
     IdentityMismatchError,
     InvalidCommandError,
+    InvalidPolicyError,
+    InvalidValueError,
     SessionOwnershipError,
     UnknownSessionError,
+    ValueRefusedError,
 )
 from chatledger.domain.ids import uuid7
 from chatledger.domain.model import Aggregate, DomainEvent, utc
@@ -52,7 +59,7 @@ from chatledger.projections.results import (
 )
 from chatledger.projections.service import ProjectionReads
 from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
-from eventsourcing.persistence import RecordConflictError
+from eventsourcing.persistence import DataError, RecordConflictError
 
 from .audit import (
     HistoryStep,
@@ -70,6 +77,82 @@ if TYPE_CHECKING:
     from .retention import ArchiveResult, RetentionPolicy
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+Check = Callable[[str, Any, v.Limits], Any]
+
+
+def _checked(**checks: Check) -> Callable[[F], F]:
+    """Check the named arguments of a public method with :mod:`domain.validation`
+    (against ``self.limits``) before the method runs: before anything is read
+    for writing, a lock is taken or anything is written. A check returns the
+    value to use (datetimes come back in UTC)."""
+
+    def decorate(method: F) -> F:
+        signature = inspect.signature(method)
+
+        @functools.wraps(method)
+        def checked(self: ChatLedger, *args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(self, *args, **kwargs)
+            arguments, limits = bound.arguments, self.limits
+            for name, check in checks.items():
+                if name in arguments:
+                    arguments[name] = check(name, arguments[name], limits)
+            return method(*bound.args, **bound.kwargs)
+
+        return checked  # type: ignore[return-value]
+
+    return decorate
+
+
+def _opt(check: Check) -> Check:
+    return lambda name, value, limits: None if value is None else check(name, value, limits)
+
+
+def _choice(*choices: str) -> Check:
+    return lambda name, value, limits: v.check_choice(name, value, choices)
+
+
+def _context(name: str, value: Any, limits: v.Limits) -> SessionContext | None:
+    if value is None or isinstance(value, SessionContext):
+        if value is not None:
+            v.check_object(name, value.model_dump(), limits)
+        return value
+    return _validated(SessionContext, v.check_object(name, value, limits))
+
+
+def _path(name: str, value: Any, limits: v.Limits) -> Any:
+    if not isinstance(value, (str, os.PathLike)):
+        raise InvalidValueError(name, "type", f"{name} must be a str or a path, not {type(value).__name__}.")
+    v.check_str(name, os.fspath(value), 4096, what="a path")
+    return value
+
+
+def _writer(name: str, value: Any, limits: v.Limits) -> Any:
+    if not callable(getattr(value, "write", None)):
+        raise InvalidValueError(name, "type", f"{name} must be a text file open for writing, not {type(value).__name__}.")
+    return value
+
+
+def _engagement(name: str, value: Any, limits: v.Limits) -> Any:
+    if value is not None and not isinstance(value, Engagement):
+        raise InvalidValueError(name, "type", f"{name} must be an Engagement or None, not {type(value).__name__}.")
+    return value
+
+
+def _callback(name: str, value: Any, limits: v.Limits) -> Any:
+    if value is not None and not callable(value):
+        raise InvalidValueError(name, "type", f"{name} must be a callable or None, not {type(value).__name__}.")
+    return value
+
+
+def _interval(name: str, value: Any, limits: v.Limits) -> float:
+    return v.check_number(name, value, maximum=86_400.0 * 366)
+
+
+ID, TEXT, SID, OBJ, JSON = v.check_id, v.check_text, v.check_session_id, v.check_object, v.check_json
+COUNT = v.check_count
+TIME: Check = lambda name, value, limits: v.check_time(name, value)
+DURATION: Check = lambda name, value, limits: v.check_duration(name, value)
 
 
 class ChatLedger(Application[UUID]):
@@ -89,7 +172,14 @@ class ChatLedger(Application[UUID]):
         clock: Clock | None = None,
         read_models: Sequence[type[ReadModel]] | None = None,
     ) -> None:
+        if settings is not None and not isinstance(settings, Settings):
+            raise ConfigurationError(f"settings must be a chatledger Settings, not {type(settings).__name__}.")
+        if policy is not None and not isinstance(policy, SessionPolicy):
+            raise InvalidPolicyError(f"policy must be a SessionPolicy, not {type(policy).__name__}.")
+        if clock is not None and not callable(clock):
+            raise ConfigurationError(f"clock must be a callable returning an aware datetime, not {type(clock).__name__}.")
         self.settings = settings or Settings()
+        self.limits: v.Limits = self.settings.limits
         self.read_models = list(DEFAULT_READ_MODELS if read_models is None else read_models)
         self.policy = policy or SessionPolicy()
         self.clock: Clock = clock or system_clock
@@ -137,6 +227,7 @@ class ChatLedger(Application[UUID]):
 
     # ------------------------------------------------------------------ read models
 
+    @_checked(progress=_callback)
     def catch_up(self, *, progress: Progress | None = None) -> int:
         """Bring every read model up to the head of the log; return events applied.
 
@@ -149,6 +240,7 @@ class ChatLedger(Application[UUID]):
         """Each read model's position, the head of the log, and the lag."""
         return self.projector.status()
 
+    @_checked(session_id=_opt(SID), user_id=_opt(ID), visitor_id=_opt(ID), start=_opt(TIME), end=_opt(TIME))
     def transcript(
         self,
         session_id: UUID | str | None = None,
@@ -168,6 +260,7 @@ class ChatLedger(Application[UUID]):
             session_id, user_id=user_id, visitor_id=visitor_id, start=start, end=end
         )
 
+    @_checked(start=_opt(TIME), end=_opt(TIME), as_of=_opt(TIME), engagement=_engagement)
     def analytics(
         self,
         *,
@@ -180,12 +273,14 @@ class ChatLedger(Application[UUID]):
         ``as_of`` (default: the ledger clock)."""
         return self._reads.analytics(start=start, end=end, as_of=as_of, engagement=engagement)
 
+    @_checked(timeout=DURATION, start=_opt(TIME), end=_opt(TIME))
     def resessionize(
         self, timeout: timedelta, *, start: datetime | None = None, end: datetime | None = None
     ) -> Resessionized:
         """Conversation counts had the idle timeout been ``timeout`` (read only)."""
         return self._reads.resessionize(timeout, start=start, end=end)
 
+    @_checked(user_id=_opt(ID), visitor_id=_opt(ID))
     def memory(self, *, user_id: str | None = None, visitor_id: str | None = None) -> Memory:
         """What the bot remembers about a user, or about a still-anonymous visitor."""
         return self._reads.memory(user_id=user_id, visitor_id=visitor_id)
@@ -218,6 +313,8 @@ class ChatLedger(Application[UUID]):
         self._saving.aggregates = aggregates
         try:
             recordings = super().save(*objs, **kwargs)
+        except DataError as err:  # validation let through what the database refuses
+            raise ValueRefusedError(str(err)) from err
         finally:
             self._saving.aggregates = None
         repository = self.repository
@@ -332,6 +429,10 @@ class ChatLedger(Application[UUID]):
 
     # ------------------------------------------------------------------ commands
 
+    @_checked(
+        visitor_id=ID, text=TEXT, session_id=_opt(SID), client_message_id=_opt(ID), channel=ID,
+        context=_context, metadata=_opt(OBJ), at=_opt(TIME),
+    )
     def receive(
         self,
         visitor_id: str,
@@ -449,6 +550,10 @@ class ChatLedger(Application[UUID]):
                 seen.add(previous)
                 yield self._get_session(previous)
 
+    @_checked(
+        session_id=SID, text=TEXT, role=_choice("bot", "system"), client_message_id=_opt(ID),
+        metadata=_opt(OBJ), at=_opt(TIME),
+    )
     def reply(
         self,
         session_id: UUID | str,
@@ -490,6 +595,7 @@ class ChatLedger(Application[UUID]):
 
         return self._retrying(f"{what} on session {session_id}", once)
 
+    @_checked(session_id=SID, key=ID, value=JSON, scope=_choice("session", "user"), at=_opt(TIME))
     def set_slot(
         self,
         session_id: UUID | str,
@@ -501,27 +607,30 @@ class ChatLedger(Application[UUID]):
     ) -> SessionState:
         """Set a slot. ``scope="user"`` marks it as a fact about the person
         (name, preferences) that cross-session memory may keep."""
-        value = _json_value(value)
         return self._session_command(
             "set_slot()", session_id, at, lambda s, now: s.set_slot(key, value, at=now, scope=scope)
         )
 
+    @_checked(session_id=SID, key=ID, at=_opt(TIME))
     def clear_slot(self, session_id: UUID | str, key: str, *, at: datetime | None = None) -> SessionState:
         return self._session_command(
             "clear_slot()", session_id, at, lambda s, now: s.clear_slot(key, at=now)
         )
 
+    @_checked(session_id=SID, task=ID, at=_opt(TIME))
     def start_task(self, session_id: UUID | str, task: str, *, at: datetime | None = None) -> SessionState:
         """Mark a task in progress; the session then idles on the longer task timeout."""
         return self._session_command(
             "start_task()", session_id, at, lambda s, now: s.start_task(task, at=now)
         )
 
+    @_checked(session_id=SID, task=ID, at=_opt(TIME))
     def complete_task(self, session_id: UUID | str, task: str, *, at: datetime | None = None) -> SessionState:
         return self._session_command(
             "complete_task()", session_id, at, lambda s, now: s.complete_task(task, at=now)
         )
 
+    @_checked(session_id=SID, reason=ID, at=_opt(TIME))
     def end_session(
         self, session_id: UUID | str, *, reason: str = "ended", at: datetime | None = None
     ) -> SessionState:
@@ -537,6 +646,7 @@ class ChatLedger(Application[UUID]):
 
         return self._retrying(f"end_session() on session {session_id}", once)
 
+    @_checked(session_id=SID, now=_opt(TIME))
     def expire_if_idle(self, session_id: UUID | str, *, now: datetime | None = None) -> bool:
         """Record the timeout of one session if it is past its deadline at ``now``.
 
@@ -555,6 +665,7 @@ class ChatLedger(Application[UUID]):
 
     # ------------------------------------------------------------------ housekeeping
 
+    @_checked(now=_opt(TIME), limit=_opt(COUNT), batch_size=COUNT)
     def sweep(
         self, now: datetime | None = None, *, limit: int | None = None, batch_size: int = 5000
     ) -> int:
@@ -568,6 +679,7 @@ class ChatLedger(Application[UUID]):
 
         return sweep(self, now, limit=limit, batch_size=batch_size).timed_out
 
+    @_checked(older_than=DURATION, archive_dir=_path, now=_opt(TIME))
     def archive_closed_sessions(
         self, older_than: timedelta, archive_dir: str | os.PathLike[str], *, now: datetime | None = None
     ) -> ArchiveResult:
@@ -577,6 +689,7 @@ class ChatLedger(Application[UUID]):
 
         return archive_closed_sessions(self, older_than, archive_dir, now=now)
 
+    @_checked(interval=_interval, projections_interval=_opt(_interval))
     def start_background_jobs(
         self,
         interval: float = 30.0,
@@ -621,6 +734,7 @@ class ChatLedger(Application[UUID]):
         finally:
             self.stop_background_jobs()
 
+    @_checked(visitor_id=ID, user_id=ID, at=_opt(TIME))
     def link_identity(self, visitor_id: str, user_id: str, *, at: datetime | None = None) -> VisitorState:
         """Link an anonymous visitor to an authenticated user (an event).
 
@@ -646,6 +760,7 @@ class ChatLedger(Application[UUID]):
 
     # ------------------------------------------------------------------ queries
 
+    @_checked(session_id=SID, as_of=_opt(TIME), visitor_id=_opt(ID), user_id=_opt(ID))
     def session(
         self,
         session_id: UUID | str,
@@ -694,6 +809,7 @@ class ChatLedger(Application[UUID]):
     def _exists(self, aggregate_id: UUID) -> bool:
         return bool(list(self.events.get(aggregate_id, limit=1)))
 
+    @_checked(session_id=SID)
     def session_events(self, session_id: UUID | str) -> list[DomainEvent]:
         """Every stored event of a session, in order (for audit and display)."""
         sid = _as_uuid(session_id)
@@ -704,6 +820,7 @@ class ChatLedger(Application[UUID]):
 
     # ------------------------------------------------------------------ audit
 
+    @_checked(session_id=SID, until=_opt(TIME), version=_opt(COUNT))
     def history(
         self,
         session_id: UUID | str,
@@ -719,6 +836,7 @@ class ChatLedger(Application[UUID]):
         """
         return iter_history(self, session_id, until=until, version=version)
 
+    @_checked(session_id=SID, until=TIME)
     def replay(self, session_id: UUID | str, *, until: datetime) -> SessionState:
         """The session exactly as the live API showed it at ``until``, from the log."""
         at = utc(until)
@@ -727,11 +845,13 @@ class ChatLedger(Application[UUID]):
             raise InvalidCommandError(f"Session {session_id} had not started by {at.isoformat()}.")
         return _effective(steps[-1].state, at)
 
+    @_checked(session_id=_opt(SID))
     def verify(self, session_id: UUID | str | None = None) -> VerificationReport:
         """Recompute the tamper-evident hash chains: the whole log, or one session's
         events (each also checked against the log chain row before it)."""
         return verify_log(self, session_id)
 
+    @_checked(user_id=_opt(ID), visitor_id=_opt(ID), at=_opt(TIME))
     def erase(
         self,
         *,
@@ -750,6 +870,7 @@ class ChatLedger(Application[UUID]):
         """
         return erase_subject(self, user_id=user_id, visitor_id=visitor_id, at=at)
 
+    @_checked(out=_writer, user_id=_opt(ID), session_id=_opt(SID))
     def export_audit(
         self, out: IO[str], *, user_id: str | None = None, session_id: UUID | str | None = None
     ) -> VerificationReport:
@@ -758,11 +879,13 @@ class ChatLedger(Application[UUID]):
         one session with its hashes, and a final verification line."""
         return export_bundle(self, out, user_id=user_id, session_id=session_id)
 
+    @_checked(visitor_id=ID)
     def visitor(self, visitor_id: str) -> VisitorState | None:
         """The visitor's identity link and sessions, or None if never seen."""
         visitor = self._get_visitor(visitor_id)
         return VisitorState.of(visitor) if visitor else None
 
+    @_checked(visitor_id=ID)
     def current_session(self, visitor_id: str) -> SessionState | None:
         """The visitor's live session, or None if they have none right now."""
         visitor = self._get_visitor(visitor_id)
@@ -817,18 +940,6 @@ def _validated(model: type[SessionContext], data: dict[str, Any]) -> SessionCont
         return model.model_validate(data)
     except ValidationError as err:
         raise InvalidCommandError(f"Invalid session context: {err}") from err
-
-
-def _json_value(value: Any) -> Any:
-    import json
-
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError) as err:
-        raise InvalidCommandError(
-            f"Slot values must be JSON (str, number, bool, null, list, dict); got {type(value).__name__}."
-        ) from err
-    return value
 
 
 __all__ = ["ChatLedger"]

@@ -4,8 +4,17 @@
 
     ChatLedgerError
     ├── InvalidCommandError (ValueError)     bad input; nothing was written
+    │   ├── InvalidFieldError                one argument broke a rule of
+    │   │   │                                domain.validation (exc.field, exc.rule)
+    │   │   ├── InvalidTextError             NUL, a lone surrogate, or blank
+    │   │   ├── FieldTooLargeError           over a Limits size (exc.limit, exc.size)
+    │   │   ├── InvalidValueError            wrong type, non-finite or too large a
+    │   │   │                                number, too deep nesting, a non-str key
+    │   │   └── InvalidTimeError             naive or out-of-range datetime, bad duration
     │   ├── InvalidPolicyError               a SessionPolicy that makes no sense
-    │   └── TaskStateError                   a task command out of order
+    │   ├── ClientMessageIdConflictError     a client message id reused for another role
+    │   ├── TaskStateError                   a task command out of order
+    │   └── ValueRefusedError                the database refused a value (rolled back)
     ├── UnknownSessionError (LookupError)    no session has that id
     ├── UnknownSubjectError (LookupError)    no visitor or user to erase or export
     ├── SessionOwnershipError (PermissionError)
@@ -34,6 +43,56 @@ class ChatLedgerError(Exception):
 
 class InvalidCommandError(ChatLedgerError, ValueError):
     """Raised when a command's input is invalid. Nothing was appended."""
+
+
+class InvalidFieldError(InvalidCommandError):
+    """Raised when one argument breaks a rule of :mod:`chatledger.domain.validation`.
+
+    ``field`` is the parameter's name (with a path into JSON, e.g.
+    ``metadata['tags'][3]``), ``rule`` a short code such as ``"nul"``.
+    """
+
+    def __init__(self, field: str, rule: str, message: str) -> None:
+        super().__init__(f"{message} Nothing was written.")
+        self.field = field
+        self.rule = rule
+
+
+class InvalidTextError(InvalidFieldError):
+    """A string holds a NUL character or a lone surrogate, or is blank."""
+
+
+class FieldTooLargeError(InvalidFieldError):
+    """A value is over its size limit (see :class:`~chatledger.domain.validation.Limits`)."""
+
+    def __init__(
+        self, field: str, limit: int, size: int, *, unit: str = "characters", setting: str | None = None
+    ) -> None:
+        hint = f"Shorten it, or raise the {setting} setting." if setting else "Shorten it."
+        super().__init__(field, "size", f"{field} is {size} {unit}; the limit is {limit}. {hint}")
+        self.limit = limit
+        self.size = size
+
+
+class InvalidValueError(InvalidFieldError):
+    """A value of the wrong type, a non-finite or out-of-range number, JSON
+    nested too deep, or a non-str object key."""
+
+
+class InvalidTimeError(InvalidFieldError):
+    """A naive or out-of-range datetime, or a non-positive or huge duration."""
+
+
+class ValueRefusedError(InvalidCommandError):
+    """The database refused a value that validation let through; the
+    transaction was rolled back, nothing was written."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"The database refused a value of this command ({detail}); nothing was "
+            "written. Check the command's text, ids and metadata."
+        )
+        self.detail = detail
 
 
 class InvalidPolicyError(InvalidCommandError):

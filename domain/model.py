@@ -23,16 +23,23 @@ from eventsourcing.domain import (
 )
 from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter, model_validator
 
-from .errors import InvalidCommandError
+from .errors import InvalidTimeError
 
 _datetime = TypeAdapter(AwareDatetime)
 
 
-def utc(value: datetime) -> datetime:
-    """Return ``value`` as an aware UTC datetime; naive values are refused."""
+def utc(value: datetime, field: str = "at") -> datetime:
+    """Return ``value`` as an aware UTC datetime; naive values are refused
+    (:class:`InvalidTimeError`), never guessed to be UTC."""
+    if not isinstance(value, datetime):
+        raise InvalidTimeError(field, "type", f"{field} must be a datetime, not {type(value).__name__}.")
     if value.tzinfo is None or value.utcoffset() is None:
-        msg = f"datetime {value!r} has no timezone; pass an aware datetime (UTC)"
-        raise InvalidCommandError(msg)
+        raise InvalidTimeError(
+            field,
+            "naive",
+            f"{field}={value!r} has no timezone; pass an aware datetime (UTC), "
+            "e.g. datetime.now(UTC).",
+        )
     return value.astimezone(UTC)
 
 

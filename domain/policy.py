@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from .errors import InvalidPolicyError
+from .errors import InvalidFieldError, InvalidPolicyError
+from .validation import MAX_DURATION, check_id
 
 
 class SessionPolicy(BaseModel):
@@ -43,9 +44,19 @@ class SessionPolicy(BaseModel):
     @field_validator("idle_timeout", "task_idle_timeout", "max_session_length")
     @classmethod
     def _positive(cls, value: timedelta | None) -> timedelta | None:
-        if value is not None and value <= timedelta(0):
-            msg = f"must be a positive duration, got {value}"
+        if value is not None and not timedelta(0) < value <= MAX_DURATION:
+            msg = f"must be a positive duration of at most {MAX_DURATION.days} days, got {value}"
             raise ValueError(msg)
+        return value
+
+    @field_validator("carry_over_slots")
+    @classmethod
+    def _slot_names(cls, value: frozenset[str]) -> frozenset[str]:
+        for name in value:
+            try:
+                check_id("carry_over_slots", name)
+            except InvalidFieldError as err:
+                raise ValueError(str(err).removesuffix(" Nothing was written.")) from None
         return value
 
     @model_validator(mode="after")

@@ -576,11 +576,14 @@ class PostgresLedgerRecorder(_KeyHooks, PostgresApplicationRecorder):
         the transaction back: the library catches every exception inside the
         transaction block and re-raises it after the block has exited normally,
         which commits whatever was written unless the database had aborted the
-        transaction itself (as it has after any database error). A
-        :class:`StaleKeyError` is raised after statements that succeeded."""
+        transaction itself (as it has after a server-side error, but not after
+        a client-side one such as psycopg refusing to encode a NUL in a text
+        parameter, nor a :class:`StaleKeyError`, raised after statements that
+        succeeded). So any exception rolls the transaction back explicitly
+        (``psycopg.Rollback``) and is re-raised after the pipeline has exited."""
         if not stored_events:
             return super().insert_events(stored_events, **kwargs)
-        exc: psycopg.Error | None = None
+        exc: Exception | None = None
         ids: Sequence[int] | None = None
         with self.datastore.get_connection() as conn:
             with conn.pipeline() as pipeline, conn.transaction():
@@ -592,8 +595,10 @@ class PostgresLedgerRecorder(_KeyHooks, PostgresApplicationRecorder):
                         # Sync now, so a uniqueness violation raises here (as in the library).
                         pipeline.sync()
                         ids = self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
-                    except psycopg.Error as e:
-                        exc = e  # the transaction is aborted: re-raised after the pipeline, as the library does
+                    except Exception as e:  # noqa: BLE001 - re-raised below, after the rollback
+                        exc = e
+                if exc is not None:
+                    raise psycopg.Rollback  # leaves the transaction block by rolling it back
             if exc is not None:
                 raise exc
         self._confirmed(stored_events)

@@ -6,8 +6,11 @@ example ``CHATLEDGER_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from chatledger.domain.errors import ConfigurationError
-from pydantic import Field
+from chatledger.domain.validation import ID_CEILING, TEXT_CEILING, Limits
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -32,6 +35,33 @@ class Settings(BaseSettings):
     sqlite_lock_timeout_s: int = Field(default=30, ge=1)
     postgres_pool_size: int = Field(default=5, ge=1)
     postgres_max_overflow: int = Field(default=10, ge=0)
+    # The limits of domain.validation.Limits (see there and docs/api.md).
+    max_text_chars: int = Field(default=TEXT_CEILING, ge=1, le=TEXT_CEILING)
+    max_id_chars: int = Field(default=ID_CEILING, ge=1, le=ID_CEILING)
+    max_json_bytes: int = Field(default=64 * 1024, ge=2, le=16 * 1024 * 1024)
+    max_json_depth: int = Field(default=32, ge=1, le=256)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{_setting(e['loc'])}: {e['msg']} (got {_shown(e.get('input'))})"
+                for e in err.errors()
+            )
+            raise ConfigurationError(
+                f"Invalid setting ({problems}). Fix the keyword argument or the "
+                "CHATLEDGER_<NAME> environment variable."
+            ) from None
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_text_chars=self.max_text_chars,
+            max_id_chars=self.max_id_chars,
+            max_json_bytes=self.max_json_bytes,
+            max_json_depth=self.max_json_depth,
+        )
 
     def url(self) -> URL:
         try:
@@ -56,3 +86,13 @@ class Settings(BaseSettings):
     def postgres_schema(self) -> str | None:
         schema = self.url().query.get("schema")
         return schema if isinstance(schema, str) else None
+
+
+def _setting(loc: tuple[int | str, ...]) -> str:
+    name = ".".join(str(p) for p in loc) or "settings"
+    return f"{name} (CHATLEDGER_{name.upper()})"
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

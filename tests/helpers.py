@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from chatledger import ChatLedger
 
 
@@ -19,3 +22,17 @@ def visitor_stream_id(visitor_id: str) -> object:
     from chatledger.domain.visitor import visitor_aggregate_id
 
     return visitor_aggregate_id(visitor_id)
+
+
+@contextmanager
+def unicode_checks_off() -> Iterator[None]:
+    """Let NUL and lone surrogates through the validation layer (and nothing
+    else), to reach what the database itself does with a value it refuses."""
+    from chatledger.domain import validation
+
+    original = validation._check_unicode
+    validation._check_unicode = lambda field, value: None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        validation._check_unicode = original  # type: ignore[assignment]
