@@ -61,9 +61,13 @@ from .recorders import (
 
 PERSONAL_FIELDS: dict[type[DomainEvent], tuple[str, ...]] = {
     Session.Started: ("context", "carried_slots.*.value"),
-    Session.MessageReceived: ("text", "metadata"),
-    Session.MessageSent: ("text", "metadata"),
+    # A client message id is the caller's free text too: encrypted like the text.
+    # The aggregate holds it decrypted, so a retry is still recognised (until an
+    # erasure, after which it reads as None and is forgotten).
+    Session.MessageReceived: ("text", "metadata", "client_message_id"),
+    Session.MessageSent: ("text", "metadata", "client_message_id"),
     Session.SlotSet: ("value",),
+    Session.Ended: ("reason",),
     # A snapshot is derived data: its whole state is one envelope (one decryption
     # per read, not one per message), and erasure deletes it anyway.
     Session.Snapshot: ("state",),
@@ -87,6 +91,8 @@ SEALED_VALUES: dict[str, Any] = {
     "metadata": {"$sealed": True},
     "context": {"client_metadata": {"$sealed": True}},
     "value": {"$sealed": True},
+    "client_message_id": None,
+    "reason": SEALED_TEXT,
 }
 """What a personal field reads as in an event decoded with
 :meth:`ShreddingMapper.to_sealed_event` (envelope left closed, no key looked up).
@@ -336,10 +342,13 @@ def _keys_by_id(recorder: SQLiteLedgerRecorder | PostgresLedgerRecorder, kids: l
         return {row[0]: bytes(row[1]) for row in rows}
 
 
-_ENVELOPE = re.compile(rb'"(text|metadata|value)":\{"\$enc":"[A-Za-z0-9+/=]*","kid":"[^"\\]*"\}')
+_SEALED_FIELDS = ("text", "metadata", "value", "client_message_id", "reason")
+_ENVELOPE = re.compile(
+    rb'"(' + "|".join(_SEALED_FIELDS).encode() + rb')":\{"\$enc":"[A-Za-z0-9+/=]*","kid":"[^"\\]*"\}'
+)
 _SEALED_BYTES = {
     name.encode(): b'"' + name.encode() + b'":' + json.dumps(SEALED_VALUES[name], separators=(",", ":")).encode()
-    for name in ("text", "metadata", "value")
+    for name in _SEALED_FIELDS
 }
 
 
@@ -471,7 +480,7 @@ class ShreddingMapper(PydanticMapper):
         if compiled is None or b'"$enc"' not in state or compiled[0][0] == "state":
             return self.to_domain_event(stored_event)
         if stored_event.topic in _TOP_LEVEL:
-            # Messages and slots have no other dict-valued field, so every
+            # Messages, slots and ends have no other dict-valued field, so every
             # envelope in their JSON is inside a personal field: replace them
             # in the bytes and let pydantic parse once. Any other layout falls
             # through to the general path.
