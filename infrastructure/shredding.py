@@ -598,7 +598,8 @@ def _aad_id(stored_event: StoredEvent) -> str:
 # --------------------------------------------------------------------------- key audit
 
 _ENVELOPE_KID = re.compile(rb'\{"\$enc":"[A-Za-z0-9+/=]*","kid":"([^"\\]{1,100})"\}')
-_KEY_CHECK_BATCH = 500
+KEY_CHECK_BATCH = 500
+"""Keys :class:`KeyAudit` looks up per query while ``verify`` reads the log."""
 
 
 class KeyTables(Protocol):
@@ -662,7 +663,7 @@ class KeyAudit:
                     if kid not in self._seen:
                         self._seen.add(kid)
                         self._pending[kid] = row
-                if len(self._pending) >= _KEY_CHECK_BATCH:
+                if len(self._pending) >= KEY_CHECK_BATCH:
                     self._check(tables)
             yield row
 
@@ -695,10 +696,12 @@ class KeyAudit:
     def finish(self, tables: KeyTables) -> None:
         """Check the keys not checked yet and report what the log does not account for."""
         self._check(tables)
-        if not self.whole_log:
+        unexplained = [kid for kid in self._missing if kid not in self._erased_kids]
+        if unexplained and not self.whole_log:
+            # One aggregate's events were read: the receipts are on the visitors.
             for state in tables.erasure_states():
                 self._note_erasure(state)
-        unexplained = [kid for kid in self._missing if kid not in self._erased_kids]
+            unexplained = [kid for kid in unexplained if kid not in self._erased_kids]
         if unexplained:
             destroyed = tables.destroyed(unexplained)
             owners = tables.subjects(sorted({self._missing[k][1] for k in unexplained}))

@@ -116,3 +116,25 @@ def test_the_cli_exits_1_on_a_missing_key(keys: Keys) -> None:
     result = CliRunner().invoke(app, ["audit", "verify", "-d", keys.url])
     assert result.exit_code == 1, result.output
     assert "BROKEN" in result.output and "missing key" in result.output and "v-bob" in result.output
+
+
+def test_keys_are_checked_in_batches_while_the_log_is_read(
+    database_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Key look-ups interleave with reading the events (in the same snapshot)."""
+    from chatledger.infrastructure import shredding
+
+    monkeypatch.setattr(shredding, "KEY_CHECK_BATCH", 2)
+    with ChatLedger.open(database_url, clock=clock) as ledger:
+        for n in range(7):
+            ledger.receive(f"v-{n}", f"secret {n}")
+        ledger.erase(visitor_id="v-5")
+        assert ledger.verify().ok
+    raw = RawDB(database_url)
+    raw.execute("DELETE FROM chatledger_keys WHERE visitor_id=?", ("v-1",))
+    raw.execute("UPDATE chatledger_keys SET key=? WHERE visitor_id=?", (os.urandom(32), "v-4"))
+    with ChatLedger.open(database_url) as fresh:
+        found = breaks(fresh)
+    assert sorted(k for k, _ in found) == ["altered key", "missing key"]
+    assert any("'v-1'" in d for k, d in found if k == "missing key")
+    assert any("'v-4'" in d for k, d in found if k == "altered key")
