@@ -238,3 +238,39 @@ def test_an_altered_archive_line_is_refused_with_its_line_number(scene: Scene) -
         scene.ledger.read_archive(scene.archive)
     with pytest.raises(InvalidCommandError, match="does not exist"):
         scene.ledger.read_archive(scene.archive.with_name("missing.jsonl.gz"))
+
+
+def test_the_fast_and_sealed_decoders_agree_on_client_ids_and_reasons(scene: Scene) -> None:
+    """Messages and ends are decoded by the mapper's fast paths; the general path
+    (open each envelope, then validate) must agree, before and after erasure,
+    and the sealed decoding differs only in the personal fields."""
+    from chatledger.infrastructure.shredding import PERSONAL_FIELDS, SEALED_VALUES
+    from eventsourcing.utils import get_topic, resolve_topic
+
+    ledger = scene.ledger
+    mapper = ledger.mapper
+    topics = {get_topic(Session.MessageReceived), get_topic(Session.MessageSent), get_topic(Session.Ended)}
+
+    def check() -> set[str]:
+        seen: set[str] = set()
+        for record in ledger.recorder.select_notifications(0, 1000):
+            if record.topic not in topics:
+                continue
+            general = resolve_topic(record.topic).model_validate(mapper.decrypt_state(record))  # type: ignore[attr-defined]
+            decoded = mapper.to_domain_event(record)
+            assert decoded == general
+            sealed = mapper.to_sealed_event(record).model_dump()  # type: ignore[attr-defined]
+            personal = PERSONAL_FIELDS[type(decoded)]
+            opened = decoded.model_dump()
+            assert {k: v for k, v in sealed.items() if k not in personal} == {
+                k: v for k, v in opened.items() if k not in personal
+            }
+            for name in ("client_message_id", "reason"):
+                if name in personal and opened[name] is not None:
+                    assert sealed[name] == SEALED_VALUES[name]
+                    seen.add(name)
+        return seen
+
+    assert check() == {"client_message_id", "reason"}
+    ledger.erase(user_id="user-alpha")
+    assert check() == {"client_message_id", "reason"}  # Bravo's still open; Alpha's read erased
