@@ -228,7 +228,8 @@ def read_archive(ledger: ChatLedger, path: str | os.PathLike[str]) -> list[Archi
     """
     source = Path(path)
     if not source.is_file():
-        raise InvalidCommandError(f"Archive {str(source)!r} does not exist; pass the path of a .jsonl.gz file.")
+        msg = f"Archive {str(source)!r} does not exist; pass the path of a .jsonl.gz file."
+        raise InvalidCommandError(msg)
     recorder = ledger.recorder
     found: dict[str, bytes | None] = {}
     sessions = []
@@ -236,21 +237,18 @@ def read_archive(ledger: ChatLedger, path: str | os.PathLike[str]) -> list[Archi
         for number, text in enumerate(lines, 1):
             line = json.loads(text)
             sid = line["session_id"]
-            visitor_id = line.get("visitor_id")
-            if "$enc" not in line:
-                erased = bool(line.get("erased"))
-                state = ERASED_TEXT if erased else line["state"]
-                events = ERASED_TEXT if erased else line["events"]
-                sessions.append(ArchivedSession(session_id=sid, visitor_id=visitor_id, erased=erased, state=state, events=events))
+            ids = {"session_id": sid, "visitor_id": line.get("visitor_id")}
+            erased = {**ids, "erased": True, "state": ERASED_TEXT, "events": ERASED_TEXT}
+            if "$enc" not in line:  # erased before archiving, or an archive of before encryption
+                plain = {**ids, "erased": False, "state": line.get("state"), "events": line.get("events")}
+                sessions.append(ArchivedSession.model_validate(erased if line.get("erased") else plain))
                 continue
             kid = line["kid"]
             if kid not in found:
                 found[kid] = recorder.key_by_id(kid)  # type: ignore[attr-defined]
             key = found[kid]
             if key is None:
-                sessions.append(
-                    ArchivedSession(session_id=sid, visitor_id=visitor_id, erased=True, state=ERASED_TEXT, events=ERASED_TEXT)
-                )
+                sessions.append(ArchivedSession.model_validate(erased))
                 continue
             try:
                 sealed = binascii.a2b_base64(line["$enc"])
@@ -261,9 +259,5 @@ def read_archive(ledger: ChatLedger, path: str | os.PathLike[str]) -> list[Archi
                     f"its key {kid}: the file was altered or is not this store's."
                 )
                 raise InvalidCommandError(msg) from err
-            sessions.append(
-                ArchivedSession(
-                    session_id=sid, visitor_id=visitor_id, erased=False, state=content["state"], events=content["events"]
-                )
-            )
+            sessions.append(ArchivedSession.model_validate({**ids, "erased": False, **content}))
     return sessions

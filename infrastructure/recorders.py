@@ -11,6 +11,9 @@ transaction that inserts events they
 - destroy the content keys named by a ``Visitor.DataErased`` event, so the
   erasure fact and the key destruction commit together or not at all.
 
+Verification reads the events, the hash rows and (for ``shredding.KeyAudit``)
+the key tables in one read transaction.
+
 They also own the SQL of the key tables (``chatledger_keys``: one AES key per
 visitor; ``chatledger_key_subjects``: which visitor a session's personal data
 belongs to) and of verification, so all backend-specific SQL lives here.
