@@ -33,7 +33,7 @@ from chatledger.domain.state import SessionState
 from chatledger.domain.visitor import Visitor
 from chatledger.infrastructure.hashchain import VerificationReport
 from chatledger.infrastructure.recorders import PostgresLedgerRecorder, SQLiteLedgerRecorder
-from chatledger.infrastructure.shredding import KeyRing, ShreddingMapper
+from chatledger.infrastructure.shredding import KeyAudit, KeyRing, ShreddingMapper
 from eventsourcing.utils import get_topic
 
 if TYPE_CHECKING:
@@ -92,12 +92,21 @@ def verify_log(ledger: ChatLedger, session_id: UUID | str | None = None) -> Veri
     if not isinstance(recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder):
         raise ConfigurationError("This ledger's recorder keeps no hash chain; open it with ChatLedger.open().")
     if session_id is None:
-        return recorder.verify(VerificationReport(scope="log"))
+        return audited_verify(recorder, VerificationReport(scope="log"))
     sid = _as_uuid(session_id)
-    report = recorder.verify(VerificationReport(scope=f"session {sid}"), sid)
+    report = audited_verify(recorder, VerificationReport(scope=f"session {sid}"), sid)
     if report.checked == 0 and report.break_count == 0:
         raise UnknownSessionError(session_id)
     return report
+
+
+def audited_verify(
+    recorder: SQLiteLedgerRecorder | PostgresLedgerRecorder,
+    report: VerificationReport,
+    originator_id: UUID | None = None,
+) -> VerificationReport:
+    """The hash chains and the key table (see :class:`KeyAudit`), in one snapshot."""
+    return recorder.verify(report, originator_id, KeyAudit(report, whole_log=originator_id is None))
 
 
 # --------------------------------------------------------------------------- erasure
@@ -298,8 +307,10 @@ def export_bundle(
                 "log_hash": lg_hash.hex(),
             }
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
-        scoped_ok[str(aggregate_id)] = recorder.verify(VerificationReport(scope=str(aggregate_id)), aggregate_id).ok
-    report = recorder.verify(VerificationReport(scope="log"))
+        scoped_ok[str(aggregate_id)] = audited_verify(
+            recorder, VerificationReport(scope=str(aggregate_id)), aggregate_id
+        ).ok
+    report = audited_verify(recorder, VerificationReport(scope="log"))
     out.write(
         json.dumps(
             {

@@ -74,7 +74,7 @@ from .clock import Clock, system_clock
 if TYPE_CHECKING:
     from chatledger.infrastructure.scheduler import BackgroundJobs
 
-    from .retention import ArchiveResult, RetentionPolicy
+    from .retention import ArchivedSession, ArchiveResult, RetentionPolicy
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -688,6 +688,14 @@ class ChatLedger(Application[UUID]):
         from .retention import archive_closed_sessions
 
         return archive_closed_sessions(self, older_than, archive_dir, now=now)
+
+    @_checked(path=_path)
+    def read_archive(self, path: str | os.PathLike[str]) -> list[ArchivedSession]:
+        """The sessions of a retention archive file, decrypted with the keys still
+        in the store (an erased visitor's sessions read as ``"[erased]"``)."""
+        from .retention import read_archive
+
+        return read_archive(self, path)
 
     @_checked(interval=_interval, projections_interval=_opt(_interval))
     def start_background_jobs(

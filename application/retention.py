@@ -12,10 +12,21 @@ log stays append-only: erasure is a separate, explicit operation.
 Each batch is written and fsynced before its ``Archived`` events are appended,
 so a crash in between at worst archives a session twice (in two files), never
 loses it; a session already marked archived is skipped.
+
+Each line holds the session's content encrypted under its visitor's key (the
+key that encrypts the session's personal fields in the log): ``{"session_id",
+"visitor_id", "kid", "$enc": base64(nonce | AES-256-GCM ciphertext)}``, the
+associated data binding it to the archive format and the session id. So an
+erasure, which destroys the key, shreds the archive lines too, wherever the
+file was copied. :func:`read_archive` opens them with the keys still present.
+A session whose visitor has no key any more (erased before it was archived) is
+written as ``{"session_id", "visitor_id", "erased": true}``: nothing else.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import gzip
 import json
 import logging
@@ -27,10 +38,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
+from chatledger.domain.erasure import ERASED_TEXT
 from chatledger.domain.errors import InvalidCommandError
 from chatledger.domain.session import Session
 from chatledger.domain.state import SessionState
 from chatledger.projections.active_sessions import ActiveSessions, closed_sessions
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from sqlalchemy import select
 
@@ -106,6 +120,7 @@ def archive_closed_sessions(
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"sessions-{cutoff:%Y%m%dT%H%M%S}-{uuid4().hex[:8]}.jsonl.gz"
     archived = 0
+    keys: dict[str, tuple[str, bytes] | None] = {}  # visitor -> (kid, key), for this run
     c = closed_sessions.c
     with gzip.open(path, "wt", encoding="utf-8") as out:
         while True:
@@ -122,7 +137,7 @@ def archive_closed_sessions(
                 break
             sessions = [s for s in map(ledger._get_session, ids) if s.archived_at is None]
             for session in sessions:
-                out.write(json.dumps(_archive_line(ledger, session)) + "\n")
+                out.write(json.dumps(_archive_line(ledger, session, keys)) + "\n")
             out.flush()
             os.fsync(out.fileno())
             done = _record_archived(ledger, [s.id for s in sessions], path.name, when)
@@ -157,11 +172,92 @@ def _record_archived(ledger: ChatLedger, session_ids: list[UUID], archive: str, 
     return ledger._retrying(f"archiving {len(session_ids)} sessions", once) if session_ids else 0
 
 
-def _archive_line(ledger: ChatLedger, session: Session) -> dict[str, object]:
+ARCHIVE_AAD = "chatledger/archive/v1"
+
+
+def _archive_aad(session_id: str) -> bytes:
+    return json.dumps([ARCHIVE_AAD, session_id]).encode()
+
+
+def _archive_line(
+    ledger: ChatLedger, session: Session, keys: dict[str, tuple[str, bytes] | None]
+) -> dict[str, object]:
+    """One session's archive line, its content encrypted under its visitor's key."""
+    visitor_id = session.visitor_id
+    if visitor_id not in keys:
+        row = ledger.recorder.active_key(visitor_id)  # type: ignore[attr-defined]
+        keys[visitor_id] = (row[0], row[2]) if row is not None else None
+    key = keys[visitor_id]
+    line: dict[str, object] = {"session_id": str(session.id), "visitor_id": visitor_id}
+    if key is None:
+        # No key: the visitor was erased; its content reads as erased, and is not kept.
+        return {**line, "erased": True}
     events = ledger.session_events(session.id)
-    state = SessionState.of(session)
-    return {
-        "session_id": str(session.id),
-        "state": state.model_dump(mode="json"),
+    content = {
+        "state": SessionState.of(session).model_dump(mode="json"),
         "events": [{"type": type(e).__qualname__, **e.model_dump(mode="json")} for e in events],
     }
+    nonce = os.urandom(12)
+    plain = json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
+    sealed = nonce + AESGCM(key[1]).encrypt(nonce, plain, _archive_aad(str(session.id)))
+    return {**line, "kid": key[0], "$enc": base64.b64encode(sealed).decode()}
+
+
+class ArchivedSession(BaseModel):
+    """One session read back from a retention archive (:func:`read_archive`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    session_id: UUID
+    visitor_id: str | None
+    erased: bool
+    """Its visitor's key was destroyed: ``state`` and ``events`` are not readable."""
+    state: dict[str, Any] | str
+    """The session state as archived, or ``"[erased]"``."""
+    events: list[dict[str, Any]] | str
+    """Every event of the session as archived, or ``"[erased]"``."""
+
+
+def read_archive(ledger: ChatLedger, path: str | os.PathLike[str]) -> list[ArchivedSession]:
+    """The sessions of an archive file, decrypted with the keys still in the store.
+
+    A session whose key was destroyed (its visitor erased) reads as erased.
+    Archives written before their content was encrypted (plain ``state`` and
+    ``events``) are read as they are. A line that does not decrypt under its
+    key was altered: :class:`InvalidCommandError` names it.
+    """
+    source = Path(path)
+    if not source.is_file():
+        msg = f"Archive {str(source)!r} does not exist; pass the path of a .jsonl.gz file."
+        raise InvalidCommandError(msg)
+    recorder = ledger.recorder
+    found: dict[str, bytes | None] = {}
+    sessions = []
+    with gzip.open(source, "rt", encoding="utf-8") as lines:
+        for number, text in enumerate(lines, 1):
+            line = json.loads(text)
+            sid = line["session_id"]
+            ids = {"session_id": sid, "visitor_id": line.get("visitor_id")}
+            erased = {**ids, "erased": True, "state": ERASED_TEXT, "events": ERASED_TEXT}
+            if "$enc" not in line:  # erased before archiving, or an archive of before encryption
+                plain = {**ids, "erased": False, "state": line.get("state"), "events": line.get("events")}
+                sessions.append(ArchivedSession.model_validate(erased if line.get("erased") else plain))
+                continue
+            kid = line["kid"]
+            if kid not in found:
+                found[kid] = recorder.key_by_id(kid)  # type: ignore[attr-defined]
+            key = found[kid]
+            if key is None:
+                sessions.append(ArchivedSession.model_validate(erased))
+                continue
+            try:
+                sealed = binascii.a2b_base64(line["$enc"])
+                content = json.loads(AESGCM(key).decrypt(sealed[:12], sealed[12:], _archive_aad(sid)))
+            except (InvalidTag, binascii.Error, ValueError) as err:
+                msg = (
+                    f"Line {number} of archive {str(source)!r} (session {sid}) does not decrypt under "
+                    f"its key {kid}: the file was altered or is not this store's."
+                )
+                raise InvalidCommandError(msg) from err
+            sessions.append(ArchivedSession.model_validate({**ids, "erased": False, **content}))
+    return sessions

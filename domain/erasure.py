@@ -20,6 +20,8 @@ ERASED_VALUES = {
     "metadata": ERASED_METADATA,
     "context": {"client_metadata": ERASED_METADATA},
     "value": None,
+    "client_message_id": None,
+    "reason": ERASED_TEXT,
 }
 """What a personal field reads as once erased, by field name: the decoder's
 markers for destroyed keys and ``Session.ContentErased`` use these same values."""

@@ -269,10 +269,14 @@ class Session(Aggregate):
                     update={
                         "text": ERASED_VALUES["text"],
                         "metadata": dict(ERASED_METADATA) if m.metadata else {},
+                        "client_message_id": ERASED_VALUES["client_message_id"],
                     }
                 )
                 for m in s.messages
             ]
+            s.client_message_ids = {}
+            if s.status == "ended":
+                s.close_reason = ERASED_VALUES["reason"]
             erased_value = ERASED_VALUES["value"]
             s.slots = {k: v.model_copy(update={"value": erased_value}) for k, v in s.slots.items()}
             s.carried_slots = {

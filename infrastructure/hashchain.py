@@ -15,7 +15,10 @@ as the event itself:
 
 Each field is length-prefixed, so no two different inputs hash alike by
 concatenation. :func:`verify_rows` re-checks every link against the stored
-rows and reports the breaks in log order.
+rows and reports the breaks in log order. The key table, which cannot be
+chained (erasure deletes its rows), is checked against the chained log in the
+same pass by ``shredding.KeyAudit`` (``missing key``, ``altered key``,
+``resurrected key`` breaks, reported after the chain's).
 """
 
 from __future__ import annotations

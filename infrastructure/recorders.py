@@ -11,6 +11,9 @@ transaction that inserts events they
 - destroy the content keys named by a ``Visitor.DataErased`` event, so the
   erasure fact and the key destruction commit together or not at all.
 
+Verification reads the events, the hash rows and (for ``shredding.KeyAudit``)
+the key tables in one read transaction.
+
 They also own the SQL of the key tables (``chatledger_keys``: one AES key per
 visitor; ``chatledger_key_subjects``: which visitor a session's personal data
 belongs to) and of verification, so all backend-specific SQL lives here.
@@ -27,7 +30,7 @@ from datetime import UTC, datetime
 from hashlib import sha256
 from itertools import islice
 from operator import itemgetter, lt
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import psycopg
@@ -238,6 +241,47 @@ class _KeyHooks:
                 self.on_keys_confirmed(rows)
 
 
+class KeyAuditor(Protocol):
+    """Checks the key table during ``verify`` (see ``shredding.KeyAudit``)."""
+
+    def watch(self, events: Iterable[EventRow], tables: Any) -> Iterator[EventRow]: ...
+
+    def finish(self, tables: Any) -> None: ...
+
+
+class _SQLiteKeyTables:
+    """The key tables as ``KeyAudit`` reads them, on the verification's connection."""
+
+    def __init__(self, conn: sqlite3.Connection, events_table: str) -> None:
+        self.conn = conn
+        self.events_table = events_table
+
+    def _select_in(self, sql: str, values: Sequence[Any]) -> list[Any]:
+        rows: list[Any] = []
+        for start in range(0, len(values), SQLITE_MAX_PARAMS):
+            chunk = list(values[start : start + SQLITE_MAX_PARAMS])
+            rows.extend(self.conn.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall())
+        return rows
+
+    def keys(self, kids: Sequence[str]) -> dict[str, tuple[str, bytes]]:
+        rows = self._select_in(f"SELECT kid, visitor_id, key FROM {KEYS} WHERE kid IN ({{}})", kids)
+        return {r[0]: (r[1], bytes(r[2])) for r in rows}
+
+    def destroyed(self, kids: Sequence[str]) -> set[str]:
+        return {r[0] for r in self._select_in(f"SELECT kid FROM {DESTROYED} WHERE kid IN ({{}})", kids)}
+
+    def subjects(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, str]:
+        rows = self._select_in(
+            f"SELECT aggregate_id, visitor_id FROM {SUBJECTS} WHERE aggregate_id IN ({{}})",
+            [a.hex for a in aggregate_ids],
+        )
+        return {UUID(r[0]): r[1] for r in rows}
+
+    def erasure_states(self) -> Iterable[bytes]:
+        rows = self.conn.execute(f"SELECT state FROM {self.events_table} WHERE topic=?", (ERASURE_TOPIC,))
+        return [bytes(r[0]) for r in rows]
+
+
 # --------------------------------------------------------------------------- SQLite
 
 
@@ -433,11 +477,15 @@ class SQLiteLedgerRecorder(_KeyHooks, SQLiteApplicationRecorder):
 
     # ---- verification -----------------------------------------------------
 
-    def verify(self, report: VerificationReport, originator_id: UUID | None = None) -> VerificationReport:
+    def verify(
+        self, report: VerificationReport, originator_id: UUID | None = None, key_audit: KeyAuditor | None = None
+    ) -> VerificationReport:
+        """Check the hash chains (of the log, or of one aggregate) and, with
+        ``key_audit``, the key table against the log, in one read transaction."""
         with self.datastore.transaction(commit=False) as c:
             conn = c.sqlite_cursor.connection
             where, params = ("WHERE originator_id=? ", (originator_id.hex,)) if originator_id else ("", ())
-            events = (
+            events: Iterable[EventRow] = (
                 EventRow(r[0], UUID(r[1]), r[2], r[3], bytes(r[4]))
                 for r in conn.execute(
                     "SELECT rowid, originator_id, originator_version, topic, state "
@@ -445,27 +493,44 @@ class SQLiteLedgerRecorder(_KeyHooks, SQLiteApplicationRecorder):
                     params,
                 )
             )
-            hashes = (
-                HashRow(r[0], UUID(r[1]), r[2], bytes(r[3]), bytes(r[4]))
-                for r in conn.execute(
-                    "SELECT notification_id, originator_id, originator_version, event_hash, log_hash "
-                    f"FROM {HASHES} {where}ORDER BY notification_id",
-                    params,
-                )
+            tables = _SQLiteKeyTables(conn, self.events_table_name)
+            if key_audit is not None:
+                events = key_audit.watch(events, tables)
+            report = self._verify_sqlite(conn, events, report, originator_id, params)
+            if key_audit is not None:
+                key_audit.finish(tables)
+            return report
+
+    def _verify_sqlite(
+        self,
+        conn: sqlite3.Connection,
+        events: Iterable[EventRow],
+        report: VerificationReport,
+        originator_id: UUID | None,
+        params: tuple[Any, ...],
+    ) -> VerificationReport:
+        where = "WHERE originator_id=? " if originator_id else ""
+        hashes = (
+            HashRow(r[0], UUID(r[1]), r[2], bytes(r[3]), bytes(r[4]))
+            for r in conn.execute(
+                "SELECT notification_id, originator_id, originator_version, event_hash, log_hash "
+                f"FROM {HASHES} {where}ORDER BY notification_id",
+                params,
             )
-            if originator_id is None:
-                return verify_rows(events, hashes, report)
-            prev_logs = {
-                r[0]: bytes(r[1])
-                for r in conn.execute(
-                    f"SELECT h.notification_id, (SELECT p.log_hash FROM {HASHES} p "
-                    "WHERE p.notification_id < h.notification_id ORDER BY p.notification_id DESC LIMIT 1) "
-                    f"FROM {HASHES} h WHERE h.originator_id=?",
-                    params,
-                )
-                if r[1] is not None
-            }
-            return verify_rows(events, hashes, report, check_log_chain=False, prev_log_hash=prev_logs)
+        )
+        if originator_id is None:
+            return verify_rows(events, hashes, report)
+        prev_logs = {
+            r[0]: bytes(r[1])
+            for r in conn.execute(
+                f"SELECT h.notification_id, (SELECT p.log_hash FROM {HASHES} p "
+                "WHERE p.notification_id < h.notification_id ORDER BY p.notification_id DESC LIMIT 1) "
+                f"FROM {HASHES} h WHERE h.originator_id=?",
+                params,
+            )
+            if r[1] is not None
+        }
+        return verify_rows(events, hashes, report, check_log_chain=False, prev_log_hash=prev_logs)
 
     def hash_rows(self, originator_id: UUID) -> dict[int, tuple[bytes, bytes]]:
         with self.datastore.transaction(commit=False) as c:
@@ -694,48 +759,67 @@ class PostgresLedgerRecorder(_KeyHooks, PostgresApplicationRecorder):
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             yield conn
 
-    def verify(self, report: VerificationReport, originator_id: UUID | None = None) -> VerificationReport:
-        where, params = (SQL("WHERE originator_id = %s "), (originator_id,)) if originator_id else (SQL(""), ())
+    def verify(
+        self, report: VerificationReport, originator_id: UUID | None = None, key_audit: KeyAuditor | None = None
+    ) -> VerificationReport:
+        """As :meth:`SQLiteLedgerRecorder.verify` (in one repeatable-read snapshot)."""
         with self._snapshot() as conn:
-            ev_cur = conn.cursor(name="chatledger_verify_events")
-            ev_cur.itersize = 5000
-            ev_cur.execute(
+            tables = _PostgresKeyTables(conn, self)
+            report = self._verify_pg(conn, report, originator_id, key_audit, tables)
+            if key_audit is not None:
+                key_audit.finish(tables)
+            return report
+
+    def _verify_pg(
+        self,
+        conn: Any,
+        report: VerificationReport,
+        originator_id: UUID | None,
+        key_audit: KeyAuditor | None,
+        tables: _PostgresKeyTables,
+    ) -> VerificationReport:
+        where, params = (SQL("WHERE originator_id = %s "), (originator_id,)) if originator_id else (SQL(""), ())
+        ev_cur = conn.cursor(name="chatledger_verify_events")
+        ev_cur.itersize = 5000
+        ev_cur.execute(
+            SQL(
+                "SELECT notification_id, originator_id, originator_version, topic, state FROM {} {}"
+                "ORDER BY notification_id"
+            ).format(self._t(self.events_table_name), where),
+            params,
+        )
+        h_cur = conn.cursor(name="chatledger_verify_hashes")
+        h_cur.itersize = 5000
+        h_cur.execute(
+            SQL(
+                "SELECT notification_id, originator_id, originator_version, event_hash, log_hash "
+                "FROM {} {}ORDER BY notification_id"
+            ).format(self._t(HASHES), where),
+            params,
+        )
+        events: Iterable[EventRow] = (
+            EventRow(r["notification_id"], r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
+            for r in ev_cur
+        )
+        if key_audit is not None:
+            events = key_audit.watch(events, tables)
+        hashes = (
+            HashRow(r["notification_id"], r["originator_id"], r["originator_version"], bytes(r["event_hash"]), bytes(r["log_hash"]))
+            for r in h_cur
+        )
+        if originator_id is None:
+            return verify_rows(events, hashes, report)
+        with conn.cursor() as c:
+            c.execute(
                 SQL(
-                    "SELECT notification_id, originator_id, originator_version, topic, state FROM {} {}"
-                    "ORDER BY notification_id"
-                ).format(self._t(self.events_table_name), where),
+                    "SELECT h.notification_id, (SELECT p.log_hash FROM {0} p "
+                    "WHERE p.notification_id < h.notification_id ORDER BY p.notification_id DESC LIMIT 1) AS prev "
+                    "FROM {0} h WHERE h.originator_id = %s"
+                ).format(self._t(HASHES)),
                 params,
             )
-            h_cur = conn.cursor(name="chatledger_verify_hashes")
-            h_cur.itersize = 5000
-            h_cur.execute(
-                SQL(
-                    "SELECT notification_id, originator_id, originator_version, event_hash, log_hash "
-                    "FROM {} {}ORDER BY notification_id"
-                ).format(self._t(HASHES), where),
-                params,
-            )
-            events = (
-                EventRow(r["notification_id"], r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
-                for r in ev_cur
-            )
-            hashes = (
-                HashRow(r["notification_id"], r["originator_id"], r["originator_version"], bytes(r["event_hash"]), bytes(r["log_hash"]))
-                for r in h_cur
-            )
-            if originator_id is None:
-                return verify_rows(events, hashes, report)
-            with conn.cursor() as c:
-                c.execute(
-                    SQL(
-                        "SELECT h.notification_id, (SELECT p.log_hash FROM {0} p "
-                        "WHERE p.notification_id < h.notification_id ORDER BY p.notification_id DESC LIMIT 1) AS prev "
-                        "FROM {0} h WHERE h.originator_id = %s"
-                    ).format(self._t(HASHES)),
-                    params,
-                )
-                prev_logs = {r["notification_id"]: bytes(r["prev"]) for r in c.fetchall() if r["prev"] is not None}
-            return verify_rows(events, hashes, report, check_log_chain=False, prev_log_hash=prev_logs)
+            prev_logs = {r["notification_id"]: bytes(r["prev"]) for r in c.fetchall() if r["prev"] is not None}
+        return verify_rows(events, hashes, report, check_log_chain=False, prev_log_hash=prev_logs)
 
     def hash_rows(self, originator_id: UUID) -> dict[int, tuple[bytes, bytes]]:
         with self.datastore.transaction(commit=False) as c:
@@ -755,6 +839,44 @@ class PostgresLedgerRecorder(_KeyHooks, PostgresApplicationRecorder):
                 (originator_id,),
             )
             return {r["originator_version"]: r["notification_id"] for r in c.fetchall()}
+
+
+class _PostgresKeyTables:
+    """As :class:`_SQLiteKeyTables`, in the verification's snapshot."""
+
+    def __init__(self, conn: Any, recorder: PostgresLedgerRecorder) -> None:
+        self.conn = conn
+        self.recorder = recorder
+
+    def _rows(self, query: Composed, params: tuple[Any, ...]) -> list[Any]:
+        with self.conn.cursor() as c:
+            c.execute(query, params)
+            return list(c.fetchall())
+
+    def keys(self, kids: Sequence[str]) -> dict[str, tuple[str, bytes]]:
+        t = self.recorder._t
+        rows = self._rows(SQL("SELECT kid, visitor_id, key FROM {} WHERE kid = ANY(%s)").format(t(KEYS)), (list(kids),))
+        return {r["kid"]: (r["visitor_id"], bytes(r["key"])) for r in rows}
+
+    def destroyed(self, kids: Sequence[str]) -> set[str]:
+        t = self.recorder._t
+        rows = self._rows(SQL("SELECT kid FROM {} WHERE kid = ANY(%s)").format(t(DESTROYED)), (list(kids),))
+        return {r["kid"] for r in rows}
+
+    def subjects(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, str]:
+        t = self.recorder._t
+        rows = self._rows(
+            SQL("SELECT aggregate_id, visitor_id FROM {} WHERE aggregate_id = ANY(%s)").format(t(SUBJECTS)),
+            (list(aggregate_ids),),
+        )
+        return {r["aggregate_id"]: r["visitor_id"] for r in rows}
+
+    def erasure_states(self) -> Iterable[bytes]:
+        t = self.recorder._t
+        rows = self._rows(
+            SQL("SELECT state FROM {} WHERE topic = %s").format(t(self.recorder.events_table_name)), (ERASURE_TOPIC,)
+        )
+        return [bytes(r["state"]) for r in rows]
 
 
 LedgerRecorder = SQLiteLedgerRecorder | PostgresLedgerRecorder

@@ -33,7 +33,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID, uuid4
 
 from chatledger.domain.erasure import ERASED_VALUES
@@ -47,8 +47,10 @@ from psycopg.sql import SQL
 from pydantic import ValidationError
 from pydantic_core import from_json
 
+from .hashchain import ChainBreak
 from .persistence import PydanticMapper
 from .recorders import (
+    ERASURE_TOPIC,
     KEYS,
     KeyedStoredEvent,
     KeyRow,
@@ -59,9 +61,13 @@ from .recorders import (
 
 PERSONAL_FIELDS: dict[type[DomainEvent], tuple[str, ...]] = {
     Session.Started: ("context", "carried_slots.*.value"),
-    Session.MessageReceived: ("text", "metadata"),
-    Session.MessageSent: ("text", "metadata"),
+    # A client message id is the caller's free text too: encrypted like the text.
+    # The aggregate holds it decrypted, so a retry is still recognised (until an
+    # erasure, after which it reads as None and is forgotten).
+    Session.MessageReceived: ("text", "metadata", "client_message_id"),
+    Session.MessageSent: ("text", "metadata", "client_message_id"),
     Session.SlotSet: ("value",),
+    Session.Ended: ("reason",),
     # A snapshot is derived data: its whole state is one envelope (one decryption
     # per read, not one per message), and erasure deletes it anyway.
     Session.Snapshot: ("state",),
@@ -85,6 +91,8 @@ SEALED_VALUES: dict[str, Any] = {
     "metadata": {"$sealed": True},
     "context": {"client_metadata": {"$sealed": True}},
     "value": {"$sealed": True},
+    "client_message_id": None,
+    "reason": SEALED_TEXT,
 }
 """What a personal field reads as in an event decoded with
 :meth:`ShreddingMapper.to_sealed_event` (envelope left closed, no key looked up).
@@ -334,10 +342,13 @@ def _keys_by_id(recorder: SQLiteLedgerRecorder | PostgresLedgerRecorder, kids: l
         return {row[0]: bytes(row[1]) for row in rows}
 
 
-_ENVELOPE = re.compile(rb'"(text|metadata|value)":\{"\$enc":"[A-Za-z0-9+/=]*","kid":"[^"\\]*"\}')
+_SEALED_FIELDS = ("text", "metadata", "value", "client_message_id", "reason")
+_ENVELOPE = re.compile(
+    rb'"(' + "|".join(_SEALED_FIELDS).encode() + rb')":\{"\$enc":"[A-Za-z0-9+/=]*","kid":"[^"\\]*"\}'
+)
 _SEALED_BYTES = {
     name.encode(): b'"' + name.encode() + b'":' + json.dumps(SEALED_VALUES[name], separators=(",", ":")).encode()
-    for name in ("text", "metadata", "value")
+    for name in _SEALED_FIELDS
 }
 
 
@@ -469,7 +480,7 @@ class ShreddingMapper(PydanticMapper):
         if compiled is None or b'"$enc"' not in state or compiled[0][0] == "state":
             return self.to_domain_event(stored_event)
         if stored_event.topic in _TOP_LEVEL:
-            # Messages and slots have no other dict-valued field, so every
+            # Messages, slots and ends have no other dict-valued field, so every
             # envelope in their JSON is inside a personal field: replace them
             # in the bytes and let pydantic parse once. Any other layout falls
             # through to the general path.
@@ -582,3 +593,160 @@ def _aad_id(stored_event: StoredEvent) -> str:
     if type(originator_id) is UUID:  # PostgreSQL records
         return str(originator_id)
     return str(UUID(str(originator_id)))
+
+
+# --------------------------------------------------------------------------- key audit
+
+_ENVELOPE_KID = re.compile(rb'\{"\$enc":"[A-Za-z0-9+/=]*","kid":"([^"\\]{1,100})"\}')
+KEY_CHECK_BATCH = 500
+"""Keys :class:`KeyAudit` looks up per query while ``verify`` reads the log."""
+
+
+class KeyTables(Protocol):
+    """What :class:`KeyAudit` reads from the key tables, inside the verification's
+    snapshot (each recorder implements it)."""
+
+    def keys(self, kids: Sequence[str]) -> dict[str, tuple[str, bytes]]:  # pragma: no cover
+        """``kid -> (visitor_id, key)`` of those of ``kids`` in ``chatledger_keys``."""
+        raise NotImplementedError
+
+    def destroyed(self, kids: Sequence[str]) -> set[str]:  # pragma: no cover
+        """Those of ``kids`` in ``chatledger_destroyed_keys``."""
+        raise NotImplementedError
+
+    def subjects(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, str]:  # pragma: no cover
+        """``session -> visitor`` from ``chatledger_key_subjects``."""
+        raise NotImplementedError
+
+    def erasure_states(self) -> Iterable[bytes]:  # pragma: no cover
+        """The stored bytes of every ``Visitor.DataErased`` event of the log."""
+        raise NotImplementedError
+
+
+class KeyAudit:
+    """Checks the key table against the log while ``verify`` reads the events.
+
+    The key table is not hash-chained (a key must be deletable), so its rows
+    are checked against what the chained log says about them:
+
+    - every key id an envelope of an event uses must be in ``chatledger_keys``,
+      unless an erasure record in the log (a ``Visitor.DataErased`` receipt)
+      names it, or names its visitor and ``chatledger_destroyed_keys`` holds the
+      id: else ``missing key``;
+    - each key present must open the first envelope made with it (AES-GCM
+      authenticates key and ciphertext together, so the envelope, covered by
+      the chain, is the key's check value): else ``altered key``;
+    - a key an erasure record names must not be present: else ``resurrected key``.
+
+    Memory: one key id per key, plus the position of each key that is missing.
+    """
+
+    def __init__(self, report: Any, *, whole_log: bool) -> None:
+        self.report = report
+        self.whole_log = whole_log
+        self._seen: set[str] = set()
+        self._pending: dict[str, Any] = {}
+        self._present: set[str] = set()
+        self._missing: dict[str, tuple[int, UUID, int]] = {}
+        self._erased_kids: set[str] = set()
+        self._erased_visitors: set[str] = set()
+
+    def watch(self, events: Iterable[Any], tables: KeyTables) -> Iterator[Any]:
+        """Yield ``events`` (``EventRow``s) unchanged, noting the keys they use."""
+        for row in events:
+            state = row.state
+            if row.topic == ERASURE_TOPIC:
+                self._note_erasure(state)
+            elif b'"$enc"' in state:
+                for raw in _ENVELOPE_KID.findall(state):
+                    kid = raw.decode()
+                    if kid not in self._seen:
+                        self._seen.add(kid)
+                        self._pending[kid] = row
+                if len(self._pending) >= KEY_CHECK_BATCH:
+                    self._check(tables)
+            yield row
+
+    def _note_erasure(self, state: bytes) -> None:
+        try:
+            receipt = json.loads(state)["receipt"]
+            self._erased_kids.update(receipt["key_ids"])
+            self._erased_visitors.update(receipt["visitor_ids"])
+        except (ValueError, KeyError, TypeError):
+            pass  # an altered erasure event: the chain reports it
+
+    def _check(self, tables: KeyTables) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        found = tables.keys(list(pending))
+        for kid, row in pending.items():
+            entry = found.get(kid)
+            if entry is None:
+                self._missing[kid] = (row.notification_id, row.originator_id, row.originator_version)
+                continue
+            self._present.add(kid)
+            if not _key_opens(row, kid, entry[1]):
+                self._add(
+                    "altered key", row.notification_id, row.originator_id, row.originator_version,
+                    f"content key {kid} of visitor {entry[0]!r} does not open the envelope this event "
+                    "made with it: the key row was overwritten (or this event altered)",
+                )
+
+    def finish(self, tables: KeyTables) -> None:
+        """Check the keys not checked yet and report what the log does not account for."""
+        self._check(tables)
+        unexplained = [kid for kid in self._missing if kid not in self._erased_kids]
+        if unexplained and not self.whole_log:
+            # One aggregate's events were read: the receipts are on the visitors.
+            for state in tables.erasure_states():
+                self._note_erasure(state)
+            unexplained = [kid for kid in unexplained if kid not in self._erased_kids]
+        if unexplained:
+            destroyed = tables.destroyed(unexplained)
+            owners = tables.subjects(sorted({self._missing[k][1] for k in unexplained}))
+            for kid in unexplained:
+                position, oid, version = self._missing[kid]
+                visitor = owners.get(oid)
+                if kid in destroyed and visitor in self._erased_visitors:
+                    continue
+                who = f"visitor {visitor!r}" if visitor is not None else "an unknown visitor"
+                self._add(
+                    "missing key", position, oid, version,
+                    f"content key {kid} of {who} is not in chatledger_keys and no erasure record "
+                    "in the log destroyed it: the key row was deleted outside the ledger, "
+                    "and the content reads as erased",
+                )
+        for kid in sorted(self._present & self._erased_kids):
+            self._add(
+                "resurrected key", 0, UUID(int=0), 0,
+                f"content key {kid} was destroyed by an erasure recorded in the log but is in "
+                "chatledger_keys again: erased content is readable",
+            )
+
+    def _add(self, kind: str, position: int, oid: UUID, version: int, detail: str) -> None:
+        self.report.add(ChainBreak(kind, position, str(oid), version, detail))
+
+
+def _key_opens(row: Any, kid: str, key: bytes) -> bool:
+    """Does ``key`` open the first envelope of ``row`` made under ``kid``?"""
+    compiled = _COMPILED.get(row.topic)
+    if compiled is None:
+        return True  # not an event chatledger encrypts: nothing to check against
+    try:
+        data = json.loads(row.state)
+    except ValueError:
+        return True  # not JSON: the chain reports the altered event
+    aad_id = str(row.originator_id)
+    for path, _ in compiled:
+        for node, leaf, concrete in _walk(data, path.split("."), []):
+            envelope = node[leaf]
+            if _is_envelope(envelope) and envelope["kid"] == kid:
+                aad = json.dumps([aad_id, str(row.originator_version), *concrete]).encode()
+                try:
+                    sealed = binascii.a2b_base64(envelope["$enc"])
+                    AESGCM(key).decrypt(sealed[:12], sealed[12:], aad)
+                except (InvalidTag, binascii.Error, ValueError):
+                    return False
+                return True
+    return True

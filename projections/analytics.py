@@ -181,7 +181,9 @@ class SessionAnalytics(HandlerTableReadModel):
         if row is not None:
             row["status"] = "timed_out" if isinstance(e, Session.TimedOut) else "ended"
             row["closed_at"] = e.occurred_at
-            row["close_reason"] = e.reason
+            # A timeout's reason is the ledger's (idle, max_length); an end's is
+            # the caller's free text, personal content this model never stores.
+            row["close_reason"] = e.reason if isinstance(e, Session.TimedOut) else None
             row["expires_at"] = None
 
     def registered(self, e: Visitor.Registered) -> None:
