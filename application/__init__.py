@@ -13,7 +13,7 @@ from chatledger.domain.policy import SessionPolicy
 from chatledger.domain.session import Message, SessionContext
 from chatledger.domain.state import SessionState, Turn, VisitorState
 from chatledger.infrastructure.hashchain import VerificationReport
-from chatledger.projections.base import ProjectionStatus
+from chatledger.projections.base import ProjectionFailure, ProjectionStatus
 from chatledger.projections.results import (
     Analytics,
     Engagement,
@@ -59,6 +59,7 @@ __all__ = [
     "ManualClock",
     "Memory",
     "Message",
+    "ProjectionFailure",
     "ProjectionStatus",
     "Resessionized",
     "SessionClosedError",

@@ -41,7 +41,13 @@ from chatledger.infrastructure.hashchain import VerificationReport
 from chatledger.infrastructure.persistence import eventsourcing_env, schema_lock
 from chatledger.infrastructure.settings import Settings
 from chatledger.projections import DEFAULT_READ_MODELS
-from chatledger.projections.base import Progress, ProjectionStatus, Projector, ReadModel
+from chatledger.projections.base import (
+    Progress,
+    ProjectionFailure,
+    ProjectionStatus,
+    Projector,
+    ReadModel,
+)
 from chatledger.projections.results import (
     Analytics,
     Engagement,
@@ -145,8 +151,15 @@ class ChatLedger(Application[UUID]):
         return self.projector.catch_up(progress=progress)
 
     def projection_status(self) -> list[ProjectionStatus]:
-        """Each read model's position, the head of the log, and the lag."""
+        """Each read model's position, the head of the log, the lag, and how
+        many events it could not apply (``failed``)."""
         return self.projector.status()
+
+    def projection_failures(self, name: str | None = None) -> list[ProjectionFailure]:
+        """The events read models could not apply (recorded and skipped by
+        that read model only), of read model ``name`` or of all, in log order.
+        A rebuild of the read model applies them again."""
+        return self.projector.failures(name)
 
     def transcript(
         self,
