@@ -742,41 +742,41 @@ class Projector:
 
 _STOPPING_ERRORS: tuple[type[BaseException], ...] = (
     # The database or the process failed, not one event: stop and retry later.
-    sa_exc.OperationalError,  # lost connection, lock timeout, deadlock, disk full
-    sa_exc.InterfaceError,
-    sa_exc.InternalError,
-    sa_exc.ProgrammingError,  # a missing table or column: every event would fail
-    sa_exc.NotSupportedError,
     sa_exc.DisconnectionError,
     sa_exc.TimeoutError,  # no connection from the pool
-    sa_exc.ResourceClosedError,
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    psycopg.InternalError,
-    psycopg.ProgrammingError,
-    psycopg.NotSupportedError,
-    sqlite3.OperationalError,
-    sqlite3.InterfaceError,
-    sqlite3.InternalError,
-    sqlite3.ProgrammingError,
-    sqlite3.NotSupportedError,
     OSError,
     MemoryError,
     TrackingConflict,
+)
+_DATA_ERRORS: tuple[type[BaseException], ...] = (
+    # What a database says of the values it was given.
+    sa_exc.DataError,
+    sa_exc.IntegrityError,
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.IntegrityError,
 )
 
 
 def is_event_error(error: BaseException) -> bool:
     """Whether ``error`` is one an event causes when a read model applies it:
     data the database refuses (``DataError``, ``IntegrityError``: a NUL, a
-    lone surrogate, a NaN in JSON, a value too long) or an exception of the
-    read model's own code. Errors of the database or the process (a lost
-    connection, a lock timeout, a missing table, out of memory) are not: a
-    catch-up stops on them, as before, and retries later."""
+    NaN in JSON, a value too long), a value the driver cannot send (a lone
+    surrogate), or an exception of the read model's own code. Every other
+    database error (a lost connection, a lock or statement timeout, a
+    deadlock, a missing table, a corrupt file), any other SQLAlchemy error,
+    ``OSError``, ``MemoryError`` and any ``BaseException`` is not: a catch-up
+    stops on it, as before, and retries later."""
     if not isinstance(error, Exception) or isinstance(error, _STOPPING_ERRORS):
         return False
-    cause = getattr(error, "orig", None)  # a SQLAlchemy wrapper of a driver error
-    return cause is None or not isinstance(cause, _STOPPING_ERRORS)
+    if isinstance(error, _DATA_ERRORS):
+        return True
+    if isinstance(error, sa_exc.StatementError) and not isinstance(error, sa_exc.DBAPIError):
+        # A value SQLAlchemy could not bind: judge what it raised.
+        cause = error.orig
+        return isinstance(cause, Exception) and is_event_error(cause)
+    return not isinstance(error, (sa_exc.SQLAlchemyError, psycopg.Error, sqlite3.Error))
 
 
 def error_summary(error: BaseException, limit: int = 500) -> str:
