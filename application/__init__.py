@@ -14,7 +14,7 @@ from chatledger.domain.session import Message, SessionContext
 from chatledger.domain.state import SessionState, Turn, VisitorState
 from chatledger.domain.validation import Limits
 from chatledger.infrastructure.hashchain import VerificationReport
-from chatledger.projections.base import ProjectionStatus
+from chatledger.projections.base import ProjectionFailure, ProjectionStatus
 from chatledger.projections.results import (
     Analytics,
     Engagement,
@@ -74,6 +74,7 @@ __all__ = [
     "ManualClock",
     "Memory",
     "Message",
+    "ProjectionFailure",
     "ProjectionStatus",
     "Resessionized",
     "SessionClosedError",

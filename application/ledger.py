@@ -49,7 +49,13 @@ from chatledger.infrastructure.hashchain import VerificationReport
 from chatledger.infrastructure.persistence import eventsourcing_env, schema_lock
 from chatledger.infrastructure.settings import Settings
 from chatledger.projections import DEFAULT_READ_MODELS
-from chatledger.projections.base import Progress, ProjectionStatus, Projector, ReadModel
+from chatledger.projections.base import (
+    Progress,
+    ProjectionFailure,
+    ProjectionStatus,
+    Projector,
+    ReadModel,
+)
 from chatledger.projections.results import (
     Analytics,
     Engagement,
@@ -237,8 +243,16 @@ class ChatLedger(Application[UUID]):
         return self.projector.catch_up(progress=progress)
 
     def projection_status(self) -> list[ProjectionStatus]:
-        """Each read model's position, the head of the log, and the lag."""
+        """Each read model's position, the head of the log, the lag, and how
+        many events it could not apply (``failed``)."""
         return self.projector.status()
+
+    @_checked(name=_opt(ID))
+    def projection_failures(self, name: str | None = None) -> list[ProjectionFailure]:
+        """The events read models could not apply (recorded and skipped by
+        that read model only), of read model ``name`` or of all, in log order.
+        A rebuild of the read model applies them again."""
+        return self.projector.failures(name)
 
     @_checked(session_id=_opt(SID), user_id=_opt(ID), visitor_id=_opt(ID), start=_opt(TIME), end=_opt(TIME))
     def transcript(

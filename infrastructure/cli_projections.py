@@ -20,6 +20,7 @@ from chatledger import ChatLedger, InvalidCommandError, TranscriptMessage
 from chatledger.infrastructure.cli_options import DatabaseOption
 from chatledger.projections.service import ProjectionReads
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -58,13 +59,37 @@ def _progress_bar(label: str) -> Iterator[Progress]:
 
 @projections_app.command("status")
 def status(database: DatabaseOption = None) -> None:
-    """Each projection's position against the head of the log, and its lag."""
+    """Each projection's position against the head of the log, its lag, and
+    the events it could not apply (failed; listed below the table)."""
     with _open(database) as ledger:
         rows = ledger.projection_status()
-    table = Table("projection", "position", "head", "lag")
+        failures = ledger.projection_failures() if any(row.failed for row in rows) else []
+    table = Table("projection", "position", "head", "lag", "failed")
     for row in rows:
-        table.add_row(row.name, str(row.position), str(row.head), str(row.lag))
+        table.add_row(row.name, str(row.position), str(row.head), str(row.lag), str(row.failed))
     console.print(table)
+    if not failures:
+        return
+    console.print(
+        f"{len(failures):,} event(s) not applied, each skipped by that projection only "
+        "(fix the cause, then rebuild the projection to apply them):"
+    )
+    for f in failures[:FAILURES_SHOWN]:
+        console.print(
+            escape(
+                f"  {f.projection}: log position {f.notification_id}, {f.topic.rpartition(':')[2]} "
+                f"of {f.originator_id} (version {f.originator_version}): "
+                f"{f.error_type}: {f.error_message}"
+            ),
+            soft_wrap=True,
+        )
+    if len(failures) > FAILURES_SHOWN:
+        console.print(
+            f"  … and {len(failures) - FAILURES_SHOWN:,} more (ledger.projection_failures() lists them all)"
+        )
+
+
+FAILURES_SHOWN = 20
 
 
 @projections_app.command("rebuild")

@@ -8,12 +8,18 @@ pydantic mapper that stores every event as readable JSON.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
 import psycopg
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 from chatledger.domain.errors import ConfigurationError
 from chatledger.domain.model import DomainEvent
 from eventsourcing.persistence import Mapper, StoredEvent
@@ -114,16 +120,23 @@ def psycopg_conninfo(settings: Settings) -> str:
 
 @contextmanager
 def schema_lock(settings: Settings) -> Iterator[None]:
-    """Serialise table creation between processes opening one PostgreSQL store.
+    """Serialise table creation between processes opening one store.
 
     eventsourcing and SQLAlchemy create their tables with ``CREATE … IF NOT
-    EXISTS``; two servers starting at the same moment can still collide inside
-    PostgreSQL's catalog ("tuple concurrently updated"). A session-level
-    advisory lock, keyed by the schema, makes them take turns. SQLite needs
-    nothing: its writers are serialised already.
+    EXISTS`` (eventsourcing) or check-then-create (SQLAlchemy's
+    ``create_all``); two processes opening a fresh store at the same moment
+    still collide: PostgreSQL inside its catalog ("tuple concurrently
+    updated"), SQLite with ``table … already exists``. They take turns:
+
+    - PostgreSQL: a session-level advisory lock, keyed by the schema;
+    - SQLite file: an exclusive lock on the side file ``<database>.lock``
+      (:func:`_sqlite_file_lock`; the file is left in place: removing it
+      would let a waiting process lock a file nobody else sees). An
+      in-memory database belongs to one process and needs none.
     """
     if settings.backend != "postgresql":
-        yield
+        with _sqlite_schema_lock(settings):
+            yield
         return
     key = f"chatledger-ddl:{settings.postgres_schema or 'public'}"
     try:
@@ -145,3 +158,75 @@ def schema_lock(settings: Settings) -> Iterator[None]:
             yield
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+
+
+_held = threading.local()  # lock paths this thread holds (schema_lock may nest)
+
+
+@contextmanager
+def _sqlite_schema_lock(settings: Settings) -> Iterator[None]:
+    database = settings.url().database or ":memory:"
+    if database == ":memory:" or database.startswith("file:"):
+        yield
+        return
+    path = os.path.abspath(database) + ".lock"
+    held: set[str] = _held.__dict__.setdefault("paths", set())
+    if path in held or not os.path.isdir(os.path.dirname(path)):
+        # Nested in this thread; or no folder, so no database to race on
+        # (opening it fails on its own, with its own message).
+        yield
+        return
+    with _sqlite_file_lock(path):
+        held.add(path)
+        try:
+            yield
+        finally:
+            held.discard(path)
+
+
+@contextmanager
+def _sqlite_file_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing), blocking until
+    it is free. POSIX: ``flock``, which belongs to the open file, so threads
+    of one process take turns too, and which is independent of the POSIX
+    record locks SQLite takes on the database file. Windows: ``msvcrt.locking``
+    of the first byte (not tested here)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        # A folder we may not write to: no lock file, and no tables could be
+        # created there by anyone; SQLite reports whatever else is wrong.
+        yield
+        return
+    try:
+        _lock_file(fd)
+        try:
+            yield
+        finally:
+            _unlock_file(fd)
+    finally:
+        os.close(fd)
+
+
+if fcntl is not None:
+
+    def _lock_file(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def _unlock_file(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+else:  # pragma: no cover - Windows
+    import msvcrt
+
+    def _lock_file(fd: int) -> None:
+        while True:  # LK_LOCK gives up after ten 1-second tries; keep waiting
+            try:
+                msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
+                return
+            except OSError:
+                continue
+
+    def _unlock_file(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]

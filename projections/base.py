@@ -13,19 +13,25 @@ needed).
 from __future__ import annotations
 
 import gc
+import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import singledispatchmethod
 from typing import Any, ClassVar
 from uuid import UUID
 
+import psycopg
+from chatledger.domain.errors import ConfigurationError
 from eventsourcing.persistence import ApplicationRecorder, Mapper, Tracking, TrackingRecorder
 from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import get_topic
+from pydantic import ValidationError
 from sqlalchemy import (
     Column,
     Connection,
@@ -34,12 +40,19 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     and_,
     bindparam,
+    func,
     select,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
+
+from .sqltypes import UTCDateTime
+
+log = logging.getLogger("chatledger.projections")
 
 TRACKING = MetaData()
 tracking_table = Table(
@@ -49,6 +62,20 @@ tracking_table = Table(
     Column("application", String(100), primary_key=True),
     Column("notification_id", Integer, nullable=False),
 )
+failures_table = Table(
+    "chatledger_projection_failures",
+    TRACKING,
+    Column("projection", String(100), primary_key=True),
+    Column("application", String(100), primary_key=True),
+    Column("notification_id", Integer, primary_key=True),
+    Column("originator_id", String(100), nullable=False),
+    Column("originator_version", Integer, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("error_type", String(200), nullable=False),
+    Column("error_message", Text, nullable=False),
+    Column("failed_at", UTCDateTime, nullable=False),
+)
+"""Events a read model could not apply (see :class:`ProjectionFailure`)."""
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: called after each batch by long jobs."""
@@ -109,10 +136,18 @@ class SQLView(TrackingRecorder):
                 # sees the first one's position (instead of failing mid-batch).
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             self._local.conn = conn
+            self._local.failures = []
             try:
                 yield conn
             finally:
                 self._local.conn = None
+        for values in self._local.__dict__.pop("failures", ()):
+            log.error(
+                "read model %r could not apply the event at log position %d (%s, aggregate %s "
+                "version %d): %s: %s; it was skipped and recorded (projection_failures())",
+                self.name, values["notification_id"], values["topic"], values["originator_id"],
+                values["originator_version"], values["error_type"], values["error_message"],
+            )  # fmt: skip
 
     def insert_tracking(self, tracking: Tracking) -> None:
         values = {
@@ -160,6 +195,27 @@ class SQLView(TrackingRecorder):
         )
         if result.rowcount != 1:
             raise TrackingConflict(self.name)
+
+    def record_failure(self, application_name: str, record: Any, error: BaseException) -> None:
+        """Record, in the current transaction, that ``record`` (a notification)
+        could not be applied: its position, aggregate, version and topic, and
+        the error's type and message (:func:`error_summary`), never the event's
+        content. A rebuild (:meth:`reset`) forgets it and applies it again."""
+        raw = getattr(record, "raw_originator_id", None)  # SQLite: hex, as stored
+        originator = UUID(raw) if raw is not None else record.originator_id
+        values = {
+            "projection": self.name,
+            "application": application_name,
+            "notification_id": record.id,
+            "originator_id": str(originator),
+            "originator_version": record.originator_version,
+            "topic": record.topic,
+            "error_type": _clean(_error_type(error), 200),
+            "error_message": error_summary(error),
+            "failed_at": datetime.now(UTC),
+        }
+        self.conn.execute(failures_table.insert().values(values))
+        self._local.failures.append(values)  # logged once committed
 
     def max_tracking_id(self, application_name: str) -> int | None:
         with self.engine.connect() as conn:
@@ -216,6 +272,7 @@ class SQLView(TrackingRecorder):
         with self.engine.begin() as conn:
             self.metadata.drop_all(conn)
             conn.execute(tracking_table.delete().where(tracking_table.c.projection == self.name))
+            conn.execute(failures_table.delete().where(failures_table.c.projection == self.name))
         self.metadata.create_all(self.engine)
 
 
@@ -311,14 +368,43 @@ class ProjectionStatus:
     name: str
     position: int
     head: int
+    failed: int = 0
+    """Events up to ``position`` this read model could not apply (each
+    recorded: :meth:`Projector.failures`, ``ledger.projection_failures()``)."""
 
     @property
     def lag(self) -> int:
         return max(self.head - self.position, 0)
 
 
+@dataclass(frozen=True)
+class ProjectionFailure:
+    """An event one read model could not apply; it was skipped by that read
+    model only, and stays recorded until a rebuild applies it.
+
+    Names the event (log position, aggregate id and version, topic) and the
+    error (type and message), never the event's content."""
+
+    projection: str
+    notification_id: int
+    originator_id: UUID
+    originator_version: int
+    topic: str
+    error_type: str
+    error_message: str
+    failed_at: datetime
+
+
 class Projector:
-    """Keeps read models up to date with an application's notification log."""
+    """Keeps read models up to date with an application's notification log.
+
+    An event a read model cannot apply does not stop it: the batch is
+    applied again in parts inside savepoints (:meth:`_apply_parts`), the
+    event is recorded as failed (``chatledger_projection_failures``) and
+    skipped by that read model only; the others, and the later events, go on.
+    Errors of the database or the process (a lost connection, a lock
+    timeout: :func:`is_event_error`) still stop the catch-up, to be retried.
+    """
 
     def __init__(
         self,
@@ -350,7 +436,45 @@ class Projector:
 
     def status(self) -> list[ProjectionStatus]:
         head = self.head()
-        return [ProjectionStatus(n, self.position(n), head) for n in self.projections]
+        with self.engine.connect() as conn:
+            failed = dict(
+                conn.execute(
+                    select(failures_table.c.projection, func.count())
+                    .where(failures_table.c.application == self.application_name)
+                    .group_by(failures_table.c.projection)
+                ).all()
+            )
+        return [
+            ProjectionStatus(n, self.position(n), head, failed.get(n, 0)) for n in self.projections
+        ]
+
+    def failures(self, name: str | None = None) -> list[ProjectionFailure]:
+        """The events read models could not apply (of read model ``name``, or
+        of all), in log order."""
+        table = failures_table
+        query = select(table).where(table.c.application == self.application_name)
+        if name is not None:
+            if name not in self.projections:
+                raise ConfigurationError(
+                    f"No read model named {name!r} in this ledger; choose one of: "
+                    f"{', '.join(self.projections)}."
+                )
+            query = query.where(table.c.projection == name)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(table.c.notification_id, table.c.projection)).all()
+        return [
+            ProjectionFailure(
+                projection=r.projection,
+                notification_id=r.notification_id,
+                originator_id=UUID(r.originator_id),
+                originator_version=r.originator_version,
+                topic=r.topic,
+                error_type=r.error_type,
+                error_message=r.error_message,
+                failed_at=r.failed_at,
+            )
+            for r in rows
+        ]
 
     def catch_up(
         self,
@@ -430,7 +554,13 @@ class Projector:
             if not batch:
                 break
             last = batch[-1].id
-            events = self._decode(batch, group)
+            try:
+                events = self._decode(batch, group)
+                undecodable: dict[int, Exception] = {}
+            except Exception as err:
+                if not is_event_error(err):
+                    raise
+                events, undecodable = self._decode_each(batch, group)
             everything = [(n.id, n.topic, e) for n, e in zip(batch, events)]
             for projection in group:
                 view = projection.view
@@ -438,15 +568,35 @@ class Projector:
                 handled = [
                     (i, e) for i, topic, e in everything if wanted is None or topic in wanted
                 ]
+                broken = []
+                if undecodable:  # recorded for each read model that wanted them
+                    broken = [(n, undecodable[n.id]) for n in batch if n.id in undecodable
+                              and (wanted is None or n.topic in wanted)]  # fmt: skip
+                    handled = [(i, e) for i, e in handled if i not in undecodable]
                 projection.discard()
                 try:
-                    with view.transaction(bulk=bulk):
-                        # Claim the batch first: a racing runner blocks here, then fails
-                        # the compare-and-set and skips to the winner's position.
-                        view.advance_tracking(self.application_name, low, last)
-                        projection.prepare([e for _, e in handled])
-                        projection.process_batch(self.application_name, handled)
-                        projection.flush()
+                    try:
+                        with view.transaction(bulk=bulk):
+                            # Claim the batch first: a racing runner blocks here, then fails
+                            # the compare-and-set and skips to the winner's position.
+                            view.advance_tracking(self.application_name, low, last)
+                            projection.prepare([e for _, e in handled])
+                            projection.process_batch(self.application_name, handled)
+                            projection.flush()
+                            for record, error in broken:
+                                view.record_failure(self.application_name, record, error)
+                    except Exception as err:
+                        projection.discard()
+                        if not is_event_error(err):
+                            raise
+                        # One event (or more) this read model cannot apply: apply the
+                        # batch again in parts, recording and skipping only those.
+                        with view.transaction(bulk=bulk):
+                            view.advance_tracking(self.application_name, low, last)
+                            records = {n.id: n for n in batch}
+                            self._apply_parts(projection, handled, records)
+                            for record, error in broken:
+                                view.record_failure(self.application_name, record, error)
                 except TrackingConflict:
                     # Another runner applied these events; continue from its position.
                     projection.discard()
@@ -472,6 +622,56 @@ class Projector:
         if bulk and projections:
             projections[0].view.checkpoint()
         return applied
+
+    def _apply_parts(
+        self, projection: ReadModel, items: Sequence[tuple[int, Any]], records: dict[int, Any]
+    ) -> None:
+        """Apply ``items`` inside the current transaction, each half in a
+        savepoint of its own, halving again a half that fails, down to the
+        single events that fail on their own: those are recorded and skipped.
+        A batch with one bad event of 5,000 is applied in about 26 parts.
+        Each part is a batch of its own to the read model (``discard``,
+        ``prepare``, ``process_batch``, ``flush``), so no state of a part
+        rolled back reaches the next."""
+        conn = projection.view.conn
+        pending = [list(items)]
+        while pending:
+            part = pending.pop()
+            if not part:
+                continue
+            projection.discard()
+            try:
+                with conn.begin_nested():
+                    projection.prepare([e for _, e in part])
+                    projection.process_batch(self.application_name, part)
+                    projection.flush()
+            except Exception as err:
+                projection.discard()
+                if not is_event_error(err):
+                    raise
+                if len(part) == 1:
+                    projection.view.record_failure(self.application_name, records[part[0][0]], err)
+                else:
+                    middle = len(part) // 2
+                    pending += [part[middle:], part[:middle]]  # first half next: log order
+        projection.discard()
+
+    def _decode_each(
+        self, batch: Sequence[Any], group: Sequence[ReadModel]
+    ) -> tuple[list[Any], dict[int, Exception]]:
+        """Decode a batch that failed to decode, one event at a time: the
+        events (``None`` for those that fail) and the errors by position."""
+        events: list[Any] = []
+        errors: dict[int, Exception] = {}
+        for record in batch:
+            try:
+                events.extend(self._decode([record], group))
+            except Exception as err:
+                if not is_event_error(err):
+                    raise
+                events.append(None)
+                errors[record.id] = err
+        return events, errors
 
     def _read(self, position: int, limit: int, stop: int) -> Sequence[Any]:
         """Notifications after ``position`` up to ``stop`` (at most ``limit``)."""
@@ -538,6 +738,81 @@ class Projector:
                 msg = f"projections did not reach position {position} within {timeout}s"
                 raise TimeoutError(msg)
             time.sleep(0.05)
+
+
+_STOPPING_ERRORS: tuple[type[BaseException], ...] = (
+    # The database or the process failed, not one event: stop and retry later.
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,  # no connection from the pool
+    OSError,
+    MemoryError,
+    TrackingConflict,
+)
+_DATA_ERRORS: tuple[type[BaseException], ...] = (
+    # What a database says of the values it was given.
+    sa_exc.DataError,
+    sa_exc.IntegrityError,
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.IntegrityError,
+)
+
+
+def is_event_error(error: BaseException) -> bool:
+    """Whether ``error`` is one an event causes when a read model applies it:
+    data the database refuses (``DataError``, ``IntegrityError``: a NUL, a
+    NaN in JSON, a value too long), a value the driver cannot send (a lone
+    surrogate), or an exception of the read model's own code. Every other
+    database error (a lost connection, a lock or statement timeout, a
+    deadlock, a missing table, a corrupt file), any other SQLAlchemy error,
+    ``OSError``, ``MemoryError`` and any ``BaseException`` is not: a catch-up
+    stops on it, as before, and retries later."""
+    if not isinstance(error, Exception) or isinstance(error, _STOPPING_ERRORS):
+        return False
+    if isinstance(error, _DATA_ERRORS):
+        return True
+    if isinstance(error, sa_exc.StatementError) and not isinstance(error, sa_exc.DBAPIError):
+        # A value SQLAlchemy could not bind: judge what it raised.
+        cause = error.orig
+        return isinstance(cause, Exception) and is_event_error(cause)
+    return not isinstance(error, (sa_exc.SQLAlchemyError, psycopg.Error, sqlite3.Error))
+
+
+def error_summary(error: BaseException, limit: int = 500) -> str:
+    """The message of ``error`` as a failure record keeps it: without the
+    values the database or pydantic would quote (SQLAlchemy's statement and
+    parameters, PostgreSQL's detail and context, pydantic's inputs, the
+    character a codec could not take), at most ``limit`` characters, and
+    storable (no NUL, no lone surrogate)."""
+    cause = getattr(error, "orig", None)
+    if isinstance(error, sa_exc.StatementError) and isinstance(cause, BaseException):
+        return error_summary(cause, limit)
+    if isinstance(error, psycopg.Error) and error.diag.message_primary:
+        text = error.diag.message_primary
+    elif isinstance(error, (UnicodeEncodeError, UnicodeDecodeError)):
+        verb = "encode" if isinstance(error, UnicodeEncodeError) else "decode"
+        text = f"{error.encoding!r} codec can't {verb} position {error.start}: {error.reason}"
+    elif isinstance(error, ValidationError):
+        parts = [
+            f"{'.'.join(map(str, e['loc'])) or '(event)'}: {e['msg']}"
+            for e in error.errors(include_input=False, include_url=False)
+        ]
+        text = f"{len(parts)} validation error(s): " + "; ".join(parts)
+    else:
+        text = str(error)
+    return _clean(text, limit)
+
+
+def _error_type(error: BaseException) -> str:
+    cls = type(error)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _clean(text: str, limit: int) -> str:
+    """``text`` storable in any database: lone surrogates and NULs escaped."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @contextmanager

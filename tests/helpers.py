@@ -36,3 +36,25 @@ def unicode_checks_off() -> Iterator[None]:
         yield
     finally:
         validation._check_unicode = original  # type: ignore[assignment]
+
+
+def store_unchecked(ledger: ChatLedger, session_id: object, event_class: type, **fields: object) -> int:
+    """Append one event of ``event_class`` to a session exactly as given, the
+    way a store written before input validation (or by a bug) may hold it:
+    no command, domain or pydantic check runs (``model_construct``); it goes
+    through the ledger's own mapper (encryption) and recorder (hash chain).
+    Returns its log position. Fields: those of the event besides the
+    originator's id, version and timestamp (``occurred_at`` defaults to the
+    ledger clock)."""
+    from uuid import UUID
+
+    session = ledger.repository.get(UUID(str(session_id)))
+    fields.setdefault("occurred_at", ledger.clock())
+    event = event_class.model_construct(  # type: ignore[attr-defined]
+        originator_id=session.id,
+        originator_version=session.version + 1,
+        timestamp=event_class.create_timestamp(),  # type: ignore[attr-defined]
+        **fields,
+    )
+    ledger.recorder.insert_events([ledger.mapper.to_stored_event(event)])
+    return log_head(ledger)

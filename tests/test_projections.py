@@ -389,8 +389,11 @@ def test_resessionizing_with_the_policy_timeout_reproduces_the_sessions(
 # ------------------------------------------------------------------ crashes and races
 
 
-class Crash(Exception):
-    pass
+class Crash(BaseException):
+    """The runner dying (as ``KeyboardInterrupt`` or ``SystemExit`` would): a
+    ``BaseException``. An ``Exception`` from a handler is an event the read
+    model cannot apply, which is recorded and skipped instead
+    (tests/test_projection_failures.py)."""
 
 
 def crashing(cls: type[ReadModel], after: int) -> type[ReadModel]:
