@@ -128,7 +128,7 @@ def test_python_dash_m_runs_the_same_command_line(cli: Install, tmp_path: Path) 
 USAGE_ERRORS = [
     pytest.param(["session", "show"], "Missing argument", id="missing-argument"),
     pytest.param(["sesion", "show"], "No such command 'sesion'", id="typo-command"),
-    pytest.param(["worker", "--onse"], "No such option: --onse", id="typo-option"),
+    pytest.param(["worker", "--onse"], "No such option", id="typo-option"),  # wording varies by click
     pytest.param(["projections", "catch-up", "--batch-size", "0"], "'--batch-size'", id="batch-size-0"),
     pytest.param(
         ["session", "show", UNKNOWN, "--as-of", "yesterday"],
@@ -158,6 +158,8 @@ def test_usage_errors_show_usage_and_a_hint_and_exit_2(
     err = flat(done.stderr)
     assert "Usage: chatledger" in err and "--help' for help." in err
     assert message in err
+    if "--onse" in args:
+        assert "--onse" in err and "--once" in err  # the option given, and the one meant
     assert no_files(tmp_path) == ["chat.db"]  # a usage error opens nothing, writes nothing
 
 
