@@ -1,15 +1,21 @@
-"""The ``chatledger`` command line. Commands stay thin: they call the public API."""
+"""The ``chatledger`` command line. Commands stay thin: they call the public API.
+
+Exit status: 0 ok; 1 a failed verification or a chatledger error (one red
+``error:`` line); 2 a usage error (typer prints the usage and a hint); 130 Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Optional
 
 import typer
-from chatledger import ChatLedger, ChatLedgerError
-from chatledger.infrastructure.cli_options import DatabaseOption
+from chatledger import ChatLedgerError
+from chatledger.infrastructure.cli_options import DatabaseOption, open_ledger, parse_time
 from rich.console import Console
+from rich.markup import escape
 
 from .cli_audit import audit_app, erase
 from .cli_projections import register as register_projection_commands
@@ -22,26 +28,42 @@ app.command("erase")(erase)
 register_projection_commands(app)
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, highlight=False)
+
+__all__ = ["app", "main", "open_ledger", "parse_time"]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        try:
+            print(f"chatledger {version('chatledger')}")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            print("chatledger (not installed)")
+        raise typer.Exit()
 
-def open_ledger(database: str | None) -> ChatLedger:
-    return ChatLedger.open(database)
 
-
-def parse_time(value: str) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as err:
-        raise typer.BadParameter(f"{value!r} is not an ISO-8601 time (e.g. 2026-03-02T14:03:00Z)") from err
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Event-sourced conversation state for chatbots."""
 
 
 @app.command()
 def demo(
     database: Annotated[
-        str, typer.Option("--database", "-d", help="Where the demo writes its events.")
+        str,
+        typer.Option(
+            "--database",
+            "-d",
+            envvar="CHATLEDGER_DATABASE_URL",
+            help="Where the demo writes its events.",
+        ),
     ] = "sqlite:///chatledger-demo.db",
 ) -> None:
     """Run a scripted conversation: questions, an hour away, a returning visit, a login."""
@@ -57,19 +79,23 @@ def demo(
 @session_app.command("show")
 def session_show(
     session_id: str,
-    as_of: Annotated[Optional[str], typer.Option("--as-of", help="ISO time: the state then.")] = None,  # noqa: UP045
+    as_of: Annotated[
+        Optional[datetime],  # noqa: UP045
+        typer.Option("--as-of", parser=parse_time, metavar="TIME", help="ISO time: the state then."),
+    ] = None,
     database: DatabaseOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print a session rebuilt from its events (optionally as it stood at --as-of)."""
-    from .demo import _print_state
+    from .demo import _print_state, content_erased
 
-    with open_ledger(database) as ledger:
-        state = ledger.session(session_id, as_of=parse_time(as_of) if as_of else None)
+    with open_ledger(database, read_only=True) as ledger:
+        state = ledger.session(session_id, as_of=as_of)
+        erased = content_erased(ledger, state.session_id)
     if as_json:
         print(state.model_dump_json(indent=2))
     else:
-        _print_state(console, state)
+        _print_state(console, state, erased=erased)
 
 
 from .worker import worker
@@ -78,20 +104,16 @@ app.command("worker")(worker)
 
 
 def main() -> None:
-    """Entry point: one red line and exit code 1 for any chatledger error."""
-    try:
-        app(standalone_mode=False)
-    except ChatLedgerError as err:
-        err_console.print(f"[red]error:[/] {err}")
-        sys.exit(1)
-    except (typer.Abort, KeyboardInterrupt):
-        sys.exit(130)
-    except typer.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except Exception as err:  # click usage errors
-        import click
+    """Entry point (the ``chatledger`` script and ``python -m chatledger``).
 
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
+    typer runs in standalone mode: it prints usage errors with the usage line and
+    a hint (exit 2), turns ``typer.Exit(code)`` into that exit status and Ctrl-C
+    into 130. A chatledger error is one red line and exit status 1.
+    """
+    try:
+        app()
+    except ChatLedgerError as err:
+        err_console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:  # outside typer's own handling (e.g. while importing)
+        sys.exit(130)

@@ -7,31 +7,26 @@ Registered in :mod:`chatledger.infrastructure.cli`. Errors travel as
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from chatledger import ChatLedger
-from chatledger.infrastructure.cli_options import DatabaseOption
+from chatledger.infrastructure.cli_options import (
+    DatabaseOption,
+    atomic_output,
+    open_ledger,
+    output_file,
+    parse_time,
+)
 from rich.console import Console
+from rich.markup import escape
 
 audit_app = typer.Typer(
     no_args_is_help=True, help="Replay, verify and export the event log for auditors."
 )
 console = Console(highlight=False)
 
-
-
-def _time(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as err:
-        msg = f"{value!r} is not an ISO-8601 time (e.g. 2026-03-02T14:03:00Z)"
-        raise typer.BadParameter(msg) from err
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _event_payload(event: Any) -> dict[str, Any]:
@@ -45,8 +40,10 @@ def _event_payload(event: Any) -> dict[str, Any]:
 def replay(
     session_id: str,
     until: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option("--until", help="ISO time: only the events known by then."),
+        Optional[datetime],  # noqa: UP045
+        typer.Option(
+            "--until", parser=parse_time, metavar="TIME", help="ISO time: only the events known by then."
+        ),
     ] = None,
     version: Annotated[
         Optional[int],  # noqa: UP045
@@ -56,8 +53,8 @@ def replay(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print a session event by event with the state after each step (from the log only)."""
-    at = _time(until)
-    with ChatLedger.open(database) as ledger:
+    at = until
+    with open_ledger(database, read_only=True) as ledger:
         steps = list(ledger.history(session_id, until=at, version=version))
         final = ledger.replay(session_id, until=at) if at is not None else None
     if as_json:
@@ -82,13 +79,15 @@ def replay(
         e, s = step
         console.print(
             f"[bold]v{e.originator_version}[/] {e.occurred_at.isoformat()} "
-            f"[cyan]{type(e).__name__}[/] {json.dumps(_event_payload(e), default=str)}"
+            f"[cyan]{type(e).__name__}[/] {escape(json.dumps(_event_payload(e), default=str))}"
         )
         last = f"{s.messages[-1].role}: {s.messages[-1].text}" if s.messages else "-"
         console.print(
-            f"    status={s.status} messages={len(s.messages)} last={last!r} "
-            f"slots={json.dumps(s.slots)} open_tasks={list(s.open_tasks)} "
-            f"completed_tasks={list(s.completed_tasks)}"
+            escape(
+                f"    status={s.status} messages={len(s.messages)} last={last!r} "
+                f"slots={json.dumps(s.slots)} open_tasks={list(s.open_tasks)} "
+                f"completed_tasks={list(s.completed_tasks)}"
+            )
         )
     if final is not None and steps and final.status != steps[-1].state.status:
         console.print(f"at {at.isoformat() if at else ''}: {final.status} since {final.closed_at}")
@@ -104,7 +103,7 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Recompute the hash chains; exit status 1 if any link is broken."""
-    with ChatLedger.open(database) as ledger:
+    with open_ledger(database, read_only=True) as ledger:
         report = ledger.verify(session)
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
@@ -125,6 +124,7 @@ def verify(
 
 
 def erase(
+    ctx: typer.Context,
     user: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option("--user", help="Erase a user: every visitor ever linked to them."),
@@ -136,14 +136,19 @@ def erase(
     database: DatabaseOption = None,
 ) -> None:
     """Crypto-shred a person's conversation content; print the erasure receipt (JSON)."""
-    with ChatLedger.open(database) as ledger:
+    if (user is None) == (visitor is None):
+        ctx.fail("Give exactly one of --user or --visitor.")
+    with open_ledger(database) as ledger:
         receipt = ledger.erase(user_id=user, visitor_id=visitor)
     print(receipt.model_dump_json(indent=2))
 
 
 @audit_app.command("export")
 def export(
-    out: Annotated[Path, typer.Option("--out", help="The JSONL file to write.")],
+    ctx: typer.Context,
+    out: Annotated[
+        Path, typer.Option("--out", callback=output_file, help="The JSONL file to write.")
+    ],
     user: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option("--user", help="Export every visitor and session of this user."),
@@ -154,8 +159,12 @@ def export(
     ] = None,
     database: DatabaseOption = None,
 ) -> None:
-    """Write a self-describing JSONL bundle: header, events with hashes, verification result."""
-    with ChatLedger.open(database) as ledger, out.open("w", encoding="utf-8") as fh:
+    """Write a self-describing JSONL bundle: header, events with hashes, verification result.
+
+    An unknown --user or --session is an error, and a failed export leaves no file."""
+    if (user is None) == (session is None):
+        ctx.fail("Give exactly one of --user or --session.")
+    with open_ledger(database, read_only=True) as ledger, atomic_output(out) as fh:
         report = ledger.export_audit(fh, user_id=user, session_id=session)
     status = "[green]verified[/]" if report.ok else "[red]BROKEN[/]"
     console.print(f"wrote {out} (log {status}, head position {report.head_position})")

@@ -1,10 +1,18 @@
-"""Options shared by every ``chatledger`` command."""
+"""Options and small helpers shared by every ``chatledger`` command."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Annotated, Optional
 
 import typer
+from chatledger import ChatLedger, ConfigurationError
+from chatledger.infrastructure.settings import Settings
 
 DatabaseOption = Annotated[
     Optional[str],  # noqa: UP045 - typer needs Optional here
@@ -15,3 +23,75 @@ DatabaseOption = Annotated[
         help="Database URL (default sqlite:///chatledger.db).",
     ),
 ]
+
+
+def parse_time(value: str) -> datetime:
+    """An ISO-8601 option value (naive means UTC); a usage error otherwise.
+
+    Pass it as ``typer.Option(parser=parse_time)`` so a bad value is reported
+    as a usage error of that option (exit status 2)."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as err:
+        raise typer.BadParameter(f"{value!r} is not an ISO-8601 time (e.g. 2026-03-02T14:03:00Z)") from err
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def output_file(value: Path) -> Path:
+    """``--out`` callback: the folder must exist (a usage error otherwise)."""
+    folder = value.parent if str(value.parent) else Path(".")
+    if not folder.is_dir():
+        raise typer.BadParameter(f"the folder {folder} does not exist; create it or choose another path.")
+    if value.is_dir():
+        raise typer.BadParameter(f"{value} is a folder; name a file to write.")
+    return value
+
+
+def require_existing_database(database: str | None) -> None:
+    """Refuse a SQLite file that does not exist (before anything opens, and so creates, it).
+
+    Read-only commands call this: a mistyped path must not become a new empty
+    database (and new folders) that then reports "no session" or zeros.
+    ``sqlite:///:memory:`` and PostgreSQL URLs pass unchecked.
+    """
+    settings = Settings(database_url=database) if database is not None else Settings()
+    if settings.backend != "sqlite":
+        return
+    name = settings.url().database
+    if not name or name == ":memory:":
+        return
+    path = os.path.abspath(name)
+    if not os.path.isfile(path):
+        raise ConfigurationError(
+            f"No SQLite database at {path}; nothing was created. Check --database "
+            "(or CHATLEDGER_DATABASE_URL); only commands that write (demo, worker, erase, "
+            "projections catch-up/rebuild) create a new database."
+        )
+
+
+def open_ledger(database: str | None, *, read_only: bool = False) -> ChatLedger:
+    """The ledger at ``database``; a read-only command refuses a missing SQLite file."""
+    if read_only:
+        require_existing_database(database)
+    return ChatLedger.open(database)
+
+
+@contextmanager
+def atomic_output(out: Path, *, newline: str | None = None) -> Iterator[IO[str]]:
+    """A text file that appears at ``out`` only if the block succeeds.
+
+    It is written next to ``out`` under a temporary name and renamed over it at
+    the end; on any error the temporary file is removed and ``out`` (absent, or
+    an older file) is left as it was.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would have made it, not mkstemp's 0600
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
+            yield fh
+        os.replace(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -8,20 +8,34 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from chatledger import ChatLedger, InvalidCommandError, TranscriptMessage
-from chatledger.infrastructure.cli_options import DatabaseOption
+from chatledger import ChatLedger, InvalidCommandError, TranscriptMessage, UnknownSubjectError
+from chatledger.audit import visitors_of_user
+from chatledger.infrastructure.cli_options import (
+    DatabaseOption,
+    atomic_output,
+    open_ledger,
+    output_file,
+    parse_time,
+)
 from chatledger.projections.service import ProjectionReads
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 projections_app = typer.Typer(no_args_is_help=True, help="Operate the read models.")
@@ -40,8 +54,8 @@ def register(app: typer.Typer) -> None:
     app.command("report")(report)
 
 
-def _open(database: str | None) -> ChatLedger:
-    return ChatLedger.open(database)
+def _open(database: str | None, *, read_only: bool = False) -> ChatLedger:
+    return open_ledger(database, read_only=read_only)
 
 
 @contextmanager
@@ -57,11 +71,29 @@ def _progress_bar(label: str) -> Iterator[Progress]:
         yield bar
 
 
+def _events_progress(bar: Progress, task: TaskID, per_event: int) -> Callable[[int, int], None]:
+    """A projector ``progress(done, total)`` callback that moves ``bar`` over log events.
+
+    The projector counts applications (events x read models, see
+    ``chatledger.projections.base.Progress``); ``per_event`` read models share each
+    event, so the bar shows events and events/s.
+    """
+    started = time.perf_counter()
+    per_event = max(per_event, 1)
+
+    def progress(done: int, total: int) -> None:
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        events = done // per_event
+        bar.update(task, completed=events, total=-(-total // per_event), rate=events / elapsed)
+
+    return progress
+
+
 @projections_app.command("status")
 def status(database: DatabaseOption = None) -> None:
     """Each projection's position against the head of the log, its lag, and
     the events it could not apply (failed; listed below the table)."""
-    with _open(database) as ledger:
+    with _open(database, read_only=True) as ledger:
         rows = ledger.projection_status()
         failures = ledger.projection_failures() if any(row.failed for row in rows) else []
     table = Table("projection", "position", "head", "lag", "failed")
@@ -121,11 +153,7 @@ def rebuild(
         started = time.perf_counter()
         with _progress_bar(label) as bar:
             task = bar.add_task(label, total=None, rate=0.0)
-
-            def progress(done: int, total: int) -> None:
-                elapsed = max(time.perf_counter() - started, 1e-9)
-                bar.update(task, completed=done, total=total, rate=done / elapsed)
-
+            progress = _events_progress(bar, task, len(chosen))
             applied = ledger.projector.rebuild_many(chosen, batch_size=batch_size, progress=progress)
         elapsed = time.perf_counter() - started
     events = applied // len(chosen)  # each log event is applied to each projection
@@ -137,13 +165,15 @@ def rebuild(
 
 @projections_app.command("catch-up")
 def catch_up(database: DatabaseOption = None, batch_size: BatchOption = 2000) -> None:
-    """Apply every event not yet applied, to every projection, then exit."""
+    """Apply every event not yet applied, to every projection, then exit (progress and events/s)."""
     with _open(database) as ledger:
-        applied = ledger.projector.catch_up(
-            batch_size=batch_size,
-            progress=lambda done, total: print(f"{done}/{total}", file=sys.stderr, flush=True),
-        )
-    console.print(f"applied {applied:,} events")
+        names = list(ledger.projector.projections)
+        behind = sum(row.lag for row in ledger.projection_status())
+        with _progress_bar("catch-up") as bar:
+            task = bar.add_task("catch-up", total=-(-behind // max(len(names), 1)), rate=0.0)
+            progress = _events_progress(bar, task, len(names))
+            applied = ledger.projector.catch_up(batch_size=batch_size, progress=progress)
+    console.print(f"applied {applied:,} event applications across {len(names)} read models")
 
 
 @projections_app.command("run")
@@ -174,26 +204,37 @@ def _row(message: TranscriptMessage) -> dict[str, object]:
 
 @export_app.command("transcripts")
 def export_transcripts(
-    out: Annotated[Path, typer.Option("--out", "-o", help="File to write (.jsonl or .csv).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", callback=output_file, help="File to write (.jsonl or .csv).")
+    ],
     database: DatabaseOption = None,
     fmt: Annotated[
         Optional[str], typer.Option("--format", help="jsonl or csv (default: from --out).")  # noqa: UP045
     ] = None,
     user: Annotated[Optional[str], typer.Option("--user", help="Only this user's messages.")] = None,  # noqa: UP045
     session: Annotated[Optional[str], typer.Option("--session", help="Only this session.")] = None,  # noqa: UP045
-    since: Annotated[Optional[str], typer.Option("--since", help="ISO time, inclusive.")] = None,  # noqa: UP045
-    until: Annotated[Optional[str], typer.Option("--until", help="ISO time, exclusive.")] = None,  # noqa: UP045
+    since: Annotated[
+        Optional[datetime],  # noqa: UP045
+        typer.Option("--since", parser=parse_time, metavar="TIME", help="ISO time, inclusive."),
+    ] = None,
+    until: Annotated[
+        Optional[datetime],  # noqa: UP045
+        typer.Option("--until", parser=parse_time, metavar="TIME", help="ISO time, exclusive."),
+    ] = None,
     catch_up_first: Annotated[bool, typer.Option("--catch-up/--no-catch-up")] = True,
 ) -> None:
-    """Export the conversation log (one message per line/row) as JSONL or CSV."""
-    from .cli import parse_time
+    """Export the conversation log (one message per line/row) as JSONL or CSV.
 
+    An unknown --user or --session is an error, and a failed export leaves no file."""
     kind = (fmt or out.suffix.lstrip(".")).lower()
     if kind not in ("jsonl", "csv"):
         raise InvalidCommandError(f"Cannot export as {kind!r}; use --format jsonl or csv.")
-    start = parse_time(since) if since else None
-    end = parse_time(until) if until else None
-    with _open(database) as ledger:
+    start, end = since, until
+    with _open(database, read_only=True) as ledger:
+        if session is not None:
+            ledger.session(session)  # UnknownSessionError for an id the log has never seen
+        if user is not None and not visitors_of_user(ledger, user):
+            raise UnknownSubjectError("user", user)
         if catch_up_first:
             ledger.catch_up()
         if user or session:
@@ -208,7 +249,7 @@ def export_transcripts(
 
 def _write(out: Path, kind: str, messages: Iterator[TranscriptMessage]) -> int:
     count = 0
-    with out.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_output(out, newline="") as fh:
         if kind == "csv":
             writer = csv.DictWriter(fh, fieldnames=FIELDS)
             writer.writeheader()
@@ -226,20 +267,25 @@ def _write(out: Path, kind: str, messages: Iterator[TranscriptMessage]) -> int:
 
 
 def report(
-    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("report.html"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", callback=output_file, help="HTML file to write.")
+    ] = Path("report.html"),
     database: DatabaseOption = None,
-    since: Annotated[Optional[str], typer.Option("--since", help="ISO time, inclusive.")] = None,  # noqa: UP045
-    until: Annotated[Optional[str], typer.Option("--until", help="ISO time, exclusive.")] = None,  # noqa: UP045
+    since: Annotated[
+        Optional[datetime],  # noqa: UP045
+        typer.Option("--since", parser=parse_time, metavar="TIME", help="ISO time, inclusive."),
+    ] = None,
+    until: Annotated[
+        Optional[datetime],  # noqa: UP045
+        typer.Option("--until", parser=parse_time, metavar="TIME", help="ISO time, exclusive."),
+    ] = None,
 ) -> None:
     """Write a self-contained HTML analytics report (inline SVG charts, no network)."""
     from chatledger.projections.report import render_report
 
-    from .cli import parse_time
-
-    with _open(database) as ledger:
+    with _open(database, read_only=True) as ledger:
         ledger.catch_up()
-        analytics = ledger.analytics(
-            start=parse_time(since) if since else None, end=parse_time(until) if until else None
-        )
-    out.write_text(render_report(analytics), encoding="utf-8")
+        analytics = ledger.analytics(start=since, end=until)
+    with atomic_output(out) as fh:
+        fh.write(render_report(analytics))
     console.print(f"wrote {out} ({analytics.sessions:,} sessions)")

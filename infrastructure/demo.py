@@ -11,7 +11,10 @@ from datetime import timedelta
 from uuid import uuid4
 
 from chatledger import ChatLedger, ManualClock, SessionPolicy, SessionState
+from chatledger.domain.erasure import ERASED_TEXT
+from chatledger.domain.session import Session
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -73,13 +76,13 @@ def run_demo(database_url: str, console: Console | None = None) -> dict[str, str
                     str(event.originator_version),
                     f"{event.occurred_at:%H:%M:%S}",
                     type(event).__name__,
-                    json.dumps(payload)[:80],
+                    escape(json.dumps(payload)[:80]),
                 )
         console.print(table)
 
         console.rule("Rebuilt states")
         for sid in (first.session_id, second.session_id):
-            _print_state(console, ledger.session(sid))
+            _print_state(console, ledger.session(sid), erased=content_erased(ledger, sid))
         return {
             "visitor_id": visitor,
             "first_session_id": str(first.session_id),
@@ -87,13 +90,24 @@ def run_demo(database_url: str, console: Console | None = None) -> dict[str, str
         }
 
 
-def _print_state(console: Console, state: SessionState) -> None:
+def content_erased(ledger: ChatLedger, session_id: object) -> bool:
+    """Whether an erasure shredded this session's content (its slot values read as null)."""
+    events = ledger.session_events(session_id)  # type: ignore[arg-type]
+    return any(isinstance(e, Session.ContentErased) for e in events)
+
+
+def _print_state(console: Console, state: SessionState, *, erased: bool = False) -> None:
+    """The state as text; caller-supplied strings are escaped (``[erased]`` is not markup).
+
+    ``erased``: the session's content was erased, so its null slot values print as
+    ``[erased]`` (as its message texts already read)."""
     closed = f" at {state.closed_at:%H:%M} ({state.close_reason})" if state.closed_at else ""
+    slots = {k: ERASED_TEXT if erased and v is None else v for k, v in state.slots.items()}
     console.print(
-        f"[bold]{state.session_id}[/] status [bold]{state.status}[/]{closed}; "
-        f"user {state.user_id}; returning {state.is_returning}; "
+        f"[bold]{state.session_id}[/] status [bold]{state.status}[/]{escape(closed)}; "
+        f"user {escape(str(state.user_id))}; returning {state.is_returning}; "
         f"previous {state.previous_session_id}"
     )
-    console.print(f"  slots {state.slots}; open tasks {list(state.open_tasks)}")
+    console.print(f"  slots {escape(str(slots))}; open tasks {escape(str(list(state.open_tasks)))}")
     for m in state.messages:
-        console.print(f"  {m.position:>2} {m.at:%H:%M} {m.role:<6} {m.text}")
+        console.print(f"  {m.position:>2} {m.at:%H:%M} {m.role:<6} {escape(m.text)}")

@@ -44,6 +44,7 @@ def test_session_show_prints_the_rebuilt_state_and_a_past_one(tmp_path: Path) ->
 
 def test_errors_are_one_red_line_and_exit_code_1(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/err.db"
+    ChatLedger.open(url).close()  # an existing (empty) store: read-only commands refuse a missing file
     proc = subprocess.run(
         [sys.executable, "-c", "from chatledger.infrastructure.cli import main; main()",
          "session", "show", "00000000-0000-4000-8000-000000000000", "--database", url],

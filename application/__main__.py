@@ -1,0 +1,9 @@
+"""``python -m chatledger``: the same command line as the ``chatledger`` script.
+
+Only this entry point imports the CLI; ``import chatledger`` never does.
+"""
+
+from chatledger.infrastructure.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,363 @@
+"""The installed ``chatledger`` console script, run in a subprocess (issue 9, items 1, 2, 10, 11).
+
+``CliRunner`` calls the typer app directly and hides what the real entry point
+does with exit codes and usage errors, so every test here runs a script: the one
+of this environment (fast), and the one of a fresh virtual environment holding
+only the base install (no test extras, which could pull ``click`` in and hide a
+missing dependency; built once per session, so ``slow``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from uuid import UUID
+
+import psycopg
+import pytest
+from chatledger import ChatLedger
+
+from .audit_helpers import RawDB
+from .conftest import IN_CI, POSTGRES_CONNINFO
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ("pyproject.toml", "README.md", "application", "domain", "projections", "infrastructure")
+UNKNOWN = "00000000-0000-4000-8000-000000000000"
+
+
+@dataclass(frozen=True)
+class Install:
+    python: Path
+    script: Path  # the ``chatledger`` console script
+
+
+@pytest.fixture(scope="session")
+def base_install(tmp_path_factory: pytest.TempPathFactory) -> Install:
+    """A venv with ``pip install <copy of the repo>``: the base dependencies only."""
+    work = tmp_path_factory.mktemp("base-install")
+    src = work / "src"
+    src.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in SOURCES:
+        path = ROOT / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, ignore=ignore)
+        else:
+            shutil.copy2(path, src / name)
+    venv = work / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(src)],
+        capture_output=True, text=True, timeout=900, check=False,
+    )
+    if done.returncode != 0:
+        message = f"pip install of the base package failed:\n{done.stderr[-3000:]}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return Install(python, venv / "bin" / "chatledger")
+
+
+@pytest.fixture(params=["this-env", pytest.param("base-install", marks=pytest.mark.slow)])
+def cli(request: pytest.FixtureRequest) -> Install:
+    if request.param == "base-install":
+        install: Install = request.getfixturevalue("base_install")
+        return install
+    found = shutil.which("chatledger", path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail(f"no chatledger console script next to {sys.executable}; pip install -e . first")
+    return Install(Path(sys.executable), Path(found))
+
+
+def run(
+    install: Install,
+    args: Sequence[str],
+    cwd: Path,
+    *,
+    env: dict[str, str] | None = None,
+    module: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Run the script (or ``python -m chatledger``) in ``cwd``, with a clean environment."""
+    base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    base = {k: v for k, v in base.items() if not k.startswith("CHATLEDGER_")}
+    base["COLUMNS"] = "500"  # long paths stay on one line
+    command = [str(install.python), "-m", "chatledger"] if module else [str(install.script)]
+    return subprocess.run(
+        [*command, *args], cwd=cwd, env={**base, **(env or {})},
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+def flat(text: str) -> str:
+    """Output without rich's box drawing and line wrapping."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+def no_files(folder: Path) -> list[str]:
+    """The files in ``folder``, less the SQLite schema lock's side file
+    (``<db>.lock``, made by whoever opened the database to create tables)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".db.lock"))
+
+
+# ------------------------------------------------------------------ item 2: usage errors, --version
+
+
+@pytest.mark.parametrize("module", [False, True], ids=["script", "python-m"])
+def test_version(cli: Install, tmp_path: Path, module: bool) -> None:
+    done = run(cli, ["--version"], tmp_path, module=module)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"chatledger {version('chatledger')}"
+    assert "Traceback" not in done.stderr
+
+
+def test_python_dash_m_runs_the_same_command_line(cli: Install, tmp_path: Path) -> None:
+    done = run(cli, ["sesion"], tmp_path, module=True)
+    assert done.returncode == 2 and "No such command 'sesion'" in flat(done.stderr)
+    assert "Traceback" not in done.stderr
+
+
+USAGE_ERRORS = [
+    pytest.param(["session", "show"], "Missing argument", id="missing-argument"),
+    pytest.param(["sesion", "show"], "No such command 'sesion'", id="typo-command"),
+    pytest.param(["worker", "--onse"], "No such option", id="typo-option"),  # wording varies by click
+    pytest.param(["projections", "catch-up", "--batch-size", "0"], "'--batch-size'", id="batch-size-0"),
+    pytest.param(
+        ["session", "show", UNKNOWN, "--as-of", "yesterday"],
+        "Invalid value for '--as-of': 'yesterday' is not an ISO-8601 time (e.g. 2026-03-02T14:03:00Z)",
+        id="as-of-yesterday",
+    ),
+    pytest.param(
+        ["export", "transcripts", "--out", "t.jsonl", "--since", "soon"],
+        "Invalid value for '--since': 'soon' is not an ISO-8601 time",
+        id="since-soon",
+    ),
+    pytest.param(["audit", "export", "--out", "a.jsonl"], "Give exactly one of --user or --session", id="export-no-subject"),
+    pytest.param(["erase"], "Give exactly one of --user or --visitor", id="erase-no-subject"),
+    pytest.param(["report", "--out", "no/such/dir/r.html"], "Invalid value for '--out'", id="out-folder-missing"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), USAGE_ERRORS)
+def test_usage_errors_show_usage_and_a_hint_and_exit_2(
+    cli: Install, tmp_path: Path, args: list[str], message: str
+) -> None:
+    url = f"sqlite:///{tmp_path}/chat.db"
+    ChatLedger.open(url).close()
+    done = run(cli, args, tmp_path, env={"CHATLEDGER_DATABASE_URL": url})
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    err = flat(done.stderr)
+    assert "Usage: chatledger" in err and "--help' for help." in err
+    assert message in err
+    if "--onse" in args:
+        assert "--onse" in err and "--once" in err  # the option given, and the one meant
+    assert no_files(tmp_path) == ["chat.db"]  # a usage error opens nothing, writes nothing
+
+
+# ------------------------------------------------------------------ item 1: exit codes
+
+
+def tampered_store(url: str) -> UUID:
+    with ChatLedger.open(url) as ledger:
+        sid = ledger.receive("v-1", "hello").session_id
+        ledger.reply(sid, "hi")
+        ledger.receive("v-2", "someone else")
+    raw = RawDB(url)
+    state = json.loads(raw.state(sid, 2))
+    state["occurred_at"] = "2025-12-31T23:59:00Z"
+    raw.set_state(sid, 2, json.dumps(state).encode())
+    return sid
+
+
+@pytest.mark.slow
+def test_audit_verify_exits_1_on_a_broken_chain(cli: Install, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/chat.db"
+    sid = tampered_store(url)
+    done = run(cli, ["audit", "verify", "-d", url], tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "BROKEN" in done.stdout and "altered event" in flat(done.stdout)
+    assert "Traceback" not in done.stderr
+    ok = run(cli, ["audit", "verify", "-d", url, "--session", str(sid)], tmp_path)
+    assert ok.returncode == 1  # the altered session's own chain
+    # The bundle records the break; the export exits 1 as well.
+    out = tmp_path / "bundle.jsonl"
+    export = run(cli, ["audit", "export", "--session", str(sid), "--out", str(out), "-d", url], tmp_path)
+    assert export.returncode == 1 and out.exists()
+    assert json.loads(out.read_text().splitlines()[-1])["ok"] is False
+
+
+@pytest.mark.postgres
+def test_ctrl_c_exits_130_without_a_traceback(cli: Install, tmp_path: Path, postgres_url: str) -> None:
+    """Interrupted while it waits (for the schema lock another process holds)."""
+    schema = postgres_url.rsplit("schema=", 1)[1]
+    with psycopg.connect(POSTGRES_CONNINFO, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"chatledger-ddl:{schema}",))
+        base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        name = f"chatledger-ctrl-c-{schema}"  # libpq names the child's connections so
+        base["PGAPPNAME"] = name
+        child = subprocess.Popen(
+            [str(cli.script), "projections", "catch-up", "-d", postgres_url],
+            cwd=tmp_path, env=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                waiting = holder.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE application_name = %s AND wait_event_type = 'Lock'",
+                    (name,),
+                ).fetchone()
+                if waiting and waiting[0]:
+                    break
+                assert child.poll() is None, child.communicate()
+                time.sleep(0.1)
+            else:
+                pytest.fail("the command never waited for the lock")
+            child.send_signal(signal.SIGINT)
+            _, stderr = child.communicate(timeout=60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    assert child.returncode == 130, stderr
+    assert "Traceback" not in stderr
+
+
+# ------------------------------------------------------------------ item 10: a missing SQLite file
+
+READ_ONLY = [
+    pytest.param(["session", "show", UNKNOWN], id="session-show"),
+    pytest.param(["projections", "status"], id="projections-status"),
+    pytest.param(["export", "transcripts", "--out", "OUT/t.jsonl"], id="export-transcripts"),
+    pytest.param(["report", "--out", "OUT/r.html"], id="report"),
+    pytest.param(["audit", "verify"], id="audit-verify"),
+    pytest.param(["audit", "replay", UNKNOWN], id="audit-replay"),
+    pytest.param(["audit", "export", "--session", UNKNOWN, "--out", "OUT/a.jsonl"], id="audit-export"),
+]
+
+
+@pytest.mark.parametrize("args", READ_ONLY)
+def test_read_only_commands_refuse_a_missing_sqlite_file_and_create_nothing(
+    cli: Install, tmp_path: Path, args: list[str]
+) -> None:
+    (tmp_path / "OUT").mkdir()
+    args = [a.replace("OUT", str(tmp_path / "OUT")) for a in args]
+    missing = tmp_path / "typo" / "deeper" / "chat.db"
+    done = run(cli, [*args, "--database", f"sqlite:///{missing}"], tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: No SQLite database at {missing}")
+    assert no_files(tmp_path) == ["OUT"] and no_files(tmp_path / "OUT") == []
+
+
+@pytest.mark.slow
+def test_the_setting_and_the_default_database_are_checked_too_and_memory_is_fine(
+    cli: Install, tmp_path: Path
+) -> None:
+    missing = tmp_path / "typo" / "chat.db"
+    done = run(cli, ["audit", "verify"], tmp_path, env={"CHATLEDGER_DATABASE_URL": f"sqlite:///{missing}"})
+    assert done.returncode == 1 and done.stderr.startswith(f"error: No SQLite database at {missing}")
+    done = run(cli, ["projections", "status"], tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: No SQLite database at {tmp_path / 'chatledger.db'}")
+    assert no_files(tmp_path) == []
+    memory = run(cli, ["projections", "status", "-d", "sqlite:///:memory:"], tmp_path)
+    assert memory.returncode == 0, memory.stderr
+    assert no_files(tmp_path) == []
+
+
+# ------------------------------------------------------------------ item 11: a new user's view
+
+
+@pytest.mark.slow
+def test_exports_of_an_unknown_id_fail_and_leave_no_file(cli: Install, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/chat.db"
+    with ChatLedger.open(url) as ledger:
+        ledger.receive("v-1", "hello")
+        ledger.link_identity("v-1", "u-1")
+    out = tmp_path / "out"
+    out.mkdir()
+    cases = [
+        (["export", "transcripts", "--user", "nobody"], "No user 'nobody'", "t.jsonl"),
+        (["export", "transcripts", "--session", UNKNOWN], f"No session {UNKNOWN}", "t.csv"),
+        (["audit", "export", "--user", "nobody"], "No user 'nobody'", "a.jsonl"),
+        (["audit", "export", "--session", UNKNOWN], f"No session {UNKNOWN}", "a.jsonl"),
+    ]
+    for args, message, name in cases:
+        done = run(cli, [*args, "--out", str(out / name), "-d", url], tmp_path)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert done.stderr.startswith(f"error: {message}") and "Traceback" not in done.stderr
+        assert no_files(out) == [], args  # no 0-byte file, no temporary file
+    # A failed export leaves an earlier file as it was.
+    (out / "a.jsonl").write_text("earlier\n")
+    done = run(cli, ["audit", "export", "--user", "nobody", "--out", str(out / "a.jsonl"), "-d", url], tmp_path)
+    assert done.returncode == 1 and (out / "a.jsonl").read_text() == "earlier\n"
+    assert no_files(out) == ["a.jsonl"]
+    # A known user still exports.
+    done = run(cli, ["export", "transcripts", "--user", "u-1", "--out", str(out / "u.jsonl"), "-d", url], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "u.jsonl").read_text())["text"] == "hello"
+
+
+def test_catch_up_shows_a_progress_bar_over_events(cli: Install, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/chat.db"
+    with ChatLedger.open(url) as ledger:
+        for i in range(5):
+            turn = ledger.receive(f"v-{i}", "hello")
+            ledger.reply(turn.session_id, "hi")
+        head = ledger.recorder.max_notification_id()
+        models = len(ledger.projector.projections)
+    done = run(cli, ["projections", "catch-up", "-d", url, "--batch-size", "3"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not re.search(r"^\d+/\d+$", done.stderr, re.MULTILINE)  # no bare counter lines
+    assert "catch-up" in done.stderr and "━" in done.stderr and "events/s" in done.stderr
+    assert f"{head}/{head}" in done.stderr  # log events, not events x read models
+    assert f"/{head * models}" not in done.stderr
+
+
+@pytest.mark.slow
+def test_demo_honours_the_database_url_setting(cli: Install, tmp_path: Path) -> None:
+    env_db, flag_db = tmp_path / "from-env.db", tmp_path / "from-flag.db"
+    done = run(cli, ["demo"], tmp_path, env={"CHATLEDGER_DATABASE_URL": f"sqlite:///{env_db}"})
+    assert done.returncode == 0, done.stderr
+    assert env_db.exists() and not (tmp_path / "chatledger-demo.db").exists()
+    assert f"--database sqlite:///{env_db}" in flat(done.stdout)
+    done = run(
+        cli, ["demo", "-d", f"sqlite:///{flag_db}"], tmp_path,
+        env={"CHATLEDGER_DATABASE_URL": f"sqlite:///{env_db}"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert flag_db.exists() and not (tmp_path / "chatledger-demo.db").exists()
+
+
+@pytest.mark.slow
+def test_session_show_of_an_erased_session_prints_erased(cli: Install, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/chat.db"
+    with ChatLedger.open(url) as ledger:
+        sid = ledger.receive("v-1", "my card is 4242").session_id
+        ledger.set_slot(sid, "card", "4242")
+        ledger.reply(sid, "noted")
+        other = ledger.receive("v-2", "keep [b]me[/b]").session_id  # printed, never read as markup
+        ledger.set_slot(other, "kept", None)
+        ledger.erase(visitor_id="v-1")
+    done = run(cli, ["session", "show", str(sid), "-d", url], tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "slots {'card': '[erased]'}" in done.stdout and "None}" not in done.stdout
+    texts = [line.split(maxsplit=3)[3] for line in lines if re.match(r"\s+\d+ \d\d:\d\d (user|bot)", line)]
+    assert texts == ["[erased]", "[erased]"]
+    assert "4242" not in done.stdout
+    kept = run(cli, ["session", "show", str(other), "-d", url], tmp_path)
+    assert kept.returncode == 0, kept.stderr
+    assert "slots {'kept': None}" in kept.stdout and "keep [b]me[/b]" in kept.stdout  # not erased
