@@ -112,7 +112,9 @@ def deliver(
             f"(event {letter.event_id}) after {letter.attempts} failed attempts: {letter.last_error}. "
             "Fix the receiver and run again (it resumes with that event), or pass --skip-dead-letters."
         )
-        raise typer.Exit(1)
+        # Not typer.Exit: main() runs the app with standalone_mode=False, where
+        # click returns an Exit's code instead of exiting with it.
+        sys.exit(1)
 
 
 @events_app.command("dead-letters")
