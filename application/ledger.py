@@ -73,7 +73,6 @@ from .clock import Clock, system_clock
 
 if TYPE_CHECKING:
     from chatledger.infrastructure.scheduler import BackgroundJobs
-
     from chatledger.infrastructure.webhooks import WebhookWorker
 
     from .retention import ArchiveResult, RetentionPolicy

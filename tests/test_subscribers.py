@@ -239,7 +239,7 @@ def receiver() -> Iterator[Callable[[Callable[[int, dict[str, Any]], int]], Rece
         state = Receiver(status)
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with state.lock:
                     code = state.status(len(state.requests) + 1, body)
