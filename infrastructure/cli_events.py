@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from chatledger import ChatLedger
+from chatledger.domain import validation as v
 from chatledger.infrastructure.cli_options import DatabaseOption
 from chatledger.infrastructure.webhooks import list_dead_letters
 from rich.console import Console
@@ -50,6 +51,7 @@ def follow(
     order), then keep polling for new ones unless --once. Each line carries its
     "position": resume with --after set to the last one printed."""
     position = after
+    v.check_number("interval", interval, maximum=86_400.0)
     with ChatLedger.open(database) as ledger:
         while True:
             batch = ledger.events_after(position, limit=limit, content=content)

@@ -24,6 +24,7 @@ instead (the dead letter records what the receiver is missing).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import urllib.error
@@ -121,6 +122,32 @@ def check_url(field: str, value: object) -> str:
     return url
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_RESERVED = ("content-type", "content-length", "host", "chatledger-event-id",
+             "chatledger-event-position", "chatledger-subscription")
+
+
+def _check_headers(headers: object, limits: v.Limits) -> dict[str, str]:
+    """Extra request headers (e.g. an ``Authorization``): names are HTTP tokens,
+    values have no line breaks, and the worker's own headers cannot be replaced."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise InvalidValueError("headers", "type", f"headers must be a mapping of str to str, not {type(headers).__name__}.")
+    checked: dict[str, str] = {}
+    for key, value in headers.items():
+        key = v.check_id("headers key", key, limits)
+        if not _TOKEN.fullmatch(key) or key.lower() in _RESERVED:
+            raise InvalidValueError(
+                "headers key", "header", f"headers key {key[:80]!r} must be an HTTP header name the worker does not set itself."
+            )
+        value = v.check_str(f"headers[{key!r}]", value, 8192)
+        if "\r" in value or "\n" in value:
+            raise InvalidValueError(f"headers[{key!r}]", "header", f"headers[{key!r}] must not contain a line break.")
+        checked[key] = value
+    return checked
+
+
 def list_dead_letters(ledger: ChatLedger, name: str) -> list[DeadLetter]:
     """The dead letters of subscription ``name``, in log order."""
     name = v.check_id("name", name, ledger.limits)
@@ -180,10 +207,7 @@ class WebhookWorker:
         self.batch_size = v.check_count("batch_size", batch_size, limits)
         if self.batch_size > 10_000:
             raise InvalidValueError("batch_size", "count_range", f"batch_size={batch_size} is over 10000.")
-        self.headers = {
-            v.check_id("headers key", k, limits): v.check_str("headers value", val, 8192)
-            for k, val in dict(headers or {}).items()
-        }
+        self.headers = _check_headers(headers, limits)
         if not callable(sleep):
             raise InvalidValueError("sleep", "type", "sleep must be a callable taking seconds.")
         self._sleep = sleep

@@ -98,6 +98,31 @@ def test_follower_resumes_exactly_after_its_last_position(database_url: str, clo
 
 
 @pytest.mark.slow  # runs the console script
+def test_follow_streams_new_events_as_they_are_appended(database_url: str) -> None:
+    """Without --once the follower keeps polling: events appended while it runs
+    arrive as new lines, flushed one event a line, in order, none twice."""
+    with ChatLedger.open(database_url) as ledger:
+        story(ledger, "v-1", n=1)
+        first = ledger.events_after(0, limit=10_000)
+        proc = subprocess.Popen(
+            [chatledger_script(), "events", "follow", "--after", "0", "--interval", "0.1", "--limit", "2",
+             "--database", database_url],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            lines = [json.loads(proc.stdout.readline()) for _ in first]
+            assert [line["event_id"] for line in lines] == [e.event_id for e in first]
+            story(ledger, "v-2", n=1)
+            more = ledger.events_after(first[-1].position, limit=10_000)
+            lines += [json.loads(proc.stdout.readline()) for _ in more]
+            assert [line["position"] for line in lines] == [e.position for e in first + more]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+@pytest.mark.slow  # runs the console script
 def test_personal_fields_are_sealed_unless_content_is_asked_for(database_url: str, clock: ManualClock) -> None:
     with ChatLedger.open(database_url, clock=clock) as ledger:
         story(ledger)
@@ -172,6 +197,9 @@ def test_bad_arguments_are_refused_with_the_field_named(sqlite_url: str) -> None
             ({"url": "http://x/", "backoff": float("nan")}, "backoff"),
             ({"url": "http://x/", "on_dead_letter": "drop"}, "on_dead_letter"),
             ({"url": "http://x/", "name": ""}, "name"),
+            ({"url": "http://x/", "headers": {"X-Token": "a\r\nX-Evil: 1"}}, "headers['X-Token']"),
+            ({"url": "http://x/", "headers": {"Chatledger-Event-Id": "forged"}}, "headers key"),
+            ({"url": "http://x/", "headers": {"Bad Name": "1"}}, "headers key"),
         ]:
             with pytest.raises(InvalidFieldError) as err2:
                 ledger.webhook(**{"name": "sub", **kwargs})
