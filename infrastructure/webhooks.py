@@ -382,14 +382,15 @@ class WebhookWorker:
         """Deliver, then poll every ``interval`` seconds, until :meth:`stop` or
         (with ``on_dead_letter="stop"``) a dead letter; return the last report."""
         interval = v.check_number("interval", interval, maximum=86_400.0)
-        self._stop.clear()
         while True:
             report = self.deliver_once()
             if report.stopped or self._stop.wait(interval):
                 return report
 
     def stop(self) -> None:
-        """Make :meth:`run` return after the event being delivered."""
+        """Make :meth:`run` (and :meth:`deliver_once`) return after the event
+        being delivered; for good: a worker that was stopped sends nothing more
+        (make a new one to resume, from the stored position)."""
         self._stop.set()
 
 
