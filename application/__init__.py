@@ -14,6 +14,7 @@ from chatledger.domain.session import Message, SessionContext
 from chatledger.domain.state import SessionState, Turn, VisitorState
 from chatledger.domain.validation import Limits
 from chatledger.infrastructure.hashchain import VerificationReport
+from chatledger.infrastructure.webhooks import DeadLetter, DeliveryReport, WebhookWorker
 from chatledger.projections.base import ProjectionFailure, ProjectionStatus
 from chatledger.projections.results import (
     Analytics,
@@ -49,6 +50,7 @@ from .errors import (
     ValueRefusedError,
 )
 from .ledger import ChatLedger
+from .subscribers import LogEvent
 
 __all__ = [
     "Analytics",
@@ -58,6 +60,8 @@ __all__ = [
     "Clock",
     "ConcurrencyConflictError",
     "ConfigurationError",
+    "DeadLetter",
+    "DeliveryReport",
     "Engagement",
     "ErasureReceipt",
     "FieldTooLargeError",
@@ -71,6 +75,7 @@ __all__ = [
     "InvalidTimeError",
     "InvalidValueError",
     "Limits",
+    "LogEvent",
     "ManualClock",
     "Memory",
     "Message",
@@ -92,5 +97,6 @@ __all__ = [
     "ValueRefusedError",
     "VerificationReport",
     "VisitorState",
+    "WebhookWorker",
     "system_clock",
 ]

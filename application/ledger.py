@@ -79,8 +79,10 @@ from .clock import Clock, system_clock
 
 if TYPE_CHECKING:
     from chatledger.infrastructure.scheduler import BackgroundJobs
+    from chatledger.infrastructure.webhooks import WebhookWorker
 
     from .retention import ArchivedSession, ArchiveResult, RetentionPolicy
+    from .subscribers import LogEvent
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -153,6 +155,33 @@ def _callback(name: str, value: Any, limits: v.Limits) -> Any:
 
 def _interval(name: str, value: Any, limits: v.Limits) -> float:
     return v.check_number(name, value, maximum=86_400.0 * 366)
+
+
+def _position(name: str, value: Any, limits: v.Limits) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidValueError(name, "type", f"{name} must be an int (a log position), not {type(value).__name__}.")
+    if not 0 <= value < v.INT_BOUND:
+        raise InvalidValueError(
+            name, "position_range", f"{name}={value} must be a log position: 0 (the start) or more, below 2**63."
+        )
+    return value
+
+
+def _flag(name: str, value: Any, limits: v.Limits) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidValueError(name, "type", f"{name} must be True or False, not {type(value).__name__}.")
+    return value
+
+
+def _feed_limit(name: str, value: Any, limits: v.Limits) -> int:
+    from .subscribers import MAX_FEED_BATCH
+
+    v.check_count(name, value, limits)
+    if value > MAX_FEED_BATCH:
+        raise InvalidValueError(
+            name, "count_range", f"{name}={value} is over {MAX_FEED_BATCH}; read in pages of at most that many."
+        )
+    return int(value)
 
 
 ID, TEXT, SID, OBJ, JSON = v.check_id, v.check_text, v.check_session_id, v.check_object, v.check_json
@@ -241,6 +270,25 @@ class ChatLedger(Application[UUID]):
         ``stop()``), or leave it to ``chatledger projections run``.
         """
         return self.projector.catch_up(progress=progress)
+
+    @_checked(position=_position, limit=_feed_limit, content=_flag)
+    def events_after(self, position: int = 0, *, limit: int = 1000, content: bool = False) -> list[LogEvent]:
+        """The events recorded after ``position`` (0: from the start), in log
+        order, at most ``limit``; resume with the last one's ``position``. No
+        event is ever skipped, also while writers append. Personal fields are
+        sealed unless ``content`` is True (then decrypted; erased content reads
+        as erased). See docs/projections.md, "Subscribers"."""
+        from .subscribers import read_events
+
+        return read_events(self, position, limit, content=content)
+
+    def webhook(self, name: str, url: str, **options: Any) -> WebhookWorker:
+        """A delivery worker that posts each event, in log order and at least
+        once, to ``url``; its position is stored under ``name``. Options:
+        see :class:`~chatledger.infrastructure.webhooks.WebhookWorker`."""
+        from chatledger.infrastructure.webhooks import WebhookWorker
+
+        return WebhookWorker(self, name, url, **options)
 
     def projection_status(self) -> list[ProjectionStatus]:
         """Each read model's position, the head of the log, the lag, and how

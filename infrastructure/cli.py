@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .cli_audit import audit_app, erase
+from .cli_events import register as register_event_commands
 from .cli_projections import register as register_projection_commands
 
 app = typer.Typer(no_args_is_help=True, help="Event-sourced conversation state for chatbots.")
@@ -26,6 +27,7 @@ app.add_typer(session_app, name="session")
 app.add_typer(audit_app, name="audit")
 app.command("erase")(erase)
 register_projection_commands(app)
+register_event_commands(app)
 
 console = Console()
 err_console = Console(stderr=True, highlight=False)

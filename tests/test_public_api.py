@@ -17,7 +17,7 @@ def test_exported_members_are_sorted_and_complete() -> None:
     public = {n for n in dir(chatledger) if not n.startswith("_")}
     modules = {
         "application", "audit", "clock", "errors", "ledger", "domain", "infrastructure",
-        "projections", "retention", "sweeper",
+        "projections", "retention", "subscribers", "sweeper",
     }
     assert public - modules - set(chatledger.__all__) == set()
 

@@ -1,0 +1,137 @@
+"""Subscribers outside the process: the log as a resumable feed of :class:`LogEvent`.
+
+``ChatLedger.events_after(position)`` returns the events recorded after
+``position`` in log order. It reads the log the way the projector does
+(``Projector._read``: notifications up to the head read first), so a reader
+never passes over a notification id that commits later: on PostgreSQL every
+writer holds the events table's ``EXCLUSIVE`` lock from taking its ids until it
+commits (eventsourcing's ``_lock_table``), so ids commit in order and every id
+at or below the head is settled; SQLite has one writer at a time. An id that is
+missing (a rolled-back write) is never filled in later.
+
+Personal fields (``infrastructure.shredding.PERSONAL_FIELDS``) are *sealed*
+unless the caller asks for content: decoded without opening their envelopes
+(``ShreddingMapper.to_sealed_event``, the read models' path) and every
+non-empty one replaced by its ``SEALED_VALUES`` placeholder. With content they
+are decrypted; before each batch is decoded the batch's keys are looked up in
+the store again (not in the key ring's cache), so once a ``Visitor.DataErased``
+event is at or below the head read, every envelope under the destroyed keys
+reads as erased (``[erased]``) in that batch and every later one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from chatledger.domain.model import Immutable
+from chatledger.infrastructure.shredding import (
+    _COMPILED,
+    _EMPTY,
+    _KID,
+    SEALED_VALUES,
+    ShreddingMapper,
+    _keys_by_id,
+    _walk,
+)
+from eventsourcing.utils import get_topic
+from pydantic import AwareDatetime
+
+if TYPE_CHECKING:
+    from .ledger import ChatLedger
+
+MAX_FEED_BATCH = 10_000
+"""The most events one ``events_after`` call returns."""
+
+
+class LogEvent(Immutable):
+    """One stored event as a subscriber outside the process sees it.
+
+    ``position`` is its notification id: strictly increasing in log order, so
+    ``events_after(position)`` resumes right after it. ``event_id``
+    (``"<stream>:<version>"``) is stable and unique: a receiver deduplicates
+    redeliveries by it. ``data`` is the event's JSON; its personal fields are
+    sealed (``"[sealed]"``, ``{"$sealed": true}``) unless ``content`` is True,
+    and erased content reads as erased (``"[erased]"``, ``{"$erased": true}``).
+    """
+
+    position: int
+    event_id: str
+    stream: str
+    version: int
+    type: str
+    topic: str
+    occurred_at: AwareDatetime
+    recorded_at: AwareDatetime
+    content: bool
+    data: dict[str, Any]
+
+
+def read_events(ledger: ChatLedger, position: int, limit: int, *, content: bool) -> list[LogEvent]:
+    """The events with a position above ``position``, at most ``limit``, in log order."""
+    projector = ledger.projector
+    head = projector.head()
+    if head <= position:
+        return []
+    batch = projector._read(position, limit, head)
+    mapper = ledger.mapper
+    if content:
+        _refresh_keys(mapper, batch)
+        events = [mapper.to_domain_event(n) for n in batch]
+    else:
+        sealed = getattr(mapper, "to_sealed_event", mapper.to_domain_event)
+        events = [sealed(n) for n in batch]
+    return [_log_event(n.id, e, content) for n, e in zip(batch, events)]
+
+
+def _log_event(position: int, event: Any, content: bool) -> LogEvent:
+    cls = type(event)
+    topic = get_topic(cls)
+    data = event.model_dump(mode="json")
+    if not content:
+        _seal(data, topic)
+    stream = str(event.originator_id)
+    version = event.originator_version
+    return LogEvent(
+        position=position,
+        event_id=f"{stream}:{version}",
+        stream=stream,
+        version=version,
+        type=cls.__qualname__,
+        topic=topic,
+        occurred_at=event.occurred_at,
+        recorded_at=event.timestamp,
+        content=content,
+        data=data,
+    )
+
+
+def _seal(data: dict[str, Any], topic: str) -> None:
+    """Replace every non-empty personal field by its placeholder (also one
+    stored in plain JSON, without an envelope)."""
+    for path, parts in _COMPILED.get(topic, ()):
+        for node, leaf, _ in _walk(data, parts or [path], []):
+            if node[leaf] not in _EMPTY:
+                node[leaf] = SEALED_VALUES.get((parts or [path])[-1], SEALED_VALUES["value"])
+
+
+def _refresh_keys(mapper: Any, batch: Sequence[Any]) -> None:
+    """Ask the store (not the key ring's 30 s cache) which keys of this batch
+    still exist, and mark the others erased: another process may have erased
+    them since this one cached them."""
+    ring = getattr(mapper, "key_ring", None)
+    if not isinstance(mapper, ShreddingMapper) or ring is None:
+        return
+    states = [n.state for n in batch if n.topic in _COMPILED]
+    if not states:
+        return
+    kids = sorted({k.decode() for k in _KID.findall(b"\n".join(states))})
+    found: set[str] = set()
+    for start in range(0, len(kids), 500):
+        found.update(_keys_by_id(ring.recorder, kids[start : start + 500]))
+    gone = [k for k in kids if k not in found]
+    if gone:
+        ring.forget((), gone)
+
+
+__all__ = ["MAX_FEED_BATCH", "LogEvent", "read_events"]
