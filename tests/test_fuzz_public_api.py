@@ -190,6 +190,12 @@ CALLS: list[Call] = [
     ("sweep", lambda l, a: l.sweep(a["now"], limit=a["limit"], batch_size=a["batch_size"]),
      {"now": TIME, "limit": st.one_of(st.just(Arg(None)), COUNT), "batch_size": COUNT}),
     ("erase", lambda l, a: l.erase(user_id=a["user_id"]), {"user_id": ID}),  # unknown users: refused, or erased
+    ("events_after", lambda l, a: l.events_after(a["position"], limit=a["limit"], content=a["content"]),
+     {"position": st.one_of(st.integers(0, 200).map(Arg), st.sampled_from([Arg(-1, InvalidValueError), Arg("3", InvalidValueError), Arg(2**64, InvalidValueError)])),
+      "limit": st.one_of(st.integers(1, 500).map(Arg), st.sampled_from([Arg(0, InvalidValueError), Arg(10**9, InvalidValueError)])),
+      "content": st.one_of(st.booleans().map(Arg), st.just(Arg("yes", InvalidValueError)))}),
+    ("projection_failures", lambda l, a: l.projection_failures(a["name"]),
+     {"name": st.one_of(st.just(Arg(None)), st.sampled_from(["analytics", "memory"]).map(Arg), ID)}),
 ]
 
 @st.composite
