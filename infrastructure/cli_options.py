@@ -37,6 +37,16 @@ def parse_time(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+SinceOption = Annotated[
+    Optional[datetime],  # noqa: UP045
+    typer.Option("--since", parser=parse_time, metavar="TIME", help="ISO time, inclusive."),
+]
+UntilOption = Annotated[
+    Optional[datetime],  # noqa: UP045
+    typer.Option("--until", parser=parse_time, metavar="TIME", help="ISO time, exclusive."),
+]
+
+
 def output_file(value: Path) -> Path:
     """``--out`` callback: the folder must exist (a usage error otherwise)."""
     folder = value.parent if str(value.parent) else Path(".")

@@ -11,7 +11,6 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,10 +19,11 @@ from chatledger import ChatLedger, InvalidCommandError, TranscriptMessage, Unkno
 from chatledger.audit import visitors_of_user
 from chatledger.infrastructure.cli_options import (
     DatabaseOption,
+    SinceOption,
+    UntilOption,
     atomic_output,
     open_ledger,
     output_file,
-    parse_time,
 )
 from chatledger.projections.service import ProjectionReads
 from rich.console import Console
@@ -213,14 +213,8 @@ def export_transcripts(
     ] = None,
     user: Annotated[Optional[str], typer.Option("--user", help="Only this user's messages.")] = None,  # noqa: UP045
     session: Annotated[Optional[str], typer.Option("--session", help="Only this session.")] = None,  # noqa: UP045
-    since: Annotated[
-        Optional[datetime],  # noqa: UP045
-        typer.Option("--since", parser=parse_time, metavar="TIME", help="ISO time, inclusive."),
-    ] = None,
-    until: Annotated[
-        Optional[datetime],  # noqa: UP045
-        typer.Option("--until", parser=parse_time, metavar="TIME", help="ISO time, exclusive."),
-    ] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
     catch_up_first: Annotated[bool, typer.Option("--catch-up/--no-catch-up")] = True,
 ) -> None:
     """Export the conversation log (one message per line/row) as JSONL or CSV.
@@ -271,14 +265,8 @@ def report(
         Path, typer.Option("--out", "-o", callback=output_file, help="HTML file to write.")
     ] = Path("report.html"),
     database: DatabaseOption = None,
-    since: Annotated[
-        Optional[datetime],  # noqa: UP045
-        typer.Option("--since", parser=parse_time, metavar="TIME", help="ISO time, inclusive."),
-    ] = None,
-    until: Annotated[
-        Optional[datetime],  # noqa: UP045
-        typer.Option("--until", parser=parse_time, metavar="TIME", help="ISO time, exclusive."),
-    ] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
 ) -> None:
     """Write a self-contained HTML analytics report (inline SVG charts, no network)."""
     from chatledger.projections.report import render_report

@@ -96,6 +96,7 @@ PG_DUMPS = [p for p in STORES if (p / "postgres.sql").exists()]
 @pytest.mark.parametrize("store", PG_DUMPS, ids=[p.name for p in PG_DUMPS])
 def test_an_old_postgres_store_reads_verifies_and_takes_writes(store: Path, postgres_url: str) -> None:
     import psycopg
+
     from .conftest import POSTGRES_CONNINFO
 
     schema = postgres_url.rsplit("schema=", 1)[1]

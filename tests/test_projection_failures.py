@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from chatledger import (
@@ -46,7 +46,7 @@ class PickyLog(ConversationLog):
     name = "conversation_log"
 
     personal_fields = ConversationLog.personal_fields
-    handlers = {
+    handlers: ClassVar[dict[Any, Any]] = {
         **ConversationLog.handlers,
         Session.MessageReceived: _picky_message,
     }
