@@ -745,10 +745,12 @@ class KeyAudit:
 
     def _note_erasure(self, state: bytes) -> None:
         try:
-            receipt = json.loads(state)["receipt"]
+            # Upcast like any decoder would: a later DataErased may reshape it.
+            data = upcast(resolve_topic(ERASURE_TOPIC), json.loads(state), None, None)
+            receipt = data["receipt"]
             self._erased_kids.update(receipt["key_ids"])
             self._erased_visitors.update(receipt["visitor_ids"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             pass  # an altered erasure event: the chain reports it
 
     def _check(self, tables: KeyTables) -> None:

@@ -275,3 +275,27 @@ def test_a_snapshot_of_another_version_is_passed_over_and_replaced(
     with ChatLedger.open(database_url, clock=clock, snapshot_interval=3) as ledger:
         assert list(ledger.snapshots.get(sid)) == []  # type: ignore[union-attr]
         assert [m.text for m in ledger.session(sid).messages] == ["one", "two", "three", "four", "five"]
+
+
+def test_a_visitor_snapshot_of_another_version_is_passed_over(
+    database_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Visitor snapshots hold no personal field: the plain decoder's path."""
+    from chatledger.domain.visitor import Visitor
+
+    from .helpers import visitor_stream_id
+
+    vid = visitor_stream_id("visitor-1")
+    with ChatLedger.open(database_url, clock=clock, snapshot_interval=2) as ledger:
+        ledger.receive("visitor-1", "hi")  # Registered, SessionOpened: a snapshot at 2
+        ledger.link_identity("visitor-1", "user-1")  # version 3
+        assert [s.originator_version for s in ledger.snapshots.get(vid)] == [2]  # type: ignore[union-attr, arg-type]
+        wrong = copy.deepcopy(ledger.repository.get(vid))
+        wrong.session_ids = []  # a snapshot at 3 that differs from the events
+        ledger.snapshots.put([Visitor.Snapshot.take(wrong)])  # type: ignore[union-attr]
+    with ChatLedger.open(database_url, clock=clock, snapshot_interval=2) as ledger:
+        assert ledger.repository.get(vid).session_ids == []  # the snapshot is what is read
+    monkeypatch.setattr(Visitor.Snapshot, "class_version", 2)
+    with ChatLedger.open(database_url, clock=clock, snapshot_interval=2) as ledger:
+        assert list(ledger.snapshots.get(vid)) == []  # type: ignore[union-attr, arg-type]
+        assert len(ledger.repository.get(vid).session_ids) == 1  # replayed from its events
