@@ -131,7 +131,8 @@ def visitors_of_user(ledger: ChatLedger, user_id: str) -> list[Visitor]:
             start=position, limit=1000, topics=[LINK_TOPIC], inclusive_of_start=False
         )
         for notification in batch:
-            if json.loads(notification.state)["user_id"] == user_id:
+            # Decoded by the mapper, so an IdentityLinked of any version is upcast.
+            if ledger.mapper.to_domain_event(notification).user_id == user_id:
                 ids.append(UUID(str(notification.originator_id)))
         if len(batch) < 1000:
             break

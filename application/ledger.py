@@ -48,6 +48,7 @@ from chatledger.infrastructure.database import make_engine
 from chatledger.infrastructure.hashchain import VerificationReport
 from chatledger.infrastructure.persistence import eventsourcing_env, schema_lock
 from chatledger.infrastructure.settings import Settings
+from chatledger.infrastructure.snapshots import SnapshotStore
 from chatledger.projections import DEFAULT_READ_MODELS
 from chatledger.projections.base import (
     Progress,
@@ -384,6 +385,11 @@ class ChatLedger(Application[UUID]):
             for aggregate_id, aggregate in aggregates.items():
                 repository.cache.put(aggregate_id, deepcopy(aggregate))
         return recordings
+
+    def construct_snapshot_store(self) -> SnapshotStore:
+        """Snapshots at another version than their class's are passed over
+        (see :class:`~chatledger.infrastructure.snapshots.SnapshotStore`)."""
+        return SnapshotStore(mapper=self.mapper, recorder=self.factory.aggregate_recorder(purpose="snapshots"))
 
     def take_snapshot(
         self,

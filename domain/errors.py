@@ -25,7 +25,8 @@
     │   └── SessionExpiredError              idle past its timeout (not yet recorded)
     ├── IdentityConflictError                visitor already linked to another user
     ├── ConcurrencyConflictError             retries exhausted under contention
-    └── ConfigurationError                   a database URL or setting is unusable
+    ├── ConfigurationError                   a database URL or setting is unusable
+    └── EventVersionError                    a stored event is newer than this code
 
 Every message is a sentence that says what to do next; the facts travel as
 attributes (``exc.session_id``), so callers never parse messages.
@@ -231,3 +232,30 @@ class ConcurrencyConflictError(ChatLedgerError):
 
 class ConfigurationError(ChatLedgerError):
     """Raised when a database URL or a setting cannot be used."""
+
+
+class EventVersionError(ChatLedgerError):
+    """Raised when a stored event was written by newer code than this process runs.
+
+    Its ``class_version`` is above the version this process's event class has,
+    and no upcaster can turn a newer shape into an older one: the event is
+    refused, never mis-read. ``event`` is the event class's name, ``stored`` and
+    ``current`` the two versions, ``originator_id``/``originator_version`` where
+    it is in the log.
+    """
+
+    def __init__(
+        self, event: str, stored: object, current: int, originator_id: object, originator_version: object
+    ) -> None:
+        super().__init__(
+            f"Stored event {event} (aggregate {originator_id} version {originator_version}) is at "
+            f"class_version {stored}, but this code reads {event} up to version {current}: it was "
+            "written by a newer release. Upgrade this process to the release that wrote it; during "
+            "a rolling deploy, deploy readers that understand a new version before any writer "
+            "writes it (docs/events.md, Versions and upgrades)."
+        )
+        self.event = event
+        self.stored = stored
+        self.current = current
+        self.originator_id = originator_id
+        self.originator_version = originator_version

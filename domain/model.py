@@ -23,7 +23,7 @@ from eventsourcing.domain import (
 )
 from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter, model_validator
 
-from .errors import InvalidTimeError
+from .errors import EventVersionError, InvalidTimeError
 
 _datetime = TypeAdapter(AwareDatetime)
 
@@ -59,12 +59,39 @@ class DomainEvent(Immutable):
     library's recording time); ``occurred_at`` is the business time of the fact,
     from the injected clock or the caller's ``at``. Only ``occurred_at`` drives
     behaviour, so replay is the same whenever and wherever it runs.
+
+    ``class_version`` is the version of the event's stored shape (eventsourcing's
+    own attribute, 1 unless bumped). An event class at version ``n > 1`` has
+    static methods ``upcast_v1_v2(state: dict) -> None`` … ``upcast_v{n-1}_v{n}``
+    that turn a stored state of the older shape into the next one, in place;
+    the mapper writes ``"class_version": n`` into the stored state (not at
+    version 1, as the library does) and runs the upcasters on what it reads
+    before validation (:func:`upcast`). See docs/events.md, "Versions and upgrades".
     """
+
+    class_version: ClassVar[int] = 1
 
     originator_id: UUID
     originator_version: int
     timestamp: AwareDatetime
     occurred_at: AwareDatetime
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        version = cls.__dict__.get("class_version", cls.class_version)
+        if type(version) is not int or version < 1:
+            msg = f"{cls.__qualname__}.class_version must be an int >= 1, not {version!r}."
+            raise TypeError(msg)
+        missing = [
+            f"upcast_v{n}_v{n + 1}" for n in range(1, version) if not callable(getattr(cls, f"upcast_v{n}_v{n + 1}", None))
+        ]
+        if missing:
+            msg = (
+                f"{cls.__qualname__} is at class_version {version} but has no {', '.join(missing)}: "
+                "write each as a @staticmethod that changes the stored state dict in place."
+            )
+            raise TypeError(msg)
 
 
 class SnapshotState(Immutable):
@@ -105,6 +132,38 @@ class AggregateSnapshot(DomainEvent, CanSnapshotAggregate[UUID]):
             topic=get_topic(type(aggregate)),
             state=state,
         )
+
+
+class StaleSnapshot(Exception):
+    """A stored snapshot's ``class_version`` is not its class's: it is ignored
+    (snapshots are derived data) and the aggregate is rebuilt from its events."""
+
+
+def upcast(cls: type[DomainEvent], state: dict[str, Any], originator_id: Any, originator_version: Any) -> dict[str, Any]:
+    """Bring a decoded stored ``state`` of ``cls`` to ``cls.class_version``, in place.
+
+    Pops ``state["class_version"]`` (1 if absent) and runs ``upcast_v{n}_v{n+1}``
+    from the stored version up. The state is the decoded, decrypted one: a
+    personal field is plaintext, or the erased marker of its stored name
+    (``chatledger.domain.erasure.ERASED_VALUES``), never an envelope.
+
+    A snapshot (:class:`AggregateSnapshot`) at any other version raises
+    :class:`StaleSnapshot`: it is never upcast, the aggregate is replayed. An
+    event stored at a newer version than ``cls`` has (written by newer code)
+    raises :class:`~chatledger.domain.errors.EventVersionError`.
+    """
+    stored = state.pop("class_version", 1)
+    current = cls.class_version
+    if stored == current and type(stored) is int:
+        return state
+    if issubclass(cls, AggregateSnapshot):
+        raise StaleSnapshot(f"{cls.__qualname__} stored at version {stored!r}, now {current}")
+    if type(stored) is not int or not 1 <= stored < current:
+        raise EventVersionError(cls.__qualname__, stored, current, originator_id, originator_version)
+    while stored < current:
+        getattr(cls, f"upcast_v{stored}_v{stored + 1}")(state)
+        stored += 1
+    return state
 
 
 #: Values that are never mutated in place, so a copy may share them.

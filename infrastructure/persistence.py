@@ -21,12 +21,39 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 from chatledger.domain.errors import ConfigurationError
-from chatledger.domain.model import DomainEvent
+from chatledger.domain.model import DomainEvent, upcast
 from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic, resolve_topic
 from psycopg import sql
+from pydantic import ValidationError
+from pydantic_core import from_json
 
 from .settings import Settings
+
+
+_VERSION_SUFFIXES: dict[int, bytes] = {}
+
+
+def version_suffix(version: int) -> bytes:
+    """How a stored state at ``version`` > 1 ends: ``,"class_version":N}``
+    (the writers put the key last, so a reader at that version strips it
+    without parsing)."""
+    suffix = _VERSION_SUFFIXES.get(version)
+    if suffix is None:
+        suffix = _VERSION_SUFFIXES[version] = b',"class_version":%d}' % version
+    return suffix
+
+
+def current_body(state: bytes, version: int) -> bytes | None:
+    """``state`` without its version key if it was stored at ``version`` (the
+    class's current one), ready for ``model_validate_json``; None if it was
+    stored at another version (decode it as a dict and :func:`upcast` it)."""
+    if version == 1:
+        return state  # a stored class_version, if any, fails validation (extra field)
+    suffix = version_suffix(version)
+    if state.endswith(suffix):
+        return state[: -len(suffix)] + b"}"
+    return None
 
 
 class PydanticMapper(Mapper[UUID]):
@@ -35,6 +62,14 @@ class PydanticMapper(Mapper[UUID]):
     Without compression or a cipher the stored ``state`` column is plain UTF-8
     JSON, so an auditor can read it with ``CAST(state AS TEXT)`` (SQLite) or
     ``convert_from(state, 'UTF8')`` (PostgreSQL), without this code.
+
+    Versions (eventsourcing's ``class_version``, see ``DomainEvent``): an event
+    class at version ``n > 1`` is stored with ``"class_version": n`` as the last
+    key; one at version 1 without it, as the library does. An event read at its
+    class's version is validated straight from the bytes (no extra cost); one
+    stored at an older version is decoded, upcast and validated; one stored at a
+    newer version raises ``EventVersionError``, and a snapshot at any other
+    version is ``StaleSnapshot`` (ignored by the snapshot store).
     """
 
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
@@ -42,6 +77,9 @@ class PydanticMapper(Mapper[UUID]):
             msg = f"{type(domain_event).__qualname__} is not a chatledger DomainEvent"
             raise TypeError(msg)
         stored = domain_event.model_dump_json().encode()
+        version = type(domain_event).class_version
+        if version != 1:
+            stored = stored[:-1] + version_suffix(version)
         if self.compressor:
             stored = self.compressor.compress(stored)
         if self.cipher:
@@ -60,7 +98,19 @@ class PydanticMapper(Mapper[UUID]):
         if self.compressor:
             stored = self.compressor.decompress(stored)
         cls = resolve_topic(stored_event.topic)
-        return cls.model_validate_json(stored)
+        body = current_body(stored, cls.class_version)
+        if body is not None:
+            try:
+                return cls.model_validate_json(body)
+            except ValidationError:
+                if b'"class_version"' not in stored:
+                    raise
+        return self.upcast_and_validate(cls, from_json(stored), stored_event)
+
+    @staticmethod
+    def upcast_and_validate(cls: Any, state: dict[str, Any], stored_event: StoredEvent) -> Any:
+        """Validate a decoded (and decrypted) stored state as ``cls``, upcast first."""
+        return cls.model_validate(upcast(cls, state, stored_event.originator_id, stored_event.originator_version))
 
 
 def eventsourcing_env(settings: Settings) -> dict[str, str]:

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from uuid import UUID, uuid4
 
 from chatledger.domain.erasure import ERASED_VALUES
-from chatledger.domain.model import DomainEvent
+from chatledger.domain.model import DomainEvent, upcast
 from chatledger.domain.session import Session
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -48,7 +48,7 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from .hashchain import ChainBreak
-from .persistence import PydanticMapper
+from .persistence import PydanticMapper, current_body
 from .recorders import (
     ERASURE_TOPIC,
     KEYS,
@@ -140,6 +140,26 @@ def _walk(node: Any, parts: list[str], trail: list[str]) -> Iterable[tuple[Any, 
             yield from _walk(node[key], rest, path)  # type: ignore[index]
         else:
             yield node, key, path
+
+
+def _envelopes(node: Any, trail: list[str]) -> Iterable[tuple[Any, str | int, list[str]]]:
+    """Yield ``(container, key, concrete path)`` of every envelope anywhere in
+    ``node``, whatever the event's personal paths are today: how an event
+    stored at an older version is opened (its personal fields may have had
+    other names then; an envelope's associated data names the path it was
+    stored at)."""
+    items: Iterable[tuple[str | int, Any]]
+    if type(node) is dict:
+        items = node.items()
+    elif type(node) is list:
+        items = enumerate(node)
+    else:
+        return
+    for key, value in list(items):
+        if _is_envelope(value):
+            yield node, key, [*trail, str(key)]
+        elif type(value) in (dict, list):
+            yield from _envelopes(value, [*trail, str(key)])
 
 
 def _bounded(cache: dict[Any, Any] | set[Any], now: float | None = None) -> None:
@@ -395,6 +415,9 @@ class ShreddingMapper(PydanticMapper):
                 sealed = nonce + aead.encrypt(nonce, plain, aad)
                 node[leaf] = {"$enc": base64.b64encode(sealed).decode(), "kid": kid}
                 used = True
+        version = type(domain_event).class_version
+        if version != 1:
+            data["class_version"] = version  # last, as PydanticMapper writes it
         return KeyedStoredEvent(
             originator_id=domain_event.originator_id,
             originator_version=domain_event.originator_version,
@@ -407,10 +430,22 @@ class ShreddingMapper(PydanticMapper):
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        """The event, its personal fields decrypted (or erased markers), upcast
+        to its class's version (see :class:`PydanticMapper`).
+
+        Upcasters run after decryption, on plaintext: an event stored at its
+        class's version is opened at the class's personal paths
+        (:data:`PERSONAL_FIELDS`), one stored at an older version at wherever
+        its envelopes are (:func:`_envelopes`), since its personal fields may
+        have been named otherwise then."""
         state = stored_event.state
-        compiled = _COMPILED.get(stored_event.topic)
-        if compiled is None or b'"$enc"' not in state:
+        if b'"$enc"' not in state:
             return super().to_domain_event(stored_event)
+        compiled = _COMPILED.get(stored_event.topic)
+        if compiled is None:  # envelopes in an event that has no personal field (now)
+            return self.upcast_and_validate(
+                resolve_topic(stored_event.topic), self.decrypt_state(stored_event, upcast_state=False), stored_event
+            )
         fields = _TOP_LEVEL.get(stored_event.topic)
         if fields is not None and self.key_ring is not None:
             return self._decode_top_level(stored_event, fields)
@@ -420,6 +455,8 @@ class ShreddingMapper(PydanticMapper):
             # large part is parsed once, by pydantic's own JSON parser.
             data: dict[str, Any] = json.loads(state)
             envelope = data.pop("state")
+            # At another version: StaleSnapshot, before any key is looked up.
+            upcast(cls, data, stored_event.originator_id, stored_event.originator_version)
             if _is_envelope(envelope):
                 plain = self._open(stored_event, envelope, ["state"])
                 head = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
@@ -431,6 +468,12 @@ class ShreddingMapper(PydanticMapper):
         top-level: the same steps as :meth:`decrypt_state`, in one function
         (this runs once per message of a rebuild)."""
         data: dict[str, Any] = from_json(stored_event.state)
+        cls = resolve_topic(stored_event.topic)
+        if "class_version" in data or cls.class_version != 1:
+            if data.get("class_version", 1) != cls.class_version:
+                # Stored at another version: its personal paths may differ.
+                return self.upcast_and_validate(cls, self._open_all(stored_event, data), stored_event)
+            del data["class_version"]
         ring = self.key_ring
         assert ring is not None
         by_kid, erased, now = ring._by_kid, ring._erased, None
@@ -456,7 +499,7 @@ class ShreddingMapper(PydanticMapper):
                 aad_id = _aad_id(stored_event)
             aad = f'["{aad_id}", "{stored_event.originator_version}", "{name}"]'.encode()
             data[name] = _loads(self._decrypt(stored_event, aead, envelope, aad))
-        return resolve_topic(stored_event.topic).model_validate(data)
+        return cls.model_validate(data)
 
     def prefetch_keys(self, stored_events: Sequence[StoredEvent]) -> None:
         """Load the keys of every envelope of these events at once (before
@@ -479,18 +522,25 @@ class ShreddingMapper(PydanticMapper):
         compiled = _COMPILED.get(stored_event.topic)
         if compiled is None or b'"$enc"' not in state or compiled[0][0] == "state":
             return self.to_domain_event(stored_event)
+        cls = resolve_topic(stored_event.topic)
         if stored_event.topic in _TOP_LEVEL:
             # Messages, slots and ends have no other dict-valued field, so every
             # envelope in their JSON is inside a personal field: replace them
             # in the bytes and let pydantic parse once. Any other layout falls
             # through to the general path.
-            try:
-                return resolve_topic(stored_event.topic).model_validate_json(
-                    _ENVELOPE.sub(_sealed_bytes, state)
-                )
-            except ValidationError:
-                pass
+            body = current_body(state, cls.class_version)
+            if body is not None:
+                try:
+                    return cls.model_validate_json(_ENVELOPE.sub(_sealed_bytes, body))
+                except ValidationError:
+                    pass
         data: dict[str, Any] = from_json(state)
+        if "class_version" in data or cls.class_version != 1:
+            if data.get("class_version", 1) != cls.class_version:
+                # Another version: the upcasters need the plaintext (or the
+                # erased markers), not placeholders; decode it fully.
+                return self.to_domain_event(stored_event)
+            del data["class_version"]
         for path, parts in compiled:
             if parts is None:
                 if _is_envelope(data.get(path)):
@@ -499,7 +549,7 @@ class ShreddingMapper(PydanticMapper):
             for node, leaf, _ in _walk(data, parts, []):
                 if _is_envelope(node[leaf]):
                     node[leaf] = SEALED_VALUES[parts[-1]]
-        return resolve_topic(stored_event.topic).model_validate(data)
+        return cls.model_validate(data)
 
     def _open(
         self,
@@ -531,9 +581,36 @@ class ShreddingMapper(PydanticMapper):
             )
             raise ContentIntegrityError(msg) from err
 
-    def decrypt_state(self, stored_event: StoredEvent) -> dict[str, Any]:
-        """The stored JSON with each envelope opened, or replaced by its erased marker."""
+    def decrypt_state(self, stored_event: StoredEvent, *, upcast_state: bool = True) -> dict[str, Any]:
+        """The stored JSON with each envelope opened, or replaced by its erased
+        marker, and upcast to its class's version (unless ``upcast_state`` is
+        false): the state the event class validates."""
         data: dict[str, Any] = from_json(stored_event.state)
+        cls = resolve_topic(stored_event.topic)
+        if stored_event.topic not in _COMPILED or data.get("class_version", 1) != cls.class_version:
+            self._open_all(stored_event, data)
+        else:
+            self._open_current(stored_event, data)
+        if upcast_state:
+            upcast(cls, data, stored_event.originator_id, stored_event.originator_version)
+        return data
+
+    def _open_all(self, stored_event: StoredEvent, data: dict[str, Any]) -> dict[str, Any]:
+        """Open every envelope of ``data`` in place, wherever it is (an event
+        stored at an older version); an erased one reads as the marker of its
+        stored field name (:data:`ERASED_VALUES`), None for a name without one."""
+        aad_id = _aad_id(stored_event)
+        for node, leaf, concrete in list(_envelopes(data, [])):
+            envelope = node[leaf]
+            aead = self.key_ring.decryption_key(envelope["kid"]) if self.key_ring else None
+            if aead is None:
+                node[leaf] = ERASED_VALUES.get(concrete[-1])
+            else:
+                node[leaf] = _loads(self._decrypt(stored_event, aead, envelope, _aad(stored_event, concrete, aad_id)))
+        return data
+
+    def _open_current(self, stored_event: StoredEvent, data: dict[str, Any]) -> None:
+        """Open the envelopes at the personal paths of the event's class, in place."""
         compiled = _COMPILED.get(stored_event.topic, ())
         aad_id: str | None = None
         for path, parts in compiled:
@@ -549,7 +626,6 @@ class ShreddingMapper(PydanticMapper):
                 if _is_envelope(envelope):
                     aad_id = aad_id or _aad_id(stored_event)
                     node[leaf] = self._opened(stored_event, envelope, concrete, aad_id)
-        return data
 
     def _opened(self, stored_event: StoredEvent, envelope: dict[str, str], concrete: list[str], aad_id: str) -> Any:
         """The decrypted value of one envelope, or its erased marker if its key is gone."""
@@ -669,10 +745,12 @@ class KeyAudit:
 
     def _note_erasure(self, state: bytes) -> None:
         try:
-            receipt = json.loads(state)["receipt"]
+            # Upcast like any decoder would: a later DataErased may reshape it.
+            data = upcast(resolve_topic(ERASURE_TOPIC), json.loads(state), None, None)
+            receipt = data["receipt"]
             self._erased_kids.update(receipt["key_ids"])
             self._erased_visitors.update(receipt["visitor_ids"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             pass  # an altered erasure event: the chain reports it
 
     def _check(self, tables: KeyTables) -> None:
@@ -729,24 +807,24 @@ class KeyAudit:
 
 
 def _key_opens(row: Any, kid: str, key: bytes) -> bool:
-    """Does ``key`` open the first envelope of ``row`` made under ``kid``?"""
-    compiled = _COMPILED.get(row.topic)
-    if compiled is None:
-        return True  # not an event chatledger encrypts: nothing to check against
+    """Does ``key`` open the first envelope of ``row`` made under ``kid``?
+
+    Every envelope counts, wherever it is in the event (not only at today's
+    personal paths): an event stored at an older version may have had its
+    personal fields elsewhere."""
     try:
         data = json.loads(row.state)
     except ValueError:
         return True  # not JSON: the chain reports the altered event
     aad_id = str(row.originator_id)
-    for path, _ in compiled:
-        for node, leaf, concrete in _walk(data, path.split("."), []):
-            envelope = node[leaf]
-            if _is_envelope(envelope) and envelope["kid"] == kid:
-                aad = json.dumps([aad_id, str(row.originator_version), *concrete]).encode()
-                try:
-                    sealed = binascii.a2b_base64(envelope["$enc"])
-                    AESGCM(key).decrypt(sealed[:12], sealed[12:], aad)
-                except (InvalidTag, binascii.Error, ValueError):
-                    return False
-                return True
-    return True
+    for node, leaf, concrete in _envelopes(data, []):
+        envelope = node[leaf]
+        if envelope["kid"] == kid:
+            aad = json.dumps([aad_id, str(row.originator_version), *concrete]).encode()
+            try:
+                sealed = binascii.a2b_base64(envelope["$enc"])
+                AESGCM(key).decrypt(sealed[:12], sealed[12:], aad)
+            except (InvalidTag, binascii.Error, ValueError):
+                return False
+            return True
+    return True  # no envelope (not an event chatledger encrypts): nothing to check against

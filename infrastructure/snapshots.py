@@ -12,15 +12,22 @@ point-in-time reads always do.
 
 Selected with eventsourcing's ``PERSISTENCE_MODULE`` (a factory class topic),
 see :func:`chatledger.infrastructure.persistence.eventsourcing_env`.
+
+Snapshots carry the version of their class (``Session.Snapshot.class_version``,
+stored as ``class_version`` when above 1, like an event's). A snapshot stored
+at another version than its class has now is never upcast and never mis-read:
+:class:`SnapshotStore` passes over it, the aggregate is replayed from its
+events, and the next snapshot due replaces it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent
+from chatledger.domain.model import StaleSnapshot
+from eventsourcing.persistence import EventStore, StoredEvent
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteCursor, SQLiteFactory
 from psycopg.sql import SQL, Identifier
@@ -102,6 +109,28 @@ class PostgresSnapshotRecorder(PostgresAggregateRecorder):
         except _KeyGone:
             return None
         return None
+
+
+class SnapshotStore(EventStore[UUID]):
+    """The snapshot store: a snapshot stored at another version than its class's
+    (:class:`~chatledger.domain.model.StaleSnapshot`) is passed over, so the
+    repository replays the aggregate from its events instead."""
+
+    def get(
+        self,
+        originator_id: UUID,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[Any]:
+        decode = self.mapper.to_domain_event
+        for stored in self.recorder.select_events(originator_id, gt=gt, lte=lte, desc=desc, limit=limit):
+            try:
+                yield decode(stored)
+            except StaleSnapshot:
+                continue
 
 
 class LedgerSQLiteFactory(SQLiteFactory):

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from uuid import UUID
 
 import psycopg
-from chatledger.domain.errors import ConfigurationError
+from chatledger.domain.errors import ConfigurationError, EventVersionError
 from eventsourcing.persistence import ApplicationRecorder, Mapper, Tracking, TrackingRecorder
 from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteApplicationRecorder
@@ -747,6 +747,9 @@ _STOPPING_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     MemoryError,
     TrackingConflict,
+    # An event written by a newer release: this process cannot read it, and a
+    # read model must not skip it; stop until this process is upgraded.
+    EventVersionError,
 )
 _DATA_ERRORS: tuple[type[BaseException], ...] = (
     # What a database says of the values it was given.

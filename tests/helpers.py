@@ -58,3 +58,33 @@ def store_unchecked(ledger: ChatLedger, session_id: object, event_class: type, *
     )
     ledger.recorder.insert_events([ledger.mapper.to_stored_event(event)])
     return log_head(ledger)
+
+
+def read_stored_as(ledger: ChatLedger, aggregate_id: object, classes: dict[type, type] | None = None) -> list:
+    """An aggregate's events decoded from the store by the ledger's own mapper,
+    each event of a class in ``classes`` under the class it maps to: the same
+    stored bytes, read by a release in which that event class has another
+    shape or version (how a newer, or older, process reads this store)."""
+    from uuid import UUID
+
+    from eventsourcing.persistence import StoredEvent
+    from eventsourcing.utils import get_topic
+
+    topics = {get_topic(old): get_topic(new) for old, new in (classes or {}).items()}
+    events = []
+    for stored in ledger.recorder.select_events(UUID(str(aggregate_id))):
+        relabelled = StoredEvent(
+            originator_id=stored.originator_id,
+            originator_version=stored.originator_version,
+            topic=topics.get(stored.topic, stored.topic),
+            state=stored.state,
+        )
+        events.append(ledger.mapper.to_domain_event(relabelled))
+    return events
+
+
+def stored_states(ledger: ChatLedger, aggregate_id: object) -> list[bytes]:
+    """The stored ``state`` bytes of an aggregate's events, in order."""
+    from uuid import UUID
+
+    return [bytes(s.state) for s in ledger.recorder.select_events(UUID(str(aggregate_id)))]
