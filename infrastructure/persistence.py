@@ -30,7 +30,6 @@ from pydantic_core import from_json
 
 from .settings import Settings
 
-
 _VERSION_SUFFIXES: dict[int, bytes] = {}
 
 
@@ -108,9 +107,11 @@ class PydanticMapper(Mapper[UUID]):
         return self.upcast_and_validate(cls, from_json(stored), stored_event)
 
     @staticmethod
-    def upcast_and_validate(cls: Any, state: dict[str, Any], stored_event: StoredEvent) -> Any:
-        """Validate a decoded (and decrypted) stored state as ``cls``, upcast first."""
-        return cls.model_validate(upcast(cls, state, stored_event.originator_id, stored_event.originator_version))
+    def upcast_and_validate(event_class: Any, state: dict[str, Any], stored_event: StoredEvent) -> Any:
+        """Validate a decoded (and decrypted) stored state as ``event_class``, upcast first."""
+        return event_class.model_validate(
+            upcast(event_class, state, stored_event.originator_id, stored_event.originator_version)
+        )
 
 
 def eventsourcing_env(settings: Settings) -> dict[str, str]:

@@ -134,7 +134,7 @@ def test_an_event_of_a_newer_version_is_refused_not_misread(ledger: ChatLedger, 
 def test_a_version_without_its_upcaster_is_refused_when_defined() -> None:
     with pytest.raises(TypeError, match="upcast_v2_v3"):
 
-        class Incomplete(DomainEvent):  # noqa: F841 - defining it is the test
+        class Incomplete(DomainEvent):
             class_version = 3
             upcast_v1_v2 = staticmethod(lambda state: None)
 
