@@ -666,6 +666,8 @@ class Projector:
         with self._lock:
             projections = [self.projections[n] for n in names or list(self.projections)]
             for projection in projections:
+                # Old tables a crash left behind keep index names reset() creates.
+                self._drop_stale(projection, keep=self._shadow_generation(projection.name))
                 projection.view.reset()
                 projection.view.drop_indexes(projection.deferred_indexes)
             try:
@@ -787,6 +789,13 @@ class Projector:
         shadow = type(live)(view)
         return shadow
 
+    def _shadow_generation(self, name: str) -> int | None:
+        """The generation a shadow of ``name`` is building, if any."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(generations_table.c.shadow).where(generations_table.c.projection == name)
+            ).scalar()
+
     def _generations_on_disk(self, conn: Connection, live: ReadModel) -> list[int]:
         """Generation numbers of ``<table>__g<N>`` tables of ``live`` that exist."""
         names = set(inspect(conn).get_table_names())
@@ -808,8 +817,8 @@ class Projector:
             for table in reversed(live.metadata.sorted_tables):
                 with self.engine.begin() as conn:
                     conn.exec_driver_sql(
-                        f"DROP TABLE IF EXISTS {quote(table.name + generation_suffix(generation))}"
-                    )
+                        f"DROP TABLE IF EXISTS {quote(table.name + _retired_suffix(generation))}"
+                    )  # never the live table: ``__g0`` too has its suffix
 
     def _swap(
         self, lives: Sequence[ReadModel], shadows: Sequence[ReadModel], batch_size: int

@@ -214,10 +214,10 @@ PAUSE_IN_SWAP = textwrap.dedent(
 
     @event.listens_for(ledger.projector.engine, "before_cursor_execute")
     def pause(conn, cursor, statement, parameters, context, executemany):
-        if statement.startswith("ALTER TABLE"):
+        if statement.startswith(sys.argv[2]):
             renames[0] += 1
-            if renames[0] == int(sys.argv[2]):  # half-way through the renames
-                print("inside the swap", flush=True)
+            if renames[0] == int(sys.argv[3]):
+                print("paused", flush=True)
                 sys.stdin.readline()  # wait here to be killed
 
     ledger.projector.rebuild_shadow(["conversation_log", "analytics"], batch_size=7)
@@ -251,12 +251,12 @@ def test_killed_inside_the_swap_leaves_the_live_model_and_a_rerun_completes(
     script = tmp_path / "child.py"
     script.write_text(PAUSE_IN_SWAP)
     child = subprocess.Popen(
-        [sys.executable, str(script), database_url, "5"],  # 5 of the 10 renames done
+        [sys.executable, str(script), database_url, "ALTER TABLE", "5"],  # 4 of 10 renames done
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ},
     )  # fmt: skip
     try:
         assert child.stdout is not None
-        assert child.stdout.readline().strip() == "inside the swap"
+        assert child.stdout.readline().strip() == "paused"
         if database_url.startswith("sqlite"):  # PostgreSQL: readers wait for the swap's locks
             _check_untouched(ledger, before, expected)  # SQLite: they read on
     finally:
@@ -270,9 +270,37 @@ def test_killed_inside_the_swap_leaves_the_live_model_and_a_rerun_completes(
     done = subprocess.run(_cli(database_url, "conversation_log", "analytics"),
                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "rebuilt conversation_log, analytics" in done.stdout
+    # Continued, not started again: the shadow had reached the head before the kill.
+    assert "rebuilt conversation_log, analytics: 0 events" in done.stdout
     _check_untouched(ledger, before, expected)
     assert ledger.projector.shadow_status() == [] and _leftovers(ledger) == []
+    ledger.close()
+
+
+def test_killed_after_the_swap_the_old_tables_left_are_dropped_by_the_next_rebuild(
+    database_url: str, clock: ManualClock, tmp_path: Path
+) -> None:
+    ledger, before, expected = _killed_history(database_url, clock)
+    script = tmp_path / "child.py"
+    script.write_text(PAUSE_IN_SWAP)
+    child = subprocess.Popen(
+        [sys.executable, str(script), database_url, "DROP TABLE", "1"],  # committed, not dropped
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ},
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "paused"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    _check_untouched(ledger, before, expected)  # the new generation, the same answers
+    assert ledger.projector.shadow_status() == []
+    assert "conversation_messages__g0" in _leftovers(ledger)
+    ledger.projector.rebuild("conversation_log")  # in place: the leftovers' index names are free
+    assert not any(n.startswith("conversation_") for n in _leftovers(ledger))
+    ledger.projector.rebuild_shadow(["analytics"])
+    assert _leftovers(ledger) == []
+    _check_untouched(ledger, before, expected)
     ledger.close()
 
 
