@@ -254,7 +254,12 @@ class ChatLedger(Application[UUID]):
         current by ``ledger.projector.catch_up()`` or a background runner."""
         with schema_lock(self.settings):
             return Projector(
-                self.name, self.recorder, self.mapper, make_engine(self.settings), self.read_models
+                self.name,
+                self.recorder,
+                self.mapper,
+                make_engine(self.settings),
+                self.read_models,
+                ddl_lock=lambda: schema_lock(self.settings),
             )
 
     @cached_property

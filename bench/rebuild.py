@@ -19,6 +19,8 @@ per transaction. Then, in the same run, it times
 - ``rebuild all N together``: ``Projector.rebuild_many`` of all of them in one
   pass (each batch read and decoded once); events/s counts log events, each
   applied to every read model,
+- ``rebuild --shadow N``: ``Projector.rebuild_shadow`` of all of them (new
+  tables while the live ones serve, then the swap),
 
 and prints events/s and the ratio of each rebuild to the raw read.
 """
@@ -209,6 +211,11 @@ def bench(url: str, events: int, batch_size: int, names: list[str] | None) -> No
             applied = ledger.projector.rebuild_many(names, batch_size=batch_size)
             assert applied == count * len(names), (applied, count)
             timed(f"rebuild all {len(names)} together", count, time.perf_counter() - started, raw)
+        if hasattr(ledger.projector, "rebuild_shadow"):
+            # The same, into shadow tables while the live ones serve, then swapped.
+            started = time.perf_counter()
+            applied = ledger.projector.rebuild_shadow(names, batch_size=batch_size)
+            timed(f"rebuild --shadow {len(names)}", count, time.perf_counter() - started, raw)
         print(f"  log head {head:,}", flush=True)
     finally:
         ledger.close()

@@ -133,11 +133,20 @@ def rebuild(
     all_: Annotated[bool, typer.Option("--all", help="Rebuild every projection.")] = False,
     database: DatabaseOption = None,
     batch_size: BatchOption = 5000,
+    shadow: Annotated[
+        bool,
+        typer.Option(
+            "--shadow",
+            help="Build into new tables while the live ones keep serving, then swap "
+            "atomically (no downtime; a crash leaves the live tables as they were).",
+        ),
+    ] = False,
 ) -> None:
     """Drop projections and replay them from the first event (progress and events/s).
 
     Several names (or ``--all``) are rebuilt in one pass over the log: each
-    batch is read and decoded once and applied to each of them.
+    batch is read and decoded once and applied to each of them. With
+    ``--shadow`` reads keep being served by the old tables until the swap.
     """
     with _open(database) as ledger:
         known = list(ledger.projector.projections)
@@ -149,12 +158,14 @@ def rebuild(
         for name in chosen:
             if name not in known:
                 raise InvalidCommandError(f"No projection named {name!r}; choose one of: {', '.join(known)}.")
-        label = f"rebuild {', '.join(chosen)}"
+        label = f"rebuild {'--shadow ' if shadow else ''}{', '.join(chosen)}"
         started = time.perf_counter()
         with _progress_bar(label) as bar:
             task = bar.add_task(label, total=None, rate=0.0)
             progress = _events_progress(bar, task, len(chosen))
-            applied = ledger.projector.rebuild_many(chosen, batch_size=batch_size, progress=progress)
+            applied = ledger.projector.rebuild_many(
+                chosen, batch_size=batch_size, progress=progress, shadow=shadow
+            )
         elapsed = time.perf_counter() - started
     events = applied // len(chosen)  # each log event is applied to each projection
     console.print(

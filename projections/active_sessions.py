@@ -234,11 +234,14 @@ class ActiveSessions(ReadModel):
     name = "active_sessions"
     metadata = metadata
     personal_fields = ()  # times, versions, policies, task names only
+    supports_shadow_rebuild = True  # writes through self.view.table(...)
     lookup_chunk = 500
 
     def __init__(self, view: Any) -> None:
         super().__init__(view)
         self._events: list[Session.Event] = []
+        self.active_table = view.table(active_sessions)
+        self.closed_table = view.table(closed_sessions)
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         """Buffer session events; the batch is folded and written in :meth:`flush`."""
@@ -259,6 +262,7 @@ class ActiveSessions(ReadModel):
         self._events = []
 
     def _apply(self, conn: Connection, events: Sequence[Session.Event]) -> None:
+        active_sessions, closed_sessions = self.active_table, self.closed_table
         # Rows this batch needs that it does not create itself.
         created = {e.originator_id for e in events if isinstance(e, Session.Started)}
         wanted = {e.originator_id for e in events} - created

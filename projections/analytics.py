@@ -85,11 +85,12 @@ class SessionAnalytics(HandlerTableReadModel):
     name = "analytics"
     metadata = Base.metadata
     personal_fields = ()  # times, counts, roles, ids: never message texts or slot values
+    supports_shadow_rebuild = True  # writes through self.view.table(...)
 
     def __init__(self, view: Any) -> None:
         super().__init__(view)
-        self.sessions = RowBuffer(sessions_table, "session_id")  # type: ignore[arg-type]
-        self.visitors = RowBuffer(visitors_table, "visitor_uuid")  # type: ignore[arg-type]
+        self.sessions = RowBuffer(view.table(sessions_table), "session_id")  # type: ignore[arg-type]
+        self.visitors = RowBuffer(view.table(visitors_table), "visitor_uuid")  # type: ignore[arg-type]
 
     def discard(self) -> None:
         self.sessions.clear()

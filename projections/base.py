@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import singledispatchmethod
@@ -36,6 +36,7 @@ from sqlalchemy import (
     Column,
     Connection,
     Engine,
+    Index,
     Integer,
     MetaData,
     String,
@@ -44,11 +45,13 @@ from sqlalchemy import (
     and_,
     bindparam,
     func,
+    inspect,
     select,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import conv
 
 from .sqltypes import UTCDateTime
 
@@ -76,6 +79,20 @@ failures_table = Table(
     Column("failed_at", UTCDateTime, nullable=False),
 )
 """Events a read model could not apply (see :class:`ProjectionFailure`)."""
+generations_table = Table(
+    "chatledger_projection_generations",
+    TRACKING,
+    Column("projection", String(100), primary_key=True),
+    # The generation of the live tables (0: as first created, canonical index names).
+    Column("generation", Integer, nullable=False),
+    # The generation a shadow rebuild is building (tables ``<table>__g<N>``), or NULL.
+    Column("shadow", Integer, nullable=True),
+)
+"""Which generation of each read model's tables is live, and which one a
+shadow rebuild is building (see :meth:`Projector.rebuild_shadow`)."""
+
+SHADOW_SUFFIX = "__shadow"
+"""Added to a read model's name for its shadow's tracking and failure records."""
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: called after each batch by long jobs."""
@@ -100,14 +117,71 @@ class SQLView(TrackingRecorder):
     same transaction, so data and position commit (or roll back) together.
     """
 
-    def __init__(self, engine: Engine, name: str, metadata: MetaData) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        name: str,
+        metadata: MetaData,
+        *,
+        tables: dict[str, Table] | None = None,
+        generation: int | None = None,
+    ) -> None:
         self.engine = engine
         self.name = name
         self.metadata = metadata
+        self.tables = tables
+        """``None``: the live view (handlers write the canonical tables); a
+        shadow: canonical table name -> the shadow's table (:meth:`table`)."""
+        self.shadow_generation = generation
         self._local = threading.local()
         TRACKING.create_all(engine)
         metadata.create_all(engine)
-        self.create_indexes()  # a rebuild that died may have left some out
+        if tables is None:
+            self.create_indexes()  # a rebuild that died may have left some out
+
+    def table(self, table: Table) -> Table:
+        """The table this view writes for the read model's (canonical) ``table``:
+        itself, or in a shadow view, the shadow's copy (``<name>__g<N>``).
+        Handlers must write through this to be rebuilt in a shadow
+        (:attr:`ReadModel.supports_shadow_rebuild`)."""
+        return table if self.tables is None else self.tables[table.name]
+
+    def generation(self) -> int:
+        """The generation of the tables this view writes (a live view reads it
+        from ``chatledger_projection_generations``: another process may swap)."""
+        if self.shadow_generation is not None:
+            return self.shadow_generation
+        conn = getattr(self._local, "conn", None)
+        query = select(generations_table.c.generation).where(
+            generations_table.c.projection == self.name
+        )
+        if conn is not None:
+            return conn.execute(query).scalar() or 0
+        with self.engine.connect() as c:
+            return c.execute(query).scalar() or 0
+
+    def _index_metadata(self) -> tuple[MetaData, str]:
+        """The metadata whose indexes are this view's, and their name suffix."""
+        if self.tables is not None:
+            return self.metadata, generation_suffix(self.generation())
+        generation = self.generation()
+        if generation == 0:
+            return self.metadata, ""
+        return generation_metadata(self.metadata, generation, rename_tables=False)[0], (
+            generation_suffix(generation)
+        )
+
+    @contextmanager
+    def join(self, conn: Connection) -> Iterator[None]:
+        """Make :meth:`transaction` a savepoint of ``conn``'s transaction (the
+        final catch-up of a shadow, inside its swap)."""
+        self._local.conn = conn
+        self._local.joined = True
+        try:
+            yield
+        finally:
+            self._local.conn = None
+            self._local.joined = False
 
     @property
     def conn(self) -> Connection:
@@ -123,7 +197,15 @@ class SQLView(TrackingRecorder):
         SQLite's WAL grow to 128 MiB before the commit checkpoints it, instead
         of 4 MiB: a rebuild batch dirties thousands of random index pages, and
         checkpointing after every batch rewrote (and fsynced) them each time.
-        Durability is unchanged (see docs/projections.md, "Rebuild speed")."""
+        Durability is unchanged (see docs/projections.md, "Rebuild speed").
+        Inside :meth:`join`: a savepoint of the joined transaction."""
+        if getattr(self._local, "joined", False):
+            conn = self._local.conn
+            self._local.failures = []
+            with conn.begin_nested():
+                yield conn
+            self._log_failures()
+            return
         with self.engine.begin() as conn:
             if conn.dialect.name == "sqlite":
                 # A 64 MiB page cache: rebuilds insert into large random-key indexes.
@@ -141,6 +223,9 @@ class SQLView(TrackingRecorder):
                 yield conn
             finally:
                 self._local.conn = None
+        self._log_failures()
+
+    def _log_failures(self) -> None:
         for values in self._local.__dict__.pop("failures", ()):
             log.error(
                 "read model %r could not apply the event at log position %d (%s, aggregate %s "
@@ -218,34 +303,42 @@ class SQLView(TrackingRecorder):
         self._local.failures.append(values)  # logged once committed
 
     def max_tracking_id(self, application_name: str) -> int | None:
+        query = select(tracking_table.c.notification_id).where(
+            tracking_table.c.projection == self.name,
+            tracking_table.c.application == application_name,
+        )
+        if getattr(self._local, "joined", False):
+            return self._local.conn.execute(query).scalar()
         with self.engine.connect() as conn:
-            return conn.execute(
-                select(tracking_table.c.notification_id).where(
-                    tracking_table.c.projection == self.name,
-                    tracking_table.c.application == application_name,
-                )
-            ).scalar()
+            return conn.execute(query).scalar()
 
     def drop_indexes(self, names: Sequence[str]) -> None:
         """Drop these secondary indexes (a rebuild defers them; see
-        :attr:`ReadModel.deferred_indexes`)."""
+        :attr:`ReadModel.deferred_indexes`; canonical names, resolved to the
+        view's generation)."""
+        metadata, suffix = self._index_metadata()
+        wanted = {name + suffix for name in names}
         with self.engine.begin() as conn:
-            for table in self.metadata.sorted_tables:
+            for table in metadata.sorted_tables:
                 for index in table.indexes:
-                    if index.name in names:
+                    if index.name in wanted:
                         index.drop(conn, checkfirst=True)
 
-    def create_indexes(self) -> None:
-        """Create every index of the metadata that does not exist."""
+    def create_indexes(self, skip: Sequence[str] = ()) -> None:
+        """Create every index of the metadata that does not exist (under the
+        names of the view's generation), but those named in ``skip``."""
+        metadata, suffix = self._index_metadata()
+        skipped = {name + suffix for name in skip}
         with self.engine.begin() as conn:
-            for table in self.metadata.sorted_tables:
+            for table in metadata.sorted_tables:
                 for index in table.indexes:
-                    index.create(conn, checkfirst=True)
+                    if index.name not in skipped:
+                        index.create(conn, checkfirst=True)
 
     def checkpoint(self) -> None:
         """Fold the WAL back into the database file after a bulk catch-up
         (SQLite; ``PASSIVE``: never waits for readers or writers)."""
-        if self.engine.dialect.name != "sqlite":
+        if self.engine.dialect.name != "sqlite" or getattr(self._local, "joined", False):
             return
         with self.engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
@@ -260,7 +353,7 @@ class SQLView(TrackingRecorder):
         index, which reads every NULL entry of the table per linked visitor
         (O(table) per link). With statistics it uses the visitor index.
         """
-        if self.engine.dialect.name != "postgresql":
+        if self.engine.dialect.name != "postgresql" or getattr(self._local, "joined", False):
             return
         quote = self.engine.dialect.identifier_preparer.quote
         with self.engine.begin() as conn:
@@ -268,12 +361,60 @@ class SQLView(TrackingRecorder):
                 conn.exec_driver_sql(f"ANALYZE {quote(table.name)}")
 
     def reset(self) -> None:
-        """Drop the read model's tables and its position: the next catch-up rebuilds."""
+        """Drop the read model's tables and its position: the next catch-up
+        rebuilds (in place, generation 0: canonical index names)."""
         with self.engine.begin() as conn:
             self.metadata.drop_all(conn)
             conn.execute(tracking_table.delete().where(tracking_table.c.projection == self.name))
             conn.execute(failures_table.delete().where(failures_table.c.projection == self.name))
+            conn.execute(
+                generations_table.update()
+                .where(generations_table.c.projection == self.name)
+                .values(generation=0)
+            )
         self.metadata.create_all(self.engine)
+
+
+def generation_suffix(generation: int) -> str:
+    """What the tables (while a shadow) and indexes of ``generation`` add to their names."""
+    return "" if generation == 0 else f"__g{generation}"
+
+
+_GENERATIONS: dict[tuple[int, int, bool], tuple[MetaData, dict[str, Table]]] = {}
+
+
+def _retired_suffix(generation: int) -> str:
+    """The name suffix a swap gives the live tables it retires (dropped next)."""
+    return f"__g{generation}"
+
+
+def generation_metadata(
+    metadata: MetaData, generation: int, *, rename_tables: bool
+) -> tuple[MetaData, dict[str, Table]]:
+    """A copy of ``metadata`` for ``generation``: every index named
+    ``<canonical name>__g<N>`` and, with ``rename_tables`` (a shadow being
+    built), every table ``<table>__g<N>``. Returns the copy and its tables by
+    canonical name. (SQLite's index names are global to the database and it
+    cannot rename an index, so each generation keeps its own.)"""
+    key = (id(metadata), generation, rename_tables)
+    cached = _GENERATIONS.get(key)
+    if cached is not None:
+        return cached
+    suffix = generation_suffix(generation)
+    copy = MetaData()
+    tables: dict[str, Table] = {}
+    for table in metadata.sorted_tables:
+        new = table.to_metadata(copy, name=table.name + suffix if rename_tables else table.name)
+        for index in list(new.indexes):
+            new.indexes.discard(index)
+        for index in table.indexes:
+            columns = [new.c[c.name] for c in index.columns]
+            if len(columns) != len(index.expressions):  # pragma: no cover - none today
+                raise ConfigurationError(f"index {index.name} is not on plain columns")
+            Index(conv(f"{index.name}{suffix}"), *columns, unique=index.unique)
+        tables[table.name] = new
+    _GENERATIONS[key] = (copy, tables)
+    return copy, tables
 
 
 class ReadModel(Projection[SQLView]):
@@ -300,6 +441,13 @@ class ReadModel(Projection[SQLView]):
     decryption a message costs. Declare ``()`` only if no handler reads a
     personal field (see ``infrastructure/shredding.py``, ``PERSONAL_FIELDS``).
     Not inherited: a subclass must declare it again, or it gets everything opened."""
+
+    supports_shadow_rebuild: ClassVar[bool] = False
+    """Whether every handler writes through ``self.view.table(...)`` (never a
+    module-level table directly), so the read model can be rebuilt into new
+    tables while the live ones serve (:meth:`Projector.rebuild_shadow`).
+    Not inherited, like :attr:`personal_fields`: a subclass that adds
+    handlers declares it again."""
 
     @singledispatchmethod
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
@@ -413,8 +561,13 @@ class Projector:
         mapper: Mapper[Any],
         engine: Engine,
         projections: Sequence[type[ReadModel]],
+        *,
+        ddl_lock: Callable[[], AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.application_name = application_name
+        self.ddl_lock = ddl_lock or nullcontext
+        """Serialises table creation and shadow swaps between processes (the
+        ledger passes ``schema_lock``)."""
         self.recorder = recorder
         self.mapper = mapper
         self.engine = engine
@@ -422,6 +575,7 @@ class Projector:
             cls.name: cls(SQLView(engine, cls.name, cls.metadata)) for cls in projections
         }
         self._lock = threading.Lock()
+        self._shadow_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -452,7 +606,10 @@ class Projector:
         """The events read models could not apply (of read model ``name``, or
         of all), in log order."""
         table = failures_table
-        query = select(table).where(table.c.application == self.application_name)
+        query = select(table).where(
+            table.c.application == self.application_name,
+            table.c.projection.in_(list(self.projections)),  # not a shadow's (yet)
+        )
         if name is not None:
             if name not in self.projections:
                 raise ConfigurationError(
@@ -498,12 +655,19 @@ class Projector:
         *,
         batch_size: int = 2000,
         progress: Progress | None = None,
+        shadow: bool = False,
     ) -> int:
         """Drop several read models (default: all) and replay them together:
-        each batch of the log is read and decoded once for all of them."""
+        each batch of the log is read and decoded once for all of them.
+        ``shadow``: build them into new tables while the live ones keep
+        serving, then swap (:meth:`rebuild_shadow`)."""
+        if shadow:
+            return self.rebuild_shadow(names, batch_size=batch_size, progress=progress)
         with self._lock:
             projections = [self.projections[n] for n in names or list(self.projections)]
             for projection in projections:
+                # Old tables a crash left behind keep index names reset() creates.
+                self._drop_stale(projection, keep=self._shadow_generation(projection.name))
                 projection.view.reset()
                 projection.view.drop_indexes(projection.deferred_indexes)
             try:
@@ -513,6 +677,242 @@ class Projector:
                 # when its next SQLView starts (``create_indexes``).
                 for projection in projections:
                     projection.view.create_indexes()
+
+    # ---- shadow rebuilds ---------------------------------------------------
+
+    def rebuild_shadow(
+        self,
+        names: Sequence[str] | None = None,
+        *,
+        batch_size: int = 2000,
+        progress: Progress | None = None,
+    ) -> int:
+        """Rebuild read models (default: all) without downtime; return the
+        events applied to the shadows (summed over the read models).
+
+        Each is replayed from position 0 into new tables (``<table>__g<N>``,
+        tracked as ``<name>__shadow``) while the live tables keep serving reads
+        and keep being caught up. Once the shadows are near the head, one
+        transaction locks the live models' tracking rows (SQLite: the write
+        lock), applies the last events to the shadows, renames the live tables
+        away and the shadows' to the canonical names, and moves the tracking
+        and failure records: a reader sees the old tables or the new ones.
+        The old tables are dropped afterwards. A crash before that commit
+        leaves the live tables untouched; a rerun continues the shadow from
+        its own position (see docs/projections.md, "Shadow rebuilds").
+        """
+        projections = [self.projections[n] for n in names or list(self.projections)]
+        for projection in projections:
+            if not type(projection).__dict__.get("supports_shadow_rebuild", False):
+                raise ConfigurationError(
+                    f"Read model {projection.name!r} does not declare supports_shadow_rebuild "
+                    "(its handlers must write through self.view.table(...)); rebuild it in "
+                    "place (without --shadow) instead."
+                )
+        with self._shadow_lock:
+            shadows = [self._open_shadow(p) for p in projections]
+            applied = self._run(shadows, batch_size, progress)
+            for shadow in shadows:
+                shadow.view.create_indexes()  # the deferred ones
+                shadow.view.analyze()
+            applied += self._run(shadows, batch_size, None)  # what arrived meanwhile
+            swapped, retired = self._swap(projections, shadows, batch_size)
+            applied += swapped
+            # The old tables, now nobody's: dropped outside the swap (SQLite's
+            # secure_delete zeroes their pages, which takes a while).
+            quote = self.engine.dialect.identifier_preparer.quote
+            for live, generation in retired:
+                for table in reversed(live.metadata.sorted_tables):
+                    with self.engine.begin() as conn:
+                        conn.exec_driver_sql(
+                            f"DROP TABLE IF EXISTS {quote(table.name + _retired_suffix(generation))}"
+                        )
+        return applied
+
+    def shadow_status(self) -> list[ProjectionStatus]:
+        """Each shadow rebuild under way (or left by a crash, to be continued):
+        named ``<read model>__shadow``, with its position."""
+        head = self.head()
+        g, t = generations_table.c, tracking_table.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(g.projection, t.notification_id)
+                .select_from(
+                    generations_table.outerjoin(
+                        tracking_table,
+                        and_(
+                            t.projection == g.projection + SHADOW_SUFFIX,
+                            t.application == self.application_name,
+                        ),
+                    )
+                )
+                .where(g.shadow.is_not(None))
+                .order_by(g.projection)
+            ).all()
+        return [
+            ProjectionStatus(name + SHADOW_SUFFIX, position or 0, head)
+            for name, position in rows
+            if name in self.projections
+        ]
+
+    def _open_shadow(self, live: ReadModel) -> ReadModel:
+        """The shadow of ``live``: continued if one was left, else a new generation."""
+        name = live.name
+        with self.ddl_lock(), self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            row = conn.execute(
+                select(generations_table).where(generations_table.c.projection == name)
+            ).first()
+            if row is not None and row.shadow is not None:
+                generation = row.shadow
+            else:
+                found = self._generations_on_disk(conn, live)
+                generation = max([row.generation if row is not None else 0, *found]) + 1
+                if row is None:
+                    conn.execute(
+                        generations_table.insert().values(projection=name, generation=0, shadow=generation)
+                    )
+                else:
+                    conn.execute(
+                        generations_table.update()
+                        .where(generations_table.c.projection == name)
+                        .values(shadow=generation)
+                    )
+                for table in (tracking_table, failures_table):
+                    conn.execute(table.delete().where(table.c.projection == name + SHADOW_SUFFIX))
+        self._drop_stale(live, keep=generation)
+        metadata, tables = generation_metadata(live.metadata, generation, rename_tables=True)
+        view = SQLView(self.engine, name + SHADOW_SUFFIX, metadata, tables=tables, generation=generation)
+        view.drop_indexes(live.deferred_indexes)  # built once, before the swap
+        view.create_indexes(skip=live.deferred_indexes)  # a crash may have left some out
+        shadow = type(live)(view)
+        return shadow
+
+    def _shadow_generation(self, name: str) -> int | None:
+        """The generation a shadow of ``name`` is building, if any."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(generations_table.c.shadow).where(generations_table.c.projection == name)
+            ).scalar()
+
+    def _generations_on_disk(self, conn: Connection, live: ReadModel) -> list[int]:
+        """Generation numbers of ``<table>__g<N>`` tables of ``live`` that exist."""
+        names = set(inspect(conn).get_table_names())
+        found = []
+        for table in live.metadata.sorted_tables:
+            prefix = table.name + "__g"
+            found += [int(n[len(prefix):]) for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()]
+        return found
+
+    def _drop_stale(self, live: ReadModel, *, keep: int | None) -> None:
+        """Drop the tables of ``live``'s generations other than the shadow
+        ``keep``: old live tables a swap renamed away, a shadow abandoned."""
+        with self.engine.begin() as conn:
+            stale = sorted(set(self._generations_on_disk(conn, live)) - {keep})
+        if not stale:
+            return
+        quote = self.engine.dialect.identifier_preparer.quote
+        for generation in stale:
+            for table in reversed(live.metadata.sorted_tables):
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql(
+                        f"DROP TABLE IF EXISTS {quote(table.name + _retired_suffix(generation))}"
+                    )  # never the live table: ``__g0`` too has its suffix
+
+    def _swap(
+        self, lives: Sequence[ReadModel], shadows: Sequence[ReadModel], batch_size: int
+    ) -> tuple[int, list[tuple[ReadModel, int]]]:
+        """Final catch-up of the shadows and the swap, in one transaction
+        (retried while a lock is not granted in time)."""
+        delay = 0.05
+        for attempt in range(SWAP_ATTEMPTS):
+            try:
+                with self.ddl_lock(), self._lock:
+                    return self._swap_once(lives, shadows, batch_size)
+            except sa_exc.OperationalError as err:
+                if not _is_lock_error(err) or attempt == SWAP_ATTEMPTS - 1:
+                    raise
+                log.warning("shadow swap of %s waited too long for a lock; retrying",
+                            ", ".join(p.name for p in lives))  # fmt: skip
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _swap_once(
+        self, lives: Sequence[ReadModel], shadows: Sequence[ReadModel], batch_size: int
+    ) -> tuple[int, list[tuple[ReadModel, int]]]:
+        app = self.application_name
+        quote = self.engine.dialect.identifier_preparer.quote
+        with self.engine.begin() as conn:
+            postgres = conn.dialect.name == "postgresql"
+            if postgres:
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT_MS}ms'")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # no writer until the swap commits
+            names = [p.name for p in lives]
+            query = select(generations_table).where(generations_table.c.projection.in_(names))
+            rows = {r.projection: r for r in conn.execute(query.with_for_update() if postgres else query)}
+            pairs = [
+                (live, shadow)
+                for live, shadow in zip(lives, shadows)
+                if (row := rows.get(live.name)) is not None and row.shadow == shadow.view.generation()
+            ]  # another runner may have swapped one already
+            if not pairs:
+                return 0, []
+            # Freeze the live models: their runners wait on these rows.
+            for live, _ in pairs:
+                where = and_(tracking_table.c.projection == live.name, tracking_table.c.application == app)
+                locked = select(tracking_table.c.notification_id).where(where)
+                if conn.execute(locked.with_for_update() if postgres else locked).first() is None:
+                    insert = (postgresql.insert if postgres else sqlite.insert)(tracking_table)
+                    conn.execute(
+                        insert.values(projection=live.name, application=app, notification_id=0)
+                        .on_conflict_do_nothing()
+                    )
+                    if postgres:
+                        conn.execute(locked.with_for_update())
+            live_positions = {
+                live.name: conn.execute(
+                    select(tracking_table.c.notification_id).where(
+                        tracking_table.c.projection == live.name, tracking_table.c.application == app
+                    )
+                ).scalar() or 0
+                for live, _ in pairs
+            }
+            with ExitStack() as stack:
+                for _, shadow in pairs:
+                    stack.enter_context(shadow.view.join(conn))
+                group = [shadow for _, shadow in pairs]
+                positions = {s.name: s.view.max_tracking_id(app) or 0 for s in group}
+                applied = self._catch_up(group, batch_size, None, self.head(), positions, bulk=False)
+                final = {s.name: s.view.max_tracking_id(app) or 0 for s in group}
+            for live, shadow in pairs:
+                if final[shadow.name] < live_positions[live.name]:  # pragma: no cover - head only grows
+                    raise RuntimeError(f"shadow of {live.name!r} is behind the live model")
+                old = rows[live.name].generation
+                generation = shadow.view.generation()
+                for table in live.metadata.sorted_tables:
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE {quote(table.name)} RENAME TO "
+                        f"{quote(table.name + _retired_suffix(old))}"
+                    )
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE {quote(table.name + generation_suffix(generation))} "
+                        f"RENAME TO {quote(table.name)}"
+                    )
+                shadow_name = live.name + SHADOW_SUFFIX
+                for table in (tracking_table, failures_table):
+                    conn.execute(table.delete().where(table.c.projection == live.name))
+                    conn.execute(
+                        table.update().where(table.c.projection == shadow_name).values(projection=live.name)
+                    )
+                conn.execute(
+                    generations_table.update()
+                    .where(generations_table.c.projection == live.name)
+                    .values(generation=generation, shadow=None)
+                )
+        return applied, [(live, rows[live.name].generation) for live, _ in pairs]
 
     def _run(self, projections: Sequence[ReadModel], batch_size: int, progress: Progress | None) -> int:
         """Catch ``projections`` up to the head of the log.
@@ -738,6 +1138,21 @@ class Projector:
                 msg = f"projections did not reach position {position} within {timeout}s"
                 raise TimeoutError(msg)
             time.sleep(0.05)
+
+
+SWAP_ATTEMPTS = 60
+SWAP_LOCK_TIMEOUT_MS = 2000
+"""PostgreSQL: how long a swap waits for a table lock (readers in flight hold
+one) before it rolls back and tries again, so new readers never queue behind
+it for longer."""
+
+
+def _is_lock_error(error: sa_exc.OperationalError) -> bool:
+    """A lock not granted in time: PostgreSQL's ``lock_not_available``, SQLite's busy."""
+    cause = error.orig
+    if isinstance(cause, psycopg.Error):
+        return cause.sqlstate in ("55P03", "40P01")
+    return "locked" in str(cause)
 
 
 _STOPPING_ERRORS: tuple[type[BaseException], ...] = (

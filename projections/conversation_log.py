@@ -94,12 +94,16 @@ _SESSION, _VISITOR, _USER, _TEXT = (
     _MESSAGE_KEYS.index(k) for k in ("session_id", "visitor_id", "user_id", "text")
 )
 
-_LINK_UPDATES = [
-    update(table)
-    .where(table.c.visitor_id == bindparam("v"), table.c.user_id.is_(None))
-    .values(user_id=bindparam("u"))
-    for table in (sessions_table, messages_table)
-]
+def _link_updates(sessions: Any, messages: Any) -> list[Any]:
+    return [
+        update(table)
+        .where(table.c.visitor_id == bindparam("v"), table.c.user_id.is_(None))
+        .values(user_id=bindparam("u"))
+        for table in (sessions, messages)
+    ]
+
+
+_LINK_UPDATES = _link_updates(sessions_table, messages_table)
 
 
 class ConversationLog(HandlerTableReadModel):
@@ -108,6 +112,7 @@ class ConversationLog(HandlerTableReadModel):
     name = "conversation_log"
     metadata = Base.metadata
     personal_fields = (Session.MessageReceived, Session.MessageSent)  # texts
+    supports_shadow_rebuild = True  # writes through self.view.table(...)
     # The link UPDATEs need the visitor indexes; these serve reads only.
     deferred_indexes = (
         "ix_conversation_messages_user_at",
@@ -117,8 +122,15 @@ class ConversationLog(HandlerTableReadModel):
 
     def __init__(self, view: Any) -> None:
         super().__init__(view)
-        self.sessions = RowBuffer(sessions_table, "session_id")  # type: ignore[arg-type]
-        self.visitors = RowBuffer(visitors_table, "visitor_uuid")  # type: ignore[arg-type]
+        table = view.table
+        self.sessions = RowBuffer(table(sessions_table), "session_id")  # type: ignore[arg-type]
+        self.visitors = RowBuffer(table(visitors_table), "visitor_uuid")  # type: ignore[arg-type]
+        self.messages_table = table(messages_table)
+        self.link_updates = (
+            _LINK_UPDATES
+            if self.messages_table is messages_table
+            else _link_updates(table(sessions_table), self.messages_table)
+        )
         self.pending: list[list[Any]] = []  # message rows, values in _MESSAGE_KEYS order
         self.pending_by_visitor: dict[str, list[list[Any]]] = {}
         self.links: list[dict[str, str]] = []
@@ -145,19 +157,20 @@ class ConversationLog(HandlerTableReadModel):
         self.visitors.flush(conn)
         if self.archived:
             self.pending = [r for r in self.pending if r[_SESSION] not in self.archived]
-        insert_rows(conn, messages_table, self.pending, _MESSAGE_KEYS)  # type: ignore[arg-type]
+        messages = self.messages_table
+        insert_rows(conn, messages, self.pending, _MESSAGE_KEYS)  # type: ignore[arg-type]
         self.pending.clear()
         self.pending_by_visitor.clear()
         if self.links:
-            for statement in _LINK_UPDATES:
+            for statement in self.link_updates:
                 executemany(conn, statement, self.links)
             self.links.clear()
         if self.erased:
             erased = sorted(self.erased)
             for start in range(0, len(erased), 500):  # SQLite < 3.32 binds at most 999 values
                 conn.execute(
-                    update(messages_table)
-                    .where(messages_table.c.session_id.in_(erased[start : start + 500]))
+                    update(messages)
+                    .where(messages.c.session_id.in_(erased[start : start + 500]))
                     .values(text=ERASED_TEXT)
                 )
             self.erased.clear()
@@ -165,8 +178,8 @@ class ConversationLog(HandlerTableReadModel):
             archived = sorted(self.archived)
             for start in range(0, len(archived), 500):
                 conn.execute(
-                    messages_table.delete().where(
-                        messages_table.c.session_id.in_(archived[start : start + 500])
+                    messages.delete().where(
+                        messages.c.session_id.in_(archived[start : start + 500])
                     )
                 )
             self.archived.clear()

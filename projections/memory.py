@@ -100,12 +100,15 @@ class UserMemory(HandlerTableReadModel):
     metadata = Base.metadata
     # Slot values (carried or set); message events only mark activity.
     personal_fields = (Session.Started, Session.SlotSet)
+    supports_shadow_rebuild = True  # writes through self.view.table(...)
 
     def __init__(self, view: Any) -> None:
         super().__init__(view)
-        self.sessions = RowBuffer(sessions_table, "session_id")  # type: ignore[arg-type]
-        self.visitors = RowBuffer(visitors_table, "visitor_uuid")  # type: ignore[arg-type]
-        self.profiles = RowBuffer(profiles_table, "subject")  # type: ignore[arg-type]
+        table = view.table
+        self.sessions = RowBuffer(table(sessions_table), "session_id")  # type: ignore[arg-type]
+        self.visitors = RowBuffer(table(visitors_table), "visitor_uuid")  # type: ignore[arg-type]
+        self.profiles = RowBuffer(table(profiles_table), "subject")  # type: ignore[arg-type]
+        self.visitors_table = table(visitors_table)
         self.links: dict[str, str | None] = {}  # visitor_id -> user_id, this batch
 
     def discard(self) -> None:
@@ -130,10 +133,11 @@ class UserMemory(HandlerTableReadModel):
         missing = [v for v in wanted - registered if v not in self.links]
         for start in range(0, len(missing), 500):
             chunk = missing[start : start + 500]
+            visitors_t = self.visitors_table
             found = dict(
                 conn.execute(
-                    select(visitors_table.c.visitor_id, visitors_table.c.user_id).where(
-                        visitors_table.c.visitor_id.in_(chunk)
+                    select(visitors_t.c.visitor_id, visitors_t.c.user_id).where(
+                        visitors_t.c.visitor_id.in_(chunk)
                     )
                 ).all()
             )
@@ -155,8 +159,9 @@ class UserMemory(HandlerTableReadModel):
 
     def _user_of(self, visitor_id: str) -> str | None:
         if visitor_id not in self.links:
+            visitors_t = self.visitors_table
             row = self.view.conn.execute(
-                select(visitors_table.c.user_id).where(visitors_table.c.visitor_id == visitor_id)
+                select(visitors_t.c.user_id).where(visitors_t.c.visitor_id == visitor_id)
             ).first()
             self.links[visitor_id] = row[0] if row else None
         return self.links[visitor_id]
