@@ -61,6 +61,8 @@ def test_an_old_store_reads_as_it_did_when_written(store: Path, tmp_path: Path) 
     assert seen == expected_now(recorded)
     assert seen["verify_ok"] is True
     assert store_story.plaintext_found(tmp_path / "chatledger.sqlite") == []
+    if store.name != "0.1.0":  # 0.1.0 kept client message ids in plaintext
+        assert store_story.plaintext_found(tmp_path / "chatledger.sqlite", (store_story.EVE_CLIENT_ID,)) == []
 
 
 @pytest.mark.parametrize("store", STORES, ids=[p.name for p in STORES])
