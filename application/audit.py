@@ -13,14 +13,12 @@ system know at t" and equals what the live API returned at ``t``.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any, NamedTuple
-from uuid import UUID, uuid4
+from typing import IO, Any, NamedTuple
+from uuid import UUID
 
-from chatledger.domain.erasure import ErasureReceipt
 from chatledger.domain.errors import (
     ConfigurationError,
     InvalidCommandError,
@@ -30,14 +28,12 @@ from chatledger.domain.errors import (
 from chatledger.domain.model import DomainEvent, utc
 from chatledger.domain.session import Session
 from chatledger.domain.state import SessionState
-from chatledger.domain.visitor import Visitor
 from chatledger.infrastructure.hashchain import VerificationReport
 from chatledger.infrastructure.recorders import PostgresLedgerRecorder, SQLiteLedgerRecorder
-from chatledger.infrastructure.shredding import KeyAudit, KeyRing, ShreddingMapper
-from eventsourcing.utils import get_topic
+from chatledger.infrastructure.shredding import KeyAudit
 
-if TYPE_CHECKING:
-    from .ledger import ChatLedger
+from .erasure import visitors_of_user
+from .unit_of_work import UnitOfWork, as_uuid
 
 
 class HistoryStep(NamedTuple):
@@ -55,23 +51,21 @@ def known_at(event: DomainEvent) -> datetime:
 
 
 def iter_history(
-    ledger: ChatLedger,
+    uow: UnitOfWork,
     session_id: UUID | str,
     *,
     until: datetime | None = None,
     version: int | None = None,
 ) -> Iterator[HistoryStep]:
-    from .ledger import _as_uuid
-
     if until is not None and version is not None:
         raise InvalidCommandError("Pass either until= or version=, not both.")
     if version is not None and version < 1:
         raise InvalidCommandError(f"version must be 1 or more, not {version}.")
     limit = utc(until) if until is not None else None
-    sid = _as_uuid(session_id)
+    sid = as_uuid(session_id)
     session: Session | None = None
     seen = False
-    for event in ledger.events.get(sid, lte=version):
+    for event in uow.events.get(sid, lte=version):
         seen = True
         if not isinstance(event, Session.Event):
             raise UnknownSessionError(session_id)
@@ -84,16 +78,14 @@ def iter_history(
         raise UnknownSessionError(session_id)
 
 
-def verify_log(ledger: ChatLedger, session_id: UUID | str | None = None) -> VerificationReport:
+def verify_log(uow: UnitOfWork, session_id: UUID | str | None = None) -> VerificationReport:
     """Recompute the hash chains of the whole log (or of one session)."""
-    from .ledger import _as_uuid
-
-    recorder = ledger.recorder
+    recorder = uow.recorder
     if not isinstance(recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder):
         raise ConfigurationError("This ledger's recorder keeps no hash chain; open it with ChatLedger.open().")
     if session_id is None:
         return audited_verify(recorder, VerificationReport(scope="log"))
-    sid = _as_uuid(session_id)
+    sid = as_uuid(session_id)
     report = audited_verify(recorder, VerificationReport(scope=f"session {sid}"), sid)
     if report.checked == 0 and report.break_count == 0:
         raise UnknownSessionError(session_id)
@@ -107,119 +99,6 @@ def audited_verify(
 ) -> VerificationReport:
     """The hash chains and the key table (see :class:`KeyAudit`), in one snapshot."""
     return recorder.verify(report, originator_id, KeyAudit(report, whole_log=originator_id is None))
-
-
-# --------------------------------------------------------------------------- erasure
-
-LINK_TOPIC = get_topic(Visitor.IdentityLinked)
-
-
-def install_key_ring(ledger: ChatLedger) -> None:
-    """Give the ledger's mapper its per-visitor keys (kept in the same database)."""
-    if isinstance(ledger.mapper, ShreddingMapper) and isinstance(
-        ledger.recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder
-    ):
-        ledger.mapper.key_ring = KeyRing(ledger.recorder)
-
-
-def visitors_of_user(ledger: ChatLedger, user_id: str) -> list[Visitor]:
-    """Every visitor ever linked to ``user_id``, found in the log (not a read model)."""
-    ids: list[UUID] = []
-    position = 0
-    while True:
-        batch = ledger.recorder.select_notifications(
-            start=position, limit=1000, topics=[LINK_TOPIC], inclusive_of_start=False
-        )
-        for notification in batch:
-            # Decoded by the mapper, so an IdentityLinked of any version is upcast.
-            if ledger.mapper.to_domain_event(notification).user_id == user_id:
-                ids.append(UUID(str(notification.originator_id)))
-        if len(batch) < 1000:
-            break
-        position = batch[-1].id
-    visitors = [ledger.repository.get(i) for i in dict.fromkeys(ids)]
-    return [v for v in visitors if isinstance(v, Visitor) and v.user_id == user_id]
-
-
-def count_encrypted_events(ledger: ChatLedger, aggregate_ids: Iterable[UUID], key_ids: Iterable[str]) -> int:
-    markers = [f'"kid":"{kid}"'.encode() for kid in key_ids]
-    if not markers:
-        return 0
-    return sum(
-        1
-        for aggregate_id in aggregate_ids
-        for stored in ledger.recorder.select_events(aggregate_id)
-        if any(m in stored.state for m in markers)
-    )
-
-
-def erase_subject(
-    ledger: ChatLedger, *, user_id: str | None, visitor_id: str | None, at: datetime | None
-) -> ErasureReceipt:
-    if (user_id is None) == (visitor_id is None):
-        raise InvalidCommandError("Erase either a user_id or a visitor_id (exactly one).")
-    recorder = ledger.recorder
-    if not isinstance(recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder):
-        raise ConfigurationError("This ledger's recorder keeps no content keys; open it with ChatLedger.open().")
-
-    def once() -> tuple[ErasureReceipt, list[Visitor]]:
-        now = ledger._now(at)
-        if visitor_id is not None:
-            visitor = ledger._get_visitor(visitor_id)
-            if visitor is None:
-                raise UnknownSubjectError("visitor", visitor_id)
-            visitors = [visitor]
-        else:
-            assert user_id is not None
-            visitors = visitors_of_user(ledger, user_id)
-            if not visitors:
-                raise UnknownSubjectError("user", user_id)
-        session_ids = [sid for v in visitors for sid in v.session_ids]
-        sessions = [ledger._get_session(sid) for sid in session_ids]
-        # Keys are read after the aggregates: a write that creates a key and
-        # commits later appended to one of them, so this erasure conflicts and
-        # is retried, and the receipt names every key it destroys.
-        key_ids = recorder.key_ids_of([v.visitor_id for v in visitors])
-        receipt = ErasureReceipt(
-            erasure_id=uuid4(),
-            subject="user" if user_id is not None else "visitor",
-            user_id=user_id if user_id is not None else visitors[0].user_id,
-            visitor_ids=tuple(v.visitor_id for v in visitors),
-            session_ids=tuple(session_ids),
-            key_ids=tuple(key_ids),
-            events_affected=count_encrypted_events(ledger, session_ids, key_ids),
-            erased_at=now,
-        )
-        for visitor in visitors:
-            visitor.record_erasure(receipt)
-        for session in sessions:
-            session.erase_content(receipt.erasure_id, at=now)
-        # One transaction: the erasure record, every session's ContentErased (so
-        # cached copies in other processes blank themselves when they catch up,
-        # and a writer holding a stale copy conflicts), and the key destruction.
-        ledger.save(*visitors, *sessions)
-        return receipt, visitors
-
-    what = f"erase() of {'user ' + repr(user_id) if user_id else 'visitor ' + repr(visitor_id)}"
-    receipt, visitors = ledger._retrying(what, once)
-    # Derived copies of the plaintext: this process's caches and the snapshots.
-    if isinstance(ledger.mapper, ShreddingMapper) and ledger.mapper.key_ring is not None:
-        ledger.mapper.key_ring.forget(receipt.visitor_ids, receipt.key_ids)
-    aggregate_ids = [*receipt.session_ids, *(v.id for v in visitors)]
-    cache = ledger.repository.cache
-    for aggregate_id in aggregate_ids:
-        if cache is not None:
-            with contextlib.suppress(KeyError):
-                cache.get(aggregate_id, evict=True)
-    if ledger.snapshots is not None:
-        table = getattr(ledger.snapshots.recorder, "events_table_name", None)
-        if table:
-            recorder.delete_snapshots(table, list(receipt.session_ids))
-    if ledger.read_models:
-        # Read models copy personal fields; they blank them on Visitor.DataErased.
-        ledger.projector.catch_up()
-    recorder.purge_free_space()
-    return receipt
 
 
 # --------------------------------------------------------------------------- export
@@ -250,27 +129,25 @@ EXPORT_HASHING = {
 
 
 def export_bundle(
-    ledger: ChatLedger, out: IO[str], *, user_id: str | None = None, session_id: UUID | str | None = None
+    uow: UnitOfWork, out: IO[str], *, user_id: str | None = None, session_id: UUID | str | None = None
 ) -> VerificationReport:
     """Write a self-describing JSONL bundle of a user's or a session's events."""
-    from .ledger import _as_uuid
-
     if (user_id is None) == (session_id is None):
         raise InvalidCommandError("Export either a user_id or a session_id (exactly one).")
-    recorder = ledger.recorder
+    recorder = uow.recorder
     if not isinstance(recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder):
         raise ConfigurationError("This ledger's recorder keeps no hash chain; open it with ChatLedger.open().")
     aggregates: list[tuple[str, UUID]] = []
     if user_id is not None:
-        visitors = visitors_of_user(ledger, user_id)
+        visitors = visitors_of_user(uow, user_id)
         if not visitors:
             raise UnknownSubjectError("user", user_id)
         aggregates += [("visitor", v.id) for v in visitors]
         aggregates += [("session", sid) for v in visitors for sid in v.session_ids]
         scope: dict[str, Any] = {"user_id": user_id, "visitor_ids": [v.visitor_id for v in visitors]}
     else:
-        sid = _as_uuid(session_id)  # type: ignore[arg-type]
-        ledger._get_session(sid)
+        sid = as_uuid(session_id)  # type: ignore[arg-type]
+        uow.get_session(sid)
         aggregates.append(("session", sid))
         scope = {"session_id": str(sid)}
     scope["session_ids"] = [str(a) for kind, a in aggregates if kind == "session"]
@@ -278,7 +155,7 @@ def export_bundle(
         "record": "header",
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
-        "generated_at": ledger._now(None).isoformat(),
+        "generated_at": uow.now(None).isoformat(),
         "scope": scope,
         "fields": EXPORT_FIELDS,
         "hashing": EXPORT_HASHING,
@@ -290,7 +167,7 @@ def export_bundle(
         positions = recorder.notification_ids(aggregate_id)
         hashes = recorder.hash_rows(aggregate_id)
         for stored in recorder.select_events(aggregate_id):
-            event = ledger.mapper.to_domain_event(stored)
+            event = uow.mapper.to_domain_event(stored)
             nid = positions.get(stored.originator_version)
             ev_hash, lg_hash = hashes.get(nid, (b"", b"")) if nid is not None else (b"", b"")
             line = {

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID, uuid4
 
 from chatledger.domain.erasure import ERASED_TEXT
@@ -48,10 +48,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from sqlalchemy import select
 
+from .reads import session_events
 from .sweeper import check_now
-
-if TYPE_CHECKING:
-    from .ledger import ChatLedger
+from .unit_of_work import UnitOfWork
 
 logger = logging.getLogger("chatledger.retention")
 
@@ -99,7 +98,7 @@ class ArchiveResult:
 
 
 def archive_closed_sessions(
-    ledger: ChatLedger,
+    uow: UnitOfWork,
     older_than: timedelta,
     archive_dir: str | os.PathLike[str],
     *,
@@ -112,9 +111,9 @@ def archive_closed_sessions(
             f"older_than={older_than!r} must be a positive timedelta, e.g. timedelta(days=90)."
         )
     started = time.perf_counter()
-    when = ledger._now(now)
+    when = uow.now(now)
     cutoff = when - older_than
-    projector = ledger.projector
+    projector = uow.projector
     projector.catch_up([ActiveSessions.name])
     directory = Path(archive_dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -135,12 +134,12 @@ def archive_closed_sessions(
                 )
             if not ids:
                 break
-            sessions = [s for s in map(ledger._get_session, ids) if s.archived_at is None]
+            sessions = [s for s in map(uow.get_session, ids) if s.archived_at is None]
             for session in sessions:
-                out.write(json.dumps(_archive_line(ledger, session, keys)) + "\n")
+                out.write(json.dumps(_archive_line(uow, session, keys)) + "\n")
             out.flush()
             os.fsync(out.fileno())
-            done = _record_archived(ledger, [s.id for s in sessions], path.name, when)
+            done = _record_archived(uow, [s.id for s in sessions], path.name, when)
             # The index drops the closed rows when it applies the events; the
             # next query must not see this batch again.
             projector.catch_up([ActiveSessions.name])
@@ -159,17 +158,17 @@ def archive_closed_sessions(
     return ArchiveResult(archived, path if archived else None)
 
 
-def _record_archived(ledger: ChatLedger, session_ids: list[UUID], archive: str, now: datetime) -> int:
+def _record_archived(uow: UnitOfWork, session_ids: list[UUID], archive: str, now: datetime) -> int:
     """Append ``Archived`` to each session (one transaction; retried on conflict)."""
 
     def once() -> int:
-        sessions = [s for s in map(ledger._get_session, session_ids) if s.archived_at is None]
+        sessions = [s for s in map(uow.get_session, session_ids) if s.archived_at is None]
         for session in sessions:
             session.record_archive(archive, at=now)
-        ledger.save(*sessions)
+        uow.save(*sessions)
         return len(sessions)
 
-    return ledger._retrying(f"archiving {len(session_ids)} sessions", once) if session_ids else 0
+    return uow.retrying(f"archiving {len(session_ids)} sessions", once) if session_ids else 0
 
 
 ARCHIVE_AAD = "chatledger/archive/v1"
@@ -180,19 +179,19 @@ def _archive_aad(session_id: str) -> bytes:
 
 
 def _archive_line(
-    ledger: ChatLedger, session: Session, keys: dict[str, tuple[str, bytes] | None]
+    uow: UnitOfWork, session: Session, keys: dict[str, tuple[str, bytes] | None]
 ) -> dict[str, object]:
     """One session's archive line, its content encrypted under its visitor's key."""
     visitor_id = session.visitor_id
     if visitor_id not in keys:
-        row = ledger.recorder.active_key(visitor_id)  # type: ignore[attr-defined]
+        row = uow.recorder.active_key(visitor_id)  # type: ignore[attr-defined]
         keys[visitor_id] = (row[0], row[2]) if row is not None else None
     key = keys[visitor_id]
     line: dict[str, object] = {"session_id": str(session.id), "visitor_id": visitor_id}
     if key is None:
         # No key: the visitor was erased; its content reads as erased, and is not kept.
         return {**line, "erased": True}
-    events = ledger.session_events(session.id)
+    events = session_events(uow, session.id)
     content = {
         "state": SessionState.of(session).model_dump(mode="json"),
         "events": [{"type": type(e).__qualname__, **e.model_dump(mode="json")} for e in events],
@@ -218,7 +217,7 @@ class ArchivedSession(BaseModel):
     """Every event of the session as archived, or ``"[erased]"``."""
 
 
-def read_archive(ledger: ChatLedger, path: str | os.PathLike[str]) -> list[ArchivedSession]:
+def read_archive(uow: UnitOfWork, path: str | os.PathLike[str]) -> list[ArchivedSession]:
     """The sessions of an archive file, decrypted with the keys still in the store.
 
     A session whose key was destroyed (its visitor erased) reads as erased.
@@ -230,7 +229,7 @@ def read_archive(ledger: ChatLedger, path: str | os.PathLike[str]) -> list[Archi
     if not source.is_file():
         msg = f"Archive {str(source)!r} does not exist; pass the path of a .jsonl.gz file."
         raise InvalidCommandError(msg)
-    recorder = ledger.recorder
+    recorder = uow.recorder
     found: dict[str, bytes | None] = {}
     sessions = []
     with gzip.open(source, "rt", encoding="utf-8") as lines:

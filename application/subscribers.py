@@ -22,7 +22,7 @@ reads as erased (``[erased]``) in that batch and every later one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chatledger.domain.model import Immutable
 from chatledger.infrastructure.shredding import (
@@ -37,8 +37,7 @@ from chatledger.infrastructure.shredding import (
 from eventsourcing.utils import get_topic
 from pydantic import AwareDatetime
 
-if TYPE_CHECKING:
-    from .ledger import ChatLedger
+from .unit_of_work import UnitOfWork
 
 MAX_FEED_BATCH = 10_000
 """The most events one ``events_after`` call returns."""
@@ -67,14 +66,14 @@ class LogEvent(Immutable):
     data: dict[str, Any]
 
 
-def read_events(ledger: ChatLedger, position: int, limit: int, *, content: bool) -> list[LogEvent]:
+def read_events(uow: UnitOfWork, position: int, limit: int, *, content: bool) -> list[LogEvent]:
     """The events with a position above ``position``, at most ``limit``, in log order."""
-    projector = ledger.projector
+    projector = uow.projector
     head = projector.head()
     if head <= position:
         return []
     batch = projector._read(position, limit, head)
-    mapper = ledger.mapper
+    mapper = uow.mapper
     if content:
         _refresh_keys(mapper, batch)
         events = [mapper.to_domain_event(n) for n in batch]

@@ -1,6 +1,6 @@
 """The sweep: time out every session past its deadline, exactly once, in batches.
 
-``sweep(ledger, now)`` is the one code path behind ``ledger.sweep()``, the
+``sweep(uow, now)`` is the one code path behind ``ledger.sweep()``, the
 APScheduler job and ``chatledger worker``:
 
 1. catch the active-session index up with the event log;
@@ -13,7 +13,7 @@ APScheduler job and ``chatledger worker``:
 4. if any session in the batch moved on since the index saw it, the store
    rejects the batch (optimistic concurrency: that version is taken); it is
    split in halves and retried, and the few sessions left are retried one at a
-   time through ``ledger.expire_if_idle``, which reloads the aggregate and
+   time through ``session_commands.expire_if_idle``, which reloads the aggregate and
    lets the domain decide;
 5. drop the rows of sessions that are now closed, including ones closed by
    someone else (the lazy path, another sweeper) that the index had not seen.
@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 from chatledger.domain.errors import InvalidCommandError, UnknownSessionError
@@ -41,8 +41,8 @@ from chatledger.projections.active_sessions import ActiveSessions, active_sessio
 from eventsourcing.persistence import RecordConflictError
 from sqlalchemy import select, tuple_
 
-if TYPE_CHECKING:
-    from .ledger import ChatLedger
+from .session_commands import expire_if_idle
+from .unit_of_work import UnitOfWork
 
 logger = logging.getLogger("chatledger.sweeper")
 
@@ -100,7 +100,7 @@ def timed_out_event(row: Any, detected_at: datetime) -> Session.TimedOut:
 
 
 def sweep(
-    ledger: ChatLedger,
+    uow: UnitOfWork,
     now: datetime | None = None,
     *,
     limit: int | None = None,
@@ -112,8 +112,8 @@ def sweep(
     if batch_size < 1:
         raise InvalidCommandError(f"batch_size={batch_size} must be at least 1.")
     started = time.perf_counter()
-    detected_at = ledger._now(now)
-    projector = ledger.projector
+    detected_at = uow.now(now)
+    projector = uow.projector
     projector.catch_up([ActiveSessions.name])
     engine = projector.engine
     locking = engine.dialect.name == "postgresql"
@@ -145,7 +145,7 @@ def sweep(
                     rows = conn.execute(query.with_for_update(skip_locked=True)).all()
                 if not rows:
                     break
-                batch = _expire_batch(ledger, rows, detected_at)
+                batch = _expire_batch(uow, rows, detected_at)
                 with gc_paused():
                     _drop_rows(conn, batch.closed)
         else:
@@ -155,7 +155,7 @@ def sweep(
                 rows = conn.execute(query).all()
             if not rows:
                 break
-            batch = _expire_batch(ledger, rows, detected_at)
+            batch = _expire_batch(uow, rows, detected_at)
             with engine.begin() as conn, gc_paused():
                 _drop_rows(conn, batch.closed)
         timed_out += batch.appended
@@ -183,17 +183,17 @@ class _Batch:
     conflict: int
 
 
-def _expire_batch(ledger: ChatLedger, rows: Sequence[Any], detected_at: datetime) -> _Batch:
+def _expire_batch(uow: UnitOfWork, rows: Sequence[Any], detected_at: datetime) -> _Batch:
     exact = [row for row in rows if row.exact]
     with gc_paused():  # not around _one_by_one: it may back off and sleep
-        appended, rejected, conflicts = _append(ledger, exact, detected_at)
+        appended, rejected, conflicts = _append(uow, exact, detected_at)
     retry = rejected + [row for row in rows if not row.exact]
-    one_by_one, closed = _one_by_one(ledger, retry, detected_at)
+    one_by_one, closed = _one_by_one(uow, retry, detected_at)
     return _Batch(len(appended) + one_by_one, appended + closed, conflicts)
 
 
 def _append(
-    ledger: ChatLedger, rows: Sequence[Any], detected_at: datetime
+    uow: UnitOfWork, rows: Sequence[Any], detected_at: datetime
 ) -> tuple[list[UUID], list[Any], int]:
     """Append the rows' timed-out events in one transaction.
 
@@ -207,15 +207,15 @@ def _append(
         # EventStore.put (the store path of Application.save(*events)) minus
         # the per-object protocol checks and the Recording objects it returns,
         # which nothing here reads: map each event, insert the batch.
-        store = ledger.events
+        store = uow.events
         to_stored = store.mapper.to_stored_event
         store.recorder.insert_events([to_stored(timed_out_event(row, detected_at)) for row in rows])
     except RecordConflictError:
         if len(rows) <= SPLIT_BELOW:
             return [], list(rows), 1
         middle = len(rows) // 2
-        left = _append(ledger, rows[:middle], detected_at)
-        right = _append(ledger, rows[middle:], detected_at)
+        left = _append(uow, rows[:middle], detected_at)
+        right = _append(uow, rows[middle:], detected_at)
         return left[0] + right[0], left[1] + right[1], 1 + left[2] + right[2]
     return [row.session_id for row in rows], [], 0
 
@@ -254,7 +254,7 @@ def gc_paused() -> Iterator[None]:
 
 
 def _one_by_one(
-    ledger: ChatLedger, rows: Sequence[Any], detected_at: datetime
+    uow: UnitOfWork, rows: Sequence[Any], detected_at: datetime
 ) -> tuple[int, list[UUID]]:
     """The per-session path: reload each aggregate and let the domain decide."""
     appended = 0
@@ -262,10 +262,10 @@ def _one_by_one(
     for row in rows:
         sid = row.session_id
         try:
-            if ledger.expire_if_idle(sid, now=detected_at):
+            if expire_if_idle(uow, sid, now=detected_at):
                 appended += 1
                 closed.append(sid)
-            elif ledger._get_session(sid).status != "active":
+            elif uow.get_session(sid).status != "active":
                 closed.append(sid)  # closed by someone else; the index lagged
         except UnknownSessionError:
             closed.append(sid)

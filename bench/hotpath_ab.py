@@ -11,7 +11,7 @@ behaviour in this process only:
 - ``save``:     ``Application.save``/``take_snapshot`` instead of ChatLedger's
                 (snapshots rebuilt from the store; saved aggregates not cached);
 - ``project``:  the library's ``project_aggregate`` (with its per-event Protocol
-                ``isinstance`` assert) instead of ``ledger._project``.
+                ``isinstance`` assert) instead of ``unit_of_work.replay_events``.
 
 (The SnapshotState validator change cannot be switched off at run time: compare
 commits with ``git stash`` or a checkout for that one.)
@@ -39,8 +39,9 @@ from eventsourcing.application import project_aggregate
 from psycopg import sql
 
 sys.path.insert(0, os.path.dirname(__file__))
-import chatledger.ledger as ledger_module
+import chatledger.unit_of_work as unit_of_work
 from chatledger import ChatLedger
+from chatledger.unit_of_work import UnitOfWork
 from chatledger.domain.model import Aggregate
 from chatledger.domain.policy import AppliedPolicy
 from turns import BOT_TEXT, PG_BASE, PG_CONNINFO, USER_TEXT, build_long_session
@@ -49,16 +50,16 @@ from turns import BOT_TEXT, PG_BASE, PG_CONNINFO, USER_TEXT, build_long_session
 @contextlib.contextmanager
 def off(change: str) -> Iterator[None]:
     if change == "project":
-        ledger_module._project = project_aggregate
+        unit_of_work.replay_events = project_aggregate
         try:
             yield
         finally:
-            ledger_module._project = _project
+            unit_of_work.replay_events = _project
         return
     saved: list[tuple[type, str, object]] = []
     targets = {
         "copy": [(Aggregate, "__deepcopy__"), (AppliedPolicy, "__deepcopy__")],
-        "save": [(ChatLedger, "save"), (ChatLedger, "take_snapshot")],
+        "save": [(UnitOfWork, "save"), (UnitOfWork, "take_snapshot")],
     }[change]
     for cls, name in targets:
         saved.append((cls, name, cls.__dict__[name]))
@@ -70,7 +71,7 @@ def off(change: str) -> Iterator[None]:
             setattr(cls, name, value)
 
 
-_project = ledger_module._project
+_project = unit_of_work.replay_events
 
 
 def turns_per_s(ledger: ChatLedger, turns: int) -> float:

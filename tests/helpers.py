@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from chatledger import ChatLedger
+from chatledger.domain.session import Session
 
 
 def log_head(ledger: ChatLedger) -> int:
@@ -15,6 +16,11 @@ def log_head(ledger: ChatLedger) -> int:
 
 def event_names(ledger: ChatLedger, session_id: object) -> list[str]:
     return [type(e).__name__ for e in ledger.session_events(session_id)]  # type: ignore[arg-type]
+
+
+def load_session(ledger: ChatLedger, session_id: object) -> Session:
+    """The session aggregate itself, current (through the ledger's unit of work and cache)."""
+    return ledger.get_session(session_id)  # type: ignore[arg-type]
 
 
 def visitor_stream_id(visitor_id: str) -> object:

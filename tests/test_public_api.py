@@ -16,8 +16,9 @@ def test_exported_members_are_sorted_and_complete() -> None:
         assert hasattr(chatledger, name), name
     public = {n for n in dir(chatledger) if not n.startswith("_")}
     modules = {
-        "application", "audit", "clock", "errors", "ledger", "domain", "infrastructure",
-        "projections", "retention", "subscribers", "sweeper",
+        "access", "application", "arguments", "audit", "bootstrap", "clock", "errors", "erasure",
+        "housekeeping", "ledger", "domain", "infrastructure", "projections", "read_model_queries",
+        "reads", "receive", "retention", "session_commands", "subscribers", "sweeper", "unit_of_work",
     }
     assert public - modules - set(chatledger.__all__) == set()
 

@@ -10,6 +10,8 @@ import pytest
 from chatledger import ChatLedger, ManualClock
 from chatledger.domain.session import Session
 
+from .helpers import load_session
+
 
 @pytest.fixture
 def small_snapshots(database_url: str, clock: ManualClock) -> Iterator[ChatLedger]:
@@ -87,7 +89,7 @@ def test_only_the_newest_snapshot_of_each_aggregate_is_kept(small_snapshots: Cha
 def test_cache_is_never_ahead_of_the_store(small_snapshots: ChatLedger) -> None:
     ledger = small_snapshots
     turn = ledger.receive("v-2", "hi")
-    session = ledger._get_session(turn.session_id)
+    session = load_session(ledger, turn.session_id)
     session.send("kept", at=session.last_activity_at)
     ledger.save(session)
     session.send("never saved", at=session.last_activity_at)  # mutate after save, don't save

@@ -22,6 +22,8 @@ from chatledger.projections.active_sessions import active_sessions, closed_sessi
 from chatledger.sweeper import _expire_batch
 from sqlalchemy import select
 
+from .helpers import load_session
+
 T0 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
 
 
@@ -187,7 +189,7 @@ def test_lazy_path_and_sweeper_racing_on_a_session_time_it_out_once(database_url
         for i in range(rounds):
             for sid in web.visitor(f"racer-{i}").session_ids:  # type: ignore[union-attr]
                 assert len(timed_out_events(web, sid)) <= 1
-                if web._get_session(sid).status == "active":
+                if load_session(web, sid).status == "active":
                     live.add(sid)
         worker.projector.catch_up()
         assert set(index_rows(worker)) == live and len(live) == 1

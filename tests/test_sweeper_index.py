@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from .helpers import event_names
+from .helpers import event_names, load_session
 
 T0 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
 
@@ -52,7 +52,7 @@ def test_index_deadline_is_the_sessions_own_expiry(sqlite_url: str) -> None:
         tasks: list[str] = []
         for n, (action, gap) in enumerate(history):
             at += timedelta(minutes=gap)
-            session = ledger._get_session(sid)
+            session = load_session(ledger, sid)
             if session.is_expired(at):
                 break
             if action == "reply":
@@ -71,7 +71,7 @@ def test_index_deadline_is_the_sessions_own_expiry(sqlite_url: str) -> None:
                 break
         epoch[0] = at + timedelta(days=1)  # the next history never overlaps this one
         ledger.projector.catch_up()
-        session = ledger._get_session(sid)
+        session = load_session(ledger, sid)
         with ledger.projector.engine.connect() as conn:
             row = conn.execute(
                 select(active_sessions).where(active_sessions.c.session_id == sid)

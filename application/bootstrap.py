@@ -1,0 +1,122 @@
+"""The composition root: what a ledger is built from, made from its settings.
+
+One place builds the parts of a :class:`~chatledger.ChatLedger`: its
+settings, policy and clock (checked, with defaults), the event store's
+environment and schema lock, the key ring of the encrypting mapper, the
+snapshot store, the read-model runner (:class:`Projector`) and the background
+jobs. Nothing here holds state; :class:`~chatledger.unit_of_work.UnitOfWork`
+and the facade call these once each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from chatledger.domain.errors import ConfigurationError, InvalidPolicyError
+from chatledger.domain.policy import SessionPolicy
+from chatledger.infrastructure.database import make_engine
+from chatledger.infrastructure.persistence import eventsourcing_env, schema_lock
+from chatledger.infrastructure.recorders import PostgresLedgerRecorder, SQLiteLedgerRecorder
+from chatledger.infrastructure.scheduler import BackgroundJobs
+from chatledger.infrastructure.settings import Settings
+from chatledger.infrastructure.shredding import KeyRing, ShreddingMapper
+from chatledger.infrastructure.snapshots import SnapshotStore
+from chatledger.projections import DEFAULT_READ_MODELS
+from chatledger.projections.base import Projector, ReadModel
+
+from .clock import Clock, system_clock
+
+
+def components(
+    settings: Settings | None,
+    policy: SessionPolicy | None,
+    clock: Clock | None,
+    read_models: Sequence[type[ReadModel]] | None,
+) -> tuple[Settings, SessionPolicy, Clock, list[type[ReadModel]]]:
+    """The ledger's settings, policy, clock and read models: the given ones,
+    checked, or the defaults."""
+    if settings is not None and not isinstance(settings, Settings):
+        raise ConfigurationError(f"settings must be a chatledger Settings, not {type(settings).__name__}.")
+    if policy is not None and not isinstance(policy, SessionPolicy):
+        raise InvalidPolicyError(f"policy must be a SessionPolicy, not {type(policy).__name__}.")
+    if clock is not None and not callable(clock):
+        raise ConfigurationError(f"clock must be a callable returning an aware datetime, not {type(clock).__name__}.")
+    return (
+        settings or Settings(),
+        policy or SessionPolicy(),
+        clock or system_clock,
+        list(DEFAULT_READ_MODELS if read_models is None else read_models),
+    )
+
+
+def open_settings(database_url: str | None, **settings: Any) -> Settings:
+    """The settings of ``ChatLedger.open(database_url, **settings)``."""
+    if database_url is not None:
+        settings["database_url"] = database_url
+    return Settings(**settings)
+
+
+def store_env(settings: Settings) -> dict[str, str]:
+    """The eventsourcing environment (persistence module, URL, tables) of the store."""
+    return eventsourcing_env(settings)
+
+
+def store_lock(settings: Settings) -> AbstractContextManager[Any]:
+    """Held while tables are created, so processes opening one store do not race."""
+    return schema_lock(settings)
+
+
+def install_key_ring(mapper: Any, recorder: Any) -> None:
+    """Give the encrypting mapper its per-visitor keys (kept in the same database)."""
+    if isinstance(mapper, ShreddingMapper) and isinstance(
+        recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder
+    ):
+        mapper.key_ring = KeyRing(recorder)
+
+
+def build_snapshot_store(mapper: Any, factory: Any) -> SnapshotStore:
+    """Snapshots at another version than their class's are passed over
+    (see :class:`~chatledger.infrastructure.snapshots.SnapshotStore`)."""
+    return SnapshotStore(mapper=mapper, recorder=factory.aggregate_recorder(purpose="snapshots"))
+
+
+def build_projector(
+    name: str, recorder: Any, mapper: Any, settings: Settings, read_models: Sequence[type[ReadModel]]
+) -> Projector:
+    """The read-model runner: ``read_models``' tables in the store's database."""
+    with schema_lock(settings):
+        return Projector(
+            name,
+            recorder,
+            mapper,
+            make_engine(settings),
+            read_models,
+            ddl_lock=lambda: schema_lock(settings),
+        )
+
+
+def start_jobs(
+    ledger: Any, interval: float, retention: Any, projections_interval: float | None
+) -> BackgroundJobs:
+    """The background jobs of ``ledger`` (the facade: its ``sweep``, ``catch_up`` and, with a
+    :class:`~chatledger.retention.RetentionPolicy` as ``retention``, ``archive_closed_sessions``
+    run as the jobs), started. Typed loosely so that this module imports no use case."""
+    jobs = BackgroundJobs(
+        ledger, interval=interval, retention=retention, projections_interval=projections_interval
+    )
+    jobs.start()
+    return jobs
+
+
+__all__ = [
+    "build_projector",
+    "build_snapshot_store",
+    "components",
+    "install_key_ring",
+    "open_settings",
+    "start_jobs",
+    "store_env",
+    "store_lock",
+]

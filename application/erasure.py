@@ -1,0 +1,125 @@
+"""Erasure: forget a person by destroying their content keys (crypto-shredding).
+
+See :meth:`chatledger.ChatLedger.erase` and docs/compliance.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from datetime import datetime
+from uuid import UUID, uuid4
+
+from chatledger.domain.erasure import ErasureReceipt
+from chatledger.domain.errors import ConfigurationError, InvalidCommandError, UnknownSubjectError
+from chatledger.domain.visitor import Visitor
+from chatledger.infrastructure.recorders import PostgresLedgerRecorder, SQLiteLedgerRecorder
+from chatledger.infrastructure.shredding import ShreddingMapper
+from eventsourcing.utils import get_topic
+
+from .unit_of_work import UnitOfWork
+
+LINK_TOPIC = get_topic(Visitor.IdentityLinked)
+
+
+def visitors_of_user(uow: UnitOfWork, user_id: str) -> list[Visitor]:
+    """Every visitor ever linked to ``user_id``, found in the log (not a read model)."""
+    ids: list[UUID] = []
+    position = 0
+    while True:
+        batch = uow.recorder.select_notifications(
+            start=position, limit=1000, topics=[LINK_TOPIC], inclusive_of_start=False
+        )
+        for notification in batch:
+            # Decoded by the mapper, so an IdentityLinked of any version is upcast.
+            if uow.mapper.to_domain_event(notification).user_id == user_id:
+                ids.append(UUID(str(notification.originator_id)))
+        if len(batch) < 1000:
+            break
+        position = batch[-1].id
+    visitors = [uow.repository.get(i) for i in dict.fromkeys(ids)]
+    return [v for v in visitors if isinstance(v, Visitor) and v.user_id == user_id]
+
+
+def count_encrypted_events(uow: UnitOfWork, aggregate_ids: Iterable[UUID], key_ids: Iterable[str]) -> int:
+    markers = [f'"kid":"{kid}"'.encode() for kid in key_ids]
+    if not markers:
+        return 0
+    return sum(
+        1
+        for aggregate_id in aggregate_ids
+        for stored in uow.recorder.select_events(aggregate_id)
+        if any(m in stored.state for m in markers)
+    )
+
+
+def erase_subject(
+    uow: UnitOfWork, *, user_id: str | None, visitor_id: str | None, at: datetime | None
+) -> ErasureReceipt:
+    if (user_id is None) == (visitor_id is None):
+        raise InvalidCommandError("Erase either a user_id or a visitor_id (exactly one).")
+    recorder = uow.recorder
+    if not isinstance(recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder):
+        raise ConfigurationError("This ledger's recorder keeps no content keys; open it with ChatLedger.open().")
+
+    def once() -> tuple[ErasureReceipt, list[Visitor]]:
+        now = uow.now(at)
+        if visitor_id is not None:
+            visitor = uow.get_visitor(visitor_id)
+            if visitor is None:
+                raise UnknownSubjectError("visitor", visitor_id)
+            visitors = [visitor]
+        else:
+            assert user_id is not None
+            visitors = visitors_of_user(uow, user_id)
+            if not visitors:
+                raise UnknownSubjectError("user", user_id)
+        session_ids = [sid for v in visitors for sid in v.session_ids]
+        sessions = [uow.get_session(sid) for sid in session_ids]
+        # Keys are read after the aggregates: a write that creates a key and
+        # commits later appended to one of them, so this erasure conflicts and
+        # is retried, and the receipt names every key it destroys.
+        key_ids = recorder.key_ids_of([v.visitor_id for v in visitors])
+        receipt = ErasureReceipt(
+            erasure_id=uuid4(),
+            subject="user" if user_id is not None else "visitor",
+            user_id=user_id if user_id is not None else visitors[0].user_id,
+            visitor_ids=tuple(v.visitor_id for v in visitors),
+            session_ids=tuple(session_ids),
+            key_ids=tuple(key_ids),
+            events_affected=count_encrypted_events(uow, session_ids, key_ids),
+            erased_at=now,
+        )
+        for visitor in visitors:
+            visitor.record_erasure(receipt)
+        for session in sessions:
+            session.erase_content(receipt.erasure_id, at=now)
+        # One transaction: the erasure record, every session's ContentErased (so
+        # cached copies in other processes blank themselves when they catch up,
+        # and a writer holding a stale copy conflicts), and the key destruction.
+        uow.save(*visitors, *sessions)
+        return receipt, visitors
+
+    what = f"erase() of {'user ' + repr(user_id) if user_id else 'visitor ' + repr(visitor_id)}"
+    receipt, visitors = uow.retrying(what, once)
+    # Derived copies of the plaintext: this process's caches and the snapshots.
+    if isinstance(uow.mapper, ShreddingMapper) and uow.mapper.key_ring is not None:
+        uow.mapper.key_ring.forget(receipt.visitor_ids, receipt.key_ids)
+    aggregate_ids = [*receipt.session_ids, *(v.id for v in visitors)]
+    cache = uow.repository.cache
+    for aggregate_id in aggregate_ids:
+        if cache is not None:
+            with contextlib.suppress(KeyError):
+                cache.get(aggregate_id, evict=True)
+    if uow.snapshots is not None:
+        table = getattr(uow.snapshots.recorder, "events_table_name", None)
+        if table:
+            recorder.delete_snapshots(table, list(receipt.session_ids))
+    if uow.read_models:
+        # Read models copy personal fields; they blank them on Visitor.DataErased.
+        uow.projector.catch_up()
+    recorder.purge_free_space()
+    return receipt
+
+
+__all__ = ["LINK_TOPIC", "count_encrypted_events", "erase_subject", "visitors_of_user"]

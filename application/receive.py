@@ -1,0 +1,136 @@
+"""The receive use case: a user's message starts, continues or renews a session.
+
+See :meth:`chatledger.ChatLedger.receive` for the contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from chatledger.domain.errors import ClientMessageIdConflictError
+from chatledger.domain.ids import uuid7
+from chatledger.domain.policy import AppliedPolicy
+from chatledger.domain.session import Session, SessionContext
+from chatledger.domain.state import Turn
+from chatledger.domain.visitor import Visitor
+
+from .access import check_owner
+from .arguments import to_context
+from .unit_of_work import UnitOfWork
+
+
+def receive(
+    uow: UnitOfWork,
+    visitor_id: str,
+    text: str,
+    *,
+    session_id: UUID | str | None,
+    client_message_id: str | None,
+    channel: str,
+    context: SessionContext | dict[str, Any] | None,
+    metadata: dict[str, Any] | None,
+    at: datetime | None,
+) -> Turn:
+    """Record a user message (one transaction, re-run if it lost a race)."""
+    if context is not None and not isinstance(context, SessionContext):
+        context = to_context(SessionContext, context)
+    ctx = context
+    return uow.retrying(
+        f"receive() for visitor {visitor_id!r}",
+        lambda: receive_once(
+            uow, visitor_id, text, session_id, client_message_id, channel, ctx, metadata, at
+        ),
+    )
+
+
+def receive_once(
+    uow: UnitOfWork,
+    visitor_id: str,
+    text: str,
+    session_id: UUID | str | None,
+    client_message_id: str | None,
+    channel: str,
+    context: SessionContext | None,
+    metadata: dict[str, Any] | None,
+    at: datetime | None,
+) -> Turn:
+    """One attempt of :func:`receive`."""
+    visitor = uow.get_visitor(visitor_id)
+    now = uow.now(at)
+    explicit: Session | None = None
+    if session_id is not None:
+        explicit = uow.get_session(session_id)
+        check_owner(uow, explicit, visitor_id, None)
+    current = explicit
+    if (
+        visitor is not None
+        and visitor.current_session_id is not None
+        and (explicit is None or explicit.id != visitor.current_session_id)
+    ):
+        current = uow.get_session(visitor.current_session_id)
+
+    if client_message_id is not None:
+        for candidate in recent_sessions(uow, explicit, current):
+            seen = candidate.message_for(client_message_id)
+            if seen is not None:
+                if seen.role != "user":
+                    raise ClientMessageIdConflictError(
+                        candidate.id, client_message_id, recorded_role=seen.role, role="user"
+                    )
+                return Turn.of(candidate, seen, duplicate=True)
+
+    # A live session takes the message: the one the caller named, else the visitor's.
+    for live in (explicit, current):
+        if live is None or live.status != "active":
+            continue
+        when = max(now, live.latest_event_at) if at is None else now
+        if live.is_expired(when):
+            live.time_out(detected_at=when)
+            continue
+        message = live.receive(
+            text, at=when, client_message_id=client_message_id, metadata=metadata
+        )
+        uow.save(live, *(s for s in (explicit, current) if s is not live))
+        return Turn.of(live, message)
+
+    # No live session: open one, linked to the visitor's previous session.
+    if visitor is None:
+        visitor = Visitor.register(visitor_id, at=now)
+    previous = current if current is not None and current.visitor_id == visitor_id else None
+    session = Session.start(
+        session_id=uuid7(now),
+        visitor_id=visitor_id,
+        at=now,
+        policy=AppliedPolicy.of(uow.policy),
+        channel=channel,
+        user_id=visitor.user_id,
+        context=context,
+        previous=previous,
+        carry_over_slots=uow.policy.carry_over_slots,
+    )
+    message = session.receive(
+        text, at=now, client_message_id=client_message_id, metadata=metadata
+    )
+    visitor.open_session(session.id, at=now)
+    uow.save(visitor, explicit, current if current is not explicit else None, session)
+    return Turn.of(session, message)
+
+
+def recent_sessions(uow: UnitOfWork, *sessions: Session | None) -> Iterator[Session]:
+    """Where a retried message may already sit: these sessions and their predecessors."""
+    seen: set[UUID] = set()
+    for session in sessions:
+        if session is None or session.id in seen:
+            continue
+        seen.add(session.id)
+        yield session
+        previous = session.previous_session_id
+        if previous is not None and previous not in seen:
+            seen.add(previous)
+            yield uow.get_session(previous)
+
+
+__all__ = ["receive", "receive_once", "recent_sessions"]

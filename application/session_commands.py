@@ -1,0 +1,118 @@
+"""The commands on one session (and the identity link): each one transaction,
+re-run on fresh state if it lost a race. See :class:`~chatledger.ChatLedger`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from chatledger.domain.errors import ClientMessageIdConflictError
+from chatledger.domain.session import Message, Session
+from chatledger.domain.state import SessionState, VisitorState
+from chatledger.domain.visitor import Visitor
+
+from .unit_of_work import UnitOfWork
+
+
+def reply(
+    uow: UnitOfWork,
+    session_id: UUID | str,
+    text: str,
+    *,
+    role: Literal["bot", "system"],
+    client_message_id: str | None,
+    metadata: dict[str, Any] | None,
+    at: datetime | None,
+) -> Message:
+    """Record the bot's (or the system's) message; idempotent per client id."""
+
+    def once() -> Message:
+        session, now = uow.open_session(session_id, at)
+        if client_message_id is not None:
+            seen = session.message_for(client_message_id)
+            if seen is not None:
+                if seen.role != role:
+                    raise ClientMessageIdConflictError(
+                        session.id, client_message_id, recorded_role=seen.role, role=role
+                    )
+                return seen
+        message = session.send(
+            text, at=now, role=role, client_message_id=client_message_id, metadata=metadata
+        )
+        uow.save(session)
+        return message
+
+    return uow.retrying(f"reply() to session {session_id}", once)
+
+
+def session_command(
+    uow: UnitOfWork,
+    what: str,
+    session_id: UUID | str,
+    at: datetime | None,
+    apply: Callable[[Session, datetime], None],
+) -> SessionState:
+    """Load the session, ``apply(session, now)``, save it; its state after."""
+
+    def once() -> SessionState:
+        session, now = uow.open_session(session_id, at)
+        apply(session, now)
+        uow.save(session)
+        return SessionState.of(session)
+
+    return uow.retrying(f"{what} on session {session_id}", once)
+
+
+def end_session(
+    uow: UnitOfWork, session_id: UUID | str, *, reason: str, at: datetime | None
+) -> SessionState:
+    """End a session on purpose; one already past its timeout is timed out instead."""
+
+    def once() -> SessionState:
+        session, now = uow.open_session(session_id, at)
+        if not session.time_out(detected_at=now):
+            session.end(at=now, reason=reason)
+        uow.save(session)
+        return SessionState.of(session)
+
+    return uow.retrying(f"end_session() on session {session_id}", once)
+
+
+def expire_if_idle(uow: UnitOfWork, session_id: UUID | str, *, now: datetime | None) -> bool:
+    """Record the timeout of one session if it is past its deadline at ``now``;
+    True if this call appended the timed-out event."""
+
+    def once() -> bool:
+        session = uow.get_session(session_id)
+        if not session.time_out(detected_at=uow.now(now)):
+            return False
+        uow.save(session)
+        return True
+
+    return uow.retrying(f"expire_if_idle() on session {session_id}", once)
+
+
+def link_identity(
+    uow: UnitOfWork, visitor_id: str, user_id: str, *, at: datetime | None
+) -> VisitorState:
+    """Link an anonymous visitor to a user; its live session records the link too."""
+
+    def once() -> VisitorState:
+        now = uow.now(at)
+        visitor = uow.get_visitor(visitor_id) or Visitor.register(visitor_id, at=now)
+        if not visitor.link_identity(user_id, at=now):
+            return VisitorState.of(visitor)
+        session = None
+        if visitor.current_session_id is not None:
+            session = uow.get_session(visitor.current_session_id)
+            if session.status == "active" and not session.is_expired(now):
+                session.link_identity(user_id, at=max(now, session.latest_event_at))
+        uow.save(visitor, session)
+        return VisitorState.of(visitor)
+
+    return uow.retrying(f"link_identity() for visitor {visitor_id!r}", once)
+
+
+__all__ = ["end_session", "expire_if_idle", "link_identity", "reply", "session_command"]
