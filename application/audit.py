@@ -201,3 +201,18 @@ def export_bundle(
         + "\n"
     )
     return report
+
+
+__all__ = [
+    "EXPORT_FIELDS",
+    "EXPORT_FORMAT",
+    "EXPORT_HASHING",
+    "EXPORT_VERSION",
+    "HistoryStep",
+    "audited_verify",
+    "export_bundle",
+    "iter_history",
+    "known_at",
+    "verify_log",
+    "visitors_of_user",  # re-exported: it moved to .erasure
+]

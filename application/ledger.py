@@ -21,6 +21,7 @@ from chatledger.domain.policy import SessionPolicy
 from chatledger.domain.session import Message, SessionContext, SlotScope
 from chatledger.domain.state import SessionState, Turn, VisitorState
 from chatledger.infrastructure.hashchain import VerificationReport
+from chatledger.infrastructure.webhooks import WebhookWorker
 
 from . import bootstrap, reads, session_commands
 from .arguments import (
@@ -65,6 +66,12 @@ class ChatLedger(Housekeeping, ReadModelQueries):
         Extra keyword arguments are :class:`Settings` fields.
         """
         return cls(bootstrap.open_settings(database_url, **settings), policy=policy, clock=clock)
+
+    def webhook(self, name: str, url: str, **options: Any) -> WebhookWorker:
+        """A delivery worker that posts each event, in log order and at least
+        once, to ``url``; its position is stored under ``name``. Options:
+        see :class:`~chatledger.infrastructure.webhooks.WebhookWorker`."""
+        return WebhookWorker(self, name, url, **options)
 
     # ------------------------------------------------------------------ commands
 

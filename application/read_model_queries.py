@@ -9,10 +9,8 @@ for subscribers and webhooks. Each method checks its arguments and delegates.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 from uuid import UUID
 
-from chatledger.infrastructure.webhooks import WebhookWorker
 from chatledger.projections.base import Progress, ProjectionFailure, ProjectionStatus
 from chatledger.projections.results import Analytics, Engagement, Memory, Resessionized, Transcript
 
@@ -54,12 +52,6 @@ class ReadModelQueries(UnitOfWork):
         sealed unless ``content`` is True (then decrypted; erased content reads
         as erased). See docs/projections.md, "Subscribers"."""
         return read_events(self, position, limit, content=content)
-
-    def webhook(self, name: str, url: str, **options: Any) -> WebhookWorker:
-        """A delivery worker that posts each event, in log order and at least
-        once, to ``url``; its position is stored under ``name``. Options:
-        see :class:`~chatledger.infrastructure.webhooks.WebhookWorker`."""
-        return WebhookWorker(self, name, url, **options)
 
     def projection_status(self) -> list[ProjectionStatus]:
         """Each read model's position, the head of the log, the lag, and how

@@ -25,6 +25,7 @@ so however many sweepers and lazy checks race, each session gets one.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import threading
 import time
@@ -279,8 +280,6 @@ def _drop_rows(conn: Any, session_ids: Sequence[UUID]) -> None:
 
 
 def _json_list(value: str) -> list[str]:
-    import json
-
     return list(json.loads(value))
 
 

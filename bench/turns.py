@@ -426,7 +426,7 @@ def build_long_session(ledger: ChatLedger, messages: int, tag: str) -> UUID:
     ledger would have written turn by turn.
     """
     turn = ledger.receive(f"bench-{tag}-long", USER_TEXT)
-    session = ledger._get_session(turn.session_id)
+    session = ledger.get_session(turn.session_id)
     now = turn.message.at
     pending = 0
     for i in range(1, messages):
