@@ -3,7 +3,7 @@
 :class:`ReadModelQueries` is the read-model half of the facade (the ledger's commands and its
 queries of the event log are in :mod:`.ledger`): bring the read models up to date, read their
 status and failures, the transcripts, analytics and memory they hold, and the ordered event feed
-for subscribers and webhooks. Each method checks its arguments and delegates.
+for subscribers (``ledger.webhook()`` delivers it). Each method checks its arguments and delegates.
 """
 
 from __future__ import annotations
