@@ -111,6 +111,8 @@ def test_an_old_postgres_store_reads_verifies_and_takes_writes(store: Path, post
     clock = ManualClock(datetime.fromisoformat(recorded["clock"]))
     with ChatLedger.open(postgres_url, policy=SessionPolicy(**store_story.POLICY), clock=clock) as ledger:  # type: ignore[arg-type]
         assert store_story.observe(ledger, recorded["ids"]) == expected_now(recorded | {"chatledger": store.name})
+        eve = [e.model_dump_json() for e in ledger.events_after(0, limit=10_000, content=True) if e.stream == recorded["ids"]["eve"]]
+        assert eve and not [f for f in eve if '"e-1"' in f or store_story.EVE_CLIENT_ID in f]  # erased, not delivered
         clock.advance(minutes=5)
         assert ledger.receive("visitor-ana", "I'm back, I'd like to order", client_message_id="wa-3").duplicate
         ledger.receive("visitor-bob", "still there?")
