@@ -65,7 +65,7 @@ def require_existing_database(database: str | None) -> None:
         raise ConfigurationError(
             f"No SQLite database at {path}; nothing was created. Check --database "
             "(or CHATLEDGER_DATABASE_URL); only commands that write (demo, worker, erase, "
-            "projections catch-up/rebuild) create a new database."
+            "events deliver, projections catch-up/rebuild) create a new database."
         )
 
 

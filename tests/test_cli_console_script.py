@@ -244,6 +244,8 @@ READ_ONLY = [
     pytest.param(["audit", "verify"], id="audit-verify"),
     pytest.param(["audit", "replay", UNKNOWN], id="audit-replay"),
     pytest.param(["audit", "export", "--session", UNKNOWN, "--out", "OUT/a.jsonl"], id="audit-export"),
+    pytest.param(["events", "follow", "--once"], id="events-follow"),
+    pytest.param(["events", "dead-letters", "--name", "crm"], id="events-dead-letters"),
 ]
 
 
