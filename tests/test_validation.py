@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from types import MappingProxyType
 from typing import Any
 from uuid import UUID
 
@@ -78,6 +79,15 @@ CASES: list[tuple[str, Call, type[InvalidFieldError], str]] = [
     ("object slot value", lambda l, s: l.set_slot(s, "k", object()), InvalidValueError, "value"),
     ("int metadata key", lambda l, s: l.reply(s, "x", metadata={1: 2}), InvalidValueError, "metadata"),
     ("huge int slot", lambda l, s: l.set_slot(s, "k", 2**63), InvalidValueError, "value"),
+    # JSON values are lists and dicts: a tuple or another Mapping is refused here, not
+    # by pydantic (ValidationError) or json.dumps (TypeError) further on
+    ("tuple slot value", lambda l, s: l.set_slot(s, "k", (1, 2)), InvalidValueError, "value"),
+    ("tuple in metadata", lambda l, s: l.reply(s, "x", metadata={"a": (1,)}), InvalidValueError,
+     "metadata['a']"),
+    ("mappingproxy metadata", lambda l, s: l.receive("v", "hi", metadata=MappingProxyType({"a": 1})),
+     InvalidValueError, "metadata"),
+    ("mappingproxy slot", lambda l, s: l.set_slot(s, "k", {"a": MappingProxyType({})}), InvalidValueError,
+     "value['a']"),
     ("int session id", lambda l, s: l.reply(5, "x"), InvalidValueError, "session_id"),
     ("bytes visitor id", lambda l, s: l.visitor(b"v"), InvalidValueError, "visitor_id"),
     ("bad role", lambda l, s: l.reply(s, "x", role="user"), InvalidValueError, "role"),
