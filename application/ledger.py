@@ -153,6 +153,14 @@ def _callback(name: str, value: Any, limits: v.Limits) -> Any:
     return value
 
 
+def _retention(name: str, value: Any, limits: v.Limits) -> Any:
+    from .retention import RetentionPolicy
+
+    if value is not None and not isinstance(value, RetentionPolicy):
+        raise InvalidValueError(name, "type", f"{name} must be a RetentionPolicy or None, not {type(value).__name__}.")
+    return value
+
+
 def _interval(name: str, value: Any, limits: v.Limits) -> float:
     return v.check_number(name, value, maximum=86_400.0 * 366)
 
@@ -759,7 +767,7 @@ class ChatLedger(Application[UUID]):
 
         return read_archive(self, path)
 
-    @_checked(interval=_interval, projections_interval=_opt(_interval))
+    @_checked(interval=_interval, retention=_retention, projections_interval=_opt(_interval))
     def start_background_jobs(
         self,
         interval: float = 30.0,

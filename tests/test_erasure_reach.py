@@ -274,3 +274,37 @@ def test_the_fast_and_sealed_decoders_agree_on_client_ids_and_reasons(scene: Sce
     assert check() == {"client_message_id", "reason"}
     ledger.erase(user_id="user-alpha")
     assert check() == {"client_message_id", "reason"}  # Bravo's still open; Alpha's read erased
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "match"),
+    [
+        ("notes.txt", b"just some text\n", "not a gzipped"),
+        ("text.jsonl.gz", gzip.compress(b"not json\n"), "Line 1 of archive"),
+        ("list.jsonl.gz", gzip.compress(b"[1, 2]\n"), "Line 1 of archive"),
+        ("other.jsonl.gz", gzip.compress(b'{"id": 1}\n'), "Line 1 of archive"),
+        ("bad-id.jsonl.gz", gzip.compress(b'{"session_id": "x", "state": 1}\n'), "Line 1 of archive"),
+        ("cut.jsonl.gz", gzip.compress(b"x" * 5000)[:-12], "truncated"),
+    ],
+    ids=["text", "gzip-not-json", "gzip-list", "gzip-other-json", "bad-fields", "truncated"],
+)
+def test_a_file_that_is_no_archive_is_refused_with_its_name(
+    tmp_path: Path, sqlite_url: str, name: str, data: bytes, match: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    with ChatLedger.open(sqlite_url) as ledger, pytest.raises(InvalidCommandError, match=match) as caught:
+        ledger.read_archive(path)
+    assert str(path) in str(caught.value)
+
+
+def test_an_archive_folder_that_is_a_file_is_refused(tmp_path: Path, sqlite_url: str) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder")
+    with ChatLedger.open(sqlite_url) as ledger:
+        head = log_head(ledger)
+        with pytest.raises(InvalidCommandError, match="archive_dir") as caught:
+            ledger.archive_closed_sessions(timedelta(days=1), tmp_path / "taken")
+        assert getattr(caught.value, "field", None) == "archive_dir"
+        with pytest.raises(InvalidCommandError, match="archive_dir"):
+            ledger.archive_closed_sessions(timedelta(days=1), tmp_path / "taken" / "below")
+        assert log_head(ledger) == head

@@ -104,6 +104,8 @@ CASES: list[tuple[str, Call, type[InvalidFieldError], str]] = [
     ("transcript id", lambda l, s: l.transcript(s, user_id=1), InvalidValueError, "user_id"),
     ("progress not callable", lambda l, s: l.catch_up(progress=1), InvalidValueError, "progress"),
     ("jobs interval nan", lambda l, s: l.start_background_jobs(math.nan), InvalidValueError, "interval"),
+    ("jobs retention str", lambda l, s: l.start_background_jobs(retention="/archive"), InvalidValueError,
+     "retention"),
     ("archive dir None", lambda l, s: l.archive_closed_sessions(timedelta(days=1), None), InvalidValueError,
      "archive_dir"),
     # datetimes and durations: naive is refused, never read as UTC; no OverflowError
