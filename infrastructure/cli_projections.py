@@ -18,6 +18,7 @@ from typing import Annotated, Optional
 import typer
 from chatledger import ChatLedger, InvalidCommandError, TranscriptMessage, UnknownSubjectError
 from chatledger.audit import visitors_of_user
+from chatledger.domain import validation as v
 from chatledger.infrastructure.cli_options import (
     DatabaseOption,
     atomic_output,
@@ -44,7 +45,9 @@ export_app = typer.Typer(no_args_is_help=True, help="Export read models.")
 console = Console()
 err_console = Console(stderr=True)
 
-BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Events per transaction.")]
+BatchOption = Annotated[
+    int, typer.Option("--batch-size", min=1, max=2**63 - 1, help="Events per transaction.")
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -182,6 +185,7 @@ def run(
     interval: Annotated[float, typer.Option(help="Seconds between catch-ups.")] = 1.0,
 ) -> None:
     """Keep every projection current until interrupted (a runner for ``worker`` setups)."""
+    v.check_number("--interval", interval, maximum=86_400.0)
     with _open(database) as ledger:
         console.print(f"keeping projections current every {interval}s; Ctrl-C to stop")
         try:

@@ -27,6 +27,7 @@ from uuid import UUID
 
 import psycopg
 from chatledger.domain.errors import ConfigurationError
+from chatledger.domain.validation import check_count
 from eventsourcing.persistence import ApplicationRecorder, Mapper, Tracking, TrackingRecorder
 from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteApplicationRecorder
@@ -485,6 +486,7 @@ class Projector:
     ) -> int:
         """Apply every event not yet applied; return how many were applied
         (summed over the read models)."""
+        check_count("batch_size", batch_size)
         with self._lock:
             return self._run([self.projections[n] for n in names or list(self.projections)], batch_size, progress)
 
@@ -501,6 +503,7 @@ class Projector:
     ) -> int:
         """Drop several read models (default: all) and replay them together:
         each batch of the log is read and decoded once for all of them."""
+        check_count("batch_size", batch_size)  # before anything is dropped
         with self._lock:
             projections = [self.projections[n] for n in names or list(self.projections)]
             for projection in projections:

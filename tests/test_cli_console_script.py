@@ -363,3 +363,32 @@ def test_session_show_of_an_erased_session_prints_erased(cli: Install, tmp_path:
     kept = run(cli, ["session", "show", str(other), "-d", url], tmp_path)
     assert kept.returncode == 0, kept.stderr
     assert "slots {'kept': None}" in kept.stdout and "keep [b]me[/b]" in kept.stdout  # not erased
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["projections", "rebuild", "--all", "--batch-size", str(2**70)], id="rebuild-batch-2**70"),
+        pytest.param(["projections", "catch-up", "--batch-size", str(2**63)], id="catch-up-batch-2**63"),
+        pytest.param(["projections", "run", "--interval", "-1"], id="run-interval-negative"),
+        pytest.param(["projections", "run", "--interval", "nan"], id="run-interval-nan"),
+    ],
+)
+def test_out_of_range_numbers_are_refused_before_any_read_model_is_touched(
+    cli: Install, tmp_path: Path, args: list[str]
+) -> None:
+    url = f"sqlite:///{tmp_path}/chat.db"
+    with ChatLedger.open(url) as ledger:
+        ledger.receive("v-1", "hello")
+        ledger.catch_up()
+        head = ledger.projection_status()[0].head
+    done = run(cli, [*args, "-d", url], tmp_path)
+    assert "Traceback" not in done.stderr
+    if "--batch-size" in args:  # a usage error of the option
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "Invalid value for '--batch-size'" in flat(done.stderr)
+    else:
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stderr.startswith("error: --interval=")
+    with ChatLedger.open(url) as ledger:  # a rebuild refused dropped nothing
+        assert all(row.position == head for row in ledger.projection_status())

@@ -98,6 +98,8 @@ CASES: list[tuple[str, Call, type[InvalidFieldError], str]] = [
      "engagement"),
     ("sweep limit 0", lambda l, s: l.sweep(limit=0), InvalidValueError, "limit"),
     ("sweep batch str", lambda l, s: l.sweep(batch_size="5"), InvalidValueError, "batch_size"),
+    ("rebuild batch 2**64", lambda l, s: l.projector.rebuild("analytics", batch_size=2**64), InvalidValueError,
+     "batch_size"),  # refused before the read model is dropped (was an OverflowError after)
     ("history version 0", lambda l, s: list(l.history(s, version=0)), InvalidValueError, "version"),
     ("erase id int", lambda l, s: l.erase(visitor_id=7), InvalidValueError, "visitor_id"),
     ("memory id list", lambda l, s: l.memory(user_id=["u"]), InvalidValueError, "user_id"),
