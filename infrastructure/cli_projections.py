@@ -233,7 +233,8 @@ def export_transcripts(
     kind = (fmt or out.suffix.lstrip(".")).lower()
     if kind not in ("jsonl", "csv"):
         raise InvalidCommandError(f"Cannot export as {kind!r}; use --format jsonl or csv.")
-    start, end = since, until
+    start = v.check_time("--since", since) if since is not None else None
+    end = v.check_time("--until", until) if until is not None else None
     with _open(database, read_only=True) as ledger:
         if session is not None:
             ledger.session(session)  # UnknownSessionError for an id the log has never seen

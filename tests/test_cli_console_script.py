@@ -372,9 +372,13 @@ def test_session_show_of_an_erased_session_prints_erased(cli: Install, tmp_path:
         pytest.param(["projections", "catch-up", "--batch-size", str(2**63)], id="catch-up-batch-2**63"),
         pytest.param(["projections", "run", "--interval", "-1"], id="run-interval-negative"),
         pytest.param(["projections", "run", "--interval", "nan"], id="run-interval-nan"),
+        pytest.param(["export", "transcripts", "--out", "t.jsonl", "--since", "0001-01-01T00:00:00+05:00"],
+                     id="export-since-year-1"),
+        pytest.param(["export", "transcripts", "--out", "t.jsonl", "--until", "9999-12-31T23:00:00-05:00"],
+                     id="export-until-year-9999"),
     ],
 )
-def test_out_of_range_numbers_are_refused_before_any_read_model_is_touched(
+def test_out_of_range_values_are_refused_before_any_read_model_is_touched(
     cli: Install, tmp_path: Path, args: list[str]
 ) -> None:
     url = f"sqlite:///{tmp_path}/chat.db"
@@ -388,7 +392,9 @@ def test_out_of_range_numbers_are_refused_before_any_read_model_is_touched(
         assert done.returncode == 2, done.stdout + done.stderr
         assert "Invalid value for '--batch-size'" in flat(done.stderr)
     else:
+        flag = next(a for a in args if a in ("--interval", "--since", "--until"))
         assert done.returncode == 1, done.stdout + done.stderr
-        assert done.stderr.startswith("error: --interval=")
+        assert done.stderr.startswith(f"error: {flag}=")
+    assert not (tmp_path / "t.jsonl").exists()
     with ChatLedger.open(url) as ledger:  # a rebuild refused dropped nothing
         assert all(row.position == head for row in ledger.projection_status())
