@@ -202,6 +202,23 @@ def test_bad_settings_raise_configuration_error_naming_the_setting(
         ChatLedger.open(sqlite_url, **settings)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///{tmp}/a%00b.db",
+        "postgresql://postgres@127.0.0.1:5432/test?schema=a%00b",
+        "postgresql://postgres@127.0.0.1:5432/test?schema=" + "s" * 64,
+    ],
+    ids=["nul-in-sqlite-path", "nul-in-schema", "schema-over-63-bytes"],
+)
+def test_an_unusable_database_url_is_a_configuration_error(tmp_path: Any, url: str) -> None:
+    """Refused before anything connects: not a raw ValueError/DataError, and no
+    schema silently truncated by PostgreSQL to 63 bytes (shared with another URL)."""
+    with pytest.raises(ConfigurationError, match="database_url"):
+        ChatLedger.open(url.format(tmp=tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_bad_environment_variable_names_itself(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHATLEDGER_CONFLICT_RETRIES", "lots")
     with pytest.raises(ConfigurationError, match="CHATLEDGER_CONFLICT_RETRIES"):
