@@ -37,6 +37,7 @@ from typing import Any, Protocol
 from uuid import UUID, uuid4
 
 from chatledger.domain.erasure import ERASED_VALUES
+from chatledger.domain.errors import ChatLedgerError
 from chatledger.domain.model import DomainEvent
 from chatledger.domain.session import Session
 from cryptography.exceptions import InvalidTag
@@ -117,8 +118,9 @@ _TOP_LEVEL: dict[str, tuple[str, ...]] = {
 the mapper's straight-line fast path, the bulk of a rebuild."""
 
 
-class ContentIntegrityError(RuntimeError):
-    """An encrypted field failed authentication: the stored bytes were altered."""
+class ContentIntegrityError(ChatLedgerError, RuntimeError):
+    """An encrypted field failed authentication: the stored bytes were altered.
+    A chatledger error (the command line prints it on one line, exit status 1)."""
 
 
 def _is_envelope(value: Any) -> bool:

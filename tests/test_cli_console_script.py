@@ -398,3 +398,22 @@ def test_out_of_range_values_are_refused_before_any_read_model_is_touched(
     assert not (tmp_path / "t.jsonl").exists()
     with ChatLedger.open(url) as ledger:  # a rebuild refused dropped nothing
         assert all(row.position == head for row in ledger.projection_status())
+
+
+def test_an_altered_ciphertext_is_one_error_line_not_a_traceback(cli: Install, tmp_path: Path) -> None:
+    """A stored envelope edited by hand fails authentication when it is opened: the
+    commands that open it say so on one line and exit 1 (verify reports the break)."""
+    url = f"sqlite:///{tmp_path}/chat.db"
+    with ChatLedger.open(url) as ledger:
+        sid = ledger.receive("v-1", "a secret").session_id
+    raw = RawDB(url)
+    state = json.loads(raw.state(sid, 2))  # the MessageReceived
+    sealed = state["text"]["$enc"]
+    state["text"]["$enc"] = sealed[:20] + ("A" if sealed[20] != "A" else "B") + sealed[21:]
+    raw.set_state(sid, 2, json.dumps(state).encode())
+    for args in (["session", "show", str(sid)], ["events", "follow", "--once", "--content"]):
+        done = run(cli, [*args, "-d", url], tmp_path)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr, (args, done.stderr)
+        assert flat(done.stderr).startswith(f"error: An encrypted field of {sid} version 2 failed authentication")
+    assert run(cli, ["audit", "verify", "-d", url], tmp_path).returncode == 1
