@@ -64,8 +64,8 @@ def require_existing_database(database: str | None) -> None:
     if not os.path.isfile(path):
         raise ConfigurationError(
             f"No SQLite database at {path}; nothing was created. Check --database "
-            "(or CHATLEDGER_DATABASE_URL); only commands that write (demo, worker, erase, "
-            "events deliver, projections catch-up/rebuild) create a new database."
+            "(or CHATLEDGER_DATABASE_URL); only demo, worker, events deliver "
+            "and projections catch-up/rebuild/run create a new database."
         )
 
 

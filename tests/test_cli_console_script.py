@@ -246,6 +246,7 @@ READ_ONLY = [
     pytest.param(["audit", "export", "--session", UNKNOWN, "--out", "OUT/a.jsonl"], id="audit-export"),
     pytest.param(["events", "follow", "--once"], id="events-follow"),
     pytest.param(["events", "dead-letters", "--name", "crm"], id="events-dead-letters"),
+    pytest.param(["erase", "--user", "u-1"], id="erase"),  # writes, but nothing to erase in no store
 ]
 
 
