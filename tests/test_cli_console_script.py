@@ -264,6 +264,27 @@ def test_read_only_commands_refuse_a_missing_sqlite_file_and_create_nothing(
     assert no_files(tmp_path) == ["OUT"] and no_files(tmp_path / "OUT") == []
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("args", READ_ONLY[:6])
+def test_read_only_commands_refuse_a_postgres_schema_without_a_store_and_create_nothing(
+    cli: Install, tmp_path: Path, postgres_url: str, args: list[str]
+) -> None:
+    """The PostgreSQL twin of a mistyped SQLite path: a mistyped ``?schema=``."""
+    (tmp_path / "OUT").mkdir()
+    args = [a.replace("OUT", str(tmp_path / "OUT")) for a in args]
+    schema = postgres_url.rsplit("schema=", 1)[1]
+    done = run(cli, [*args, "--database", postgres_url], tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert flat(done.stderr).startswith(f"error: No chatledger store in schema '{schema}'")
+    with psycopg.connect(POSTGRES_CONNINFO) as conn:
+        assert conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None
+    assert no_files(tmp_path / "OUT") == []
+    with ChatLedger.open(postgres_url):  # once there is a store, they read it
+        pass
+    assert run(cli, ["audit", "verify", "--database", postgres_url], tmp_path).returncode == 0
+
+
 @pytest.mark.slow
 def test_the_setting_and_the_default_database_are_checked_too_and_memory_is_fine(
     cli: Install, tmp_path: Path
