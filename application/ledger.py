@@ -48,6 +48,7 @@ from chatledger.infrastructure.database import make_engine
 from chatledger.infrastructure.hashchain import VerificationReport
 from chatledger.infrastructure.persistence import eventsourcing_env, schema_lock
 from chatledger.infrastructure.settings import Settings
+from chatledger.infrastructure.shredding import ErasedSnapshotError
 from chatledger.projections import DEFAULT_READ_MODELS
 from chatledger.projections.base import (
     Progress,
@@ -441,7 +442,16 @@ class ChatLedger(Application[UUID]):
     def _get_session(self, session_id: UUID | str) -> Session:
         sid = _as_uuid(session_id)
         try:
-            session = self.repository.get(sid, projector_func=_project)
+            try:
+                session = self.repository.get(sid, projector_func=_project)
+            except ErasedSnapshotError:
+                # Left by an erasure that stopped before deleting its snapshots (or
+                # read just before it did): derived data; drop it and replay the log.
+                table = getattr(getattr(self.snapshots, "recorder", None), "events_table_name", None)
+                if not table:
+                    raise
+                self.recorder.delete_snapshots(table, [sid])  # type: ignore[attr-defined]
+                session = self.repository.get(sid, projector_func=_project)
         except AggregateNotFoundError as err:
             raise UnknownSessionError(session_id) from err
         if not isinstance(session, Session):

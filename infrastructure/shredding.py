@@ -123,6 +123,12 @@ class ContentIntegrityError(ChatLedgerError, RuntimeError):
     A chatledger error (the command line prints it on one line, exit status 1)."""
 
 
+class ErasedSnapshotError(ContentIntegrityError):
+    """A snapshot is under a key an erasure destroyed: stale derived data the
+    erasure deletes right after its transaction (left by a crash in between, or
+    read in that moment by another process). The ledger drops it and replays."""
+
+
 def _is_envelope(value: Any) -> bool:
     return type(value) is dict and len(value) == 2 and "$enc" in value and "kid" in value
 
@@ -517,7 +523,7 @@ class ShreddingMapper(PydanticMapper):
                 f"A snapshot of {stored_event.originator_id} is under an erased key; "
                 "erasure deletes such snapshots, so delete it and read again."
             )
-            raise ContentIntegrityError(msg)
+            raise ErasedSnapshotError(msg)
         return self._decrypt(stored_event, aead, envelope, _aad(stored_event, concrete, aad_id))
 
     @staticmethod

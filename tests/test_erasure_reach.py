@@ -308,3 +308,29 @@ def test_an_archive_folder_that_is_a_file_is_refused(tmp_path: Path, sqlite_url:
         with pytest.raises(InvalidCommandError, match="archive_dir"):
             ledger.archive_closed_sessions(timedelta(days=1), tmp_path / "taken" / "below")
         assert log_head(ledger) == head
+
+
+def test_a_session_snapshot_left_under_a_destroyed_key_is_dropped_not_fatal(
+    database_url: str, clock: ManualClock
+) -> None:
+    """Erasure deletes the session's snapshots after its transaction commits: one a
+    crash left behind (or another process reads in between) is stale derived data
+    under a destroyed key. Reading the session drops it and replays the events."""
+    with ChatLedger.open(database_url, clock=clock, snapshot_interval=2) as ledger:
+        sid = ledger.receive("v-snap", "a secret").session_id
+        for n in range(5):
+            ledger.reply(sid, f"secret reply {n}")
+        raw = RawDB(database_url)
+        table = "stored_snapshots" if raw.is_sqlite else "chatledger_snapshots"
+        oid = sid.hex if raw.is_sqlite else sid
+        rows = raw.execute(f"SELECT * FROM {table} WHERE originator_id=?", (oid,))
+        assert rows  # the session has a snapshot
+        ledger.erase(visitor_id="v-snap")
+    marks = ",".join("?" * len(rows[0]))
+    for row in rows:  # the process died before deleting them
+        raw.execute(f"INSERT INTO {table} VALUES ({marks})", row)
+    with ChatLedger.open(database_url, clock=clock, snapshot_interval=2) as fresh:
+        assert {m.text for m in fresh.session(sid).messages} == {ERASED_TEXT}
+        fresh.reply(sid, "still going")
+        assert fresh.session(sid).messages[-1].text == "still going"
+        assert fresh.verify().ok
