@@ -72,7 +72,7 @@ class Limits(BaseModel):
     max_text_chars: int = Field(default=TEXT_CEILING, ge=1, le=TEXT_CEILING)
     max_id_chars: int = Field(default=ID_CEILING, ge=1, le=ID_CEILING)
     max_json_bytes: int = Field(default=64 * 1024, ge=2, le=16 * 1024 * 1024)
-    max_json_depth: int = Field(default=32, ge=1, le=256)
+    max_json_depth: int = Field(default=32, ge=1, le=128)
 
 
 DEFAULT_LIMITS = Limits()

@@ -360,3 +360,31 @@ def test_the_limits_ceilings_are_the_domains() -> None:
 
     assert validation.TEXT_CEILING == session.MAX_TEXT_LENGTH
     session.check_name("task name", "t" * validation.ID_CEILING)  # the longest id passes the domain
+
+
+def test_the_deepest_json_the_limits_allow_survives_snapshots_and_a_fresh_read(sqlite_url: str) -> None:
+    """``max_json_depth`` is capped where pydantic can still read the value back
+    from inside a session snapshot (its JSON parser stops at 200 levels): a
+    session holding the deepest slot value, metadata and context it accepts
+    stays readable and writable in a new process."""
+    depth = Limits.model_fields["max_json_depth"].metadata[-1].le
+    with pytest.raises(ConfigurationError, match="max_json_depth"):
+        ChatLedger.open(sqlite_url, max_json_depth=depth + 1)
+    ledger = ChatLedger.open(sqlite_url, max_json_depth=depth, snapshot_interval=2)
+    try:
+        sid = ledger.receive(
+            "v", "hi", metadata={"m": nested(depth - 1)}, context={"client_metadata": {"c": nested(depth - 2)}}
+        ).session_id
+        ledger.set_slot(sid, "k", nested(depth), scope="user")
+        ledger.reply(sid, "x", metadata={"m": nested(depth - 1)})
+        with pytest.raises(InvalidValueError):
+            ledger.set_slot(sid, "k", nested(depth + 1))
+    finally:
+        ledger.close()
+    with ChatLedger.open(sqlite_url, max_json_depth=depth, snapshot_interval=2) as fresh:
+        assert fresh.session(sid).slots["k"] == nested(depth)
+        fresh.reply(sid, "still readable")
+        fresh.catch_up()
+        assert all(row.failed == 0 and row.lag == 0 for row in fresh.projection_status())
+        assert all(e.model_dump_json() for e in fresh.events_after(0, content=True))
+        assert fresh.verify(sid).ok and len(list(fresh.history(sid))) == 5
