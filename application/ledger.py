@@ -14,6 +14,7 @@ import functools
 import inspect
 import os
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -66,7 +67,7 @@ from chatledger.projections.results import (
 )
 from chatledger.projections.service import ProjectionReads
 from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
-from eventsourcing.persistence import DataError, RecordConflictError
+from eventsourcing.persistence import DataError, PersistenceError, RecordConflictError
 
 from .audit import (
     HistoryStep,
@@ -233,9 +234,19 @@ class ChatLedger(Application[UUID]):
         }
         self._saving = threading.local()  # the aggregates this thread is saving
         self._jobs: BackgroundJobs | None = None
-        env = eventsourcing_env(self.settings)
-        with schema_lock(self.settings):
-            super().__init__(env=env)
+        try:
+            env = eventsourcing_env(self.settings)
+            with schema_lock(self.settings):
+                super().__init__(env=env)
+        except (OSError, PersistenceError, sqlite3.Error) as err:
+            if self.settings.backend != "sqlite":
+                raise
+            path = os.path.abspath(self.settings.url().database or "")
+            raise ConfigurationError(
+                f"Cannot open the SQLite database at {path} ({type(err).__name__}: {err}). Check "
+                "--database (or CHATLEDGER_DATABASE_URL): it must name a chatledger SQLite file, "
+                "or a new one in a folder this process can write to."
+            ) from err
         install_key_ring(self)
 
     @classmethod

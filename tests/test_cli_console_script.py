@@ -439,3 +439,16 @@ def test_an_altered_ciphertext_is_one_error_line_not_a_traceback(cli: Install, t
         assert "Traceback" not in done.stderr, (args, done.stderr)
         assert flat(done.stderr).startswith(f"error: An encrypted field of {sid} version 2 failed authentication")
     assert run(cli, ["audit", "verify", "-d", url], tmp_path).returncode == 1
+
+
+@pytest.mark.parametrize("where", ["a-folder", "not-a-database", "under-a-file"])
+def test_a_sqlite_path_that_cannot_be_a_database_is_one_error_line(cli: Install, tmp_path: Path, where: str) -> None:
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "notes.txt").write_text("not a database\n" * 100)
+    path = {"a-folder": "a-folder", "not-a-database": "notes.txt", "under-a-file": "notes.txt/chat.db"}[where]
+    for args in (["projections", "catch-up"], ["demo"]):
+        done = run(cli, [*args, "-d", f"sqlite:///{tmp_path / path}"], tmp_path)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+        assert flat(done.stderr).startswith(f"error: Cannot open the SQLite database at {tmp_path / path}")
+    assert (tmp_path / "notes.txt").read_text() == "not a database\n" * 100
