@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,6 +73,18 @@ def require_existing_database(database: str | None) -> None:
             f"No SQLite database at {path}; nothing was created. Check --database "
             "(or CHATLEDGER_DATABASE_URL); only demo, worker, events deliver "
             "and projections catch-up/rebuild/run create a new database."
+        )
+    try:
+        with contextlib.closing(sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True)) as conn:
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stored_events'"
+            ).fetchone()
+    except sqlite3.Error as err:
+        raise ConfigurationError(f"Cannot read the SQLite database at {path} ({err}); check --database.") from err
+    if found is None:
+        raise ConfigurationError(
+            f"No chatledger store in the SQLite file {path}; nothing was written to it. Check "
+            "--database (or CHATLEDGER_DATABASE_URL)."
         )
 
 

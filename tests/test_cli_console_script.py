@@ -264,6 +264,27 @@ def test_read_only_commands_refuse_a_missing_sqlite_file_and_create_nothing(
     assert no_files(tmp_path) == ["OUT"] and no_files(tmp_path / "OUT") == []
 
 
+@pytest.mark.parametrize("args", READ_ONLY)
+def test_read_only_commands_write_no_tables_into_a_sqlite_file_that_is_no_store(
+    cli: Install, tmp_path: Path, args: list[str]
+) -> None:
+    """Another application's SQLite file (or an empty one) is not a chatledger store:
+    read-only commands refuse it instead of creating tables in it and reporting OK."""
+    import sqlite3
+
+    (tmp_path / "OUT").mkdir()
+    args = [a.replace("OUT", str(tmp_path / "OUT")) for a in args]
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE invoices (n INTEGER)")
+    before = other.read_bytes()
+    done = run(cli, [*args, "--database", f"sqlite:///{other}"], tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert flat(done.stderr).startswith(f"error: No chatledger store in the SQLite file {other}")
+    assert other.read_bytes() == before and no_files(tmp_path / "OUT") == []
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("args", READ_ONLY[:6])
 def test_read_only_commands_refuse_a_postgres_schema_without_a_store_and_create_nothing(
