@@ -30,6 +30,7 @@ import binascii
 import gzip
 import json
 import logging
+import math
 import os
 import time
 import zlib
@@ -41,6 +42,7 @@ from uuid import UUID, uuid4
 
 from chatledger.domain.erasure import ERASED_TEXT
 from chatledger.domain.errors import InvalidCommandError, InvalidValueError
+from chatledger.domain.validation import MAX_DURATION
 from chatledger.domain.session import Session
 from chatledger.domain.state import SessionState
 from chatledger.projections.active_sessions import ActiveSessions, closed_sessions
@@ -85,9 +87,15 @@ class RetentionPolicy(BaseModel):
 
     @classmethod
     def days(cls, days: float, archive_dir: str | os.PathLike[str]) -> RetentionPolicy:
-        if days <= 0:
+        if (
+            isinstance(days, bool)
+            or not isinstance(days, (int, float))
+            or not math.isfinite(days)
+            or not 0 < days <= MAX_DURATION.days
+        ):
             raise InvalidCommandError(
-                f"Retention of {days} days makes no sense; use a positive number."
+                f"Retention of {days!r} days makes no sense; use a positive number of at most "
+                f"{MAX_DURATION.days}."
             )
         return cls(archive_after=timedelta(days=days), archive_dir=Path(archive_dir))
 

@@ -473,3 +473,11 @@ def test_a_sqlite_path_that_cannot_be_a_database_is_one_error_line(cli: Install,
         assert "Traceback" not in done.stderr, done.stderr
         assert flat(done.stderr).startswith(f"error: Cannot open the SQLite database at {tmp_path / path}")
     assert (tmp_path / "notes.txt").read_text() == "not a database\n" * 100
+
+
+@pytest.mark.parametrize("days", ["nan", "1e300", "-1"])
+def test_worker_refuses_a_retention_that_is_no_number_of_days(cli: Install, tmp_path: Path, days: str) -> None:
+    url = f"sqlite:///{tmp_path}/chat.db"
+    done = run(cli, ["worker", "--once", "--retention-days", days, "-d", url], tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.startswith("error: Retention of ")
