@@ -42,9 +42,9 @@ from uuid import UUID, uuid4
 
 from chatledger.domain.erasure import ERASED_TEXT
 from chatledger.domain.errors import InvalidCommandError, InvalidValueError
-from chatledger.domain.validation import MAX_DURATION
 from chatledger.domain.session import Session
 from chatledger.domain.state import SessionState
+from chatledger.domain.validation import MAX_DURATION
 from chatledger.projections.active_sessions import ActiveSessions, closed_sessions
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
