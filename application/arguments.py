@@ -20,6 +20,7 @@ from chatledger.domain.session import SessionContext
 from chatledger.projections.results import Engagement
 from pydantic import ValidationError
 
+from .retention import RetentionPolicy
 from .subscribers import MAX_FEED_BATCH
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -90,6 +91,12 @@ def callback_arg(name: str, value: Any, limits: v.Limits) -> Any:
     return value
 
 
+def retention_arg(name: str, value: Any, limits: v.Limits) -> Any:
+    if value is not None and not isinstance(value, RetentionPolicy):
+        raise InvalidValueError(name, "type", f"{name} must be a RetentionPolicy or None, not {type(value).__name__}.")
+    return value
+
+
 def interval_arg(name: str, value: Any, limits: v.Limits) -> float:
     return v.check_number(name, value, maximum=86_400.0 * 366)
 
@@ -136,5 +143,5 @@ def to_context(model: type[SessionContext], data: dict[str, Any]) -> SessionCont
 __all__ = [
     "COUNT", "DURATION", "ID", "JSON", "OBJ", "SID", "TEXT", "TIME", "Check", "callback_arg", "checked",
     "choice", "context_arg", "engagement_arg", "feed_limit_arg", "flag_arg", "interval_arg", "opt",
-    "path_arg", "position_arg", "to_context", "writer_arg",
+    "path_arg", "position_arg", "retention_arg", "to_context", "writer_arg",
 ]

@@ -10,6 +10,7 @@ and the facade call these once each.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -68,6 +69,17 @@ def store_lock(settings: Settings) -> AbstractContextManager[Any]:
     return schema_lock(settings)
 
 
+def unopenable_sqlite_store(settings: Settings, err: Exception) -> ConfigurationError:
+    """The error for a SQLite path that cannot hold a store (a folder, a file that is
+    not SQLite, a path under a file, no permission)."""
+    path = os.path.abspath(settings.url().database or "")
+    return ConfigurationError(
+        f"Cannot open the SQLite database at {path} ({type(err).__name__}: {err}). Check "
+        "--database (or CHATLEDGER_DATABASE_URL): it must name a chatledger SQLite file, "
+        "or a new one in a folder this process can write to."
+    )
+
+
 def install_key_ring(mapper: Any, recorder: Any) -> None:
     """Give the encrypting mapper its per-visitor keys (kept in the same database)."""
     if isinstance(mapper, ShreddingMapper) and isinstance(
@@ -119,4 +131,5 @@ __all__ = [
     "start_jobs",
     "store_env",
     "store_lock",
+    "unopenable_sqlite_store",
 ]

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from chatledger.infrastructure.scheduler import BackgroundJobs
 
 from . import bootstrap
-from .arguments import COUNT, DURATION, TIME, checked, interval_arg, opt, path_arg
+from .arguments import COUNT, DURATION, TIME, checked, interval_arg, opt, path_arg, retention_arg
 from .retention import (
     ArchivedSession,
     ArchiveResult,
@@ -58,7 +58,7 @@ class Housekeeping(UnitOfWork):
         in the store (an erased visitor's sessions read as ``"[erased]"``)."""
         return read_archive(self, path)
 
-    @checked(interval=interval_arg, projections_interval=opt(interval_arg))
+    @checked(interval=interval_arg, retention=retention_arg, projections_interval=opt(interval_arg))
     def start_background_jobs(
         self, interval: float = 30.0, *, retention: RetentionPolicy | None = None,
         projections_interval: float | None = 5.0,

@@ -19,6 +19,7 @@ is one, with the public commands and queries on top.
 from __future__ import annotations
 
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,11 +40,12 @@ from chatledger.domain.policy import SessionPolicy
 from chatledger.domain.session import Session
 from chatledger.domain.visitor import Visitor, visitor_aggregate_id
 from chatledger.infrastructure.settings import Settings
+from chatledger.infrastructure.shredding import ErasedSnapshotError
 from chatledger.infrastructure.snapshots import SnapshotStore
 from chatledger.projections.base import Projector, ReadModel
 from chatledger.projections.service import ProjectionReads
 from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
-from eventsourcing.persistence import DataError, RecordConflictError
+from eventsourcing.persistence import DataError, PersistenceError, RecordConflictError
 
 from . import bootstrap
 from .clock import Clock
@@ -96,8 +98,14 @@ class UnitOfWork(Application[UUID]):
             Visitor: settings.snapshot_interval,
         }
         self._saving = threading.local()  # the aggregates this thread is saving
-        with bootstrap.store_lock(settings):
-            super().__init__(env=bootstrap.store_env(settings))
+        try:
+            env = bootstrap.store_env(settings)
+            with bootstrap.store_lock(settings):
+                super().__init__(env=env)
+        except (OSError, PersistenceError, sqlite3.Error) as err:
+            if settings.backend != "sqlite":
+                raise
+            raise bootstrap.unopenable_sqlite_store(settings, err) from err
         bootstrap.install_key_ring(self.mapper, self.recorder)
 
     @cached_property
@@ -139,7 +147,16 @@ class UnitOfWork(Application[UUID]):
         """The session, current (:class:`UnknownSessionError` if there is none)."""
         sid = as_uuid(session_id)
         try:
-            session = self.repository.get(sid, projector_func=replay_events)
+            try:
+                session = self.repository.get(sid, projector_func=replay_events)
+            except ErasedSnapshotError:
+                # Left by an erasure that stopped before deleting its snapshots (or
+                # read just before it did): derived data; drop it and replay the log.
+                table = getattr(getattr(self.snapshots, "recorder", None), "events_table_name", None)
+                if not table:
+                    raise
+                self.recorder.delete_snapshots(table, [sid])  # type: ignore[attr-defined]
+                session = self.repository.get(sid, projector_func=replay_events)
         except AggregateNotFoundError as err:
             raise UnknownSessionError(session_id) from err
         if not isinstance(session, Session):
