@@ -21,10 +21,11 @@ from eventsourcing.utils import get_topic
 from sqlalchemy import Boolean, Connection, Float, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .base import HandlerTableReadModel, RowBuffer, batch_ids
 from .conversation_log import messages_table
+from .read_model import HandlerTableReadModel, batch_ids
 from .results import Analytics, Engagement
 from .sqltypes import UTCDateTime
+from .writers import RowBuffer
 
 
 class Base(DeclarativeBase):

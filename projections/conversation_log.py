@@ -30,9 +30,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .base import HandlerTableReadModel, RowBuffer, batch_ids, executemany, insert_rows
+from .read_model import HandlerTableReadModel, batch_ids
 from .results import TranscriptMessage
 from .sqltypes import UTCDateTime
+from .writers import RowBuffer, executemany, insert_rows
 
 
 class Base(DeclarativeBase):

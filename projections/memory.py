@@ -27,8 +27,9 @@ from eventsourcing.utils import get_topic
 from sqlalchemy import JSON, Connection, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .base import HandlerTableReadModel, RowBuffer, batch_ids
+from .read_model import HandlerTableReadModel, batch_ids
 from .sqltypes import UTCDateTime
+from .writers import RowBuffer
 
 DISPLAY_NAME_SLOTS = ("display_name", "name", "first_name")
 """User-scoped slots, in order of preference, that hold the name to greet with."""

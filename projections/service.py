@@ -26,8 +26,9 @@ from sqlalchemy import Connection, select
 from . import analytics as an
 from . import conversation_log as log
 from . import memory as mem
-from .base import Projector, tracking_table
 from .results import Analytics, Engagement, Memory, Resessionized, Transcript, TranscriptMessage
+from .runner import ProjectionRunner
+from .tracking import tracking_table
 
 T = TypeVar("T")
 
@@ -35,7 +36,7 @@ T = TypeVar("T")
 class ProjectionReads:
     """Query the read models of one projector; every answer carries its lag."""
 
-    def __init__(self, projector: Projector, clock: Callable[[], datetime]) -> None:
+    def __init__(self, projector: ProjectionRunner, clock: Callable[[], datetime]) -> None:
         self.projector = projector
         self.clock = clock
 
