@@ -25,7 +25,7 @@ from sqlalchemy import Connection, select
 
 from . import analytics as an
 from . import conversation_log as log
-from . import memory as mem
+from . import memory_tables as mem
 from .results import Analytics, Engagement, Memory, Resessionized, Transcript, TranscriptMessage
 from .runner import ProjectionRunner
 from .tracking import tracking_table
