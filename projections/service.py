@@ -145,7 +145,7 @@ class ProjectionReads:
         an.check_range(start, end)
 
         def query(conn: Connection, position: int, head: int) -> Resessionized:
-            conversations = an.resessionize(an.message_times(conn, start, end), timeout)
+            conversations = an.resessionize(log.message_times(conn, start, end), timeout)
             per_day: Counter[date] = Counter(c[1].date() for c in conversations)
             counts = [c[3] for c in conversations]
             durations = [(c[2] - c[1]).total_seconds() for c in conversations]
