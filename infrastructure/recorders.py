@@ -277,9 +277,9 @@ class _SQLiteKeyTables:
         )
         return {UUID(r[0]): r[1] for r in rows}
 
-    def erasure_states(self) -> Iterable[bytes]:
-        rows = self.conn.execute(f"SELECT state FROM {self.events_table} WHERE topic=?", (ERASURE_TOPIC,))
-        return [bytes(r[0]) for r in rows]
+    def erasure_states(self) -> Iterable[tuple[int, bytes]]:
+        rows = self.conn.execute(f"SELECT rowid, state FROM {self.events_table} WHERE topic=?", (ERASURE_TOPIC,))
+        return [(int(r[0]), bytes(r[1])) for r in rows]
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -871,12 +871,13 @@ class _PostgresKeyTables:
         )
         return {r["aggregate_id"]: r["visitor_id"] for r in rows}
 
-    def erasure_states(self) -> Iterable[bytes]:
+    def erasure_states(self) -> Iterable[tuple[int, bytes]]:
         t = self.recorder._t
         rows = self._rows(
-            SQL("SELECT state FROM {} WHERE topic = %s").format(t(self.recorder.events_table_name)), (ERASURE_TOPIC,)
+            SQL("SELECT notification_id, state FROM {} WHERE topic = %s").format(t(self.recorder.events_table_name)),
+            (ERASURE_TOPIC,),
         )
-        return [bytes(r["state"]) for r in rows]
+        return [(int(r["notification_id"]), bytes(r["state"])) for r in rows]
 
 
 LedgerRecorder = SQLiteLedgerRecorder | PostgresLedgerRecorder

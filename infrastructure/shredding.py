@@ -37,6 +37,7 @@ from typing import Any, Protocol
 from uuid import UUID, uuid4
 
 from chatledger.domain.erasure import ERASED_VALUES
+from chatledger.domain.errors import ChatLedgerError
 from chatledger.domain.model import DomainEvent, upcast
 from chatledger.domain.session import Session
 from cryptography.exceptions import InvalidTag
@@ -117,8 +118,15 @@ _TOP_LEVEL: dict[str, tuple[str, ...]] = {
 the mapper's straight-line fast path, the bulk of a rebuild."""
 
 
-class ContentIntegrityError(RuntimeError):
-    """An encrypted field failed authentication: the stored bytes were altered."""
+class ContentIntegrityError(ChatLedgerError, RuntimeError):
+    """An encrypted field failed authentication: the stored bytes were altered.
+    A chatledger error (the command line prints it on one line, exit status 1)."""
+
+
+class ErasedSnapshotError(ContentIntegrityError):
+    """A snapshot is under a key an erasure destroyed: stale derived data the
+    erasure deletes right after its transaction (left by a crash in between, or
+    read in that moment by another process). The ledger drops it and replays."""
 
 
 def _is_envelope(value: Any) -> bool:
@@ -565,7 +573,7 @@ class ShreddingMapper(PydanticMapper):
                 f"A snapshot of {stored_event.originator_id} is under an erased key; "
                 "erasure deletes such snapshots, so delete it and read again."
             )
-            raise ContentIntegrityError(msg)
+            raise ErasedSnapshotError(msg)
         return self._decrypt(stored_event, aead, envelope, _aad(stored_event, concrete, aad_id))
 
     @staticmethod
@@ -694,8 +702,8 @@ class KeyTables(Protocol):
         """``session -> visitor`` from ``chatledger_key_subjects``."""
         raise NotImplementedError
 
-    def erasure_states(self) -> Iterable[bytes]:  # pragma: no cover
-        """The stored bytes of every ``Visitor.DataErased`` event of the log."""
+    def erasure_states(self) -> Iterable[tuple[int, bytes]]:  # pragma: no cover
+        """``(log position, stored bytes)`` of every ``Visitor.DataErased`` event of the log."""
         raise NotImplementedError
 
 
@@ -707,8 +715,9 @@ class KeyAudit:
 
     - every key id an envelope of an event uses must be in ``chatledger_keys``,
       unless an erasure record in the log (a ``Visitor.DataErased`` receipt)
-      names it, or names its visitor and ``chatledger_destroyed_keys`` holds the
-      id: else ``missing key``;
+      names it, or ``chatledger_destroyed_keys`` holds the id and a receipt
+      recorded after the key's first use names the session of that use (the
+      unchained tables alone explain nothing): else ``missing key``;
     - each key present must open the first envelope made with it (AES-GCM
       authenticates key and ciphertext together, so the envelope, covered by
       the chain, is the key's check value): else ``altered key``;
@@ -725,14 +734,14 @@ class KeyAudit:
         self._present: set[str] = set()
         self._missing: dict[str, tuple[int, UUID, int]] = {}
         self._erased_kids: set[str] = set()
-        self._erased_visitors: set[str] = set()
+        self._erased_sessions: dict[str, int] = {}  # session id -> position of its last erasure
 
     def watch(self, events: Iterable[Any], tables: KeyTables) -> Iterator[Any]:
         """Yield ``events`` (``EventRow``s) unchanged, noting the keys they use."""
         for row in events:
             state = row.state
             if row.topic == ERASURE_TOPIC:
-                self._note_erasure(state)
+                self._note_erasure(row.notification_id, state)
             elif b'"$enc"' in state:
                 for raw in _ENVELOPE_KID.findall(state):
                     kid = raw.decode()
@@ -743,13 +752,15 @@ class KeyAudit:
                     self._check(tables)
             yield row
 
-    def _note_erasure(self, state: bytes) -> None:
+    def _note_erasure(self, position: int, state: bytes) -> None:
         try:
             # Upcast like any decoder would: a later DataErased may reshape it.
             data = upcast(resolve_topic(ERASURE_TOPIC), json.loads(state), None, None)
             receipt = data["receipt"]
             self._erased_kids.update(receipt["key_ids"])
-            self._erased_visitors.update(receipt["visitor_ids"])
+            for sid in receipt["session_ids"]:
+                key = str(UUID(str(sid)))
+                self._erased_sessions[key] = max(position, self._erased_sessions.get(key, 0))
         except (ValueError, KeyError, TypeError, AttributeError):
             pass  # an altered erasure event: the chain reports it
 
@@ -777,8 +788,8 @@ class KeyAudit:
         unexplained = [kid for kid in self._missing if kid not in self._erased_kids]
         if unexplained and not self.whole_log:
             # One aggregate's events were read: the receipts are on the visitors.
-            for state in tables.erasure_states():
-                self._note_erasure(state)
+            for position, state in tables.erasure_states():
+                self._note_erasure(position, state)
             unexplained = [kid for kid in unexplained if kid not in self._erased_kids]
         if unexplained:
             destroyed = tables.destroyed(unexplained)
@@ -786,7 +797,9 @@ class KeyAudit:
             for kid in unexplained:
                 position, oid, version = self._missing[kid]
                 visitor = owners.get(oid)
-                if kid in destroyed and visitor in self._erased_visitors:
+                # Destroyed by an erasure of the session the key was first used in,
+                # recorded after that use (it deletes every key of the visitor).
+                if kid in destroyed and self._erased_sessions.get(str(oid), 0) > position:
                     continue
                 who = f"visitor {visitor!r}" if visitor is not None else "an unknown visitor"
                 self._add(

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+from chatledger.domain.validation import check_count
 from eventsourcing.persistence import ApplicationRecorder, Mapper
 from sqlalchemy import Engine
 
@@ -110,6 +111,7 @@ class ProjectionRunner:
     ) -> int:
         """Apply every event not yet applied; return how many were applied
         (summed over the read models)."""
+        check_count("batch_size", batch_size)
         with self._lock:
             projections = [self.projections[n] for n in names or list(self.projections)]
             return self._catch_up.run(projections, batch_size, progress)
@@ -130,6 +132,7 @@ class ProjectionRunner:
         each batch of the log is read and decoded once for all of them.
         ``shadow``: build them into new tables while the live ones keep
         serving, then swap (:meth:`rebuild_shadow`)."""
+        check_count("batch_size", batch_size)  # before anything is dropped
         if shadow:
             return self.rebuild_shadow(names, batch_size=batch_size, progress=progress)
         with self._lock:
