@@ -118,6 +118,8 @@ def erase_subject(
     if uow.read_models:
         # Read models copy personal fields; they blank them on Visitor.DataErased.
         uow.projector.catch_up()
+        # A shadow rebuild left unfinished holds copies no catch-up reaches: dropped.
+        uow.projector.cancel_shadows()
     recorder.purge_free_space()
     return receipt
 
