@@ -14,6 +14,7 @@ import functools
 import inspect
 import os
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +49,7 @@ from chatledger.infrastructure.database import make_engine
 from chatledger.infrastructure.hashchain import VerificationReport
 from chatledger.infrastructure.persistence import eventsourcing_env, schema_lock
 from chatledger.infrastructure.settings import Settings
+from chatledger.infrastructure.shredding import ErasedSnapshotError
 from chatledger.infrastructure.snapshots import SnapshotStore
 from chatledger.projections import DEFAULT_READ_MODELS
 from chatledger.projections.base import (
@@ -66,7 +68,7 @@ from chatledger.projections.results import (
 )
 from chatledger.projections.service import ProjectionReads
 from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
-from eventsourcing.persistence import DataError, RecordConflictError
+from eventsourcing.persistence import DataError, PersistenceError, RecordConflictError
 
 from .audit import (
     HistoryStep,
@@ -154,6 +156,14 @@ def _callback(name: str, value: Any, limits: v.Limits) -> Any:
     return value
 
 
+def _retention(name: str, value: Any, limits: v.Limits) -> Any:
+    from .retention import RetentionPolicy
+
+    if value is not None and not isinstance(value, RetentionPolicy):
+        raise InvalidValueError(name, "type", f"{name} must be a RetentionPolicy or None, not {type(value).__name__}.")
+    return value
+
+
 def _interval(name: str, value: Any, limits: v.Limits) -> float:
     return v.check_number(name, value, maximum=86_400.0 * 366)
 
@@ -225,9 +235,19 @@ class ChatLedger(Application[UUID]):
         }
         self._saving = threading.local()  # the aggregates this thread is saving
         self._jobs: BackgroundJobs | None = None
-        env = eventsourcing_env(self.settings)
-        with schema_lock(self.settings):
-            super().__init__(env=env)
+        try:
+            env = eventsourcing_env(self.settings)
+            with schema_lock(self.settings):
+                super().__init__(env=env)
+        except (OSError, PersistenceError, sqlite3.Error) as err:
+            if self.settings.backend != "sqlite":
+                raise
+            path = os.path.abspath(self.settings.url().database or "")
+            raise ConfigurationError(
+                f"Cannot open the SQLite database at {path} ({type(err).__name__}: {err}). Check "
+                "--database (or CHATLEDGER_DATABASE_URL): it must name a chatledger SQLite file, "
+                "or a new one in a folder this process can write to."
+            ) from err
         install_key_ring(self)
 
     @classmethod
@@ -444,7 +464,16 @@ class ChatLedger(Application[UUID]):
     def _get_session(self, session_id: UUID | str) -> Session:
         sid = _as_uuid(session_id)
         try:
-            session = self.repository.get(sid, projector_func=_project)
+            try:
+                session = self.repository.get(sid, projector_func=_project)
+            except ErasedSnapshotError:
+                # Left by an erasure that stopped before deleting its snapshots (or
+                # read just before it did): derived data; drop it and replay the log.
+                table = getattr(getattr(self.snapshots, "recorder", None), "events_table_name", None)
+                if not table:
+                    raise
+                self.recorder.delete_snapshots(table, [sid])  # type: ignore[attr-defined]
+                session = self.repository.get(sid, projector_func=_project)
         except AggregateNotFoundError as err:
             raise UnknownSessionError(session_id) from err
         if not isinstance(session, Session):
@@ -770,7 +799,7 @@ class ChatLedger(Application[UUID]):
 
         return read_archive(self, path)
 
-    @_checked(interval=_interval, projections_interval=_opt(_interval))
+    @_checked(interval=_interval, retention=_retention, projections_interval=_opt(_interval))
     def start_background_jobs(
         self,
         interval: float = 30.0,

@@ -30,8 +30,10 @@ import binascii
 import gzip
 import json
 import logging
+import math
 import os
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -39,9 +41,10 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 from chatledger.domain.erasure import ERASED_TEXT
-from chatledger.domain.errors import InvalidCommandError
+from chatledger.domain.errors import InvalidCommandError, InvalidValueError
 from chatledger.domain.session import Session
 from chatledger.domain.state import SessionState
+from chatledger.domain.validation import MAX_DURATION
 from chatledger.projections.active_sessions import ActiveSessions, closed_sessions
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -84,9 +87,15 @@ class RetentionPolicy(BaseModel):
 
     @classmethod
     def days(cls, days: float, archive_dir: str | os.PathLike[str]) -> RetentionPolicy:
-        if days <= 0:
+        if (
+            isinstance(days, bool)
+            or not isinstance(days, (int, float))
+            or not math.isfinite(days)
+            or not 0 < days <= MAX_DURATION.days
+        ):
             raise InvalidCommandError(
-                f"Retention of {days} days makes no sense; use a positive number."
+                f"Retention of {days!r} days makes no sense; use a positive number of at most "
+                f"{MAX_DURATION.days}."
             )
         return cls(archive_after=timedelta(days=days), archive_dir=Path(archive_dir))
 
@@ -117,7 +126,14 @@ def archive_closed_sessions(
     projector = ledger.projector
     projector.catch_up([ActiveSessions.name])
     directory = Path(archive_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file there (or above), or no permission
+        raise InvalidValueError(
+            "archive_dir", "folder",
+            f"archive_dir={str(directory)!r} cannot be used as a folder ({err.strerror}); "
+            "pass a folder this process can create or write to.",
+        ) from err
     path = directory / f"sessions-{cutoff:%Y%m%dT%H%M%S}-{uuid4().hex[:8]}.jsonl.gz"
     archived = 0
     keys: dict[str, tuple[str, bytes] | None] = {}  # visitor -> (kid, key), for this run
@@ -230,25 +246,61 @@ def read_archive(ledger: ChatLedger, path: str | os.PathLike[str]) -> list[Archi
     if not source.is_file():
         msg = f"Archive {str(source)!r} does not exist; pass the path of a .jsonl.gz file."
         raise InvalidCommandError(msg)
+    try:
+        return _read_archive(ledger, source)
+    except (EOFError, UnicodeDecodeError, zlib.error, gzip.BadGzipFile) as err:
+        msg = f"Archive {str(source)!r} is not a gzipped chatledger archive, or is truncated ({err}); pass an archive file."
+        raise InvalidCommandError(msg) from err
+
+
+def _not_an_archive_line(source: Path, number: int) -> InvalidCommandError:
+    return InvalidCommandError(
+        f"Line {number} of archive {str(source)!r} is not a chatledger archive line: the file "
+        "was altered or is no archive; pass an archive file."
+    )
+
+
+def _parse_archive_line(source: Path, number: int, text: str) -> dict[str, Any]:
+    try:
+        line = json.loads(text)
+    except ValueError:
+        line = None
+    if (
+        not isinstance(line, dict)
+        or not isinstance(line.get("session_id"), str)
+        or ("$enc" in line and not (isinstance(line["$enc"], str) and isinstance(line.get("kid"), str)))
+    ):
+        raise _not_an_archive_line(source, number)
+    return line
+
+
+def _archived(source: Path, number: int, data: dict[str, Any]) -> ArchivedSession:
+    try:
+        return ArchivedSession.model_validate(data)
+    except ValidationError as err:
+        raise _not_an_archive_line(source, number) from err
+
+
+def _read_archive(ledger: ChatLedger, source: Path) -> list[ArchivedSession]:
     recorder = ledger.recorder
     found: dict[str, bytes | None] = {}
     sessions = []
     with gzip.open(source, "rt", encoding="utf-8") as lines:
         for number, text in enumerate(lines, 1):
-            line = json.loads(text)
+            line = _parse_archive_line(source, number, text)
             sid = line["session_id"]
             ids = {"session_id": sid, "visitor_id": line.get("visitor_id")}
             erased = {**ids, "erased": True, "state": ERASED_TEXT, "events": ERASED_TEXT}
             if "$enc" not in line:  # erased before archiving, or an archive of before encryption
                 plain = {**ids, "erased": False, "state": line.get("state"), "events": line.get("events")}
-                sessions.append(ArchivedSession.model_validate(erased if line.get("erased") else plain))
+                sessions.append(_archived(source, number, erased if line.get("erased") else plain))
                 continue
             kid = line["kid"]
             if kid not in found:
                 found[kid] = recorder.key_by_id(kid)  # type: ignore[attr-defined]
             key = found[kid]
             if key is None:
-                sessions.append(ArchivedSession.model_validate(erased))
+                sessions.append(_archived(source, number, erased))
                 continue
             try:
                 sealed = binascii.a2b_base64(line["$enc"])
@@ -259,5 +311,5 @@ def read_archive(ledger: ChatLedger, path: str | os.PathLike[str]) -> list[Archi
                     f"its key {kid}: the file was altered or is not this store's."
                 )
                 raise InvalidCommandError(msg) from err
-            sessions.append(ArchivedSession.model_validate({**ids, "erased": False, **content}))
+            sessions.append(_archived(source, number, {**ids, "erased": False, **content}))
     return sessions

@@ -16,30 +16,38 @@ non-empty one replaced by its ``SEALED_VALUES`` placeholder. With content they
 are decrypted; before each batch is decoded the batch's keys are looked up in
 the store again (not in the key ring's cache), so once a ``Visitor.DataErased``
 event is at or below the head read, every envelope under the destroyed keys
-reads as erased (``[erased]``) in that batch and every later one.
+reads as erased (``[erased]``) in that batch and every later one. A personal
+field stored in plaintext (client ids and end reasons before 0.2.0) reads as
+erased too once a later ``Session.ContentErased`` of its session is stored.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
+from chatledger.domain.erasure import ERASED_VALUES
 from chatledger.domain.model import Immutable
+from chatledger.domain.session import Session
 from chatledger.infrastructure.shredding import (
     _COMPILED,
     _EMPTY,
     _KID,
     SEALED_VALUES,
     ShreddingMapper,
+    _is_envelope,
     _keys_by_id,
     _walk,
 )
 from eventsourcing.utils import get_topic
 from pydantic import AwareDatetime
+from pydantic_core import from_json
 
 if TYPE_CHECKING:
     from .ledger import ChatLedger
 
+_CONTENT_ERASED = get_topic(Session.ContentErased)
 MAX_FEED_BATCH = 10_000
 """The most events one ``events_after`` call returns."""
 
@@ -75,21 +83,25 @@ def read_events(ledger: ChatLedger, position: int, limit: int, *, content: bool)
         return []
     batch = projector._read(position, limit, head)
     mapper = ledger.mapper
+    erased: set[int] = set()
     if content:
         _refresh_keys(mapper, batch)
         events = [mapper.to_domain_event(n) for n in batch]
+        erased = _erased_plaintext(ledger, batch)
     else:
         sealed = getattr(mapper, "to_sealed_event", mapper.to_domain_event)
         events = [sealed(n) for n in batch]
-    return [_log_event(n.id, e, content) for n, e in zip(batch, events)]
+    return [_log_event(n.id, e, content, n.id in erased) for n, e in zip(batch, events)]
 
 
-def _log_event(position: int, event: Any, content: bool) -> LogEvent:
+def _log_event(position: int, event: Any, content: bool, erased: bool = False) -> LogEvent:
     cls = type(event)
     topic = get_topic(cls)
     data = event.model_dump(mode="json")
     if not content:
         _seal(data, topic)
+    elif erased:
+        _seal(data, topic, ERASED_VALUES)
     stream = str(event.originator_id)
     version = event.originator_version
     return LogEvent(
@@ -106,13 +118,47 @@ def _log_event(position: int, event: Any, content: bool) -> LogEvent:
     )
 
 
-def _seal(data: dict[str, Any], topic: str) -> None:
-    """Replace every non-empty personal field by its placeholder (also one
-    stored in plain JSON, without an envelope)."""
+def _seal(data: dict[str, Any], topic: str, values: dict[str, Any] = SEALED_VALUES) -> None:
+    """Replace every non-empty personal field by its placeholder in ``values``
+    (also one stored in plain JSON, without an envelope)."""
     for path, parts in _COMPILED.get(topic, ()):
         for node, leaf, _ in _walk(data, parts or [path], []):
             if node[leaf] not in _EMPTY:
-                node[leaf] = SEALED_VALUES.get((parts or [path])[-1], SEALED_VALUES["value"])
+                node[leaf] = values.get((parts or [path])[-1], values["value"])
+
+
+def _erased_plaintext(ledger: ChatLedger, batch: Sequence[Any]) -> set[int]:
+    """Positions of the events of ``batch`` that hold a personal field in
+    plaintext (written before that field was encrypted, e.g. client message
+    ids and end reasons before 0.2.0) and whose session's content was erased
+    after them (a later ``Session.ContentErased`` in its stream): the
+    envelopes' keys are gone, but those fields are still readable bytes, so
+    they are blanked here as the session aggregate blanks them. Stores
+    written since every personal field is encrypted cost one parse of each
+    personal event of a batch, and no query."""
+    plain: dict[str, list[Any]] = {}
+    for n in batch:
+        compiled = _COMPILED.get(n.topic)
+        if compiled is None or compiled[0][0] == "state":
+            continue
+        data = from_json(n.state)
+        if any(
+            node[leaf] not in _EMPTY and not _is_envelope(node[leaf])
+            for path, parts in compiled
+            for node, leaf, _ in _walk(data, parts or [path], [])
+        ):
+            plain.setdefault(str(n.originator_id), []).append(n)
+    erased: set[int] = set()
+    for stream, notifications in plain.items():
+        first = min(n.originator_version for n in notifications)
+        later = [
+            e.originator_version
+            for e in ledger.recorder.select_events(UUID(stream), gt=first)
+            if e.topic == _CONTENT_ERASED
+        ]
+        if later:
+            erased.update(n.id for n in notifications if n.originator_version < max(later))
+    return erased
 
 
 def _refresh_keys(mapper: Any, batch: Sequence[Any]) -> None:

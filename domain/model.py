@@ -85,7 +85,7 @@ class DomainEvent(Immutable):
             raise TypeError(msg)
         missing = [
             f"upcast_v{n}_v{n + 1}" for n in range(1, version) if not callable(getattr(cls, f"upcast_v{n}_v{n + 1}", None))
-        ]
+        ] if not getattr(cls, "_never_upcast", False) else []
         if missing:
             msg = (
                 f"{cls.__qualname__} is at class_version {version} but has no {', '.join(missing)}: "
@@ -114,7 +114,12 @@ class SnapshotState(Immutable):
 
 
 class AggregateSnapshot(DomainEvent, CanSnapshotAggregate[UUID]):
-    """A snapshot event whose ``state`` is a typed :class:`SnapshotState`."""
+    """A snapshot event whose ``state`` is a typed :class:`SnapshotState`.
+
+    Its ``class_version`` needs no upcasters: a snapshot of another version is
+    never upcast (:class:`StaleSnapshot`), the aggregate is replayed."""
+
+    _never_upcast: ClassVar[bool] = True
 
     topic: str
     state: Any

@@ -111,6 +111,9 @@ class Session(Aggregate):
     }  # fmt: skip
 
     class Snapshot(AggregateSnapshot):
+        # 2 (release 0.2.0): ContentErased forgets client message ids and end
+        # reasons; a snapshot 0.1.0 took after an erasure still holds them.
+        class_version = 2
         state: SessionSnapshotState
 
     class Event(Aggregate.Event):

@@ -11,8 +11,8 @@ subclass naming the field, the rule and what to do; nothing is appended):
   (visitor, user, session and client message ids, slot keys, task names,
   reasons, channels) -> :class:`InvalidTextError`, :class:`FieldTooLargeError`;
 - **JSON values** (metadata, slot values, context) are ``None``, ``bool``,
-  ``int`` with ``|n| < 2**63``, finite ``float``, ``str`` (as text), ``list``
-  or ``tuple``, and ``dict`` with ``str`` keys; nested at most
+  ``int`` with ``|n| < 2**63``, finite ``float``, ``str`` (as text), ``list``,
+  and ``dict`` with ``str`` keys (not a tuple or another Mapping); nested at most
   ``max_json_depth`` levels and at most ``max_json_bytes`` as UTF-8 JSON
   -> :class:`InvalidValueError`, :class:`InvalidTextError`, :class:`FieldTooLargeError`;
 - **datetimes** are timezone-aware (a naive datetime is refused, never guessed
@@ -72,7 +72,7 @@ class Limits(BaseModel):
     max_text_chars: int = Field(default=TEXT_CEILING, ge=1, le=TEXT_CEILING)
     max_id_chars: int = Field(default=ID_CEILING, ge=1, le=ID_CEILING)
     max_json_bytes: int = Field(default=64 * 1024, ge=2, le=16 * 1024 * 1024)
-    max_json_depth: int = Field(default=32, ge=1, le=256)
+    max_json_depth: int = Field(default=32, ge=1, le=128)
 
 
 DEFAULT_LIMITS = Limits()
@@ -156,9 +156,9 @@ def check_json(field: str, value: object, limits: Limits = DEFAULT_LIMITS) -> An
 
 def check_object(field: str, value: object, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """A JSON object (metadata, context)."""
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         raise InvalidValueError(
-            field, "type", f"{field} must be a dict (a JSON object), not {_kind(value)}."
+            field, "type", f"{field} must be a dict (a JSON object), not {_kind(value)}; pass a dict."
         )
     check_json(field, value, limits)
     return dict(value)
@@ -184,14 +184,14 @@ def _walk(path: str, value: object, limits: Limits, depth: int) -> None:
             raise FieldTooLargeError(path, limits.max_json_bytes, len(value), setting=JSON_SETTING)
         _check_unicode(path, value)
         return
-    if isinstance(value, (list, tuple, Mapping)):
+    if isinstance(value, (list, dict)):
         if depth >= limits.max_json_depth:
             raise InvalidValueError(
                 path,
                 "depth",
                 f"{path} is nested more than {limits.max_json_depth} levels deep; flatten it.",
             )
-        if isinstance(value, Mapping):
+        if isinstance(value, dict):
             if len(value) * 2 > limits.max_json_bytes:
                 raise FieldTooLargeError(
                     path, limits.max_json_bytes, len(value) * 2, unit="bytes of JSON", setting=JSON_SETTING
@@ -214,7 +214,8 @@ def _walk(path: str, value: object, limits: Limits, depth: int) -> None:
     raise InvalidValueError(
         path,
         "type",
-        f"{path} is of type {_kind(value)}; JSON values are str, int, float, bool, None, list or dict.",
+        f"{path} is of type {_kind(value)}; JSON values are str, int, float, bool, None, list or dict"
+        + (" (pass a list)." if isinstance(value, tuple) else " (pass a dict)." if isinstance(value, Mapping) else "."),
     )
 
 

@@ -138,7 +138,8 @@ def erase(
     """Crypto-shred a person's conversation content; print the erasure receipt (JSON)."""
     if (user is None) == (visitor is None):
         ctx.fail("Give exactly one of --user or --visitor.")
-    with open_ledger(database) as ledger:
+    # A store that does not exist holds no one to erase: refuse it like a read.
+    with open_ledger(database, read_only=True) as ledger:
         receipt = ledger.erase(user_id=user, visitor_id=visitor)
     print(receipt.model_dump_json(indent=2))
 

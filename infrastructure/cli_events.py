@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from chatledger import ChatLedger
 from chatledger.domain import validation as v
-from chatledger.infrastructure.cli_options import DatabaseOption
+from chatledger.infrastructure.cli_options import DatabaseOption, open_ledger
 from chatledger.infrastructure.webhooks import list_dead_letters
 from rich.console import Console
 
@@ -52,7 +52,7 @@ def follow(
     "position": resume with --after set to the last one printed."""
     position = after
     v.check_number("interval", interval, maximum=86_400.0)
-    with ChatLedger.open(database) as ledger:
+    with open_ledger(database, read_only=True) as ledger:
         while True:
             batch = ledger.events_after(position, limit=limit, content=content)
             try:
@@ -125,7 +125,7 @@ def dead_letters(
     database: DatabaseOption = None,
 ) -> None:
     """Print the subscription's dead letters as JSON lines, in log order."""
-    with ChatLedger.open(database) as ledger:
+    with open_ledger(database, read_only=True) as ledger:
         letters = list_dead_letters(ledger, name)
     for letter in letters:
         print(json.dumps(letter.model_dump(mode="json")))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,8 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Annotated, Optional
 
+import psycopg
 import typer
 from chatledger import ChatLedger, ConfigurationError
+from chatledger.infrastructure.persistence import psycopg_conninfo
 from chatledger.infrastructure.settings import Settings
 
 DatabaseOption = Annotated[
@@ -62,10 +66,13 @@ def require_existing_database(database: str | None) -> None:
 
     Read-only commands call this: a mistyped path must not become a new empty
     database (and new folders) that then reports "no session" or zeros.
-    ``sqlite:///:memory:`` and PostgreSQL URLs pass unchecked.
+    ``sqlite:///:memory:`` passes unchecked. On PostgreSQL the schema (``public``
+    without ``?schema=``) must hold a chatledger store: a mistyped schema would
+    otherwise be created, with empty tables that verify "OK" and read as zeros.
     """
     settings = Settings(database_url=database) if database is not None else Settings()
     if settings.backend != "sqlite":
+        _require_existing_postgres_store(settings)
         return
     name = settings.url().database
     if not name or name == ":memory:":
@@ -74,8 +81,42 @@ def require_existing_database(database: str | None) -> None:
     if not os.path.isfile(path):
         raise ConfigurationError(
             f"No SQLite database at {path}; nothing was created. Check --database "
-            "(or CHATLEDGER_DATABASE_URL); only commands that write (demo, worker, erase, "
-            "projections catch-up/rebuild) create a new database."
+            "(or CHATLEDGER_DATABASE_URL); only demo, worker, events deliver "
+            "and projections catch-up/rebuild/run create a new database."
+        )
+    try:
+        with contextlib.closing(sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True)) as conn:
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stored_events'"
+            ).fetchone()
+    except sqlite3.Error as err:
+        raise ConfigurationError(f"Cannot read the SQLite database at {path} ({err}); check --database.") from err
+    if found is None:
+        raise ConfigurationError(
+            f"No chatledger store in the SQLite file {path}; nothing was written to it. Check "
+            "--database (or CHATLEDGER_DATABASE_URL)."
+        )
+
+
+def _require_existing_postgres_store(settings: Settings) -> None:
+    url = settings.url()
+    schema = settings.postgres_schema or "public"
+    try:
+        with psycopg.connect(psycopg_conninfo(settings), autocommit=True) as conn:
+            found = conn.execute(
+                "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = %s",
+                (schema, "chatledger_events"),
+            ).fetchone()
+    except psycopg.Error as err:
+        raise ConfigurationError(
+            f"Cannot reach PostgreSQL database {url.database!r} on {url.host or '127.0.0.1'}: {err}. "
+            "Check that the server runs and --database (or CHATLEDGER_DATABASE_URL) is right."
+        ) from err
+    if found is None:
+        raise ConfigurationError(
+            f"No chatledger store in schema {schema!r} of PostgreSQL database {url.database!r}; "
+            "nothing was created. Check --database (or CHATLEDGER_DATABASE_URL) and its ?schema=; "
+            "only demo, worker, events deliver and projections catch-up/rebuild/run create a new store."
         )
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 import typer
 from chatledger import ChatLedger, InvalidCommandError, TranscriptMessage, UnknownSubjectError
 from chatledger.audit import visitors_of_user
+from chatledger.domain import validation as v
 from chatledger.infrastructure.cli_options import (
     DatabaseOption,
     SinceOption,
@@ -44,7 +45,9 @@ export_app = typer.Typer(no_args_is_help=True, help="Export read models.")
 console = Console()
 err_console = Console(stderr=True)
 
-BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Events per transaction.")]
+BatchOption = Annotated[
+    int, typer.Option("--batch-size", min=1, max=2**63 - 1, help="Events per transaction.")
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -193,6 +196,7 @@ def run(
     interval: Annotated[float, typer.Option(help="Seconds between catch-ups.")] = 1.0,
 ) -> None:
     """Keep every projection current until interrupted (a runner for ``worker`` setups)."""
+    v.check_number("--interval", interval, maximum=86_400.0)
     with _open(database) as ledger:
         console.print(f"keeping projections current every {interval}s; Ctrl-C to stop")
         try:
@@ -234,7 +238,8 @@ def export_transcripts(
     kind = (fmt or out.suffix.lstrip(".")).lower()
     if kind not in ("jsonl", "csv"):
         raise InvalidCommandError(f"Cannot export as {kind!r}; use --format jsonl or csv.")
-    start, end = since, until
+    start = v.check_time("--since", since) if since is not None else None
+    end = v.check_time("--until", until) if until is not None else None
     with _open(database, read_only=True) as ledger:
         if session is not None:
             ledger.session(session)  # UnknownSessionError for an id the log has never seen

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
+from chatledger.domain.errors import ChatLedgerError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import StoredEvent
@@ -20,8 +21,15 @@ from .personal_fields import PLAIN_FIELD
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
-class ContentIntegrityError(RuntimeError):
-    """An encrypted field failed authentication: the stored bytes were altered."""
+class ContentIntegrityError(ChatLedgerError, RuntimeError):
+    """An encrypted field failed authentication: the stored bytes were altered.
+    A chatledger error (the command line prints it on one line, exit status 1)."""
+
+
+class ErasedSnapshotError(ContentIntegrityError):
+    """A snapshot is under a key an erasure destroyed: stale derived data the
+    erasure deletes right after its transaction (left by a crash in between, or
+    read in that moment by another process). The ledger drops it and replays."""
 
 
 def is_envelope(value: Any) -> bool:

@@ -32,8 +32,9 @@ class KeyAudit:
 
     - every key id an envelope of an event uses must be in ``chatledger_keys``,
       unless an erasure record in the log (a ``Visitor.DataErased`` receipt)
-      names it, or names its visitor and ``chatledger_destroyed_keys`` holds the
-      id: else ``missing key``;
+      names it, or ``chatledger_destroyed_keys`` holds the id and a receipt
+      recorded after the key's first use names the session of that use (the
+      unchained tables alone explain nothing): else ``missing key``;
     - each key present must open the first envelope made with it (AES-GCM
       authenticates key and ciphertext together, so the envelope, covered by
       the chain, is the key's check value): else ``altered key``;
@@ -50,14 +51,14 @@ class KeyAudit:
         self._present: set[str] = set()
         self._missing: dict[str, tuple[int, UUID, int]] = {}
         self._erased_kids: set[str] = set()
-        self._erased_visitors: set[str] = set()
+        self._erased_sessions: dict[str, int] = {}  # session id -> position of its last erasure
 
     def watch(self, events: Iterable[Any], tables: KeyTables) -> Iterator[Any]:
         """Yield ``events`` (``EventRow``s) unchanged, noting the keys they use."""
         for row in events:
             state = row.state
             if row.topic == ERASURE_TOPIC:
-                self._note_erasure(state)
+                self._note_erasure(row.notification_id, state)
             elif b'"$enc"' in state:
                 for raw in _ENVELOPE_KID.findall(state):
                     kid = raw.decode()
@@ -68,13 +69,15 @@ class KeyAudit:
                     self._check(tables)
             yield row
 
-    def _note_erasure(self, state: bytes) -> None:
+    def _note_erasure(self, position: int, state: bytes) -> None:
         try:
             # Upcast like any decoder would: a later DataErased may reshape it.
             data = upcast(resolve_topic(ERASURE_TOPIC), json.loads(state), None, None)
             receipt = data["receipt"]
             self._erased_kids.update(receipt["key_ids"])
-            self._erased_visitors.update(receipt["visitor_ids"])
+            for sid in receipt["session_ids"]:
+                key = str(UUID(str(sid)))
+                self._erased_sessions[key] = max(position, self._erased_sessions.get(key, 0))
         except (ValueError, KeyError, TypeError, AttributeError):
             pass  # an altered erasure event: the chain reports it
 
@@ -102,8 +105,8 @@ class KeyAudit:
         unexplained = [kid for kid in self._missing if kid not in self._erased_kids]
         if unexplained and not self.whole_log:
             # One aggregate's events were read: the receipts are on the visitors.
-            for state in tables.erasure_states():
-                self._note_erasure(state)
+            for position, state in tables.erasure_states():
+                self._note_erasure(position, state)
             unexplained = [kid for kid in unexplained if kid not in self._erased_kids]
         if unexplained:
             destroyed = tables.destroyed(unexplained)
@@ -111,7 +114,9 @@ class KeyAudit:
             for kid in unexplained:
                 position, oid, version = self._missing[kid]
                 visitor = owners.get(oid)
-                if kid in destroyed and visitor in self._erased_visitors:
+                # Destroyed by an erasure of the session the key was first used in,
+                # recorded after that use (it deletes every key of the visitor).
+                if kid in destroyed and self._erased_sessions.get(str(oid), 0) > position:
                     continue
                 who = f"visitor {visitor!r}" if visitor is not None else "an unknown visitor"
                 self._add(

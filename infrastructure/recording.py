@@ -172,8 +172,8 @@ class KeyTables(Protocol):
         """``session -> visitor`` from ``chatledger_key_subjects``."""
         raise NotImplementedError
 
-    def erasure_states(self) -> Iterable[bytes]:  # pragma: no cover
-        """The stored bytes of every ``Visitor.DataErased`` event of the log."""
+    def erasure_states(self) -> Iterable[tuple[int, bytes]]:  # pragma: no cover
+        """``(log position, stored bytes)`` of every ``Visitor.DataErased`` event of the log."""
         raise NotImplementedError
 
 

@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(default=TEXT_CEILING, ge=1, le=TEXT_CEILING)
     max_id_chars: int = Field(default=ID_CEILING, ge=1, le=ID_CEILING)
     max_json_bytes: int = Field(default=64 * 1024, ge=2, le=16 * 1024 * 1024)
-    max_json_depth: int = Field(default=32, ge=1, le=256)
+    max_json_depth: int = Field(default=32, ge=1, le=128)
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -65,12 +65,27 @@ class Settings(BaseSettings):
 
     def url(self) -> URL:
         try:
-            return make_url(self.database_url)
+            url = make_url(self.database_url)
         except ArgumentError as err:
             raise ConfigurationError(
                 f"Cannot parse database URL {self.database_url!r}; use "
                 "'sqlite:///file.db' or 'postgresql://user@host:5432/dbname'."
             ) from err
+        parts = [url.username, url.password, url.host, url.database]
+        parts += [v for value in url.query.values() for v in ([value] if isinstance(value, str) else value)]
+        if any(part is not None and "\x00" in str(part) for part in parts):
+            raise ConfigurationError(
+                f"database_url (CHATLEDGER_DATABASE_URL) {self.database_url!r} holds a NUL "
+                "character (%00); no file, database or schema can be named with one."
+            )
+        schema = url.query.get("schema")
+        if isinstance(schema, str) and len(schema.encode("utf-8")) > 63:
+            raise ConfigurationError(
+                f"database_url (CHATLEDGER_DATABASE_URL): the schema name {schema[:20]!r}... is "
+                f"{len(schema.encode('utf-8'))} bytes; PostgreSQL names are at most 63 (it would "
+                "cut it short, to a schema another URL may name too). Use a shorter schema."
+            )
+        return url
 
     @property
     def backend(self) -> str:

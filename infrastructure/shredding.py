@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from chatledger.domain.erasure import ERASED_VALUES
 
-from .envelopes import ContentIntegrityError
+from .envelopes import ContentIntegrityError, ErasedSnapshotError
+from .envelopes import is_envelope as _is_envelope
 from .envelopes import walk as _walk
 from .key_audit import KEY_CHECK_BATCH, KeyAudit
 from .key_ring import KEY_CACHE_TTL_S, MAX_CACHED_KEYS, KeyRing
@@ -47,10 +48,12 @@ __all__ = [
     "_EMPTY",
     "_KID",
     "ContentIntegrityError",
+    "ErasedSnapshotError",
     "KeyAudit",
     "KeyRing",
     "KeyTables",
     "ShreddingMapper",
+    "_is_envelope",
     "_keys_by_id",
     "_walk",
 ]

@@ -37,7 +37,7 @@ from eventsourcing.utils import get_topic, resolve_topic
 from pydantic_core import from_json
 
 from .envelopes import (
-    ContentIntegrityError,
+    ErasedSnapshotError,
     aad_id_of,
     associated_data,
     envelopes,
@@ -162,7 +162,7 @@ class ShreddingMapper(FastDecoding, PydanticMapper):
                 f"A snapshot of {stored_event.originator_id} is under an erased key; "
                 "erasure deletes such snapshots, so delete it and read again."
             )
-            raise ContentIntegrityError(msg)
+            raise ErasedSnapshotError(msg)
         return open_envelope(stored_event, aead, envelope, associated_data(stored_event, concrete, aad_id))
 
     def decrypt_state(self, stored_event: StoredEvent, *, upcast_state: bool = True) -> dict[str, Any]:

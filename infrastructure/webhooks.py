@@ -167,8 +167,8 @@ class WebhookWorker:
     """Posts every event after its stored position to ``url``; see the module doc.
 
     ``content`` (default False): send personal fields decrypted instead of
-    sealed (erased content is sent as erased; on retries the event is read
-    again, so content erased meanwhile is not sent). ``timeout`` is per
+    sealed (erased content is sent as erased; each attempt reads its event
+    again, so content erased since its batch was read is not sent). ``timeout`` is per
     request, in seconds. ``sleep`` is how the worker waits between attempts.
     """
 
@@ -320,10 +320,12 @@ class WebhookWorker:
         for attempt in range(1, self.max_attempts + 1):
             if attempt > 1:
                 self._sleep(min(self.backoff * 2 ** (attempt - 2), self.max_backoff))
-                if self.content:  # read again: its content may have been erased meanwhile
-                    fresh = self.ledger.events_after(event.position - 1, limit=1, content=True)
-                    if fresh and fresh[0].position == event.position:
-                        event = fresh[0]
+            if self.content:
+                # Read it again before every attempt: its content may have been
+                # erased since its batch was read (or since the last attempt).
+                fresh = self.ledger.events_after(event.position - 1, limit=1, content=True)
+                if fresh and fresh[0].position == event.position:
+                    event = fresh[0]
             try:
                 self._post(event)
             except DeliveryError as err:

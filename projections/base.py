@@ -27,6 +27,7 @@ from uuid import UUID
 
 import psycopg
 from chatledger.domain.errors import ConfigurationError, EventVersionError
+from chatledger.domain.validation import check_count
 from eventsourcing.persistence import ApplicationRecorder, Mapper, Tracking, TrackingRecorder
 from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteApplicationRecorder
@@ -642,6 +643,7 @@ class Projector:
     ) -> int:
         """Apply every event not yet applied; return how many were applied
         (summed over the read models)."""
+        check_count("batch_size", batch_size)
         with self._lock:
             return self._run([self.projections[n] for n in names or list(self.projections)], batch_size, progress)
 
@@ -661,6 +663,7 @@ class Projector:
         each batch of the log is read and decoded once for all of them.
         ``shadow``: build them into new tables while the live ones keep
         serving, then swap (:meth:`rebuild_shadow`)."""
+        check_count("batch_size", batch_size)  # before anything is dropped
         if shadow:
             return self.rebuild_shadow(names, batch_size=batch_size, progress=progress)
         with self._lock:

@@ -244,6 +244,9 @@ READ_ONLY = [
     pytest.param(["audit", "verify"], id="audit-verify"),
     pytest.param(["audit", "replay", UNKNOWN], id="audit-replay"),
     pytest.param(["audit", "export", "--session", UNKNOWN, "--out", "OUT/a.jsonl"], id="audit-export"),
+    pytest.param(["events", "follow", "--once"], id="events-follow"),
+    pytest.param(["events", "dead-letters", "--name", "crm"], id="events-dead-letters"),
+    pytest.param(["erase", "--user", "u-1"], id="erase"),  # writes, but nothing to erase in no store
 ]
 
 
@@ -259,6 +262,48 @@ def test_read_only_commands_refuse_a_missing_sqlite_file_and_create_nothing(
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith(f"error: No SQLite database at {missing}")
     assert no_files(tmp_path) == ["OUT"] and no_files(tmp_path / "OUT") == []
+
+
+@pytest.mark.parametrize("args", READ_ONLY)
+def test_read_only_commands_write_no_tables_into_a_sqlite_file_that_is_no_store(
+    cli: Install, tmp_path: Path, args: list[str]
+) -> None:
+    """Another application's SQLite file (or an empty one) is not a chatledger store:
+    read-only commands refuse it instead of creating tables in it and reporting OK."""
+    import sqlite3
+
+    (tmp_path / "OUT").mkdir()
+    args = [a.replace("OUT", str(tmp_path / "OUT")) for a in args]
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE invoices (n INTEGER)")
+    before = other.read_bytes()
+    done = run(cli, [*args, "--database", f"sqlite:///{other}"], tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert flat(done.stderr).startswith(f"error: No chatledger store in the SQLite file {other}")
+    assert other.read_bytes() == before and no_files(tmp_path / "OUT") == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("args", READ_ONLY[:6])
+def test_read_only_commands_refuse_a_postgres_schema_without_a_store_and_create_nothing(
+    cli: Install, tmp_path: Path, postgres_url: str, args: list[str]
+) -> None:
+    """The PostgreSQL twin of a mistyped SQLite path: a mistyped ``?schema=``."""
+    (tmp_path / "OUT").mkdir()
+    args = [a.replace("OUT", str(tmp_path / "OUT")) for a in args]
+    schema = postgres_url.rsplit("schema=", 1)[1]
+    done = run(cli, [*args, "--database", postgres_url], tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert flat(done.stderr).startswith(f"error: No chatledger store in schema '{schema}'")
+    with psycopg.connect(POSTGRES_CONNINFO) as conn:
+        assert conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None
+    assert no_files(tmp_path / "OUT") == []
+    with ChatLedger.open(postgres_url):  # once there is a store, they read it
+        pass
+    assert run(cli, ["audit", "verify", "--database", postgres_url], tmp_path).returncode == 0
 
 
 @pytest.mark.slow
@@ -361,3 +406,78 @@ def test_session_show_of_an_erased_session_prints_erased(cli: Install, tmp_path:
     kept = run(cli, ["session", "show", str(other), "-d", url], tmp_path)
     assert kept.returncode == 0, kept.stderr
     assert "slots {'kept': None}" in kept.stdout and "keep [b]me[/b]" in kept.stdout  # not erased
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["projections", "rebuild", "--all", "--batch-size", str(2**70)], id="rebuild-batch-2**70"),
+        pytest.param(["projections", "catch-up", "--batch-size", str(2**63)], id="catch-up-batch-2**63"),
+        pytest.param(["projections", "run", "--interval", "-1"], id="run-interval-negative"),
+        pytest.param(["projections", "run", "--interval", "nan"], id="run-interval-nan"),
+        pytest.param(["export", "transcripts", "--out", "t.jsonl", "--since", "0001-01-01T00:00:00+05:00"],
+                     id="export-since-year-1"),
+        pytest.param(["export", "transcripts", "--out", "t.jsonl", "--until", "9999-12-31T23:00:00-05:00"],
+                     id="export-until-year-9999"),
+    ],
+)
+def test_out_of_range_values_are_refused_before_any_read_model_is_touched(
+    cli: Install, tmp_path: Path, args: list[str]
+) -> None:
+    url = f"sqlite:///{tmp_path}/chat.db"
+    with ChatLedger.open(url) as ledger:
+        ledger.receive("v-1", "hello")
+        ledger.catch_up()
+        head = ledger.projection_status()[0].head
+    done = run(cli, [*args, "-d", url], tmp_path)
+    assert "Traceback" not in done.stderr
+    if "--batch-size" in args:  # a usage error of the option
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "Invalid value for '--batch-size'" in flat(done.stderr)
+    else:
+        flag = next(a for a in args if a in ("--interval", "--since", "--until"))
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stderr.startswith(f"error: {flag}=")
+    assert not (tmp_path / "t.jsonl").exists()
+    with ChatLedger.open(url) as ledger:  # a rebuild refused dropped nothing
+        assert all(row.position == head for row in ledger.projection_status())
+
+
+def test_an_altered_ciphertext_is_one_error_line_not_a_traceback(cli: Install, tmp_path: Path) -> None:
+    """A stored envelope edited by hand fails authentication when it is opened: the
+    commands that open it say so on one line and exit 1 (verify reports the break)."""
+    url = f"sqlite:///{tmp_path}/chat.db"
+    with ChatLedger.open(url) as ledger:
+        sid = ledger.receive("v-1", "a secret").session_id
+    raw = RawDB(url)
+    state = json.loads(raw.state(sid, 2))  # the MessageReceived
+    sealed = state["text"]["$enc"]
+    state["text"]["$enc"] = sealed[:20] + ("A" if sealed[20] != "A" else "B") + sealed[21:]
+    raw.set_state(sid, 2, json.dumps(state).encode())
+    for args in (["session", "show", str(sid)], ["events", "follow", "--once", "--content"]):
+        done = run(cli, [*args, "-d", url], tmp_path)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr, (args, done.stderr)
+        assert flat(done.stderr).startswith(f"error: An encrypted field of {sid} version 2 failed authentication")
+    assert run(cli, ["audit", "verify", "-d", url], tmp_path).returncode == 1
+
+
+@pytest.mark.parametrize("where", ["a-folder", "not-a-database", "under-a-file"])
+def test_a_sqlite_path_that_cannot_be_a_database_is_one_error_line(cli: Install, tmp_path: Path, where: str) -> None:
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "notes.txt").write_text("not a database\n" * 100)
+    path = {"a-folder": "a-folder", "not-a-database": "notes.txt", "under-a-file": "notes.txt/chat.db"}[where]
+    for args in (["projections", "catch-up"], ["demo"]):
+        done = run(cli, [*args, "-d", f"sqlite:///{tmp_path / path}"], tmp_path)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+        assert flat(done.stderr).startswith(f"error: Cannot open the SQLite database at {tmp_path / path}")
+    assert (tmp_path / "notes.txt").read_text() == "not a database\n" * 100
+
+
+@pytest.mark.parametrize("days", ["nan", "1e300", "-1"])
+def test_worker_refuses_a_retention_that_is_no_number_of_days(cli: Install, tmp_path: Path, days: str) -> None:
+    url = f"sqlite:///{tmp_path}/chat.db"
+    done = run(cli, ["worker", "--once", "--retention-days", days, "-d", url], tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.startswith("error: Retention of ")

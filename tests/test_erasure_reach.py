@@ -274,3 +274,63 @@ def test_the_fast_and_sealed_decoders_agree_on_client_ids_and_reasons(scene: Sce
     assert check() == {"client_message_id", "reason"}
     ledger.erase(user_id="user-alpha")
     assert check() == {"client_message_id", "reason"}  # Bravo's still open; Alpha's read erased
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "match"),
+    [
+        ("notes.txt", b"just some text\n", "not a gzipped"),
+        ("text.jsonl.gz", gzip.compress(b"not json\n"), "Line 1 of archive"),
+        ("list.jsonl.gz", gzip.compress(b"[1, 2]\n"), "Line 1 of archive"),
+        ("other.jsonl.gz", gzip.compress(b'{"id": 1}\n'), "Line 1 of archive"),
+        ("bad-id.jsonl.gz", gzip.compress(b'{"session_id": "x", "state": 1}\n'), "Line 1 of archive"),
+        ("cut.jsonl.gz", gzip.compress(b"x" * 5000)[:-12], "truncated"),
+    ],
+    ids=["text", "gzip-not-json", "gzip-list", "gzip-other-json", "bad-fields", "truncated"],
+)
+def test_a_file_that_is_no_archive_is_refused_with_its_name(
+    tmp_path: Path, sqlite_url: str, name: str, data: bytes, match: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    with ChatLedger.open(sqlite_url) as ledger, pytest.raises(InvalidCommandError, match=match) as caught:
+        ledger.read_archive(path)
+    assert str(path) in str(caught.value)
+
+
+def test_an_archive_folder_that_is_a_file_is_refused(tmp_path: Path, sqlite_url: str) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder")
+    with ChatLedger.open(sqlite_url) as ledger:
+        head = log_head(ledger)
+        with pytest.raises(InvalidCommandError, match="archive_dir") as caught:
+            ledger.archive_closed_sessions(timedelta(days=1), tmp_path / "taken")
+        assert getattr(caught.value, "field", None) == "archive_dir"
+        with pytest.raises(InvalidCommandError, match="archive_dir"):
+            ledger.archive_closed_sessions(timedelta(days=1), tmp_path / "taken" / "below")
+        assert log_head(ledger) == head
+
+
+def test_a_session_snapshot_left_under_a_destroyed_key_is_dropped_not_fatal(
+    database_url: str, clock: ManualClock
+) -> None:
+    """Erasure deletes the session's snapshots after its transaction commits: one a
+    crash left behind (or another process reads in between) is stale derived data
+    under a destroyed key. Reading the session drops it and replays the events."""
+    with ChatLedger.open(database_url, clock=clock, snapshot_interval=2) as ledger:
+        sid = ledger.receive("v-snap", "a secret").session_id
+        for n in range(5):
+            ledger.reply(sid, f"secret reply {n}")
+        raw = RawDB(database_url)
+        table = "stored_snapshots" if raw.is_sqlite else "chatledger_snapshots"
+        oid = sid.hex if raw.is_sqlite else sid
+        rows = raw.execute(f"SELECT * FROM {table} WHERE originator_id=?", (oid,))
+        assert rows  # the session has a snapshot
+        ledger.erase(visitor_id="v-snap")
+    marks = ",".join("?" * len(rows[0]))
+    for row in rows:  # the process died before deleting them
+        raw.execute(f"INSERT INTO {table} VALUES ({marks})", row)
+    with ChatLedger.open(database_url, clock=clock, snapshot_interval=2) as fresh:
+        assert {m.text for m in fresh.session(sid).messages} == {ERASED_TEXT}
+        fresh.reply(sid, "still going")
+        assert fresh.session(sid).messages[-1].text == "still going"
+        assert fresh.verify().ok

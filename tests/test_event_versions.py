@@ -24,6 +24,7 @@ from chatledger import ChatLedger, EventVersionError, ManualClock
 from chatledger.domain.erasure import ERASED_METADATA, ERASED_TEXT
 from chatledger.domain.model import DomainEvent
 from chatledger.domain.session import Session
+from chatledger.infrastructure.shredding import PERSONAL_FIELDS
 from pydantic import Field, JsonValue
 
 from .helpers import read_stored_as, stored_states
@@ -250,12 +251,12 @@ def test_a_snapshot_of_another_version_is_passed_over_and_replaced(
         wrong.messages = wrong.messages[:1]
         ledger.snapshots.put([Session.Snapshot.take(wrong)])  # type: ignore[union-attr]
         [row] = list(ledger.snapshots.recorder.select_events(sid))  # type: ignore[union-attr]
-        assert row.originator_version == 5 and b"class_version" not in row.state  # stored at version 1
+        assert row.originator_version == 5 and bytes(row.state).endswith(b',"class_version":2}')
 
     with ChatLedger.open(database_url, clock=clock, snapshot_interval=3) as same_version:
-        assert len(same_version.session(sid).messages) == 1  # version 1 reads its own snapshot
+        assert len(same_version.session(sid).messages) == 1  # the same version reads its own snapshot
 
-    monkeypatch.setattr(Session.Snapshot, "class_version", 2)  # the state's shape changed
+    monkeypatch.setattr(Session.Snapshot, "class_version", 3)  # the state's shape changed
     with ChatLedger.open(database_url, clock=clock, snapshot_interval=3) as ledger:
         assert list(ledger.snapshots.get(sid)) == []  # type: ignore[union-attr]
         state = ledger.session(sid)
@@ -264,7 +265,7 @@ def test_a_snapshot_of_another_version_is_passed_over_and_replaced(
         clock.advance(timedelta(seconds=1))
         ledger.reply(sid, "five")  # version 6: a fresh snapshot, at version 2
         [row] = list(ledger.snapshots.recorder.select_events(sid))  # type: ignore[union-attr]
-        assert row.originator_version == 6 and bytes(row.state).endswith(b',"class_version":2}')
+        assert row.originator_version == 6 and bytes(row.state).endswith(b',"class_version":3}')
 
     with ChatLedger.open(database_url, clock=clock, snapshot_interval=3) as ledger:
         [snapshot] = list(ledger.snapshots.get(sid))  # type: ignore[union-attr]
@@ -299,3 +300,35 @@ def test_a_visitor_snapshot_of_another_version_is_passed_over(
     with ChatLedger.open(database_url, clock=clock, snapshot_interval=2) as ledger:
         assert list(ledger.snapshots.get(vid)) == []  # type: ignore[union-attr, arg-type]
         assert len(ledger.repository.get(vid).session_ids) == 1  # replayed from its events
+
+
+def test_a_session_snapshot_of_release_0_1_0_after_an_erasure_is_not_read(
+    database_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0.2.0 changed what ``ContentErased.apply`` builds (client message ids
+    are forgotten too): a snapshot 0.1.0 took of a session that went on after
+    its visitor's erasure holds the erased client ids, so it is of another
+    version and must be replayed, not read."""
+
+    def apply_of_0_1_0(self: Any, s: Any) -> None:  # 0.1.0 kept client message ids
+        s.messages = [m.model_copy(update={"text": "[erased]", "metadata": {}}) for m in s.messages]
+
+    with monkeypatch.context() as release_0_1_0:
+        release_0_1_0.setattr(Session.ContentErased, "apply", apply_of_0_1_0)
+        release_0_1_0.setattr(Session.Snapshot, "class_version", 1)  # what 0.1.0 wrote
+        for cls in (Session.MessageReceived, Session.MessageSent):  # client ids in plaintext
+            release_0_1_0.setitem(PERSONAL_FIELDS, cls, ("text", "metadata"))
+        with ChatLedger.open(database_url, clock=clock, snapshot_interval=4) as old:
+            sid = old.receive("visitor-1", "my card ends 4242", client_message_id="secret-id").session_id
+            old.erase(visitor_id="visitor-1")  # ContentErased at version 2
+            old.reply(sid, "noted")
+            old.receive("visitor-1", "still there?")  # version 4: a snapshot, under the new key
+            [row] = list(old.snapshots.recorder.select_events(sid))  # type: ignore[union-attr]
+            assert row.originator_version == 4 and b"class_version" not in row.state
+
+    with ChatLedger.open(database_url, clock=clock, snapshot_interval=4) as new:
+        state = new.session(sid)
+        assert state.messages[0].client_message_id is None  # as replaying the events gives
+        assert state == new.session(sid, as_of=clock())
+        # and a retry of the erased message is a new message, not a duplicate
+        assert not new.receive("visitor-1", "my card ends 4242", client_message_id="secret-id").duplicate

@@ -111,6 +111,8 @@ def test_an_old_postgres_store_reads_verifies_and_takes_writes(store: Path, post
     clock = ManualClock(datetime.fromisoformat(recorded["clock"]))
     with ChatLedger.open(postgres_url, policy=SessionPolicy(**store_story.POLICY), clock=clock) as ledger:  # type: ignore[arg-type]
         assert store_story.observe(ledger, recorded["ids"]) == expected_now(recorded | {"chatledger": store.name})
+        eve = [e.model_dump_json() for e in ledger.events_after(0, limit=10_000, content=True) if e.stream == recorded["ids"]["eve"]]
+        assert eve and not [f for f in eve if '"e-1"' in f or store_story.EVE_CLIENT_ID in f]  # erased, not delivered
         clock.advance(minutes=5)
         assert ledger.receive("visitor-ana", "I'm back, I'd like to order", client_message_id="wa-3").duplicate
         ledger.receive("visitor-bob", "still there?")
@@ -118,3 +120,28 @@ def test_an_old_postgres_store_reads_verifies_and_takes_writes(store: Path, post
         ledger.catch_up()
         assert ledger.verify().ok
         assert [m.text for m in ledger.session(recorded["ids"]["eve"]).messages] == ["[erased]", "[erased]"]
+
+
+@pytest.mark.parametrize("store", STORES, ids=[p.name for p in STORES])
+def test_subscribers_never_get_erased_content_of_an_old_store(store: Path, tmp_path: Path) -> None:
+    """0.1.0 stored client message ids and end reasons in plaintext; once the
+    session's content is erased they must not reach a subscriber with content
+    (nor, sealed, without), also for an erasure made by the current code."""
+    ledger, clock, recorded = _open_copy(store, tmp_path)
+    ids = recorded["ids"]
+    with ledger:
+        clock.advance(minutes=5)
+        ledger.erase(visitor_id="visitor-ana")  # her 0.1.0 client ids and end reason
+        secrets = ("e-1", store_story.EVE_CLIENT_ID, "wa-1", "wa-2", "wa-3", "bot-1", "order placed")
+        for content in (True, False):
+            events = ledger.events_after(0, limit=10_000, content=content)
+            erased = [e for e in events if e.stream in (ids["eve"], ids["ana_first"], ids["ana_second"])]
+            assert any(e.type == "Session.Ended" for e in erased)
+            found = [(e.position, e.type, s) for e in erased for s in secrets if s in e.model_dump_json()]
+            assert found == [], found
+            ended = next(e for e in erased if e.type == "Session.Ended")
+            assert ended.data["reason"] == ("[erased]" if content else "[sealed]")
+        # content after an erasure is new content, delivered as it is
+        ledger.receive("visitor-ana", "a new question", client_message_id="wa-new")
+        last = ledger.events_after(0, limit=10_000, content=True)[-1]
+        assert (last.data["text"], last.data["client_message_id"]) == ("a new question", "wa-new")

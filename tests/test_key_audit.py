@@ -138,3 +138,30 @@ def test_keys_are_checked_in_batches_while_the_log_is_read(
     assert sorted(k for k, _ in found) == ["altered key", "missing key"]
     assert any("'v-1'" in d for k, d in found if k == "missing key")
     assert any("'v-4'" in d for k, d in found if k == "altered key")
+
+
+def test_an_earlier_erasure_of_the_visitor_does_not_explain_a_later_key_deleted_by_hand(keys: Keys) -> None:
+    """A receipt explains only the keys it destroyed: not a key the visitor got after
+    it, deleted outside the ledger with a forged ``chatledger_destroyed_keys`` row."""
+    keys.ledger.erase(visitor_id="v-alice")
+    back = keys.ledger.receive("v-alice", "alice is back with a new secret").session_id
+    kid = keys.kid("v-alice")
+    keys.raw.execute("DELETE FROM chatledger_keys WHERE kid=?", (kid,))
+    keys.raw.execute("INSERT INTO chatledger_destroyed_keys VALUES (?)", (kid,))
+    with ChatLedger.open(keys.url) as fresh:
+        assert fresh.session(back).messages[0].text == ERASED_TEXT
+        assert [k for k, _ in breaks(fresh)] == ["missing key"]
+        assert [k for k, _ in breaks(fresh, back)] == ["missing key"]
+
+
+def test_another_visitors_erasure_does_not_explain_a_key_deleted_by_hand(keys: Keys) -> None:
+    """``chatledger_key_subjects`` is not chained either: pointing Bob's session at an
+    erased visitor does not make Bob's deleted key look erased."""
+    keys.ledger.erase(visitor_id="v-alice")
+    kid = keys.kid("v-bob")
+    keys.raw.execute("DELETE FROM chatledger_keys WHERE kid=?", (kid,))
+    keys.raw.execute("INSERT INTO chatledger_destroyed_keys VALUES (?)", (kid,))
+    keys.raw.execute("UPDATE chatledger_key_subjects SET visitor_id=? WHERE visitor_id=?", ("v-alice", "v-bob"))
+    with ChatLedger.open(keys.url) as fresh:
+        assert [k for k, _ in breaks(fresh)] == ["missing key"]
+        assert [k for k, _ in breaks(fresh, keys.bob)] == ["missing key"]

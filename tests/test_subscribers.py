@@ -419,3 +419,28 @@ def test_webhook_with_content_never_sends_content_erased_meanwhile(
         assert messages and {b["data"]["text"] for b in messages} == {"[erased]"}
         assert accepted[-2]["type"] == "Visitor.DataErased"
         assert [b["event_id"] for b in accepted] == [e.event_id for e in ledger.events_after(0, limit=10_000)]
+
+
+def test_webhook_with_content_sends_nothing_erased_after_the_erasure_commits(
+    database_url: str, receiver: Callable[..., Receiver]
+) -> None:
+    """The receiver accepts the first event with content and the visitor is erased
+    right then: the rest of the batch, read before the erasure, must not go out
+    with the plaintext it was read with."""
+    with ChatLedger.open(database_url) as ledger, ChatLedger.open(database_url) as admin:
+        story(ledger, "v-gone")
+        erased: list[bool] = []
+
+        def status(n: int, body: dict[str, Any]) -> int:
+            if not erased and SECRET in json.dumps(body):
+                admin.erase(visitor_id="v-gone")
+                erased.append(True)
+            return 200
+
+        hook = receiver(status)
+        ledger.webhook("mirror", hook.url, content=True).deliver_once()
+        accepted = hook.accepted()
+        first = next(i for i, b in enumerate(accepted) if SECRET in json.dumps(b))  # sent before the erasure
+        assert erased and SECRET not in json.dumps(accepted[first + 1 :])
+        messages = [b for b in accepted[first + 1 :] if b["type"] == "Session.MessageReceived"]
+        assert messages and {b["data"]["text"] for b in messages} == {"[erased]"}

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from types import MappingProxyType
 from typing import Any
 from uuid import UUID
 
@@ -78,6 +79,15 @@ CASES: list[tuple[str, Call, type[InvalidFieldError], str]] = [
     ("object slot value", lambda l, s: l.set_slot(s, "k", object()), InvalidValueError, "value"),
     ("int metadata key", lambda l, s: l.reply(s, "x", metadata={1: 2}), InvalidValueError, "metadata"),
     ("huge int slot", lambda l, s: l.set_slot(s, "k", 2**63), InvalidValueError, "value"),
+    # JSON values are lists and dicts: a tuple or another Mapping is refused here, not
+    # by pydantic (ValidationError) or json.dumps (TypeError) further on
+    ("tuple slot value", lambda l, s: l.set_slot(s, "k", (1, 2)), InvalidValueError, "value"),
+    ("tuple in metadata", lambda l, s: l.reply(s, "x", metadata={"a": (1,)}), InvalidValueError,
+     "metadata['a']"),
+    ("mappingproxy metadata", lambda l, s: l.receive("v", "hi", metadata=MappingProxyType({"a": 1})),
+     InvalidValueError, "metadata"),
+    ("mappingproxy slot", lambda l, s: l.set_slot(s, "k", {"a": MappingProxyType({})}), InvalidValueError,
+     "value['a']"),
     ("int session id", lambda l, s: l.reply(5, "x"), InvalidValueError, "session_id"),
     ("bytes visitor id", lambda l, s: l.visitor(b"v"), InvalidValueError, "visitor_id"),
     ("bad role", lambda l, s: l.reply(s, "x", role="user"), InvalidValueError, "role"),
@@ -88,12 +98,16 @@ CASES: list[tuple[str, Call, type[InvalidFieldError], str]] = [
      "engagement"),
     ("sweep limit 0", lambda l, s: l.sweep(limit=0), InvalidValueError, "limit"),
     ("sweep batch str", lambda l, s: l.sweep(batch_size="5"), InvalidValueError, "batch_size"),
+    ("rebuild batch 2**64", lambda l, s: l.projector.rebuild("analytics", batch_size=2**64), InvalidValueError,
+     "batch_size"),  # refused before the read model is dropped (was an OverflowError after)
     ("history version 0", lambda l, s: list(l.history(s, version=0)), InvalidValueError, "version"),
     ("erase id int", lambda l, s: l.erase(visitor_id=7), InvalidValueError, "visitor_id"),
     ("memory id list", lambda l, s: l.memory(user_id=["u"]), InvalidValueError, "user_id"),
     ("transcript id", lambda l, s: l.transcript(s, user_id=1), InvalidValueError, "user_id"),
     ("progress not callable", lambda l, s: l.catch_up(progress=1), InvalidValueError, "progress"),
     ("jobs interval nan", lambda l, s: l.start_background_jobs(math.nan), InvalidValueError, "interval"),
+    ("jobs retention str", lambda l, s: l.start_background_jobs(retention="/archive"), InvalidValueError,
+     "retention"),
     ("archive dir None", lambda l, s: l.archive_closed_sessions(timedelta(days=1), None), InvalidValueError,
      "archive_dir"),
     # datetimes and durations: naive is refused, never read as UTC; no OverflowError
@@ -186,6 +200,23 @@ def test_bad_settings_raise_configuration_error_naming_the_setting(
 ) -> None:
     with pytest.raises(ConfigurationError, match=name):
         ChatLedger.open(sqlite_url, **settings)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///{tmp}/a%00b.db",
+        "postgresql://postgres@127.0.0.1:5432/test?schema=a%00b",
+        "postgresql://postgres@127.0.0.1:5432/test?schema=" + "s" * 64,
+    ],
+    ids=["nul-in-sqlite-path", "nul-in-schema", "schema-over-63-bytes"],
+)
+def test_an_unusable_database_url_is_a_configuration_error(tmp_path: Any, url: str) -> None:
+    """Refused before anything connects: not a raw ValueError/DataError, and no
+    schema silently truncated by PostgreSQL to 63 bytes (shared with another URL)."""
+    with pytest.raises(ConfigurationError, match="database_url"):
+        ChatLedger.open(url.format(tmp=tmp_path))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_bad_environment_variable_names_itself(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -329,3 +360,31 @@ def test_the_limits_ceilings_are_the_domains() -> None:
 
     assert validation.TEXT_CEILING == session.MAX_TEXT_LENGTH
     session.check_name("task name", "t" * validation.ID_CEILING)  # the longest id passes the domain
+
+
+def test_the_deepest_json_the_limits_allow_survives_snapshots_and_a_fresh_read(sqlite_url: str) -> None:
+    """``max_json_depth`` is capped where pydantic can still read the value back
+    from inside a session snapshot (its JSON parser stops at 200 levels): a
+    session holding the deepest slot value, metadata and context it accepts
+    stays readable and writable in a new process."""
+    depth = Limits.model_fields["max_json_depth"].metadata[-1].le
+    with pytest.raises(ConfigurationError, match="max_json_depth"):
+        ChatLedger.open(sqlite_url, max_json_depth=depth + 1)
+    ledger = ChatLedger.open(sqlite_url, max_json_depth=depth, snapshot_interval=2)
+    try:
+        sid = ledger.receive(
+            "v", "hi", metadata={"m": nested(depth - 1)}, context={"client_metadata": {"c": nested(depth - 2)}}
+        ).session_id
+        ledger.set_slot(sid, "k", nested(depth), scope="user")
+        ledger.reply(sid, "x", metadata={"m": nested(depth - 1)})
+        with pytest.raises(InvalidValueError):
+            ledger.set_slot(sid, "k", nested(depth + 1))
+    finally:
+        ledger.close()
+    with ChatLedger.open(sqlite_url, max_json_depth=depth, snapshot_interval=2) as fresh:
+        assert fresh.session(sid).slots["k"] == nested(depth)
+        fresh.reply(sid, "still readable")
+        fresh.catch_up()
+        assert all(row.failed == 0 and row.lag == 0 for row in fresh.projection_status())
+        assert all(e.model_dump_json() for e in fresh.events_after(0, content=True))
+        assert fresh.verify(sid).ok and len(list(fresh.history(sid))) == 5

@@ -145,9 +145,10 @@ class PostgresKeyTables:
         )
         return {r["aggregate_id"]: r["visitor_id"] for r in rows}
 
-    def erasure_states(self) -> Iterable[bytes]:
+    def erasure_states(self) -> Iterable[tuple[int, bytes]]:
         t = self.recorder.qualified
         rows = self._rows(
-            SQL("SELECT state FROM {} WHERE topic = %s").format(t(self.recorder.events_table_name)), (ERASURE_TOPIC,)
+            SQL("SELECT notification_id, state FROM {} WHERE topic = %s").format(t(self.recorder.events_table_name)),
+            (ERASURE_TOPIC,),
         )
-        return [bytes(r["state"]) for r in rows]
+        return [(int(r["notification_id"]), bytes(r["state"])) for r in rows]

@@ -38,9 +38,9 @@ class SQLiteKeyTables:
         )
         return {UUID(r[0]): r[1] for r in rows}
 
-    def erasure_states(self) -> Iterable[bytes]:
-        rows = self.conn.execute(f"SELECT state FROM {self.events_table} WHERE topic=?", (ERASURE_TOPIC,))
-        return [bytes(r[0]) for r in rows]
+    def erasure_states(self) -> Iterable[tuple[int, bytes]]:
+        rows = self.conn.execute(f"SELECT rowid, state FROM {self.events_table} WHERE topic=?", (ERASURE_TOPIC,))
+        return [(int(r[0]), bytes(r[1])) for r in rows]
 
 
 class SQLiteVerification:
