@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from .active_sessions import ActiveSessions
 from .analytics import SessionAnalytics
-from .base import ReadModel
 from .conversation_log import ConversationLog
 from .memory import UserMemory
+from .read_model import ReadModel
 
 DEFAULT_READ_MODELS: list[type[ReadModel]] = [
     ConversationLog,

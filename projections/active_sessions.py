@@ -13,7 +13,7 @@ query, archive them and drop their rows.
 
 Safe with several processes catching up at once: the projector claims each
 batch with a compare-and-set on the tracking row before applying it, so no
-event is applied twice (``projections/base.py``).
+event is applied twice (``projections/catch_up.py``).
 
 Times are stored as integer microseconds since the epoch (UTC), so the range
 query, comparisons and sums are exact and identical on SQLite and PostgreSQL.
@@ -50,7 +50,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .base import ReadModel
+from .read_model import ReadModel
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)

@@ -3,7 +3,9 @@
 The read model stores facts only (times, counts, how the session closed); every
 metric is computed when read, so changing a definition (engagement, a period)
 needs no rebuild, and ``resessionize`` recomputes conversation counts under
-another timeout from the recorded messages alone.
+another timeout from the recorded messages alone (the conversation log's,
+read through ``conversation_log.message_times``: this module reads no other
+read model's table).
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from eventsourcing.utils import get_topic
 from sqlalchemy import Boolean, Connection, Float, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .base import HandlerTableReadModel, RowBuffer, batch_ids
-from .conversation_log import messages_table
+from .read_model import HandlerTableReadModel, batch_ids
 from .results import Analytics, Engagement
 from .sqltypes import UTCDateTime
+from .writers import RowBuffer
 
 
 class Base(DeclarativeBase):
@@ -378,15 +380,3 @@ def resessionize(
     done.sort(key=lambda c: (c[1], c[0]))
     return done
 
-
-def message_times(
-    conn: Connection, start: datetime | None, end: datetime | None
-) -> Iterable[tuple[str, datetime]]:
-    """``(visitor_id, at)`` of every recorded message, per visitor in time order."""
-    m = messages_table.c
-    query = select(m.visitor_id, m.at).order_by(m.visitor_id, m.at, m.notification_id)
-    if start is not None:
-        query = query.where(m.at >= start)
-    if end is not None:
-        query = query.where(m.at < end)
-    yield from conn.execution_options(yield_per=10000).execute(query)

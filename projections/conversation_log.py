@@ -9,7 +9,7 @@ user's transcript covers the conversations they had before logging in.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -30,9 +30,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .base import HandlerTableReadModel, RowBuffer, batch_ids, executemany, insert_rows
+from .read_model import HandlerTableReadModel, batch_ids
 from .results import TranscriptMessage
 from .sqltypes import UTCDateTime
+from .writers import RowBuffer, executemany, insert_rows
 
 
 class Base(DeclarativeBase):
@@ -327,6 +328,19 @@ def iter_messages(conn: Connection, *, start: datetime | None = None, end: datet
         query = query.where(m.at < end)
     for row in conn.execution_options(yield_per=5000).execute(query).mappings():
         yield _message(row)
+
+
+def message_times(
+    conn: Connection, start: datetime | None, end: datetime | None
+) -> Iterable[tuple[str, datetime]]:
+    """``(visitor_id, at)`` of every recorded message, per visitor in time order."""
+    m = messages_table.c
+    query = select(m.visitor_id, m.at).order_by(m.visitor_id, m.at, m.notification_id)
+    if start is not None:
+        query = query.where(m.at >= start)
+    if end is not None:
+        query = query.where(m.at < end)
+    yield from conn.execution_options(yield_per=10000).execute(query)
 
 
 def session_owner(conn: Connection, session_id: str) -> tuple[str, str | None] | None:

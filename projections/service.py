@@ -25,9 +25,10 @@ from sqlalchemy import Connection, select
 
 from . import analytics as an
 from . import conversation_log as log
-from . import memory as mem
-from .base import Projector, tracking_table
+from . import memory_tables as mem
 from .results import Analytics, Engagement, Memory, Resessionized, Transcript, TranscriptMessage
+from .runner import ProjectionRunner
+from .tracking import tracking_table
 
 T = TypeVar("T")
 
@@ -35,7 +36,7 @@ T = TypeVar("T")
 class ProjectionReads:
     """Query the read models of one projector; every answer carries its lag."""
 
-    def __init__(self, projector: Projector, clock: Callable[[], datetime]) -> None:
+    def __init__(self, projector: ProjectionRunner, clock: Callable[[], datetime]) -> None:
         self.projector = projector
         self.clock = clock
 
@@ -144,7 +145,7 @@ class ProjectionReads:
         an.check_range(start, end)
 
         def query(conn: Connection, position: int, head: int) -> Resessionized:
-            conversations = an.resessionize(an.message_times(conn, start, end), timeout)
+            conversations = an.resessionize(log.message_times(conn, start, end), timeout)
             per_day: Counter[date] = Counter(c[1].date() for c in conversations)
             counts = [c[3] for c in conversations]
             durations = [(c[2] - c[1]).total_seconds() for c in conversations]

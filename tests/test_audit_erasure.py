@@ -456,7 +456,7 @@ def test_a_subclass_must_declare_personal_fields_again_to_get_sealed_events() ->
     """A subclass of a read model that reads no personal field may add a handler
     that does: it gets everything opened unless it says otherwise."""
     from chatledger.projections.analytics import SessionAnalytics
-    from chatledger.projections.base import _personal_set
+    from chatledger.projections.read_model import personal_set
 
     class WithTexts(SessionAnalytics):
         pass
@@ -465,6 +465,6 @@ def test_a_subclass_must_declare_personal_fields_again_to_get_sealed_events() ->
         personal_fields = ()
 
     view = object.__new__(SessionAnalytics)
-    assert _personal_set(view) == frozenset()
-    assert _personal_set(object.__new__(WithTexts)) is None
-    assert _personal_set(object.__new__(StillNone)) == frozenset()
+    assert personal_set(view) == frozenset()
+    assert personal_set(object.__new__(WithTexts)) is None
+    assert personal_set(object.__new__(StillNone)) == frozenset()
