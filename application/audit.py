@@ -218,6 +218,8 @@ def erase_subject(
     if ledger.read_models:
         # Read models copy personal fields; they blank them on Visitor.DataErased.
         ledger.projector.catch_up()
+        # A shadow rebuild left unfinished holds copies no catch-up reaches: dropped.
+        ledger.projector.cancel_shadows()
     recorder.purge_free_space()
     return receipt
 

@@ -162,6 +162,11 @@ class ProjectionRunner:
         See :meth:`ShadowRebuilds.rebuild`."""
         return self._shadows.rebuild(names, batch_size=batch_size, progress=progress)
 
+    def cancel_shadows(self) -> list[str]:
+        """Abandon unfinished shadow rebuilds and drop every non-live table
+        generation (an erasure calls this). See :meth:`ShadowRebuilds.cancel_all`."""
+        return self._shadows.cancel_all()
+
     def shadow_status(self) -> list[ProjectionStatus]:
         """Each shadow rebuild under way (or left by a crash, to be continued):
         named ``<read model>__shadow``, with its position."""

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
 import psycopg
-from chatledger.domain.errors import ConfigurationError
+from chatledger.domain.errors import ChatLedgerError, ConcurrencyConflictError, ConfigurationError
 from sqlalchemy import Connection, Engine, and_, inspect, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
@@ -95,13 +95,25 @@ class ShadowRebuilds:
                 )
         with self._shadow_lock:
             shadows = [self._open_shadow(p) for p in projections]
-            applied = self.catch_up.run(shadows, batch_size, progress)
-            for shadow in shadows:
-                shadow.view.create_indexes()  # the deferred ones
-                shadow.view.analyze()
-            applied += self.catch_up.run(shadows, batch_size, None)  # what arrived meanwhile
+            try:
+                applied = self.catch_up.run(shadows, batch_size, progress)
+                for shadow in shadows:
+                    shadow.view.create_indexes()  # the deferred ones
+                    shadow.view.analyze()
+                applied += self.catch_up.run(shadows, batch_size, None)  # what arrived meanwhile
+            except (sa_exc.DBAPIError, psycopg.Error) as err:  # e.g. its tables dropped under it
+                abandoned = [
+                    live.name for live, shadow in zip(projections, shadows)
+                    if self.generation_of(live.name) != shadow.view.generation()
+                ]  # fmt: skip
+                if abandoned:
+                    raise ShadowCancelledError(abandoned) from err
+                raise
             swapped, retired = self._swap(projections, shadows, batch_size)
             applied += swapped
+            lost = sorted({p.name for p in projections} - {live.name for live, _ in retired})
+            if lost:
+                raise ShadowCancelledError(lost)
             # The old tables, now nobody's: dropped outside the swap (SQLite's
             # secure_delete zeroes their pages, which takes a while).
             quote = self.engine.dialect.identifier_preparer.quote
@@ -172,6 +184,30 @@ class ShadowRebuilds:
         view.create_indexes(skip=live.deferred_indexes)  # a crash may have left some out
         shadow = type(live)(view)
         return shadow
+
+    def cancel_all(self) -> list[str]:
+        """Abandon every shadow under way or left by a crash, and drop every
+        table of a generation that is not live; return the read models whose
+        shadow was abandoned. An erasure calls this: such tables hold content
+        copied before it, which no catch-up reaches (a shadow is only caught up
+        by its own rebuild). A shadow build still running elsewhere finds its
+        generation gone and swaps nothing (:class:`ShadowCancelledError`)."""
+        cancelled = []
+        for live in self.projections.values():
+            with self.ddl_lock(), self.engine.begin() as conn:
+                if conn.dialect.name == "sqlite":
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                done = conn.execute(
+                    generations_table.update()
+                    .where(generations_table.c.projection == live.name, generations_table.c.shadow.is_not(None))
+                    .values(shadow=None)
+                )
+                for table in (tracking_table, failures_table):
+                    conn.execute(table.delete().where(table.c.projection == live.name + SHADOW_SUFFIX))
+            if done.rowcount:
+                cancelled.append(live.name)
+            self.drop_stale(live, keep=None)
+        return cancelled
 
     def generation_of(self, name: str) -> int | None:
         """The generation a shadow of ``name`` is building, if any."""
@@ -298,6 +334,22 @@ class ShadowRebuilds:
                 )
         return applied, [(live, rows[live.name].generation) for live, _ in pairs]
 
+
+
+class ShadowCancelledError(ConcurrencyConflictError):
+    """A shadow rebuild's generation was abandoned while it ran (an erasure
+    drops unfinished shadows, or another rebuild swapped it first): nothing
+    was swapped by this run. Run the rebuild again."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        ChatLedgerError.__init__(
+            self,
+            f"The shadow rebuild of {', '.join(names)} was abandoned while it ran (an erasure "
+            "drops unfinished shadows, or another rebuild swapped it first); the live read "
+            "model is untouched. Run the rebuild again.",
+        )
+        self.names = list(names)
+        self.attempts = 1
 
 
 def _is_lock_error(error: sa_exc.OperationalError) -> bool:

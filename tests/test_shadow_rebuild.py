@@ -331,3 +331,56 @@ def test_the_cli_killed_at_random_points_leaves_the_live_model_and_a_rerun_compl
     _check_untouched(ledger, before, expected)
     assert ledger.projector.shadow_status() == [] and _leftovers(ledger) == []
     ledger.close()
+
+
+def test_an_erasure_drops_an_unfinished_shadow_and_its_copies(
+    database_url: str, clock: ManualClock, tmp_path: Path
+) -> None:
+    """A shadow killed before its swap holds plaintext copied from the log; no
+    catch-up reaches it, so an erasure drops it (found by review)."""
+    ledger = ChatLedger.open(database_url, clock=clock)
+    write_history(ledger, visitors=4)
+    turn = ledger.receive("eve", "XYZZY my secret")
+    ledger.catch_up()
+    script = tmp_path / "child.py"
+    script.write_text(PAUSE_IN_SWAP)
+    child = subprocess.Popen(
+        [sys.executable, str(script), database_url, "ALTER TABLE", "1"],  # built, not swapped
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ},
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "paused"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert _leftovers(ledger) != []  # the shadow's copies, "XYZZY" among them
+    ledger.erase(visitor_id="eve")
+    assert ledger.projector.shadow_status() == [] and _leftovers(ledger) == []
+    assert [m.text for m in ledger.session(turn.session_id).messages] == ["[erased]"]
+    if database_url.startswith("sqlite"):
+        ledger.close()
+        path = Path(database_url.removeprefix("sqlite:///"))
+        raw = b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+        assert b"XYZZY" not in raw
+        ledger = ChatLedger.open(database_url, clock=clock)
+    ledger.projector.rebuild_shadow(["conversation_log", "analytics"])  # a rerun starts afresh
+    assert "XYZZY my secret" not in [m.text for m in ledger.transcript(visitor_id="eve").messages]
+    ledger.close()
+
+
+def test_a_shadow_abandoned_while_it_runs_swaps_nothing_and_says_so(database_url: str, clock: ManualClock) -> None:
+    from chatledger import ConcurrencyConflictError
+
+    ledger = ChatLedger.open(database_url, clock=clock)
+    write_history(ledger, visitors=3)
+    ledger.catch_up()
+    before = dump(ledger)
+
+    def abandon(done: int, total: int) -> None:
+        ledger.projector.cancel_shadows()  # as an erasure in another process would
+
+    with pytest.raises(ConcurrencyConflictError, match="abandoned"):
+        ledger.projector.rebuild_shadow(["conversation_log"], batch_size=5, progress=abandon)
+    assert dump(ledger) == before
+    ledger.close()
