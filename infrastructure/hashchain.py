@@ -1,14 +1,14 @@
 """Tamper evidence: two SHA-256 hash chains over the stored event log.
 
 Every stored event gets a row in ``chatledger_event_hashes``, written by the
-recorder (:mod:`chatledger.infrastructure.recorders`) in the same transaction
+recorder (:mod:`chatledger.infrastructure.recording`) in the same transaction
 as the event itself:
 
 - ``event_hash = H("chatledger/event/v1", prev_event_hash, originator_id,
   originator_version, topic, state)`` where ``prev_event_hash`` is the
   ``event_hash`` of the previous version of the same aggregate (32 zero bytes
   for version 1) and ``state`` the bytes exactly as stored (ciphertext for
-  personal fields, see :mod:`chatledger.infrastructure.shredding`);
+  personal fields, see :mod:`chatledger.infrastructure.shredding_mapper`);
 - ``log_hash = H("chatledger/log/v1", prev_log_hash, notification_id,
   originator_id, originator_version, event_hash)`` where ``prev_log_hash`` is
   the ``log_hash`` of the previous row in notification order.
@@ -17,19 +17,26 @@ Each field is length-prefixed, so no two different inputs hash alike by
 concatenation. :func:`verify_rows` re-checks every link against the stored
 rows and reports the breaks in log order. The key table, which cannot be
 chained (erasure deletes its rows), is checked against the chained log in the
-same pass by ``shredding.KeyAudit`` (``missing key``, ``altered key``,
+same pass by ``key_audit.KeyAudit`` (``missing key``, ``altered key``,
 ``resurrected key`` breaks, reported after the chain's).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
-from typing import NamedTuple
+from itertools import islice
+from operator import itemgetter, lt
+from typing import TYPE_CHECKING, NamedTuple
 from uuid import UUID
 
+if TYPE_CHECKING:
+    from eventsourcing.persistence import StoredEvent
+
 GENESIS = bytes(32)
+_EVENT_TAG = b"chatledger/event/v1"  # as in event_hash
+_LOG_TAG = b"chatledger/log/v1"  # as in log_hash
 MAX_REPORTED_BREAKS = 20
 
 
@@ -223,3 +230,74 @@ def verify_rows(
         e = next(ev_it, None)
         h = next(h_it, None)
     return report
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def chain_rows(
+    stored_events: Sequence[StoredEvent],
+    notification_ids: Sequence[int],
+    prev_event_hashes: dict[UUID, bytes],
+    prev_log: bytes,
+) -> list[tuple[int, UUID, int, bytes, bytes]]:
+    """The hash rows of a batch: ``(notification_id, originator_id, version, event_hash, log_hash)``."""
+    oids = [as_uuid(s.originator_id) for s in stored_events]
+    rows = chain_rows_by_hex(
+        stored_events,
+        oids,
+        [oid.hex for oid in oids],
+        notification_ids,
+        {oid.hex: h for oid, h in prev_event_hashes.items()},
+        prev_log,
+    )
+    return [(nid, oid, v, ev, lh) for nid, oid, _, v, ev, lh in rows]
+
+
+def chain_rows_by_hex(
+    stored_events: Sequence[StoredEvent],
+    oids: Sequence[UUID],
+    hexes: Sequence[str],
+    notification_ids: Sequence[int],
+    prev_by_hex: dict[str, bytes],
+    prev_log: bytes,
+) -> list[tuple[int, UUID, str, int, bytes, bytes]]:
+    """:func:`chain_rows` with the ids given as UUIDs and hex (``prev_by_hex`` is updated).
+
+    The same digests as :func:`~chatledger.infrastructure.hashchain.event_hash`
+    and :func:`~chatledger.infrastructure.hashchain.log_hash` (which verification
+    uses, and a test compares), computed with each field encoded once per event
+    and one ``sha256`` call per digest: a sweep hashes thousands of events per
+    transaction.
+    """
+    rows = []
+    last = prev_by_hex
+    topic_fields: dict[str, bytes] = {}
+    items: Iterable[tuple[StoredEvent, UUID, str, int]] = zip(
+        stored_events, oids, hexes, notification_ids, strict=True
+    )
+    if not all(map(lt, notification_ids, islice(notification_ids, 1, None))):
+        items = sorted(items, key=itemgetter(3))  # chained in notification order
+    for stored, oid, hex_id, nid in items:
+        id_field = _field(str(oid).encode())
+        version = stored.originator_version
+        version_field = _field(str(version).encode())
+        topic_field = topic_fields.get(stored.topic)
+        if topic_field is None:
+            topic_field = topic_fields[stored.topic] = _field(stored.topic.encode())
+        ev = sha256(
+            b"".join(
+                (_EVENT_TAG, _field(last.get(hex_id, GENESIS)), id_field, version_field, topic_field, _field(stored.state))
+            )
+        ).digest()
+        prev_log = sha256(
+            b"".join((_LOG_TAG, _field(prev_log), _field(str(nid).encode()), id_field, version_field, _field(ev)))
+        ).digest()
+        last[hex_id] = ev
+        rows.append((nid, oid, hex_id, version, ev, prev_log))
+    return rows
+
+
+def as_uuid(originator_id: UUID | str) -> UUID:
+    return originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
+

@@ -118,7 +118,7 @@ def eventsourcing_env(settings: Settings) -> dict[str, str]:
     """The eventsourcing environment for ``settings`` (database, cache, mapper)."""
     url = settings.url()
     env: dict[str, str] = {
-        "MAPPER_TOPIC": "chatledger.infrastructure.shredding:ShreddingMapper",
+        "MAPPER_TOPIC": "chatledger.infrastructure.shredding_mapper:ShreddingMapper",
         "AGGREGATE_CACHE_FASTFORWARD": "y",
         "IS_SNAPSHOTTING_ENABLED": "y",
     }
@@ -132,15 +132,15 @@ def eventsourcing_env(settings: Settings) -> dict[str, str]:
             database = os.path.abspath(database)
             os.makedirs(os.path.dirname(database), exist_ok=True)
         env.update(
-            PERSISTENCE_MODULE="chatledger.infrastructure.snapshots:LedgerSQLiteFactory",
-            APPLICATION_RECORDER_TOPIC="chatledger.infrastructure.recorders:SQLiteLedgerRecorder",
+            PERSISTENCE_MODULE="chatledger.infrastructure.sqlite:LedgerSQLiteFactory",
+            APPLICATION_RECORDER_TOPIC="chatledger.infrastructure.sqlite:SQLiteLedgerRecorder",
             SQLITE_DBNAME=database,
             SQLITE_LOCK_TIMEOUT=str(settings.sqlite_lock_timeout_s),
         )
     else:
         env.update(
-            PERSISTENCE_MODULE="chatledger.infrastructure.snapshots:LedgerPostgresFactory",
-            APPLICATION_RECORDER_TOPIC="chatledger.infrastructure.recorders:PostgresLedgerRecorder",
+            PERSISTENCE_MODULE="chatledger.infrastructure.postgres:LedgerPostgresFactory",
+            APPLICATION_RECORDER_TOPIC="chatledger.infrastructure.postgres:PostgresLedgerRecorder",
             POSTGRES_DBNAME=url.database or "postgres",
             POSTGRES_HOST=url.host or "127.0.0.1",
             POSTGRES_PORT=str(url.port or 5432),

@@ -10,8 +10,10 @@ transaction that inserts the new one. Snapshots stay derived data: reads at an
 older version (``Repository.get(version=…)``) replay from the events, and
 point-in-time reads always do.
 
-Selected with eventsourcing's ``PERSISTENCE_MODULE`` (a factory class topic),
-see :func:`chatledger.infrastructure.persistence.eventsourcing_env`.
+The recorders are per dialect (``sqlite/snapshots.py``, ``postgres/snapshots.py``),
+selected with eventsourcing's ``PERSISTENCE_MODULE`` (a factory class topic),
+see :func:`chatledger.infrastructure.persistence.eventsourcing_env`; this
+module holds what they share and the snapshot store.
 
 Snapshots carry the version of their class (``Session.Snapshot.class_version``,
 stored as ``class_version`` when above 1, like an event's). A snapshot stored
@@ -28,14 +30,11 @@ from uuid import UUID
 
 from chatledger.domain.model import StaleSnapshot
 from eventsourcing.persistence import EventStore, StoredEvent
-from eventsourcing.postgres import PostgresAggregateRecorder, PostgresFactory
-from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteCursor, SQLiteFactory
-from psycopg.sql import SQL, Identifier
 
-from .recorders import KEYS, KeyedStoredEvent, sqlite_select_in
+from .recording import KeyedStoredEvent
 
 
-class _KeyGone(Exception):
+class SnapshotKeyGone(Exception):
     """A snapshot's key is not (or no longer) in the store: the snapshot is not written."""
 
 
@@ -45,70 +44,12 @@ def used_keys(stored_events: Sequence[StoredEvent]) -> dict[str, str]:
 
 
 def newest_versions(stored_events: Sequence[StoredEvent]) -> dict[UUID, int]:
+    """``aggregate -> newest version`` among the snapshots (older ones are pruned)."""
     newest: dict[UUID, int] = {}
     for stored in stored_events:
         oid = UUID(str(stored.originator_id))
         newest[oid] = max(newest.get(oid, 0), stored.originator_version)
     return newest
-
-
-class SQLiteSnapshotRecorder(SQLiteAggregateRecorder):
-    """Also: a snapshot is written only if the key of its (encrypted) state is in
-    the store, checked in its own write transaction (SQLite has one writer, so no
-    erasure commits in between). A snapshot under a destroyed key would be
-    unreadable; snapshots are derived, so one not written costs only a replay."""
-
-    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        try:
-            return super().insert_events(stored_events, **kwargs)
-        except _KeyGone:
-            return None
-
-    def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        ids = super()._insert_events(c, stored_events, **kwargs)
-        c.executemany(
-            f"DELETE FROM {self.events_table_name} WHERE originator_id=? AND originator_version<?",
-            [(oid.hex, version) for oid, version in newest_versions(stored_events).items()],
-        )
-        used = used_keys(stored_events)
-        if used:
-            kids = list(used)
-            found = dict(sqlite_select_in(c, f"SELECT kid, visitor_id FROM {KEYS} WHERE kid IN ({{}})", kids))
-            if any(found.get(k) != v for k, v in used.items()):
-                raise _KeyGone
-        return ids
-
-
-class PostgresSnapshotRecorder(PostgresAggregateRecorder):
-    """As :class:`SQLiteSnapshotRecorder`; the key rows are read ``FOR SHARE``, so
-    an erasure's ``DELETE`` of them waits for this transaction (and then deletes
-    the snapshot too), or this one waits for the erasure and finds them gone."""
-
-    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        if not stored_events:
-            return None
-        schema = Identifier(self.datastore.schema or "public")
-        prune = SQL("DELETE FROM {}.{} WHERE originator_id=%s AND originator_version<%s").format(
-            schema, Identifier(self.events_table_name)
-        )
-        used = used_keys(stored_events)
-        try:
-            with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
-                if used:
-                    curs.execute(
-                        SQL("SELECT kid, visitor_id FROM {}.{} WHERE kid = ANY(%s) FOR SHARE").format(
-                            schema, Identifier(KEYS)
-                        ),
-                        (list(used),),
-                    )
-                    found = {r["kid"]: r["visitor_id"] for r in curs.fetchall()}
-                    if any(found.get(k) != v for k, v in used.items()):
-                        raise _KeyGone
-                self._insert_stored_events(curs, stored_events, **kwargs)
-                curs.executemany(prune, list(newest_versions(stored_events).items()))
-        except _KeyGone:
-            return None
-        return None
 
 
 class SnapshotStore(EventStore[UUID]):
@@ -133,9 +74,19 @@ class SnapshotStore(EventStore[UUID]):
                 continue
 
 
-class LedgerSQLiteFactory(SQLiteFactory):
-    aggregate_recorder_class = SQLiteSnapshotRecorder
+_MOVED = {
+    "SQLiteSnapshotRecorder": "sqlite",
+    "LedgerSQLiteFactory": "sqlite",
+    "PostgresSnapshotRecorder": "postgres",
+    "LedgerPostgresFactory": "postgres",
+}
 
 
-class LedgerPostgresFactory(PostgresFactory):
-    aggregate_recorder_class = PostgresSnapshotRecorder
+def __getattr__(name: str) -> Any:
+    """The dialects' recorders and factories, at their old path (imported on use,
+    so that SQLite alone never imports the PostgreSQL driver)."""
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}.snapshots"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

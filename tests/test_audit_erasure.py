@@ -433,9 +433,9 @@ def test_the_key_rings_caches_stay_bounded_however_many_visitors_pass(
     each (issue 3: nothing in memory grows with the number of sessions)."""
     from datetime import UTC, datetime, timedelta
 
-    from chatledger.infrastructure import shredding
+    from chatledger.infrastructure import key_ring
 
-    monkeypatch.setattr(shredding, "MAX_CACHED_KEYS", 8)
+    monkeypatch.setattr(key_ring, "MAX_CACHED_KEYS", 8)
     t0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
     with ChatLedger.open(sqlite_url) as ledger:
         sids = [ledger.receive(f"v-{n}", f"secret {n}", at=t0 + timedelta(seconds=n)).session_id for n in range(40)]

@@ -122,9 +122,9 @@ def test_keys_are_checked_in_batches_while_the_log_is_read(
     database_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Key look-ups interleave with reading the events (in the same snapshot)."""
-    from chatledger.infrastructure import shredding
+    from chatledger.infrastructure import key_audit
 
-    monkeypatch.setattr(shredding, "KEY_CHECK_BATCH", 2)
+    monkeypatch.setattr(key_audit, "KEY_CHECK_BATCH", 2)
     with ChatLedger.open(database_url, clock=clock) as ledger:
         for n in range(7):
             ledger.receive(f"v-{n}", f"secret {n}")

@@ -19,8 +19,8 @@ from uuid import UUID, uuid4
 
 import pytest
 from chatledger import ChatLedger
-from chatledger.infrastructure import recorders
-from chatledger.infrastructure.recorders import KeyRow
+from chatledger.infrastructure import recording
+from chatledger.infrastructure.recording import KeyRow
 
 from .audit_helpers import RawDB
 
@@ -166,7 +166,7 @@ def test_a_failed_batch_leaves_no_key_subject_or_event_rows(
         def boom(stored_events: Any) -> list[str]:
             raise RuntimeError("disk on fire")
 
-        monkeypatch.setattr(recorders, "erased_visitor_ids", boom)  # runs after the key rows
+        monkeypatch.setattr(recording, "erased_visitor_ids", boom)  # runs after the key rows
         with pytest.raises(RuntimeError, match="disk on fire"):
             ledger.receive("v-new", "first words", at=T0 + timedelta(seconds=1))
         assert counts == {t: raw.execute(f"SELECT count(*) FROM {t}")[0][0] for t in counts}

@@ -1,0 +1,239 @@
+"""The PostgreSQL ledger recorder: eventsourcing's ``PostgresApplicationRecorder``
+plus the hash chain and the key tables (see :mod:`chatledger.infrastructure.recording`).
+
+Only eventsourcing's public surface is used: ``insert_events`` is replaced as a
+whole, with the library's public statements (``lock_table_statements``,
+``channel_name``, ``insert_events_statement``, ``construct_pg_stored_event``),
+and the tables are declared by appending to ``sql_create_statements``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from chatledger.domain.errors import ConfigurationError
+from eventsourcing.persistence import (
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+    StoredEvent,
+)
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.utils import retry
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
+
+from .. import recording
+from ..hashchain import GENESIS, chain_rows
+from ..recording import DESTROYED, HASHES, KEYS, SUBJECTS, KeyRow, LedgerRecorderMixin, key_work
+from .verification import PostgresVerification
+
+
+class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, PostgresApplicationRecorder):
+    """eventsourcing's PostgreSQL recorder plus the hash chain and the key tables."""
+
+    datastore: PostgresDatastore
+
+    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events") -> None:
+        if datastore.enable_db_functions:
+            raise ConfigurationError(
+                "POSTGRES_ENABLE_DB_FUNCTIONS inserts events in a database function that "
+                "bypasses the hash chain; turn it off for chatledger."
+            )
+        super().__init__(datastore, events_table_name=events_table_name)
+        s = Identifier(datastore.schema)
+        self.sql_create_statements += [
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {}.{} (notification_id bigint PRIMARY KEY, "
+                "originator_id uuid NOT NULL, originator_version bigint NOT NULL, "
+                "event_hash bytea NOT NULL, log_hash bytea NOT NULL, "
+                "UNIQUE (originator_id, originator_version))"
+            ).format(s, Identifier(HASHES)),
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {}.{} (kid text PRIMARY KEY, visitor_id text NOT NULL UNIQUE, "
+                "key bytea NOT NULL, created_at timestamptz NOT NULL)"
+            ).format(s, Identifier(KEYS)),
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {}.{} (aggregate_id uuid PRIMARY KEY, visitor_id text NOT NULL)"
+            ).format(s, Identifier(SUBJECTS)),
+            SQL("CREATE TABLE IF NOT EXISTS {}.{} (kid text PRIMARY KEY)").format(s, Identifier(DESTROYED)),
+        ]
+
+    def write_chain_and_keys(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], ids: Sequence[int]) -> None:
+        """The hash rows, key rows and key destructions of a batch whose events
+        were just inserted with the notification ids ``ids``."""
+        with curs.connection.cursor() as c:
+            firsts = {}
+            for stored in stored_events:
+                oid = UUID(str(stored.originator_id))
+                if stored.originator_version > 1 and oid not in firsts:
+                    firsts[oid] = stored.originator_version - 1
+            prev: dict[UUID, bytes] = {}
+            if firsts:
+                c.execute(
+                    SQL(
+                        "SELECT h.originator_id, h.event_hash FROM {} h "
+                        "JOIN unnest(%s::uuid[], %s::bigint[]) AS q(oid, ver) "
+                        "ON h.originator_id = q.oid AND h.originator_version = q.ver"
+                    ).format(self.qualified(HASHES)),
+                    (list(firsts), list(firsts.values())),
+                )
+                prev = {r["originator_id"]: bytes(r["event_hash"]) for r in c.fetchall()}
+            c.execute(SQL("SELECT log_hash FROM {} ORDER BY notification_id DESC LIMIT 1").format(self.qualified(HASHES)))
+            head = c.fetchone()
+            rows = chain_rows(stored_events, ids, prev, bytes(head["log_hash"]) if head else GENESIS)
+            c.executemany(SQL("INSERT INTO {} VALUES (%s,%s,%s,%s,%s)").format(self.qualified(HASHES)), rows)
+            self._write_keys(c, stored_events)
+            erased = recording.erased_visitor_ids(stored_events)
+            if erased:
+                c.execute(
+                    SQL("INSERT INTO {} SELECT kid FROM {} WHERE visitor_id = ANY(%s) ON CONFLICT DO NOTHING").format(
+                        self.qualified(DESTROYED), self.qualified(KEYS)
+                    ),
+                    (erased,),
+                )
+                c.execute(SQL("DELETE FROM {} WHERE visitor_id = ANY(%s)").format(self.qualified(KEYS)), (erased,))
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)  # as the library's
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        """The library's ``insert_events`` (``enable_db_functions`` is refused in
+        ``__init__``), written with its public statements (``lock_table_statements``,
+        ``channel_name``, ``insert_events_statement``) plus the hash and key rows,
+        except that an exception that is not the database's rolls
+        the transaction back: the library catches every exception inside the
+        transaction block and re-raises it after the block has exited normally,
+        which commits whatever was written unless the database had aborted the
+        transaction itself (as it has after a server-side error, but not after
+        a client-side one such as psycopg refusing to encode a NUL in a text
+        parameter, nor a :class:`StaleKeyError`, raised after statements that
+        succeeded). So any exception rolls the transaction back explicitly
+        (``psycopg.Rollback``) and is re-raised after the pipeline has exited."""
+        if not stored_events:
+            return None
+        rows = [
+            self.construct_pg_stored_event(s.originator_id, s.originator_version, s.topic, s.state)
+            for s in stored_events
+        ]
+        exc: Exception | None = None
+        ids: Sequence[int] | None = None
+        with self.datastore.get_connection() as conn:
+            with conn.pipeline() as pipeline, conn.transaction():
+                with conn.cursor() as curs:
+                    try:
+                        for statement in self.lock_table_statements:
+                            curs.execute(statement, prepare=True)
+                        curs.execute(SQL("NOTIFY {0}").format(Identifier(self.channel_name)))
+                        curs.execute(self.insert_events_statement, (rows,))
+                        # Sync now, so a uniqueness violation raises here (as in the library).
+                        pipeline.sync()
+                        ids = _notification_ids(curs, len(stored_events))
+                        self.write_chain_and_keys(curs, stored_events, ids)
+                    except Exception as e:  # noqa: BLE001 - re-raised below, after the rollback
+                        exc = e
+                if exc is not None:
+                    raise psycopg.Rollback  # leaves the transaction block by rolling it back
+            if exc is not None:
+                raise exc
+        self.confirm_keys(stored_events)
+        return ids
+
+    def _write_keys(self, c: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
+        """As the SQLite recorder's ``_write_keys``. This runs after the events
+        table's ``LOCK TABLE … IN EXCLUSIVE MODE``, so an erasure (which deletes
+        keys under the same lock) has committed entirely before, or starts after."""
+        new_keys, subjects, used = key_work(stored_events)
+        if new_keys:
+            c.executemany(
+                SQL("INSERT INTO {} VALUES (%s,%s,%s,now()) ON CONFLICT DO NOTHING").format(self.qualified(KEYS)),
+                [tuple(row) for row in new_keys],
+            )
+        if subjects:
+            c.executemany(
+                SQL("INSERT INTO {} VALUES (%s,%s) ON CONFLICT (aggregate_id) DO NOTHING").format(self.qualified(SUBJECTS)),
+                subjects,
+            )
+        if not used:
+            return
+        # A cursor of its own: in pipeline mode, a fetch on the cursor of an
+        # executemany can meet that statement's result instead of the query's.
+        with c.connection.cursor() as q:
+            q.execute(SQL("SELECT kid, visitor_id FROM {} WHERE kid = ANY(%s)").format(self.qualified(KEYS)), (list(used),))
+            found = {r["kid"]: r["visitor_id"] for r in q.fetchall()}
+            destroyed: set[str] = set()
+            if new_keys:
+                q.execute(
+                    SQL("SELECT kid FROM {} WHERE kid = ANY(%s)").format(self.qualified(DESTROYED)),
+                    ([row[0] for row in new_keys],),
+                )
+                destroyed = {r["kid"] for r in q.fetchall()}
+
+            def current_keys(visitors: list[str]) -> list[KeyRow]:
+                q.execute(
+                    SQL("SELECT kid, visitor_id, key FROM {} WHERE visitor_id = ANY(%s)").format(self.qualified(KEYS)),
+                    (visitors,),
+                )
+                return [KeyRow((r["kid"], r["visitor_id"], bytes(r["key"]))) for r in q.fetchall()]
+
+            self.check_used_keys(used, found, destroyed, current_keys)
+
+    # ---- keys -------------------------------------------------------------
+
+    def key_by_id(self, kid: str) -> bytes | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(SQL("SELECT key FROM {} WHERE kid=%s").format(self.qualified(KEYS)), (kid,))
+            row = c.fetchone()
+        return bytes(row["key"]) if row else None
+
+    def active_key(self, visitor_id: str) -> KeyRow | None:
+        """The visitor's key, if any (read only, as on SQLite)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(SQL("SELECT kid, visitor_id, key FROM {} WHERE visitor_id=%s").format(self.qualified(KEYS)), (visitor_id,))
+            row = c.fetchone()
+        return KeyRow((row["kid"], row["visitor_id"], bytes(row["key"]))) if row else None
+
+    def key_ids_of(self, visitor_ids: Sequence[str]) -> list[str]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(SQL("SELECT kid FROM {} WHERE visitor_id = ANY(%s)").format(self.qualified(KEYS)), (list(visitor_ids),))
+            return sorted(r["kid"] for r in c.fetchall())
+
+    def subject_of(self, aggregate_id: UUID) -> str | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(SQL("SELECT visitor_id FROM {} WHERE aggregate_id=%s").format(self.qualified(SUBJECTS)), (aggregate_id,))
+            row = c.fetchone()
+        return row["visitor_id"] if row else None
+
+    def keys_by_id(self, kids: Sequence[str]) -> dict[str, bytes]:
+        """``kid -> key`` of those of ``kids`` that exist."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(SQL("SELECT kid, key FROM {} WHERE kid = ANY(%s)").format(self.qualified(KEYS)), (list(kids),))
+            return {row["kid"]: bytes(row["key"]) for row in c.fetchall()}
+
+    # ---- after an erasure -------------------------------------------------
+
+    def delete_snapshots(self, table: str, aggregate_ids: Sequence[UUID]) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(SQL("DELETE FROM {} WHERE originator_id = ANY(%s)").format(self.qualified(table)), (list(aggregate_ids),))
+
+    def purge_free_space(self) -> bool:
+        """VACUUM the key and snapshot tables so dead rows holding erased keys are
+        reclaimed (PostgreSQL's WAL and backups still hold them until recycled)."""
+        with self.datastore.get_connection() as conn:
+            assert conn.autocommit
+            conn.execute(SQL("VACUUM {}").format(self.qualified(KEYS)))
+        return True
+
+
+def _notification_ids(curs: Cursor[DictRow], expected: int) -> list[int]:
+    """The ids ``INSERT … RETURNING notification_id`` gave (as the library reads them)."""
+    assert curs.statusmessage and curs.statusmessage.startswith("INSERT"), curs.statusmessage
+    ids: list[int] = []
+    try:
+        ids = [row["notification_id"] for row in curs.fetchall()]
+    except psycopg.ProgrammingError as e:
+        msg = f"Couldn't get all notification IDs (got {len(ids)}, expected {expected})"
+        raise ProgrammingError(msg) from e
+    return ids

@@ -1,0 +1,154 @@
+"""Verification on PostgreSQL: the hash chains and the key tables read in one
+repeatable-read snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.postgres import PostgresDatastore
+from psycopg.sql import SQL, Composed, Identifier
+
+from ..hashchain import EventRow, HashRow, VerificationReport, verify_rows
+from ..recording import DESTROYED, ERASURE_TOPIC, HASHES, KEYS, SUBJECTS, KeyAuditor
+
+
+class PostgresVerification:
+    """The PostgreSQL ledger recorder's read side of the chains (a mixin)."""
+
+    datastore: PostgresDatastore
+    events_table_name: str
+
+    def qualified(self, table: str) -> Composed:
+        """``schema.table``, quoted."""
+        return SQL("{}.{}").format(Identifier(self.datastore.schema), Identifier(table))
+
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Any]:
+        with self.datastore.get_connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield conn
+
+    def verify(
+        self, report: VerificationReport, originator_id: UUID | None = None, key_audit: KeyAuditor | None = None
+    ) -> VerificationReport:
+        """Check the hash chains (of the log, or of one aggregate) and, with
+        ``key_audit``, the key table against the log, in one repeatable-read snapshot."""
+        with self._snapshot() as conn:
+            tables = PostgresKeyTables(conn, self)
+            report = self._verify_pg(conn, report, originator_id, key_audit, tables)
+            if key_audit is not None:
+                key_audit.finish(tables)
+            return report
+
+    def _verify_pg(
+        self,
+        conn: Any,
+        report: VerificationReport,
+        originator_id: UUID | None,
+        key_audit: KeyAuditor | None,
+        tables: PostgresKeyTables,
+    ) -> VerificationReport:
+        where, params = (SQL("WHERE originator_id = %s "), (originator_id,)) if originator_id else (SQL(""), ())
+        ev_cur = conn.cursor(name="chatledger_verify_events")
+        ev_cur.itersize = 5000
+        ev_cur.execute(
+            SQL(
+                "SELECT notification_id, originator_id, originator_version, topic, state FROM {} {}"
+                "ORDER BY notification_id"
+            ).format(self.qualified(self.events_table_name), where),
+            params,
+        )
+        h_cur = conn.cursor(name="chatledger_verify_hashes")
+        h_cur.itersize = 5000
+        h_cur.execute(
+            SQL(
+                "SELECT notification_id, originator_id, originator_version, event_hash, log_hash "
+                "FROM {} {}ORDER BY notification_id"
+            ).format(self.qualified(HASHES), where),
+            params,
+        )
+        events: Iterable[EventRow] = (
+            EventRow(r["notification_id"], r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
+            for r in ev_cur
+        )
+        if key_audit is not None:
+            events = key_audit.watch(events, tables)
+        hashes = (
+            HashRow(r["notification_id"], r["originator_id"], r["originator_version"], bytes(r["event_hash"]), bytes(r["log_hash"]))
+            for r in h_cur
+        )
+        if originator_id is None:
+            return verify_rows(events, hashes, report)
+        with conn.cursor() as c:
+            c.execute(
+                SQL(
+                    "SELECT h.notification_id, (SELECT p.log_hash FROM {0} p "
+                    "WHERE p.notification_id < h.notification_id ORDER BY p.notification_id DESC LIMIT 1) AS prev "
+                    "FROM {0} h WHERE h.originator_id = %s"
+                ).format(self.qualified(HASHES)),
+                params,
+            )
+            prev_logs = {r["notification_id"]: bytes(r["prev"]) for r in c.fetchall() if r["prev"] is not None}
+        return verify_rows(events, hashes, report, check_log_chain=False, prev_log_hash=prev_logs)
+
+    def hash_rows(self, originator_id: UUID) -> dict[int, tuple[bytes, bytes]]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                SQL("SELECT notification_id, event_hash, log_hash FROM {} WHERE originator_id=%s").format(self.qualified(HASHES)),
+                (originator_id,),
+            )
+            return {r["notification_id"]: (bytes(r["event_hash"]), bytes(r["log_hash"])) for r in c.fetchall()}
+
+    def notification_ids(self, originator_id: UUID) -> dict[int, int]:
+        """``version -> notification id`` of one aggregate's events."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                SQL("SELECT originator_version, notification_id FROM {} WHERE originator_id=%s").format(
+                    self.qualified(self.events_table_name)
+                ),
+                (originator_id,),
+            )
+            return {r["originator_version"]: r["notification_id"] for r in c.fetchall()}
+
+
+class PostgresKeyTables:
+    """The key tables as ``KeyAudit`` reads them, in the verification's snapshot."""
+
+    def __init__(self, conn: Any, recorder: PostgresVerification) -> None:
+        self.conn = conn
+        self.recorder = recorder
+
+    def _rows(self, query: Composed, params: tuple[Any, ...]) -> list[Any]:
+        with self.conn.cursor() as c:
+            c.execute(query, params)
+            return list(c.fetchall())
+
+    def keys(self, kids: Sequence[str]) -> dict[str, tuple[str, bytes]]:
+        t = self.recorder.qualified
+        rows = self._rows(SQL("SELECT kid, visitor_id, key FROM {} WHERE kid = ANY(%s)").format(t(KEYS)), (list(kids),))
+        return {r["kid"]: (r["visitor_id"], bytes(r["key"])) for r in rows}
+
+    def destroyed(self, kids: Sequence[str]) -> set[str]:
+        t = self.recorder.qualified
+        rows = self._rows(SQL("SELECT kid FROM {} WHERE kid = ANY(%s)").format(t(DESTROYED)), (list(kids),))
+        return {r["kid"] for r in rows}
+
+    def subjects(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, str]:
+        t = self.recorder.qualified
+        rows = self._rows(
+            SQL("SELECT aggregate_id, visitor_id FROM {} WHERE aggregate_id = ANY(%s)").format(t(SUBJECTS)),
+            (list(aggregate_ids),),
+        )
+        return {r["aggregate_id"]: r["visitor_id"] for r in rows}
+
+    def erasure_states(self) -> Iterable[tuple[int, bytes]]:
+        t = self.recorder.qualified
+        rows = self._rows(
+            SQL("SELECT notification_id, state FROM {} WHERE topic = %s").format(t(self.recorder.events_table_name)),
+            (ERASURE_TOPIC,),
+        )
+        return [(int(r["notification_id"]), bytes(r["state"])) for r in rows]

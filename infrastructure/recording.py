@@ -1,0 +1,186 @@
+"""What the SQLite and PostgreSQL ledger recorders share, written once.
+
+The recorders (:mod:`chatledger.infrastructure.sqlite`,
+:mod:`chatledger.infrastructure.postgres`) are eventsourcing's application
+recorders plus, inside the very transaction that inserts events:
+
+- one row per event in ``chatledger_event_hashes`` (the two hash chains of
+  :mod:`chatledger.infrastructure.hashchain`, computed by
+  :func:`~chatledger.infrastructure.hashchain.chain_rows_by_hex`); on
+  PostgreSQL after eventsourcing's ``LOCK TABLE … IN EXCLUSIVE MODE``, on SQLite
+  under its single writer lock, so the log-wide chain has one writer at a time;
+- the key tables (``chatledger_keys``: one AES key per visitor;
+  ``chatledger_key_subjects``: which visitor a session's personal data belongs
+  to): the new keys and subjects of the batch are inserted and every key its
+  envelopes use is checked (:meth:`LedgerRecorderMixin.check_used_keys`);
+- the destruction of the content keys a ``Visitor.DataErased`` event names
+  (:func:`erased_visitor_ids`), so the erasure fact and the key destruction
+  commit together or not at all.
+
+This module holds the table names, the rows the mapper hands over
+(:class:`KeyedStoredEvent`, :class:`KeyRow`), the conflict raised on a stale
+key and the hooks through which the key ring learns the outcome; each dialect's
+module holds only its SQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+from uuid import UUID
+
+from chatledger.domain.visitor import Visitor
+from eventsourcing.persistence import RecordConflictError, StoredEvent
+from eventsourcing.utils import get_topic
+
+from .hashchain import EventRow, as_uuid
+
+HASHES = "chatledger_event_hashes"
+KEYS = "chatledger_keys"
+DESTROYED = "chatledger_destroyed_keys"
+"""Ids (never keys) of the keys erasures destroyed: a key id is random and used
+once, so a new key under a destroyed id can only be a writer resurrecting a key
+it made before the erasure; the write is refused and re-encoded."""
+SUBJECTS = "chatledger_key_subjects"
+ERASURE_TOPIC = get_topic(Visitor.DataErased)
+
+
+def erased_visitor_ids(stored_events: Sequence[StoredEvent]) -> list[str]:
+    """The visitors whose keys the batch's ``Visitor.DataErased`` events destroy."""
+    ids: list[str] = []
+    for stored in stored_events:
+        if stored.topic == ERASURE_TOPIC:
+            ids.extend(json.loads(stored.state)["receipt"]["visitor_ids"])
+    return ids
+
+
+class KeyRow(tuple[str, str, bytes]):
+    """``(kid, visitor_id, key)``; never printed with its key."""
+
+    def __repr__(self) -> str:
+        return f"KeyRow(kid={self[0]!r}, visitor_id={self[1]!r}, key=<redacted>)"
+
+
+@dataclass(frozen=True)
+class KeyedStoredEvent(StoredEvent):
+    """A stored event whose personal fields are encrypted (see the shredding mapper).
+
+    ``visitor_id``/``kid``: the visitor and the key its envelopes were made with
+    (``kid`` None if no field needed one). ``new_key``: a key the mapper made in
+    memory and the store may not hold yet; the recorder inserts it in the event's
+    transaction. ``subject``: the event opens a session, so the recorder records
+    ``session -> visitor`` in that transaction.
+    """
+
+    visitor_id: str = ""
+    kid: str | None = None
+    new_key: KeyRow | None = field(default=None, repr=False, compare=False)
+    subject: bool = False
+
+
+class StaleKeyError(RecordConflictError):
+    """Envelopes of a batch were made with a key the store does not hold for their
+    visitor: an erasure destroyed it, or another writer created the visitor's key
+    first. Nothing of the batch was written; the command is re-run (it is a
+    conflict) and re-encodes with the visitor's current key."""
+
+    def __init__(self, kids: Sequence[str]) -> None:
+        super().__init__(f"stale content keys {sorted(kids)}: re-encode and retry")
+        self.kids = list(kids)
+
+
+StaleKeyHook = Callable[[Sequence[str], Sequence[str], Sequence[KeyRow]], None]
+"""``(kids not in the store, visitors whose key was stale, those visitors' current
+key rows)``: tells the key ring to drop what it cached, from inside the failing
+transaction, before it raises."""
+ConfirmedKeysHook = Callable[[Sequence[KeyRow]], None]
+"""New key rows that were just committed."""
+
+
+def key_work(
+    stored_events: Sequence[StoredEvent],
+) -> tuple[list[KeyRow], list[tuple[UUID, str]], dict[str, str]]:
+    """A batch's new key rows, ``(session, visitor)`` subject rows and ``kid -> visitor`` to check."""
+    new_keys: dict[str, KeyRow] = {}
+    subjects: list[tuple[UUID, str]] = []
+    used: dict[str, str] = {}
+    for s in stored_events:
+        if not isinstance(s, KeyedStoredEvent):
+            continue
+        if s.subject:
+            subjects.append((as_uuid(s.originator_id), s.visitor_id))
+        if s.kid is not None:
+            used[s.kid] = s.visitor_id
+        if s.new_key is not None:
+            new_keys[s.new_key[0]] = s.new_key
+    return list(new_keys.values()), subjects, used
+
+
+class LedgerRecorderMixin:
+    """The key write path's decisions, and the hooks through which the key ring
+    learns the outcome of its new and cached keys (each dialect supplies the SQL)."""
+
+    on_stale_keys: StaleKeyHook | None = None
+    on_keys_confirmed: ConfirmedKeysHook | None = None
+
+    def check_used_keys(
+        self,
+        used: dict[str, str],
+        found: dict[str, str],
+        destroyed: set[str],
+        current_keys: Callable[[list[str]], Iterable[KeyRow]],
+    ) -> None:
+        """Raise :class:`StaleKeyError` unless every key of ``used`` (``kid ->
+        visitor``) is in the store (``found``: ``kid -> visitor`` of those that
+        are), is its visitor's and was not destroyed (``destroyed``: those of the
+        batch's new keys an erasure destroyed). Before raising, tell the key ring,
+        with the stale visitors' current keys (``current_keys(visitors)``)."""
+        for kid in destroyed:
+            found.pop(kid, None)
+        if all(found.get(kid) == visitor for kid, visitor in used.items()):
+            return
+        visitors = sorted({v for k, v in used.items() if found.get(k) != v})
+        current = [row for row in current_keys(visitors) if row[0] not in destroyed]
+        bad = [kid for kid, visitor in used.items() if found.get(kid) != visitor]
+        if self.on_stale_keys is not None:
+            self.on_stale_keys([k for k in bad if k not in found], sorted({used[k] for k in bad}), current)
+        raise StaleKeyError(bad)
+
+    def confirm_keys(self, stored_events: Sequence[StoredEvent]) -> None:
+        """After a write committed: tell the key ring which new keys are now stored."""
+        if self.on_keys_confirmed is not None:
+            rows = [s.new_key for s in stored_events if isinstance(s, KeyedStoredEvent) and s.new_key is not None]
+            if rows:
+                self.on_keys_confirmed(rows)
+
+
+class KeyTables(Protocol):
+    """What the key audit reads from the key tables, inside the verification's
+    snapshot (each dialect implements it)."""
+
+    def keys(self, kids: Sequence[str]) -> dict[str, tuple[str, bytes]]:  # pragma: no cover
+        """``kid -> (visitor_id, key)`` of those of ``kids`` in ``chatledger_keys``."""
+        raise NotImplementedError
+
+    def destroyed(self, kids: Sequence[str]) -> set[str]:  # pragma: no cover
+        """Those of ``kids`` in ``chatledger_destroyed_keys``."""
+        raise NotImplementedError
+
+    def subjects(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, str]:  # pragma: no cover
+        """``session -> visitor`` from ``chatledger_key_subjects``."""
+        raise NotImplementedError
+
+    def erasure_states(self) -> Iterable[tuple[int, bytes]]:  # pragma: no cover
+        """``(log position, stored bytes)`` of every ``Visitor.DataErased`` event of the log."""
+        raise NotImplementedError
+
+
+class KeyAuditor(Protocol):
+    """Checks the key table during ``verify`` (see :class:`~chatledger.infrastructure.key_audit.KeyAudit`)."""
+
+    def watch(self, events: Iterable[EventRow], tables: KeyTables) -> Iterator[EventRow]: ...
+
+    def finish(self, tables: KeyTables) -> None: ...
+

@@ -1,0 +1,230 @@
+"""The SQLite ledger recorder: eventsourcing's ``SQLiteApplicationRecorder``
+plus the hash chain and the key tables (see :mod:`chatledger.infrastructure.recording`).
+
+Only eventsourcing's public surface is used: ``insert_events`` is replaced as
+a whole (one write transaction from ``datastore.transaction``), the events are
+written with the library's ``insert_events_statement`` and the tables are
+declared through ``construct_create_table_statements``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+
+from .. import recording
+from ..hashchain import GENESIS, as_uuid, chain_rows_by_hex
+from ..recording import DESTROYED, HASHES, KEYS, SUBJECTS, KeyRow, LedgerRecorderMixin, key_work
+from .queries import PAIRS_PER_QUERY, sqlite_select_in
+from .verification import SQLiteVerification
+
+
+class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplicationRecorder):
+    """eventsourcing's SQLite recorder plus the hash chain and the key tables."""
+
+    datastore: SQLiteDatastore
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            *super().construct_create_table_statements(),
+            (f"CREATE TABLE IF NOT EXISTS {HASHES} ("
+            "notification_id INTEGER PRIMARY KEY, originator_id TEXT NOT NULL, "
+            "originator_version INTEGER NOT NULL, event_hash BLOB NOT NULL, log_hash BLOB NOT NULL, "
+            "UNIQUE (originator_id, originator_version))"),
+            (f"CREATE TABLE IF NOT EXISTS {KEYS} ("
+            "kid TEXT PRIMARY KEY, visitor_id TEXT NOT NULL UNIQUE, key BLOB NOT NULL, "
+            "created_at TEXT NOT NULL)"),
+            (f"CREATE TABLE IF NOT EXISTS {SUBJECTS} ("
+            "aggregate_id TEXT PRIMARY KEY, visitor_id TEXT NOT NULL)"),
+            f"CREATE TABLE IF NOT EXISTS {DESTROYED} (kid TEXT PRIMARY KEY)",
+        ]
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        """The events, their hash rows, key rows and key destructions in one
+        write transaction (eventsourcing's public ``insert_events``, replaced)."""
+        with self.datastore.transaction(commit=True) as c:
+            ids = self.write_batch(c, stored_events)
+        self.confirm_keys(stored_events)
+        return ids
+
+    def write_batch(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> list[int]:
+        """Everything :meth:`insert_events` writes, on its transaction's cursor."""
+        c.execute("PRAGMA secure_delete=ON")  # freed space is zeroed: no stale key bytes
+        oids = [as_uuid(s.originator_id) for s in stored_events]
+        hexes = [oid.hex for oid in oids]
+        ids = self._insert_event_rows(c, stored_events, hexes)
+        prev = self._prev_event_hashes(c, stored_events, hexes)
+        c.execute(f"SELECT log_hash FROM {HASHES} ORDER BY notification_id DESC LIMIT 1")
+        head = c.fetchone()
+        rows = chain_rows_by_hex(stored_events, oids, hexes, ids, prev, head[0] if head else GENESIS)
+        c.executemany(
+            f"INSERT INTO {HASHES} VALUES (?,?,?,?,?)",
+            [(nid, hex_id, v, ev, lh) for nid, _, hex_id, v, ev, lh in rows],
+        )
+        self._write_keys(c, stored_events)
+        erased = recording.erased_visitor_ids(stored_events)
+        if erased:
+            params = [(v,) for v in erased]
+            c.executemany(f"INSERT OR IGNORE INTO {DESTROYED} SELECT kid FROM {KEYS} WHERE visitor_id=?", params)
+            c.executemany(f"DELETE FROM {KEYS} WHERE visitor_id=?", params)
+        return ids
+
+    def _write_keys(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> None:
+        """Insert the batch's new keys and subjects, then check that every key its
+        envelopes use is in the store and is its visitor's (else :class:`StaleKeyError`,
+        which rolls the whole batch back)."""
+        new_keys, subjects, used = key_work(stored_events)
+        if new_keys:
+            now = datetime.now(UTC).isoformat()
+            c.executemany(
+                f"INSERT INTO {KEYS} VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
+                [(kid, visitor, key, now) for kid, visitor, key in new_keys],
+            )
+        if subjects:
+            c.executemany(
+                f"INSERT INTO {SUBJECTS} VALUES (?,?) ON CONFLICT (aggregate_id) DO NOTHING",
+                [(oid.hex, visitor) for oid, visitor in subjects],
+            )
+        if not used:
+            return
+        found = {r[0]: r[1] for r in sqlite_select_in(c, f"SELECT kid, visitor_id FROM {KEYS} WHERE kid IN ({{}})", list(used))}
+        destroyed: set[str] = set()
+        if new_keys:
+            destroyed = {
+                r[0] for r in sqlite_select_in(c, f"SELECT kid FROM {DESTROYED} WHERE kid IN ({{}})", [k[0] for k in new_keys])
+            }
+
+        def current_keys(visitors: list[str]) -> list[KeyRow]:
+            rows = sqlite_select_in(c, f"SELECT kid, visitor_id, key FROM {KEYS} WHERE visitor_id IN ({{}})", visitors)
+            return [KeyRow((r[0], r[1], bytes(r[2]))) for r in rows]
+
+        self.check_used_keys(used, found, destroyed, current_keys)
+
+    def _insert_event_rows(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], hexes: Sequence[str]
+    ) -> list[int]:
+        """Insert the events with one ``executemany`` and return their notification ids.
+
+        eventsourcing's recorder runs one ``execute`` per event to read each
+        ``lastrowid``; the rows and ids here are the same. The events table has
+        no ``AUTOINCREMENT``, so SQLite gives each row the table's largest rowid
+        + 1, and inside this write transaction (SQLite has one writer) nobody
+        else inserts: the ``n`` rows get ``last - n + 1 … last``, where ``last``
+        is ``last_insert_rowid()``. That is checked on the first row; should it
+        ever not hold (a rowid at 2**63 - 1 makes SQLite pick random ones), the
+        ids are read back row by row instead.
+        """
+        if len(stored_events) < 2:
+            ids = []
+            for s, h in zip(stored_events, hexes, strict=True):  # as eventsourcing inserts one event
+                c.execute(
+                    self.insert_events_statement,
+                    (h if isinstance(s.originator_id, UUID) else s.originator_id, s.originator_version, s.topic, s.state),
+                )
+                ids.append(c.lastrowid)
+            return ids
+        c.executemany(
+            self.insert_events_statement,
+            [
+                # the id as eventsourcing stores it: a UUID as hex, text as it is
+                (h if isinstance(s.originator_id, UUID) else s.originator_id, s.originator_version, s.topic, s.state)
+                for s, h in zip(stored_events, hexes, strict=True)
+            ],
+        )
+        c.execute("SELECT last_insert_rowid()")
+        last = c.fetchone()[0]
+        first = last - len(stored_events) + 1
+        c.execute(
+            f"SELECT originator_id, originator_version FROM {self.events_table_name} WHERE rowid=?",
+            (first,),
+        )
+        row = c.fetchone()
+        s0 = stored_events[0]
+        if row is not None and (as_uuid(row[0]), row[1]) == (as_uuid(s0.originator_id), s0.originator_version):
+            return list(range(first, last + 1))
+        ids = []
+        for s, h in zip(stored_events, hexes, strict=True):
+            c.execute(
+                f"SELECT rowid FROM {self.events_table_name} WHERE originator_id=? AND originator_version=?",
+                (h if isinstance(s.originator_id, UUID) else s.originator_id, s.originator_version),
+            )
+            ids.append(c.fetchone()[0])
+        return ids
+
+    def _prev_event_hashes(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], hexes: Sequence[str]
+    ) -> dict[str, bytes]:
+        """By hex id: the event hash of the event before each aggregate's first event in the batch."""
+        firsts: dict[str, int] = {}
+        for stored, hex_id in zip(stored_events, hexes, strict=True):
+            if stored.originator_version > 1 and hex_id not in firsts:
+                firsts[hex_id] = stored.originator_version - 1
+        prev: dict[str, bytes] = {}
+        wanted = list(firsts.items())
+        for start in range(0, len(wanted), PAIRS_PER_QUERY):
+            chunk = wanted[start : start + PAIRS_PER_QUERY]
+            c.execute(
+                # VALUES first (CROSS JOIN keeps that order): one index probe per pair.
+                f"SELECT h.originator_id, h.event_hash FROM (VALUES {','.join(['(?,?)'] * len(chunk))}) AS q "
+                f"CROSS JOIN {HASHES} h ON h.originator_id = q.column1 AND h.originator_version = q.column2",
+                [x for pair in chunk for x in pair],
+            )
+            prev.update(c.fetchall())
+        return prev
+
+    # ---- keys -------------------------------------------------------------
+
+    def key_by_id(self, kid: str) -> bytes | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT key FROM {KEYS} WHERE kid=?", (kid,))
+            row = c.fetchone()
+        return bytes(row[0]) if row else None
+
+    def active_key(self, visitor_id: str) -> KeyRow | None:
+        """The visitor's key, if any (read only: new keys are inserted, and
+        checked against the destroyed ones, only in the event transaction)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT kid, visitor_id, key FROM {KEYS} WHERE visitor_id=?", (visitor_id,))
+            row = c.fetchone()
+        return KeyRow((row[0], row[1], bytes(row[2]))) if row else None
+
+    def key_ids_of(self, visitor_ids: Sequence[str]) -> list[str]:
+        with self.datastore.transaction(commit=False) as c:
+            rows = sqlite_select_in(c, f"SELECT kid FROM {KEYS} WHERE visitor_id IN ({{}})", visitor_ids)
+            return sorted(r[0] for r in rows)
+
+    def subject_of(self, aggregate_id: UUID) -> str | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT visitor_id FROM {SUBJECTS} WHERE aggregate_id=?", (aggregate_id.hex,))
+            row = c.fetchone()
+        return row[0] if row else None
+
+    def keys_by_id(self, kids: Sequence[str]) -> dict[str, bytes]:
+        """``kid -> key`` of those of ``kids`` that exist."""
+        with self.datastore.transaction(commit=False) as c:
+            rows = sqlite_select_in(c, f"SELECT kid, key FROM {KEYS} WHERE kid IN ({{}})", kids)
+        return {row[0]: bytes(row[1]) for row in rows}
+
+    # ---- after an erasure -------------------------------------------------
+
+    def delete_snapshots(self, table: str, aggregate_ids: Sequence[UUID]) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("PRAGMA secure_delete=ON")
+            c.executemany(f"DELETE FROM {table} WHERE originator_id=?", [(a.hex,) for a in aggregate_ids])
+
+    def purge_free_space(self) -> bool:
+        """Checkpoint the WAL into the file and truncate it, so erased key bytes
+        survive neither in the ``-wal`` file nor (``secure_delete``) in free pages.
+        Returns False if a reader kept the checkpoint from completing."""
+        if self.datastore.pool.is_sqlite_memory_mode:
+            return True
+        with self.datastore.get_connection(commit=True) as conn:
+            c = conn.cursor()
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy, _, _ = c.fetchone()
+        return bool(busy == 0)

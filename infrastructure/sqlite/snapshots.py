@@ -1,0 +1,58 @@
+"""The SQLite snapshot recorder (see :mod:`chatledger.infrastructure.snapshots`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteFactory
+
+from ..recording import KEYS
+from ..snapshots import SnapshotKeyGone, newest_versions, used_keys
+from .queries import sqlite_select_in
+from .recorder import SQLiteLedgerRecorder
+
+
+class SQLiteSnapshotRecorder(SQLiteAggregateRecorder):
+    """Also: a snapshot is written only if the key of its (encrypted) state is in
+    the store, checked in its own write transaction (SQLite has one writer, so no
+    erasure commits in between). A snapshot under a destroyed key would be
+    unreadable; snapshots are derived, so one not written costs only a replay."""
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        try:
+            with self.datastore.transaction(commit=True) as c:
+                c.executemany(
+                    self.insert_events_statement,
+                    [
+                        (
+                            s.originator_id.hex if isinstance(s.originator_id, UUID) else s.originator_id,
+                            s.originator_version,
+                            s.topic,
+                            s.state,
+                        )
+                        for s in stored_events
+                    ],
+                )
+                c.executemany(
+                    f"DELETE FROM {self.events_table_name} WHERE originator_id=? AND originator_version<?",
+                    [(oid.hex, version) for oid, version in newest_versions(stored_events).items()],
+                )
+                used = used_keys(stored_events)
+                if used:
+                    kids = list(used)
+                    found = dict(sqlite_select_in(c, f"SELECT kid, visitor_id FROM {KEYS} WHERE kid IN ({{}})", kids))
+                    if any(found.get(k) != v for k, v in used.items()):
+                        raise SnapshotKeyGone
+        except SnapshotKeyGone:
+            return None
+        return None
+
+
+class LedgerSQLiteFactory(SQLiteFactory):
+    """eventsourcing's SQLite factory with the ledger's recorders."""
+
+    aggregate_recorder_class = SQLiteSnapshotRecorder
+    application_recorder_class = SQLiteLedgerRecorder

@@ -1,0 +1,122 @@
+"""Verification on SQLite: the hash chains and the key tables read in one read transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.sqlite import SQLiteDatastore
+
+from ..hashchain import EventRow, HashRow, VerificationReport, verify_rows
+from ..recording import DESTROYED, ERASURE_TOPIC, HASHES, KEYS, SUBJECTS, KeyAuditor
+from .queries import sqlite_select_in
+
+
+class SQLiteKeyTables:
+    """The key tables as ``KeyAudit`` reads them, on the verification's connection."""
+
+    def __init__(self, conn: sqlite3.Connection, events_table: str) -> None:
+        self.conn = conn
+        self.events_table = events_table
+
+    def _select_in(self, sql: str, values: Sequence[Any]) -> list[Any]:
+        return sqlite_select_in(self.conn.cursor(), sql, values)
+
+    def keys(self, kids: Sequence[str]) -> dict[str, tuple[str, bytes]]:
+        rows = self._select_in(f"SELECT kid, visitor_id, key FROM {KEYS} WHERE kid IN ({{}})", kids)
+        return {r[0]: (r[1], bytes(r[2])) for r in rows}
+
+    def destroyed(self, kids: Sequence[str]) -> set[str]:
+        return {r[0] for r in self._select_in(f"SELECT kid FROM {DESTROYED} WHERE kid IN ({{}})", kids)}
+
+    def subjects(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, str]:
+        rows = self._select_in(
+            f"SELECT aggregate_id, visitor_id FROM {SUBJECTS} WHERE aggregate_id IN ({{}})",
+            [a.hex for a in aggregate_ids],
+        )
+        return {UUID(r[0]): r[1] for r in rows}
+
+    def erasure_states(self) -> Iterable[tuple[int, bytes]]:
+        rows = self.conn.execute(f"SELECT rowid, state FROM {self.events_table} WHERE topic=?", (ERASURE_TOPIC,))
+        return [(int(r[0]), bytes(r[1])) for r in rows]
+
+
+class SQLiteVerification:
+    """The SQLite ledger recorder's read side of the chains (a mixin)."""
+
+    datastore: SQLiteDatastore
+    events_table_name: str
+
+    def verify(
+        self, report: VerificationReport, originator_id: UUID | None = None, key_audit: KeyAuditor | None = None
+    ) -> VerificationReport:
+        """Check the hash chains (of the log, or of one aggregate) and, with
+        ``key_audit``, the key table against the log, in one read transaction."""
+        with self.datastore.transaction(commit=False) as c:
+            conn = c.sqlite_cursor.connection
+            where, params = ("WHERE originator_id=? ", (originator_id.hex,)) if originator_id else ("", ())
+            events: Iterable[EventRow] = (
+                EventRow(r[0], UUID(r[1]), r[2], r[3], bytes(r[4]))
+                for r in conn.execute(
+                    "SELECT rowid, originator_id, originator_version, topic, state "
+                    f"FROM {self.events_table_name} {where}ORDER BY rowid",
+                    params,
+                )
+            )
+            tables = SQLiteKeyTables(conn, self.events_table_name)
+            if key_audit is not None:
+                events = key_audit.watch(events, tables)
+            report = self._verify_sqlite(conn, events, report, originator_id, params)
+            if key_audit is not None:
+                key_audit.finish(tables)
+            return report
+
+    def _verify_sqlite(
+        self,
+        conn: sqlite3.Connection,
+        events: Iterable[EventRow],
+        report: VerificationReport,
+        originator_id: UUID | None,
+        params: tuple[Any, ...],
+    ) -> VerificationReport:
+        where = "WHERE originator_id=? " if originator_id else ""
+        hashes = (
+            HashRow(r[0], UUID(r[1]), r[2], bytes(r[3]), bytes(r[4]))
+            for r in conn.execute(
+                "SELECT notification_id, originator_id, originator_version, event_hash, log_hash "
+                f"FROM {HASHES} {where}ORDER BY notification_id",
+                params,
+            )
+        )
+        if originator_id is None:
+            return verify_rows(events, hashes, report)
+        prev_logs = {
+            r[0]: bytes(r[1])
+            for r in conn.execute(
+                f"SELECT h.notification_id, (SELECT p.log_hash FROM {HASHES} p "
+                "WHERE p.notification_id < h.notification_id ORDER BY p.notification_id DESC LIMIT 1) "
+                f"FROM {HASHES} h WHERE h.originator_id=?",
+                params,
+            )
+            if r[1] is not None
+        }
+        return verify_rows(events, hashes, report, check_log_chain=False, prev_log_hash=prev_logs)
+
+    def hash_rows(self, originator_id: UUID) -> dict[int, tuple[bytes, bytes]]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT notification_id, event_hash, log_hash FROM {HASHES} WHERE originator_id=?",
+                (originator_id.hex,),
+            )
+            return {r[0]: (bytes(r[1]), bytes(r[2])) for r in c.fetchall()}
+
+    def notification_ids(self, originator_id: UUID) -> dict[int, int]:
+        """``version -> notification id`` of one aggregate's events."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT originator_version, rowid FROM {self.events_table_name} WHERE originator_id=?",
+                (originator_id.hex,),
+            )
+            return {r[0]: r[1] for r in c.fetchall()}
