@@ -8,9 +8,9 @@ store; sessions, transcripts, analytics and memory are rebuilt from it.
     >>> ledger = ChatLedger.open("sqlite:///chat.db")   # doctest: +SKIP
 """
 
+from chatledger.domain.conversation import Message, SessionContext
 from chatledger.domain.erasure import ErasureReceipt
 from chatledger.domain.policy import SessionPolicy
-from chatledger.domain.session import Message, SessionContext
 from chatledger.domain.state import SessionState, Turn, VisitorState
 from chatledger.domain.validation import Limits
 from chatledger.infrastructure.hashchain import VerificationReport

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from chatledger.domain import validation as v
+from chatledger.domain.conversation import SessionContext
 from chatledger.domain.errors import InvalidCommandError, InvalidValueError
-from chatledger.domain.session import SessionContext
 from chatledger.projections.results import Engagement
 from pydantic import ValidationError
 

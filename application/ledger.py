@@ -15,10 +15,10 @@ from datetime import datetime
 from typing import IO, Any, Literal
 from uuid import UUID
 
+from chatledger.domain.conversation import Message, SessionContext, SlotScope
 from chatledger.domain.erasure import ErasureReceipt
 from chatledger.domain.model import DomainEvent
 from chatledger.domain.policy import SessionPolicy
-from chatledger.domain.session import Message, SessionContext, SlotScope
 from chatledger.domain.state import SessionState, Turn, VisitorState
 from chatledger.infrastructure.hashchain import VerificationReport
 from chatledger.infrastructure.webhooks import WebhookWorker

@@ -10,10 +10,11 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from chatledger.domain.conversation import SessionContext
 from chatledger.domain.errors import ClientMessageIdConflictError
 from chatledger.domain.ids import uuid7
 from chatledger.domain.policy import AppliedPolicy
-from chatledger.domain.session import Session, SessionContext
+from chatledger.domain.session import Session
 from chatledger.domain.state import Turn
 from chatledger.domain.visitor import Visitor
 

@@ -8,8 +8,9 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
+from chatledger.domain.conversation import Message
 from chatledger.domain.errors import ClientMessageIdConflictError
-from chatledger.domain.session import Message, Session
+from chatledger.domain.session import Session
 from chatledger.domain.state import SessionState, VisitorState
 from chatledger.domain.visitor import Visitor
 

@@ -7,8 +7,9 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, JsonValue
 
+from .conversation import Message, SessionContext, Slot, Status
 from .model import Immutable
-from .session import Message, Session, SessionContext, Slot, Status
+from .session import Session
 from .visitor import Visitor
 
 

@@ -41,7 +41,7 @@ from .errors import (
     InvalidValueError,
 )
 
-#: Hard ceilings of the domain (``domain.session.check_text``/``check_name``):
+#: Hard ceilings of the domain (``domain.conversation.check_text``/``check_name`` use them):
 #: :class:`Limits` may lower them, not raise them.
 TEXT_CEILING = 100_000
 ID_CEILING = 200

@@ -13,10 +13,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from uuid import NAMESPACE_URL, UUID, uuid5
 
+from .conversation import check_name
 from .erasure import ErasureReceipt
 from .errors import IdentityConflictError
 from .model import Aggregate, AggregateSnapshot, SnapshotState, utc
-from .session import check_name
 
 VISITOR_NAMESPACE = uuid5(NAMESPACE_URL, "https://chatledger.invalid/visitor")
 

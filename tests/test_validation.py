@@ -20,6 +20,7 @@ from chatledger import (
     ConfigurationError,
     Engagement,
     FieldTooLargeError,
+    InvalidCommandError,
     InvalidFieldError,
     InvalidPolicyError,
     InvalidTextError,
@@ -356,10 +357,15 @@ def test_validated_times_are_aware_utc_and_in_range(value: datetime) -> None:
 
 
 def test_the_limits_ceilings_are_the_domains() -> None:
-    from chatledger.domain import session
+    from chatledger.domain import conversation
 
-    assert validation.TEXT_CEILING == session.MAX_TEXT_LENGTH
-    session.check_name("task name", "t" * validation.ID_CEILING)  # the longest id passes the domain
+    # the longest text and id the limits allow pass the domain's own checks; one more does not
+    conversation.check_text("t" * validation.TEXT_CEILING)
+    conversation.check_name("task name", "t" * validation.ID_CEILING)
+    with pytest.raises(InvalidCommandError):
+        conversation.check_text("t" * (validation.TEXT_CEILING + 1))
+    with pytest.raises(InvalidCommandError):
+        conversation.check_name("task name", "t" * (validation.ID_CEILING + 1))
 
 
 def test_the_deepest_json_the_limits_allow_survives_snapshots_and_a_fresh_read(sqlite_url: str) -> None:
