@@ -73,28 +73,26 @@ def path_arg(name: str, value: Any, limits: v.Limits) -> Any:
     return value
 
 
+def _kind_arg(what: str, accepts: Callable[[Any], bool]) -> Check:
+    """A check that ``value`` is None or ``accepts(value)``; else names ``what`` it must be."""
+
+    def check(name: str, value: Any, limits: v.Limits) -> Any:
+        if value is not None and not accepts(value):
+            raise InvalidValueError(name, "type", f"{name} must be {what} or None, not {type(value).__name__}.")
+        return value
+
+    return check
+
+
 def writer_arg(name: str, value: Any, limits: v.Limits) -> Any:
     if not callable(getattr(value, "write", None)):
         raise InvalidValueError(name, "type", f"{name} must be a text file open for writing, not {type(value).__name__}.")
     return value
 
 
-def engagement_arg(name: str, value: Any, limits: v.Limits) -> Any:
-    if value is not None and not isinstance(value, Engagement):
-        raise InvalidValueError(name, "type", f"{name} must be an Engagement or None, not {type(value).__name__}.")
-    return value
-
-
-def callback_arg(name: str, value: Any, limits: v.Limits) -> Any:
-    if value is not None and not callable(value):
-        raise InvalidValueError(name, "type", f"{name} must be a callable or None, not {type(value).__name__}.")
-    return value
-
-
-def retention_arg(name: str, value: Any, limits: v.Limits) -> Any:
-    if value is not None and not isinstance(value, RetentionPolicy):
-        raise InvalidValueError(name, "type", f"{name} must be a RetentionPolicy or None, not {type(value).__name__}.")
-    return value
+engagement_arg = _kind_arg("an Engagement", lambda value: isinstance(value, Engagement))
+callback_arg = _kind_arg("a callable", callable)
+retention_arg = _kind_arg("a RetentionPolicy", lambda value: isinstance(value, RetentionPolicy))
 
 
 def interval_arg(name: str, value: Any, limits: v.Limits) -> float:
