@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from chatledger.domain.errors import IdentityMismatchError, SessionOwnershipError
-from chatledger.domain.session import Session
-
+from ..domain.errors import IdentityMismatchError, SessionOwnershipError
+from ..domain.session import Session
 from .unit_of_work import UnitOfWork
 
 

@@ -14,12 +14,12 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from chatledger.domain import validation as v
-from chatledger.domain.conversation import SessionContext
-from chatledger.domain.errors import InvalidCommandError, InvalidValueError
-from chatledger.projections.results import Engagement
 from pydantic import ValidationError
 
+from ..domain import validation as v
+from ..domain.conversation import SessionContext
+from ..domain.errors import InvalidCommandError, InvalidValueError
+from ..projections.results import Engagement
 from .retention import RetentionPolicy
 from .subscribers import MAX_FEED_BATCH
 

@@ -19,19 +19,18 @@ from datetime import datetime
 from typing import IO, Any, NamedTuple
 from uuid import UUID
 
-from chatledger.domain.errors import (
+from ..domain.errors import (
     ConfigurationError,
     InvalidCommandError,
     UnknownSessionError,
     UnknownSubjectError,
 )
-from chatledger.domain.model import DomainEvent, utc
-from chatledger.domain.session import Session
-from chatledger.domain.state import SessionState
-from chatledger.infrastructure.hashchain import VerificationReport
-from chatledger.infrastructure.recorders import PostgresLedgerRecorder, SQLiteLedgerRecorder
-from chatledger.infrastructure.shredding import KeyAudit
-
+from ..domain.model import DomainEvent, utc
+from ..domain.session import Session
+from ..domain.state import SessionState
+from ..infrastructure.hashchain import VerificationReport
+from ..infrastructure.recorders import PostgresLedgerRecorder, SQLiteLedgerRecorder
+from ..infrastructure.shredding import KeyAudit
 from .erasure import visitors_of_user
 from .unit_of_work import UnitOfWork, as_uuid
 

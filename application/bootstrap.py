@@ -4,7 +4,7 @@ One place builds the parts of a :class:`~chatledger.ChatLedger`: its
 settings, policy and clock (checked, with defaults), the event store's
 environment and schema lock, the key ring of the encrypting mapper, the
 snapshot store, the read-model runner (:class:`Projector`) and the background
-jobs. Nothing here holds state; :class:`~chatledger.unit_of_work.UnitOfWork`
+jobs. Nothing here holds state; :class:`~chatledger.application.unit_of_work.UnitOfWork`
 and the facade call these once each.
 """
 
@@ -15,18 +15,17 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from chatledger.domain.errors import ConfigurationError, InvalidPolicyError
-from chatledger.domain.policy import SessionPolicy
-from chatledger.infrastructure.database import make_engine
-from chatledger.infrastructure.persistence import eventsourcing_env, schema_lock
-from chatledger.infrastructure.recorders import PostgresLedgerRecorder, SQLiteLedgerRecorder
-from chatledger.infrastructure.scheduler import BackgroundJobs
-from chatledger.infrastructure.settings import Settings
-from chatledger.infrastructure.shredding import KeyRing, ShreddingMapper
-from chatledger.infrastructure.snapshots import SnapshotStore
-from chatledger.projections import DEFAULT_READ_MODELS
-from chatledger.projections.base import Projector, ReadModel
-
+from ..domain.errors import ConfigurationError, InvalidPolicyError
+from ..domain.policy import SessionPolicy
+from ..infrastructure.database import make_engine
+from ..infrastructure.persistence import eventsourcing_env, schema_lock
+from ..infrastructure.recorders import PostgresLedgerRecorder, SQLiteLedgerRecorder
+from ..infrastructure.scheduler import BackgroundJobs
+from ..infrastructure.settings import Settings
+from ..infrastructure.shredding import KeyRing, ShreddingMapper
+from ..infrastructure.snapshots import SnapshotStore
+from ..projections import DEFAULT_READ_MODELS
+from ..projections.base import Projector, ReadModel
 from .clock import Clock, system_clock
 
 
@@ -113,7 +112,7 @@ def start_jobs(
     ledger: Any, interval: float, retention: Any, projections_interval: float | None
 ) -> BackgroundJobs:
     """The background jobs of ``ledger`` (the facade: its ``sweep``, ``catch_up`` and, with a
-    :class:`~chatledger.retention.RetentionPolicy` as ``retention``, ``archive_closed_sessions``
+    :class:`~chatledger.application.retention.RetentionPolicy` as ``retention``, ``archive_closed_sessions``
     run as the jobs), started. Typed loosely so that this module imports no use case."""
     jobs = BackgroundJobs(
         ledger, interval=interval, retention=retention, projections_interval=projections_interval

@@ -10,13 +10,13 @@ from collections.abc import Iterable
 from datetime import datetime
 from uuid import UUID, uuid4
 
-from chatledger.domain.erasure import ErasureReceipt
-from chatledger.domain.errors import ConfigurationError, InvalidCommandError, UnknownSubjectError
-from chatledger.domain.visitor import Visitor
-from chatledger.infrastructure.recorders import PostgresLedgerRecorder, SQLiteLedgerRecorder
-from chatledger.infrastructure.shredding import ShreddingMapper
 from eventsourcing.utils import get_topic
 
+from ..domain.erasure import ErasureReceipt
+from ..domain.errors import ConfigurationError, InvalidCommandError, UnknownSubjectError
+from ..domain.visitor import Visitor
+from ..infrastructure.recorders import PostgresLedgerRecorder, SQLiteLedgerRecorder
+from ..infrastructure.shredding import ShreddingMapper
 from .unit_of_work import UnitOfWork
 
 LINK_TOPIC = get_topic(Visitor.IdentityLinked)

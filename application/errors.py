@@ -1,6 +1,6 @@
 """Public re-export of the exception tree (defined in :mod:`chatledger.domain.errors`)."""
 
-from chatledger.domain.errors import (
+from ..domain.errors import (
     ChatLedgerError,
     ClientMessageIdConflictError,
     ConcurrencyConflictError,

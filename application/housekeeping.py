@@ -9,8 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
-from chatledger.infrastructure.scheduler import BackgroundJobs
-
+from ..infrastructure.scheduler import BackgroundJobs
 from . import bootstrap
 from .arguments import COUNT, DURATION, TIME, checked, interval_arg, opt, path_arg, retention_arg
 from .retention import (

@@ -15,14 +15,13 @@ from datetime import datetime
 from typing import IO, Any, Literal
 from uuid import UUID
 
-from chatledger.domain.conversation import Message, SessionContext, SlotScope
-from chatledger.domain.erasure import ErasureReceipt
-from chatledger.domain.model import DomainEvent
-from chatledger.domain.policy import SessionPolicy
-from chatledger.domain.state import SessionState, Turn, VisitorState
-from chatledger.infrastructure.hashchain import VerificationReport
-from chatledger.infrastructure.webhooks import WebhookWorker
-
+from ..domain.conversation import Message, SessionContext, SlotScope
+from ..domain.erasure import ErasureReceipt
+from ..domain.model import DomainEvent
+from ..domain.policy import SessionPolicy
+from ..domain.state import SessionState, Turn, VisitorState
+from ..infrastructure.hashchain import VerificationReport
+from ..infrastructure.webhooks import WebhookWorker
 from . import bootstrap, reads, session_commands
 from .arguments import (
     COUNT,

@@ -11,9 +11,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from chatledger.projections.base import Progress, ProjectionFailure, ProjectionStatus
-from chatledger.projections.results import Analytics, Engagement, Memory, Resessionized, Transcript
-
+from ..projections.base import Progress, ProjectionFailure, ProjectionStatus
+from ..projections.results import Analytics, Engagement, Memory, Resessionized, Transcript
 from .access import caller_user
 from .arguments import (
     DURATION,

@@ -7,11 +7,10 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
-from chatledger.domain.errors import InvalidCommandError, UnknownSessionError
-from chatledger.domain.model import DomainEvent, utc
-from chatledger.domain.session import Session
-from chatledger.domain.state import SessionState, VisitorState
-
+from ..domain.errors import InvalidCommandError, UnknownSessionError
+from ..domain.model import DomainEvent, utc
+from ..domain.session import Session
+from ..domain.state import SessionState, VisitorState
 from .access import check_owner
 from .audit import iter_history
 from .unit_of_work import UnitOfWork, as_uuid

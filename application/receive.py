@@ -10,14 +10,13 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from chatledger.domain.conversation import SessionContext
-from chatledger.domain.errors import ClientMessageIdConflictError
-from chatledger.domain.ids import uuid7
-from chatledger.domain.policy import AppliedPolicy
-from chatledger.domain.session import Session
-from chatledger.domain.state import Turn
-from chatledger.domain.visitor import Visitor
-
+from ..domain.conversation import SessionContext
+from ..domain.errors import ClientMessageIdConflictError
+from ..domain.ids import uuid7
+from ..domain.policy import AppliedPolicy
+from ..domain.session import Session
+from ..domain.state import Turn
+from ..domain.visitor import Visitor
 from .access import check_owner
 from .arguments import to_context
 from .unit_of_work import UnitOfWork

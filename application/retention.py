@@ -40,17 +40,17 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
-from chatledger.domain.erasure import ERASED_TEXT
-from chatledger.domain.errors import InvalidCommandError, InvalidValueError
-from chatledger.domain.session import Session
-from chatledger.domain.state import SessionState
-from chatledger.domain.validation import MAX_DURATION
-from chatledger.projections.active_sessions import ActiveSessions, closed_sessions
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from sqlalchemy import select
 
+from ..domain.erasure import ERASED_TEXT
+from ..domain.errors import InvalidCommandError, InvalidValueError
+from ..domain.session import Session
+from ..domain.state import SessionState
+from ..domain.validation import MAX_DURATION
+from ..projections.active_sessions import ActiveSessions, closed_sessions
 from .reads import session_events
 from .sweeper import check_now
 from .unit_of_work import UnitOfWork

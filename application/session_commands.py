@@ -8,12 +8,11 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from chatledger.domain.conversation import Message
-from chatledger.domain.errors import ClientMessageIdConflictError
-from chatledger.domain.session import Session
-from chatledger.domain.state import SessionState, VisitorState
-from chatledger.domain.visitor import Visitor
-
+from ..domain.conversation import Message
+from ..domain.errors import ClientMessageIdConflictError
+from ..domain.session import Session
+from ..domain.state import SessionState, VisitorState
+from ..domain.visitor import Visitor
 from .unit_of_work import UnitOfWork
 
 

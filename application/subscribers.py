@@ -27,10 +27,14 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from chatledger.domain.erasure import ERASED_VALUES
-from chatledger.domain.model import Immutable
-from chatledger.domain.session import Session
-from chatledger.infrastructure.shredding import (
+from eventsourcing.utils import get_topic
+from pydantic import AwareDatetime
+from pydantic_core import from_json
+
+from ..domain.erasure import ERASED_VALUES
+from ..domain.model import Immutable
+from ..domain.session import Session
+from ..infrastructure.shredding import (
     _COMPILED,
     _EMPTY,
     _KID,
@@ -40,10 +44,6 @@ from chatledger.infrastructure.shredding import (
     _keys_by_id,
     _walk,
 )
-from eventsourcing.utils import get_topic
-from pydantic import AwareDatetime
-from pydantic_core import from_json
-
 from .unit_of_work import UnitOfWork
 
 _CONTENT_ERASED = get_topic(Session.ContentErased)

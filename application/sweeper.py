@@ -36,12 +36,12 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from chatledger.domain.errors import InvalidCommandError, UnknownSessionError
-from chatledger.domain.session import Session
-from chatledger.projections.active_sessions import ActiveSessions, active_sessions
 from eventsourcing.persistence import RecordConflictError
 from sqlalchemy import select, tuple_
 
+from ..domain.errors import InvalidCommandError, UnknownSessionError
+from ..domain.session import Session
+from ..projections.active_sessions import ActiveSessions, active_sessions
 from .session_commands import expire_if_idle
 from .unit_of_work import UnitOfWork
 

@@ -29,24 +29,24 @@ from functools import cached_property
 from typing import Any, TypeVar
 from uuid import UUID
 
-from chatledger.domain import validation as v
-from chatledger.domain.errors import (
+from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
+from eventsourcing.persistence import DataError, PersistenceError, RecordConflictError
+
+from ..domain import validation as v
+from ..domain.errors import (
     ConcurrencyConflictError,
     UnknownSessionError,
     ValueRefusedError,
 )
-from chatledger.domain.model import Aggregate, utc
-from chatledger.domain.policy import SessionPolicy
-from chatledger.domain.session import Session
-from chatledger.domain.visitor import Visitor, visitor_aggregate_id
-from chatledger.infrastructure.settings import Settings
-from chatledger.infrastructure.shredding import ErasedSnapshotError
-from chatledger.infrastructure.snapshots import SnapshotStore
-from chatledger.projections.base import Projector, ReadModel
-from chatledger.projections.service import ProjectionReads
-from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
-from eventsourcing.persistence import DataError, PersistenceError, RecordConflictError
-
+from ..domain.model import Aggregate, utc
+from ..domain.policy import SessionPolicy
+from ..domain.session import Session
+from ..domain.visitor import Visitor, visitor_aggregate_id
+from ..infrastructure.settings import Settings
+from ..infrastructure.shredding import ErasedSnapshotError
+from ..infrastructure.snapshots import SnapshotStore
+from ..projections.base import Projector, ReadModel
+from ..projections.service import ProjectionReads
 from . import bootstrap
 from .clock import Clock
 

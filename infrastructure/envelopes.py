@@ -10,12 +10,12 @@ from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
-from chatledger.domain.errors import ChatLedgerError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import StoredEvent
 from pydantic_core import from_json
 
+from ..domain.errors import ChatLedgerError
 from .personal_fields import PLAIN_FIELD
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")

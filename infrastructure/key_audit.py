@@ -10,11 +10,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from uuid import UUID
 
-from chatledger.domain.model import upcast
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.utils import resolve_topic
 
+from ..domain.model import upcast
 from .envelopes import envelopes
 from .hashchain import ChainBreak
 from .recording import ERASURE_TOPIC, KeyTables

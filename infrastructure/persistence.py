@@ -20,14 +20,14 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
-from chatledger.domain.errors import ConfigurationError
-from chatledger.domain.model import DomainEvent, upcast
 from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic, resolve_topic
 from psycopg import sql
 from pydantic import ValidationError
 from pydantic_core import from_json
 
+from ..domain.errors import ConfigurationError
+from ..domain.model import DomainEvent, upcast
 from .settings import Settings
 
 _VERSION_SUFFIXES: dict[int, bytes] = {}

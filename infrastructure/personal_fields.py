@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from chatledger.domain.model import DomainEvent
-from chatledger.domain.session import Session
 from eventsourcing.utils import get_topic
+
+from ..domain.model import DomainEvent
+from ..domain.session import Session
 
 PERSONAL_FIELDS: dict[type[DomainEvent], tuple[str, ...]] = {
     Session.Started: ("context", "carried_slots.*.value"),

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from uuid import UUID
 
-from chatledger.domain.visitor import Visitor
 from eventsourcing.persistence import RecordConflictError, StoredEvent
 from eventsourcing.utils import get_topic
 
+from ..domain.visitor import Visitor
 from .hashchain import EventRow, as_uuid
 
 HASHES = "chatledger_event_hashes"

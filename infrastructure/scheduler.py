@@ -17,11 +17,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from chatledger.domain.errors import InvalidCommandError
+
+from ..domain.errors import InvalidCommandError
 
 if TYPE_CHECKING:
-    from chatledger.ledger import ChatLedger
-    from chatledger.retention import RetentionPolicy
+    from ..application.ledger import ChatLedger
+    from ..application.retention import RetentionPolicy
 
 logger = logging.getLogger("chatledger.scheduler")
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatledger.domain.errors import ConfigurationError
-from chatledger.domain.validation import ID_CEILING, TEXT_CEILING, Limits
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from ..domain.errors import ConfigurationError
+from ..domain.validation import ID_CEILING, TEXT_CEILING, Limits
 
 DEFAULT_DATABASE_URL = "sqlite:///chatledger.db"
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from chatledger.domain.erasure import ERASED_VALUES
-
+from ..domain.erasure import ERASED_VALUES
 from .envelopes import ContentIntegrityError, ErasedSnapshotError
 from .envelopes import is_envelope as _is_envelope
 from .envelopes import walk as _walk

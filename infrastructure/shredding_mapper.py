@@ -29,13 +29,13 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from chatledger.domain.erasure import ERASED_VALUES
-from chatledger.domain.model import upcast
-from chatledger.domain.session import Session
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic, resolve_topic
 from pydantic_core import from_json
 
+from ..domain.erasure import ERASED_VALUES
+from ..domain.model import upcast
+from ..domain.session import Session
 from .envelopes import (
     ErasedSnapshotError,
     aad_id_of,

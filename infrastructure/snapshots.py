@@ -28,9 +28,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
-from chatledger.domain.model import StaleSnapshot
 from eventsourcing.persistence import EventStore, StoredEvent
 
+from ..domain.model import StaleSnapshot
 from .recording import KeyedStoredEvent
 
 

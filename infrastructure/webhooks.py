@@ -6,7 +6,7 @@ subscription name in ``chatledger_webhook_positions``, in the ledger's
 database, and advanced (compare-and-set) only after that answer. It reads the
 log with :meth:`ChatLedger.events_after`, so nothing is skipped or reordered.
 
-Each event is one ``POST`` of its :class:`~chatledger.subscribers.LogEvent`
+Each event is one ``POST`` of its :class:`~chatledger.application.subscribers.LogEvent`
 JSON with the headers ``Chatledger-Event-Id`` (also ``event_id`` in the body),
 ``Chatledger-Event-Position`` and ``Chatledger-Subscription``. A crash between
 the receiver's answer and the position update redelivers that event, and a
@@ -34,17 +34,18 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
-from chatledger.domain import validation as v
-from chatledger.domain.errors import InvalidValueError
-from chatledger.domain.model import Immutable
-from chatledger.infrastructure.persistence import schema_lock
-from chatledger.projections.sqltypes import UTCDateTime
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, select
 from sqlalchemy.exc import IntegrityError
 
+from ..domain import validation as v
+from ..domain.errors import InvalidValueError
+from ..domain.model import Immutable
+from ..projections.sqltypes import UTCDateTime
+from .persistence import schema_lock
+
 if TYPE_CHECKING:
-    from chatledger import ChatLedger
-    from chatledger.subscribers import LogEvent
+    from .. import ChatLedger
+    from ..application.subscribers import LogEvent
 
 WEBHOOKS = MetaData()
 positions_table = Table(

@@ -28,7 +28,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from chatledger.domain.session import Session
 from eventsourcing.persistence import Tracking
 from eventsourcing.utils import get_topic
 from sqlalchemy import (
@@ -50,6 +49,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..domain.session import Session
 from .read_model import ReadModel
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -16,13 +16,13 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from chatledger.domain.errors import InvalidCommandError
-from chatledger.domain.session import Session
-from chatledger.domain.visitor import Visitor
 from eventsourcing.utils import get_topic
 from sqlalchemy import Boolean, Connection, Float, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from ..domain.errors import InvalidCommandError
+from ..domain.session import Session
+from ..domain.visitor import Visitor
 from .read_model import HandlerTableReadModel, batch_ids
 from .results import Analytics, Engagement
 from .sqltypes import UTCDateTime

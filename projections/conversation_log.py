@@ -13,9 +13,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
-from chatledger.domain.erasure import ERASED_TEXT
-from chatledger.domain.session import Session
-from chatledger.domain.visitor import Visitor
 from eventsourcing.utils import get_topic
 from sqlalchemy import (
     BigInteger,
@@ -30,6 +27,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from ..domain.erasure import ERASED_TEXT
+from ..domain.session import Session
+from ..domain.visitor import Visitor
 from .read_model import HandlerTableReadModel, batch_ids
 from .results import TranscriptMessage
 from .sqltypes import UTCDateTime

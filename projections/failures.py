@@ -11,11 +11,11 @@ from datetime import datetime
 from uuid import UUID
 
 import psycopg
-from chatledger.domain.errors import ConfigurationError, EventVersionError
 from pydantic import ValidationError
 from sqlalchemy import Column, Engine, Integer, String, Table, Text, func, select
 from sqlalchemy import exc as sa_exc
 
+from ..domain.errors import ConfigurationError, EventVersionError
 from .sqltypes import UTCDateTime
 from .tracking import TRACKING, TrackingConflict
 

@@ -10,10 +10,10 @@ which one a shadow is building (see ``shadow.py``).
 
 from __future__ import annotations
 
-from chatledger.domain.errors import ConfigurationError
 from sqlalchemy import Column, Index, Integer, MetaData, String, Table
 from sqlalchemy.sql.elements import conv
 
+from ..domain.errors import ConfigurationError
 from .tracking import TRACKING
 
 generations_table = Table(

@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from chatledger.domain.session import Session
-from chatledger.domain.visitor import Visitor
 from eventsourcing.utils import get_topic
 from sqlalchemy import select
 
+from ..domain.session import Session
+from ..domain.visitor import Visitor
 from .memory_tables import (
     Base,
     profiles_table,

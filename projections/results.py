@@ -11,8 +11,9 @@ from __future__ import annotations
 from datetime import date, timedelta
 from uuid import UUID
 
-from chatledger.domain.model import Immutable
 from pydantic import AwareDatetime, Field, JsonValue, computed_field
+
+from ..domain.model import Immutable
 
 
 class ProjectionRead(Immutable):

@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from chatledger.domain.validation import check_count
 from eventsourcing.persistence import ApplicationRecorder, Mapper
 from sqlalchemy import Engine
 
+from ..domain.validation import check_count
 from .catch_up import CatchUp
 from .failures import ProjectionFailure, failure_counts, read_failures
 from .read_model import ReadModel

@@ -14,15 +14,15 @@ from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
-from chatledger.domain.errors import (
+from sqlalchemy import Connection, select
+
+from ..domain.errors import (
     ConfigurationError,
     InvalidCommandError,
     SessionOwnershipError,
     UnknownSessionError,
 )
-from chatledger.domain.model import utc
-from sqlalchemy import Connection, select
-
+from ..domain.model import utc
 from . import analytics as an
 from . import conversation_log as log
 from . import memory_tables as mem

@@ -12,11 +12,11 @@ from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
 import psycopg
-from chatledger.domain.errors import ChatLedgerError, ConcurrencyConflictError, ConfigurationError
 from sqlalchemy import Connection, Engine, and_, inspect, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..domain.errors import ChatLedgerError, ConcurrencyConflictError, ConfigurationError
 from .catch_up import CatchUp
 from .failures import failures_table
 from .generations import (

@@ -10,7 +10,7 @@ from uuid import UUID, uuid4
 import pytest
 from chatledger import ChatLedger, ManualClock, UnknownSessionError
 from chatledger.domain.visitor import visitor_aggregate_id
-from chatledger.infrastructure.cli import app
+from chatledger.entrypoints.cli import app
 from chatledger.infrastructure.hashchain import GENESIS, event_hash
 from eventsourcing.persistence import StoredEvent
 from typer.testing import CliRunner

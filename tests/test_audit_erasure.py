@@ -18,7 +18,7 @@ from chatledger import (
 )
 from chatledger.domain.erasure import ERASED_TEXT
 from chatledger.domain.visitor import Visitor, visitor_aggregate_id
-from chatledger.infrastructure.cli import app
+from chatledger.entrypoints.cli import app
 from typer.testing import CliRunner
 
 from .audit_helpers import RawDB

@@ -16,7 +16,7 @@ from chatledger import (
     UnknownSessionError,
     UnknownSubjectError,
 )
-from chatledger.infrastructure.cli import app
+from chatledger.entrypoints.cli import app
 from typer.testing import CliRunner
 
 from .audit_helpers import RawDB

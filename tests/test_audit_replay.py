@@ -15,7 +15,7 @@ from chatledger import (
     SessionState,
     UnknownSessionError,
 )
-from chatledger.infrastructure.cli import app
+from chatledger.entrypoints.cli import app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from chatledger import ChatLedger
-from chatledger.infrastructure.cli import app
+from chatledger.entrypoints.cli import app
 from typer.testing import CliRunner
 
 runner = CliRunner()
@@ -46,7 +46,7 @@ def test_errors_are_one_red_line_and_exit_code_1(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/err.db"
     ChatLedger.open(url).close()  # an existing (empty) store: read-only commands refuse a missing file
     proc = subprocess.run(
-        [sys.executable, "-c", "from chatledger.infrastructure.cli import main; main()",
+        [sys.executable, "-c", "from chatledger.entrypoints.cli import main; main()",
          "session", "show", "00000000-0000-4000-8000-000000000000", "--database", url],
         check=False, capture_output=True, text=True, timeout=60,
     )

@@ -18,7 +18,7 @@ WORKER = textwrap.dedent(
     """
     import os, sys, time
     from chatledger import ChatLedger
-    from chatledger.sweeper import sweep
+    from chatledger.application.sweeper import sweep
 
     url, ready, go, role = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
     open(ready, "w").close()

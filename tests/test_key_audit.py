@@ -109,7 +109,7 @@ def test_a_forged_destroyed_key_row_without_an_erasure_record_is_not_enough(keys
 
 
 def test_the_cli_exits_1_on_a_missing_key(keys: Keys) -> None:
-    from chatledger.infrastructure.cli import app
+    from chatledger.entrypoints.cli import app
     from typer.testing import CliRunner
 
     keys.raw.execute("DELETE FROM chatledger_keys WHERE visitor_id=?", ("v-bob",))

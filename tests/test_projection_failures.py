@@ -21,7 +21,7 @@ from chatledger import (
     ProjectionStatus,
 )
 from chatledger.domain.session import Session
-from chatledger.infrastructure.cli import app
+from chatledger.entrypoints.cli import app
 from chatledger.infrastructure.settings import Settings
 from chatledger.projections import DEFAULT_READ_MODELS, ConversationLog
 from typer.testing import CliRunner

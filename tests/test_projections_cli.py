@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from chatledger import ChatLedger
-from chatledger.infrastructure.cli import app
+from chatledger.entrypoints.cli import app
 from typer.testing import CliRunner
 
 from .test_projections import at, dump, rebuilt, write_history

@@ -15,16 +15,12 @@ def test_exported_members_are_sorted_and_complete() -> None:
     for name in chatledger.__all__:
         assert hasattr(chatledger, name), name
     public = {n for n in dir(chatledger) if not n.startswith("_")}
-    modules = {
-        "access", "application", "arguments", "audit", "bootstrap", "clock", "errors", "erasure",
-        "housekeeping", "ledger", "domain", "infrastructure", "projections", "read_model_queries",
-        "reads", "receive", "retention", "session_commands", "subscribers", "sweeper", "unit_of_work",
-    }
+    modules = {"application", "domain", "entrypoints", "infrastructure", "projections"}
     assert public - modules - set(chatledger.__all__) == set()
 
 
 def test_every_error_is_a_chatledger_error() -> None:
-    from chatledger import errors
+    from chatledger.application import errors
 
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), chatledger.ChatLedgerError)

@@ -16,10 +16,10 @@ from chatledger import (
     ManualClock,
     SessionPolicy,
 )
+from chatledger.application.sweeper import _expire_batch
 from chatledger.domain.policy import AppliedPolicy
 from chatledger.domain.session import Session
 from chatledger.projections.active_sessions import active_sessions, closed_sessions
-from chatledger.sweeper import _expire_batch
 from sqlalchemy import select
 
 from .helpers import load_session
@@ -366,7 +366,7 @@ def test_bad_input_is_refused_and_appends_nothing(ledger: ChatLedger, clock: Man
 def test_gc_pauses_nest_across_threads_and_leave_the_collector_as_they_found_it() -> None:
     import gc
 
-    from chatledger.sweeper import gc_paused
+    from chatledger.application.sweeper import gc_paused
 
     assert gc.isenabled()
     inside = threading.Event()

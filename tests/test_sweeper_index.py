@@ -10,9 +10,9 @@ from uuid import uuid4
 
 import pytest
 from chatledger import ChatLedger, ChatLedgerError, ManualClock, SessionPolicy
+from chatledger.application.retention import RetentionPolicy
 from chatledger.domain.session import Session
 from chatledger.projections.active_sessions import active_sessions, closed_sessions
-from chatledger.retention import RetentionPolicy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
@@ -227,7 +227,7 @@ def test_retention_policy_refuses_nonsense() -> None:
 
 
 def test_worker_once_sweeps_and_prints_the_count(sqlite_url: str) -> None:
-    from chatledger.infrastructure.cli import app
+    from chatledger.entrypoints.cli import app
 
     with ChatLedger.open(sqlite_url) as ledger:  # the system clock: these are due
         ledger.receive("w1", "hi", at=datetime.now(UTC) - timedelta(hours=2))

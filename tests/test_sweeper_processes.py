@@ -27,7 +27,7 @@ SWEEPER = textwrap.dedent(
     import json, sys, time
     from datetime import datetime
     from chatledger import ChatLedger
-    from chatledger.sweeper import sweep
+    from chatledger.application.sweeper import sweep
 
     url, now, start_file = sys.argv[1], datetime.fromisoformat(sys.argv[2]), sys.argv[3]
     with ChatLedger.open(url) as ledger:

@@ -14,7 +14,6 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from chatledger.domain.errors import ConfigurationError
 from eventsourcing.persistence import (
     InterfaceError,
     OperationalError,
@@ -27,6 +26,7 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
+from ...domain.errors import ConfigurationError
 from .. import recording
 from ..hashchain import GENESIS, chain_rows
 from ..recording import DESTROYED, HASHES, KEYS, SUBJECTS, KeyRow, LedgerRecorderMixin, key_work

@@ -1,7 +1,7 @@
 """CLI for the read models: ``chatledger projections …``, ``export …`` and ``report``.
 
 Commands stay thin: they call the public API (or the projector) and render.
-Registered in :mod:`chatledger.infrastructure.cli` by :func:`register`.
+Registered in :mod:`chatledger.entrypoints.cli` by :func:`register`.
 """
 
 from __future__ import annotations
@@ -15,18 +15,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from chatledger import ChatLedger, InvalidCommandError, TranscriptMessage, UnknownSubjectError
-from chatledger.audit import visitors_of_user
-from chatledger.domain import validation as v
-from chatledger.infrastructure.cli_options import (
-    DatabaseOption,
-    SinceOption,
-    UntilOption,
-    atomic_output,
-    open_ledger,
-    output_file,
-)
-from chatledger.projections.service import ProjectionReads
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -38,6 +26,19 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+
+from .. import ChatLedger, InvalidCommandError, TranscriptMessage, UnknownSubjectError
+from ..application.audit import visitors_of_user
+from ..domain import validation as v
+from ..projections.service import ProjectionReads
+from .cli_options import (
+    DatabaseOption,
+    SinceOption,
+    UntilOption,
+    atomic_output,
+    open_ledger,
+    output_file,
+)
 
 projections_app = typer.Typer(no_args_is_help=True, help="Operate the read models.")
 export_app = typer.Typer(no_args_is_help=True, help="Export read models.")
@@ -285,7 +286,7 @@ def report(
     until: UntilOption = None,
 ) -> None:
     """Write a self-contained HTML analytics report (inline SVG charts, no network)."""
-    from chatledger.projections.report import render_report
+    from ..projections.report import render_report
 
     with _open(database, read_only=True) as ledger:
         ledger.catch_up()

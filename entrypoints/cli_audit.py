@@ -1,6 +1,6 @@
 """``chatledger audit …`` and ``chatledger erase``: thin commands over the audit API.
 
-Registered in :mod:`chatledger.infrastructure.cli`. Errors travel as
+Registered in :mod:`chatledger.entrypoints.cli`. Errors travel as
 ``ChatLedgerError`` to ``cli.main``, which prints one red line and exits 1.
 """
 
@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from chatledger.infrastructure.cli_options import (
+from rich.console import Console
+from rich.markup import escape
+
+from .cli_options import (
     DatabaseOption,
     atomic_output,
     open_ledger,
     output_file,
     parse_time,
 )
-from rich.console import Console
-from rich.markup import escape
 
 audit_app = typer.Typer(
     no_args_is_help=True, help="Replay, verify and export the event log for auditors."

@@ -1,7 +1,7 @@
 """CLI for subscribers outside the process: ``chatledger events follow|deliver|dead-letters``.
 
 Commands stay thin: they call the public API (``ChatLedger.events_after``,
-``ChatLedger.webhook``). Registered in :mod:`chatledger.infrastructure.cli` by
+``ChatLedger.webhook``). Registered in :mod:`chatledger.entrypoints.cli` by
 :func:`register`.
 """
 
@@ -13,11 +13,12 @@ import time
 from typing import Annotated
 
 import typer
-from chatledger import ChatLedger
-from chatledger.domain import validation as v
-from chatledger.infrastructure.cli_options import DatabaseOption, open_ledger
-from chatledger.infrastructure.webhooks import list_dead_letters
 from rich.console import Console
+
+from .. import ChatLedger
+from ..domain import validation as v
+from ..infrastructure.webhooks import list_dead_letters
+from .cli_options import DatabaseOption, open_ledger
 
 events_app = typer.Typer(no_args_is_help=True, help="Follow the event log from outside the process.")
 err_console = Console(stderr=True)

@@ -10,12 +10,13 @@ import json
 from datetime import timedelta
 from uuid import uuid4
 
-from chatledger import ChatLedger, ManualClock, SessionPolicy, SessionState
-from chatledger.domain.erasure import ERASED_TEXT
-from chatledger.domain.session import Session
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from .. import ChatLedger, ManualClock, SessionPolicy, SessionState
+from ..domain.erasure import ERASED_TEXT
+from ..domain.session import Session
 
 
 def run_demo(database_url: str, console: Console | None = None) -> dict[str, str]:

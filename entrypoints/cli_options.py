@@ -14,9 +14,10 @@ from typing import IO, Annotated, Optional
 
 import psycopg
 import typer
-from chatledger import ChatLedger, ConfigurationError
-from chatledger.infrastructure.persistence import psycopg_conninfo
-from chatledger.infrastructure.settings import Settings
+
+from .. import ChatLedger, ConfigurationError
+from ..infrastructure.persistence import psycopg_conninfo
+from ..infrastructure.settings import Settings
 
 DatabaseOption = Annotated[
     Optional[str],  # noqa: UP045 - typer needs Optional here

@@ -12,13 +12,13 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Optional
 
 import typer
-from chatledger import ChatLedgerError
-from chatledger.infrastructure.cli_options import DatabaseOption, open_ledger, parse_time
 from rich.console import Console
 from rich.markup import escape
 
+from .. import ChatLedgerError
 from .cli_audit import audit_app, erase
 from .cli_events import register as register_event_commands
+from .cli_options import DatabaseOption, open_ledger, parse_time
 from .cli_projections import register as register_projection_commands
 
 app = typer.Typer(no_args_is_help=True, help="Event-sourced conversation state for chatbots.")

@@ -8,8 +8,9 @@ import threading
 from typing import Annotated, Optional
 
 import typer
-from chatledger import ChatLedger
-from chatledger.retention import RetentionPolicy
+
+from .. import ChatLedger
+from ..application.retention import RetentionPolicy
 
 
 def worker(

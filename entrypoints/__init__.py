@@ -1,0 +1,1 @@
+"""Entry points: the command line, the worker and the demo. They call the facade only."""
