@@ -8,9 +8,12 @@ store; sessions, transcripts, analytics and memory are rebuilt from it.
     >>> ledger = ChatLedger.open("sqlite:///chat.db")   # doctest: +SKIP
 """
 
-from .application.audit import HistoryStep
-from .application.clock import Clock, ManualClock, system_clock
-from .application.errors import (
+# Absolute imports here (relative ones everywhere else in the package): pytest imports this
+# root __init__.py on its own when it sets up the root folder as a package, under whatever
+# name the checkout's folder has, and it must then resolve to the installed chatledger.
+from chatledger.application.audit import HistoryStep
+from chatledger.application.clock import Clock, ManualClock, system_clock
+from chatledger.application.errors import (
     ChatLedgerError,
     ClientMessageIdConflictError,
     ConcurrencyConflictError,
@@ -33,17 +36,17 @@ from .application.errors import (
     UnknownSubjectError,
     ValueRefusedError,
 )
-from .application.ledger import ChatLedger
-from .application.subscribers import LogEvent
-from .domain.conversation import Message, SessionContext
-from .domain.erasure import ErasureReceipt
-from .domain.policy import SessionPolicy
-from .domain.state import SessionState, Turn, VisitorState
-from .domain.validation import Limits
-from .infrastructure.hashchain import VerificationReport
-from .infrastructure.webhooks import DeadLetter, DeliveryReport, WebhookWorker
-from .projections.base import ProjectionFailure, ProjectionStatus
-from .projections.results import (
+from chatledger.application.ledger import ChatLedger
+from chatledger.application.subscribers import LogEvent
+from chatledger.domain.conversation import Message, SessionContext
+from chatledger.domain.erasure import ErasureReceipt
+from chatledger.domain.policy import SessionPolicy
+from chatledger.domain.state import SessionState, Turn, VisitorState
+from chatledger.domain.validation import Limits
+from chatledger.infrastructure.hashchain import VerificationReport
+from chatledger.infrastructure.webhooks import DeadLetter, DeliveryReport, WebhookWorker
+from chatledger.projections.base import ProjectionFailure, ProjectionStatus
+from chatledger.projections.results import (
     Analytics,
     Engagement,
     Memory,

@@ -3,7 +3,7 @@
 Only this entry point imports the CLI; ``import chatledger`` never does.
 """
 
-from .entrypoints.cli import main
+from chatledger.entrypoints.cli import main
 
 if __name__ == "__main__":
     main()
