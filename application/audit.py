@@ -70,7 +70,7 @@ def iter_history(
             raise UnknownSessionError(session_id)
         if limit is not None and known_at(event) > limit:
             continue  # a TimedOut noticed after ``until`` can precede known events
-        session = event.mutate(session)  # type: ignore[arg-type]
+        session = event.mutate(session)
         assert session is not None
         yield HistoryStep(event, SessionState.of(session))
     if not seen:
@@ -167,6 +167,7 @@ def export_bundle(
         hashes = recorder.hash_rows(aggregate_id)
         for stored in recorder.select_events(aggregate_id):
             event = uow.mapper.to_domain_event(stored)
+            assert isinstance(event, DomainEvent)  # every stored event is one of ours
             nid = positions.get(stored.originator_version)
             ev_hash, lg_hash = hashes.get(nid, (b"", b"")) if nid is not None else (b"", b"")
             line = {

@@ -32,12 +32,13 @@ def visitors_of_user(uow: UnitOfWork, user_id: str) -> list[Visitor]:
         )
         for notification in batch:
             # Decoded by the mapper, so an IdentityLinked of any version is upcast.
-            if uow.mapper.to_domain_event(notification).user_id == user_id:
+            event = uow.mapper.to_domain_event(notification)
+            if isinstance(event, Visitor.IdentityLinked) and event.user_id == user_id:
                 ids.append(UUID(str(notification.originator_id)))
         if len(batch) < 1000:
             break
         position = batch[-1].id
-    visitors = [uow.repository.get(i) for i in dict.fromkeys(ids)]
+    visitors: list[object] = [uow.repository.get(i) for i in dict.fromkeys(ids)]
     return [v for v in visitors if isinstance(v, Visitor) and v.user_id == user_id]
 
 

@@ -19,8 +19,8 @@ from eventsourcing.domain import (
     CanInitAggregate,
     CanMutateAggregate,
     CanSnapshotAggregate,
-    get_topic,
 )
+from eventsourcing.utils import get_topic
 from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter, model_validator
 
 from .errors import EventVersionError, InvalidTimeError

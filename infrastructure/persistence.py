@@ -273,11 +273,11 @@ else:  # pragma: no cover - Windows
     def _lock_file(fd: int) -> None:
         while True:  # LK_LOCK gives up after ten 1-second tries; keep waiting
             try:
-                msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
+                msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
                 return
             except OSError:
                 continue
 
     def _unlock_file(fd: int) -> None:
         os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)

@@ -16,7 +16,8 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from apscheduler.schedulers.background import BackgroundScheduler
+# APScheduler 3 ships no type hints (no py.typed): BackgroundScheduler is Any to mypy.
+from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
 
 from ..domain.errors import InvalidCommandError
 

@@ -276,7 +276,7 @@ class WebhookWorker:
                 conn.execute(dead_letters_table.update().where(*key).values(attempts=total, **values))
         return DeadLetter(
             subscription=self.name, position=event.position, event_id=event.event_id,
-            attempts=total, last_error=error[:2000], failed_at=now, outcome=outcome,  # type: ignore[arg-type]
+            attempts=total, last_error=error[:2000], failed_at=now, outcome=outcome,
         )
 
     def _resolve_dead_letter(self, position: int) -> None:
