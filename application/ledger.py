@@ -21,7 +21,6 @@ from ..domain.model import DomainEvent
 from ..domain.policy import SessionPolicy
 from ..domain.state import SessionState, Turn, VisitorState
 from ..infrastructure.hashchain import VerificationReport
-from ..infrastructure.webhooks import WebhookWorker
 from . import bootstrap, reads, session_commands
 from .arguments import (
     COUNT,
@@ -43,6 +42,7 @@ from .erasure import erase_subject
 from .housekeeping import Housekeeping
 from .read_model_queries import ReadModelQueries
 from .receive import receive as receive_message
+from .webhooks import WebhookWorker
 
 
 class ChatLedger(Housekeeping, ReadModelQueries):
@@ -69,7 +69,7 @@ class ChatLedger(Housekeeping, ReadModelQueries):
     def webhook(self, name: str, url: str, **options: Any) -> WebhookWorker:
         """A delivery worker that posts each event, in log order and at least
         once, to ``url``; its position is stored under ``name``. Options:
-        see :class:`~chatledger.infrastructure.webhooks.WebhookWorker`."""
+        see :class:`~chatledger.application.webhooks.WebhookWorker`."""
         return WebhookWorker(self, name, url, **options)
 
     # ------------------------------------------------------------------ commands

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 # APScheduler 3 ships no type hints (no py.typed): BackgroundScheduler is Any to mypy.
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
@@ -22,8 +22,32 @@ from apscheduler.schedulers.background import BackgroundScheduler  # type: ignor
 from ..domain.errors import InvalidCommandError
 
 if TYPE_CHECKING:
-    from ..application.ledger import ChatLedger
-    from ..application.retention import RetentionPolicy
+    from datetime import timedelta
+    from pathlib import Path
+
+
+class Housekeeper(Protocol):
+    """What the jobs call (the facade, ``ChatLedger``, is one): infrastructure never imports the
+    application layer, the application hands itself in."""
+
+    def sweep(self) -> Any: ...
+
+    def archive_closed_sessions(self, older_than: Any, archive_dir: Any, /) -> Any: ...
+
+    def catch_up(self) -> int: ...
+
+
+class RetentionSchedule(Protocol):
+    """The parts of a retention policy the job reads (``RetentionPolicy`` is one)."""
+
+    @property
+    def interval(self) -> timedelta: ...
+
+    @property
+    def archive_after(self) -> timedelta: ...
+
+    @property
+    def archive_dir(self) -> Path | str: ...
 
 logger = logging.getLogger("chatledger.scheduler")
 
@@ -37,10 +61,10 @@ class BackgroundJobs:
 
     def __init__(
         self,
-        ledger: ChatLedger,
+        ledger: Housekeeper,
         *,
         interval: float = 30.0,
-        retention: RetentionPolicy | None = None,
+        retention: RetentionSchedule | None = None,
         projections_interval: float | None = None,
     ) -> None:
         for name, value in (("interval", interval), ("projections_interval", projections_interval)):
