@@ -146,7 +146,8 @@ EXPORT_FIELDS = {
     "event": "the event decoded: personal fields decrypted, or erased markers if the key was destroyed",
     "stored_state": "the exact stored bytes (UTF-8 JSON; personal fields as {$enc, kid} envelopes)",
     "event_hash": "hex SHA-256 chaining this event to the previous one of its aggregate",
-    "log_hash": "hex SHA-256 chaining this event to the previous event of the whole log",
+    "log_hash": "hex SHA-256 chaining this event to the previous event of the whole log (rows written "
+    "before 0.3 only; empty since: the log-wide link is the seal, see chatledger audit anchor)",
 }
 EXPORT_HASHING = {
     "encoding": "each part is prefixed by its length as 8 bytes big-endian",
