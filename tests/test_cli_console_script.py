@@ -31,7 +31,10 @@ from .audit_helpers import RawDB
 from .conftest import IN_CI, POSTGRES_CONNINFO
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "application", "domain", "projections", "infrastructure")
+SOURCES = (
+    "pyproject.toml", "README.md", "__init__.py", "__main__.py", "py.typed",
+    "application", "domain", "projections", "infrastructure", "entrypoints",
+)
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 
 
