@@ -60,6 +60,9 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
         """Seal up to ``limit`` committed hash rows after the last seal, in one
         write transaction (SQLite's one writer: nothing commits below them later)."""
         with self.datastore.transaction(commit=True) as c:
+            # A write first, so this transaction holds the write lock before it reads (another
+            # process's sealer or writer cannot commit between the read and the insert).
+            c.execute(f"DELETE FROM {SEALS} WHERE seq < 0")
             c.execute(f"SELECT seq, first_id, last_id, event_count, root FROM {SEALS} ORDER BY seq DESC LIMIT 1")
             r = c.fetchone()
             last = Seal(r[0], r[1], r[2], r[3], bytes(r[4])) if r else None
