@@ -20,6 +20,7 @@ from typing import IO, Any, NamedTuple
 from uuid import UUID
 
 from ..domain.errors import (
+    ChatLedgerError,
     ConfigurationError,
     InvalidCommandError,
     UnknownSessionError,
@@ -30,6 +31,7 @@ from ..domain.session import Session
 from ..domain.state import SessionState
 from ..infrastructure.hashchain import VerificationReport
 from ..infrastructure.recorders import PostgresLedgerRecorder, SQLiteLedgerRecorder
+from ..infrastructure.sealing import Anchor
 from ..infrastructure.shredding import KeyAudit
 from .erasure import visitors_of_user
 from .unit_of_work import UnitOfWork, as_uuid
@@ -77,18 +79,46 @@ def iter_history(
         raise UnknownSessionError(session_id)
 
 
-def verify_log(uow: UnitOfWork, session_id: UUID | str | None = None) -> VerificationReport:
-    """Recompute the hash chains of the whole log (or of one session)."""
+def verify_log(
+    uow: UnitOfWork, session_id: UUID | str | None = None, anchor: str | None = None
+) -> VerificationReport:
+    """Recompute the hash chains and the seals of the whole log (or one session's chain).
+
+    ``anchor`` (``ROOT@POSITION`` from ``chatledger audit anchor``): the log up to
+    that position must still hash to that root (detects truncation)."""
     recorder = uow.recorder
     if not isinstance(recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder):
         raise ConfigurationError("This ledger's recorder keeps no hash chain; open it with ChatLedger.open().")
+    parsed: Anchor | None = None
+    if anchor is not None:
+        if session_id is not None:
+            raise InvalidCommandError("An anchor checks the whole log; pass it without a session.")
+        try:
+            parsed = Anchor.parse(anchor if isinstance(anchor, str) else repr(anchor))
+        except ValueError as e:
+            raise InvalidCommandError(str(e)) from None
     if session_id is None:
-        return audited_verify(recorder, VerificationReport(scope="log"))
+        report = _verify_whole(recorder, parsed)
+        if report.tail_first is not None:
+            oid, version = report.tail_first
+            stored = list(recorder.select_events(oid, gt=version - 1, lte=version))
+            try:
+                occurred = uow.mapper.to_domain_event(stored[0]).occurred_at if stored else None
+            except ChatLedgerError:  # an altered event: the age stays unknown, the chain says why
+                occurred = None
+            if occurred is not None:
+                report.tail_age_s = max(0.0, (uow.now(None) - occurred).total_seconds())
+        return report
     sid = as_uuid(session_id)
     report = audited_verify(recorder, VerificationReport(scope=f"session {sid}"), sid)
     if report.checked == 0 and report.break_count == 0:
         raise UnknownSessionError(session_id)
     return report
+
+
+def _verify_whole(recorder: SQLiteLedgerRecorder | PostgresLedgerRecorder, anchor: Anchor | None) -> VerificationReport:
+    report = VerificationReport(scope="log")
+    return recorder.verify(report, None, KeyAudit(report, whole_log=True), anchor)
 
 
 def audited_verify(
@@ -116,7 +146,8 @@ EXPORT_FIELDS = {
     "event": "the event decoded: personal fields decrypted, or erased markers if the key was destroyed",
     "stored_state": "the exact stored bytes (UTF-8 JSON; personal fields as {$enc, kid} envelopes)",
     "event_hash": "hex SHA-256 chaining this event to the previous one of its aggregate",
-    "log_hash": "hex SHA-256 chaining this event to the previous event of the whole log",
+    "log_hash": "hex SHA-256 chaining this event to the previous event of the whole log (rows written "
+    "before 0.3 only; empty since: the log-wide link is the seal, see chatledger audit anchor)",
 }
 EXPORT_HASHING = {
     "encoding": "each part is prefixed by its length as 8 bytes big-endian",

@@ -87,6 +87,12 @@ def install_key_ring(mapper: Any, recorder: Any) -> None:
         mapper.key_ring = KeyRing(recorder)
 
 
+def configure_sealer(recorder: Any, settings: Settings) -> None:
+    """How often this process seals the log in-process (see :mod:`~chatledger.infrastructure.sealing`)."""
+    if isinstance(recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder):
+        recorder.seal_every = settings.seal_every_events
+
+
 def build_snapshot_store(mapper: Any, factory: Any) -> SnapshotStore:
     """Snapshots at another version than their class's are passed over
     (see :class:`~chatledger.infrastructure.snapshots.SnapshotStore`)."""

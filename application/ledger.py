@@ -214,10 +214,22 @@ class ChatLedger(Housekeeping, ReadModelQueries):
         return reads.replay(self, session_id, until=until)
 
     @checked(session_id=opt(SID))
-    def verify(self, session_id: UUID | str | None = None) -> VerificationReport:
-        """Recompute the tamper-evident hash chains: the whole log, or one session's
-        events (each also checked against the log chain row before it)."""
-        return verify_log(self, session_id)
+    def verify(self, session_id: UUID | str | None = None, *, anchor: str | None = None) -> VerificationReport:
+        """Recompute the tamper-evident hash chains: the whole log (every
+        aggregate's chain and every seal, and the anchor ``ROOT@POSITION`` if
+        given), or one session's chain. The report names the sealed range and
+        the unsealed tail."""
+        return verify_log(self, session_id, anchor)
+
+    def seal(self) -> int:
+        """Seal the committed events after the last seal (the worker does this on
+        a schedule, and each process every ``seal_every`` events); how many it sealed."""
+        return self.recorder.seal()  # type: ignore[attr-defined, no-any-return]
+
+    def anchor(self) -> str | None:
+        """The newest seal as ``ROOT@POSITION``, to publish outside the database
+        (``verify(anchor=...)`` detects any change or truncation before it)."""
+        return self.recorder.newest_anchor()  # type: ignore[attr-defined, no-any-return]
 
     @checked(user_id=opt(ID), visitor_id=opt(ID), at=opt(TIME))
     def erase(

@@ -52,6 +52,7 @@ class RetentionSchedule(Protocol):
 logger = logging.getLogger("chatledger.scheduler")
 
 SWEEP_JOB_ID = "chatledger.sweep"
+SEAL_JOB_ID = "chatledger.seal"
 RETENTION_JOB_ID = "chatledger.retention"
 PROJECTIONS_JOB_ID = "chatledger.projections"
 
@@ -75,6 +76,7 @@ class BackgroundJobs:
         self.ledger = ledger
         self.projections_interval = projections_interval
         self.interval = float(interval)
+        self.seal_interval = float(ledger.settings.seal_interval_s)
         self.retention = retention
         self.scheduler = BackgroundScheduler(timezone=UTC)
 
@@ -98,6 +100,7 @@ class BackgroundJobs:
             )
 
         every(self.interval, SWEEP_JOB_ID, "time out idle sessions", self.ledger.sweep)
+        every(self.seal_interval, SEAL_JOB_ID, "seal the committed log", self.ledger.seal)
         if self.projections_interval is not None:
             every(
                 self.projections_interval,
