@@ -103,7 +103,10 @@ def verify_log(
             oid, version = report.tail_first
             stored = list(recorder.select_events(oid, gt=version - 1, lte=version))
             try:
-                occurred = uow.mapper.to_domain_event(stored[0]).occurred_at if stored else None
+                occurred = (
+                    getattr(uow.mapper.to_domain_event(stored[0]), "occurred_at", None)
+                    if stored else None
+                )  # every chatledger event has occurred_at; the mapper's type is the library's
             except ChatLedgerError:  # an altered event: the age stays unknown, the chain says why
                 occurred = None
             if occurred is not None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
 
 from ..domain.errors import InvalidCommandError
+from .settings import Settings
 
 if TYPE_CHECKING:
     from datetime import timedelta
@@ -35,6 +36,11 @@ class Housekeeper(Protocol):
     def archive_closed_sessions(self, older_than: Any, archive_dir: Any, /) -> Any: ...
 
     def catch_up(self) -> int: ...
+
+    def seal(self) -> Any: ...
+
+    @property
+    def settings(self) -> Settings: ...
 
 
 class RetentionSchedule(Protocol):
