@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import datetime
-from typing import IO, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
 from ..domain.errors import (
@@ -30,11 +30,23 @@ from ..domain.model import DomainEvent, utc
 from ..domain.session import Session
 from ..domain.state import SessionState
 from ..infrastructure.hashchain import VerificationReport
-from ..infrastructure.recorders import PostgresLedgerRecorder, SQLiteLedgerRecorder
+from ..infrastructure.ledger_recorders import as_ledger_recorder
 from ..infrastructure.sealing import Anchor
 from ..infrastructure.shredding import KeyAudit
 from .erasure import visitors_of_user
 from .unit_of_work import UnitOfWork, as_uuid
+
+if TYPE_CHECKING:
+    from ..infrastructure.postgres import PostgresLedgerRecorder
+    from ..infrastructure.sqlite import SQLiteLedgerRecorder
+
+
+def chained(recorder: object) -> SQLiteLedgerRecorder | PostgresLedgerRecorder:
+    """The ledger's recorder, one that keeps the hash chains."""
+    ours = as_ledger_recorder(recorder)
+    if ours is None:
+        raise ConfigurationError("This ledger's recorder keeps no hash chain; open it with ChatLedger.open().")
+    return ours
 
 
 class HistoryStep(NamedTuple):
@@ -86,9 +98,7 @@ def verify_log(
 
     ``anchor`` (``ROOT@POSITION`` from ``chatledger audit anchor``): the log up to
     that position must still hash to that root (detects truncation)."""
-    recorder = uow.recorder
-    if not isinstance(recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder):
-        raise ConfigurationError("This ledger's recorder keeps no hash chain; open it with ChatLedger.open().")
+    recorder = chained(uow.recorder)
     parsed: Anchor | None = None
     if anchor is not None:
         if session_id is not None:
@@ -167,9 +177,7 @@ def export_bundle(
     """Write a self-describing JSONL bundle of a user's or a session's events."""
     if (user_id is None) == (session_id is None):
         raise InvalidCommandError("Export either a user_id or a session_id (exactly one).")
-    recorder = uow.recorder
-    if not isinstance(recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder):
-        raise ConfigurationError("This ledger's recorder keeps no hash chain; open it with ChatLedger.open().")
+    recorder = chained(uow.recorder)
     aggregates: list[tuple[str, UUID]] = []
     if user_id is not None:
         visitors = visitors_of_user(uow, user_id)

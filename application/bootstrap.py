@@ -18,8 +18,8 @@ from typing import Any
 from ..domain.errors import ConfigurationError, InvalidPolicyError
 from ..domain.policy import SessionPolicy
 from ..infrastructure.database import make_engine
+from ..infrastructure.ledger_recorders import as_ledger_recorder
 from ..infrastructure.persistence import eventsourcing_env, schema_lock
-from ..infrastructure.recorders import PostgresLedgerRecorder, SQLiteLedgerRecorder
 from ..infrastructure.scheduler import BackgroundJobs
 from ..infrastructure.settings import Settings
 from ..infrastructure.shredding import KeyRing, ShreddingMapper
@@ -81,16 +81,16 @@ def unopenable_sqlite_store(settings: Settings, err: Exception) -> Configuration
 
 def install_key_ring(mapper: Any, recorder: Any) -> None:
     """Give the encrypting mapper its per-visitor keys (kept in the same database)."""
-    if isinstance(mapper, ShreddingMapper) and isinstance(
-        recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder
-    ):
-        mapper.key_ring = KeyRing(recorder)
+    ours = as_ledger_recorder(recorder)
+    if isinstance(mapper, ShreddingMapper) and ours is not None:
+        mapper.key_ring = KeyRing(ours)
 
 
 def configure_sealer(recorder: Any, settings: Settings) -> None:
     """How often this process seals the log in-process (see :mod:`~chatledger.infrastructure.sealing`)."""
-    if isinstance(recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder):
-        recorder.seal_every = settings.seal_every_events
+    ours = as_ledger_recorder(recorder)
+    if ours is not None:
+        ours.seal_every = settings.seal_every_events
 
 
 def build_snapshot_store(mapper: Any, factory: Any) -> SnapshotStore:

@@ -15,7 +15,7 @@ from eventsourcing.utils import get_topic
 from ..domain.erasure import ErasureReceipt
 from ..domain.errors import ConfigurationError, InvalidCommandError, UnknownSubjectError
 from ..domain.visitor import Visitor
-from ..infrastructure.recorders import PostgresLedgerRecorder, SQLiteLedgerRecorder
+from ..infrastructure.ledger_recorders import as_ledger_recorder
 from ..infrastructure.shredding import ShreddingMapper
 from .unit_of_work import UnitOfWork
 
@@ -59,8 +59,8 @@ def erase_subject(
 ) -> ErasureReceipt:
     if (user_id is None) == (visitor_id is None):
         raise InvalidCommandError("Erase either a user_id or a visitor_id (exactly one).")
-    recorder = uow.recorder
-    if not isinstance(recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder):
+    recorder = as_ledger_recorder(uow.recorder)
+    if recorder is None:
         raise ConfigurationError("This ledger's recorder keeps no content keys; open it with ChatLedger.open().")
 
     def once() -> tuple[ErasureReceipt, list[Visitor]]:
