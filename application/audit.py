@@ -29,8 +29,9 @@ from ..domain.model import DomainEvent, utc
 from ..domain.session import Session
 from ..domain.state import SessionState
 from ..infrastructure.hashchain import VerificationReport
-from ..infrastructure.recorders import PostgresLedgerRecorder, SQLiteLedgerRecorder
-from ..infrastructure.shredding import KeyAudit
+from ..infrastructure.key_audit import KeyAudit
+from ..infrastructure.postgres import PostgresLedgerRecorder
+from ..infrastructure.sqlite import SQLiteLedgerRecorder
 from .erasure import visitors_of_user
 from .unit_of_work import UnitOfWork, as_uuid
 

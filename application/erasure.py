@@ -15,8 +15,9 @@ from eventsourcing.utils import get_topic
 from ..domain.erasure import ErasureReceipt
 from ..domain.errors import ConfigurationError, InvalidCommandError, UnknownSubjectError
 from ..domain.visitor import Visitor
-from ..infrastructure.recorders import PostgresLedgerRecorder, SQLiteLedgerRecorder
-from ..infrastructure.shredding import ShreddingMapper
+from ..infrastructure.postgres import PostgresLedgerRecorder
+from ..infrastructure.shredding_mapper import ShreddingMapper
+from ..infrastructure.sqlite import SQLiteLedgerRecorder
 from .unit_of_work import UnitOfWork
 
 LINK_TOPIC = get_topic(Visitor.IdentityLinked)
