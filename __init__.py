@@ -38,13 +38,13 @@ from chatledger.application.errors import (
 )
 from chatledger.application.ledger import ChatLedger
 from chatledger.application.subscribers import LogEvent
+from chatledger.application.webhooks import DeadLetter, DeliveryReport, WebhookWorker
 from chatledger.domain.conversation import Message, SessionContext
 from chatledger.domain.erasure import ErasureReceipt
 from chatledger.domain.policy import SessionPolicy
 from chatledger.domain.state import SessionState, Turn, VisitorState
 from chatledger.domain.validation import Limits
 from chatledger.infrastructure.hashchain import VerificationReport
-from chatledger.infrastructure.webhooks import DeadLetter, DeliveryReport, WebhookWorker
 from chatledger.projections.failures import ProjectionFailure
 from chatledger.projections.results import (
     Analytics,

@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import datetime
-from typing import IO, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
 from ..domain.errors import (
+    ChatLedgerError,
     ConfigurationError,
     InvalidCommandError,
     UnknownSessionError,
@@ -30,10 +31,22 @@ from ..domain.session import Session
 from ..domain.state import SessionState
 from ..infrastructure.hashchain import VerificationReport
 from ..infrastructure.key_audit import KeyAudit
-from ..infrastructure.postgres import PostgresLedgerRecorder
-from ..infrastructure.sqlite import SQLiteLedgerRecorder
+from ..infrastructure.ledger_recorders import as_ledger_recorder
+from ..infrastructure.sealing import Anchor
 from .erasure import visitors_of_user
 from .unit_of_work import UnitOfWork, as_uuid
+
+if TYPE_CHECKING:
+    from ..infrastructure.postgres import PostgresLedgerRecorder
+    from ..infrastructure.sqlite import SQLiteLedgerRecorder
+
+
+def chained(recorder: object) -> SQLiteLedgerRecorder | PostgresLedgerRecorder:
+    """The ledger's recorder, one that keeps the hash chains."""
+    ours = as_ledger_recorder(recorder)
+    if ours is None:
+        raise ConfigurationError("This ledger's recorder keeps no hash chain; open it with ChatLedger.open().")
+    return ours
 
 
 class HistoryStep(NamedTuple):
@@ -71,25 +84,54 @@ def iter_history(
             raise UnknownSessionError(session_id)
         if limit is not None and known_at(event) > limit:
             continue  # a TimedOut noticed after ``until`` can precede known events
-        session = event.mutate(session)  # type: ignore[arg-type]
+        session = event.mutate(session)
         assert session is not None
         yield HistoryStep(event, SessionState.of(session))
     if not seen:
         raise UnknownSessionError(session_id)
 
 
-def verify_log(uow: UnitOfWork, session_id: UUID | str | None = None) -> VerificationReport:
-    """Recompute the hash chains of the whole log (or of one session)."""
-    recorder = uow.recorder
-    if not isinstance(recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder):
-        raise ConfigurationError("This ledger's recorder keeps no hash chain; open it with ChatLedger.open().")
+def verify_log(
+    uow: UnitOfWork, session_id: UUID | str | None = None, anchor: str | None = None
+) -> VerificationReport:
+    """Recompute the hash chains and the seals of the whole log (or one session's chain).
+
+    ``anchor`` (``ROOT@POSITION`` from ``chatledger audit anchor``): the log up to
+    that position must still hash to that root (detects truncation)."""
+    recorder = chained(uow.recorder)
+    parsed: Anchor | None = None
+    if anchor is not None:
+        if session_id is not None:
+            raise InvalidCommandError("An anchor checks the whole log; pass it without a session.")
+        try:
+            parsed = Anchor.parse(anchor if isinstance(anchor, str) else repr(anchor))
+        except ValueError as e:
+            raise InvalidCommandError(str(e)) from None
     if session_id is None:
-        return audited_verify(recorder, VerificationReport(scope="log"))
+        report = _verify_whole(recorder, parsed)
+        if report.tail_first is not None:
+            oid, version = report.tail_first
+            stored = list(recorder.select_events(oid, gt=version - 1, lte=version))
+            try:
+                occurred = (
+                    getattr(uow.mapper.to_domain_event(stored[0]), "occurred_at", None)
+                    if stored else None
+                )  # every chatledger event has occurred_at; the mapper's type is the library's
+            except ChatLedgerError:  # an altered event: the age stays unknown, the chain says why
+                occurred = None
+            if occurred is not None:
+                report.tail_age_s = max(0.0, (uow.now(None) - occurred).total_seconds())
+        return report
     sid = as_uuid(session_id)
     report = audited_verify(recorder, VerificationReport(scope=f"session {sid}"), sid)
     if report.checked == 0 and report.break_count == 0:
         raise UnknownSessionError(session_id)
     return report
+
+
+def _verify_whole(recorder: SQLiteLedgerRecorder | PostgresLedgerRecorder, anchor: Anchor | None) -> VerificationReport:
+    report = VerificationReport(scope="log")
+    return recorder.verify(report, None, KeyAudit(report, whole_log=True), anchor)
 
 
 def audited_verify(
@@ -117,7 +159,8 @@ EXPORT_FIELDS = {
     "event": "the event decoded: personal fields decrypted, or erased markers if the key was destroyed",
     "stored_state": "the exact stored bytes (UTF-8 JSON; personal fields as {$enc, kid} envelopes)",
     "event_hash": "hex SHA-256 chaining this event to the previous one of its aggregate",
-    "log_hash": "hex SHA-256 chaining this event to the previous event of the whole log",
+    "log_hash": "hex SHA-256 chaining this event to the previous event of the whole log (rows written "
+    "before 0.3 only; empty since: the log-wide link is the seal, see chatledger audit anchor)",
 }
 EXPORT_HASHING = {
     "encoding": "each part is prefixed by its length as 8 bytes big-endian",
@@ -134,9 +177,7 @@ def export_bundle(
     """Write a self-describing JSONL bundle of a user's or a session's events."""
     if (user_id is None) == (session_id is None):
         raise InvalidCommandError("Export either a user_id or a session_id (exactly one).")
-    recorder = uow.recorder
-    if not isinstance(recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder):
-        raise ConfigurationError("This ledger's recorder keeps no hash chain; open it with ChatLedger.open().")
+    recorder = chained(uow.recorder)
     aggregates: list[tuple[str, UUID]] = []
     if user_id is not None:
         visitors = visitors_of_user(uow, user_id)
@@ -168,6 +209,7 @@ def export_bundle(
         hashes = recorder.hash_rows(aggregate_id)
         for stored in recorder.select_events(aggregate_id):
             event = uow.mapper.to_domain_event(stored)
+            assert isinstance(event, DomainEvent)  # every stored event is one of ours
             nid = positions.get(stored.originator_version)
             ev_hash, lg_hash = hashes.get(nid, (b"", b"")) if nid is not None else (b"", b"")
             line = {

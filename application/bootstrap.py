@@ -19,13 +19,12 @@ from ..domain.errors import ConfigurationError, InvalidPolicyError
 from ..domain.policy import SessionPolicy
 from ..infrastructure.database import make_engine
 from ..infrastructure.key_ring import KeyRing
+from ..infrastructure.ledger_recorders import as_ledger_recorder
 from ..infrastructure.persistence import eventsourcing_env, schema_lock
-from ..infrastructure.postgres import PostgresLedgerRecorder
 from ..infrastructure.scheduler import BackgroundJobs
 from ..infrastructure.settings import Settings
 from ..infrastructure.shredding_mapper import ShreddingMapper
 from ..infrastructure.snapshots import SnapshotStore
-from ..infrastructure.sqlite import SQLiteLedgerRecorder
 from ..projections import DEFAULT_READ_MODELS
 from ..projections.read_model import ReadModel
 from ..projections.runner import ProjectionRunner
@@ -84,10 +83,16 @@ def unopenable_sqlite_store(settings: Settings, err: Exception) -> Configuration
 
 def install_key_ring(mapper: Any, recorder: Any) -> None:
     """Give the encrypting mapper its per-visitor keys (kept in the same database)."""
-    if isinstance(mapper, ShreddingMapper) and isinstance(
-        recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder
-    ):
-        mapper.key_ring = KeyRing(recorder)
+    ours = as_ledger_recorder(recorder)
+    if isinstance(mapper, ShreddingMapper) and ours is not None:
+        mapper.key_ring = KeyRing(ours)
+
+
+def configure_sealer(recorder: Any, settings: Settings) -> None:
+    """How often this process seals the log in-process (see :mod:`~chatledger.infrastructure.sealing`)."""
+    ours = as_ledger_recorder(recorder)
+    if ours is not None:
+        ours.seal_every = settings.seal_every_events
 
 
 def build_snapshot_store(mapper: Any, factory: Any) -> SnapshotStore:

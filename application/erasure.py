@@ -15,9 +15,8 @@ from eventsourcing.utils import get_topic
 from ..domain.erasure import ErasureReceipt
 from ..domain.errors import ConfigurationError, InvalidCommandError, UnknownSubjectError
 from ..domain.visitor import Visitor
-from ..infrastructure.postgres import PostgresLedgerRecorder
+from ..infrastructure.ledger_recorders import as_ledger_recorder
 from ..infrastructure.shredding_mapper import ShreddingMapper
-from ..infrastructure.sqlite import SQLiteLedgerRecorder
 from .unit_of_work import UnitOfWork
 
 LINK_TOPIC = get_topic(Visitor.IdentityLinked)
@@ -33,12 +32,13 @@ def visitors_of_user(uow: UnitOfWork, user_id: str) -> list[Visitor]:
         )
         for notification in batch:
             # Decoded by the mapper, so an IdentityLinked of any version is upcast.
-            if uow.mapper.to_domain_event(notification).user_id == user_id:
+            event = uow.mapper.to_domain_event(notification)
+            if isinstance(event, Visitor.IdentityLinked) and event.user_id == user_id:
                 ids.append(UUID(str(notification.originator_id)))
         if len(batch) < 1000:
             break
         position = batch[-1].id
-    visitors = [uow.repository.get(i) for i in dict.fromkeys(ids)]
+    visitors: list[object] = [uow.repository.get(i) for i in dict.fromkeys(ids)]
     return [v for v in visitors if isinstance(v, Visitor) and v.user_id == user_id]
 
 
@@ -59,8 +59,8 @@ def erase_subject(
 ) -> ErasureReceipt:
     if (user_id is None) == (visitor_id is None):
         raise InvalidCommandError("Erase either a user_id or a visitor_id (exactly one).")
-    recorder = uow.recorder
-    if not isinstance(recorder, SQLiteLedgerRecorder | PostgresLedgerRecorder):
+    recorder = as_ledger_recorder(uow.recorder)
+    if recorder is None:
         raise ConfigurationError("This ledger's recorder keeps no content keys; open it with ChatLedger.open().")
 
     def once() -> tuple[ErasureReceipt, list[Visitor]]:

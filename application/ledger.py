@@ -21,7 +21,6 @@ from ..domain.model import DomainEvent
 from ..domain.policy import SessionPolicy
 from ..domain.state import SessionState, Turn, VisitorState
 from ..infrastructure.hashchain import VerificationReport
-from ..infrastructure.webhooks import WebhookWorker
 from . import bootstrap, reads, session_commands
 from .arguments import (
     COUNT,
@@ -43,6 +42,7 @@ from .erasure import erase_subject
 from .housekeeping import Housekeeping
 from .read_model_queries import ReadModelQueries
 from .receive import receive as receive_message
+from .webhooks import WebhookWorker
 
 
 class ChatLedger(Housekeeping, ReadModelQueries):
@@ -69,7 +69,7 @@ class ChatLedger(Housekeeping, ReadModelQueries):
     def webhook(self, name: str, url: str, **options: Any) -> WebhookWorker:
         """A delivery worker that posts each event, in log order and at least
         once, to ``url``; its position is stored under ``name``. Options:
-        see :class:`~chatledger.infrastructure.webhooks.WebhookWorker`."""
+        see :class:`~chatledger.application.webhooks.WebhookWorker`."""
         return WebhookWorker(self, name, url, **options)
 
     # ------------------------------------------------------------------ commands
@@ -214,10 +214,22 @@ class ChatLedger(Housekeeping, ReadModelQueries):
         return reads.replay(self, session_id, until=until)
 
     @checked(session_id=opt(SID))
-    def verify(self, session_id: UUID | str | None = None) -> VerificationReport:
-        """Recompute the tamper-evident hash chains: the whole log, or one session's
-        events (each also checked against the log chain row before it)."""
-        return verify_log(self, session_id)
+    def verify(self, session_id: UUID | str | None = None, *, anchor: str | None = None) -> VerificationReport:
+        """Recompute the tamper-evident hash chains: the whole log (every
+        aggregate's chain and every seal, and the anchor ``ROOT@POSITION`` if
+        given), or one session's chain. The report names the sealed range and
+        the unsealed tail."""
+        return verify_log(self, session_id, anchor)
+
+    def seal(self) -> int:
+        """Seal the committed events after the last seal (the worker does this on
+        a schedule, and each process every ``seal_every`` events); how many it sealed."""
+        return self.recorder.seal()  # type: ignore[attr-defined, no-any-return]
+
+    def anchor(self) -> str | None:
+        """The newest seal as ``ROOT@POSITION``, to publish outside the database
+        (``verify(anchor=...)`` detects any change or truncation before it)."""
+        return self.recorder.newest_anchor()  # type: ignore[attr-defined, no-any-return]
 
     @checked(user_id=opt(ID), visitor_id=opt(ID), at=opt(TIME))
     def erase(

@@ -23,7 +23,7 @@ erased too once a later ``Session.ContentErased`` of its session is stored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -110,7 +110,7 @@ def _log_event(position: int, event: Any, content: bool, erased: bool = False) -
     )
 
 
-def _seal(data: dict[str, Any], topic: str, values: dict[str, Any] = SEALED_VALUES) -> None:
+def _seal(data: dict[str, Any], topic: str, values: Mapping[str, Any] = SEALED_VALUES) -> None:
     """Replace every non-empty personal field by its placeholder in ``values``
     (also one stored in plain JSON, without an envelope)."""
     for path, parts in COMPILED_PATHS.get(topic, ()):

@@ -108,6 +108,7 @@ class UnitOfWork(Application[UUID]):
                 raise
             raise bootstrap.unopenable_sqlite_store(settings, err) from err
         bootstrap.install_key_ring(self.mapper, self.recorder)
+        bootstrap.configure_sealer(self.recorder, settings)
 
     @cached_property
     def projector(self) -> ProjectionRunner:

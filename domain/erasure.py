@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime
@@ -15,7 +16,7 @@ ERASED_TEXT = "[erased]"
 ERASED_METADATA = {"$erased": True}
 """What erased (non-empty) message or client metadata reads as."""
 
-ERASED_VALUES = {
+ERASED_VALUES: Mapping[str, Any] = {
     "text": ERASED_TEXT,
     "metadata": ERASED_METADATA,
     "context": {"client_metadata": ERASED_METADATA},

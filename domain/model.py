@@ -14,7 +14,9 @@ from decimal import Decimal
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
-from eventsourcing.domain import (
+# get_topic is eventsourcing.domain's own import from eventsourcing.utils; the domain takes it
+# from eventsourcing.domain, the one module of the library it may use.
+from eventsourcing.domain import (  # type: ignore[attr-defined]
     BaseAggregate,
     CanInitAggregate,
     CanMutateAggregate,

@@ -60,7 +60,8 @@ class Session(Aggregate):
             # Every event moves the session's clock: later events may not be
             # stamped earlier (point-in-time reads stop at the first later one).
             session = super().mutate(aggregate)
-            session.last_event_at = self.occurred_at
+            if session is not None:
+                session.last_event_at = self.occurred_at
             return session
 
     class Started(Event, Aggregate.Created):

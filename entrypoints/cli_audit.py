@@ -100,19 +100,31 @@ def verify(
         Optional[str],  # noqa: UP045
         typer.Option("--session", help="Verify one session's chain instead of the whole log."),
     ] = None,
+    anchor: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--anchor", metavar="ROOT@POS", help="A root printed by 'audit anchor': detects truncation."),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Also exit 1 if the unsealed tail is longer or older than the bound.")
+    ] = False,
     database: DatabaseOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Recompute the hash chains; exit status 1 if any link is broken."""
+    """Recompute the hash chains and seals; exit status 1 if any link is broken."""
     with open_ledger(database, read_only=True) as ledger:
-        report = ledger.verify(session)
+        report = ledger.verify(session, anchor=anchor)
+        limits = (ledger.settings.audit_tail_max_events, ledger.settings.audit_tail_max_age_s)
+    tail_ok = report.tail_within(*limits)
     if as_json:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(json.dumps(report.as_dict() | {"tail_within_bound": tail_ok}, indent=2))
     elif report.ok:
-        console.print(
-            f"[green]OK[/] {report.scope}: {report.checked} events verified; log head at "
-            f"position {report.head_position}, log hash {report.head_hash}"
-        )
+        console.print(f"[green]OK[/] {report.scope}: {report.checked} events verified; log head at position {report.head_position}")
+        if session is None:
+            age = "-" if report.tail_age_s is None else f"{report.tail_age_s:.1f} s"
+            console.print(
+                f"sealed through position {report.sealed_through} ({report.seals} seals, root {report.seal_root or '-'}); "
+                f"unsealed tail: {report.tail_count} events, oldest {age}"
+            )
     else:
         first = report.first_break
         assert first is not None
@@ -120,8 +132,29 @@ def verify(
         console.print(f"first: {first.describe()}")
         for brk in report.breaks[1:]:
             console.print(f"  then: {brk.describe()}")
-    if not report.ok:
+    if strict and session is None and not tail_ok and not as_json:
+        console.print(
+            f"[red]TAIL[/] the unsealed tail ({report.tail_count} events, {report.tail_age_s or 0:.1f} s) "
+            f"exceeds the bound ({limits[0]} events, {limits[1]} s)"
+        )
+    if not report.ok or (strict and session is None and not tail_ok):
         raise typer.Exit(code=1)
+
+
+@audit_app.command("anchor")
+def anchor_cmd(
+    database: DatabaseOption = None,
+    seal: Annotated[bool, typer.Option("--seal/--no-seal", help="Seal what is committed first.")] = True,
+) -> None:
+    """Print the newest seal as ROOT@POSITION, to publish outside the database."""
+    with open_ledger(database, read_only=True) as ledger:
+        if seal:
+            ledger.seal()
+        found = ledger.anchor()
+    if found is None:
+        console.print("[red]nothing sealed yet[/] (the log is empty)")
+        raise typer.Exit(code=1)
+    print(found)
 
 
 def erase(

@@ -16,8 +16,8 @@ import typer
 from rich.console import Console
 
 from .. import ChatLedger
+from ..application.webhooks import list_dead_letters
 from ..domain import validation as v
-from ..infrastructure.webhooks import list_dead_letters
 from .cli_options import DatabaseOption, open_ledger
 
 events_app = typer.Typer(no_args_is_help=True, help="Follow the event log from outside the process.")

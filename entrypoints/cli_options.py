@@ -12,11 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Annotated, Optional
 
-import psycopg
 import typer
 
 from .. import ChatLedger, ConfigurationError
-from ..infrastructure.persistence import psycopg_conninfo
+from ..infrastructure.persistence import postgres_table_exists
 from ..infrastructure.settings import Settings
 
 DatabaseOption = Annotated[
@@ -102,18 +101,8 @@ def require_existing_database(database: str | None) -> None:
 def _require_existing_postgres_store(settings: Settings) -> None:
     url = settings.url()
     schema = settings.postgres_schema or "public"
-    try:
-        with psycopg.connect(psycopg_conninfo(settings), autocommit=True) as conn:
-            found = conn.execute(
-                "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = %s",
-                (schema, "chatledger_events"),
-            ).fetchone()
-    except psycopg.Error as err:
-        raise ConfigurationError(
-            f"Cannot reach PostgreSQL database {url.database!r} on {url.host or '127.0.0.1'}: {err}. "
-            "Check that the server runs and --database (or CHATLEDGER_DATABASE_URL) is right."
-        ) from err
-    if found is None:
+    found = postgres_table_exists(settings, "chatledger_events")
+    if not found:
         raise ConfigurationError(
             f"No chatledger store in schema {schema!r} of PostgreSQL database {url.database!r}; "
             "nothing was created. Check --database (or CHATLEDGER_DATABASE_URL) and its ?schema=; "

@@ -7,7 +7,7 @@ import binascii
 import json
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeGuard
 from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
@@ -32,7 +32,8 @@ class ErasedSnapshotError(ContentIntegrityError):
     read in that moment by another process). The ledger drops it and replays."""
 
 
-def is_envelope(value: Any) -> bool:
+def is_envelope(value: object) -> TypeGuard[dict[str, str]]:
+    """Whether ``value`` is a sealed field: ``{"$enc": ..., "kid": ...}``."""
     return type(value) is dict and len(value) == 2 and "$enc" in value and "kid" in value
 
 
@@ -48,7 +49,7 @@ def walk(node: Any, parts: list[str], trail: list[str]) -> Iterable[tuple[Any, s
     for key in keys:
         path = [*trail, str(key)]
         if rest:
-            yield from walk(node[key], rest, path)  # type: ignore[index]
+            yield from walk(node[key], rest, path)
         else:
             yield node, key, path
 

@@ -1,4 +1,9 @@
-"""Tamper evidence: two SHA-256 hash chains over the stored event log.
+"""Tamper evidence: SHA-256 hash chains over the stored event log.
+
+Since 0.3 the writers compute ``event_hash`` only and store an empty
+``log_hash``; the log-wide half is the seal of
+:mod:`~chatledger.infrastructure.sealing`, computed behind the writers. Rows
+written before carry the legacy ``log_hash`` below, still verified.
 
 Every stored event gets a row in ``chatledger_event_hashes``, written by the
 recorder (:mod:`chatledger.infrastructure.recording`) in the same transaction
@@ -113,6 +118,12 @@ class VerificationReport:
     head_hash: str = ""
     breaks: list[ChainBreak] = field(default_factory=list)
     break_count: int = 0
+    sealed_through: int = 0  # the last notification id the newest seal covers
+    seal_root: str = ""  # that seal's root (hex)
+    seals: int = 0
+    tail_count: int = 0  # hash rows after the sealed range: only per-aggregate chained
+    tail_first: tuple[UUID, int] | None = None  # (aggregate, version) of the oldest of them
+    tail_age_s: float | None = None  # how long ago it occurred (business clock)
 
     @property
     def ok(self) -> bool:
@@ -121,6 +132,10 @@ class VerificationReport:
     @property
     def first_break(self) -> ChainBreak | None:
         return self.breaks[0] if self.breaks else None
+
+    def tail_within(self, max_events: int, max_age_s: float) -> bool:
+        """Whether the unsealed tail is at most ``max_events`` long and ``max_age_s`` old."""
+        return self.tail_count <= max_events and (self.tail_age_s or 0.0) <= max_age_s
 
     def add(self, brk: ChainBreak) -> None:
         self.break_count += 1
@@ -134,6 +149,10 @@ class VerificationReport:
             "checked_events": self.checked,
             "head_position": self.head_position,
             "head_log_hash": self.head_hash,
+            "sealed_through": self.sealed_through,
+            "seal_root": self.seal_root,
+            "seals": self.seals,
+            "unsealed_tail": {"count": self.tail_count, "age_seconds": self.tail_age_s},
             "break_count": self.break_count,
             "breaks": [vars(b) for b in self.breaks],
         }
@@ -213,7 +232,7 @@ def verify_rows(
             )
         if prev_log_hash is not None:
             prev_log = prev_log_hash.get(nid, GENESIS)
-        if check_log_chain or prev_log_hash is not None:
+        if h.log_hash and (check_log_chain or prev_log_hash is not None):  # a legacy (0.x) row
             expected_log = log_hash(prev_log, nid, e.originator_id, e.originator_version, h.event_hash)
             if expected_log != h.log_hash:
                 report.add(
@@ -239,7 +258,7 @@ def chain_rows(
     stored_events: Sequence[StoredEvent],
     notification_ids: Sequence[int],
     prev_event_hashes: dict[UUID, bytes],
-    prev_log: bytes,
+    prev_log: bytes | None,
 ) -> list[tuple[int, UUID, int, bytes, bytes]]:
     """The hash rows of a batch: ``(notification_id, originator_id, version, event_hash, log_hash)``."""
     oids = [as_uuid(s.originator_id) for s in stored_events]
@@ -260,7 +279,7 @@ def chain_rows_by_hex(
     hexes: Sequence[str],
     notification_ids: Sequence[int],
     prev_by_hex: dict[str, bytes],
-    prev_log: bytes,
+    prev_log: bytes | None,
 ) -> list[tuple[int, UUID, str, int, bytes, bytes]]:
     """:func:`chain_rows` with the ids given as UUIDs and hex (``prev_by_hex`` is updated).
 
@@ -290,11 +309,12 @@ def chain_rows_by_hex(
                 (_EVENT_TAG, _field(last.get(hex_id, GENESIS)), id_field, version_field, topic_field, _field(stored.state))
             )
         ).digest()
-        prev_log = sha256(
-            b"".join((_LOG_TAG, _field(prev_log), _field(str(nid).encode()), id_field, version_field, _field(ev)))
-        ).digest()
+        if prev_log is not None:  # the legacy log-wide chain (tests compare its digests)
+            prev_log = sha256(
+                b"".join((_LOG_TAG, _field(prev_log), _field(str(nid).encode()), id_field, version_field, _field(ev)))
+            ).digest()
         last[hex_id] = ev
-        rows.append((nid, oid, hex_id, version, ev, prev_log))
+        rows.append((nid, oid, hex_id, version, ev, prev_log if prev_log is not None else b""))
     return rows
 
 

@@ -11,10 +11,9 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.util import find_spec
 from typing import Any
 from uuid import UUID
-
-import psycopg
 
 try:
     import fcntl
@@ -22,7 +21,6 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic, resolve_topic
-from psycopg import sql
 from pydantic import ValidationError
 from pydantic_core import from_json
 
@@ -138,6 +136,7 @@ def eventsourcing_env(settings: Settings) -> dict[str, str]:
             SQLITE_LOCK_TIMEOUT=str(settings.sqlite_lock_timeout_s),
         )
     else:
+        require_postgres_driver()
         env.update(
             PERSISTENCE_MODULE="chatledger.infrastructure.postgres:LedgerPostgresFactory",
             APPLICATION_RECORDER_TOPIC="chatledger.infrastructure.postgres:PostgresLedgerRecorder",
@@ -157,16 +156,20 @@ def eventsourcing_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def psycopg_conninfo(settings: Settings) -> str:
-    url = settings.url()
-    return psycopg.conninfo.make_conninfo(
-        dbname=url.database or "postgres",
-        host=url.host or "127.0.0.1",
-        port=url.port or 5432,
-        user=url.username or "postgres",
-        password=url.password or None,
-        connect_timeout=10,
-    )
+def require_postgres_driver() -> None:
+    """PostgreSQL needs the ``postgres`` extra (psycopg); without it, say so."""
+    if find_spec("psycopg") is None:
+        raise ConfigurationError(
+            "A postgresql:// store needs the PostgreSQL driver: pip install 'chatledger[postgres]'."
+        )
+
+
+def postgres_table_exists(settings: Settings, table: str) -> bool:
+    """Whether ``table`` exists in the store's schema (a ConfigurationError if unreachable)."""
+    require_postgres_driver()
+    from .postgres.admin import table_exists  # the [postgres] extra: only for a PostgreSQL store
+
+    return table_exists(settings, table)
 
 
 @contextmanager
@@ -189,26 +192,11 @@ def schema_lock(settings: Settings) -> Iterator[None]:
         with _sqlite_schema_lock(settings):
             yield
         return
-    key = f"chatledger-ddl:{settings.postgres_schema or 'public'}"
-    try:
-        conn = psycopg.connect(psycopg_conninfo(settings), autocommit=True)
-    except psycopg.Error as err:
-        raise ConfigurationError(
-            f"Cannot reach PostgreSQL for {settings.database_url!r}: {err}. "
-            "Check that the server runs and the URL is right."
-        ) from err
-    with conn:
-        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
-        try:
-            if settings.postgres_schema:
-                conn.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                        sql.Identifier(settings.postgres_schema)
-                    )
-                )
-            yield
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+    require_postgres_driver()
+    from .postgres.admin import ddl_lock  # the [postgres] extra: only for a PostgreSQL store
+
+    with ddl_lock(settings):
+        yield
 
 
 _held = threading.local()  # lock paths this thread holds (schema_lock may nest)
@@ -273,11 +261,11 @@ else:  # pragma: no cover - Windows
     def _lock_file(fd: int) -> None:
         while True:  # LK_LOCK gives up after ten 1-second tries; keep waiting
             try:
-                msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
+                msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
                 return
             except OSError:
                 continue
 
     def _unlock_file(fd: int) -> None:
         os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)

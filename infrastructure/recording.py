@@ -26,6 +26,8 @@ module holds only its SQL.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -119,11 +121,54 @@ def key_work(
 
 
 class LedgerRecorderMixin:
-    """The key write path's decisions, and the hooks through which the key ring
-    learns the outcome of its new and cached keys (each dialect supplies the SQL)."""
+    """The key write path's decisions, the hooks through which the key ring
+    learns the outcome of its new and cached keys, and when to seal (each
+    dialect supplies the SQL)."""
 
     on_stale_keys: StaleKeyHook | None = None
     on_keys_confirmed: ConfirmedKeysHook | None = None
+    seal_every: int = 1000
+    """Events this process writes between two in-process seals (0: only
+    ``ledger.seal()`` and the worker's job seal)."""
+    seal_range: int = 10_000
+    """Most events one seal row covers."""
+    _unsealed: int = 0
+    _sealing = threading.Lock()
+
+    def seal_once(self, limit: int) -> int:  # pragma: no cover - each dialect's
+        raise NotImplementedError
+
+    def seal(self, max_ranges: int | None = None) -> int:
+        """Seal what is committed after the last seal (see :mod:`.sealing`); the
+        number of events sealed. ``max_ranges`` bounds the work under a load
+        that outpaces it (None: until caught up)."""
+        total = 0
+        ranges = 0
+        while max_ranges is None or ranges < max_ranges:
+            n = self.seal_once(self.seal_range)
+            total += n
+            ranges += 1
+            if n < self.seal_range:
+                break
+        return total
+
+    def seal_if_due(self, written: int) -> None:
+        """After a commit: seal in-process every ``seal_every`` events, in the
+        thread that crossed the mark, unless another thread is sealing. The
+        caller's events are committed already, so a failed seal is only logged
+        (the next one, or the worker's, takes the range)."""
+        if not self.seal_every:
+            return
+        self._unsealed += written
+        if self._unsealed < self.seal_every or not self._sealing.acquire(blocking=False):
+            return
+        try:
+            self._unsealed = 0
+            self.seal(max_ranges=4)
+        except Exception:
+            logging.getLogger(__name__).warning("in-process seal failed", exc_info=True)
+        finally:
+            self._sealing.release()
 
     def check_used_keys(
         self,

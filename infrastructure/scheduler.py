@@ -14,19 +14,51 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from apscheduler.schedulers.background import BackgroundScheduler
+# APScheduler 3 ships no type hints (no py.typed): BackgroundScheduler is Any to mypy.
+from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
 
 from ..domain.errors import InvalidCommandError
+from .settings import Settings
 
 if TYPE_CHECKING:
-    from ..application.ledger import ChatLedger
-    from ..application.retention import RetentionPolicy
+    from datetime import timedelta
+    from pathlib import Path
+
+
+class Housekeeper(Protocol):
+    """What the jobs call (the facade, ``ChatLedger``, is one): infrastructure never imports the
+    application layer, the application hands itself in."""
+
+    def sweep(self) -> Any: ...
+
+    def archive_closed_sessions(self, older_than: Any, archive_dir: Any, /) -> Any: ...
+
+    def catch_up(self) -> int: ...
+
+    def seal(self) -> Any: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+
+class RetentionSchedule(Protocol):
+    """The parts of a retention policy the job reads (``RetentionPolicy`` is one)."""
+
+    @property
+    def interval(self) -> timedelta: ...
+
+    @property
+    def archive_after(self) -> timedelta: ...
+
+    @property
+    def archive_dir(self) -> Path | str: ...
 
 logger = logging.getLogger("chatledger.scheduler")
 
 SWEEP_JOB_ID = "chatledger.sweep"
+SEAL_JOB_ID = "chatledger.seal"
 RETENTION_JOB_ID = "chatledger.retention"
 PROJECTIONS_JOB_ID = "chatledger.projections"
 
@@ -36,10 +68,10 @@ class BackgroundJobs:
 
     def __init__(
         self,
-        ledger: ChatLedger,
+        ledger: Housekeeper,
         *,
         interval: float = 30.0,
-        retention: RetentionPolicy | None = None,
+        retention: RetentionSchedule | None = None,
         projections_interval: float | None = None,
     ) -> None:
         for name, value in (("interval", interval), ("projections_interval", projections_interval)):
@@ -50,6 +82,7 @@ class BackgroundJobs:
         self.ledger = ledger
         self.projections_interval = projections_interval
         self.interval = float(interval)
+        self.seal_interval = float(ledger.settings.seal_interval_s)
         self.retention = retention
         self.scheduler = BackgroundScheduler(timezone=UTC)
 
@@ -73,6 +106,7 @@ class BackgroundJobs:
             )
 
         every(self.interval, SWEEP_JOB_ID, "time out idle sessions", self.ledger.sweep)
+        every(self.seal_interval, SEAL_JOB_ID, "seal the committed log", self.ledger.seal)
         if self.projections_interval is not None:
             every(
                 self.projections_interval,

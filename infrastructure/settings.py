@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     sqlite_lock_timeout_s: int = Field(default=30, ge=1)
     postgres_pool_size: int = Field(default=5, ge=1)
     postgres_max_overflow: int = Field(default=10, ge=0)
+    # The log seal (see infrastructure/sealing.py and docs/compliance.md).
+    seal_every_events: int = Field(default=1000, ge=0)  # in-process seal every N events written; 0 = off
+    seal_interval_s: float = Field(default=1.0, gt=0)  # the worker's seal job
+    audit_tail_max_events: int = Field(default=5000, ge=0)  # verify --strict: the longest unsealed tail
+    audit_tail_max_age_s: float = Field(default=10.0, ge=0)  # verify --strict: its oldest event's age
     # The limits of domain.validation.Limits (see there and docs/api.md).
     max_text_chars: int = Field(default=TEXT_CEILING, ge=1, le=TEXT_CEILING)
     max_id_chars: int = Field(default=ID_CEILING, ge=1, le=ID_CEILING)

@@ -32,6 +32,7 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.utils import get_topic
 from sqlalchemy import (
     BigInteger,
+    BindParameter,
     Boolean,
     Column,
     Connection,
@@ -51,6 +52,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..domain.session import Session
 from .read_model import ReadModel
+from .view import SQLView
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
@@ -237,7 +239,7 @@ class ActiveSessions(ReadModel):
     supports_shadow_rebuild = True  # writes through self.view.table(...)
     lookup_chunk = 500
 
-    def __init__(self, view: Any) -> None:
+    def __init__(self, view: SQLView) -> None:
         super().__init__(view)
         self._events: list[Session.Event] = []
         self.active_table = view.table(active_sessions)
@@ -319,7 +321,7 @@ class ActiveSessions(ReadModel):
             insert = _dialect_insert(conn)(active_sessions)
             conn.execute(insert.on_conflict_do_nothing(index_elements=["session_id"]), inserts)
         if updates:
-            columns = {
+            columns: dict[str, BindParameter[Any]] = {
                 c.name: bindparam(c.name) for c in active_sessions.c if c.name != "session_id"
             }
             conn.execute(

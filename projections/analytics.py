@@ -26,6 +26,7 @@ from ..domain.visitor import Visitor
 from .read_model import HandlerTableReadModel, batch_ids
 from .results import Analytics, Engagement
 from .sqltypes import UTCDateTime
+from .view import SQLView
 from .writers import RowBuffer
 
 
@@ -68,8 +69,8 @@ class VisitorFacts(Base):
     linked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-sessions_table = SessionFacts.__table__
-visitors_table = VisitorFacts.__table__
+sessions_table = Base.metadata.tables[SessionFacts.__tablename__]
+visitors_table = Base.metadata.tables[VisitorFacts.__tablename__]
 
 
 def _expiry(row: dict[str, Any]) -> datetime:
@@ -89,10 +90,10 @@ class SessionAnalytics(HandlerTableReadModel):
     personal_fields = ()  # times, counts, roles, ids: never message texts or slot values
     supports_shadow_rebuild = True  # writes through self.view.table(...)
 
-    def __init__(self, view: Any) -> None:
+    def __init__(self, view: SQLView) -> None:
         super().__init__(view)
-        self.sessions = RowBuffer(view.table(sessions_table), "session_id")  # type: ignore[arg-type]
-        self.visitors = RowBuffer(view.table(visitors_table), "visitor_uuid")  # type: ignore[arg-type]
+        self.sessions = RowBuffer(view.table(sessions_table), "session_id")
+        self.visitors = RowBuffer(view.table(visitors_table), "visitor_uuid")
 
     def discard(self) -> None:
         self.sessions.clear()

@@ -33,6 +33,7 @@ from ..domain.visitor import Visitor
 from .read_model import HandlerTableReadModel, batch_ids
 from .results import TranscriptMessage
 from .sqltypes import UTCDateTime
+from .view import SQLView
 from .writers import RowBuffer, executemany, insert_rows
 
 
@@ -84,9 +85,9 @@ class LoggedMessage(Base):
     notification_id: Mapped[int] = mapped_column(BigInteger)
 
 
-sessions_table = LoggedSession.__table__
-visitors_table = LoggedVisitor.__table__
-messages_table = LoggedMessage.__table__
+sessions_table = Base.metadata.tables[LoggedSession.__tablename__]
+visitors_table = Base.metadata.tables[LoggedVisitor.__tablename__]
+messages_table = Base.metadata.tables[LoggedMessage.__tablename__]
 
 _MESSAGE_KEYS = (
     "session_id", "position", "visitor_id", "user_id", "channel", "role", "text", "at", "notification_id",
@@ -121,11 +122,11 @@ class ConversationLog(HandlerTableReadModel):
         "ix_conversation_sessions_user_id",
     )
 
-    def __init__(self, view: Any) -> None:
+    def __init__(self, view: SQLView) -> None:
         super().__init__(view)
         table = view.table
-        self.sessions = RowBuffer(table(sessions_table), "session_id")  # type: ignore[arg-type]
-        self.visitors = RowBuffer(table(visitors_table), "visitor_uuid")  # type: ignore[arg-type]
+        self.sessions = RowBuffer(table(sessions_table), "session_id")
+        self.visitors = RowBuffer(table(visitors_table), "visitor_uuid")
         self.messages_table = table(messages_table)
         self.link_updates = (
             _LINK_UPDATES
@@ -159,7 +160,7 @@ class ConversationLog(HandlerTableReadModel):
         if self.archived:
             self.pending = [r for r in self.pending if r[_SESSION] not in self.archived]
         messages = self.messages_table
-        insert_rows(conn, messages, self.pending, _MESSAGE_KEYS)  # type: ignore[arg-type]
+        insert_rows(conn, messages, self.pending, _MESSAGE_KEYS)
         self.pending.clear()
         self.pending_by_visitor.clear()
         if self.links:

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-import psycopg
 from pydantic import ValidationError
 from sqlalchemy import Column, Engine, Integer, String, Table, Text, func, select
 from sqlalchemy import exc as sa_exc
 
 from ..domain.errors import ConfigurationError, EventVersionError
+from .drivers import PgDataError, PgError, PgIntegrityError
 from .sqltypes import UTCDateTime
 from .tracking import TRACKING, TrackingConflict
 
@@ -113,8 +113,8 @@ _DATA_ERRORS: tuple[type[BaseException], ...] = (
     # What a database says of the values it was given.
     sa_exc.DataError,
     sa_exc.IntegrityError,
-    psycopg.DataError,
-    psycopg.IntegrityError,
+    PgDataError,
+    PgIntegrityError,
     sqlite3.DataError,
     sqlite3.IntegrityError,
 )
@@ -137,7 +137,7 @@ def is_event_error(error: BaseException) -> bool:
         # A value SQLAlchemy could not bind: judge what it raised.
         cause = error.orig
         return isinstance(cause, Exception) and is_event_error(cause)
-    return not isinstance(error, (sa_exc.SQLAlchemyError, psycopg.Error, sqlite3.Error))
+    return not isinstance(error, (sa_exc.SQLAlchemyError, PgError, sqlite3.Error))
 
 
 def error_summary(error: BaseException, limit: int = 500) -> str:
@@ -149,7 +149,7 @@ def error_summary(error: BaseException, limit: int = 500) -> str:
     cause = getattr(error, "orig", None)
     if isinstance(error, sa_exc.StatementError) and isinstance(cause, BaseException):
         return error_summary(cause, limit)
-    if isinstance(error, psycopg.Error) and error.diag.message_primary:
+    if isinstance(error, PgError) and error.diag.message_primary:
         text = error.diag.message_primary
     elif isinstance(error, (UnicodeEncodeError, UnicodeDecodeError)):
         verb = "encode" if isinstance(error, UnicodeEncodeError) else "decode"

@@ -35,6 +35,7 @@ from .memory_tables import (
     visitors_table,
 )
 from .read_model import HandlerTableReadModel, batch_ids
+from .view import SQLView
 from .writers import RowBuffer
 
 
@@ -47,12 +48,12 @@ class UserMemory(HandlerTableReadModel):
     personal_fields = (Session.Started, Session.SlotSet)
     supports_shadow_rebuild = True  # writes through self.view.table(...)
 
-    def __init__(self, view: Any) -> None:
+    def __init__(self, view: SQLView) -> None:
         super().__init__(view)
         table = view.table
-        self.sessions = RowBuffer(table(sessions_table), "session_id")  # type: ignore[arg-type]
-        self.visitors = RowBuffer(table(visitors_table), "visitor_uuid")  # type: ignore[arg-type]
-        self.profiles = RowBuffer(table(profiles_table), "subject")  # type: ignore[arg-type]
+        self.sessions = RowBuffer(table(sessions_table), "session_id")
+        self.visitors = RowBuffer(table(visitors_table), "visitor_uuid")
+        self.profiles = RowBuffer(table(profiles_table), "subject")
         self.visitors_table = table(visitors_table)
         self.links: dict[str, str | None] = {}  # visitor_id -> user_id, this batch
 
@@ -79,7 +80,7 @@ class UserMemory(HandlerTableReadModel):
         for start in range(0, len(missing), 500):
             chunk = missing[start : start + 500]
             visitors_t = self.visitors_table
-            found = dict(
+            found: dict[str, str | None] = dict(
                 conn.execute(
                     select(visitors_t.c.visitor_id, visitors_t.c.user_id).where(
                         visitors_t.c.visitor_id.in_(chunk)

@@ -61,9 +61,9 @@ class MemoryProfile(Base):
     unfinished_tasks: Mapped[list[str]] = mapped_column(JSON)
 
 
-sessions_table = MemorySession.__table__
-visitors_table = MemoryVisitor.__table__
-profiles_table = MemoryProfile.__table__
+sessions_table = Base.metadata.tables[MemorySession.__tablename__]
+visitors_table = Base.metadata.tables[MemoryVisitor.__tablename__]
+profiles_table = Base.metadata.tables[MemoryProfile.__tablename__]
 
 
 def user_subject(user_id: str) -> str:

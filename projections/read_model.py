@@ -12,6 +12,7 @@ from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
 from sqlalchemy import MetaData
 
+from ..domain.model import DomainEvent
 from .view import SQLView
 
 
@@ -84,7 +85,7 @@ class HandlerTableReadModel(ReadModel):
     handlers: ClassVar[dict[type, Any]] = {}
     handlers_take_position: ClassVar[bool] = False
 
-    def process_event(self, domain_event: Any, tracking: Tracking) -> None:  # type: ignore[override]
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         handler = self.handlers.get(type(domain_event))
         if handler is None:
             return
@@ -124,7 +125,9 @@ def personal_set(projection: ReadModel) -> frozenset[str] | None:
     return None if classes is None else frozenset(get_topic(c) for c in classes)
 
 
-def batch_ids(events: Sequence[Any], started: type, registered: type) -> tuple[list[str], list[str]]:
+def batch_ids(
+    events: Sequence[Any], started: type[DomainEvent], registered: type[DomainEvent]
+) -> tuple[list[str], list[str]]:
     """Session and visitor aggregate ids a batch touches but did not create
     (each once: a batch has several events per aggregate)."""
     new = {e.originator_id for e in events if isinstance(e, (started, registered))}

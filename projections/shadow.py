@@ -11,13 +11,13 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
-import psycopg
 from sqlalchemy import Connection, Engine, and_, inspect, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..domain.errors import ChatLedgerError, ConcurrencyConflictError, ConfigurationError
 from .catch_up import CatchUp
+from .drivers import PgError
 from .failures import failures_table
 from .generations import (
     SHADOW_SUFFIX,
@@ -101,7 +101,7 @@ class ShadowRebuilds:
                     shadow.view.create_indexes()  # the deferred ones
                     shadow.view.analyze()
                 applied += self.catch_up.run(shadows, batch_size, None)  # what arrived meanwhile
-            except (sa_exc.DBAPIError, psycopg.Error) as err:  # e.g. its tables dropped under it
+            except (sa_exc.DBAPIError, PgError) as err:  # e.g. its tables dropped under it
                 abandoned = [
                     live.name for live, shadow in zip(projections, shadows)
                     if self.generation_of(live.name) != shadow.view.generation()
@@ -355,6 +355,6 @@ class ShadowCancelledError(ConcurrencyConflictError):
 def _is_lock_error(error: sa_exc.OperationalError) -> bool:
     """A lock not granted in time: PostgreSQL's ``lock_not_available``, SQLite's busy."""
     cause = error.orig
-    if isinstance(cause, psycopg.Error):
+    if isinstance(cause, PgError):
         return cause.sqlstate in ("55P03", "40P01")
     return "locked" in str(cause)

@@ -223,10 +223,13 @@ class SQLView(TrackingRecorder):
             tracking_table.c.projection == self.name,
             tracking_table.c.application == application_name,
         )
+        found: int | None
         if getattr(self._local, "joined", False):
-            return self._local.conn.execute(query).scalar()
-        with self.engine.connect() as conn:
-            return conn.execute(query).scalar()
+            found = self._local.conn.execute(query).scalar()
+        else:
+            with self.engine.connect() as conn:
+                found = conn.execute(query).scalar()
+        return found
 
     def drop_indexes(self, names: Sequence[str]) -> None:
         """Drop these secondary indexes (a rebuild defers them; see

@@ -38,6 +38,7 @@ def scene(database_url: str, clock: ManualClock) -> Iterator[Scene]:
     ledger.reply(a, "anything else?")
     ledger.receive("v-alice", "no, bye")
     ledger.receive("v-carol", "carol was here")  # events after everyone else's
+    ledger.seal()  # the tampering below is in the sealed range (the tail: test_sealing.py)
     yield Scene(ledger, RawDB(database_url), database_url, a, b)
     ledger.close()
 
@@ -51,7 +52,8 @@ def verify(scene: Scene, session: UUID | None = None) -> object:
 def test_an_untouched_log_verifies(scene: Scene) -> None:
     report = scene.ledger.verify()
     assert report.ok and report.checked == scene.ledger.recorder.max_notification_id()
-    assert report.head_position == report.checked and len(report.head_hash) == 64
+    assert report.head_position == report.checked == report.sealed_through and len(report.seal_root) == 64
+    assert report.tail_count == 0 and report.seals == 1
     session = scene.ledger.verify(scene.alice)
     assert session.ok and session.checked == 6
 
@@ -69,7 +71,8 @@ def test_editing_a_payload_is_detected(scene: Scene) -> None:
 
 
 def test_editing_a_payload_and_rehashing_its_own_row_is_still_detected(scene: Scene) -> None:
-    """An attacker who recomputes the edited event's own hashes breaks the next links."""
+    """An attacker who recomputes the edited event's own hash breaks the next link
+    of its session and the seal over it (0.2: the log chain's link at that position)."""
     new_state = scene.raw.state(scene.alice, 3).replace(b"2026", b"2027", 1)
     scene.raw.set_state(scene.alice, 3, new_state)
     pos = scene.raw.execute(
@@ -88,8 +91,9 @@ def test_editing_a_payload_and_rehashing_its_own_row_is_still_detected(scene: Sc
     scene.raw.execute("UPDATE chatledger_event_hashes SET event_hash=? WHERE notification_id=?", (forged, pos))
     report = verify(scene)
     assert not report.ok  # type: ignore[attr-defined]
-    assert report.first_break.position == pos  # type: ignore[attr-defined]
-    assert report.first_break.kind == "broken log chain"  # type: ignore[attr-defined]
+    kinds = [(b.kind, b.originator_id, b.version) for b in report.breaks]  # type: ignore[attr-defined]
+    assert kinds == [("altered event", str(scene.alice), 4), ("broken seal", "", 0)]
+    assert "positions 1-" in report.breaks[1].detail  # type: ignore[attr-defined]
 
 
 def test_deleting_an_event_is_detected(scene: Scene) -> None:
@@ -102,7 +106,7 @@ def test_deleting_an_event_and_its_hash_row_is_detected(scene: Scene) -> None:
     scene.raw.delete_event(scene.alice, 4, with_hash=True)
     report = verify(scene)
     kinds = {(b.kind, b.originator_id, b.version) for b in report.breaks}  # type: ignore[attr-defined]
-    assert ("broken log chain", str(scene.alice), 5) in kinds or report.first_break.kind == "broken log chain"  # type: ignore[attr-defined]
+    assert ("broken seal", "", 0) in kinds  # 0.2: "broken log chain"; the seal now holds the log-wide link
     assert ("version gap", str(scene.alice), 5) in kinds
     assert not verify(scene, scene.alice).ok  # type: ignore[attr-defined]
 
@@ -129,8 +133,8 @@ def test_deleting_a_whole_session_is_detected(scene: Scene, with_hashes: bool) -
     report = verify(scene)
     assert not report.ok  # type: ignore[attr-defined]
     first = report.first_break  # type: ignore[attr-defined]
-    if with_hashes:  # no trace left of bob's session in either table: the log chain breaks
-        assert first.kind == "broken log chain"
+    if with_hashes:  # no trace left of bob's session in either table: the seal over it breaks
+        assert (first.kind, first.position) == ("broken seal", 1)  # 0.2: "broken log chain"
     else:
         assert (first.kind, first.originator_id, first.version) == ("missing event", str(scene.bob), 1)
     if with_hashes:

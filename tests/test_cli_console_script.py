@@ -31,7 +31,10 @@ from .audit_helpers import RawDB
 from .conftest import IN_CI, POSTGRES_CONNINFO
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "application", "domain", "projections", "infrastructure")
+SOURCES = (
+    "pyproject.toml", "README.md", "__init__.py", "__main__.py", "py.typed",
+    "application", "domain", "projections", "infrastructure", "entrypoints",
+)
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 
 
@@ -39,6 +42,7 @@ UNKNOWN = "00000000-0000-4000-8000-000000000000"
 class Install:
     python: Path
     script: Path  # the ``chatledger`` console script
+    postgres: bool = True  # the [postgres] extra (psycopg) is installed
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +70,7 @@ def base_install(tmp_path_factory: pytest.TempPathFactory) -> Install:
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-    return Install(python, venv / "bin" / "chatledger")
+    return Install(python, venv / "bin" / "chatledger", postgres=False)
 
 
 @pytest.fixture(params=["this-env", pytest.param("base-install", marks=pytest.mark.slow)])
@@ -97,6 +101,18 @@ def run(
         [*command, *args], cwd=cwd, env={**base, **(env or {})},
         capture_output=True, text=True, timeout=120, check=False,
     )
+
+
+def refused_without_the_postgres_extra(cli: Install, args: Sequence[str], cwd: Path) -> bool:
+    """In the base install (no [postgres] extra), a PostgreSQL store is refused with one clear
+    line that names the extra, nothing else; True when that was checked."""
+    if cli.postgres:
+        return False
+    done = run(cli, args, cwd)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "chatledger[postgres]" in flat(done.stderr), done.stderr
+    return True
 
 
 def flat(text: str) -> str:
@@ -200,6 +216,8 @@ def test_audit_verify_exits_1_on_a_broken_chain(cli: Install, tmp_path: Path) ->
 @pytest.mark.postgres
 def test_ctrl_c_exits_130_without_a_traceback(cli: Install, tmp_path: Path, postgres_url: str) -> None:
     """Interrupted while it waits (for the schema lock another process holds)."""
+    if refused_without_the_postgres_extra(cli, ["projections", "catch-up", "-d", postgres_url], tmp_path):
+        return
     schema = postgres_url.rsplit("schema=", 1)[1]
     with psycopg.connect(POSTGRES_CONNINFO, autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"chatledger-ddl:{schema}",))
@@ -293,6 +311,8 @@ def test_read_only_commands_refuse_a_postgres_schema_without_a_store_and_create_
     """The PostgreSQL twin of a mistyped SQLite path: a mistyped ``?schema=``."""
     (tmp_path / "OUT").mkdir()
     args = [a.replace("OUT", str(tmp_path / "OUT")) for a in args]
+    if refused_without_the_postgres_extra(cli, [*args, "--database", postgres_url], tmp_path):
+        return
     schema = postgres_url.rsplit("schema=", 1)[1]
     done = run(cli, [*args, "--database", postgres_url], tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr

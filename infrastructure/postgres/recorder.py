@@ -15,6 +15,7 @@ from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import (
+    IntegrityError,
     InterfaceError,
     OperationalError,
     ProgrammingError,
@@ -28,8 +29,9 @@ from psycopg.sql import SQL, Identifier
 
 from ...domain.errors import ConfigurationError
 from .. import recording
-from ..hashchain import GENESIS, chain_rows
+from ..hashchain import chain_rows
 from ..recording import DESTROYED, HASHES, KEYS, SUBJECTS, KeyRow, LedgerRecorderMixin, key_work
+from ..sealing import SEALS, Seal, next_seal
 from .verification import PostgresVerification
 
 
@@ -61,7 +63,14 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
                 "CREATE TABLE IF NOT EXISTS {}.{} (aggregate_id uuid PRIMARY KEY, visitor_id text NOT NULL)"
             ).format(s, Identifier(SUBJECTS)),
             SQL("CREATE TABLE IF NOT EXISTS {}.{} (kid text PRIMARY KEY)").format(s, Identifier(DESTROYED)),
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {}.{} (seq bigint PRIMARY KEY, first_id bigint NOT NULL, "
+                "last_id bigint NOT NULL UNIQUE, event_count bigint NOT NULL, root bytea NOT NULL, "
+                "sealed_at timestamptz NOT NULL)"
+            ).format(s, Identifier(SEALS)),
         ]
+        if not self.lock_table_statements:  # the sealer's no-gap reasoning needs it (see sealing)
+            raise ConfigurationError("chatledger needs eventsourcing's table lock on inserts")
 
     def write_chain_and_keys(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], ids: Sequence[int]) -> None:
         """The hash rows, key rows and key destructions of a batch whose events
@@ -83,9 +92,7 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
                     (list(firsts), list(firsts.values())),
                 )
                 prev = {r["originator_id"]: bytes(r["event_hash"]) for r in c.fetchall()}
-            c.execute(SQL("SELECT log_hash FROM {} ORDER BY notification_id DESC LIMIT 1").format(self.qualified(HASHES)))
-            head = c.fetchone()
-            rows = chain_rows(stored_events, ids, prev, bytes(head["log_hash"]) if head else GENESIS)
+            rows = chain_rows(stored_events, ids, prev, None)  # per aggregate only: no log-wide head (see sealing)
             c.executemany(SQL("INSERT INTO {} VALUES (%s,%s,%s,%s,%s)").format(self.qualified(HASHES)), rows)
             self._write_keys(c, stored_events)
             erased = recording.erased_visitor_ids(stored_events)
@@ -139,7 +146,34 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
             if exc is not None:
                 raise exc
         self.confirm_keys(stored_events)
+        self.seal_if_due(len(stored_events))
         return ids
+
+    def seal_once(self, limit: int) -> int:
+        """Seal up to ``limit`` committed hash rows after the last seal. No lock:
+        ids are assigned under the events table's lock held through COMMIT, so
+        below a visible id nothing is still in flight; a concurrent sealer's
+        seal of the same range is refused by the ``seq`` key and this one yields."""
+        try:
+            with self.datastore.transaction(commit=True) as c:
+                c.execute(SQL("SELECT seq, first_id, last_id, event_count, root FROM {} ORDER BY seq DESC LIMIT 1").format(self.qualified(SEALS)))
+                r = c.fetchone()
+                last = Seal(r["seq"], r["first_id"], r["last_id"], r["event_count"], bytes(r["root"])) if r else None
+                c.execute(
+                    SQL(
+                        "SELECT notification_id, originator_id, originator_version, event_hash FROM {} "
+                        "WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+                    ).format(self.qualified(HASHES)),
+                    (last.last_id if last else 0, limit),
+                )
+                rows = [(x["notification_id"], x["originator_id"], x["originator_version"], bytes(x["event_hash"])) for x in c.fetchall()]
+                seal = next_seal(last, rows)
+                if seal is None:
+                    return 0
+                c.execute(SQL("INSERT INTO {} VALUES (%s,%s,%s,%s,%s,now())").format(self.qualified(SEALS)), tuple(seal))
+                return seal.event_count
+        except IntegrityError:
+            return 0  # another sealer sealed this range first
 
     def _write_keys(self, c: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
         """As the SQLite recorder's ``_write_keys``. This runs after the events

@@ -13,6 +13,7 @@ from psycopg.sql import SQL, Composed, Identifier
 
 from ..hashchain import EventRow, HashRow, VerificationReport, verify_rows
 from ..recording import DESTROYED, ERASURE_TOPIC, HASHES, KEYS, SUBJECTS, KeyAuditor
+from ..sealing import SEALS, Anchor, Seal, check_seals
 
 
 class PostgresVerification:
@@ -33,7 +34,11 @@ class PostgresVerification:
             yield conn
 
     def verify(
-        self, report: VerificationReport, originator_id: UUID | None = None, key_audit: KeyAuditor | None = None
+        self,
+        report: VerificationReport,
+        originator_id: UUID | None = None,
+        key_audit: KeyAuditor | None = None,
+        anchor: Anchor | None = None,
     ) -> VerificationReport:
         """Check the hash chains (of the log, or of one aggregate) and, with
         ``key_audit``, the key table against the log, in one repeatable-read snapshot."""
@@ -42,7 +47,32 @@ class PostgresVerification:
             report = self._verify_pg(conn, report, originator_id, key_audit, tables)
             if key_audit is not None:
                 key_audit.finish(tables)
+            if originator_id is None:
+                self._check_seals(conn, report, anchor)
             return report
+
+    def _check_seals(self, conn: Any, report: VerificationReport, anchor: Anchor | None) -> None:
+        with conn.cursor() as c:
+            c.execute(SQL("SELECT seq, first_id, last_id, event_count, root FROM {} ORDER BY seq").format(self.qualified(SEALS)))
+            seals = [Seal(r["seq"], r["first_id"], r["last_id"], r["event_count"], bytes(r["root"])) for r in c.fetchall()]
+        h_cur = conn.cursor(name="chatledger_verify_seals")
+        h_cur.itersize = 5000
+        h_cur.execute(
+            SQL("SELECT notification_id, originator_id, originator_version, event_hash FROM {} ORDER BY notification_id").format(
+                self.qualified(HASHES)
+            )
+        )
+        hashes = (
+            HashRow(r["notification_id"], r["originator_id"], r["originator_version"], bytes(r["event_hash"]), b"")
+            for r in h_cur
+        )
+        check_seals(seals, hashes, report, anchor)
+
+    def newest_anchor(self) -> str | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(SQL("SELECT root, last_id FROM {} ORDER BY seq DESC LIMIT 1").format(self.qualified(SEALS)))
+            row = c.fetchone()
+        return str(Anchor(bytes(row["root"]), row["last_id"])) if row else None
 
     def _verify_pg(
         self,

@@ -18,8 +18,9 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 
 from .. import recording
-from ..hashchain import GENESIS, as_uuid, chain_rows_by_hex
+from ..hashchain import as_uuid, chain_rows_by_hex
 from ..recording import DESTROYED, HASHES, KEYS, SUBJECTS, KeyRow, LedgerRecorderMixin, key_work
+from ..sealing import SEALS, Seal, next_seal
 from .queries import PAIRS_PER_QUERY, sqlite_select_in
 from .verification import SQLiteVerification
 
@@ -42,6 +43,8 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
             (f"CREATE TABLE IF NOT EXISTS {SUBJECTS} ("
             "aggregate_id TEXT PRIMARY KEY, visitor_id TEXT NOT NULL)"),
             f"CREATE TABLE IF NOT EXISTS {DESTROYED} (kid TEXT PRIMARY KEY)",
+            (f"CREATE TABLE IF NOT EXISTS {SEALS} (seq INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, "
+             "last_id INTEGER NOT NULL UNIQUE, event_count INTEGER NOT NULL, root BLOB NOT NULL, sealed_at TEXT NOT NULL)"),
         ]
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
@@ -50,7 +53,29 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
         with self.datastore.transaction(commit=True) as c:
             ids = self.write_batch(c, stored_events)
         self.confirm_keys(stored_events)
+        self.seal_if_due(len(ids))
         return ids
+
+    def seal_once(self, limit: int) -> int:
+        """Seal up to ``limit`` committed hash rows after the last seal, in one
+        write transaction (SQLite's one writer: nothing commits below them later)."""
+        with self.datastore.transaction(commit=True) as c:
+            # A write first, so this transaction holds the write lock before it reads (another
+            # process's sealer or writer cannot commit between the read and the insert).
+            c.execute(f"DELETE FROM {SEALS} WHERE seq < 0")
+            c.execute(f"SELECT seq, first_id, last_id, event_count, root FROM {SEALS} ORDER BY seq DESC LIMIT 1")
+            r = c.fetchone()
+            last = Seal(r[0], r[1], r[2], r[3], bytes(r[4])) if r else None
+            c.execute(
+                f"SELECT notification_id, originator_id, originator_version, event_hash FROM {HASHES} "
+                "WHERE notification_id > ? ORDER BY notification_id LIMIT ?",
+                (last.last_id if last else 0, limit),
+            )
+            seal = next_seal(last, [(x[0], UUID(x[1]), x[2], bytes(x[3])) for x in c.fetchall()])
+            if seal is None:
+                return 0
+            c.execute(f"INSERT INTO {SEALS} VALUES (?,?,?,?,?,?)", (*seal, datetime.now(UTC).isoformat()))
+            return seal.event_count
 
     def write_batch(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> list[int]:
         """Everything :meth:`insert_events` writes, on its transaction's cursor."""
@@ -59,9 +84,7 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
         hexes = [oid.hex for oid in oids]
         ids = self._insert_event_rows(c, stored_events, hexes)
         prev = self._prev_event_hashes(c, stored_events, hexes)
-        c.execute(f"SELECT log_hash FROM {HASHES} ORDER BY notification_id DESC LIMIT 1")
-        head = c.fetchone()
-        rows = chain_rows_by_hex(stored_events, oids, hexes, ids, prev, head[0] if head else GENESIS)
+        rows = chain_rows_by_hex(stored_events, oids, hexes, ids, prev, None)  # per aggregate only: see sealing
         c.executemany(
             f"INSERT INTO {HASHES} VALUES (?,?,?,?,?)",
             [(nid, hex_id, v, ev, lh) for nid, _, hex_id, v, ev, lh in rows],

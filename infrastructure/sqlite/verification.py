@@ -11,6 +11,7 @@ from eventsourcing.sqlite import SQLiteDatastore
 
 from ..hashchain import EventRow, HashRow, VerificationReport, verify_rows
 from ..recording import DESTROYED, ERASURE_TOPIC, HASHES, KEYS, SUBJECTS, KeyAuditor
+from ..sealing import SEALS, Anchor, Seal, check_seals
 from .queries import sqlite_select_in
 
 
@@ -50,7 +51,11 @@ class SQLiteVerification:
     events_table_name: str
 
     def verify(
-        self, report: VerificationReport, originator_id: UUID | None = None, key_audit: KeyAuditor | None = None
+        self,
+        report: VerificationReport,
+        originator_id: UUID | None = None,
+        key_audit: KeyAuditor | None = None,
+        anchor: Anchor | None = None,
     ) -> VerificationReport:
         """Check the hash chains (of the log, or of one aggregate) and, with
         ``key_audit``, the key table against the log, in one read transaction."""
@@ -71,6 +76,19 @@ class SQLiteVerification:
             report = self._verify_sqlite(conn, events, report, originator_id, params)
             if key_audit is not None:
                 key_audit.finish(tables)
+            if originator_id is None:
+                seals = (
+                    Seal(r[0], r[1], r[2], r[3], bytes(r[4]))
+                    for r in conn.execute(f"SELECT seq, first_id, last_id, event_count, root FROM {SEALS} ORDER BY seq")
+                )
+                hashes = (
+                    HashRow(r[0], UUID(r[1]), r[2], bytes(r[3]), b"")
+                    for r in conn.execute(
+                        "SELECT notification_id, originator_id, originator_version, event_hash "
+                        f"FROM {HASHES} ORDER BY notification_id"
+                    )
+                )
+                check_seals(seals, hashes, report, anchor)
             return report
 
     def _verify_sqlite(
@@ -103,6 +121,12 @@ class SQLiteVerification:
             if r[1] is not None
         }
         return verify_rows(events, hashes, report, check_log_chain=False, prev_log_hash=prev_logs)
+
+    def newest_anchor(self) -> str | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT root, last_id FROM {SEALS} ORDER BY seq DESC LIMIT 1")
+            row = c.fetchone()
+        return str(Anchor(bytes(row[0]), row[1])) if row else None
 
     def hash_rows(self, originator_id: UUID) -> dict[int, tuple[bytes, bytes]]:
         with self.datastore.transaction(commit=False) as c:

@@ -32,7 +32,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, select
 from sqlalchemy.exc import IntegrityError
@@ -40,12 +40,35 @@ from sqlalchemy.exc import IntegrityError
 from ..domain import validation as v
 from ..domain.errors import InvalidValueError
 from ..domain.model import Immutable
+from ..infrastructure.persistence import schema_lock
 from ..projections.sqltypes import UTCDateTime
-from .persistence import schema_lock
 
 if TYPE_CHECKING:
-    from .. import ChatLedger
-    from ..application.subscribers import LogEvent
+    from ..domain.validation import Limits
+    from ..infrastructure.settings import Settings
+    from ..projections.runner import ProjectionRunner
+    from .subscribers import LogEvent
+
+
+class EventFeed(Protocol):
+    """What the worker reads from (the facade, ``ChatLedger``, is one), so this module need not
+    import the facade that builds it."""
+
+    @property
+    def limits(self) -> Limits: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def projector(self) -> ProjectionRunner: ...
+
+    @property
+    def recorder(self) -> Any: ...
+
+    def events_after(
+        self, position: int = 0, *, limit: int = 1000, content: bool = False
+    ) -> list[LogEvent]: ...
 
 WEBHOOKS = MetaData()
 positions_table = Table(
@@ -149,7 +172,7 @@ def _check_headers(headers: object, limits: v.Limits) -> dict[str, str]:
     return checked
 
 
-def list_dead_letters(ledger: ChatLedger, name: str) -> list[DeadLetter]:
+def list_dead_letters(ledger: EventFeed, name: str) -> list[DeadLetter]:
     """The dead letters of subscription ``name``, in log order."""
     name = v.check_id("name", name, ledger.limits)
     engine = ledger.projector.engine
@@ -175,7 +198,7 @@ class WebhookWorker:
 
     def __init__(
         self,
-        ledger: ChatLedger,
+        ledger: EventFeed,
         name: str,
         url: str,
         *,
@@ -276,7 +299,7 @@ class WebhookWorker:
                 conn.execute(dead_letters_table.update().where(*key).values(attempts=total, **values))
         return DeadLetter(
             subscription=self.name, position=event.position, event_id=event.event_id,
-            attempts=total, last_error=error[:2000], failed_at=now, outcome=outcome,  # type: ignore[arg-type]
+            attempts=total, last_error=error[:2000], failed_at=now, outcome=outcome,
         )
 
     def _resolve_dead_letter(self, position: int) -> None:

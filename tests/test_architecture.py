@@ -1,0 +1,35 @@
+"""The layers hold (import-linter's contracts in pyproject.toml) and mypy --strict passes.
+
+Both read the installed package: the README's install (``editable_mode=strict``) gives them a
+link tree of exactly the package's files.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / tool), *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_the_import_contracts_are_kept() -> None:
+    done = run("lint-imports")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "0 broken" in done.stdout
+
+
+@pytest.mark.slow
+def test_mypy_strict_passes_on_the_installed_package() -> None:
+    done = run("mypy")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "Success" in done.stdout
