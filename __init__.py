@@ -45,7 +45,7 @@ from chatledger.domain.policy import SessionPolicy
 from chatledger.domain.state import SessionState, Turn, VisitorState
 from chatledger.domain.validation import Limits
 from chatledger.infrastructure.hashchain import VerificationReport
-from chatledger.projections.base import ProjectionFailure, ProjectionStatus
+from chatledger.projections.failures import ProjectionFailure
 from chatledger.projections.results import (
     Analytics,
     Engagement,
@@ -54,6 +54,7 @@ from chatledger.projections.results import (
     Transcript,
     TranscriptMessage,
 )
+from chatledger.projections.status import ProjectionStatus
 
 __all__ = [
     "Analytics",

@@ -30,9 +30,9 @@ from ..domain.model import DomainEvent, utc
 from ..domain.session import Session
 from ..domain.state import SessionState
 from ..infrastructure.hashchain import VerificationReport
+from ..infrastructure.key_audit import KeyAudit
 from ..infrastructure.ledger_recorders import as_ledger_recorder
 from ..infrastructure.sealing import Anchor
-from ..infrastructure.shredding import KeyAudit
 from .erasure import visitors_of_user
 from .unit_of_work import UnitOfWork, as_uuid
 

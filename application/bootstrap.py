@@ -3,7 +3,7 @@
 One place builds the parts of a :class:`~chatledger.ChatLedger`: its
 settings, policy and clock (checked, with defaults), the event store's
 environment and schema lock, the key ring of the encrypting mapper, the
-snapshot store, the read-model runner (:class:`Projector`) and the background
+snapshot store, the read-model runner (:class:`ProjectionRunner`) and the background
 jobs. Nothing here holds state; :class:`~chatledger.application.unit_of_work.UnitOfWork`
 and the facade call these once each.
 """
@@ -18,14 +18,16 @@ from typing import Any
 from ..domain.errors import ConfigurationError, InvalidPolicyError
 from ..domain.policy import SessionPolicy
 from ..infrastructure.database import make_engine
+from ..infrastructure.key_ring import KeyRing
 from ..infrastructure.ledger_recorders import as_ledger_recorder
 from ..infrastructure.persistence import eventsourcing_env, schema_lock
 from ..infrastructure.scheduler import BackgroundJobs
 from ..infrastructure.settings import Settings
-from ..infrastructure.shredding import KeyRing, ShreddingMapper
+from ..infrastructure.shredding_mapper import ShreddingMapper
 from ..infrastructure.snapshots import SnapshotStore
 from ..projections import DEFAULT_READ_MODELS
-from ..projections.base import Projector, ReadModel
+from ..projections.read_model import ReadModel
+from ..projections.runner import ProjectionRunner
 from .clock import Clock, system_clock
 
 
@@ -101,10 +103,10 @@ def build_snapshot_store(mapper: Any, factory: Any) -> SnapshotStore:
 
 def build_projector(
     name: str, recorder: Any, mapper: Any, settings: Settings, read_models: Sequence[type[ReadModel]]
-) -> Projector:
+) -> ProjectionRunner:
     """The read-model runner: ``read_models``' tables in the store's database."""
     with schema_lock(settings):
-        return Projector(
+        return ProjectionRunner(
             name,
             recorder,
             mapper,

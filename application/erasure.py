@@ -16,7 +16,7 @@ from ..domain.erasure import ErasureReceipt
 from ..domain.errors import ConfigurationError, InvalidCommandError, UnknownSubjectError
 from ..domain.visitor import Visitor
 from ..infrastructure.ledger_recorders import as_ledger_recorder
-from ..infrastructure.shredding import ShreddingMapper
+from ..infrastructure.shredding_mapper import ShreddingMapper
 from .unit_of_work import UnitOfWork
 
 LINK_TOPIC = get_topic(Visitor.IdentityLinked)

@@ -11,8 +11,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from ..projections.base import Progress, ProjectionFailure, ProjectionStatus
+from ..projections.failures import ProjectionFailure
 from ..projections.results import Analytics, Engagement, Memory, Resessionized, Transcript
+from ..projections.status import Progress, ProjectionStatus
 from .access import caller_user
 from .arguments import (
     DURATION,

@@ -2,14 +2,14 @@
 
 ``ChatLedger.events_after(position)`` returns the events recorded after
 ``position`` in log order. It reads the log the way the projector does
-(``Projector._read``: notifications up to the head read first), so a reader
+(``ProjectionRunner.read``: notifications up to the head read first), so a reader
 never passes over a notification id that commits later: on PostgreSQL every
 writer holds the events table's ``EXCLUSIVE`` lock from taking its ids until it
 commits (eventsourcing's ``_lock_table``), so ids commit in order and every id
 at or below the head is settled; SQLite has one writer at a time. An id that is
 missing (a rolled-back write) is never filled in later.
 
-Personal fields (``infrastructure.shredding.PERSONAL_FIELDS``) are *sealed*
+Personal fields (``infrastructure.personal_fields.PERSONAL_FIELDS``) are *sealed*
 unless the caller asks for content: decoded without opening their envelopes
 (``ShreddingMapper.to_sealed_event``, the read models' path) and every
 non-empty one replaced by its ``SEALED_VALUES`` placeholder. With content they
@@ -34,16 +34,9 @@ from pydantic_core import from_json
 from ..domain.erasure import ERASED_VALUES
 from ..domain.model import Immutable
 from ..domain.session import Session
-from ..infrastructure.shredding import (
-    _COMPILED,
-    _EMPTY,
-    _KID,
-    SEALED_VALUES,
-    ShreddingMapper,
-    _is_envelope,
-    _keys_by_id,
-    _walk,
-)
+from ..infrastructure.envelopes import is_envelope, walk
+from ..infrastructure.personal_fields import COMPILED_PATHS, EMPTY_VALUES, SEALED_VALUES
+from ..infrastructure.shredding_mapper import KID_PATTERN, ShreddingMapper
 from .unit_of_work import UnitOfWork
 
 _CONTENT_ERASED = get_topic(Session.ContentErased)
@@ -80,7 +73,7 @@ def read_events(uow: UnitOfWork, position: int, limit: int, *, content: bool) ->
     head = projector.head()
     if head <= position:
         return []
-    batch = projector._read(position, limit, head)
+    batch = projector.read(position, limit, head)
     mapper = uow.mapper
     erased: set[int] = set()
     if content:
@@ -120,9 +113,9 @@ def _log_event(position: int, event: Any, content: bool, erased: bool = False) -
 def _seal(data: dict[str, Any], topic: str, values: Mapping[str, Any] = SEALED_VALUES) -> None:
     """Replace every non-empty personal field by its placeholder in ``values``
     (also one stored in plain JSON, without an envelope)."""
-    for path, parts in _COMPILED.get(topic, ()):
-        for node, leaf, _ in _walk(data, parts or [path], []):
-            if node[leaf] not in _EMPTY:
+    for path, parts in COMPILED_PATHS.get(topic, ()):
+        for node, leaf, _ in walk(data, parts or [path], []):
+            if node[leaf] not in EMPTY_VALUES:
                 node[leaf] = values.get((parts or [path])[-1], values["value"])
 
 
@@ -137,14 +130,14 @@ def _erased_plaintext(uow: UnitOfWork, batch: Sequence[Any]) -> set[int]:
     personal event of a batch, and no query."""
     plain: dict[str, list[Any]] = {}
     for n in batch:
-        compiled = _COMPILED.get(n.topic)
+        compiled = COMPILED_PATHS.get(n.topic)
         if compiled is None or compiled[0][0] == "state":
             continue
         data = from_json(n.state)
         if any(
-            node[leaf] not in _EMPTY and not _is_envelope(node[leaf])
+            node[leaf] not in EMPTY_VALUES and not is_envelope(node[leaf])
             for path, parts in compiled
-            for node, leaf, _ in _walk(data, parts or [path], [])
+            for node, leaf, _ in walk(data, parts or [path], [])
         ):
             plain.setdefault(str(n.originator_id), []).append(n)
     erased: set[int] = set()
@@ -167,13 +160,13 @@ def _refresh_keys(mapper: Any, batch: Sequence[Any]) -> None:
     ring = getattr(mapper, "key_ring", None)
     if not isinstance(mapper, ShreddingMapper) or ring is None:
         return
-    states = [n.state for n in batch if n.topic in _COMPILED]
+    states = [n.state for n in batch if n.topic in COMPILED_PATHS]
     if not states:
         return
-    kids = sorted({k.decode() for k in _KID.findall(b"\n".join(states))})
+    kids = sorted({k.decode() for k in KID_PATTERN.findall(b"\n".join(states))})
     found: set[str] = set()
     for start in range(0, len(kids), 500):
-        found.update(_keys_by_id(ring.recorder, kids[start : start + 500]))
+        found.update(ring.recorder.keys_by_id(kids[start : start + 500]))
     gone = [k for k in kids if k not in found]
     if gone:
         ring.forget((), gone)

@@ -42,10 +42,11 @@ from ..domain.model import Aggregate, utc
 from ..domain.policy import SessionPolicy
 from ..domain.session import Session
 from ..domain.visitor import Visitor, visitor_aggregate_id
+from ..infrastructure.envelopes import ErasedSnapshotError
 from ..infrastructure.settings import Settings
-from ..infrastructure.shredding import ErasedSnapshotError
 from ..infrastructure.snapshots import SnapshotStore
-from ..projections.base import Projector, ReadModel
+from ..projections.read_model import ReadModel
+from ..projections.runner import ProjectionRunner
 from ..projections.service import ProjectionReads
 from . import bootstrap
 from .clock import Clock
@@ -110,7 +111,7 @@ class UnitOfWork(Application[UUID]):
         bootstrap.configure_sealer(self.recorder, settings)
 
     @cached_property
-    def projector(self) -> Projector:
+    def projector(self) -> ProjectionRunner:
         """The read models of this ledger (tables in the same database), kept
         current by ``ledger.projector.catch_up()`` or a background runner."""
         return bootstrap.build_projector(

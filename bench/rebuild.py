@@ -15,11 +15,11 @@ per transaction. Then, in the same run, it times
 
 - ``raw``: ``select_notifications`` over the whole log (records only),
 - ``raw+decode``: the same plus turning each record into its pydantic event,
-- ``rebuild <name>``: ``Projector.rebuild`` of each read model,
-- ``rebuild all N together``: ``Projector.rebuild_many`` of all of them in one
+- ``rebuild <name>``: ``ProjectionRunner.rebuild`` of each read model,
+- ``rebuild all N together``: ``ProjectionRunner.rebuild_many`` of all of them in one
   pass (each batch read and decoded once); events/s counts log events, each
   applied to every read model,
-- ``rebuild --shadow N``: ``Projector.rebuild_shadow`` of all of them (new
+- ``rebuild --shadow N``: ``ProjectionRunner.rebuild_shadow`` of all of them (new
   tables while the live ones serve, then the swap),
 
 and prints events/s and the ratio of each rebuild to the raw read.

@@ -79,7 +79,7 @@ def _events_progress(bar: Progress, task: TaskID, per_event: int) -> Callable[[i
     """A projector ``progress(done, total)`` callback that moves ``bar`` over log events.
 
     The projector counts applications (events x read models, see
-    ``chatledger.projections.base.Progress``); ``per_event`` read models share each
+    ``chatledger.projections.status.Progress``); ``per_event`` read models share each
     event, so the bar shows events and events/s.
     """
     started = time.perf_counter()

@@ -73,20 +73,3 @@ class SnapshotStore(EventStore[UUID]):
             except StaleSnapshot:
                 continue
 
-
-_MOVED = {
-    "SQLiteSnapshotRecorder": "sqlite",
-    "LedgerSQLiteFactory": "sqlite",
-    "PostgresSnapshotRecorder": "postgres",
-    "LedgerPostgresFactory": "postgres",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """The dialects' recorders and factories, at their old path (imported on use,
-    so that SQLite alone never imports the PostgreSQL driver)."""
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}.snapshots"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -100,8 +100,6 @@ class ProjectionRunner:
         as a catch-up reads them (to be decoded by the application's mapper)."""
         return self._catch_up.read(position, limit, stop)
 
-    _read = read  # application/subscribers.py still calls it by this name
-
     def catch_up(
         self,
         names: Sequence[str] | None = None,
@@ -202,6 +200,3 @@ class ProjectionRunner:
                 raise TimeoutError(msg)
             time.sleep(0.05)
 
-
-Projector = ProjectionRunner
-"""The runner's former name (the facade and tests still use it)."""

@@ -275,7 +275,7 @@ def test_read_models_that_skip_decryption_store_the_same_rows_and_never_a_placeh
     """analytics and active_sessions get events with their envelopes left closed
     (``personal_fields = ()``); forcing full decryption gives the same rows, and
     no read model ever stores a sealed placeholder."""
-    from chatledger.infrastructure.shredding import SEALED_TEXT
+    from chatledger.infrastructure.personal_fields import SEALED_TEXT
     from chatledger.projections import DEFAULT_READ_MODELS
 
     from .test_projections import dump
@@ -314,7 +314,7 @@ def test_read_models_that_skip_decryption_store_the_same_rows_and_never_a_placeh
 
 
 def test_a_sealed_event_equals_the_decoded_one_except_its_personal_fields(world: World) -> None:
-    from chatledger.infrastructure.shredding import SEALED_VALUES
+    from chatledger.infrastructure.personal_fields import SEALED_VALUES
 
     ledger = world.ledger
     mapper = ledger.mapper

@@ -17,7 +17,7 @@ import pytest
 from chatledger import ChatLedger, InvalidCommandError, ManualClock
 from chatledger.domain.erasure import ERASED_TEXT
 from chatledger.domain.session import Session
-from chatledger.infrastructure import shredding
+from chatledger.infrastructure import personal_fields
 
 from .audit_helpers import RawDB
 from .helpers import log_head
@@ -189,8 +189,8 @@ def test_events_written_before_client_ids_and_reasons_were_encrypted_still_work(
     }
     with monkeypatch.context() as m:
         for cls, fields in old.items():
-            m.setitem(shredding.PERSONAL_FIELDS, cls, fields)
-        m.delitem(shredding.PERSONAL_FIELDS, Session.Ended)
+            m.setitem(personal_fields.PERSONAL_FIELDS, cls, fields)
+        m.delitem(personal_fields.PERSONAL_FIELDS, Session.Ended)
         with ChatLedger.open(database_url, clock=clock) as writer:
             turn = writer.receive("v-old", "old text", client_message_id="old-cmid")
             sid = turn.session_id
@@ -244,7 +244,7 @@ def test_the_fast_and_sealed_decoders_agree_on_client_ids_and_reasons(scene: Sce
     """Messages and ends are decoded by the mapper's fast paths; the general path
     (open each envelope, then validate) must agree, before and after erasure,
     and the sealed decoding differs only in the personal fields."""
-    from chatledger.infrastructure.shredding import PERSONAL_FIELDS, SEALED_VALUES
+    from chatledger.infrastructure.personal_fields import PERSONAL_FIELDS, SEALED_VALUES
     from eventsourcing.utils import get_topic, resolve_topic
 
     ledger = scene.ledger

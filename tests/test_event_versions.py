@@ -24,7 +24,7 @@ from chatledger import ChatLedger, EventVersionError, ManualClock
 from chatledger.domain.erasure import ERASED_METADATA, ERASED_TEXT
 from chatledger.domain.model import DomainEvent
 from chatledger.domain.session import Session
-from chatledger.infrastructure.shredding import PERSONAL_FIELDS
+from chatledger.infrastructure.personal_fields import PERSONAL_FIELDS
 from pydantic import Field, JsonValue
 
 from .helpers import read_stored_as, stored_states

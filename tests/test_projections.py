@@ -27,7 +27,8 @@ from chatledger import (
 )
 from chatledger.infrastructure.database import make_engine
 from chatledger.projections import DEFAULT_READ_MODELS
-from chatledger.projections.base import Projector, ReadModel
+from chatledger.projections.read_model import ReadModel
+from chatledger.projections.runner import ProjectionRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -429,7 +430,7 @@ def test_a_runner_killed_mid_batch_resumes_without_double_counting(ledger: ChatL
     for name in ledger.projector.projections:
         assert ledger.projector.position(name) == 0
     for after in (23, 61):
-        broken = Projector(
+        broken = ProjectionRunner(
             ledger.name,
             ledger.recorder,
             ledger.mapper,
@@ -448,12 +449,12 @@ def test_a_runner_killed_mid_batch_resumes_without_double_counting(ledger: ChatL
 
 def test_two_runners_racing_apply_each_event_once(database_url: str, ledger: ChatLedger) -> None:
     write_history(ledger, visitors=8)
-    other = Projector(
+    other = ProjectionRunner(
         ledger.name, ledger.recorder, ledger.mapper, make_engine(ledger.settings), DEFAULT_READ_MODELS
     )
     errors: list[BaseException] = []
 
-    def run(projector: Projector) -> None:
+    def run(projector: ProjectionRunner) -> None:
         try:
             projector.catch_up(batch_size=3)
         except BaseException as err:  # noqa: BLE001 - reported below

@@ -68,14 +68,14 @@ def test_rebuild_several_or_all_in_one_pass(sqlite_url: str, ledger: ChatLedger)
         assert dump(other) == before  # dropped and replayed: the same rows
 
     # --all rebuilds every projection through one rebuild_many call.
-    from chatledger.projections import base
+    from chatledger.projections import runner as runner_module
 
     def spy(self: Any, names: Any = None, **kwargs: Any) -> int:
         calls.append(list(names))
         return original.__func__(self, names, **kwargs)  # type: ignore[attr-defined]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(base.Projector, "rebuild_many", spy)
+        mp.setattr(runner_module.ProjectionRunner, "rebuild_many", spy)
         result = runner.invoke(app, ["projections", "rebuild", "--all", "-d", url])
     assert result.exit_code == 0, result.output
     assert calls == [list(ledger.projector.projections)]
@@ -177,7 +177,7 @@ CHILD = textwrap.dedent(
     import sys
     from chatledger import ChatLedger
     from chatledger.projections import DEFAULT_READ_MODELS
-    from chatledger.projections.base import Projector
+    from chatledger.projections.runner import ProjectionRunner
 
     def pausing(cls, at):
         seen = [0]
@@ -193,7 +193,7 @@ CHILD = textwrap.dedent(
         return Pausing
 
     ledger = ChatLedger.open(sys.argv[1])
-    projector = Projector(ledger.name, ledger.recorder, ledger.mapper, ledger.projector.engine,
+    projector = ProjectionRunner(ledger.name, ledger.recorder, ledger.mapper, ledger.projector.engine,
                           [pausing(cls, 40) for cls in DEFAULT_READ_MODELS])
     projector.catch_up(batch_size=15)
     """

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 from chatledger import ChatLedger
-from chatledger.projections.base import executemany, insert_rows
 from chatledger.projections.sqltypes import UTCDateTime
+from chatledger.projections.writers import executemany, insert_rows
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -165,8 +165,8 @@ def _index_names(ledger: ChatLedger) -> set[str]:
 
 
 def test_a_rebuild_defers_read_only_indexes_and_always_restores_them(ledger: ChatLedger) -> None:
-    from chatledger.projections.base import SQLView
     from chatledger.projections.conversation_log import ConversationLog
+    from chatledger.projections.view import SQLView
 
     write_history(ledger, visitors=4)
     expected = _index_names(ledger)

@@ -11,8 +11,15 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
-from chatledger.infrastructure.hashchain import GENESIS, VerificationReport, event_hash, log_hash
-from chatledger.infrastructure.recorders import HASHES, SQLiteLedgerRecorder, chain_rows
+from chatledger.infrastructure.hashchain import (
+    GENESIS,
+    VerificationReport,
+    chain_rows,
+    event_hash,
+    log_hash,
+)
+from chatledger.infrastructure.recording import HASHES
+from chatledger.infrastructure.sqlite import SQLiteLedgerRecorder
 from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 from hypothesis import given
