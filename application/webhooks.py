@@ -32,7 +32,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, select
 from sqlalchemy.exc import IntegrityError
@@ -44,31 +44,8 @@ from ..infrastructure.persistence import schema_lock
 from ..projections.sqltypes import UTCDateTime
 
 if TYPE_CHECKING:
-    from ..domain.validation import Limits
-    from ..infrastructure.settings import Settings
-    from ..projections.runner import ProjectionRunner
+    from .event_feed import EventFeed
     from .subscribers import LogEvent
-
-
-class EventFeed(Protocol):
-    """What the worker reads from (the facade, ``ChatLedger``, is one), so this module need not
-    import the facade that builds it."""
-
-    @property
-    def limits(self) -> Limits: ...
-
-    @property
-    def settings(self) -> Settings: ...
-
-    @property
-    def projector(self) -> ProjectionRunner: ...
-
-    @property
-    def recorder(self) -> Any: ...
-
-    def events_after(
-        self, position: int = 0, *, limit: int = 1000, content: bool = False
-    ) -> list[LogEvent]: ...
 
 WEBHOOKS = MetaData()
 positions_table = Table(
