@@ -37,8 +37,6 @@ from peer_scenarios import PostgresRunner, drop_schema, prepare_pg, remove_db
 # (bucket, substrings of "file:function"); the first bucket that matches wins.
 BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("commit + fsync (sqlite3 COMMIT)", ("<method 'commit' of 'sqlite3",)),
-    ("PostgreSQL round trips (client waiting: lock, insert, commit)",
-     ("psycopg/waiting.py", "psycopg_c", "select.poll", "select.select", "select.epoll", "wait_c")),
     ("validation (arguments, pydantic, domain checks)",
      ("pydantic", "chatledger/application/arguments.py", "chatledger/domain/validation.py")),
     ("encryption + keys (envelopes, key ring, cryptography)",
@@ -55,6 +53,9 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("eventsourcing (application, repository, recorder)", ("eventsourcing/",)),
     ("chatledger (application, domain, recorders)", ("chatledger/",)),
 ]
+PG_WAITS = ("psycopg/connection.py:wait", "psycopg/waiting.py", "wait_c", "select.poll", "select.epoll")
+COUNTED = (("sqlite3 COMMIT", "<method 'commit' of 'sqlite3"), ("sqlite3 execute", "<method 'execute' of 'sqlite3"),
+           ("psycopg pipeline sync", "_pipeline.py:sync"), ("psycopg wait", "psycopg/connection.py:wait"))
 SQL_METHODS = ("<method 'execute' of 'sqlite3", "<method 'executemany' of 'sqlite3", "<method 'fetch")
 
 
@@ -77,11 +78,22 @@ def sql_bucket(caller: str) -> str:
     return "SQL other (BEGIN, fast-forward/visitor reads)"
 
 
+def pg_wait_bucket(caller: str) -> str:
+    """The client blocked on the server, by what it was waiting for."""
+    if caller.endswith("_pipeline.py:sync"):
+        return "PostgreSQL wait: the write transaction (EXCLUSIVE lock queue, inserts, COMMIT)"
+    return "PostgreSQL wait: other round trips (reads, key check, pipeline enter/exit)"
+
+
 def buckets(stats: pstats.Stats) -> dict[str, float]:
     """Own time per bucket (seconds); sqlite3's execute split by the function that called it."""
     out: dict[str, float] = defaultdict(float)
     for func, (_cc, _nc, tt, _ct, callers) in stats.stats.items():  # type: ignore[attr-defined]
         name = label(func)
+        if any(w in name for w in PG_WAITS):
+            for caller, values in callers.items():
+                out[pg_wait_bucket(label(caller))] += values[2]
+            continue
         if any(m in name for m in SQL_METHODS):
             for caller, values in callers.items():
                 out[sql_bucket(label(caller))] += values[2]
@@ -95,10 +107,16 @@ def print_table(title: str, stats: pstats.Stats, turns: int, wall_per_turn: floa
     total = sum(parts.values())
     print(f"\n== {title}: {turns} turns profiled; unprofiled wall {wall_per_turn * 1e3:.2f} ms/turn, "
           f"profiled total {total / turns * 1e3:.2f} ms/turn")
-    print(f"| {'where the time goes':<62} | {'ms/turn':>8} | {'%':>5} |")
-    print(f"|{'-' * 64}|{'-' * 10}|{'-' * 7}|")
+    print(f"| {'where the time goes':<78} | {'ms/turn':>8} | {'%':>5} |")
+    print(f"|{'-' * 80}|{'-' * 10}|{'-' * 7}|")
     for name, seconds in sorted(parts.items(), key=lambda kv: -kv[1]):
-        print(f"| {name:<62} | {seconds / turns * 1e3:>8.3f} | {seconds / total * 100:>5.1f} |")
+        print(f"| {name:<78} | {seconds / turns * 1e3:>8.3f} | {seconds / total * 100:>5.1f} |")
+    calls = defaultdict(int)
+    for func, (_cc, nc, *_rest) in stats.stats.items():  # type: ignore[attr-defined]
+        for key, needle in COUNTED:
+            if needle in label(func):
+                calls[key] += nc
+    print("calls per turn: " + ", ".join(f"{k} {v / turns:.1f}" for k, v in calls.items()))
 
 
 def sqlite_profile(workdir: str, turns: int) -> None:
