@@ -16,6 +16,7 @@ from uuid import UUID, uuid4
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..domain.batching import batched
 from .recording import KeyRow
 
 if TYPE_CHECKING:
@@ -197,8 +198,7 @@ class KeyRing:
             cached = self._by_kid.get(kid)
             if kid not in self._erased and (cached is None or now - cached[0] > KEY_CACHE_TTL_S):
                 missing.append(kid)
-        for start in range(0, len(missing), 500):
-            chunk = missing[start : start + 500]
+        for chunk in batched(missing):
             found = self.recorder.keys_by_id(chunk)
             with self._lock:
                 for kid in chunk:

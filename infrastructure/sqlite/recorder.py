@@ -17,6 +17,7 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 
+from ...domain.batching import batched
 from .. import recording
 from ..hashchain import as_uuid, chain_rows_by_hex
 from ..recording import DESTROYED, HASHES, KEYS, SUBJECTS, KeyRow, LedgerRecorderMixin, key_work
@@ -189,8 +190,7 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
                 firsts[hex_id] = stored.originator_version - 1
         prev: dict[str, bytes] = {}
         wanted = list(firsts.items())
-        for start in range(0, len(wanted), PAIRS_PER_QUERY):
-            chunk = wanted[start : start + PAIRS_PER_QUERY]
+        for chunk in batched(wanted, PAIRS_PER_QUERY):
             c.execute(
                 # VALUES first (CROSS JOIN keeps that order): one index probe per pair.
                 f"SELECT h.originator_id, h.event_hash FROM (VALUES {','.join(['(?,?)'] * len(chunk))}) AS q "
