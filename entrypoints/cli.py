@@ -89,7 +89,7 @@ def session_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print a session rebuilt from its events (optionally as it stood at --as-of)."""
-    from .demo import _print_state, content_erased
+    from .demo import content_erased, print_session_state
 
     with open_ledger(database, read_only=True) as ledger:
         state = ledger.session(session_id, as_of=as_of)
@@ -97,7 +97,7 @@ def session_show(
     if as_json:
         print(state.model_dump_json(indent=2))
     else:
-        _print_state(console, state, erased=erased)
+        print_session_state(console, state, erased=erased)
 
 
 from .worker import worker

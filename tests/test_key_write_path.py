@@ -140,7 +140,7 @@ def test_a_write_under_a_key_erased_by_another_ledger_is_reencoded(database_url:
         assert kids == {old, new}
         new_states = raw.execute(
             f"SELECT state FROM {raw.events} WHERE originator_id=? ORDER BY originator_version DESC LIMIT 1",
-            (raw._id(turn.session_id),),
+            (raw.id_param(turn.session_id),),
         )
         assert json.loads(bytes(new_states[0][0]))["text"]["kid"] == new
     finally:
