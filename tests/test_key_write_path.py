@@ -23,6 +23,7 @@ from chatledger.infrastructure import recording
 from chatledger.infrastructure.recording import KeyRow
 
 from .audit_helpers import RawDB
+from .helpers import hold_uncommitted_key
 
 T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
 
@@ -61,9 +62,8 @@ def test_two_ledgers_racing_a_new_visitor_end_under_one_key(database_url: str) -
     a = ChatLedger.open(database_url)
     b = ChatLedger.open(database_url)
     try:
-        b_ring: Any = b.mapper.key_ring  # type: ignore[attr-defined]
         own = KeyRow((str(uuid4()), "v-new", b"\x01" * 32))
-        b_ring._active["v-new"] = (0.0, own, False)  # B encoded with this, not yet committed
+        hold_uncommitted_key(b, "v-new", own)  # B encoded with this, not yet committed
         sid = a.receive("v-new", "hello from a", at=T0).session_id
         with counting_stale_keys(b) as stale:
             b.receive("v-new", "hello from b", at=T0 + timedelta(seconds=1))
