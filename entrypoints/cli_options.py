@@ -74,10 +74,9 @@ def require_existing_database(database: str | None) -> None:
     if settings.backend != "sqlite":
         _require_existing_postgres_store(settings)
         return
-    name = settings.url().database
-    if not name or name == ":memory:":
+    path = settings.sqlite_path
+    if path is None:
         return
-    path = os.path.abspath(name)
     if not os.path.isfile(path):
         raise ConfigurationError(
             f"No SQLite database at {path}; nothing was created. Check --database "
@@ -99,12 +98,12 @@ def require_existing_database(database: str | None) -> None:
 
 
 def _require_existing_postgres_store(settings: Settings) -> None:
-    url = settings.url()
     schema = settings.postgres_schema or "public"
     found = postgres_table_exists(settings, "chatledger_events")
     if not found:
         raise ConfigurationError(
-            f"No chatledger store in schema {schema!r} of PostgreSQL database {url.database!r}; "
+            f"No chatledger store in schema {schema!r} of PostgreSQL database "
+            f"{settings.postgres_target.dbname!r}; "
             "nothing was created. Check --database (or CHATLEDGER_DATABASE_URL) and its ?schema=; "
             "only demo, worker, events deliver and projections catch-up/rebuild/run create a new store."
         )
