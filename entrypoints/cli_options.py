@@ -18,8 +18,13 @@ from .. import ChatLedger, ConfigurationError
 from ..infrastructure.persistence import postgres_table_exists
 from ..infrastructure.settings import Settings
 
+OptionalText = Optional[str]  # noqa: UP045 - typer needs Optional here
+"""An option's type when it may be left out (``None``)."""
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
 DatabaseOption = Annotated[
-    Optional[str],  # noqa: UP045 - typer needs Optional here
+    OptionalText,
     typer.Option(
         "--database",
         "-d",
@@ -27,6 +32,12 @@ DatabaseOption = Annotated[
         help="Database URL (default sqlite:///chatledger.db).",
     ),
 ]
+
+
+def exactly_one(ctx: typer.Context, **options: object) -> None:
+    """Refuse the command (usage error) unless exactly one of ``options`` is given."""
+    if sum(value is not None for value in options.values()) != 1:
+        ctx.fail(f"Give exactly one of {' or '.join('--' + name for name in options)}.")
 
 
 def parse_time(value: str) -> datetime:
