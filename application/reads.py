@@ -98,7 +98,7 @@ def current_session(uow: UnitOfWork, visitor_id: str) -> SessionState | None:
 
 
 def effective(state: SessionState, at: datetime) -> SessionState:
-    """The state as a reader at ``at`` sees it: expired reads as timed out."""
+    """The state as a reader at ``at`` sees it: past its deadline reads as timed out."""
     if (
         state.status != "active"
         or state.expires_at is None

@@ -13,7 +13,7 @@ APScheduler job and ``chatledger worker``:
 4. if any session in the batch moved on since the index saw it, the store
    rejects the batch (optimistic concurrency: that version is taken); it is
    split in halves and retried, and the few sessions left are retried one at a
-   time through ``session_commands.expire_if_idle``, which reloads the aggregate and
+   time through ``session_commands.time_out_if_idle``, which reloads the aggregate and
    lets the domain decide;
 5. let the index drop the rows of sessions that are now closed
    (``active_sessions.drop_closed``), including ones closed by someone else
@@ -45,7 +45,7 @@ from ..projections.active_sessions import (
     open_tasks_of,
 )
 from ..projections.gc_pause import gc_paused
-from .session_commands import expire_if_idle
+from .session_commands import time_out_if_idle
 from .unit_of_work import UnitOfWork
 
 logger = logging.getLogger("chatledger.sweeper")
@@ -211,7 +211,7 @@ def _one_by_one(
     for row in rows:
         sid = row.session_id
         try:
-            if expire_if_idle(uow, sid, now=detected_at):
+            if time_out_if_idle(uow, sid, now=detected_at):
                 appended += 1
                 closed.append(sid)
             elif uow.get_session(sid).status != "active":

@@ -30,7 +30,7 @@ from rich.table import Table
 from .. import ChatLedger, InvalidCommandError, TranscriptMessage, UnknownSubjectError
 from ..application.audit import visitors_of_user
 from ..domain import validation as v
-from ..projections.service import ProjectionReads
+from ..projections.projection_reads import ProjectionReads
 from .cli_options import (
     DatabaseOption,
     OptionalText,

@@ -1,4 +1,4 @@
-"""The active-session index: every live session keyed by when it will expire.
+"""The active-session index: every live session keyed by its deadline (when it times out).
 
 One row per session that has started and not yet timed out or ended. Its
 ``expires_at`` is the domain's deadline (``domain.policy.session_deadline``, as

@@ -25,7 +25,7 @@ from ..domain.policy import is_past_deadline, session_deadline
 from ..domain.session import Session
 from ..domain.visitor import Visitor
 from .read_model import HandlerTableReadModel, batch_ids
-from .results import Analytics, Engagement
+from .query_results import Analytics, Engagement
 from .sqltypes import UTCDateTime
 from .view import SQLView
 from .writers import RowBuffer

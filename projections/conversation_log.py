@@ -32,7 +32,7 @@ from ..domain.erasure import ERASED_TEXT
 from ..domain.session import Session
 from ..domain.visitor import Visitor
 from .read_model import HandlerTableReadModel, batch_ids
-from .results import TranscriptMessage
+from .query_results import TranscriptMessage
 from .sqltypes import UTCDateTime
 from .view import SQLView
 from .writers import RowBuffer, executemany, insert_rows
