@@ -106,7 +106,7 @@ def key_ring_caches(ledger: ChatLedger) -> dict[str, Sized]:
     """The key ring's in-memory caches (bounded by ``key_ring.MAX_CACHED_KEYS``)."""
     ring: Any = ledger.mapper.key_ring  # type: ignore[attr-defined]
     return {
-        "subjects": ring._subjects, "active": ring._active, "by_kid": ring._by_kid,
+        "key_owners": ring._key_owners, "active": ring._active, "by_kid": ring._by_kid,
         "erased": ring._erased,
     }
 

@@ -1,6 +1,6 @@
-"""Content keys and subjects are written in the event transaction, and checked there.
+"""Content keys and key owners are written in the event transaction, and checked there.
 
-A new visitor's key (made in memory by the mapper) and a new session's subject
+A new visitor's key (made in memory by the mapper) and a new session's key owner
 row are inserted by the recorder with the events encrypted under them; the
 recorder then checks that every key the batch used is in the store and is the
 batch's visitor's, and raises a conflict if not (another writer made the
@@ -152,7 +152,7 @@ def test_a_write_under_a_key_erased_by_another_ledger_is_reencoded(database_url:
     assert texts[:2] == ["[erased]", "[erased]"]
 
 
-def test_a_failed_batch_leaves_no_key_subject_or_event_rows(
+def test_a_failed_batch_leaves_no_key_owner_or_event_rows(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     raw = RawDB(database_url)
