@@ -36,7 +36,8 @@ from ..domain.model import Immutable
 from ..domain.session import Session
 from ..infrastructure.envelopes import is_envelope, walk
 from ..infrastructure.personal_fields import COMPILED_PATHS, EMPTY_VALUES, SEALED_VALUES
-from ..infrastructure.shredding_mapper import KID_PATTERN, ShreddingMapper
+from ..infrastructure.envelopes import KID_PATTERN
+from ..infrastructure.shredding_mapper import ShreddingMapper
 from .unit_of_work import UnitOfWork
 
 _CONTENT_ERASED = get_topic(Session.ContentErased)

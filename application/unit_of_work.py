@@ -218,7 +218,7 @@ class UnitOfWork(Application[UUID]):
     def construct_snapshot_store(self) -> SnapshotStore:
         """Snapshots at another version than their class's are passed over
         (see :class:`~chatledger.infrastructure.snapshots.SnapshotStore`)."""
-        return bootstrap.build_snapshot_store(self.mapper, self.factory)
+        return bootstrap.build_snapshot_store(self.mapper, self.factory, self.events)
 
     def take_snapshot(
         self,

@@ -79,7 +79,8 @@ class SessionSnapshotState(SnapshotState):
     is_returning: bool
     away_for_s: float | None
     carried_slots: dict[str, Slot]
-    messages: list[Message]
+    message_count: int
+    erased_messages: int
     slots: dict[str, Slot]
     tasks: dict[str, AwareDatetime]
     completed_tasks: list[str]

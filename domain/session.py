@@ -7,11 +7,12 @@ carries ``occurred_at`` (business time); expiry is computed from it alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field, JsonValue
+from pydantic import AwareDatetime, Field, JsonValue, PrivateAttr
 
 from .conversation import (
     Message,
@@ -25,7 +26,7 @@ from .conversation import (
     check_name,
     check_text,
 )
-from .erasure import ERASED_METADATA, ERASED_VALUES
+from .erasure import ERASED_VALUES
 from .errors import (
     ClientMessageIdConflictError,
     InvalidCommandError,
@@ -33,6 +34,7 @@ from .errors import (
     SessionExpiredError,
     TaskStateError,
 )
+from .messages import MessageLog, NoStoredMessages
 from .model import Aggregate, AggregateSnapshot, utc
 from .policy import AppliedPolicy
 
@@ -50,10 +52,42 @@ class Session(Aggregate):
     }  # fmt: skip
 
     class Snapshot(AggregateSnapshot):
+        """The session's state without its messages: their count (and how many
+        were erased); the messages are read from the log when they are read
+        (:class:`~chatledger.domain.messages.MessageLog`), so a snapshot's size
+        and cost do not grow with the conversation."""
+
         # 2 (release 0.2.0): ContentErased forgets client message ids and end
         # reasons; a snapshot 0.1.0 took after an erasure still holds them.
-        class_version = 2
+        # 3 (release 0.4.0): message_count and erased_messages, not the messages.
+        class_version = 3
         state: SessionSnapshotState
+        _stored_messages: Sequence[Message] | None = PrivateAttr(default=None)
+
+        def with_stored_messages(self, stored: Sequence[Message]) -> Session.Snapshot:
+            """This snapshot, its messages read from ``stored`` (the infrastructure's
+            reader of the message events up to the snapshot's version)."""
+            self._stored_messages = stored
+            return self
+
+        @classmethod
+        def state_of(cls, aggregate: Any) -> dict[str, Any]:
+            state = super().state_of(aggregate)
+            messages = state.pop("messages")
+            state["message_count"] = len(messages)
+            state["erased_messages"] = getattr(messages, "erased_count", 0)
+            return state
+
+        def mutate(self, _: None) -> Session:
+            session = super().mutate(_)
+            assert isinstance(session, Session)
+            state = session.__dict__
+            count, erased = state.pop("message_count"), state.pop("erased_messages")
+            stored = self._stored_messages
+            if stored is None or len(stored) != count:
+                stored = NoStoredMessages(count)
+            state["messages"] = MessageLog(stored, erased=erased)
+            return session
 
     class Event(Aggregate.Event):
         def mutate(self, aggregate: Any) -> Any:
@@ -92,7 +126,7 @@ class Session(Aggregate):
             s.is_returning = self.is_returning
             s.away_for_s = self.away_for_s
             s.carried_slots = dict(self.carried_slots)
-            s.messages = []
+            s.messages = MessageLog()
             s.slots = dict(self.carried_slots)
             s.tasks = {}
             s.completed_tasks = []
@@ -106,15 +140,19 @@ class Session(Aggregate):
         metadata: dict[str, JsonValue] = Field(default_factory=dict)
         role: Role
 
-        def apply(self, s: Session) -> None:
-            message = Message(
-                position=len(s.messages),
+        def message(self, position: int) -> Message:
+            """The message this event records, at ``position`` in its session."""
+            return Message(
+                position=position,
                 role=self.role,
                 text=self.text,
                 at=self.occurred_at,
                 client_message_id=self.client_message_id,
                 metadata=self.metadata,
             )
+
+        def apply(self, s: Session) -> None:
+            message = self.message(len(s.messages))
             s.messages.append(message)
             if self.client_message_id is not None:
                 s.client_message_ids[self.client_message_id] = message.position
@@ -207,16 +245,7 @@ class Session(Aggregate):
         erasure_id: UUID
 
         def apply(self, s: Session) -> None:
-            s.messages = [
-                m.model_copy(
-                    update={
-                        "text": ERASED_VALUES["text"],
-                        "metadata": dict(ERASED_METADATA) if m.metadata else {},
-                        "client_message_id": ERASED_VALUES["client_message_id"],
-                    }
-                )
-                for m in s.messages
-            ]
+            s.messages.erase()
             s.client_message_ids = {}
             if s.status == "ended":
                 s.close_reason = ERASED_VALUES["reason"]
@@ -256,7 +285,7 @@ class Session(Aggregate):
         is_returning: bool
         away_for_s: float | None
         carried_slots: dict[str, Slot]
-        messages: list[Message]
+        messages: MessageLog
         slots: dict[str, Slot]
         tasks: dict[str, datetime]
         completed_tasks: list[str]

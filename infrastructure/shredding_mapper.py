@@ -37,6 +37,7 @@ from ..domain.erasure import ERASED_VALUES
 from ..domain.model import upcast
 from ..domain.session import Session
 from .envelopes import (
+    KID_PATTERN,
     ErasedSnapshotError,
     aad_id_of,
     associated_data,
@@ -52,7 +53,6 @@ from .personal_fields import COMPILED_PATHS, EMPTY_VALUES, PERSONAL_FIELDS, TOP_
 from .recording import KeyedStoredEvent
 from .sealed_decoding import FastDecoding
 
-KID_PATTERN = re.compile(rb'"kid":"([^"\\]{1,100})"')
 
 
 class ShreddingMapper(FastDecoding, PydanticMapper):
