@@ -8,8 +8,8 @@ carries ``occurred_at`` (business time); expiry is computed from it alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from datetime import datetime
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, Field, JsonValue, PrivateAttr
@@ -18,32 +18,27 @@ from .conversation import (
     Message,
     Role,
     SessionContext,
-    SessionSnapshotState,
     Slot,
     SlotScope,
-    Status,
     TimeoutReason,
     check_name,
     check_text,
 )
 from .erasure import ERASED_VALUES
-from .errors import (
-    ClientMessageIdConflictError,
-    InvalidCommandError,
-    SessionClosedError,
-    SessionExpiredError,
-    TaskStateError,
-)
-from .messages import MessageLog, NoStoredMessages
+from .errors import InvalidCommandError, TaskStateError
+from .messages import MessageLog
 from .model import Aggregate, AggregateSnapshot, utc
 from .policy import AppliedPolicy
+from .session_data import SessionSnapshotState, restore_messages, snapshot_state
+from .session_housekeeping import SessionHousekeeping
 
 
-class Session(Aggregate):
+class Session(Aggregate, SessionHousekeeping):
     """One conversation of one visitor.
 
-    State: visitor and user ids, channel, status, start and last-activity times,
-    ordered messages, slots, tasks in progress and the previous session's id.
+    State (:class:`~chatledger.domain.session_data.SessionData`): visitor and
+    user ids, channel, status, start and last-activity times, ordered messages,
+    slots, tasks in progress and the previous session's id.
     """
 
     # Lists and dicts of frozen values only (see Aggregate.__deepcopy__).
@@ -72,21 +67,12 @@ class Session(Aggregate):
 
         @classmethod
         def state_of(cls, aggregate: Any) -> dict[str, Any]:
-            state = super().state_of(aggregate)
-            messages = state.pop("messages")
-            state["message_count"] = len(messages)
-            state["erased_messages"] = getattr(messages, "erased_count", 0)
-            return state
+            return snapshot_state(super().state_of(aggregate))
 
         def mutate(self, _: None) -> Session:
             session = super().mutate(_)
             assert isinstance(session, Session)
-            state = session.__dict__
-            count, erased = state.pop("message_count"), state.pop("erased_messages")
-            stored = self._stored_messages
-            if stored is None or len(stored) != count:
-                stored = NoStoredMessages(count)
-            state["messages"] = MessageLog(stored, erased=erased)
+            restore_messages(session.__dict__, self._stored_messages)
             return session
 
     class Event(Aggregate.Event):
@@ -270,29 +256,6 @@ class Session(Aggregate):
             s.archived_at = self.occurred_at
             s.archive = self.archive
 
-    if TYPE_CHECKING:  # attributes set by the events above (not dataclass fields)
-        visitor_id: str
-        user_id: str | None
-        channel: str
-        context: SessionContext
-        policy: AppliedPolicy
-        status: Status
-        started_at: datetime
-        last_activity_at: datetime
-        closed_at: datetime | None
-        close_reason: str | None
-        previous_session_id: UUID | None
-        is_returning: bool
-        away_for_s: float | None
-        carried_slots: dict[str, Slot]
-        messages: MessageLog
-        slots: dict[str, Slot]
-        tasks: dict[str, datetime]
-        completed_tasks: list[str]
-        client_message_ids: dict[str, int]
-        archived_at: datetime | None
-        archive: str | None
-
     # ---- creation ---------------------------------------------------------
 
     @classmethod
@@ -335,51 +298,6 @@ class Session(Aggregate):
             away_for_s=away_for_s,
             carried_slots=carried,
         )
-
-    # ---- time -------------------------------------------------------------
-
-    @property
-    def idle_timeout(self) -> timedelta:
-        seconds = self.policy.task_idle_timeout_s if self.tasks else self.policy.idle_timeout_s
-        return timedelta(seconds=seconds)
-
-    def expiry(self) -> tuple[datetime, TimeoutReason]:
-        """When this session expires if nothing else happens, and why."""
-        deadline: datetime = self.last_activity_at + self.idle_timeout
-        reason: TimeoutReason = "idle"
-        if self.policy.max_session_length_s is not None:
-            cap = self.started_at + timedelta(seconds=self.policy.max_session_length_s)
-            if cap < deadline:
-                deadline, reason = cap, "max_length"
-        return deadline, reason
-
-    def is_expired(self, at: datetime) -> bool:
-        """True when the session is active but ``at`` is past its deadline.
-
-        Idle time that *exceeds* the timeout expires the session; exactly the
-        timeout does not.
-        """
-        return self.status == "active" and at > self.expiry()[0]
-
-    def _check_open(self, at: datetime) -> datetime:
-        at = utc(at)
-        if self.status != "active":
-            raise SessionClosedError(self.id, self.status)
-        if self.is_expired(at):
-            raise SessionExpiredError(self.id, self.last_activity_at, self.expiry()[0])
-        if at < self.latest_event_at:
-            msg = (
-                f"at={at.isoformat()} is earlier than the session's last event "
-                f"{self.latest_event_at.isoformat()}; events must be recorded in order."
-            )
-            raise InvalidCommandError(msg)
-        return at
-
-    @property
-    def latest_event_at(self) -> datetime:
-        """The business time of the session's last event (no new event may be earlier)."""
-        latest = getattr(self, "last_event_at", None)
-        return latest if latest is not None else self.last_activity_at
 
     # ---- commands ---------------------------------------------------------
 
@@ -467,70 +385,6 @@ class Session(Aggregate):
             return
         self.trigger_event(self.IdentityLinked, occurred_at=utc(at), user_id=user_id)
 
-    def time_out(self, *, detected_at: datetime) -> bool:
-        """Record the timeout if the session is expired at ``detected_at``.
-
-        The event is stamped with the moment the session went idle past its
-        timeout, so every replay, sweep or lazy check agrees on it.
-        """
-        detected_at = utc(detected_at)
-        if not self.is_expired(detected_at):
-            return False
-        deadline, reason = self.expiry()
-        self.trigger_event(
-            self.TimedOut,
-            occurred_at=deadline,
-            reason=reason,
-            idle_since=self.last_activity_at,
-            detected_at=detected_at,
-            open_tasks=tuple(self.tasks),
-        )
-        return True
-
-    def erase_content(self, erasure_id: UUID, *, at: datetime) -> None:
-        """Blank this session's personal content (the keys are destroyed elsewhere).
-
-        A session already past its deadline is first recorded as timed out (at
-        its deadline), so its events stay in time order."""
-        self.time_out(detected_at=at)
-        at = max(utc(at), self.latest_event_at)
-        self.trigger_event(self.ContentErased, occurred_at=at, erasure_id=erasure_id)
-
-    def record_archive(self, archive: str, *, at: datetime) -> None:
-        """Record that retention archived this closed session into ``archive``."""
-        at = utc(at)
-        if self.status == "active":
-            raise SessionClosedError(
-                self.id, self.status, f"Session {self.id} is still active; only closed sessions are archived."
-            )
-        if self.archived_at is not None:
-            raise InvalidCommandError(f"Session {self.id} was already archived to {self.archive}.")
-        check_name("archive name", archive)
-        self.trigger_event(self.Archived, occurred_at=max(at, self.latest_event_at), archive=archive)
-
     def end(self, *, at: datetime, reason: str = "ended") -> None:
         at = self._check_open(at)
         self.trigger_event(self.Ended, occurred_at=at, reason=check_name("reason", reason))
-
-    def _check_client_id(self, client_message_id: str | None, role: Role) -> None:
-        """A client id names one message of a session; a second message may not take it."""
-        if client_message_id is None:
-            return
-        seen = self.message_for(client_message_id)
-        if seen is None:
-            return
-        if seen.role != role:
-            raise ClientMessageIdConflictError(
-                self.id, client_message_id, recorded_role=seen.role, role=role
-            )
-        msg = (
-            f"Client message id {client_message_id!r} is already recorded in session {self.id}; "
-            "a retry is recognised by the ledger and appends nothing."
-        )
-        raise InvalidCommandError(msg)
-
-    # ---- queries ----------------------------------------------------------
-
-    def message_for(self, client_message_id: str) -> Message | None:
-        position = self.client_message_ids.get(client_message_id)
-        return None if position is None else self.messages[position]

@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 from collections.abc import Sequence
 from typing import Any
 

@@ -205,7 +205,7 @@ class SnapshotStore(EventStore[UUID]):
             except StaleSnapshot:
                 continue
             if isinstance(snapshot, Session.Snapshot) and self.message_events is not None:
-                count = snapshot.state.message_count
+                count = int(vars(snapshot.state)["message_count"])
                 oid = UUID(str(stored.originator_id)) if not isinstance(stored.originator_id, UUID) else stored.originator_id
                 snapshot = snapshot.with_stored_messages(
                     MessageEvents(self.message_events, oid, stored.originator_version, count)
