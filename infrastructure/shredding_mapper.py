@@ -1,7 +1,7 @@
 """Crypto-shredding: personal fields are stored encrypted under a per-visitor key.
 
 The :class:`ShreddingMapper` replaces each personal field of an event (see
-:data:`~chatledger.infrastructure.personal_fields.PERSONAL_FIELDS`) with an
+:data:`~chatledger.domain.personal_data.PERSONAL_FIELDS`) with an
 envelope ``{"$enc": base64(nonce|ciphertext), "kid": key id}`` made with
 AES-256-GCM (``cryptography``, :mod:`chatledger.infrastructure.envelopes`), so
 the rest of the event (ids, times, types, slot names, counts) stays readable
