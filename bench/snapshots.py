@@ -17,7 +17,10 @@ Run ``python bench/snapshots.py`` (``--help`` for the knobs). Each repeat:
      snapshot at any geometric cadence; every snapshot at a fixed one) /
      mean call time over messages 11..30 (target <= 1.2 at n = 5,000);
    * ``cold``: ``ledger.session(id)`` with an empty aggregate cache / a raw
-     ``SELECT`` of the session's rows (target <= 2);
+     ``SELECT`` of the session's rows (target <= 2); ``cold_read_all``: the
+     same plus reading every message's text (each decrypted and validated) /
+     the raw ``SELECT`` plus ``json.loads`` of every row (alternated with the
+     raw reads, median of the per-pair ratios; raw holds only the message rows);
    * ``storage``: the ledger file after a WAL checkpoint / the UTF-8 bytes of
      the message texts (target <= 3); raw's own file is printed beside it.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import sqlite3
@@ -88,22 +92,9 @@ def ledger_run(path: str, messages: int, **settings: Any) -> dict[str, Any]:
                 ledger.receive("bench-visitor", USER_TEXT)
             lat.append(perf() - t0)
         total = perf() - t_start
-        cache = ledger.repository.cache
-
-        def cold() -> float:
-            if cache is not None:
-                with contextlib.suppress(KeyError):
-                    cache.get(sid, evict=True)
-            t0 = perf()
-            state = ledger.session(sid)
-            took = perf() - t0
-            assert len(state.messages) == messages, len(state.messages)
-            return took
-
-        cold_s = min(cold() for _ in range(5))
     finally:
         ledger.close()
-    return {"sid": sid, "lat": lat, "total": total, "cold": cold_s}
+    return {"sid": sid, "lat": lat, "total": total}
 
 
 def raw_run(ledger_path: str, raw_path: str, sid: UUID) -> dict[str, Any]:
@@ -128,19 +119,58 @@ def raw_run(ledger_path: str, raw_path: str, sid: UUID) -> dict[str, Any]:
         lat.append(perf() - t0)
     total = perf() - t_start
 
-    def select() -> float:
-        t0 = perf()
-        got = conn.execute(
-            "SELECT originator_id, originator_version, topic, state FROM stored_events "
-            "WHERE originator_id=? ORDER BY originator_version", (sid.hex,)
-        ).fetchall()
-        took = perf() - t0
-        assert len(got) == len(rows)
-        return took
-
-    select_s = min(select() for _ in range(5))
     conn.close()
-    return {"lat": lat, "total": total, "select": select_s, "rows": len(rows)}
+    return {"lat": lat, "total": total, "rows": len(rows)}
+
+
+def read_pairs(ledger_path: str, raw_path: str, sid: UUID, messages: int, pairs: int = 7) -> dict[str, float]:
+    """Cold reads of the session and raw SELECTs of its rows, alternated (so
+    both see the same machine load); the median of the per-pair ratios."""
+    ledger = ChatLedger.open(f"sqlite:///{ledger_path}")
+    conn = connect(raw_path)
+    perf = time.perf_counter
+    query = (
+        "SELECT originator_id, originator_version, topic, state FROM stored_events "
+        "WHERE originator_id=? ORDER BY originator_version"
+    )
+    cache = ledger.repository.cache
+
+    def evict() -> None:
+        if cache is not None:
+            with contextlib.suppress(KeyError):
+                cache.get(sid, evict=True)
+
+    cold, cold_all, raw, raw_json = [], [], [], []
+    try:
+        ledger.session(sid)  # the pool, the key
+        for _ in range(pairs):
+            evict()
+            t0 = perf()
+            state = ledger.session(sid)
+            cold.append(perf() - t0)
+            assert len(state.messages) == messages
+            t0 = perf()
+            rows = conn.execute(query, (sid.hex,)).fetchall()
+            raw.append(perf() - t0)
+            assert len(rows) == messages
+            evict()
+            t0 = perf()
+            texts = [m.text for m in ledger.session(sid).messages]
+            cold_all.append(perf() - t0)
+            assert len(texts) == messages
+            t0 = perf()
+            decoded = [json.loads(r[3]) for r in conn.execute(query, (sid.hex,))]
+            raw_json.append(perf() - t0)
+            assert len(decoded) == messages
+    finally:
+        ledger.close()
+        conn.close()
+    return {
+        "cold": statistics.median(c / r for c, r in zip(cold, raw, strict=True)),
+        "cold_read_all": statistics.median(c / r for c, r in zip(cold_all, raw_json, strict=True)),
+        "cold_ms": min(cold) * 1000,
+        "raw_select_ms": min(raw) * 1000,
+    }
 
 
 def one_repeat(workdir: str, messages: int, settings: dict[str, Any]) -> dict[str, float]:
@@ -149,6 +179,7 @@ def one_repeat(workdir: str, messages: int, settings: dict[str, Any]) -> dict[st
     lpath, rpath = os.path.join(workdir, "ledger.db"), os.path.join(workdir, "raw.db")
     led = ledger_run(lpath, messages, **settings)
     raw = raw_run(lpath, rpath, led["sid"])
+    reads = read_pairs(lpath, rpath, led["sid"], messages)
     lat = led["lat"]
     payload = sum(len((BOT_TEXT if i % 2 else USER_TEXT).encode()) for i in range(messages))
     head = statistics.mean(lat[10:30])
@@ -157,13 +188,14 @@ def one_repeat(workdir: str, messages: int, settings: dict[str, Any]) -> dict[st
         "append": (messages / led["total"]) / (raw["rows"] / raw["total"]),
         "p99": pct(lat, 0.99) / pct(raw["lat"], 0.99),
         "amortized": tail / head,
-        "cold": led["cold"] / raw["select"],
+        "cold": reads["cold"],
+        "cold_read_all": reads["cold_read_all"],
         "storage": file_size(lpath) / payload,
         "raw_storage": file_size(rpath) / payload,
         "ledger_ms_per_msg": led["total"] / messages * 1000,
         "raw_ms_per_msg": raw["total"] / raw["rows"] * 1000,
-        "cold_ms": led["cold"] * 1000,
-        "raw_select_ms": raw["select"] * 1000,
+        "cold_ms": reads["cold_ms"],
+        "raw_select_ms": reads["raw_select_ms"],
         "max_call_ms": max(lat) * 1000,
     }
 
