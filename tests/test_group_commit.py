@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from chatledger import ChatLedger, ConcurrencyConflictError, ValueRefusedError
+from chatledger import ChatLedger, ConcurrencyConflictError, FieldTooLargeError, ValueRefusedError
 from chatledger.application.commit_queue import GroupCommitEventStore
 
 from .helpers import event_names, log_head, unicode_checks_off
@@ -205,3 +205,49 @@ def test_four_writers_on_one_session_lose_nothing(database_url: str) -> None:
     finally:
         for led in ledgers:
             led.close()
+
+
+@pytest.mark.postgres
+def test_a_10_mb_value_is_refused_before_any_lock_and_blocks_no_writer(postgres_url: str) -> None:
+    """Hostile-input limits hold on the new path: a 10 MB message (text or
+    metadata) is refused by validation while another connection holds the
+    events table's lock and this process's write turn is held, so it never
+    reaches the store; a writer meanwhile is not held up by it."""
+    ledger = ChatLedger.open(postgres_url)
+    try:
+        sid = ledger.receive("v", "hi").session_id
+        huge = "x" * (10 * 1024 * 1024)
+        datastore = ledger.recorder.datastore  # type: ignore[attr-defined]
+        table = f'"{datastore.schema}"."{ledger.recorder.events_table_name}"'  # type: ignore[attr-defined]
+        head = log_head(ledger)
+        with datastore.transaction(commit=False) as c, store_of(ledger).hold():
+            c.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(FieldTooLargeError):
+                ledger.reply(sid, huge)
+            with pytest.raises(FieldTooLargeError):
+                ledger.receive("v", "hi", metadata={"blob": huge})
+            with pytest.raises(FieldTooLargeError):
+                ledger.receive("w", huge)
+            assert time.monotonic() - started < 5
+        done = threading.Event()
+
+        def hostile() -> None:
+            while not done.is_set():
+                with pytest.raises(FieldTooLargeError):
+                    ledger.receive("v", huge, session_id=sid)
+
+        attacker = threading.Thread(target=hostile)
+        attacker.start()
+        try:
+            started = time.monotonic()
+            for i in range(10):
+                ledger.reply(sid, f"ok {i}")
+            assert time.monotonic() - started < 20
+        finally:
+            done.set()
+            attacker.join()
+        assert [m.text for m in ledger.session(sid).messages] == ["hi", *(f"ok {i}" for i in range(10))]
+        assert len(list(ledger.recorder.select_notifications(head + 1, 100))) == 10
+    finally:
+        ledger.close()
