@@ -141,16 +141,23 @@ class UnitOfWork(Application[UUID]):
     def retrying(self, what: str, command: Callable[[], T]) -> T:
         """Run ``command`` until it is not beaten by a concurrent writer.
 
-        The first attempt may decide on cached aggregates (the reads that pass
-        ``cached=True``: no read of the store); a stale one makes its save
-        conflict, and every later attempt reads the store (see
-        docs/architecture.md, "No read before write")."""
+        A first run may decide on cached aggregates (the reads that pass
+        ``cached=True``: no read of the store); if one was stale its save
+        conflicts, and the command is run again with every read from the store,
+        up to ``conflict_retries`` times, as if the cached run had not happened
+        (see docs/architecture.md, "No read before write")."""
         attempts = self.settings.conflict_retries
         state = self._attempt
         outer: bool | None = getattr(state, "first", None)  # None: not inside another command
         try:
+            if outer is not False:
+                state.first = True  # on cached reads: a conflict here costs no attempt
+                try:
+                    return command()
+                except RecordConflictError:
+                    pass
+            state.first = False
             for attempt in range(attempts):
-                state.first = attempt == 0 and outer is not False
                 try:
                     return command()
                 except RecordConflictError:
