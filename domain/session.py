@@ -20,15 +20,13 @@ from .conversation import (
     SessionContext,
     Slot,
     SlotScope,
-    TimeoutReason,
     check_name,
     check_text,
 )
-from .erasure import ERASED_VALUES
-from .errors import InvalidCommandError, TaskStateError
+from .errors import InvalidCommandError
 from .messages import MessageLog
 from .model import Aggregate, AggregateSnapshot, utc
-from .policy import AppliedPolicy
+from .policy import AppliedPolicy, TimeoutReason
 from .session_data import SessionSnapshotState, restore_messages, snapshot_state
 from .session_housekeeping import SessionHousekeeping
 
@@ -231,16 +229,7 @@ class Session(Aggregate, SessionHousekeeping):
         erasure_id: UUID
 
         def apply(self, s: Session) -> None:
-            s.messages.erase()
-            s.client_message_ids = {}
-            if s.status == "ended":
-                s.close_reason = ERASED_VALUES["reason"]
-            erased_value = ERASED_VALUES["value"]
-            s.slots = {k: v.model_copy(update={"value": erased_value}) for k, v in s.slots.items()}
-            s.carried_slots = {
-                k: v.model_copy(update={"value": erased_value}) for k, v in s.carried_slots.items()
-            }
-            s.context = SessionContext.model_validate(ERASED_VALUES["context"])
+            s.blank_content()
 
     class Archived(Event):
         """Retention wrote this closed session to an archive file.
@@ -359,24 +348,12 @@ class Session(Aggregate, SessionHousekeeping):
 
     def start_task(self, task: str, *, at: datetime) -> None:
         at = self._check_open(at)
-        check_name("task name", task)
-        if task in self.tasks:
-            raise TaskStateError(
-                f"Task {task!r} is already in progress in session {self.id}; "
-                "complete it before starting it again.",
-                session_id=self.id,
-                task=task,
-            )
+        self._check_task(check_name("task name", task), in_progress=False)
         self.trigger_event(self.TaskStarted, occurred_at=at, task=task)
 
     def complete_task(self, task: str, *, at: datetime) -> None:
         at = self._check_open(at)
-        if task not in self.tasks:
-            raise TaskStateError(
-                f"Task {task!r} is not in progress in session {self.id}; start it first.",
-                session_id=self.id,
-                task=task,
-            )
+        self._check_task(task, in_progress=True)
         self.trigger_event(self.TaskCompleted, occurred_at=at, task=task)
 
     def link_identity(self, user_id: str, *, at: datetime) -> None:
@@ -384,6 +361,33 @@ class Session(Aggregate, SessionHousekeeping):
         if self.user_id == user_id:
             return
         self.trigger_event(self.IdentityLinked, occurred_at=utc(at), user_id=user_id)
+
+    @classmethod
+    def timed_out_event(
+        cls,
+        session_id: UUID,
+        version: int,
+        *,
+        deadline: datetime,
+        reason: TimeoutReason,
+        idle_since: datetime,
+        detected_at: datetime,
+        open_tasks: tuple[str, ...] = (),
+    ) -> Session.TimedOut:
+        """The event :meth:`time_out` triggers, built from what an index knows of
+        the session (its version, deadline and why) instead of a loaded aggregate:
+        the sweeper's batch path. It is meant for version + 1, so the store
+        rejects it if the session moved on meanwhile. ``detected_at`` in UTC."""
+        return cls.TimedOut(
+            originator_id=session_id,
+            originator_version=version + 1,
+            timestamp=cls.TimedOut.create_timestamp(),
+            occurred_at=deadline,
+            reason=reason,
+            idle_since=idle_since,
+            detected_at=detected_at,
+            open_tasks=open_tasks,
+        )
 
     def end(self, *, at: datetime, reason: str = "ended") -> None:
         at = self._check_open(at)

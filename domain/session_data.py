@@ -20,11 +20,17 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, create_model
 
-from .conversation import Message, Role, SessionContext, Slot, Status, TimeoutReason
-from .errors import ClientMessageIdConflictError, InvalidCommandError, SessionClosedError, SessionExpiredError
+from .conversation import Message, Role, SessionContext, Slot, Status
+from .errors import (
+    ClientMessageIdConflictError,
+    InvalidCommandError,
+    SessionClosedError,
+    SessionExpiredError,
+    TaskStateError,
+)
 from .messages import MessageLog, NoStoredMessages
 from .model import SnapshotState, utc
-from .policy import AppliedPolicy
+from .policy import AppliedPolicy, TimeoutReason, is_past_deadline
 
 
 class SessionData:
@@ -69,13 +75,9 @@ class SessionData:
 
     def expiry(self) -> tuple[datetime, TimeoutReason]:
         """When this session expires if nothing else happens, and why."""
-        deadline: datetime = self.last_activity_at + self.idle_timeout
-        reason: TimeoutReason = "idle"
-        if self.policy.max_session_length_s is not None:
-            cap = self.started_at + timedelta(seconds=self.policy.max_session_length_s)
-            if cap < deadline:
-                deadline, reason = cap, "max_length"
-        return deadline, reason
+        return self.policy.deadline(
+            self.started_at, self.last_activity_at, tasks_open=bool(self.tasks)
+        )
 
     def is_expired(self, at: datetime) -> bool:
         """True when the session is active but ``at`` is past its deadline.
@@ -83,7 +85,7 @@ class SessionData:
         Idle time that *exceeds* the timeout expires the session; exactly the
         timeout does not.
         """
-        return self.status == "active" and at > self.expiry()[0]
+        return self.status == "active" and is_past_deadline(self.expiry()[0], at)
 
     @property
     def latest_event_at(self) -> datetime:
@@ -123,6 +125,16 @@ class SessionData:
             "a retry is recognised by the ledger and appends nothing."
         )
         raise InvalidCommandError(msg)
+
+    def _check_task(self, task: str, *, in_progress: bool) -> None:
+        """``task`` is (``in_progress``) or is not in progress, else :class:`TaskStateError`."""
+        if (task in self.tasks) == in_progress:
+            return
+        if in_progress:
+            msg = f"Task {task!r} is not in progress in session {self.id}; start it first."
+        else:
+            msg = f"Task {task!r} is already in progress in session {self.id}; complete it before starting it again."
+        raise TaskStateError(msg, session_id=self.id, task=task)
 
     # ---- queries ----------------------------------------------------------
 

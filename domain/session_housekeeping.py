@@ -10,7 +10,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from .conversation import check_name
+from .conversation import SessionContext, check_name
+from .erasure import ERASED_VALUES
 from .errors import InvalidCommandError, SessionClosedError
 from .model import utc
 from .session_data import SessionData
@@ -45,6 +46,17 @@ class SessionHousekeeping(SessionData):
             open_tasks=tuple(self.tasks),
         )
         return True
+
+    def blank_content(self) -> None:
+        """What ``Session.ContentErased`` does: every personal value reads as erased."""
+        self.messages.erase()
+        self.client_message_ids = {}
+        if self.status == "ended":
+            self.close_reason = ERASED_VALUES["reason"]
+        erased_value = ERASED_VALUES["value"]
+        self.slots = {k: v.model_copy(update={"value": erased_value}) for k, v in self.slots.items()}
+        self.carried_slots = {k: v.model_copy(update={"value": erased_value}) for k, v in self.carried_slots.items()}
+        self.context = SessionContext.model_validate(ERASED_VALUES["context"])
 
     def erase_content(self, erasure_id: UUID, *, at: datetime) -> None:
         """Blank this session's personal content (the keys are destroyed elsewhere).

@@ -154,6 +154,7 @@ class MessageEvents(StoredMessages):
         mapper.key_ring = PinnedKeys(ring, (m.group(1).decode() for m in map(KID_PATTERN.search, ends) if m))
         pinned = MessageEvents(self.events, self.session_id, self.version, self.size, mapper)
         pinned._rows = rows
+        pinned._messages = self._messages  # decoded once for the aggregate and every state read from it
         return pinned
 
     def _at(self, i: int) -> Message:
