@@ -36,6 +36,9 @@ from peer_scenarios import PostgresRunner, drop_schema, prepare_pg, remove_db
 
 # (bucket, substrings of "file:function"); the first bucket that matches wins.
 BUCKETS: list[tuple[str, tuple[str, ...]]] = [
+    # commit_queue.put blocks in ``with self._turn`` (a C lock: its wait is put's own time)
+    ("group commit: waiting for the write turn (another caller's batch being written)",
+     ("chatledger/application/commit_queue.py:put",)),
     ("commit + fsync (sqlite3 COMMIT)", ("<method 'commit' of 'sqlite3",)),
     ("validation (arguments, pydantic, domain checks)",
      ("pydantic", "chatledger/application/arguments.py", "chatledger/domain/validation.py")),
@@ -107,10 +110,10 @@ def print_table(title: str, stats: pstats.Stats, turns: int, wall_per_turn: floa
     total = sum(parts.values())
     print(f"\n== {title}: {turns} turns profiled; unprofiled wall {wall_per_turn * 1e3:.2f} ms/turn, "
           f"profiled total {total / turns * 1e3:.2f} ms/turn")
-    print(f"| {'where the time goes':<78} | {'ms/turn':>8} | {'%':>5} |")
-    print(f"|{'-' * 80}|{'-' * 10}|{'-' * 7}|")
+    print(f"| {'where the time goes':<84} | {'ms/turn':>8} | {'%':>5} |")
+    print(f"|{'-' * 86}|{'-' * 10}|{'-' * 7}|")
     for name, seconds in sorted(parts.items(), key=lambda kv: -kv[1]):
-        print(f"| {name:<78} | {seconds / turns * 1e3:>8.3f} | {seconds / total * 100:>5.1f} |")
+        print(f"| {name:<84} | {seconds / turns * 1e3:>8.3f} | {seconds / total * 100:>5.1f} |")
     calls = defaultdict(int)
     for func, (_cc, nc, *_rest) in stats.stats.items():  # type: ignore[attr-defined]
         for key, needle in COUNTED:
