@@ -10,7 +10,7 @@ from uuid import UUID
 from pydantic import AwareDatetime, Field, JsonValue
 
 from .errors import InvalidCommandError
-from .model import Immutable, SnapshotState
+from .pydantic_aggregates import Immutable, SnapshotState
 from .policy import AppliedPolicy
 from .validation import ID_CEILING, TEXT_CEILING
 

@@ -32,7 +32,7 @@ from .errors import (
     SessionExpiredError,
     TaskStateError,
 )
-from .model import Aggregate, AggregateSnapshot, utc
+from .pydantic_aggregates import Aggregate, AggregateSnapshot, utc
 from .policy import AppliedPolicy, TimeoutReason, is_past_deadline
 
 

@@ -16,7 +16,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from .conversation import check_name
 from .erasure import ErasureReceipt
 from .errors import IdentityConflictError
-from .model import Aggregate, AggregateSnapshot, SnapshotState, utc
+from .pydantic_aggregates import Aggregate, AggregateSnapshot, SnapshotState, utc
 
 VISITOR_NAMESPACE = uuid5(NAMESPACE_URL, "https://chatledger.invalid/visitor")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from eventsourcing.utils import get_topic
 
-from ..domain.model import DomainEvent
+from ..domain.pydantic_aggregates import DomainEvent
 from ..domain.session import Session
 
 PERSONAL_FIELDS: dict[type[DomainEvent], tuple[str, ...]] = {

@@ -30,7 +30,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import EventStore, StoredEvent
 
-from ..domain.model import StaleSnapshot
+from ..domain.pydantic_aggregates import StaleSnapshot
 from .recording import KeyedStoredEvent
 
 
@@ -54,7 +54,7 @@ def newest_versions(stored_events: Sequence[StoredEvent]) -> dict[UUID, int]:
 
 class SnapshotStore(EventStore[UUID]):
     """The snapshot store: a snapshot stored at another version than its class's
-    (:class:`~chatledger.domain.model.StaleSnapshot`) is passed over, so the
+    (:class:`~chatledger.domain.pydantic_aggregates.StaleSnapshot`) is passed over, so the
     repository replays the aggregate from its events instead."""
 
     def get(

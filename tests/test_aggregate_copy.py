@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 from chatledger import SessionPolicy
-from chatledger.domain.model import _IMMUTABLE_VALUES, Aggregate
+from chatledger.domain.pydantic_aggregates import _IMMUTABLE_VALUES, Aggregate
 from chatledger.domain.policy import AppliedPolicy
 from chatledger.domain.session import Session
 from chatledger.domain.visitor import Visitor

@@ -8,7 +8,7 @@ from uuid import UUID
 from pydantic import AwareDatetime, JsonValue
 
 from .conversation import Message, SessionContext, Slot, Status
-from .model import Immutable
+from .pydantic_aggregates import Immutable
 from .policy import is_past_deadline
 from .session import Session
 from .visitor import Visitor
