@@ -44,7 +44,7 @@ class Session(Aggregate):
     """
 
     # Lists and dicts of frozen values only (see Aggregate.__deepcopy__).
-    _shallow_containers = Aggregate._shallow_containers | {
+    shallow_containers = Aggregate.shallow_containers | {
         "messages", "slots", "carried_slots", "tasks", "completed_tasks", "client_message_ids",
     }  # fmt: skip
 

@@ -37,7 +37,7 @@ class Visitor(Aggregate):
     """One browser, device or channel identity (anonymous until linked)."""
 
     # A list of UUIDs only (see Aggregate.__deepcopy__).
-    _shallow_containers = Aggregate._shallow_containers | {"session_ids"}
+    shallow_containers = Aggregate.shallow_containers | {"session_ids"}
 
     class Snapshot(AggregateSnapshot):
         state: VisitorSnapshotState
