@@ -9,7 +9,7 @@ commits (eventsourcing's ``_lock_table``), so ids commit in order and every id
 at or below the head is settled; SQLite has one writer at a time. An id that is
 missing (a rolled-back write) is never filled in later.
 
-Personal fields (``infrastructure.personal_fields.PERSONAL_FIELDS``) are *sealed*
+Personal fields (``domain.personal_data.PERSONAL_FIELDS``) are *sealed*
 unless the caller asks for content: decoded without opening their envelopes
 (``ShreddingMapper.to_sealed_event``, the read models' path) and every
 non-empty one replaced by its ``SEALED_VALUES`` placeholder. With content they
@@ -31,12 +31,14 @@ from eventsourcing.utils import get_topic
 from pydantic import AwareDatetime
 from pydantic_core import from_json
 
+from ..domain.batching import batched
 from ..domain.erasure import ERASED_VALUES
 from ..domain.model import Immutable
 from ..domain.session import Session
 from ..infrastructure.envelopes import is_envelope, walk
 from ..infrastructure.personal_fields import COMPILED_PATHS, EMPTY_VALUES, SEALED_VALUES
-from ..infrastructure.shredding_mapper import KID_PATTERN, ShreddingMapper
+from ..infrastructure.envelopes import KID_PATTERN
+from ..infrastructure.shredding_mapper import ShreddingMapper
 from .unit_of_work import UnitOfWork
 
 _CONTENT_ERASED = get_topic(Session.ContentErased)
@@ -165,8 +167,8 @@ def _refresh_keys(mapper: Any, batch: Sequence[Any]) -> None:
         return
     kids = sorted({k.decode() for k in KID_PATTERN.findall(b"\n".join(states))})
     found: set[str] = set()
-    for start in range(0, len(kids), 500):
-        found.update(ring.recorder.keys_by_id(kids[start : start + 500]))
+    for chunk in batched(kids):
+        found.update(ring.recorder.keys_by_id(chunk))
     gone = [k for k in kids if k not in found]
     if gone:
         ring.forget((), gone)

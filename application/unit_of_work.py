@@ -47,7 +47,7 @@ from ..infrastructure.settings import Settings
 from ..infrastructure.snapshots import SnapshotStore
 from ..projections.read_model import ReadModel
 from ..projections.runner import ProjectionRunner
-from ..projections.service import ProjectionReads
+from ..projections.projection_reads import ProjectionReads
 from . import bootstrap
 from .clock import Clock
 from .commit_queue import GroupCommitEventStore
@@ -281,7 +281,7 @@ class UnitOfWork(Application[UUID]):
     def construct_snapshot_store(self) -> SnapshotStore:
         """Snapshots at another version than their class's are passed over
         (see :class:`~chatledger.infrastructure.snapshots.SnapshotStore`)."""
-        return bootstrap.build_snapshot_store(self.mapper, self.factory)
+        return bootstrap.build_snapshot_store(self.mapper, self.factory, self.events)
 
     def take_snapshot(
         self,

@@ -30,7 +30,7 @@ from psycopg.sql import SQL, Identifier, Literal
 from ...domain.errors import ConfigurationError
 from .. import recording
 from ..hashchain import chain_rows
-from ..recording import DESTROYED, HASHES, KEYS, SUBJECTS, KeyRow, LedgerRecorderMixin, key_work
+from ..recording import DESTROYED, HASHES, KEYS, KEY_OWNERS, KeyRow, LedgerRecorderMixin, key_work
 from ..sealing import SEALS, Seal, next_seal
 from .verification import PostgresVerification
 
@@ -61,7 +61,7 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
             ).format(s, Identifier(KEYS)),
             SQL(
                 "CREATE TABLE IF NOT EXISTS {}.{} (aggregate_id uuid PRIMARY KEY, visitor_id text NOT NULL)"
-            ).format(s, Identifier(SUBJECTS)),
+            ).format(s, Identifier(KEY_OWNERS)),
             SQL("CREATE TABLE IF NOT EXISTS {}.{} (kid text PRIMARY KEY)").format(s, Identifier(DESTROYED)),
             SQL(
                 "CREATE TABLE IF NOT EXISTS {}.{} (seq bigint PRIMARY KEY, first_id bigint NOT NULL, "
@@ -87,9 +87,9 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
             "INSERT INTO {} SELECT k, v, b, now() FROM unnest(%s::text[], %s::text[], %s::bytea[]) "
             "AS x(k, v, b) ON CONFLICT DO NOTHING"
         ).format(q(KEYS))
-        self.insert_subjects_statement = SQL(
+        self.insert_key_owners_statement = SQL(
             "INSERT INTO {} SELECT a, v FROM unnest(%s::uuid[], %s::text[]) AS x(a, v) ON CONFLICT (aggregate_id) DO NOTHING"
-        ).format(q(SUBJECTS))
+        ).format(q(KEY_OWNERS))
         self.used_keys_statement = SQL("SELECT kid, visitor_id FROM {} WHERE kid = ANY(%s)").format(q(KEYS))
         self.destroyed_keys_statement = SQL("SELECT kid FROM {} WHERE kid = ANY(%s)").format(q(DESTROYED))
         self.last_hashes: dict[UUID, tuple[int, bytes]] = {}
@@ -134,23 +134,23 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
             last[oid] = (version, event_hash)
 
     def send_keys(self, conn: Any, stored_events: Sequence[StoredEvent]) -> Callable[[], None] | None:
-        """Queue the batch's key and subject inserts and the queries of its key
+        """Queue the batch's key and key-owner inserts and the queries of its key
         check (as the SQLite recorder's ``_write_keys``) in the pipeline; the
         check itself, to run once the pipeline has synced (None: nothing to
         check). This runs after the events table's ``LOCK TABLE … IN EXCLUSIVE
         MODE``, so an erasure (which deletes keys under the same lock) has
         committed entirely before, or starts after."""
-        new_keys, subjects, used = key_work(stored_events)
+        new_keys, owners, used = key_work(stored_events)
         with conn.cursor() as c:
             if new_keys:
                 c.execute(
                     self.insert_keys_statement,
                     ([r[0] for r in new_keys], [r[1] for r in new_keys], [r[2] for r in new_keys]),
                 )
-            if subjects:
+            if owners:
                 c.execute(
-                    self.insert_subjects_statement,
-                    ([oid for oid, _ in subjects], [v for _, v in subjects]),
+                    self.insert_key_owners_statement,
+                    ([oid for oid, _ in owners], [v for _, v in owners]),
                 )
         if not used:
             return None
@@ -205,7 +205,7 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
         (each aggregate's previous hash is remembered from this recorder's last
         commit or read before the lock: committed hash rows never change), and
         the lock, the events with their hash rows and the notification (one
-        statement: :attr:`insert_with_hashes_statement`), the key and subject
+        statement: :attr:`insert_with_hashes_statement`), the key and key-owner
         rows and the key check's queries go in one pipeline sync; then COMMIT.
 
         An exception that is not the database's rolls the transaction back: the
@@ -306,9 +306,9 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
             c.execute(SQL("SELECT kid FROM {} WHERE visitor_id = ANY(%s)").format(self.qualified(KEYS)), (list(visitor_ids),))
             return sorted(r["kid"] for r in c.fetchall())
 
-    def subject_of(self, aggregate_id: UUID) -> str | None:
+    def key_owner_of(self, aggregate_id: UUID) -> str | None:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(SQL("SELECT visitor_id FROM {} WHERE aggregate_id=%s").format(self.qualified(SUBJECTS)), (aggregate_id,))
+            c.execute(SQL("SELECT visitor_id FROM {} WHERE aggregate_id=%s").format(self.qualified(KEY_OWNERS)), (aggregate_id,))
             row = c.fetchone()
         return row["visitor_id"] if row else None
 

@@ -9,7 +9,8 @@ declared through ``construct_create_table_statements``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -17,12 +18,38 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 
+from ...domain.batching import batched
 from .. import recording
 from ..hashchain import as_uuid, chain_rows_by_hex
-from ..recording import DESTROYED, HASHES, KEYS, SUBJECTS, KeyRow, LedgerRecorderMixin, key_work
+from ..recording import DESTROYED, HASHES, KEYS, KEY_OWNERS, KeyRow, LedgerRecorderMixin, key_work
 from ..sealing import SEALS, Seal, next_seal
 from .queries import PAIRS_PER_QUERY, sqlite_select_in
 from .verification import SQLiteVerification
+
+
+@contextmanager
+def secure_delete(c: SQLiteCursor) -> Iterator[None]:
+    """``PRAGMA secure_delete`` around the statements inside: what they delete
+    is overwritten with zeros (in the page and in freed pages) as it is
+    deleted. Only where erased data could otherwise survive (destroyed keys,
+    erased sessions' snapshots): on the plain write path it would zero every
+    freed page for nothing (see :func:`plain_delete`). The pragma is the
+    connection's, so it is turned off again for the next transaction."""
+    c.execute("PRAGMA secure_delete=ON")
+    try:
+        yield
+    finally:
+        c.execute("PRAGMA secure_delete=OFF")
+
+
+def plain_delete(c: SQLiteCursor) -> None:
+    """``PRAGMA secure_delete=OFF`` for a write transaction that erases nothing.
+
+    The pragma is per connection, and its default is the library's build
+    option: Debian's SQLite (and so Python's on it) is built with
+    ``SQLITE_SECURE_DELETE``, i.e. on. Replacing a snapshot frees pages of
+    ciphertext under a live key; zeroing them protects nothing."""
+    c.execute("PRAGMA secure_delete=OFF")
 
 
 class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplicationRecorder):
@@ -40,7 +67,7 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
             (f"CREATE TABLE IF NOT EXISTS {KEYS} ("
             "kid TEXT PRIMARY KEY, visitor_id TEXT NOT NULL UNIQUE, key BLOB NOT NULL, "
             "created_at TEXT NOT NULL)"),
-            (f"CREATE TABLE IF NOT EXISTS {SUBJECTS} ("
+            (f"CREATE TABLE IF NOT EXISTS {KEY_OWNERS} ("
             "aggregate_id TEXT PRIMARY KEY, visitor_id TEXT NOT NULL)"),
             f"CREATE TABLE IF NOT EXISTS {DESTROYED} (kid TEXT PRIMARY KEY)",
             (f"CREATE TABLE IF NOT EXISTS {SEALS} (seq INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, "
@@ -79,7 +106,7 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
 
     def write_batch(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> list[int]:
         """Everything :meth:`insert_events` writes, on its transaction's cursor."""
-        c.execute("PRAGMA secure_delete=ON")  # freed space is zeroed: no stale key bytes
+        plain_delete(c)
         oids = [as_uuid(s.originator_id) for s in stored_events]
         hexes = [oid.hex for oid in oids]
         ids = self._insert_event_rows(c, stored_events, hexes)
@@ -94,24 +121,25 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
         if erased:
             params = [(v,) for v in erased]
             c.executemany(f"INSERT OR IGNORE INTO {DESTROYED} SELECT kid FROM {KEYS} WHERE visitor_id=?", params)
-            c.executemany(f"DELETE FROM {KEYS} WHERE visitor_id=?", params)
+            with secure_delete(c):  # the key bytes are zeroed, not left in a free page
+                c.executemany(f"DELETE FROM {KEYS} WHERE visitor_id=?", params)
         return ids
 
     def _write_keys(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> None:
-        """Insert the batch's new keys and subjects, then check that every key its
+        """Insert the batch's new keys and owners, then check that every key its
         envelopes use is in the store and is its visitor's (else :class:`StaleKeyError`,
         which rolls the whole batch back)."""
-        new_keys, subjects, used = key_work(stored_events)
+        new_keys, owners, used = key_work(stored_events)
         if new_keys:
             now = datetime.now(UTC).isoformat()
             c.executemany(
                 f"INSERT INTO {KEYS} VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
                 [(kid, visitor, key, now) for kid, visitor, key in new_keys],
             )
-        if subjects:
+        if owners:
             c.executemany(
-                f"INSERT INTO {SUBJECTS} VALUES (?,?) ON CONFLICT (aggregate_id) DO NOTHING",
-                [(oid.hex, visitor) for oid, visitor in subjects],
+                f"INSERT INTO {KEY_OWNERS} VALUES (?,?) ON CONFLICT (aggregate_id) DO NOTHING",
+                [(oid.hex, visitor) for oid, visitor in owners],
             )
         if not used:
             return
@@ -189,8 +217,7 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
                 firsts[hex_id] = stored.originator_version - 1
         prev: dict[str, bytes] = {}
         wanted = list(firsts.items())
-        for start in range(0, len(wanted), PAIRS_PER_QUERY):
-            chunk = wanted[start : start + PAIRS_PER_QUERY]
+        for chunk in batched(wanted, PAIRS_PER_QUERY):
             c.execute(
                 # VALUES first (CROSS JOIN keeps that order): one index probe per pair.
                 f"SELECT h.originator_id, h.event_hash FROM (VALUES {','.join(['(?,?)'] * len(chunk))}) AS q "
@@ -221,9 +248,9 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
             rows = sqlite_select_in(c, f"SELECT kid FROM {KEYS} WHERE visitor_id IN ({{}})", visitor_ids)
             return sorted(r[0] for r in rows)
 
-    def subject_of(self, aggregate_id: UUID) -> str | None:
+    def key_owner_of(self, aggregate_id: UUID) -> str | None:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT visitor_id FROM {SUBJECTS} WHERE aggregate_id=?", (aggregate_id.hex,))
+            c.execute(f"SELECT visitor_id FROM {KEY_OWNERS} WHERE aggregate_id=?", (aggregate_id.hex,))
             row = c.fetchone()
         return row[0] if row else None
 
@@ -233,11 +260,27 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
             rows = sqlite_select_in(c, f"SELECT kid, key FROM {KEYS} WHERE kid IN ({{}})", kids)
         return {row[0]: bytes(row[1]) for row in rows}
 
+    # ---- snapshots --------------------------------------------------------
+
+    def select_events_of_topics(self, originator_id: UUID, lte: int, topics: Sequence[str]) -> list[tuple[int, str, bytes]]:
+        """``(version, topic, state)`` of the aggregate's events up to version
+        ``lte`` whose topic is one of ``topics``, in order: what a snapshot's
+        stored messages are read from (``select_events`` builds a UUID and a
+        ``StoredEvent`` per row, more than the read itself)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT originator_version, topic, state FROM {self.events_table_name} "
+                f"WHERE originator_id=? AND originator_version<=? AND topic IN ({','.join('?' * len(topics))}) "
+                "ORDER BY originator_version",
+                (originator_id.hex, lte, *topics),
+            )
+            rows: list[tuple[int, str, bytes]] = c.fetchall()
+            return rows
+
     # ---- after an erasure -------------------------------------------------
 
     def delete_snapshots(self, table: str, aggregate_ids: Sequence[UUID]) -> None:
-        with self.datastore.transaction(commit=True) as c:
-            c.execute("PRAGMA secure_delete=ON")
+        with self.datastore.transaction(commit=True) as c, secure_delete(c):
             c.executemany(f"DELETE FROM {table} WHERE originator_id=?", [(a.hex,) for a in aggregate_ids])
 
     def purge_free_space(self) -> bool:
