@@ -100,9 +100,11 @@ def session_show(
         _print_state(console, state, erased=erased)
 
 
+from .cli_serve import serve
 from .worker import worker
 
 app.command("worker")(worker)
+app.command("serve")(serve)
 
 
 def main() -> None:
