@@ -191,12 +191,18 @@ def test_an_anyio_cancel_scope_gets_the_result_of_a_command_that_committed(sqlit
         async with AsyncChatLedger.open(sqlite_url, clock=clock) as ledger:
             with write_lock_held(sqlite_url) as release:
                 results: list[Any] = []
-                timer = threading.Timer(0.5, release)
-                timer.start()
-                with anyio.move_on_after(0.1) as scope:
-                    results.append(await ledger.receive("v-scope", "hi"))
-                    await anyio.sleep(1)  # the scope's cancellation lands here
-                timer.join()
+                clock.asked.clear()
+                with anyio.CancelScope() as scope:
+
+                    async def cancel_once_running() -> None:
+                        await anyio.to_thread.run_sync(clock.asked.wait, 10)
+                        scope.cancel()  # the command runs in its worker and waits for the lock
+                        threading.Timer(0.3, release).start()
+
+                    async with anyio.create_task_group() as tasks:
+                        tasks.start_soon(cancel_once_running)
+                        results.append(await ledger.receive("v-scope", "hi"))
+                        await anyio.sleep(5)  # the scope's cancellation lands here
             assert scope.cancelled_caught and results and results[0].is_new_session
             assert await ledger.current_session("v-scope") is not None
 

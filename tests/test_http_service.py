@@ -9,6 +9,7 @@ from datetime import timedelta
 import httpx
 import pytest
 from chatledger import ChatLedger, ManualClock, SessionPolicy
+from chatledger.application.api_keys import SCOPES
 from chatledger.entrypoints.http.app import create_app
 
 from .test_aio_docs import served
@@ -22,14 +23,34 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def http(database_url: str, clock: ManualClock) -> Iterator[httpx.Client]:
+def tokens(database_url: str) -> dict[str, str]:
+    """A key of each scope (and a revoked one) in the store."""
+    with ChatLedger.open(database_url) as ledger:
+        made = {scope: ledger.api_keys.create(f"{scope} key", [scope])[1] for scope in SCOPES}
+        revoked, made["revoked"] = ledger.api_keys.create("old", ["bot"])
+        ledger.api_keys.revoke(revoked.key_id)
+    return made
+
+
+@pytest.fixture
+def service(database_url: str, clock: ManualClock, tokens: dict[str, str]) -> Iterator[str]:
     policy = SessionPolicy(idle_timeout=timedelta(minutes=30), carry_over_slots=frozenset({"language"}))
     app = create_app(database_url, clock=clock, policy=policy, max_text_chars=2000)
-    with served(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+    with served(app) as base:
+        yield base
+
+
+@pytest.fixture
+def http(service: str, tokens: dict[str, str]) -> Iterator[httpx.Client]:
+    """A client with the bot's key."""
+    headers = {"authorization": f"Bearer {tokens['bot']}"}
+    with httpx.Client(base_url=service, timeout=30, headers=headers) as client:
         yield client
 
 
-def test_the_seeds_story_over_http(http: httpx.Client, clock: ManualClock, database_url: str) -> None:
+def test_the_seeds_story_over_http(
+    http: httpx.Client, clock: ManualClock, database_url: str, tokens: dict[str, str]
+) -> None:
     first = http.post("/v1/visitors/v-ana/messages", json={"text": "Opening hours?", "client_message_id": "w-1"})
     assert first.status_code == 200, first.text
     sid = first.json()["session_id"]
@@ -50,6 +71,8 @@ def test_the_seeds_story_over_http(http: httpx.Client, clock: ManualClock, datab
     with ChatLedger.open(database_url) as ledger:  # the read models, caught up out of band
         ledger.catch_up()
     transcript = http.get("/v1/transcripts", params={"visitor_id": "v-ana"}).json()
+    analyst = {"authorization": f"Bearer {tokens['analyst']}"}
+    assert http.get("/v1/transcripts", params={"visitor_id": "v-ana"}, headers=analyst).json() == transcript
     assert [m["text"] for m in transcript["messages"]] == [
         "Opening hours?", "9 to 6.", "Portugal?", "I'm back", "Welcome back!",
     ]
@@ -115,6 +138,13 @@ def test_chatledger_serve_runs_the_service_and_stops_on_sigterm(database_url: st
 
     script = Path(sys.executable).parent / "chatledger"
     env = {**os.environ, "CHATLEDGER_DATABASE_URL": database_url}
+    created = subprocess.run(
+        [str(script), "keys", "create", "--name", "cli bot", "--scope", "bot"], cwd=str(tmp_path),
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )
+    import json
+
+    token = json.loads(created.stdout)["token"]
     proc = subprocess.Popen(
         [str(script), "serve", "--port", "0"], cwd=str(tmp_path), env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -128,7 +158,10 @@ def test_chatledger_serve_runs_the_service_and_stops_on_sigterm(database_url: st
             found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
             url = found.group(1) if found else None
         assert url is not None
-        turn = httpx.post(f"{url}/v1/visitors/v-cli/messages", json={"text": "hi"}, timeout=30)
+        turn = httpx.post(
+            f"{url}/v1/visitors/v-cli/messages", json={"text": "hi"}, timeout=30,
+            headers={"authorization": f"Bearer {token}"},
+        )
         assert turn.status_code == 200 and turn.json()["is_new_session"]
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -155,3 +188,43 @@ def test_every_error_class_has_its_problem_type_and_status_in_the_docs() -> None
         cls = getattr(errors, name)
         kebab = problem_type(cls).removeprefix(PREFIX)
         assert documented.get(kebab) == status_of(cls), (name, kebab)
+
+
+def test_keys_and_scopes_are_enforced_with_nothing_appended(
+    service: str, tokens: dict[str, str], database_url: str
+) -> None:
+    def post(token: str | None) -> httpx.Response:
+        headers = {"authorization": f"Bearer {token}"} if token is not None else {}
+        return httpx.post(f"{service}/v1/visitors/v-9/messages", json={"text": "hi"}, headers=headers, timeout=30)
+
+    for token in (None, "clk_nope_nope", tokens["bot"] + "x", tokens["revoked"], "Basic abc"):
+        refused = post(token)
+        assert refused.status_code == 401, (token, refused.text)
+        assert refused.json()["type"] == "urn:chatledger:problem:unauthorized"
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+    for scope in ("analyst", "auditor", "admin"):
+        refused = post(tokens[scope])
+        assert refused.status_code == 403 and refused.json()["type"] == "urn:chatledger:problem:forbidden"
+    for scope in ("auditor", "admin"):
+        read = httpx.get(f"{service}/v1/transcripts", headers={"authorization": f"Bearer {tokens[scope]}"})
+        assert read.status_code == 403
+    assert httpx.get(f"{service}/healthz").status_code == 200  # no key needed
+    with ChatLedger.open(database_url) as ledger:
+        assert ledger.events_after(0) == []
+    assert post(tokens["bot"]).status_code == 200
+
+
+def test_keys_are_stored_hashed_and_revoked_at_once(database_url: str) -> None:
+    import psycopg  # noqa: F401 - the PostgreSQL side reads the table through the ledger's engine
+    from sqlalchemy import text
+
+    with ChatLedger.open(database_url) as ledger:
+        key, token = ledger.api_keys.create("bot", ["bot", "analyst"])
+        assert token.startswith(f"clk_{key.key_id}_") and key.tenant == "default"
+        assert ledger.api_keys.authenticate(token) == key
+        with ledger.projector.engine.connect() as conn:
+            stored = conn.execute(text("SELECT * FROM chatledger_api_keys")).mappings().all()
+        assert len(stored) == 1 and token.split("_", 2)[2] not in str(dict(stored[0]))
+        ledger.api_keys.revoke(key.key_id)
+        assert ledger.api_keys.authenticate(token) is None
+        assert [k.active for k in ledger.api_keys.list()] == [False]

@@ -17,7 +17,7 @@ from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
@@ -25,26 +25,31 @@ from starlette.responses import JSONResponse, Response
 
 from ... import ChatLedgerError, Clock, Message, SessionPolicy, SessionState, Transcript, Turn
 from ...application.aio import AsyncChatLedger
+from ...application.api_keys import DEFAULT_TENANT
+from .auth import require, tenant_of
 from .bodies import BodyLimit, BodyTooLarge, BoundedBodies, IncomingMessage, Reply, body_bound
 from .problems import error_problem, problem, service_problem
 
-DEFAULT_TENANT = "default"
 MAX_LAG = 10_000  # /readyz: the most events a read model may be behind
 
 
 def ledger_of(request: Request) -> AsyncChatLedger:
-    """The ledger of the request's tenant (today: always the default tenant's)."""
+    """The ledger of the request's tenant (its key's; today every store has only "default")."""
     ledgers: dict[str, AsyncChatLedger] = request.app.state.ledgers
-    return ledgers[DEFAULT_TENANT]
+    ledger = ledgers.get(tenant_of(request))
+    if ledger is None:  # a tenant this service does not hold: nothing of it can be found here
+        raise HTTPException(404, "No such resource.")
+    return ledger
 
 
 def create_app(
     database_url: str | None = None, *, policy: SessionPolicy | None = None,
     clock: Clock | None = None, workers: int | None = None, max_lag: int = MAX_LAG,
-    **settings: Any,
+    require_keys: bool = True, **settings: Any,
 ) -> FastAPI:
     """The service on the ledger at ``database_url`` (the arguments of
-    :meth:`AsyncChatLedger.open`); ``/readyz`` fails while a read model lags ``max_lag``."""
+    :meth:`AsyncChatLedger.open`); ``/readyz`` fails while a read model lags ``max_lag``.
+    ``require_keys=False`` serves without API keys (a service behind a gateway of your own)."""
     limit = BodyLimit()
 
     @asynccontextmanager
@@ -62,6 +67,7 @@ def create_app(
     except PackageNotFoundError:  # pragma: no cover - a source tree
         service_version = "0"
     app = FastAPI(title="chatledger", version=service_version, lifespan=lifespan)
+    app.state.require_keys = require_keys
     app.add_middleware(BoundedBodies, limit=limit)
     add_error_handlers(app)
     add_routes(app, max_lag)
@@ -82,13 +88,18 @@ def add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if isinstance(exc, BodyTooLarge):
             return service_problem("body-too-large", str(exc.detail), limit=exc.bound)
+        if exc.status_code in (401, 403):
+            name = "unauthorized" if exc.status_code == 401 else "forbidden"
+            return service_problem(name, str(exc.detail), headers=exc.headers)
         if exc.status_code == 404:
             return service_problem("not-found", f"No resource at {request.url.path}.")
         return problem(exc.status_code, "about:blank", str(exc.detail), str(exc.detail))
 
 
 def add_routes(app: FastAPI, max_lag: int) -> None:
-    @app.post("/v1/visitors/{visitor_id}/messages", tags=["conversations"])
+    bot, reader = [Depends(require("bot"))], [Depends(require("bot", "analyst"))]
+
+    @app.post("/v1/visitors/{visitor_id}/messages", tags=["conversations"], dependencies=bot)
     async def receive(visitor_id: str, body: IncomingMessage, request: Request) -> Turn:
         """Record a user message (``client_message_id``: a retry appends nothing and answers
         the same turn, ``duplicate`` true)."""
@@ -98,7 +109,7 @@ def add_routes(app: FastAPI, max_lag: int) -> None:
             context=body.context, metadata=body.metadata,
         )
 
-    @app.post("/v1/sessions/{session_id}/replies", tags=["conversations"])
+    @app.post("/v1/sessions/{session_id}/replies", tags=["conversations"], dependencies=bot)
     async def reply(session_id: str, body: Reply, request: Request) -> Message:
         """Record the bot's (or the system's) message; idempotent per ``client_message_id``."""
         return await ledger_of(request).reply(
@@ -106,12 +117,12 @@ def add_routes(app: FastAPI, max_lag: int) -> None:
             client_message_id=body.client_message_id, metadata=body.metadata,
         )
 
-    @app.get("/v1/sessions/{session_id}", tags=["conversations"])
+    @app.get("/v1/sessions/{session_id}", tags=["conversations"], dependencies=bot)
     async def session(session_id: str, request: Request, as_of: datetime | None = None) -> SessionState:
         """The session rebuilt from its events, now or as it stood at ``as_of``."""
         return await ledger_of(request).session(session_id, as_of=as_of)
 
-    @app.get("/v1/transcripts", tags=["read models"])
+    @app.get("/v1/transcripts", tags=["read models"], dependencies=reader)
     async def transcripts(
         request: Request, session_id: str | None = None, user_id: str | None = None,
         visitor_id: str | None = None, start: datetime | None = None, end: datetime | None = None,

@@ -10,6 +10,7 @@ class wins). A request the service itself refuses before the ledger sees it has 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -57,6 +58,8 @@ SERVICE_PROBLEMS: dict[str, tuple[int, str]] = {
     "invalid-request": (422, "The request does not have the shape the endpoint takes."),
     "body-too-large": (413, "The request body is over the limit the validation settings allow."),
     "not-found": (404, "No such resource."),
+    "unauthorized": (401, "No API key, or an unknown or revoked one."),
+    "forbidden": (403, "The API key has no scope this endpoint takes."),
     "not-ready": (503, "The database does not answer, or the read models lag too far behind."),
 }
 
@@ -86,9 +89,13 @@ def error_problem(exc: ChatLedgerError) -> JSONResponse:
     return problem(status_of(cls), problem_type(cls), cls.__name__, str(exc), **extra)
 
 
-def service_problem(name: str, detail: str, **extra: Any) -> JSONResponse:
+def service_problem(
+    name: str, detail: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     status, title = SERVICE_PROBLEMS[name]
-    return problem(status, PREFIX + name, title, detail, **extra)
+    response = problem(status, PREFIX + name, title, detail, **extra)
+    response.headers.update(headers or {})
+    return response
 
 
 __all__ = [
