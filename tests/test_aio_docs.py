@@ -29,6 +29,13 @@ def fastapi_example() -> str:
 @contextmanager
 def served(app: Any) -> Iterator[str]:
     """``app`` on uvicorn in a thread of its own, on 127.0.0.1 and a port the OS picks."""
+    with serving(app) as (base, _):
+        yield base
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[tuple[str, uvicorn.Server]]:
+    """:func:`served`, with the server (set ``should_exit`` to stop it as SIGTERM does)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
@@ -39,7 +46,7 @@ def served(app: Any) -> Iterator[str]:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
     finally:
         server.should_exit = True
         thread.join(30)

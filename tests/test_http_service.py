@@ -12,7 +12,7 @@ from chatledger import ChatLedger, ManualClock, SessionPolicy
 from chatledger.application.api_keys import SCOPES
 from chatledger.entrypoints.http.app import create_app
 
-from .test_aio_docs import served
+from .test_aio_docs import served, serving
 
 PROBLEM = "application/problem+json"
 
@@ -228,3 +228,30 @@ def test_keys_are_stored_hashed_and_revoked_at_once(database_url: str) -> None:
         ledger.api_keys.revoke(key.key_id)
         assert ledger.api_keys.authenticate(token) is None
         assert [k.active for k in ledger.api_keys.list()] == [False]
+
+
+def test_shutdown_finishes_the_commits_in_flight(database_url: str, tokens: dict[str, str]) -> None:
+    import threading
+    import time
+
+    from .test_aio import SignallingClock, write_lock_held
+
+    clock = SignallingClock()
+    app = create_app(database_url, clock=clock)
+    answers: list[httpx.Response] = []
+    with serving(app) as (base, server), write_lock_held(database_url) as release:
+        clock.asked.clear()
+        client = threading.Thread(target=lambda: answers.append(httpx.post(
+            f"{base}/v1/visitors/v-late/messages", json={"text": "hi"}, timeout=60,
+            headers={"authorization": f"Bearer {tokens['bot']}"},
+        )))
+        client.start()
+        assert clock.asked.wait(30)  # the command runs, waiting for the write lock
+        server.should_exit = True  # as on SIGTERM
+        time.sleep(0.5)
+        assert client.is_alive() and not answers
+        release()
+        client.join(30)
+    assert answers and answers[0].status_code == 200, answers
+    with ChatLedger.open(database_url) as ledger:
+        assert ledger.visitor("v-late") is not None
