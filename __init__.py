@@ -46,7 +46,7 @@ from chatledger.domain.state import SessionState, Turn, VisitorState
 from chatledger.domain.validation import Limits
 from chatledger.infrastructure.hashchain import VerificationReport
 from chatledger.projections.failures import ProjectionFailure
-from chatledger.projections.results import (
+from chatledger.projections.query_results import (
     Analytics,
     Engagement,
     Memory,

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from ..domain import validation as v
 from ..domain.conversation import SessionContext
 from ..domain.errors import InvalidCommandError, InvalidValueError
-from ..projections.results import Engagement
+from ..projections.query_results import Engagement
 from .retention import RetentionPolicy
 from .subscribers import MAX_FEED_BATCH
 

@@ -6,7 +6,7 @@ log says, event by event.
 
 "Known at" is the time a fact entered the record on the business clock: its
 ``occurred_at``, except a ``TimedOut`` event, which is stamped with the
-moment the session expired but was only *noticed* at ``detected_at``. Replaying
+moment the session timed out but was only *noticed* at ``detected_at``. Replaying
 ``until=t`` keeps the events known at ``t``, so it answers "what did the
 system know at t" and equals what the live API returned at ``t``.
 """

@@ -73,7 +73,7 @@ def store_lock(settings: Settings) -> AbstractContextManager[Any]:
 def unopenable_sqlite_store(settings: Settings, err: Exception) -> ConfigurationError:
     """The error for a SQLite path that cannot hold a store (a folder, a file that is
     not SQLite, a path under a file, no permission)."""
-    path = os.path.abspath(settings.url().database or "")
+    path = settings.sqlite_path or os.path.abspath("")
     return ConfigurationError(
         f"Cannot open the SQLite database at {path} ({type(err).__name__}: {err}). Check "
         "--database (or CHATLEDGER_DATABASE_URL): it must name a chatledger SQLite file, "

@@ -93,7 +93,7 @@ class ChatLedger(Housekeeping, ReadModelQueries):
 
         If the visitor's current session is still live, the message joins it.
         If it went idle past its timeout, it is closed with a timed-out event
-        stamped at the moment it expired, and a new session starts, linked to it
+        stamped at its deadline, and a new session starts, linked to it
         and marked as a returning visit. A retry with a ``client_message_id``
         that is already recorded appends nothing and returns the same turn
         (``turn.duplicate`` is then True). Retries are recognised within the
@@ -148,7 +148,7 @@ class ChatLedger(Housekeeping, ReadModelQueries):
         self, session_id: UUID | str, *, reason: str = "ended", at: datetime | None = None
     ) -> SessionState:
         """End a session on purpose. A session already past its timeout is
-        recorded as timed out (at the moment it expired) instead."""
+        recorded as timed out (at its deadline) instead."""
         return session_commands.end_session(self, session_id, reason=reason, at=at)
 
     @checked(session_id=SID, now=opt(TIME))
@@ -158,7 +158,7 @@ class ChatLedger(Housekeeping, ReadModelQueries):
         Returns True if this call appended the timed-out event. Safe to race
         with the lazy path and other sweepers: the event is appended once.
         """
-        return session_commands.expire_if_idle(self, session_id, now=now)
+        return session_commands.time_out_if_idle(self, session_id, now=now)
 
     @checked(visitor_id=ID, user_id=ID, at=opt(TIME))
     def link_identity(self, visitor_id: str, user_id: str, *, at: datetime | None = None) -> VisitorState:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 from ..projections.failures import ProjectionFailure
-from ..projections.results import Analytics, Engagement, Memory, Resessionized, Transcript
+from ..projections.query_results import Analytics, Engagement, Memory, Resessionized, Transcript
 from ..projections.status import Progress, ProjectionStatus
 from .access import caller_user
 from .arguments import (

@@ -9,6 +9,7 @@ from uuid import UUID
 
 from ..domain.errors import InvalidCommandError, UnknownSessionError
 from ..domain.model import DomainEvent, utc
+from ..domain.policy import is_past_deadline
 from ..domain.session import Session
 from ..domain.state import SessionState, VisitorState
 from .access import check_owner
@@ -97,8 +98,12 @@ def current_session(uow: UnitOfWork, visitor_id: str) -> SessionState | None:
 
 
 def effective(state: SessionState, at: datetime) -> SessionState:
-    """The state as a reader at ``at`` sees it: expired reads as timed out."""
-    if state.status != "active" or state.expires_at is None or at <= state.expires_at:
+    """The state as a reader at ``at`` sees it: past its deadline reads as timed out."""
+    if (
+        state.status != "active"
+        or state.expires_at is None
+        or not is_past_deadline(state.expires_at, at)
+    ):
         return state
     reason = "idle"
     if state.expires_at < state.last_activity_at + state.idle_timeout:

@@ -43,14 +43,13 @@ from uuid import UUID, uuid4
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
-from sqlalchemy import select
 
 from ..domain.erasure import ERASED_TEXT
 from ..domain.errors import InvalidCommandError, InvalidValueError
 from ..domain.session import Session
 from ..domain.state import SessionState
 from ..domain.validation import MAX_DURATION
-from ..projections.active_sessions import ActiveSessions, closed_sessions
+from ..projections.active_sessions import ActiveSessions, closed_before
 from .reads import session_events
 from .sweeper import check_now
 from .unit_of_work import UnitOfWork
@@ -136,18 +135,10 @@ def archive_closed_sessions(
     path = directory / f"sessions-{cutoff:%Y%m%dT%H%M%S}-{uuid4().hex[:8]}.jsonl.gz"
     archived = 0
     keys: dict[str, tuple[str, bytes] | None] = {}  # visitor -> (kid, key), for this run
-    c = closed_sessions.c
     with gzip.open(path, "wt", encoding="utf-8") as out:
         while True:
             with projector.engine.connect() as conn:
-                ids: list[UUID] = list(
-                    conn.execute(
-                        select(c.session_id)
-                        .where(c.closed_at < cutoff)
-                        .order_by(c.closed_at, c.session_id)
-                        .limit(batch_size)
-                    ).scalars()
-                )
+                ids = closed_before(conn, cutoff, limit=batch_size)
             if not ids:
                 break
             sessions = [s for s in map(uow.get_session, ids) if s.archived_at is None]

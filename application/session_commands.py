@@ -80,7 +80,7 @@ def end_session(
     return uow.retrying(f"end_session() on session {session_id}", once)
 
 
-def expire_if_idle(uow: UnitOfWork, session_id: UUID | str, *, now: datetime | None) -> bool:
+def time_out_if_idle(uow: UnitOfWork, session_id: UUID | str, *, now: datetime | None) -> bool:
     """Record the timeout of one session if it is past its deadline at ``now``;
     True if this call appended the timed-out event."""
 
@@ -115,4 +115,4 @@ def link_identity(
     return uow.retrying(f"link_identity() for visitor {visitor_id!r}", once)
 
 
-__all__ = ["end_session", "expire_if_idle", "link_identity", "reply", "session_command"]
+__all__ = ["end_session", "link_identity", "reply", "session_command", "time_out_if_idle"]

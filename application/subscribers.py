@@ -31,6 +31,7 @@ from eventsourcing.utils import get_topic
 from pydantic import AwareDatetime
 from pydantic_core import from_json
 
+from ..domain.batching import batched
 from ..domain.erasure import ERASED_VALUES
 from ..domain.model import Immutable
 from ..domain.session import Session
@@ -165,8 +166,8 @@ def _refresh_keys(mapper: Any, batch: Sequence[Any]) -> None:
         return
     kids = sorted({k.decode() for k in KID_PATTERN.findall(b"\n".join(states))})
     found: set[str] = set()
-    for start in range(0, len(kids), 500):
-        found.update(ring.recorder.keys_by_id(kids[start : start + 500]))
+    for chunk in batched(kids):
+        found.update(ring.recorder.keys_by_id(chunk))
     gone = [k for k in kids if k not in found]
     if gone:
         ring.forget((), gone)

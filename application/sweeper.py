@@ -4,19 +4,20 @@
 APScheduler job and ``chatledger worker``:
 
 1. catch the active-session index up with the event log;
-2. take the due rows (``expires_at < now``, one indexed range query) a batch at
-   a time, oldest first; on PostgreSQL with ``FOR UPDATE SKIP LOCKED``, so
-   concurrent sweepers split the work instead of fighting over it;
-3. build each row's ``Session.TimedOut`` event (stamped with the moment the
-   session went idle) at the row's version + 1 and append the whole batch in
-   one ``save(*events)`` call, one transaction;
+2. ask the index for the due rows (``active_sessions.due_rows``, one indexed
+   range query) a batch at a time, oldest first; on PostgreSQL with ``FOR
+   UPDATE SKIP LOCKED``, so concurrent sweepers split the work;
+3. ask the domain for each row's ``Session.TimedOut`` event
+   (``Session.timed_out_event``: stamped with the moment the session went idle,
+   at the row's version + 1) and append the whole batch in one transaction;
 4. if any session in the batch moved on since the index saw it, the store
    rejects the batch (optimistic concurrency: that version is taken); it is
    split in halves and retried, and the few sessions left are retried one at a
-   time through ``session_commands.expire_if_idle``, which reloads the aggregate and
+   time through ``session_commands.time_out_if_idle``, which reloads the aggregate and
    lets the domain decide;
-5. drop the rows of sessions that are now closed, including ones closed by
-   someone else (the lazy path, another sweeper) that the index had not seen.
+5. let the index drop the rows of sessions that are now closed
+   (``active_sessions.drop_closed``), including ones closed by someone else
+   (the lazy path, another sweeper) that it had not seen yet.
 
 A timed-out event is only ever appended at a version that must still be free,
 so however many sweepers and lazy checks race, each session gets one.
@@ -24,45 +25,33 @@ so however many sweepers and lazy checks race, each session gets one.
 
 from __future__ import annotations
 
-import gc
-import json
 import logging
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import RecordConflictError
-from sqlalchemy import select, tuple_
 
 from ..domain.errors import InvalidCommandError, UnknownSessionError
 from ..domain.session import Session
-from ..projections.active_sessions import ActiveSessions, active_sessions
-from .session_commands import expire_if_idle
+from ..projections.active_sessions import (
+    ActiveSessions,
+    drop_closed,
+    due_rows,
+    first_due,
+    open_tasks_of,
+)
+from ..projections.gc_pause import gc_paused
+from .session_commands import time_out_if_idle
 from .unit_of_work import UnitOfWork
 
 logger = logging.getLogger("chatledger.sweeper")
 
 DEFAULT_BATCH_SIZE = 5000
 SPLIT_BELOW = 8  # a rejected batch this small is retried session by session
-
-
-_COLUMNS = [
-    active_sessions.c[name]
-    for name in (
-        "session_id",
-        "version",
-        "expires_at",
-        "expiry_reason",
-        "last_activity_at",
-        "open_tasks",
-        "exact",
-    )
-]
 
 
 @dataclass(frozen=True)
@@ -87,16 +76,15 @@ def check_now(now: datetime | None) -> None:
 
 
 def timed_out_event(row: Any, detected_at: datetime) -> Session.TimedOut:
-    """The event ``Session.time_out`` would trigger on the session the row describes."""
-    return Session.TimedOut(
-        originator_id=row.session_id,
-        originator_version=row.version + 1,
-        timestamp=Session.TimedOut.create_timestamp(),
-        occurred_at=row.expires_at,
+    """The event the domain gives for the session a due index row describes."""
+    return Session.timed_out_event(
+        row.session_id,
+        row.version,
+        deadline=row.expires_at,
         reason=row.expiry_reason,
         idle_since=row.last_activity_at,
         detected_at=detected_at,
-        open_tasks=() if row.open_tasks == "[]" else tuple(_json_list(row.open_tasks)),
+        open_tasks=open_tasks_of(row),
     )
 
 
@@ -121,44 +109,33 @@ def sweep(
 
     timed_out = dropped = conflicts = 0
     after: tuple[datetime, UUID] | None = None
-    c = active_sessions.c
     # The idle case first, as a one-row probe: a LIMIT 1 on the index, whatever
     # the planner's statistics say about the batch query.
     with engine.connect() as conn:
-        due = conn.execute(
-            select(c.expires_at).where(c.expires_at < detected_at).order_by(c.expires_at).limit(1)
-        ).first()
+        due = first_due(conn, detected_at)
     while due is not None and (limit is None or timed_out < limit):
         size = batch_size if limit is None else min(batch_size, limit - timed_out)
-        query = (
-            select(*_COLUMNS)
-            .where(c.expires_at < detected_at)
-            .order_by(c.expires_at, c.session_id)
-            .limit(size)
-        )
-        if after is not None:
-            query = query.where(tuple_(c.expires_at, c.session_id) > after)
         if locking:
             # Rows stay locked until the batch's events are stored and the rows
             # dropped; other sweepers skip them and take the next ones.
             with engine.begin() as conn:
                 with gc_paused():
-                    rows = conn.execute(query.with_for_update(skip_locked=True)).all()
+                    rows = due_rows(conn, detected_at, after=after, limit=size, lock=True)
                 if not rows:
                     break
-                batch = _expire_batch(uow, rows, detected_at)
+                batch = time_out_batch(uow, rows, detected_at)
                 with gc_paused():
-                    _drop_rows(conn, batch.closed)
+                    drop_closed(conn, batch.closed)
         else:
             # SQLite: one writer at a time anyway; never hold a read snapshot
             # across the event store's write (it would go stale).
             with engine.connect() as conn, gc_paused():
-                rows = conn.execute(query).all()
+                rows = due_rows(conn, detected_at, after=after, limit=size)
             if not rows:
                 break
-            batch = _expire_batch(uow, rows, detected_at)
+            batch = time_out_batch(uow, rows, detected_at)
             with engine.begin() as conn, gc_paused():
-                _drop_rows(conn, batch.closed)
+                drop_closed(conn, batch.closed)
         timed_out += batch.appended
         dropped += len(batch.closed) - batch.appended
         conflicts += batch.conflict
@@ -178,19 +155,23 @@ def sweep(
 
 
 @dataclass
-class _Batch:
+class TimedOutBatch:
+    """What :func:`time_out_batch` did with one batch of due rows."""
+
     appended: int
     closed: list[UUID]
     conflict: int
 
 
-def _expire_batch(uow: UnitOfWork, rows: Sequence[Any], detected_at: datetime) -> _Batch:
+def time_out_batch(uow: UnitOfWork, rows: Sequence[Any], detected_at: datetime) -> TimedOutBatch:
+    """Time out the sessions the due ``rows`` describe: exact rows in one append
+    (split on conflict), the rest one by one through the loaded aggregate."""
     exact = [row for row in rows if row.exact]
     with gc_paused():  # not around _one_by_one: it may back off and sleep
         appended, rejected, conflicts = _append(uow, exact, detected_at)
     retry = rejected + [row for row in rows if not row.exact]
     one_by_one, closed = _one_by_one(uow, retry, detected_at)
-    return _Batch(len(appended) + one_by_one, appended + closed, conflicts)
+    return TimedOutBatch(len(appended) + one_by_one, appended + closed, conflicts)
 
 
 def _append(
@@ -221,39 +202,6 @@ def _append(
     return [row.session_id for row in rows], [], 0
 
 
-_gc_lock = threading.Lock()
-_gc_pauses = 0
-_gc_was_enabled = False
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Hold off Python's cyclic garbage collector while one batch is built and stored.
-
-    A batch allocates tens of thousands of container objects (rows, events,
-    stored events, parameter tuples) that all live until its transaction ends,
-    so the collector keeps scanning and promoting them: 16 full and 178
-    middle-generation collections in a 200,000-session sweep, about a tenth of
-    its CPU time (docs/benchmarks.md). The batch's data are freed by reference
-    counting when it ends, and any cycle made meanwhile is collected when
-    collection resumes (a fraction of a second later). Nested and concurrent
-    pauses are counted; a collector the application turned off stays off.
-    """
-    global _gc_pauses, _gc_was_enabled
-    with _gc_lock:
-        if _gc_pauses == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_pauses += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pauses -= 1
-            if _gc_pauses == 0 and _gc_was_enabled:
-                gc.enable()
-
-
 def _one_by_one(
     uow: UnitOfWork, rows: Sequence[Any], detected_at: datetime
 ) -> tuple[int, list[UUID]]:
@@ -263,7 +211,7 @@ def _one_by_one(
     for row in rows:
         sid = row.session_id
         try:
-            if expire_if_idle(uow, sid, now=detected_at):
+            if time_out_if_idle(uow, sid, now=detected_at):
                 appended += 1
                 closed.append(sid)
             elif uow.get_session(sid).status != "active":
@@ -271,16 +219,6 @@ def _one_by_one(
         except UnknownSessionError:
             closed.append(sid)
     return appended, closed
-
-
-def _drop_rows(conn: Any, session_ids: Sequence[UUID]) -> None:
-    for start in range(0, len(session_ids), 500):
-        chunk = session_ids[start : start + 500]
-        conn.execute(active_sessions.delete().where(active_sessions.c.session_id.in_(chunk)))
-
-
-def _json_list(value: str) -> list[str]:
-    return list(json.loads(value))
 
 
 def utcnow() -> datetime:

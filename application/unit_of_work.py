@@ -47,7 +47,7 @@ from ..infrastructure.settings import Settings
 from ..infrastructure.snapshots import SnapshotStore
 from ..projections.read_model import ReadModel
 from ..projections.runner import ProjectionRunner
-from ..projections.service import ProjectionReads
+from ..projections.projection_reads import ProjectionReads
 from . import bootstrap
 from .clock import Clock
 

@@ -17,7 +17,6 @@ from .validation import ID_CEILING, TEXT_CEILING
 Role = Literal["user", "bot", "system"]
 Status = Literal["active", "timed_out", "ended"]
 SlotScope = Literal["session", "user"]
-TimeoutReason = Literal["idle", "max_length"]
 
 MAX_TEXT_LENGTH = TEXT_CEILING  # the domain's hard limits: the validation layer's ceilings
 MAX_NAME_LENGTH = ID_CEILING

@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from .errors import InvalidFieldError, InvalidPolicyError
 from .validation import MAX_DURATION, check_id
+
+
+TimeoutReason = Literal["idle", "max_length"]
+
+
+def session_deadline(
+    *,
+    started_at: datetime,
+    last_activity_at: datetime,
+    tasks_open: bool,
+    idle_timeout: timedelta,
+    task_idle_timeout: timedelta,
+    max_session_length: timedelta | None,
+) -> tuple[datetime, TimeoutReason]:
+    """The expiry rule: when a session times out if nothing else happens, and why.
+
+    Last activity plus the idle timeout (the longer task timeout while a task is
+    open), or the hard cap from the first message if that comes first. The
+    session, the active-session index and analytics all ask this function.
+    """
+    deadline = last_activity_at + (task_idle_timeout if tasks_open else idle_timeout)
+    if max_session_length is not None:
+        cap = started_at + max_session_length
+        if cap < deadline:
+            return cap, "max_length"
+    return deadline, "idle"
+
+
+def is_past_deadline(deadline: datetime, at: datetime) -> bool:
+    """Idle time that *exceeds* the timeout times the session out; exactly the timeout does not."""
+    return at > deadline
 
 
 class SessionPolicy(BaseModel):
@@ -85,6 +116,20 @@ class AppliedPolicy(BaseModel):
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> AppliedPolicy:
         return self  # frozen, numbers only: sharing it is a copy
+
+    def deadline(
+        self, started_at: datetime, last_activity_at: datetime, *, tasks_open: bool
+    ) -> tuple[datetime, TimeoutReason]:
+        """:func:`session_deadline` under this policy."""
+        cap = self.max_session_length_s
+        return session_deadline(
+            started_at=started_at,
+            last_activity_at=last_activity_at,
+            tasks_open=tasks_open,
+            idle_timeout=timedelta(seconds=self.idle_timeout_s),
+            task_idle_timeout=timedelta(seconds=self.task_idle_timeout_s),
+            max_session_length=None if cap is None else timedelta(seconds=cap),
+        )
 
     @classmethod
     def of(cls, policy: SessionPolicy) -> AppliedPolicy:

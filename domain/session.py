@@ -21,7 +21,6 @@ from .conversation import (
     Slot,
     SlotScope,
     Status,
-    TimeoutReason,
     check_name,
     check_text,
 )
@@ -34,7 +33,7 @@ from .errors import (
     TaskStateError,
 )
 from .model import Aggregate, AggregateSnapshot, utc
-from .policy import AppliedPolicy
+from .policy import AppliedPolicy, TimeoutReason, is_past_deadline
 
 
 class Session(Aggregate):
@@ -316,13 +315,9 @@ class Session(Aggregate):
 
     def expiry(self) -> tuple[datetime, TimeoutReason]:
         """When this session expires if nothing else happens, and why."""
-        deadline: datetime = self.last_activity_at + self.idle_timeout
-        reason: TimeoutReason = "idle"
-        if self.policy.max_session_length_s is not None:
-            cap = self.started_at + timedelta(seconds=self.policy.max_session_length_s)
-            if cap < deadline:
-                deadline, reason = cap, "max_length"
-        return deadline, reason
+        return self.policy.deadline(
+            self.started_at, self.last_activity_at, tasks_open=bool(self.tasks)
+        )
 
     def is_expired(self, at: datetime) -> bool:
         """True when the session is active but ``at`` is past its deadline.
@@ -330,7 +325,7 @@ class Session(Aggregate):
         Idle time that *exceeds* the timeout expires the session; exactly the
         timeout does not.
         """
-        return self.status == "active" and at > self.expiry()[0]
+        return self.status == "active" and is_past_deadline(self.expiry()[0], at)
 
     def _check_open(self, at: datetime) -> datetime:
         at = utc(at)
@@ -457,6 +452,33 @@ class Session(Aggregate):
             open_tasks=tuple(self.tasks),
         )
         return True
+
+    @classmethod
+    def timed_out_event(
+        cls,
+        session_id: UUID,
+        version: int,
+        *,
+        deadline: datetime,
+        reason: TimeoutReason,
+        idle_since: datetime,
+        detected_at: datetime,
+        open_tasks: tuple[str, ...] = (),
+    ) -> Session.TimedOut:
+        """The event :meth:`time_out` triggers, built from what an index knows of
+        the session (its version, deadline and why) instead of a loaded aggregate:
+        the sweeper's batch path. It is meant for version + 1, so the store
+        rejects it if the session moved on meanwhile. ``detected_at`` in UTC."""
+        return cls.TimedOut(
+            originator_id=session_id,
+            originator_version=version + 1,
+            timestamp=cls.TimedOut.create_timestamp(),
+            occurred_at=deadline,
+            reason=reason,
+            idle_since=idle_since,
+            detected_at=detected_at,
+            open_tasks=open_tasks,
+        )
 
     def erase_content(self, erasure_id: UUID, *, at: datetime) -> None:
         """Blank this session's personal content (the keys are destroyed elsewhere).

@@ -9,6 +9,7 @@ from pydantic import AwareDatetime, JsonValue
 
 from .conversation import Message, SessionContext, Slot, Status
 from .model import Immutable
+from .policy import is_past_deadline
 from .session import Session
 from .visitor import Visitor
 
@@ -67,7 +68,8 @@ class SessionState(Immutable):
 
     def is_over(self, at: datetime) -> bool:
         """True if the session is closed, or would be expired at ``at``."""
-        return self.status != "active" or (self.expires_at is not None and at > self.expires_at)
+        deadline = self.expires_at
+        return self.status != "active" or (deadline is not None and is_past_deadline(deadline, at))
 
 
 class Turn(Immutable):

@@ -19,7 +19,7 @@ from .. import ChatLedgerError
 from .cli_audit import audit_app, erase
 from .cli_events import register as register_event_commands
 from .cli_keys import register as register_key_commands
-from .cli_options import DatabaseOption, open_ledger, parse_time
+from .cli_options import DatabaseOption, JsonOption, open_ledger, parse_time
 from .cli_projections import register as register_projection_commands
 
 app = typer.Typer(no_args_is_help=True, help="Event-sourced conversation state for chatbots.")
@@ -88,10 +88,10 @@ def session_show(
         typer.Option("--as-of", parser=parse_time, metavar="TIME", help="ISO time: the state then."),
     ] = None,
     database: DatabaseOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Print a session rebuilt from its events (optionally as it stood at --as-of)."""
-    from .demo import _print_state, content_erased
+    from .demo import content_erased, print_session_state
 
     with open_ledger(database, read_only=True) as ledger:
         state = ledger.session(session_id, as_of=as_of)
@@ -99,7 +99,7 @@ def session_show(
     if as_json:
         print(state.model_dump_json(indent=2))
     else:
-        _print_state(console, state, erased=erased)
+        print_session_state(console, state, erased=erased)
 
 
 from .cli_serve import serve

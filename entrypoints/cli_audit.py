@@ -17,7 +17,10 @@ from rich.markup import escape
 
 from .cli_options import (
     DatabaseOption,
+    JsonOption,
+    OptionalText,
     atomic_output,
+    exactly_one,
     open_ledger,
     output_file,
     parse_time,
@@ -51,7 +54,7 @@ def replay(
         typer.Option("--version", help="Stop after this event version."),
     ] = None,
     database: DatabaseOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Print a session event by event with the state after each step (from the log only)."""
     at = until
@@ -97,18 +100,18 @@ def replay(
 @audit_app.command("verify")
 def verify(
     session: Annotated[
-        Optional[str],  # noqa: UP045
+        OptionalText,
         typer.Option("--session", help="Verify one session's chain instead of the whole log."),
     ] = None,
     anchor: Annotated[
-        Optional[str],  # noqa: UP045
+        OptionalText,
         typer.Option("--anchor", metavar="ROOT@POS", help="A root printed by 'audit anchor': detects truncation."),
     ] = None,
     strict: Annotated[
         bool, typer.Option("--strict", help="Also exit 1 if the unsealed tail is longer or older than the bound.")
     ] = False,
     database: DatabaseOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Recompute the hash chains and seals; exit status 1 if any link is broken."""
     with open_ledger(database, read_only=True) as ledger:
@@ -160,18 +163,17 @@ def anchor_cmd(
 def erase(
     ctx: typer.Context,
     user: Annotated[
-        Optional[str],  # noqa: UP045
+        OptionalText,
         typer.Option("--user", help="Erase a user: every visitor ever linked to them."),
     ] = None,
     visitor: Annotated[
-        Optional[str],  # noqa: UP045
+        OptionalText,
         typer.Option("--visitor", help="Erase one (possibly anonymous) visitor."),
     ] = None,
     database: DatabaseOption = None,
 ) -> None:
     """Crypto-shred a person's conversation content; print the erasure receipt (JSON)."""
-    if (user is None) == (visitor is None):
-        ctx.fail("Give exactly one of --user or --visitor.")
+    exactly_one(ctx, user=user, visitor=visitor)
     # A store that does not exist holds no one to erase: refuse it like a read.
     with open_ledger(database, read_only=True) as ledger:
         receipt = ledger.erase(user_id=user, visitor_id=visitor)
@@ -185,11 +187,11 @@ def export(
         Path, typer.Option("--out", callback=output_file, help="The JSONL file to write.")
     ],
     user: Annotated[
-        Optional[str],  # noqa: UP045
+        OptionalText,
         typer.Option("--user", help="Export every visitor and session of this user."),
     ] = None,
     session: Annotated[
-        Optional[str],  # noqa: UP045
+        OptionalText,
         typer.Option("--session", help="Export one session."),
     ] = None,
     database: DatabaseOption = None,
@@ -197,8 +199,7 @@ def export(
     """Write a self-describing JSONL bundle: header, events with hashes, verification result.
 
     An unknown --user or --session is an error, and a failed export leaves no file."""
-    if (user is None) == (session is None):
-        ctx.fail("Give exactly one of --user or --session.")
+    exactly_one(ctx, user=user, session=session)
     with open_ledger(database, read_only=True) as ledger, atomic_output(out) as fh:
         report = ledger.export_audit(fh, user_id=user, session_id=session)
     status = "[green]verified[/]" if report.ok else "[red]BROKEN[/]"

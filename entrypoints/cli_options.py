@@ -18,8 +18,13 @@ from .. import ChatLedger, ConfigurationError
 from ..infrastructure.persistence import postgres_table_exists
 from ..infrastructure.settings import Settings
 
+OptionalText = Optional[str]  # noqa: UP045 - typer needs Optional here
+"""An option's type when it may be left out (``None``)."""
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
 DatabaseOption = Annotated[
-    Optional[str],  # noqa: UP045 - typer needs Optional here
+    OptionalText,
     typer.Option(
         "--database",
         "-d",
@@ -27,6 +32,12 @@ DatabaseOption = Annotated[
         help="Database URL (default sqlite:///chatledger.db).",
     ),
 ]
+
+
+def exactly_one(ctx: typer.Context, **options: object) -> None:
+    """Refuse the command (usage error) unless exactly one of ``options`` is given."""
+    if sum(value is not None for value in options.values()) != 1:
+        ctx.fail(f"Give exactly one of {' or '.join('--' + name for name in options)}.")
 
 
 def parse_time(value: str) -> datetime:
@@ -74,10 +85,9 @@ def require_existing_database(database: str | None) -> None:
     if settings.backend != "sqlite":
         _require_existing_postgres_store(settings)
         return
-    name = settings.url().database
-    if not name or name == ":memory:":
+    path = settings.sqlite_path
+    if path is None:
         return
-    path = os.path.abspath(name)
     if not os.path.isfile(path):
         raise ConfigurationError(
             f"No SQLite database at {path}; nothing was created. Check --database "
@@ -99,12 +109,12 @@ def require_existing_database(database: str | None) -> None:
 
 
 def _require_existing_postgres_store(settings: Settings) -> None:
-    url = settings.url()
     schema = settings.postgres_schema or "public"
     found = postgres_table_exists(settings, "chatledger_events")
     if not found:
         raise ConfigurationError(
-            f"No chatledger store in schema {schema!r} of PostgreSQL database {url.database!r}; "
+            f"No chatledger store in schema {schema!r} of PostgreSQL database "
+            f"{settings.postgres_target.dbname!r}; "
             "nothing was created. Check --database (or CHATLEDGER_DATABASE_URL) and its ?schema=; "
             "only demo, worker, events deliver and projections catch-up/rebuild/run create a new store."
         )

@@ -30,9 +30,10 @@ from rich.table import Table
 from .. import ChatLedger, InvalidCommandError, TranscriptMessage, UnknownSubjectError
 from ..application.audit import visitors_of_user
 from ..domain import validation as v
-from ..projections.service import ProjectionReads
+from ..projections.projection_reads import ProjectionReads
 from .cli_options import (
     DatabaseOption,
+    OptionalText,
     SinceOption,
     UntilOption,
     atomic_output,
@@ -225,10 +226,10 @@ def export_transcripts(
     ],
     database: DatabaseOption = None,
     fmt: Annotated[
-        Optional[str], typer.Option("--format", help="jsonl or csv (default: from --out).")  # noqa: UP045
+        OptionalText, typer.Option("--format", help="jsonl or csv (default: from --out).")
     ] = None,
-    user: Annotated[Optional[str], typer.Option("--user", help="Only this user's messages.")] = None,  # noqa: UP045
-    session: Annotated[Optional[str], typer.Option("--session", help="Only this session.")] = None,  # noqa: UP045
+    user: Annotated[OptionalText, typer.Option("--user", help="Only this user's messages.")] = None,
+    session: Annotated[OptionalText, typer.Option("--session", help="Only this session.")] = None,
     since: SinceOption = None,
     until: UntilOption = None,
     catch_up_first: Annotated[bool, typer.Option("--catch-up/--no-catch-up")] = True,

@@ -83,7 +83,7 @@ def run_demo(database_url: str, console: Console | None = None) -> dict[str, str
 
         console.rule("Rebuilt states")
         for sid in (first.session_id, second.session_id):
-            _print_state(console, ledger.session(sid), erased=content_erased(ledger, sid))
+            print_session_state(console, ledger.session(sid), erased=content_erased(ledger, sid))
         return {
             "visitor_id": visitor,
             "first_session_id": str(first.session_id),
@@ -97,7 +97,7 @@ def content_erased(ledger: ChatLedger, session_id: object) -> bool:
     return any(isinstance(e, Session.ContentErased) for e in events)
 
 
-def _print_state(console: Console, state: SessionState, *, erased: bool = False) -> None:
+def print_session_state(console: Console, state: SessionState, *, erased: bool = False) -> None:
     """The state as text; caller-supplied strings are escaped (``[erased]`` is not markup).
 
     ``erased``: the session's content was erased, so its null slot values print as

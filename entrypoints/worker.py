@@ -11,11 +11,12 @@ import typer
 
 from .. import ChatLedger
 from ..application.retention import RetentionPolicy
+from .cli_options import OptionalText
 
 
 def worker(
     database: Annotated[
-        Optional[str],  # noqa: UP045 - typer needs Optional here
+        OptionalText,
         typer.Option("--database", "-d", envvar="CHATLEDGER_DATABASE_URL", help="Database URL."),
     ] = None,
     interval: Annotated[

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -12,19 +11,16 @@ from .settings import Settings
 
 
 def read_model_url(settings: Settings) -> URL:
-    url = settings.url()
     if settings.backend == "sqlite":
-        database = url.database or ":memory:"
-        if database != ":memory:":
-            database = os.path.abspath(database)
-        return URL.create("sqlite", database=database)
+        return URL.create("sqlite", database=settings.sqlite_path or ":memory:")
+    target = settings.postgres_target
     return URL.create(
         "postgresql+psycopg",
-        username=url.username or "postgres",
-        password=url.password,
-        host=url.host or "127.0.0.1",
-        port=url.port or 5432,
-        database=url.database or "postgres",
+        username=target.user,
+        password=target.password,
+        host=target.host,
+        port=target.port,
+        database=target.dbname,
     )
 
 

@@ -110,7 +110,7 @@ class KeyAudit:
             unexplained = [kid for kid in unexplained if kid not in self._erased_kids]
         if unexplained:
             destroyed = tables.destroyed(unexplained)
-            owners = tables.subjects(sorted({self._missing[k][1] for k in unexplained}))
+            owners = tables.key_owners(sorted({self._missing[k][1] for k in unexplained}))
             for kid in unexplained:
                 position, oid, version = self._missing[kid]
                 visitor = owners.get(oid)

@@ -16,6 +16,7 @@ from uuid import UUID, uuid4
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..domain.batching import batched
 from .recording import KeyRow
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class KeyRing:
     """Content keys by visitor, with short-lived, bounded caches (erased keys stay erased).
 
     Writing costs no transaction of its own: a visitor without a key gets one
-    made in memory, and the recorder inserts it (and a new session's subject row)
+    made in memory, and the recorder inserts it (and a new session's key-owner row)
     in the transaction of the events encrypted with it, where it also checks
     that every key those events use is in the store and is their visitor's. A
     key destroyed by an erasure elsewhere, or a visitor whose key another writer
@@ -66,7 +67,7 @@ class KeyRing:
     def __init__(self, recorder: LedgerRecorder) -> None:
         self.recorder = recorder
         self._lock = threading.Lock()
-        self._subjects: dict[UUID, str | None] = {}
+        self._key_owners: dict[UUID, str | None] = {}
         # visitor -> (cached at, key row, confirmed: the row is known to be committed)
         self._active: dict[str, tuple[float, KeyRow, bool]] = {}
         self._by_kid: dict[str, tuple[float, AESGCM]] = {}
@@ -82,23 +83,23 @@ class KeyRing:
     def __repr__(self) -> str:
         return f"KeyRing({type(self.recorder).__name__})"
 
-    def remember_subject(self, aggregate_id: UUID, visitor_id: str) -> None:
+    def remember_key_owner(self, aggregate_id: UUID, visitor_id: str) -> None:
         """``aggregate_id`` is a session of ``visitor_id`` (its ``Started`` event is
         being encoded; the recorder stores the row with it)."""
         with self._lock:
-            bounded(self._subjects)
-            self._subjects[aggregate_id] = visitor_id
+            bounded(self._key_owners)
+            self._key_owners[aggregate_id] = visitor_id
 
-    def subject_of(self, aggregate_id: UUID) -> str | None:
+    def key_owner_of(self, aggregate_id: UUID) -> str | None:
         with self._lock:
-            if aggregate_id in self._subjects:
-                return self._subjects[aggregate_id]
-        subject = self.recorder.subject_of(aggregate_id)
-        if subject is not None:
+            if aggregate_id in self._key_owners:
+                return self._key_owners[aggregate_id]
+        owner = self.recorder.key_owner_of(aggregate_id)
+        if owner is not None:
             with self._lock:
-                bounded(self._subjects)
-                self._subjects[aggregate_id] = subject
-        return subject
+                bounded(self._key_owners)
+                self._key_owners[aggregate_id] = owner
+        return owner
 
     def encryption_key(
         self, aggregate_id: UUID, *, new_session: bool = False
@@ -113,7 +114,7 @@ class KeyRing:
         in memory is returned as a row for the recorder to insert until a write
         with it has committed.
         """
-        visitor_id = self.subject_of(aggregate_id)
+        visitor_id = self.key_owner_of(aggregate_id)
         if visitor_id is None:
             return None
         with self._lock:
@@ -197,8 +198,7 @@ class KeyRing:
             cached = self._by_kid.get(kid)
             if kid not in self._erased and (cached is None or now - cached[0] > KEY_CACHE_TTL_S):
                 missing.append(kid)
-        for start in range(0, len(missing), 500):
-            chunk = missing[start : start + 500]
+        for chunk in batched(missing):
             found = self.recorder.keys_by_id(chunk)
             with self._lock:
                 for kid in chunk:

@@ -114,7 +114,6 @@ class PydanticMapper(Mapper[UUID]):
 
 def eventsourcing_env(settings: Settings) -> dict[str, str]:
     """The eventsourcing environment for ``settings`` (database, cache, mapper)."""
-    url = settings.url()
     env: dict[str, str] = {
         "MAPPER_TOPIC": "chatledger.infrastructure.shredding_mapper:ShreddingMapper",
         "AGGREGATE_CACHE_FASTFORWARD": "y",
@@ -123,12 +122,10 @@ def eventsourcing_env(settings: Settings) -> dict[str, str]:
     if settings.cache_size > 0:  # eventsourcing reads 0 as "unbounded"; ours means "off"
         env["AGGREGATE_CACHE_MAXSIZE"] = str(settings.cache_size)
     if settings.backend == "sqlite":
-        database = url.database or ":memory:"
-        if database == ":memory:":
-            database = "file::memory:?mode=memory&cache=shared"
-        else:
-            database = os.path.abspath(database)
-            os.makedirs(os.path.dirname(database), exist_ok=True)
+        path = settings.sqlite_path
+        if path is not None:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        database = path or "file::memory:?mode=memory&cache=shared"
         env.update(
             PERSISTENCE_MODULE="chatledger.infrastructure.sqlite:LedgerSQLiteFactory",
             APPLICATION_RECORDER_TOPIC="chatledger.infrastructure.sqlite:SQLiteLedgerRecorder",
@@ -137,14 +134,15 @@ def eventsourcing_env(settings: Settings) -> dict[str, str]:
         )
     else:
         require_postgres_driver()
+        target = settings.postgres_target
         env.update(
             PERSISTENCE_MODULE="chatledger.infrastructure.postgres:LedgerPostgresFactory",
             APPLICATION_RECORDER_TOPIC="chatledger.infrastructure.postgres:PostgresLedgerRecorder",
-            POSTGRES_DBNAME=url.database or "postgres",
-            POSTGRES_HOST=url.host or "127.0.0.1",
-            POSTGRES_PORT=str(url.port or 5432),
-            POSTGRES_USER=url.username or "postgres",
-            POSTGRES_PASSWORD=url.password or "",
+            POSTGRES_DBNAME=target.dbname,
+            POSTGRES_HOST=target.host,
+            POSTGRES_PORT=str(target.port),
+            POSTGRES_USER=target.user,
+            POSTGRES_PASSWORD=target.password or "",
             POSTGRES_POOL_SIZE=str(settings.postgres_pool_size),
             POSTGRES_MAX_OVERFLOW=str(settings.postgres_max_overflow),
             POSTGRES_CONNECT_TIMEOUT="10",
@@ -204,11 +202,11 @@ _held = threading.local()  # lock paths this thread holds (schema_lock may nest)
 
 @contextmanager
 def _sqlite_schema_lock(settings: Settings) -> Iterator[None]:
-    database = settings.url().database or ":memory:"
-    if database == ":memory:" or database.startswith("file:"):
+    database = settings.sqlite_path
+    if database is None or (settings.url().database or "").startswith("file:"):
         yield
         return
-    path = os.path.abspath(database) + ".lock"
+    path = database + ".lock"
     held: set[str] = _held.__dict__.setdefault("paths", set())
     if path in held or not os.path.isdir(os.path.dirname(path)):
         # Nested in this thread; or no folder, so no database to race on

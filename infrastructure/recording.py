@@ -11,7 +11,7 @@ recorders plus, inside the very transaction that inserts events:
   under its single writer lock, so the log-wide chain has one writer at a time;
 - the key tables (``chatledger_keys``: one AES key per visitor;
   ``chatledger_key_subjects``: which visitor a session's personal data belongs
-  to): the new keys and subjects of the batch are inserted and every key its
+  to): the new keys and owners of the batch are inserted and every key its
   envelopes use is checked (:meth:`LedgerRecorderMixin.check_used_keys`);
 - the destruction of the content keys a ``Visitor.DataErased`` event names
   (:func:`erased_visitor_ids`), so the erasure fact and the key destruction
@@ -45,7 +45,7 @@ DESTROYED = "chatledger_destroyed_keys"
 """Ids (never keys) of the keys erasures destroyed: a key id is random and used
 once, so a new key under a destroyed id can only be a writer resurrecting a key
 it made before the erasure; the write is refused and re-encoded."""
-SUBJECTS = "chatledger_key_subjects"
+KEY_OWNERS = "chatledger_key_subjects"  # which visitor owns a session's keys (stored name kept)
 ERASURE_TOPIC = get_topic(Visitor.DataErased)
 
 
@@ -72,14 +72,14 @@ class KeyedStoredEvent(StoredEvent):
     ``visitor_id``/``kid``: the visitor and the key its envelopes were made with
     (``kid`` None if no field needed one). ``new_key``: a key the mapper made in
     memory and the store may not hold yet; the recorder inserts it in the event's
-    transaction. ``subject``: the event opens a session, so the recorder records
+    transaction. ``opens_session``: the event opens a session, so the recorder records
     ``session -> visitor`` in that transaction.
     """
 
     visitor_id: str = ""
     kid: str | None = None
     new_key: KeyRow | None = field(default=None, repr=False, compare=False)
-    subject: bool = False
+    opens_session: bool = False
 
 
 class StaleKeyError(RecordConflictError):
@@ -104,20 +104,20 @@ ConfirmedKeysHook = Callable[[Sequence[KeyRow]], None]
 def key_work(
     stored_events: Sequence[StoredEvent],
 ) -> tuple[list[KeyRow], list[tuple[UUID, str]], dict[str, str]]:
-    """A batch's new key rows, ``(session, visitor)`` subject rows and ``kid -> visitor`` to check."""
+    """A batch's new key rows, ``(session, visitor)`` key-owner rows and ``kid -> visitor`` to check."""
     new_keys: dict[str, KeyRow] = {}
-    subjects: list[tuple[UUID, str]] = []
+    owners: list[tuple[UUID, str]] = []
     used: dict[str, str] = {}
     for s in stored_events:
         if not isinstance(s, KeyedStoredEvent):
             continue
-        if s.subject:
-            subjects.append((as_uuid(s.originator_id), s.visitor_id))
+        if s.opens_session:
+            owners.append((as_uuid(s.originator_id), s.visitor_id))
         if s.kid is not None:
             used[s.kid] = s.visitor_id
         if s.new_key is not None:
             new_keys[s.new_key[0]] = s.new_key
-    return list(new_keys.values()), subjects, used
+    return list(new_keys.values()), owners, used
 
 
 class LedgerRecorderMixin:
@@ -213,7 +213,7 @@ class KeyTables(Protocol):
         """Those of ``kids`` in ``chatledger_destroyed_keys``."""
         raise NotImplementedError
 
-    def subjects(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, str]:  # pragma: no cover
+    def key_owners(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, str]:  # pragma: no cover
         """``session -> visitor`` from ``chatledger_key_subjects``."""
         raise NotImplementedError
 

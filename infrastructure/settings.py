@@ -6,7 +6,8 @@ example ``CHATLEDGER_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test``.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, NamedTuple
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,6 +18,16 @@ from ..domain.errors import ConfigurationError
 from ..domain.validation import ID_CEILING, TEXT_CEILING, Limits
 
 DEFAULT_DATABASE_URL = "sqlite:///chatledger.db"
+
+
+class PostgresTarget(NamedTuple):
+    """Where a ``postgresql://`` URL points, with the defaults filled in."""
+
+    dbname: str
+    host: str
+    port: int
+    user: str
+    password: str | None
 
 
 class Settings(BaseSettings):
@@ -102,6 +113,26 @@ class Settings(BaseSettings):
                 "chatledger runs on 'sqlite' or 'postgresql'."
             )
         return name
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The SQLite file as an absolute path, or None for an in-memory database
+        (``sqlite:///:memory:``, or no file named)."""
+        database = self.url().database
+        return None if not database or database == ":memory:" else os.path.abspath(database)
+
+    @property
+    def postgres_target(self) -> PostgresTarget:
+        """The PostgreSQL database, host, port, user and password (defaults:
+        ``postgres`` on 127.0.0.1:5432 as ``postgres``, no password)."""
+        url = self.url()
+        return PostgresTarget(
+            dbname=url.database or "postgres",
+            host=url.host or "127.0.0.1",
+            port=url.port or 5432,
+            user=url.username or "postgres",
+            password=url.password or None,
+        )
 
     @property
     def postgres_schema(self) -> str | None:

@@ -8,7 +8,7 @@ the rest of the event (ids, times, types, slot names, counts) stays readable
 JSON. The key belongs to the visitor whose conversation it is:
 ``Session.Started`` names the visitor, and ``session id -> visitor`` is stored
 in ``chatledger_key_subjects`` in the transaction of that event, so every later
-event (and snapshot) of that session finds the same subject. A new key is made
+event (and snapshot) of that session finds the same key owner. A new key is made
 in memory and stored in the transaction of the first events encrypted with it;
 the recorder checks there that every key a batch uses is in the store (see
 :class:`~chatledger.infrastructure.key_ring.KeyRing`).
@@ -70,7 +70,7 @@ class ShreddingMapper(FastDecoding, PydanticMapper):
             return super().to_stored_event(domain_event)
         new_session = isinstance(domain_event, Session.Started)
         if new_session:
-            ring.remember_subject(domain_event.originator_id, domain_event.visitor_id)
+            ring.remember_key_owner(domain_event.originator_id, domain_event.visitor_id)
         # A first session is most often a new visitor's: guess "no key yet" and
         # save a read. A later session's visitor usually has a key: look it up.
         first_session = new_session and domain_event.previous_session_id is None
@@ -102,7 +102,7 @@ class ShreddingMapper(FastDecoding, PydanticMapper):
             visitor_id=visitor_id,
             kid=kid if used else None,
             new_key=new_key if used else None,
-            subject=new_session,
+            opens_session=new_session,
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:

@@ -1,11 +1,9 @@
-"""The active-session index: every live session keyed by when it will expire.
+"""The active-session index: every live session keyed by its deadline (when it times out).
 
 One row per session that has started and not yet timed out or ended. Its
-``expires_at`` is computed exactly as :meth:`Session.expiry` computes it (last
-activity + the idle timeout, the longer task timeout while a task is open,
-capped by the maximum length), from the events' ``occurred_at`` and the policy
-recorded in ``Session.Started``. So "which sessions are due?" is one indexed
-range query, ``expires_at < now``, whatever the number of sessions.
+``expires_at`` is the domain's deadline (``domain.policy.session_deadline``, as
+:meth:`Session.expiry`), from the events' ``occurred_at`` and the policy recorded
+in ``Session.Started``. So "which sessions are due?" is one indexed range query.
 
 A second, small table remembers *closed* sessions (id, visitor, closed_at) so
 the retention job can find ended sessions older than N days with an indexed
@@ -22,9 +20,9 @@ query, comparisons and sums are exact and identical on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -36,54 +34,25 @@ from sqlalchemy import (
     Boolean,
     Column,
     Connection,
-    Dialect,
     Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
-    TypeDecorator,
     Uuid,
     bindparam,
     select,
+    tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..domain.batching import batched
+from ..domain.policy import session_deadline
 from ..domain.session import Session
 from .read_model import ReadModel
+from .sqltypes import UTCMicros, from_micros, seconds_to_micros, to_micros
 from .view import SQLView
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MICROSECOND = timedelta(microseconds=1)
-
-
-def to_micros(value: datetime) -> int:
-    """An aware datetime as integer microseconds since the epoch (exact)."""
-    return (value - EPOCH) // MICROSECOND
-
-
-def from_micros(value: int) -> datetime:
-    return EPOCH + timedelta(microseconds=value)
-
-
-def seconds_to_micros(seconds: float) -> int:
-    """``timedelta(seconds=...)`` in microseconds: the rounding Session.expiry uses."""
-    return timedelta(seconds=seconds) // MICROSECOND
-
-
-class UTCMicros(TypeDecorator[datetime]):
-    """An aware UTC datetime stored as BIGINT microseconds since the epoch."""
-
-    impl = BigInteger
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> int | None:
-        return None if value is None else to_micros(value)
-
-    def process_result_value(self, value: int | None, dialect: Dialect) -> datetime | None:
-        return None if value is None else from_micros(value)
-
 
 metadata = MetaData()
 
@@ -158,12 +127,17 @@ class ActiveRow:
     exact: bool = True
 
     def expiry(self) -> tuple[datetime, str]:
-        """Exactly :meth:`Session.expiry`: same inputs, same integer arithmetic."""
-        timeout = self.task_idle_timeout_us if self.open_tasks else self.idle_timeout_us
-        deadline = self.last_activity_at + timedelta(microseconds=timeout)
-        if self.max_length_at is not None and self.max_length_at < deadline:
-            return self.max_length_at, "max_length"
-        return deadline, "idle"
+        """The domain's rule (:func:`session_deadline`, as :meth:`Session.expiry`)."""
+        return session_deadline(
+            started_at=self.started_at,
+            last_activity_at=self.last_activity_at,
+            tasks_open=bool(self.open_tasks),
+            idle_timeout=timedelta(microseconds=self.idle_timeout_us),
+            task_idle_timeout=timedelta(microseconds=self.task_idle_timeout_us),
+            max_session_length=(
+                None if self.max_length_at is None else self.max_length_at - self.started_at
+            ),
+        )
 
     @classmethod
     def started(cls, event: Session.Started) -> ActiveRow:
@@ -184,18 +158,8 @@ class ActiveRow:
 
     @classmethod
     def of(cls, record: Any) -> ActiveRow:
-        return cls(
-            session_id=record.session_id,
-            visitor_id=record.visitor_id,
-            version=record.version,
-            started_at=record.started_at,
-            last_activity_at=record.last_activity_at,
-            idle_timeout_us=record.idle_timeout_us,
-            task_idle_timeout_us=record.task_idle_timeout_us,
-            max_length_at=record.max_length_at,
-            open_tasks=list(json.loads(record.open_tasks)),
-            exact=record.exact,
-        )
+        fields = {name: getattr(record, name) for name in _STORED_AS_IS}
+        return cls(**fields, open_tasks=list(json.loads(record.open_tasks)))
 
     def apply(self, event: Session.Event) -> None:
         self.version = event.originator_version
@@ -227,6 +191,10 @@ class ActiveRow:
         }
 
 
+_STORED_AS_IS = (
+    "session_id", "visitor_id", "version", "started_at", "last_activity_at", "idle_timeout_us",
+    "task_idle_timeout_us", "max_length_at", "exact",
+)
 _CLOSED = object()  # marker: the session closed within this batch
 
 
@@ -269,7 +237,7 @@ class ActiveSessions(ReadModel):
         created = {e.originator_id for e in events if isinstance(e, Session.Started)}
         wanted = {e.originator_id for e in events} - created
         existing: dict[UUID, ActiveRow] = {}
-        for chunk in _chunks(sorted(wanted), self.lookup_chunk):
+        for chunk in batched(sorted(wanted), self.lookup_chunk):
             for record in conn.execute(
                 select(active_sessions).where(active_sessions.c.session_id.in_(chunk))
             ):
@@ -349,6 +317,62 @@ class ActiveSessions(ReadModel):
             )
 
 
+# ---- queries: the sweeper's and retention's; no other module names these columns
+
+DUE_COLUMNS = (
+    "session_id", "version", "expires_at", "expiry_reason", "last_activity_at", "open_tasks",
+    "exact",
+)
+_DUE = [active_sessions.c[name] for name in DUE_COLUMNS]
+
+
+def first_due(conn: Connection, before: datetime) -> datetime | None:
+    """The earliest deadline before ``before``: a one-row probe on the index."""
+    c = active_sessions.c
+    query = select(c.expires_at).where(c.expires_at < before).order_by(c.expires_at).limit(1)
+    found: datetime | None = conn.execute(query).scalar()
+    return found
+
+
+def due_rows(
+    conn: Connection,
+    before: datetime,
+    *,
+    after: tuple[datetime, UUID] | None,
+    limit: int,
+    lock: bool = False,
+) -> Sequence[Any]:
+    """Rows (``DUE_COLUMNS``) of sessions whose deadline is before ``before``, by
+    deadline, keyset-paged after ``after``; ``lock``: ``FOR UPDATE SKIP LOCKED``
+    (PostgreSQL), so concurrent sweepers split the rows."""
+    c = active_sessions.c
+    query = select(*_DUE).where(c.expires_at < before).order_by(c.expires_at, c.session_id)
+    if after is not None:
+        query = query.where(tuple_(c.expires_at, c.session_id) > after)
+    query = query.limit(limit)
+    return conn.execute(query.with_for_update(skip_locked=True) if lock else query).all()
+
+
+def open_tasks_of(row: Any) -> tuple[str, ...]:
+    """A due row's open tasks."""
+    return () if row.open_tasks == "[]" else tuple(json.loads(row.open_tasks))
+
+
+def drop_closed(conn: Connection, session_ids: Sequence[UUID]) -> None:
+    """Drop the live rows of sessions now closed, ahead of the index applying
+    their closing events (it skips rows already gone): a sweep must not meet
+    the sessions it just timed out again."""
+    for chunk in batched(session_ids):
+        conn.execute(active_sessions.delete().where(active_sessions.c.session_id.in_(chunk)))
+
+
+def closed_before(conn: Connection, cutoff: datetime, *, limit: int) -> list[UUID]:
+    """Ids of sessions closed before ``cutoff``, oldest first (retention's query)."""
+    c = closed_sessions.c
+    query = select(c.session_id).where(c.closed_at < cutoff)
+    return list(conn.execute(query.order_by(c.closed_at, c.session_id).limit(limit)).scalars())
+
+
 def _session_event_topics() -> tuple[str, ...]:
     """Every stored event class of Session, found by introspection, so an event
     added later is still seen (and marks its rows inexact)."""
@@ -369,16 +393,8 @@ def _dialect_insert(conn: Connection) -> Any:
     return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
 
 
-def _chunks(items: Sequence[UUID], size: int) -> Iterable[Sequence[UUID]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 __all__ = [
-    "ActiveRow",
-    "ActiveSessions",
-    "active_sessions",
-    "closed_sessions",
-    "from_micros",
+    "DUE_COLUMNS", "ActiveRow", "ActiveSessions", "active_sessions", "closed_before",
+    "closed_sessions", "drop_closed", "due_rows", "first_due", "from_micros", "open_tasks_of",
     "to_micros",
 ]

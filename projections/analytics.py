@@ -21,10 +21,11 @@ from sqlalchemy import Boolean, Connection, Float, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ..domain.errors import InvalidCommandError
+from ..domain.policy import is_past_deadline, session_deadline
 from ..domain.session import Session
 from ..domain.visitor import Visitor
 from .read_model import HandlerTableReadModel, batch_ids
-from .results import Analytics, Engagement
+from .query_results import Analytics, Engagement
 from .sqltypes import UTCDateTime
 from .view import SQLView
 from .writers import RowBuffer
@@ -75,10 +76,15 @@ visitors_table = Base.metadata.tables[VisitorFacts.__tablename__]
 
 def _expiry(row: dict[str, Any]) -> datetime:
     """When the session expires if nothing else happens (as ``Session.expiry``)."""
-    timeout = row["task_idle_timeout_s"] if row["open_tasks"] else row["idle_timeout_s"]
-    deadline: datetime = row["last_activity_at"] + timedelta(seconds=timeout)
-    if row["max_length_s"] is not None:
-        deadline = min(deadline, row["started_at"] + timedelta(seconds=row["max_length_s"]))
+    max_length_s = row["max_length_s"]
+    deadline, _reason = session_deadline(
+        started_at=row["started_at"],
+        last_activity_at=row["last_activity_at"],
+        tasks_open=bool(row["open_tasks"]),
+        idle_timeout=timedelta(seconds=row["idle_timeout_s"]),
+        task_idle_timeout=timedelta(seconds=row["task_idle_timeout_s"]),
+        max_session_length=None if max_length_s is None else timedelta(seconds=max_length_s),
+    )
     return deadline
 
 
@@ -237,7 +243,8 @@ def end_reason(row: dict[str, Any], as_of: datetime) -> str:
     or ``active``. A session idle past its deadline at ``as_of`` reads as timed
     out even before its timed-out event is recorded (as ``ledger.session`` does)."""
     status = row["status"]
-    if status == "active" and row["expires_at"] is not None and as_of > row["expires_at"]:
+    deadline = row["expires_at"]
+    if status == "active" and deadline is not None and is_past_deadline(deadline, as_of):
         status = "timed_out"
     if status == "active":
         return "active"

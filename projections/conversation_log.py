@@ -27,11 +27,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from ..domain.batching import batched
 from ..domain.erasure import ERASED_TEXT
 from ..domain.session import Session
 from ..domain.visitor import Visitor
 from .read_model import HandlerTableReadModel, batch_ids
-from .results import TranscriptMessage
+from .query_results import TranscriptMessage
 from .sqltypes import UTCDateTime
 from .view import SQLView
 from .writers import RowBuffer, executemany, insert_rows
@@ -169,21 +170,17 @@ class ConversationLog(HandlerTableReadModel):
             self.links.clear()
         if self.erased:
             erased = sorted(self.erased)
-            for start in range(0, len(erased), 500):  # SQLite < 3.32 binds at most 999 values
+            for chunk in batched(erased):
                 conn.execute(
                     update(messages)
-                    .where(messages.c.session_id.in_(erased[start : start + 500]))
+                    .where(messages.c.session_id.in_(chunk))
                     .values(text=ERASED_TEXT)
                 )
             self.erased.clear()
         if self.archived:
             archived = sorted(self.archived)
-            for start in range(0, len(archived), 500):
-                conn.execute(
-                    messages.delete().where(
-                        messages.c.session_id.in_(archived[start : start + 500])
-                    )
-                )
+            for chunk in batched(archived):
+                conn.execute(messages.delete().where(messages.c.session_id.in_(chunk)))
             self.archived.clear()
 
     def _started(self, e: Session.Started, notification_id: int) -> None:

@@ -1,7 +1,6 @@
 """Pausing Python's cyclic garbage collector around bulk work.
 
-A batch of a bulk job (a long catch-up or rebuild; a sweep, whose own copy in
-``application/sweeper.py`` is to be replaced by this one) allocates tens of
+A batch of a bulk job (a long catch-up or rebuild; a sweep) allocates tens of
 thousands of container objects (records, events, row dicts, parameter
 tuples) that all live until its transaction ends, so they survive young
 collections and keep triggering full ones, which walk every object of the

@@ -24,6 +24,7 @@ from typing import Any
 from eventsourcing.utils import get_topic
 from sqlalchemy import select
 
+from ..domain.batching import batched
 from ..domain.session import Session
 from ..domain.visitor import Visitor
 from .memory_tables import (
@@ -77,8 +78,7 @@ class UserMemory(HandlerTableReadModel):
         wanted = {e.visitor_id for e in events if isinstance(e, Session.Started)}
         wanted |= {r["visitor_id"] for r in self.sessions.rows()}
         missing = [v for v in wanted - registered if v not in self.links]
-        for start in range(0, len(missing), 500):
-            chunk = missing[start : start + 500]
+        for chunk in batched(missing):
             visitors_t = self.visitors_table
             found: dict[str, str | None] = dict(
                 conn.execute(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from html import escape
 
-from .results import Analytics
+from .query_results import Analytics
 
 DURATION_BUCKETS: list[tuple[str, float]] = [
     ("0 s", 0.0),

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import DateTime
+from sqlalchemy import BigInteger, DateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
@@ -48,3 +48,34 @@ class UTCDateTime(TypeDecorator[datetime]):
         if stamp.tzinfo is None:
             return stamp.replace(tzinfo=UTC)
         return stamp.astimezone(UTC)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+
+def to_micros(value: datetime) -> int:
+    """An aware datetime as integer microseconds since the epoch (exact)."""
+    return (value - EPOCH) // MICROSECOND
+
+
+def from_micros(value: int) -> datetime:
+    return EPOCH + timedelta(microseconds=value)
+
+
+def seconds_to_micros(seconds: float) -> int:
+    """``timedelta(seconds=...)`` in microseconds: the rounding Session.expiry uses."""
+    return timedelta(seconds=seconds) // MICROSECOND
+
+
+class UTCMicros(TypeDecorator[datetime]):
+    """An aware UTC datetime stored as BIGINT microseconds since the epoch."""
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> int | None:
+        return None if value is None else to_micros(value)
+
+    def process_result_value(self, value: int | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else from_micros(value)

@@ -8,6 +8,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, select
 
+from ..domain.batching import batched
+
 _COMPILED: dict[tuple[Any, str, tuple[str, ...]], tuple[str, list[tuple[str, Any]]]] = {}
 
 
@@ -139,8 +141,7 @@ class RowBuffer:
     def load(self, conn: Connection, keys: Sequence[Any]) -> None:
         """Prefetch many rows in one query (keys already cached are skipped)."""
         missing = [k for k in dict.fromkeys(keys) if k not in self._rows]
-        for start in range(0, len(missing), 500):
-            chunk = missing[start : start + 500]
+        for chunk in batched(missing):
             found = {
                 r[self.key]: dict(r)
                 for r in conn.execute(

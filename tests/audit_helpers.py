@@ -45,7 +45,8 @@ class RawDB:
     def _sql(self, statement: str) -> str:
         return statement if self.is_sqlite else statement.replace("?", "%s")
 
-    def _id(self, aggregate_id: UUID) -> Any:
+    def id_param(self, aggregate_id: UUID) -> Any:
+        """An aggregate id as this database's driver binds it (hex text on SQLite)."""
         return aggregate_id.hex if self.is_sqlite else aggregate_id
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -56,18 +57,18 @@ class RawDB:
     def state(self, aggregate_id: UUID, version: int) -> bytes:
         rows = self.execute(
             f"SELECT state FROM {self.events} WHERE originator_id=? AND originator_version=?",
-            (self._id(aggregate_id), version),
+            (self.id_param(aggregate_id), version),
         )
         return bytes(rows[0][0])
 
     def set_state(self, aggregate_id: UUID, version: int, state: bytes) -> None:
         self.execute(
             f"UPDATE {self.events} SET state=? WHERE originator_id=? AND originator_version=?",
-            (state, self._id(aggregate_id), version),
+            (state, self.id_param(aggregate_id), version),
         )
 
     def delete_event(self, aggregate_id: UUID, version: int, *, with_hash: bool) -> None:
-        params = (self._id(aggregate_id), version)
+        params = (self.id_param(aggregate_id), version)
         self.execute(f"DELETE FROM {self.events} WHERE originator_id=? AND originator_version=?", params)
         if with_hash:
             self.execute(
@@ -75,12 +76,12 @@ class RawDB:
             )
 
     def delete_aggregate(self, aggregate_id: UUID, *, with_hashes: bool) -> None:
-        self.execute(f"DELETE FROM {self.events} WHERE originator_id=?", (self._id(aggregate_id),))
+        self.execute(f"DELETE FROM {self.events} WHERE originator_id=?", (self.id_param(aggregate_id),))
         if with_hashes:
-            self.execute("DELETE FROM chatledger_event_hashes WHERE originator_id=?", (self._id(aggregate_id),))
+            self.execute("DELETE FROM chatledger_event_hashes WHERE originator_id=?", (self.id_param(aggregate_id),))
 
     def swap_versions(self, aggregate_id: UUID, a: int, b: int) -> None:
-        oid = self._id(aggregate_id)
+        oid = self.id_param(aggregate_id)
         q = f"UPDATE {self.events} SET originator_version=? WHERE originator_id=? AND originator_version=?"
         self.execute(q, (-1, oid, a))
         self.execute(q, (a, oid, b))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from contextlib import contextmanager
+from typing import Any
 
 from chatledger import ChatLedger
 from chatledger.domain.session import Session
@@ -94,3 +95,24 @@ def stored_states(ledger: ChatLedger, aggregate_id: object) -> list[bytes]:
     from uuid import UUID
 
     return [bytes(s.state) for s in ledger.recorder.select_events(UUID(str(aggregate_id)))]
+
+
+def background_jobs(ledger: ChatLedger) -> Any:
+    """The ledger's running background jobs, or None when none are started."""
+    return ledger._jobs
+
+
+def key_ring_caches(ledger: ChatLedger) -> dict[str, Sized]:
+    """The key ring's in-memory caches (bounded by ``key_ring.MAX_CACHED_KEYS``)."""
+    ring: Any = ledger.mapper.key_ring  # type: ignore[attr-defined]
+    return {
+        "key_owners": ring._key_owners, "active": ring._active, "by_kid": ring._by_kid,
+        "erased": ring._erased,
+    }
+
+
+def hold_uncommitted_key(ledger: ChatLedger, visitor_id: str, key: Any) -> None:
+    """Make ``ledger`` encode ``visitor_id``'s content under ``key`` (a ``KeyRow``)
+    as if it had made that key itself and not committed it yet."""
+    ring: Any = ledger.mapper.key_ring  # type: ignore[attr-defined]
+    ring._active[visitor_id] = (0.0, key, False)

@@ -77,15 +77,15 @@ def test_editing_a_payload_and_rehashing_its_own_row_is_still_detected(scene: Sc
     scene.raw.set_state(scene.alice, 3, new_state)
     pos = scene.raw.execute(
         f"SELECT {scene.raw.position} FROM {scene.raw.events} WHERE originator_id=? AND originator_version=3",
-        (scene.raw._id(scene.alice),),
+        (scene.raw.id_param(scene.alice),),
     )[0][0]
     prev = scene.raw.execute(
         "SELECT event_hash FROM chatledger_event_hashes WHERE originator_id=? AND originator_version=2",
-        (scene.raw._id(scene.alice),),
+        (scene.raw.id_param(scene.alice),),
     )[0][0]
     topic = scene.raw.execute(
         f"SELECT topic FROM {scene.raw.events} WHERE originator_id=? AND originator_version=3",
-        (scene.raw._id(scene.alice),),
+        (scene.raw.id_param(scene.alice),),
     )[0][0]
     forged = event_hash(bytes(prev), scene.alice, 3, topic, new_state)
     scene.raw.execute("UPDATE chatledger_event_hashes SET event_hash=? WHERE notification_id=?", (forged, pos))
@@ -149,7 +149,7 @@ def test_inserting_an_event_by_hand_is_detected(scene: Scene) -> None:
     scene.raw.execute(
         f"INSERT INTO {scene.raw.events} (originator_id, originator_version, topic, state) "
         f"SELECT originator_id, 99, topic, ? FROM {scene.raw.events} WHERE originator_id=? AND originator_version=2",
-        (state, scene.raw._id(scene.alice)),
+        (state, scene.raw.id_param(scene.alice)),
     )
     first = verify(scene).first_break  # type: ignore[attr-defined]
     assert (first.kind, first.version) == ("unchained event", 99)
@@ -172,11 +172,11 @@ def test_the_chain_hashes_what_is_stored(scene: Scene) -> None:
     """The first event of a session chains from the genesis hash over its stored bytes."""
     row = scene.raw.execute(
         f"SELECT topic, state FROM {scene.raw.events} WHERE originator_id=? AND originator_version=1",
-        (scene.raw._id(scene.bob),),
+        (scene.raw.id_param(scene.bob),),
     )[0]
     stored = scene.raw.execute(
         "SELECT event_hash FROM chatledger_event_hashes WHERE originator_id=? AND originator_version=1",
-        (scene.raw._id(scene.bob),),
+        (scene.raw.id_param(scene.bob),),
     )[0][0]
     assert bytes(stored) == event_hash(GENESIS, scene.bob, 1, row[0], bytes(row[1]))
 

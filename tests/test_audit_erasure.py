@@ -22,7 +22,7 @@ from chatledger.entrypoints.cli import app
 from typer.testing import CliRunner
 
 from .audit_helpers import RawDB
-from .helpers import log_head
+from .helpers import key_ring_caches, log_head
 
 POLICY = SessionPolicy(carry_over_slots=frozenset({"name"}))
 
@@ -441,13 +441,11 @@ def test_the_key_rings_caches_stay_bounded_however_many_visitors_pass(
         sids = [ledger.receive(f"v-{n}", f"secret {n}", at=t0 + timedelta(seconds=n)).session_id for n in range(40)]
         ledger.erase(visitor_id="v-3", at=t0 + timedelta(minutes=5))
         ledger.catch_up()
-        ring = ledger.mapper.key_ring  # type: ignore[attr-defined]
-        for cache in (ring._subjects, ring._active, ring._by_kid, ring._erased):
+        for cache in key_ring_caches(ledger).values():
             assert len(cache) <= 8
         with ChatLedger.open(sqlite_url, cache_size=0) as cold:  # every key read again
             texts = [cold.session(sid).messages[0].text for sid in sids]
-            cold_ring = cold.mapper.key_ring  # type: ignore[attr-defined]
-            assert len(cold_ring._by_kid) <= 8
+            assert len(key_ring_caches(cold)["by_kid"]) <= 8
         assert [m.text for m in ledger.transcript(session_id=sids[5]).messages] == ["secret 5"]
     assert texts == [ERASED_TEXT if n == 3 else f"secret {n}" for n in range(40)]
 

@@ -1,5 +1,5 @@
 """The one pause of Python's cyclic garbage collector that bulk jobs share
-(a rebuild's catch-up and, once it uses it, the sweeper): counted across
+(a rebuild's catch-up and the sweeper): counted across
 nested and concurrent pauses, and a collector the application turned off
 stays off."""
 

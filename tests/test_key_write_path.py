@@ -1,6 +1,6 @@
-"""Content keys and subjects are written in the event transaction, and checked there.
+"""Content keys and key owners are written in the event transaction, and checked there.
 
-A new visitor's key (made in memory by the mapper) and a new session's subject
+A new visitor's key (made in memory by the mapper) and a new session's key owner
 row are inserted by the recorder with the events encrypted under them; the
 recorder then checks that every key the batch used is in the store and is the
 batch's visitor's, and raises a conflict if not (another writer made the
@@ -23,6 +23,7 @@ from chatledger.infrastructure import recording
 from chatledger.infrastructure.recording import KeyRow
 
 from .audit_helpers import RawDB
+from .helpers import hold_uncommitted_key
 
 T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
 
@@ -61,9 +62,8 @@ def test_two_ledgers_racing_a_new_visitor_end_under_one_key(database_url: str) -
     a = ChatLedger.open(database_url)
     b = ChatLedger.open(database_url)
     try:
-        b_ring: Any = b.mapper.key_ring  # type: ignore[attr-defined]
         own = KeyRow((str(uuid4()), "v-new", b"\x01" * 32))
-        b_ring._active["v-new"] = (0.0, own, False)  # B encoded with this, not yet committed
+        hold_uncommitted_key(b, "v-new", own)  # B encoded with this, not yet committed
         sid = a.receive("v-new", "hello from a", at=T0).session_id
         with counting_stale_keys(b) as stale:
             b.receive("v-new", "hello from b", at=T0 + timedelta(seconds=1))
@@ -140,7 +140,7 @@ def test_a_write_under_a_key_erased_by_another_ledger_is_reencoded(database_url:
         assert kids == {old, new}
         new_states = raw.execute(
             f"SELECT state FROM {raw.events} WHERE originator_id=? ORDER BY originator_version DESC LIMIT 1",
-            (raw._id(turn.session_id),),
+            (raw.id_param(turn.session_id),),
         )
         assert json.loads(bytes(new_states[0][0]))["text"]["kid"] == new
     finally:
@@ -152,7 +152,7 @@ def test_a_write_under_a_key_erased_by_another_ledger_is_reencoded(database_url:
     assert texts[:2] == ["[erased]", "[erased]"]
 
 
-def test_a_failed_batch_leaves_no_key_subject_or_event_rows(
+def test_a_failed_batch_leaves_no_key_owner_or_event_rows(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     raw = RawDB(database_url)

@@ -37,7 +37,7 @@ def _picky_message(self: Any, e: Any, notification_id: int) -> None:
         raise RuntimeError("PickyLog refuses the marker")
     if e.text == TRANSIENT:
         raise sqlite3.OperationalError("disk I/O error")
-    ConversationLog._message(self, e, notification_id)
+    ConversationLog.handlers[type(e)](self, e, notification_id)
 
 
 class PickyLog(ConversationLog):

@@ -82,15 +82,15 @@ def test_an_event_forged_with_its_hash_row_after_the_seal_sits_in_the_tail(datab
         f"{raw.events} e JOIN chatledger_event_hashes h ON h.originator_id=e.originator_id "
         "AND h.originator_version=e.originator_version WHERE e.originator_id=? "
         "ORDER BY e.originator_version DESC LIMIT 1",
-        (raw._id(ann),),
+        (raw.id_param(ann),),
     )[0]
     raw.execute(
         f"INSERT INTO {raw.events} (originator_id, originator_version, topic, state) VALUES (?,?,?,?)",
-        (raw._id(ann), top + 1, topic, bytes(state)),
+        (raw.id_param(ann), top + 1, topic, bytes(state)),
     )
     pos = raw.execute(f"SELECT MAX({raw.position}) FROM {raw.events}")[0][0]
     forged = event_hash(bytes(prev), ann, top + 1, topic, bytes(state))
-    raw.execute("INSERT INTO chatledger_event_hashes VALUES (?,?,?,?,?)", (pos, raw._id(ann), top + 1, forged, b""))
+    raw.execute("INSERT INTO chatledger_event_hashes VALUES (?,?,?,?,?)", (pos, raw.id_param(ann), top + 1, forged, b""))
     with ChatLedger.open(database_url) as fresh:
         report = fresh.verify()
     assert report.ok and (report.sealed_through, report.tail_count) == (sealed, 1)

@@ -16,7 +16,7 @@ from chatledger import (
     ManualClock,
     SessionPolicy,
 )
-from chatledger.application.sweeper import _expire_batch
+from chatledger.application.sweeper import time_out_batch
 from chatledger.domain.policy import AppliedPolicy
 from chatledger.domain.session import Session
 from chatledger.projections.active_sessions import active_sessions, closed_sessions
@@ -240,7 +240,7 @@ def test_a_session_closed_behind_the_index_is_dropped_without_a_second_event(
         clock.advance(hours=1)
         ledger.receive("eve", "back again")  # lazy path records eve's timeout first
 
-        batch = _expire_batch(ledger, rows, clock())
+        batch = time_out_batch(ledger, rows, clock())
         assert (batch.appended, batch.conflict) == (1, 1)
         assert set(batch.closed) == {stale, fresh}
         assert len(timed_out_events(ledger, stale)) == 1
@@ -363,40 +363,3 @@ def test_bad_input_is_refused_and_appends_nothing(ledger: ChatLedger, clock: Man
         ledger.archive_closed_sessions(timedelta(days=-1), "unused")
     assert ledger.recorder.max_notification_id() == head
     assert ledger.sweep() == 1
-
-
-def test_gc_pauses_nest_across_threads_and_leave_the_collector_as_they_found_it() -> None:
-    import gc
-
-    from chatledger.application.sweeper import gc_paused
-
-    assert gc.isenabled()
-    inside = threading.Event()
-    release = threading.Event()
-
-    def other_sweep() -> None:
-        with gc_paused():
-            inside.set()
-            release.wait(5)
-
-    thread = threading.Thread(target=other_sweep)
-    thread.start()
-    inside.wait(5)
-    with gc_paused():
-        assert not gc.isenabled()
-    assert not gc.isenabled()  # the other thread's pause still holds
-    release.set()
-    thread.join()
-    assert gc.isenabled()
-
-    with pytest.raises(RuntimeError), gc_paused():
-        raise RuntimeError("a failing batch")
-    assert gc.isenabled()
-
-    gc.disable()  # the application's own choice
-    try:
-        with gc_paused():
-            pass
-        assert not gc.isenabled()
-    finally:
-        gc.enable()

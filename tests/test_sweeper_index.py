@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from .helpers import event_names, load_session
+from .helpers import background_jobs, event_names, load_session
 
 T0 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
 
@@ -258,14 +258,13 @@ def test_the_embedding_example_in_docs_timeouts_runs(sqlite_url: str) -> None:
     ledger = namespace["ledger"]
     assert isinstance(ledger, ChatLedger)
     assert served == [True]  # the jobs ran while serve() ran ...
-    assert ledger._jobs is None  # ... and stopped after the block
+    assert background_jobs(ledger) is None  # ... and stopped after the block
     ledger.close()
 
 
 def ledger_jobs_running(namespace: dict[str, object]) -> bool:
     ledger = namespace["ledger"]
-    return (
-        isinstance(ledger, ChatLedger)
-        and ledger._jobs is not None
-        and ledger._jobs.scheduler.running
-    )
+    if not isinstance(ledger, ChatLedger):
+        return False
+    jobs = background_jobs(ledger)
+    return jobs is not None and bool(jobs.scheduler.running)

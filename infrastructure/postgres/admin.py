@@ -14,25 +14,18 @@ from ..settings import Settings
 
 
 def conninfo(settings: Settings) -> str:
-    url = settings.url()
-    return psycopg.conninfo.make_conninfo(
-        dbname=url.database or "postgres",
-        host=url.host or "127.0.0.1",
-        port=url.port or 5432,
-        user=url.username or "postgres",
-        password=url.password or None,
-        connect_timeout=10,
-    )
+    target = settings.postgres_target
+    return psycopg.conninfo.make_conninfo(**target._asdict(), connect_timeout=10)
 
 
 def connect(settings: Settings) -> psycopg.Connection[tuple[object, ...]]:
     """An autocommit connection, or a ConfigurationError that says what to check."""
-    url = settings.url()
+    target = settings.postgres_target
     try:
         return psycopg.connect(conninfo(settings), autocommit=True)
     except psycopg.Error as err:
         raise ConfigurationError(
-            f"Cannot reach PostgreSQL database {url.database!r} on {url.host or '127.0.0.1'}: "
+            f"Cannot reach PostgreSQL database {target.dbname!r} on {target.host}: "
             f"{err}. Check that the server runs and the URL (--database or "
             "CHATLEDGER_DATABASE_URL) is right."
         ) from err

@@ -30,7 +30,7 @@ from psycopg.sql import SQL, Identifier
 from ...domain.errors import ConfigurationError
 from .. import recording
 from ..hashchain import chain_rows
-from ..recording import DESTROYED, HASHES, KEYS, SUBJECTS, KeyRow, LedgerRecorderMixin, key_work
+from ..recording import DESTROYED, HASHES, KEYS, KEY_OWNERS, KeyRow, LedgerRecorderMixin, key_work
 from ..sealing import SEALS, Seal, next_seal
 from .verification import PostgresVerification
 
@@ -61,7 +61,7 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
             ).format(s, Identifier(KEYS)),
             SQL(
                 "CREATE TABLE IF NOT EXISTS {}.{} (aggregate_id uuid PRIMARY KEY, visitor_id text NOT NULL)"
-            ).format(s, Identifier(SUBJECTS)),
+            ).format(s, Identifier(KEY_OWNERS)),
             SQL("CREATE TABLE IF NOT EXISTS {}.{} (kid text PRIMARY KEY)").format(s, Identifier(DESTROYED)),
             SQL(
                 "CREATE TABLE IF NOT EXISTS {}.{} (seq bigint PRIMARY KEY, first_id bigint NOT NULL, "
@@ -179,16 +179,16 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
         """As the SQLite recorder's ``_write_keys``. This runs after the events
         table's ``LOCK TABLE … IN EXCLUSIVE MODE``, so an erasure (which deletes
         keys under the same lock) has committed entirely before, or starts after."""
-        new_keys, subjects, used = key_work(stored_events)
+        new_keys, owners, used = key_work(stored_events)
         if new_keys:
             c.executemany(
                 SQL("INSERT INTO {} VALUES (%s,%s,%s,now()) ON CONFLICT DO NOTHING").format(self.qualified(KEYS)),
                 [tuple(row) for row in new_keys],
             )
-        if subjects:
+        if owners:
             c.executemany(
-                SQL("INSERT INTO {} VALUES (%s,%s) ON CONFLICT (aggregate_id) DO NOTHING").format(self.qualified(SUBJECTS)),
-                subjects,
+                SQL("INSERT INTO {} VALUES (%s,%s) ON CONFLICT (aggregate_id) DO NOTHING").format(self.qualified(KEY_OWNERS)),
+                owners,
             )
         if not used:
             return
@@ -234,9 +234,9 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
             c.execute(SQL("SELECT kid FROM {} WHERE visitor_id = ANY(%s)").format(self.qualified(KEYS)), (list(visitor_ids),))
             return sorted(r["kid"] for r in c.fetchall())
 
-    def subject_of(self, aggregate_id: UUID) -> str | None:
+    def key_owner_of(self, aggregate_id: UUID) -> str | None:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(SQL("SELECT visitor_id FROM {} WHERE aggregate_id=%s").format(self.qualified(SUBJECTS)), (aggregate_id,))
+            c.execute(SQL("SELECT visitor_id FROM {} WHERE aggregate_id=%s").format(self.qualified(KEY_OWNERS)), (aggregate_id,))
             row = c.fetchone()
         return row["visitor_id"] if row else None
 

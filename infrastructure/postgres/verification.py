@@ -12,7 +12,7 @@ from eventsourcing.postgres import PostgresDatastore
 from psycopg.sql import SQL, Composed, Identifier
 
 from ..hashchain import EventRow, HashRow, VerificationReport, verify_rows
-from ..recording import DESTROYED, ERASURE_TOPIC, HASHES, KEYS, SUBJECTS, KeyAuditor
+from ..recording import DESTROYED, ERASURE_TOPIC, HASHES, KEYS, KEY_OWNERS, KeyAuditor
 from ..sealing import SEALS, Anchor, Seal, check_seals
 
 
@@ -167,10 +167,10 @@ class PostgresKeyTables:
         rows = self._rows(SQL("SELECT kid FROM {} WHERE kid = ANY(%s)").format(t(DESTROYED)), (list(kids),))
         return {r["kid"] for r in rows}
 
-    def subjects(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, str]:
+    def key_owners(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, str]:
         t = self.recorder.qualified
         rows = self._rows(
-            SQL("SELECT aggregate_id, visitor_id FROM {} WHERE aggregate_id = ANY(%s)").format(t(SUBJECTS)),
+            SQL("SELECT aggregate_id, visitor_id FROM {} WHERE aggregate_id = ANY(%s)").format(t(KEY_OWNERS)),
             (list(aggregate_ids),),
         )
         return {r["aggregate_id"]: r["visitor_id"] for r in rows}

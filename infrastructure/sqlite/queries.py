@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from ...domain.batching import batched
+
 SQLITE_MAX_PARAMS = 999
 """Bound parameters per statement that every SQLite build accepts (builds
 before 3.32, still shipped by some LTS distributions, stop at 999)."""
@@ -22,8 +24,8 @@ def sqlite_select_in(c: _Executes, sql: str, values: Sequence[Any]) -> list[Any]
     in as many statements as the parameter limit needs (``c``: an
     eventsourcing ``SQLiteCursor`` or a ``sqlite3`` cursor)."""
     rows: list[Any] = []
-    for start in range(0, len(values), SQLITE_MAX_PARAMS):
-        chunk = list(values[start : start + SQLITE_MAX_PARAMS])
+    for batch in batched(values, SQLITE_MAX_PARAMS):
+        chunk = list(batch)
         c.execute(sql.format(",".join("?" * len(chunk))), chunk)
         rows.extend(c.fetchall())
     return rows

@@ -17,9 +17,10 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 
+from ...domain.batching import batched
 from .. import recording
 from ..hashchain import as_uuid, chain_rows_by_hex
-from ..recording import DESTROYED, HASHES, KEYS, SUBJECTS, KeyRow, LedgerRecorderMixin, key_work
+from ..recording import DESTROYED, HASHES, KEYS, KEY_OWNERS, KeyRow, LedgerRecorderMixin, key_work
 from ..sealing import SEALS, Seal, next_seal
 from .queries import PAIRS_PER_QUERY, sqlite_select_in
 from .verification import SQLiteVerification
@@ -40,7 +41,7 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
             (f"CREATE TABLE IF NOT EXISTS {KEYS} ("
             "kid TEXT PRIMARY KEY, visitor_id TEXT NOT NULL UNIQUE, key BLOB NOT NULL, "
             "created_at TEXT NOT NULL)"),
-            (f"CREATE TABLE IF NOT EXISTS {SUBJECTS} ("
+            (f"CREATE TABLE IF NOT EXISTS {KEY_OWNERS} ("
             "aggregate_id TEXT PRIMARY KEY, visitor_id TEXT NOT NULL)"),
             f"CREATE TABLE IF NOT EXISTS {DESTROYED} (kid TEXT PRIMARY KEY)",
             (f"CREATE TABLE IF NOT EXISTS {SEALS} (seq INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, "
@@ -98,20 +99,20 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
         return ids
 
     def _write_keys(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> None:
-        """Insert the batch's new keys and subjects, then check that every key its
+        """Insert the batch's new keys and owners, then check that every key its
         envelopes use is in the store and is its visitor's (else :class:`StaleKeyError`,
         which rolls the whole batch back)."""
-        new_keys, subjects, used = key_work(stored_events)
+        new_keys, owners, used = key_work(stored_events)
         if new_keys:
             now = datetime.now(UTC).isoformat()
             c.executemany(
                 f"INSERT INTO {KEYS} VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
                 [(kid, visitor, key, now) for kid, visitor, key in new_keys],
             )
-        if subjects:
+        if owners:
             c.executemany(
-                f"INSERT INTO {SUBJECTS} VALUES (?,?) ON CONFLICT (aggregate_id) DO NOTHING",
-                [(oid.hex, visitor) for oid, visitor in subjects],
+                f"INSERT INTO {KEY_OWNERS} VALUES (?,?) ON CONFLICT (aggregate_id) DO NOTHING",
+                [(oid.hex, visitor) for oid, visitor in owners],
             )
         if not used:
             return
@@ -189,8 +190,7 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
                 firsts[hex_id] = stored.originator_version - 1
         prev: dict[str, bytes] = {}
         wanted = list(firsts.items())
-        for start in range(0, len(wanted), PAIRS_PER_QUERY):
-            chunk = wanted[start : start + PAIRS_PER_QUERY]
+        for chunk in batched(wanted, PAIRS_PER_QUERY):
             c.execute(
                 # VALUES first (CROSS JOIN keeps that order): one index probe per pair.
                 f"SELECT h.originator_id, h.event_hash FROM (VALUES {','.join(['(?,?)'] * len(chunk))}) AS q "
@@ -221,9 +221,9 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
             rows = sqlite_select_in(c, f"SELECT kid FROM {KEYS} WHERE visitor_id IN ({{}})", visitor_ids)
             return sorted(r[0] for r in rows)
 
-    def subject_of(self, aggregate_id: UUID) -> str | None:
+    def key_owner_of(self, aggregate_id: UUID) -> str | None:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT visitor_id FROM {SUBJECTS} WHERE aggregate_id=?", (aggregate_id.hex,))
+            c.execute(f"SELECT visitor_id FROM {KEY_OWNERS} WHERE aggregate_id=?", (aggregate_id.hex,))
             row = c.fetchone()
         return row[0] if row else None
 

@@ -10,7 +10,7 @@ from uuid import UUID
 from eventsourcing.sqlite import SQLiteDatastore
 
 from ..hashchain import EventRow, HashRow, VerificationReport, verify_rows
-from ..recording import DESTROYED, ERASURE_TOPIC, HASHES, KEYS, SUBJECTS, KeyAuditor
+from ..recording import DESTROYED, ERASURE_TOPIC, HASHES, KEYS, KEY_OWNERS, KeyAuditor
 from ..sealing import SEALS, Anchor, Seal, check_seals
 from .queries import sqlite_select_in
 
@@ -32,9 +32,9 @@ class SQLiteKeyTables:
     def destroyed(self, kids: Sequence[str]) -> set[str]:
         return {r[0] for r in self._select_in(f"SELECT kid FROM {DESTROYED} WHERE kid IN ({{}})", kids)}
 
-    def subjects(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, str]:
+    def key_owners(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, str]:
         rows = self._select_in(
-            f"SELECT aggregate_id, visitor_id FROM {SUBJECTS} WHERE aggregate_id IN ({{}})",
+            f"SELECT aggregate_id, visitor_id FROM {KEY_OWNERS} WHERE aggregate_id IN ({{}})",
             [a.hex for a in aggregate_ids],
         )
         return {UUID(r[0]): r[1] for r in rows}

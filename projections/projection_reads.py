@@ -26,7 +26,7 @@ from ..domain.model import utc
 from . import analytics as an
 from . import conversation_log as log
 from . import memory_tables as mem
-from .results import Analytics, Engagement, Memory, Resessionized, Transcript, TranscriptMessage
+from .query_results import Analytics, Engagement, Memory, Resessionized, Transcript, TranscriptMessage
 from .runner import ProjectionRunner
 from .tracking import tracking_table
 
