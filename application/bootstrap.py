@@ -95,10 +95,10 @@ def configure_sealer(recorder: Any, settings: Settings) -> None:
         ours.seal_every = settings.seal_every_events
 
 
-def build_snapshot_store(mapper: Any, factory: Any) -> SnapshotStore:
+def build_snapshot_store(mapper: Any, factory: Any, events: Any = None) -> SnapshotStore:
     """Snapshots at another version than their class's are passed over
     (see :class:`~chatledger.infrastructure.snapshots.SnapshotStore`)."""
-    return SnapshotStore(mapper=mapper, recorder=factory.aggregate_recorder(purpose="snapshots"))
+    return SnapshotStore(mapper=mapper, recorder=factory.aggregate_recorder(purpose="snapshots"), events=events)
 
 
 def build_projector(

@@ -57,12 +57,19 @@ def receive_once(
     metadata: dict[str, Any] | None,
     at: datetime | None,
 ) -> Turn:
-    """One attempt of :func:`receive`."""
-    visitor = uow.get_visitor(visitor_id)
+    """One attempt of :func:`receive`.
+
+    The visitor and its sessions are read from the cache on the first attempt
+    (no read of the store): every decision a stale copy could get wrong ends in
+    a write to that copy, which then conflicts and re-runs this on fresh reads,
+    except the client-id check of a session this does not write, which reads
+    it fresh (:func:`recent_sessions`, :func:`unwritten_duplicate`). See
+    docs/architecture.md, "No read before write"."""
+    visitor = uow.get_visitor(visitor_id, cached=True)
     now = uow.now(at)
     explicit: Session | None = None
     if session_id is not None:
-        explicit = uow.get_session(session_id)
+        explicit = uow.get_session(session_id, cached=True)
         check_owner(uow, explicit, visitor_id, None)
     current = explicit
     if (
@@ -70,7 +77,7 @@ def receive_once(
         and visitor.current_session_id is not None
         and (explicit is None or explicit.id != visitor.current_session_id)
     ):
-        current = uow.get_session(visitor.current_session_id)
+        current = uow.get_session(visitor.current_session_id, cached=True)
 
     if client_message_id is not None:
         for candidate in recent_sessions(uow, explicit, current):
@@ -90,10 +97,15 @@ def receive_once(
         if live.is_expired(when):
             live.time_out(detected_at=when)
             continue
+        others = [s for s in (explicit, current) if s is not None and s is not live]
+        if client_message_id is not None:
+            seen_turn = unwritten_duplicate(uow, others, client_message_id)
+            if seen_turn is not None:
+                return seen_turn
         message = live.receive(
             text, at=when, client_message_id=client_message_id, metadata=metadata
         )
-        uow.save(live, *(s for s in (explicit, current) if s is not live))
+        uow.save(live, *others)
         return Turn.of(live, message)
 
     # No live session: open one, linked to the visitor's previous session.
@@ -120,7 +132,10 @@ def receive_once(
 
 
 def recent_sessions(uow: UnitOfWork, *sessions: Session | None) -> Iterator[Session]:
-    """Where a retried message may already sit: these sessions and their predecessors."""
+    """Where a retried message may already sit: these sessions and their
+    predecessors. A predecessor is never written by the receive that checks
+    it, so it is read from the store unless its cached copy is closed (a closed
+    session takes no more messages: its client ids are final)."""
     seen: set[UUID] = set()
     for session in sessions:
         if session is None or session.id in seen:
@@ -130,7 +145,28 @@ def recent_sessions(uow: UnitOfWork, *sessions: Session | None) -> Iterator[Sess
         previous = session.previous_session_id
         if previous is not None and previous not in seen:
             seen.add(previous)
-            yield uow.get_session(previous)
+            found = uow.get_session(previous, cached=True)
+            if found.status == "active":
+                found = uow.get_session(previous)
+            yield found
 
 
-__all__ = ["receive", "receive_once", "recent_sessions"]
+def unwritten_duplicate(uow: UnitOfWork, others: list[Session], client_message_id: str) -> Turn | None:
+    """The turn ``client_message_id`` already has in one of ``others`` -- live
+    sessions this receive read but does not write, so a stale copy of one would
+    not conflict -- read from the store; None if it has none."""
+    for other in others:
+        if other.status != "active" or uow.fresh_read(cached=True):
+            continue  # closed: its client ids are final; or it was read fresh already
+        fresh = uow.get_session(other.id)
+        seen = fresh.message_for(client_message_id)
+        if seen is not None:
+            if seen.role != "user":
+                raise ClientMessageIdConflictError(
+                    fresh.id, client_message_id, recorded_role=seen.role, role="user"
+                )
+            return Turn.of(fresh, seen, duplicate=True)
+    return None
+
+
+__all__ = ["receive", "receive_once", "recent_sessions", "unwritten_duplicate"]

@@ -9,7 +9,7 @@ commits (eventsourcing's ``_lock_table``), so ids commit in order and every id
 at or below the head is settled; SQLite has one writer at a time. An id that is
 missing (a rolled-back write) is never filled in later.
 
-Personal fields (``infrastructure.personal_fields.PERSONAL_FIELDS``) are *sealed*
+Personal fields (``domain.personal_data.PERSONAL_FIELDS``) are *sealed*
 unless the caller asks for content: decoded without opening their envelopes
 (``ShreddingMapper.to_sealed_event``, the read models' path) and every
 non-empty one replaced by its ``SEALED_VALUES`` placeholder. With content they
@@ -37,7 +37,8 @@ from ..domain.model import Immutable
 from ..domain.session import Session
 from ..infrastructure.envelopes import is_envelope, walk
 from ..infrastructure.personal_fields import COMPILED_PATHS, EMPTY_VALUES, SEALED_VALUES
-from ..infrastructure.shredding_mapper import KID_PATTERN, ShreddingMapper
+from ..infrastructure.envelopes import KID_PATTERN
+from ..infrastructure.shredding_mapper import ShreddingMapper
 from .unit_of_work import UnitOfWork
 
 _CONTENT_ERASED = get_topic(Session.ContentErased)

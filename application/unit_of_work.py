@@ -50,6 +50,8 @@ from ..projections.runner import ProjectionRunner
 from ..projections.projection_reads import ProjectionReads
 from . import bootstrap
 from .clock import Clock
+from .commit_queue import GroupCommitEventStore
+from .repository import LedgerRepository
 
 T = TypeVar("T")
 
@@ -99,6 +101,7 @@ class UnitOfWork(Application[UUID]):
             Visitor: settings.snapshot_interval,
         }
         self._saving = threading.local()  # the aggregates this thread is saving
+        self._attempt = threading.local()  # .first: this thread's command is on its first attempt
         try:
             env = bootstrap.store_env(settings)
             with bootstrap.store_lock(settings):
@@ -136,21 +139,54 @@ class UnitOfWork(Application[UUID]):
         return utc(at) if at is not None else utc(self.clock())
 
     def retrying(self, what: str, command: Callable[[], T]) -> T:
-        """Run ``command`` until it is not beaten by a concurrent writer."""
+        """Run ``command`` until it is not beaten by a concurrent writer.
+
+        A first run may decide on cached aggregates (the reads that pass
+        ``cached=True``: no read of the store); if one was stale its save
+        conflicts, and the command is run again with every read from the store,
+        up to ``conflict_retries`` times, as if the cached run had not happened
+        (see docs/architecture.md, "No read before write")."""
         attempts = self.settings.conflict_retries
-        for attempt in range(attempts):
-            try:
-                return command()
-            except RecordConflictError:
-                time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))  # full jitter
+        state = self._attempt
+        outer: bool | None = getattr(state, "first", None)  # None: not inside another command
+        try:
+            if outer is not False:
+                state.first = True  # on cached reads: a conflict here costs no attempt
+                try:
+                    return command()
+                except RecordConflictError:
+                    pass
+            state.first = False
+            for attempt in range(attempts):
+                try:
+                    return command()
+                except RecordConflictError:
+                    time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))  # full jitter
+        finally:
+            state.first = outer
         raise ConcurrencyConflictError(what, attempts)
 
-    def get_session(self, session_id: UUID | str) -> Session:
-        """The session, current (:class:`UnknownSessionError` if there is none)."""
+    def fresh_read(self, cached: bool) -> bool:
+        """Whether a read must see the store: always, unless ``cached`` and this
+        thread's command is on its first attempt (see :meth:`retrying`)."""
+        return not (cached and getattr(self._attempt, "first", None))
+
+    def load(self, aggregate_id: UUID, fresh: bool) -> Any:
+        """An aggregate from the repository (``fresh``: caught up with the store)."""
+        repository = self.repository
+        assert isinstance(repository, LedgerRepository)
+        return repository.get(aggregate_id, projector_func=replay_events, fresh=fresh)
+
+    def get_session(self, session_id: UUID | str, *, cached: bool = False) -> Session:
+        """The session, current (:class:`UnknownSessionError` if there is none).
+
+        ``cached=True``: on a command's first attempt, the cached copy without
+        a read of the store (it may be stale; the command's save conflicts then)."""
         sid = as_uuid(session_id)
+        fresh = self.fresh_read(cached)
         try:
             try:
-                session = self.repository.get(sid, projector_func=replay_events)
+                session = self.load(sid, fresh)
             except ErasedSnapshotError:
                 # Left by an erasure that stopped before deleting its snapshots (or
                 # read just before it did): derived data; drop it and replay the log.
@@ -158,19 +194,18 @@ class UnitOfWork(Application[UUID]):
                 if not table:
                     raise
                 self.recorder.delete_snapshots(table, [sid])  # type: ignore[attr-defined]
-                session = self.repository.get(sid, projector_func=replay_events)
+                session = self.load(sid, fresh)
         except AggregateNotFoundError as err:
             raise UnknownSessionError(session_id) from err
         if not isinstance(session, Session):
             raise UnknownSessionError(session_id)
         return session
 
-    def get_visitor(self, visitor_id: str) -> Visitor | None:
-        """The visitor, current, or None if never seen."""
+    def get_visitor(self, visitor_id: str, *, cached: bool = False) -> Visitor | None:
+        """The visitor, current, or None if never seen (``cached``: as for
+        :meth:`get_session`)."""
         try:
-            visitor = self.repository.get(
-                visitor_aggregate_id(visitor_id), projector_func=replay_events
-            )
+            visitor = self.load(visitor_aggregate_id(visitor_id), self.fresh_read(cached))
         except AggregateNotFoundError:
             return None
         assert isinstance(visitor, Visitor)
@@ -179,8 +214,9 @@ class UnitOfWork(Application[UUID]):
     def open_session(
         self, session_id: UUID | str, at: datetime | None
     ) -> tuple[Session, datetime]:
-        """Load a session for a command; a clock time never runs behind its log."""
-        session = self.get_session(session_id)
+        """Load a session for a command that writes it (cached on the first
+        attempt); a clock time never runs behind its log."""
+        session = self.get_session(session_id, cached=True)
         now = self.now(at)
         if at is None and session.status == "active":
             now = max(now, session.latest_event_at)
@@ -190,18 +226,29 @@ class UnitOfWork(Application[UUID]):
 
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         """Record the pending events of ``objs`` in one transaction (the
-        library's ``save``), then keep the cache and the snapshots cheap:
+        library's ``save``, through the group commit of :attr:`events`), then
+        keep the cache and the snapshots cheap:
 
         - a snapshot due at the version an aggregate was just saved at is taken
           from that aggregate (see :meth:`take_snapshot`), not rebuilt from the
           store;
-        - a copy of each saved aggregate goes into the aggregate cache, so the
-          next command does not re-read and re-validate the events it has just
-          written. The cache is still fast-forwarded from the store on every
-          read, so a copy that another writer has overtaken is caught up as
-          before, and only committed state is ever cached.
+        - a copy of each saved aggregate goes into the aggregate cache unless
+          the cache holds a newer version already, so the next command writes
+          against it without reading the store. Only committed state is cached.
+
+        On a command's first attempt (which may have decided on cached copies)
+        a save with nothing to write raises a conflict, so the command is re-run
+        on fresh reads: a decision to write nothing is not taken on a copy that
+        may be stale.
         """
         aggregates = {obj.id: obj for obj in objs if isinstance(obj, Aggregate)}
+        items = [obj for obj in objs if obj is not None]
+        if (
+            getattr(self._attempt, "first", None)
+            and len(aggregates) == len(items)
+            and not any(a.pending_events for a in aggregates.values())
+        ):
+            raise RecordConflictError("nothing to write on cached reads: re-read and decide again")
         self._saving.aggregates = aggregates
         try:
             recordings = super().save(*objs, **kwargs)
@@ -210,15 +257,31 @@ class UnitOfWork(Application[UUID]):
         finally:
             self._saving.aggregates = None
         repository = self.repository
-        if repository.cache is not None and repository.fastforward:
-            for aggregate_id, aggregate in aggregates.items():
-                repository.cache.put(aggregate_id, deepcopy(aggregate))
+        if isinstance(repository, LedgerRepository):
+            for aggregate in aggregates.values():
+                repository.remember(deepcopy(aggregate))
         return recordings
+
+    def construct_repository(self) -> LedgerRepository:
+        """The library's repository, with reads that may skip the store (see
+        :class:`~chatledger.application.repository.LedgerRepository`)."""
+        maxsize = self.env.get(self.AGGREGATE_CACHE_MAXSIZE)
+        return LedgerRepository(
+            event_store=self.events,
+            snapshot_store=self.snapshots,
+            cache_maxsize=int(maxsize) if maxsize else None,
+            deepcopy_from_cache=True,
+        )
+
+    def construct_event_store(self) -> GroupCommitEventStore:
+        """The library's event store, committing concurrent saves together (see
+        :class:`~chatledger.application.commit_queue.GroupCommitEventStore`)."""
+        return GroupCommitEventStore(self.mapper, self.recorder)
 
     def construct_snapshot_store(self) -> SnapshotStore:
         """Snapshots at another version than their class's are passed over
         (see :class:`~chatledger.infrastructure.snapshots.SnapshotStore`)."""
-        return bootstrap.build_snapshot_store(self.mapper, self.factory)
+        return bootstrap.build_snapshot_store(self.mapper, self.factory, self.events)
 
     def take_snapshot(
         self,

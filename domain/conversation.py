@@ -5,13 +5,11 @@ The :class:`~chatledger.domain.session.Session` aggregate's events carry them.""
 from __future__ import annotations
 
 from typing import Literal
-from uuid import UUID
 
 from pydantic import AwareDatetime, Field, JsonValue
 
 from .errors import InvalidCommandError
-from .model import Immutable, SnapshotState
-from .policy import AppliedPolicy
+from .model import Immutable
 from .validation import ID_CEILING, TEXT_CEILING
 
 Role = Literal["user", "bot", "system"]
@@ -61,30 +59,3 @@ def check_name(kind: str, name: object) -> str:
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
         raise InvalidCommandError(f"A {kind} must be a non-empty string of at most {MAX_NAME_LENGTH} characters.")
     return name
-
-
-class SessionSnapshotState(SnapshotState):
-    visitor_id: str
-    user_id: str | None
-    channel: str
-    context: SessionContext
-    policy: AppliedPolicy
-    status: Status
-    started_at: AwareDatetime
-    last_activity_at: AwareDatetime
-    closed_at: AwareDatetime | None
-    close_reason: str | None
-    previous_session_id: UUID | None
-    is_returning: bool
-    away_for_s: float | None
-    carried_slots: dict[str, Slot]
-    messages: list[Message]
-    slots: dict[str, Slot]
-    tasks: dict[str, AwareDatetime]
-    completed_tasks: list[str]
-    client_message_ids: dict[str, int]
-    last_event_at: AwareDatetime | None = None  # absent from snapshots taken before it existed
-    archived_at: AwareDatetime | None = None
-    archive: str | None = None
-
-

@@ -128,10 +128,16 @@ class AggregateSnapshot(DomainEvent, CanSnapshotAggregate[UUID]):
     occurred_at: AwareDatetime | None = None  # type: ignore[assignment]
 
     @classmethod
-    def take(cls, aggregate: Any) -> AggregateSnapshot:
+    def state_of(cls, aggregate: Any) -> dict[str, Any]:
+        """What of ``aggregate`` the snapshot keeps (its attributes, by default)."""
         state = dict(vars(aggregate))
         for key in ("_id", "_version", "_pending_events"):
             state.pop(key, None)
+        return state
+
+    @classmethod
+    def take(cls, aggregate: Any) -> AggregateSnapshot:
+        state = cls.state_of(aggregate)
         return cls(
             originator_id=aggregate.id,
             originator_version=aggregate.version,

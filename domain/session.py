@@ -7,40 +7,36 @@ carries ``occurred_at`` (business time); expiry is computed from it alone.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field, JsonValue
+from pydantic import AwareDatetime, Field, JsonValue, PrivateAttr
 
 from .conversation import (
     Message,
     Role,
     SessionContext,
-    SessionSnapshotState,
     Slot,
     SlotScope,
-    Status,
     check_name,
     check_text,
 )
-from .erasure import ERASED_METADATA, ERASED_VALUES
-from .errors import (
-    ClientMessageIdConflictError,
-    InvalidCommandError,
-    SessionClosedError,
-    SessionExpiredError,
-    TaskStateError,
-)
+from .errors import InvalidCommandError
+from .messages import MessageLog
 from .model import Aggregate, AggregateSnapshot, utc
-from .policy import AppliedPolicy, TimeoutReason, is_past_deadline
+from .policy import AppliedPolicy, TimeoutReason
+from .session_data import SessionSnapshotState, restore_messages, snapshot_state
+from .session_housekeeping import SessionHousekeeping
 
 
-class Session(Aggregate):
+class Session(Aggregate, SessionHousekeeping):
     """One conversation of one visitor.
 
-    State: visitor and user ids, channel, status, start and last-activity times,
-    ordered messages, slots, tasks in progress and the previous session's id.
+    State (:class:`~chatledger.domain.session_data.SessionData`): visitor and
+    user ids, channel, status, start and last-activity times, ordered messages,
+    slots, tasks in progress and the previous session's id.
     """
 
     # Lists and dicts of frozen values only (see Aggregate.__deepcopy__).
@@ -49,10 +45,33 @@ class Session(Aggregate):
     }  # fmt: skip
 
     class Snapshot(AggregateSnapshot):
+        """The session's state without its messages: their count (and how many
+        were erased); the messages are read from the log when they are read
+        (:class:`~chatledger.domain.messages.MessageLog`), so a snapshot's size
+        and cost do not grow with the conversation."""
+
         # 2 (release 0.2.0): ContentErased forgets client message ids and end
         # reasons; a snapshot 0.1.0 took after an erasure still holds them.
-        class_version = 2
+        # 3 (release 0.4.0): message_count and erased_messages, not the messages.
+        class_version = 3
         state: SessionSnapshotState
+        _stored_messages: Sequence[Message] | None = PrivateAttr(default=None)
+
+        def with_stored_messages(self, stored: Sequence[Message]) -> Session.Snapshot:
+            """This snapshot, its messages read from ``stored`` (the infrastructure's
+            reader of the message events up to the snapshot's version)."""
+            self._stored_messages = stored
+            return self
+
+        @classmethod
+        def state_of(cls, aggregate: Any) -> dict[str, Any]:
+            return snapshot_state(super().state_of(aggregate))
+
+        def mutate(self, _: None) -> Session:
+            session = super().mutate(_)
+            assert isinstance(session, Session)
+            restore_messages(session.__dict__, self._stored_messages)
+            return session
 
     class Event(Aggregate.Event):
         def mutate(self, aggregate: Any) -> Any:
@@ -91,7 +110,7 @@ class Session(Aggregate):
             s.is_returning = self.is_returning
             s.away_for_s = self.away_for_s
             s.carried_slots = dict(self.carried_slots)
-            s.messages = []
+            s.messages = MessageLog()
             s.slots = dict(self.carried_slots)
             s.tasks = {}
             s.completed_tasks = []
@@ -105,15 +124,19 @@ class Session(Aggregate):
         metadata: dict[str, JsonValue] = Field(default_factory=dict)
         role: Role
 
-        def apply(self, s: Session) -> None:
-            message = Message(
-                position=len(s.messages),
+        def message(self, position: int) -> Message:
+            """The message this event records, at ``position`` in its session."""
+            return Message(
+                position=position,
                 role=self.role,
                 text=self.text,
                 at=self.occurred_at,
                 client_message_id=self.client_message_id,
                 metadata=self.metadata,
             )
+
+        def apply(self, s: Session) -> None:
+            message = self.message(len(s.messages))
             s.messages.append(message)
             if self.client_message_id is not None:
                 s.client_message_ids[self.client_message_id] = message.position
@@ -206,25 +229,7 @@ class Session(Aggregate):
         erasure_id: UUID
 
         def apply(self, s: Session) -> None:
-            s.messages = [
-                m.model_copy(
-                    update={
-                        "text": ERASED_VALUES["text"],
-                        "metadata": dict(ERASED_METADATA) if m.metadata else {},
-                        "client_message_id": ERASED_VALUES["client_message_id"],
-                    }
-                )
-                for m in s.messages
-            ]
-            s.client_message_ids = {}
-            if s.status == "ended":
-                s.close_reason = ERASED_VALUES["reason"]
-            erased_value = ERASED_VALUES["value"]
-            s.slots = {k: v.model_copy(update={"value": erased_value}) for k, v in s.slots.items()}
-            s.carried_slots = {
-                k: v.model_copy(update={"value": erased_value}) for k, v in s.carried_slots.items()
-            }
-            s.context = SessionContext.model_validate(ERASED_VALUES["context"])
+            s.blank_content()
 
     class Archived(Event):
         """Retention wrote this closed session to an archive file.
@@ -239,29 +244,6 @@ class Session(Aggregate):
         def apply(self, s: Session) -> None:
             s.archived_at = self.occurred_at
             s.archive = self.archive
-
-    if TYPE_CHECKING:  # attributes set by the events above (not dataclass fields)
-        visitor_id: str
-        user_id: str | None
-        channel: str
-        context: SessionContext
-        policy: AppliedPolicy
-        status: Status
-        started_at: datetime
-        last_activity_at: datetime
-        closed_at: datetime | None
-        close_reason: str | None
-        previous_session_id: UUID | None
-        is_returning: bool
-        away_for_s: float | None
-        carried_slots: dict[str, Slot]
-        messages: list[Message]
-        slots: dict[str, Slot]
-        tasks: dict[str, datetime]
-        completed_tasks: list[str]
-        client_message_ids: dict[str, int]
-        archived_at: datetime | None
-        archive: str | None
 
     # ---- creation ---------------------------------------------------------
 
@@ -305,47 +287,6 @@ class Session(Aggregate):
             away_for_s=away_for_s,
             carried_slots=carried,
         )
-
-    # ---- time -------------------------------------------------------------
-
-    @property
-    def idle_timeout(self) -> timedelta:
-        seconds = self.policy.task_idle_timeout_s if self.tasks else self.policy.idle_timeout_s
-        return timedelta(seconds=seconds)
-
-    def expiry(self) -> tuple[datetime, TimeoutReason]:
-        """When this session expires if nothing else happens, and why."""
-        return self.policy.deadline(
-            self.started_at, self.last_activity_at, tasks_open=bool(self.tasks)
-        )
-
-    def is_expired(self, at: datetime) -> bool:
-        """True when the session is active but ``at`` is past its deadline.
-
-        Idle time that *exceeds* the timeout expires the session; exactly the
-        timeout does not.
-        """
-        return self.status == "active" and is_past_deadline(self.expiry()[0], at)
-
-    def _check_open(self, at: datetime) -> datetime:
-        at = utc(at)
-        if self.status != "active":
-            raise SessionClosedError(self.id, self.status)
-        if self.is_expired(at):
-            raise SessionExpiredError(self.id, self.last_activity_at, self.expiry()[0])
-        if at < self.latest_event_at:
-            msg = (
-                f"at={at.isoformat()} is earlier than the session's last event "
-                f"{self.latest_event_at.isoformat()}; events must be recorded in order."
-            )
-            raise InvalidCommandError(msg)
-        return at
-
-    @property
-    def latest_event_at(self) -> datetime:
-        """The business time of the session's last event (no new event may be earlier)."""
-        latest = getattr(self, "last_event_at", None)
-        return latest if latest is not None else self.last_activity_at
 
     # ---- commands ---------------------------------------------------------
 
@@ -407,24 +348,12 @@ class Session(Aggregate):
 
     def start_task(self, task: str, *, at: datetime) -> None:
         at = self._check_open(at)
-        check_name("task name", task)
-        if task in self.tasks:
-            raise TaskStateError(
-                f"Task {task!r} is already in progress in session {self.id}; "
-                "complete it before starting it again.",
-                session_id=self.id,
-                task=task,
-            )
+        self._check_task(check_name("task name", task), in_progress=False)
         self.trigger_event(self.TaskStarted, occurred_at=at, task=task)
 
     def complete_task(self, task: str, *, at: datetime) -> None:
         at = self._check_open(at)
-        if task not in self.tasks:
-            raise TaskStateError(
-                f"Task {task!r} is not in progress in session {self.id}; start it first.",
-                session_id=self.id,
-                task=task,
-            )
+        self._check_task(task, in_progress=True)
         self.trigger_event(self.TaskCompleted, occurred_at=at, task=task)
 
     def link_identity(self, user_id: str, *, at: datetime) -> None:
@@ -432,26 +361,6 @@ class Session(Aggregate):
         if self.user_id == user_id:
             return
         self.trigger_event(self.IdentityLinked, occurred_at=utc(at), user_id=user_id)
-
-    def time_out(self, *, detected_at: datetime) -> bool:
-        """Record the timeout if the session is expired at ``detected_at``.
-
-        The event is stamped with the moment the session went idle past its
-        timeout, so every replay, sweep or lazy check agrees on it.
-        """
-        detected_at = utc(detected_at)
-        if not self.is_expired(detected_at):
-            return False
-        deadline, reason = self.expiry()
-        self.trigger_event(
-            self.TimedOut,
-            occurred_at=deadline,
-            reason=reason,
-            idle_since=self.last_activity_at,
-            detected_at=detected_at,
-            open_tasks=tuple(self.tasks),
-        )
-        return True
 
     @classmethod
     def timed_out_event(
@@ -480,50 +389,6 @@ class Session(Aggregate):
             open_tasks=open_tasks,
         )
 
-    def erase_content(self, erasure_id: UUID, *, at: datetime) -> None:
-        """Blank this session's personal content (the keys are destroyed elsewhere).
-
-        A session already past its deadline is first recorded as timed out (at
-        its deadline), so its events stay in time order."""
-        self.time_out(detected_at=at)
-        at = max(utc(at), self.latest_event_at)
-        self.trigger_event(self.ContentErased, occurred_at=at, erasure_id=erasure_id)
-
-    def record_archive(self, archive: str, *, at: datetime) -> None:
-        """Record that retention archived this closed session into ``archive``."""
-        at = utc(at)
-        if self.status == "active":
-            raise SessionClosedError(
-                self.id, self.status, f"Session {self.id} is still active; only closed sessions are archived."
-            )
-        if self.archived_at is not None:
-            raise InvalidCommandError(f"Session {self.id} was already archived to {self.archive}.")
-        check_name("archive name", archive)
-        self.trigger_event(self.Archived, occurred_at=max(at, self.latest_event_at), archive=archive)
-
     def end(self, *, at: datetime, reason: str = "ended") -> None:
         at = self._check_open(at)
         self.trigger_event(self.Ended, occurred_at=at, reason=check_name("reason", reason))
-
-    def _check_client_id(self, client_message_id: str | None, role: Role) -> None:
-        """A client id names one message of a session; a second message may not take it."""
-        if client_message_id is None:
-            return
-        seen = self.message_for(client_message_id)
-        if seen is None:
-            return
-        if seen.role != role:
-            raise ClientMessageIdConflictError(
-                self.id, client_message_id, recorded_role=seen.role, role=role
-            )
-        msg = (
-            f"Client message id {client_message_id!r} is already recorded in session {self.id}; "
-            "a retry is recognised by the ledger and appends nothing."
-        )
-        raise InvalidCommandError(msg)
-
-    # ---- queries ----------------------------------------------------------
-
-    def message_for(self, client_message_id: str) -> Message | None:
-        position = self.client_message_ids.get(client_message_id)
-        return None if position is None else self.messages[position]

@@ -8,6 +8,7 @@ from uuid import UUID
 from pydantic import AwareDatetime, JsonValue
 
 from .conversation import Message, SessionContext, Slot, Status
+from .messages import MessagesField
 from .model import Immutable
 from .policy import is_past_deadline
 from .session import Session
@@ -31,7 +32,8 @@ class SessionState(Immutable):
     close_reason: str | None
     previous_session_id: UUID | None
     is_returning: bool
-    messages: tuple[Message, ...]
+    messages: MessagesField
+    """The messages in order: a read-only sequence, read from the log as they are read."""
     slots: dict[str, JsonValue]
     slot_scopes: dict[str, str]
     open_tasks: tuple[str, ...]
@@ -57,7 +59,7 @@ class SessionState(Immutable):
             close_reason=s.close_reason,
             previous_session_id=s.previous_session_id,
             is_returning=s.is_returning,
-            messages=tuple(s.messages),
+            messages=s.messages.frozen(),
             slots={k: v.value for k, v in s.slots.items()},
             slot_scopes={k: v.scope for k, v in s.slots.items()},
             open_tasks=tuple(s.tasks),

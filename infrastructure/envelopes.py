@@ -19,6 +19,8 @@ from ..domain.errors import ChatLedgerError
 from .personal_fields import PLAIN_FIELD
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
+KID_PATTERN = re.compile(rb'"kid":"([^"\\]{1,100})"')
+"""The key id of an envelope in stored JSON."""
 
 
 class ContentIntegrityError(ChatLedgerError, RuntimeError):

@@ -11,7 +11,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 from uuid import UUID, uuid4
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .postgres import PostgresLedgerRecorder
     from .sqlite import SQLiteLedgerRecorder
 
-    LedgerRecorder = SQLiteLedgerRecorder | PostgresLedgerRecorder
+    LedgerRecorder: TypeAlias = "SQLiteLedgerRecorder | PostgresLedgerRecorder"
 
 KEY_CACHE_TTL_S = 30.0
 MAX_CACHED_KEYS = 20_000

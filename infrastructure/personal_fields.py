@@ -1,8 +1,12 @@
-"""Which fields of which event are personal, and what they read as when sealed.
+"""How the store treats the personal fields, derived from the domain's list.
 
-The shredding mapper encrypts these paths (:mod:`chatledger.infrastructure.shredding_mapper`),
-the sealed decoder leaves them closed (:mod:`chatledger.infrastructure.sealed_decoding`);
-both are derived from :data:`PERSONAL_FIELDS`.
+Which fields of which event are personal is the domain's rule
+(:data:`chatledger.domain.personal_data.PERSONAL_FIELDS`, re-exported here).
+From it: the shredding mapper encrypts those paths
+(:mod:`chatledger.infrastructure.shredding_mapper`), the sealed decoder leaves
+them closed (:mod:`chatledger.infrastructure.sealed_decoding`), by topic
+(:data:`PATHS_BY_TOPIC`, :data:`COMPILED_PATHS`, :data:`TOP_LEVEL_FIELDS`); and
+what each reads as when sealed (:data:`SEALED_VALUES`).
 """
 
 from __future__ import annotations
@@ -12,28 +16,11 @@ from typing import Any
 
 from eventsourcing.utils import get_topic
 
-from ..domain.model import DomainEvent
-from ..domain.session import Session
-
-PERSONAL_FIELDS: dict[type[DomainEvent], tuple[str, ...]] = {
-    Session.Started: ("context", "carried_slots.*.value"),
-    # A client message id is the caller's free text too: encrypted like the text.
-    # The aggregate holds it decrypted, so a retry is still recognised (until an
-    # erasure, after which it reads as None and is forgotten).
-    Session.MessageReceived: ("text", "metadata", "client_message_id"),
-    Session.MessageSent: ("text", "metadata", "client_message_id"),
-    Session.SlotSet: ("value",),
-    Session.Ended: ("reason",),
-    # A snapshot is derived data: its whole state is one envelope (one decryption
-    # per read, not one per message), and erasure deletes it anyway.
-    Session.Snapshot: ("state",),
-}
-"""Dotted paths of the personal fields of each event class (``*``: every key or item).
-
-Empty values (``{}``, ``[]``, ``""``, ``null``) are stored as they are: that a
-message had no metadata is not personal, and skipping them halves the work."""
+from ..domain.personal_data import PERSONAL_FIELDS as PERSONAL_FIELDS
 
 EMPTY_VALUES: tuple[Any, ...] = ({}, [], "", None)
+"""Stored as they are, not encrypted: that a message had no metadata is not
+personal, and skipping them halves the work."""
 
 PATHS_BY_TOPIC = {get_topic(cls): paths for cls, paths in PERSONAL_FIELDS.items()}
 

@@ -1,7 +1,7 @@
 """Crypto-shredding: personal fields are stored encrypted under a per-visitor key.
 
 The :class:`ShreddingMapper` replaces each personal field of an event (see
-:data:`~chatledger.infrastructure.personal_fields.PERSONAL_FIELDS`) with an
+:data:`~chatledger.domain.personal_data.PERSONAL_FIELDS`) with an
 envelope ``{"$enc": base64(nonce|ciphertext), "kid": key id}`` made with
 AES-256-GCM (``cryptography``, :mod:`chatledger.infrastructure.envelopes`), so
 the rest of the event (ids, times, types, slot names, counts) stays readable
@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +36,7 @@ from ..domain.erasure import ERASED_VALUES
 from ..domain.model import upcast
 from ..domain.session import Session
 from .envelopes import (
+    KID_PATTERN,
     ErasedSnapshotError,
     aad_id_of,
     associated_data,
@@ -52,7 +52,6 @@ from .personal_fields import COMPILED_PATHS, EMPTY_VALUES, PERSONAL_FIELDS, TOP_
 from .recording import KeyedStoredEvent
 from .sealed_decoding import FastDecoding
 
-KID_PATTERN = re.compile(rb'"kid":"([^"\\]{1,100})"')
 
 
 class ShreddingMapper(FastDecoding, PydanticMapper):

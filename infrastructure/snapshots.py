@@ -24,14 +24,24 @@ events, and the next snapshot due replaces it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+import copy
+import re
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, overload
 from uuid import UUID
 
 from eventsourcing.persistence import EventStore, StoredEvent
+from eventsourcing.utils import get_topic
 
+from ..domain.conversation import Message
+from ..domain.messages import StoredMessages
 from ..domain.model import StaleSnapshot
+from ..domain.session import Session
+KID_PATTERN = re.compile(rb'"kid":"([^"\\]{1,100})"')
 from .recording import KeyedStoredEvent
+
+MESSAGE_TOPICS = frozenset({get_topic(Session.MessageReceived), get_topic(Session.MessageSent)})
 
 
 class SnapshotKeyGone(Exception):
@@ -52,10 +62,133 @@ def newest_versions(stored_events: Sequence[StoredEvent]) -> dict[UUID, int]:
     return newest
 
 
+class PinnedKeys:
+    """The keys a set of stored events is under, taken from the key ring once
+    (destroyed ones as such): decoding with them needs no store (see
+    :meth:`MessageEvents.pinned`). A key not taken up front is asked of the
+    ring when it is first met."""
+
+    def __init__(self, ring: Any, kids: Iterable[str]) -> None:
+        self._ring = ring
+        self._by_kid: dict[str, tuple[float, Any]] = {}
+        self._erased: set[str] = set()
+        for kid in set(kids):
+            self.decryption_key(kid)
+
+    def decryption_key(self, kid: str) -> Any:
+        if kid in self._erased:
+            return None
+        cached = self._by_kid.get(kid)
+        if cached is not None:
+            return cached[1]
+        aead = self._ring.decryption_key(kid)
+        if aead is None:
+            self._erased.add(kid)
+        else:
+            self._by_kid[kid] = (float("inf"), aead)
+        return aead
+
+    def cache_views(self) -> tuple[dict[str, tuple[float, Any]], set[str]]:
+        return self._by_kid, self._erased
+
+
+class MessageEvents(StoredMessages):
+    """The first ``count`` messages of a session, read from its events up to a
+    snapshot's version when the first of them is asked for (one ``SELECT``),
+    each decoded (decrypted, validated) when it is asked for.
+
+    Stored events never change, so the rows read later are the rows there were
+    at the snapshot; a key destroyed in between makes them read as erased, as a
+    replay would. Shared, read-only, by every cached copy of the session."""
+
+    def __init__(
+        self, events: EventStore[UUID], session_id: UUID, version: int, count: int, mapper: Any = None
+    ) -> None:
+        self.events = events
+        self.mapper: Any = mapper if mapper is not None else events.mapper
+        self.session_id = session_id
+        self.version = version
+        self.size = count
+        self._rows: list[tuple[int, str, bytes]] | None = None
+        self._messages: list[Message | None] = [None] * count
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def rows(self) -> list[tuple[int, str, bytes]]:
+        """``(version, topic, state)`` of the message events (read once)."""
+        rows = self._rows
+        if rows is not None:
+            return rows
+        with self._lock:
+            if self._rows is None:
+                recorder = self.events.recorder
+                select = getattr(recorder, "select_events_of_topics", None)
+                if select is not None:
+                    found = select(self.session_id, self.version, sorted(MESSAGE_TOPICS))[: self.size]
+                else:
+                    found = [
+                        (r.originator_version, r.topic, r.state)
+                        for r in recorder.select_events(self.session_id, lte=self.version)
+                        if r.topic in MESSAGE_TOPICS
+                    ][: self.size]
+                if len(found) != self.size:
+                    msg = f"Session {self.session_id} has {len(found)} messages up to version {self.version}, not {self.size}."
+                    raise LookupError(msg)
+                self._rows = found
+            return self._rows
+
+    def pinned(self) -> MessageEvents:
+        """The same messages, decoded with the keys they are under as they are
+        now (read here, with the rows): readable after the ledger is closed."""
+        rows = self.rows()
+        ring: Any = getattr(self.mapper, "key_ring", None)
+        if ring is None:
+            return self
+        mapper = copy.copy(self.mapper)
+        # A session's events are under its visitor's key (one at a time: a new
+        # one only after an erasure), so the first and last rows name them all
+        # but in a session erased more than once; any other is met on reading.
+        ends = (rows[0][2], rows[-1][2]) if rows else ()
+        mapper.key_ring = PinnedKeys(ring, (m.group(1).decode() for m in map(KID_PATTERN.search, ends) if m))
+        pinned = MessageEvents(self.events, self.session_id, self.version, self.size, mapper)
+        pinned._rows = rows
+        pinned._messages = self._messages  # decoded once for the aggregate and every state read from it
+        return pinned
+
+    def _at(self, i: int) -> Message:
+        message = self._messages[i]
+        if message is None:
+            version, topic, state = self.rows()[i]
+            event = self.mapper.to_domain_event(StoredEvent(self.session_id, version, topic, state))
+            assert isinstance(event, Session.MessageRecorded)
+            message = self._messages[i] = event.message(i)
+        return message
+
+    @overload
+    def __getitem__(self, index: int) -> Message: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Message]: ...
+    def __getitem__(self, index: int | slice) -> Message | list[Message]:
+        if isinstance(index, slice):
+            return [self._at(i) for i in range(*index.indices(self.size))]
+        if index < 0:
+            index += self.size
+        if not 0 <= index < self.size:
+            raise IndexError("message index out of range")
+        return self._at(index)
+
+
 class SnapshotStore(EventStore[UUID]):
     """The snapshot store: a snapshot stored at another version than its class's
     (:class:`~chatledger.domain.model.StaleSnapshot`) is passed over, so the
-    repository replays the aggregate from its events instead."""
+    repository replays the aggregate from its events instead. A session's
+    snapshot gets its messages from ``events`` (:class:`StoredMessages`)."""
+
+    def __init__(self, mapper: Any, recorder: Any, events: EventStore[UUID] | None = None) -> None:
+        super().__init__(mapper=mapper, recorder=recorder)
+        self.message_events = events
 
     def get(
         self,
@@ -69,7 +202,14 @@ class SnapshotStore(EventStore[UUID]):
         decode = self.mapper.to_domain_event
         for stored in self.recorder.select_events(originator_id, gt=gt, lte=lte, desc=desc, limit=limit):
             try:
-                yield decode(stored)
+                snapshot = decode(stored)
             except StaleSnapshot:
                 continue
+            if isinstance(snapshot, Session.Snapshot) and self.message_events is not None:
+                count = int(vars(snapshot.state)["message_count"])
+                oid = UUID(str(stored.originator_id)) if not isinstance(stored.originator_id, UUID) else stored.originator_id
+                snapshot = snapshot.with_stored_messages(
+                    MessageEvents(self.message_events, oid, stored.originator_version, count)
+                )
+            yield snapshot
 

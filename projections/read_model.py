@@ -38,7 +38,7 @@ class ReadModel(Projection[SQLView]):
     without opening their envelopes, each personal field replaced by a
     placeholder (``ShreddingMapper.to_sealed_event``), which skips the
     decryption a message costs. Declare ``()`` only if no handler reads a
-    personal field (see ``infrastructure/shredding.py``, ``PERSONAL_FIELDS``).
+    personal field (see ``domain/personal_data.py``, ``PERSONAL_FIELDS``).
     Not inherited: a subclass must declare it again, or it gets everything opened."""
 
     supports_shadow_rebuild: ClassVar[bool] = False

@@ -9,7 +9,7 @@ and the tables are declared by appending to ``sql_create_statements``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -25,7 +25,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.utils import retry
 from psycopg import Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Identifier, Literal
 
 from ...domain.errors import ConfigurationError
 from .. import recording
@@ -71,54 +71,152 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
         ]
         if not self.lock_table_statements:  # the sealer's no-gap reasoning needs it (see sealing)
             raise ConfigurationError("chatledger needs eventsourcing's table lock on inserts")
+        self.insert_with_hashes_statement = SQL(
+            "WITH ev AS ({}), n AS (SELECT notification_id, row_number() OVER (ORDER BY notification_id) AS i FROM ev), "
+            "h AS (INSERT INTO {} SELECT n.notification_id, x.oid, x.ver, x.eh, ''::bytea FROM n "
+            "JOIN unnest(%s::uuid[], %s::bigint[], %s::bytea[]) WITH ORDINALITY AS x(oid, ver, eh, i) USING (i)) "
+            "SELECT notification_id FROM n CROSS JOIN (SELECT pg_notify({}, '')) AS notified ORDER BY notification_id"
+        ).format(self.insert_events_statement, self.qualified(HASHES), Literal(self.channel_name))
+        """The library's ``insert_events_statement`` (``… RETURNING notification_id``)
+        and the batch's hash rows in one statement: sequence values are taken in
+        the order the rows are inserted, so the i-th smallest id is the i-th event
+        (as the library reads its ids); it also notifies the library's channel
+        (``pg_notify``, what the library's ``NOTIFY`` statement does)."""
+        q = self.qualified
+        self.insert_keys_statement = SQL(
+            "INSERT INTO {} SELECT k, v, b, now() FROM unnest(%s::text[], %s::text[], %s::bytea[]) "
+            "AS x(k, v, b) ON CONFLICT DO NOTHING"
+        ).format(q(KEYS))
+        self.insert_key_owners_statement = SQL(
+            "INSERT INTO {} SELECT a, v FROM unnest(%s::uuid[], %s::text[]) AS x(a, v) ON CONFLICT (aggregate_id) DO NOTHING"
+        ).format(q(KEY_OWNERS))
+        self.used_keys_statement = SQL("SELECT kid, visitor_id FROM {} WHERE kid = ANY(%s)").format(q(KEYS))
+        self.destroyed_keys_statement = SQL("SELECT kid FROM {} WHERE kid = ANY(%s)").format(q(DESTROYED))
+        self.last_hashes: dict[UUID, tuple[int, bytes]] = {}
+        self.last_hashes_size = 100_000
 
-    def write_chain_and_keys(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], ids: Sequence[int]) -> None:
-        """The hash rows, key rows and key destructions of a batch whose events
-        were just inserted with the notification ids ``ids``."""
-        with curs.connection.cursor() as c:
-            firsts = {}
-            for stored in stored_events:
-                oid = UUID(str(stored.originator_id))
-                if stored.originator_version > 1 and oid not in firsts:
-                    firsts[oid] = stored.originator_version - 1
-            prev: dict[UUID, bytes] = {}
-            if firsts:
+    def prev_event_hashes(self, c: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> dict[UUID, bytes]:
+        """The event hash of the event before each aggregate's first event in
+        the batch: from this recorder's memory of what it committed last
+        (a committed hash row never changes), else read (no lock needed)."""
+        firsts: dict[UUID, int] = {}
+        for stored in stored_events:
+            oid = UUID(str(stored.originator_id))
+            if stored.originator_version > 1 and oid not in firsts:
+                firsts[oid] = stored.originator_version - 1
+        prev: dict[UUID, bytes] = {}
+        missing: dict[UUID, int] = {}
+        last = self.last_hashes
+        for oid, version in firsts.items():
+            hit = last.get(oid)
+            if hit is not None and hit[0] == version:
+                prev[oid] = hit[1]
+            else:
+                missing[oid] = version
+        if missing:
+            c.execute(
+                SQL(
+                    "SELECT h.originator_id, h.event_hash FROM {} h "
+                    "JOIN unnest(%s::uuid[], %s::bigint[]) AS q(oid, ver) "
+                    "ON h.originator_id = q.oid AND h.originator_version = q.ver"
+                ).format(self.qualified(HASHES)),
+                (list(missing), list(missing.values())),
+            )
+            prev.update((r["originator_id"], bytes(r["event_hash"])) for r in c.fetchall())
+        return prev
+
+    def remember_hashes(self, rows: Sequence[tuple[int, UUID, int, bytes, bytes]]) -> None:
+        """After a commit: each aggregate's newest event hash, for its next insert."""
+        last = self.last_hashes
+        if len(last) > self.last_hashes_size:
+            last.clear()
+        for _, oid, version, event_hash, _ in rows:
+            last[oid] = (version, event_hash)
+
+    def send_keys(self, conn: Any, stored_events: Sequence[StoredEvent]) -> Callable[[], None] | None:
+        """Queue the batch's key and key-owner inserts and the queries of its key
+        check (as the SQLite recorder's ``_write_keys``) in the pipeline; the
+        check itself, to run once the pipeline has synced (None: nothing to
+        check). This runs after the events table's ``LOCK TABLE … IN EXCLUSIVE
+        MODE``, so an erasure (which deletes keys under the same lock) has
+        committed entirely before, or starts after."""
+        new_keys, owners, used = key_work(stored_events)
+        with conn.cursor() as c:
+            if new_keys:
                 c.execute(
-                    SQL(
-                        "SELECT h.originator_id, h.event_hash FROM {} h "
-                        "JOIN unnest(%s::uuid[], %s::bigint[]) AS q(oid, ver) "
-                        "ON h.originator_id = q.oid AND h.originator_version = q.ver"
-                    ).format(self.qualified(HASHES)),
-                    (list(firsts), list(firsts.values())),
+                    self.insert_keys_statement,
+                    ([r[0] for r in new_keys], [r[1] for r in new_keys], [r[2] for r in new_keys]),
                 )
-                prev = {r["originator_id"]: bytes(r["event_hash"]) for r in c.fetchall()}
-            rows = chain_rows(stored_events, ids, prev, None)  # per aggregate only: no log-wide head (see sealing)
-            c.executemany(SQL("INSERT INTO {} VALUES (%s,%s,%s,%s,%s)").format(self.qualified(HASHES)), rows)
-            self._write_keys(c, stored_events)
-            erased = recording.erased_visitor_ids(stored_events)
-            if erased:
+            if owners:
                 c.execute(
-                    SQL("INSERT INTO {} SELECT kid FROM {} WHERE visitor_id = ANY(%s) ON CONFLICT DO NOTHING").format(
-                        self.qualified(DESTROYED), self.qualified(KEYS)
-                    ),
-                    (erased,),
+                    self.insert_key_owners_statement,
+                    ([oid for oid, _ in owners], [v for _, v in owners]),
                 )
-                c.execute(SQL("DELETE FROM {} WHERE visitor_id = ANY(%s)").format(self.qualified(KEYS)), (erased,))
+        if not used:
+            return None
+        # Cursors of their own: in pipeline mode, each fetch meets its own statement's result.
+        q = conn.cursor()
+        q.execute(self.used_keys_statement, (list(used),), prepare=True)
+        d = conn.cursor() if new_keys else None
+        if d is not None:
+            d.execute(self.destroyed_keys_statement, ([row[0] for row in new_keys],))
+
+        def check() -> None:
+            try:
+                found = {r["kid"]: r["visitor_id"] for r in q.fetchall()}
+                destroyed = {r["kid"] for r in d.fetchall()} if d is not None else set()
+
+                def current_keys(visitors: list[str]) -> list[KeyRow]:
+                    q.execute(
+                        SQL("SELECT kid, visitor_id, key FROM {} WHERE visitor_id = ANY(%s)").format(self.qualified(KEYS)),
+                        (visitors,),
+                    )
+                    return [KeyRow((r["kid"], r["visitor_id"], bytes(r["key"]))) for r in q.fetchall()]
+
+                self.check_used_keys(used, found, destroyed, current_keys)
+            finally:
+                q.close()
+                if d is not None:
+                    d.close()
+
+        return check
+
+    def write_erasures(self, conn: Any, stored_events: Sequence[StoredEvent]) -> None:
+        """The key destructions of the batch's ``Visitor.DataErased`` events."""
+        erased = recording.erased_visitor_ids(stored_events)
+        if not erased:
+            return
+        with conn.cursor() as c:
+            c.execute(
+                SQL("INSERT INTO {} SELECT kid FROM {} WHERE visitor_id = ANY(%s) ON CONFLICT DO NOTHING").format(
+                    self.qualified(DESTROYED), self.qualified(KEYS)
+                ),
+                (erased,),
+            )
+            c.execute(SQL("DELETE FROM {} WHERE visitor_id = ANY(%s)").format(self.qualified(KEYS)), (erased,))
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)  # as the library's
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         """The library's ``insert_events`` (``enable_db_functions`` is refused in
         ``__init__``), written with its public statements (``lock_table_statements``,
-        ``channel_name``, ``insert_events_statement``) plus the hash and key rows,
-        except that an exception that is not the database's rolls
-        the transaction back: the library catches every exception inside the
-        transaction block and re-raises it after the block has exited normally,
-        which commits whatever was written unless the database had aborted the
-        transaction itself (as it has after a server-side error, but not after
-        a client-side one such as psycopg refusing to encode a NUL in a text
-        parameter, nor a :class:`StaleKeyError`, raised after statements that
-        succeeded). So any exception rolls the transaction back explicitly
-        (``psycopg.Rollback``) and is re-raised after the pipeline has exited."""
+        ``channel_name``, ``insert_events_statement``) plus the hash and key rows.
+
+        One round trip under the lock: the event hashes are computed before it
+        (each aggregate's previous hash is remembered from this recorder's last
+        commit or read before the lock: committed hash rows never change), and
+        the lock, the events with their hash rows and the notification (one
+        statement: :attr:`insert_with_hashes_statement`), the key and key-owner
+        rows and the key check's queries go in one pipeline sync; then COMMIT.
+
+        An exception that is not the database's rolls the transaction back: the
+        library catches every exception inside the transaction block and
+        re-raises it after the block has exited normally, which commits whatever
+        was written unless the database had aborted the transaction itself (as
+        it has after a server-side error, but not after a client-side one such
+        as psycopg refusing to encode a NUL in a text parameter, nor a
+        :class:`StaleKeyError`, raised after statements that succeeded). So any
+        exception rolls the transaction back explicitly (``psycopg.Rollback``)
+        and is re-raised after the pipeline has exited."""
         if not stored_events:
             return None
         rows = [
@@ -127,24 +225,37 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
         ]
         exc: Exception | None = None
         ids: Sequence[int] | None = None
+        hashes: list[tuple[int, UUID, int, bytes, bytes]] = []
         with self.datastore.get_connection() as conn:
             with conn.pipeline() as pipeline, conn.transaction():
                 with conn.cursor() as curs:
                     try:
+                        prev = self.prev_event_hashes(curs, stored_events)
+                        # per aggregate only: no log-wide head (see sealing); placeholder ids keep the order
+                        hashes = chain_rows(stored_events, range(len(stored_events)), prev, None)
                         for statement in self.lock_table_statements:
                             curs.execute(statement, prepare=True)
-                        curs.execute(SQL("NOTIFY {0}").format(Identifier(self.channel_name)))
-                        curs.execute(self.insert_events_statement, (rows,))
-                        # Sync now, so a uniqueness violation raises here (as in the library).
-                        pipeline.sync()
-                        ids = _notification_ids(curs, len(stored_events))
-                        self.write_chain_and_keys(curs, stored_events, ids)
+                        curs.execute(
+                            self.insert_with_hashes_statement,
+                            (rows, [h[1] for h in hashes], [h[2] for h in hashes], [h[3] for h in hashes]),
+                            prepare=True,
+                        )
+                        check = self.send_keys(conn, stored_events)
+                        pipeline.sync()  # a uniqueness violation raises here (as in the library)
+                        ids = [r["notification_id"] for r in curs.fetchall()]
+                        if len(ids) != len(stored_events):
+                            msg = f"Couldn't get all notification IDs (got {len(ids)}, expected {len(stored_events)})"
+                            raise ProgrammingError(msg)
+                        if check is not None:
+                            check()
+                        self.write_erasures(conn, stored_events)
                     except Exception as e:  # noqa: BLE001 - re-raised below, after the rollback
                         exc = e
                 if exc is not None:
                     raise psycopg.Rollback  # leaves the transaction block by rolling it back
             if exc is not None:
                 raise exc
+        self.remember_hashes(hashes)
         self.confirm_keys(stored_events)
         self.seal_if_due(len(stored_events))
         return ids
@@ -174,45 +285,6 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
                 return seal.event_count
         except IntegrityError:
             return 0  # another sealer sealed this range first
-
-    def _write_keys(self, c: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
-        """As the SQLite recorder's ``_write_keys``. This runs after the events
-        table's ``LOCK TABLE … IN EXCLUSIVE MODE``, so an erasure (which deletes
-        keys under the same lock) has committed entirely before, or starts after."""
-        new_keys, owners, used = key_work(stored_events)
-        if new_keys:
-            c.executemany(
-                SQL("INSERT INTO {} VALUES (%s,%s,%s,now()) ON CONFLICT DO NOTHING").format(self.qualified(KEYS)),
-                [tuple(row) for row in new_keys],
-            )
-        if owners:
-            c.executemany(
-                SQL("INSERT INTO {} VALUES (%s,%s) ON CONFLICT (aggregate_id) DO NOTHING").format(self.qualified(KEY_OWNERS)),
-                owners,
-            )
-        if not used:
-            return
-        # A cursor of its own: in pipeline mode, a fetch on the cursor of an
-        # executemany can meet that statement's result instead of the query's.
-        with c.connection.cursor() as q:
-            q.execute(SQL("SELECT kid, visitor_id FROM {} WHERE kid = ANY(%s)").format(self.qualified(KEYS)), (list(used),))
-            found = {r["kid"]: r["visitor_id"] for r in q.fetchall()}
-            destroyed: set[str] = set()
-            if new_keys:
-                q.execute(
-                    SQL("SELECT kid FROM {} WHERE kid = ANY(%s)").format(self.qualified(DESTROYED)),
-                    ([row[0] for row in new_keys],),
-                )
-                destroyed = {r["kid"] for r in q.fetchall()}
-
-            def current_keys(visitors: list[str]) -> list[KeyRow]:
-                q.execute(
-                    SQL("SELECT kid, visitor_id, key FROM {} WHERE visitor_id = ANY(%s)").format(self.qualified(KEYS)),
-                    (visitors,),
-                )
-                return [KeyRow((r["kid"], r["visitor_id"], bytes(r["key"]))) for r in q.fetchall()]
-
-            self.check_used_keys(used, found, destroyed, current_keys)
 
     # ---- keys -------------------------------------------------------------
 
@@ -259,15 +331,3 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
             assert conn.autocommit
             conn.execute(SQL("VACUUM {}").format(self.qualified(KEYS)))
         return True
-
-
-def _notification_ids(curs: Cursor[DictRow], expected: int) -> list[int]:
-    """The ids ``INSERT … RETURNING notification_id`` gave (as the library reads them)."""
-    assert curs.statusmessage and curs.statusmessage.startswith("INSERT"), curs.statusmessage
-    ids: list[int] = []
-    try:
-        ids = [row["notification_id"] for row in curs.fetchall()]
-    except psycopg.ProgrammingError as e:
-        msg = f"Couldn't get all notification IDs (got {len(ids)}, expected {expected})"
-        raise ProgrammingError(msg) from e
-    return ids

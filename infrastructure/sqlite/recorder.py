@@ -9,7 +9,8 @@ declared through ``construct_create_table_statements``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -24,6 +25,31 @@ from ..recording import DESTROYED, HASHES, KEYS, KEY_OWNERS, KeyRow, LedgerRecor
 from ..sealing import SEALS, Seal, next_seal
 from .queries import PAIRS_PER_QUERY, sqlite_select_in
 from .verification import SQLiteVerification
+
+
+@contextmanager
+def secure_delete(c: SQLiteCursor) -> Iterator[None]:
+    """``PRAGMA secure_delete`` around the statements inside: what they delete
+    is overwritten with zeros (in the page and in freed pages) as it is
+    deleted. Only where erased data could otherwise survive (destroyed keys,
+    erased sessions' snapshots): on the plain write path it would zero every
+    freed page for nothing (see :func:`plain_delete`). The pragma is the
+    connection's, so it is turned off again for the next transaction."""
+    c.execute("PRAGMA secure_delete=ON")
+    try:
+        yield
+    finally:
+        c.execute("PRAGMA secure_delete=OFF")
+
+
+def plain_delete(c: SQLiteCursor) -> None:
+    """``PRAGMA secure_delete=OFF`` for a write transaction that erases nothing.
+
+    The pragma is per connection, and its default is the library's build
+    option: Debian's SQLite (and so Python's on it) is built with
+    ``SQLITE_SECURE_DELETE``, i.e. on. Replacing a snapshot frees pages of
+    ciphertext under a live key; zeroing them protects nothing."""
+    c.execute("PRAGMA secure_delete=OFF")
 
 
 class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplicationRecorder):
@@ -80,7 +106,7 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
 
     def write_batch(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> list[int]:
         """Everything :meth:`insert_events` writes, on its transaction's cursor."""
-        c.execute("PRAGMA secure_delete=ON")  # freed space is zeroed: no stale key bytes
+        plain_delete(c)
         oids = [as_uuid(s.originator_id) for s in stored_events]
         hexes = [oid.hex for oid in oids]
         ids = self._insert_event_rows(c, stored_events, hexes)
@@ -95,7 +121,8 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
         if erased:
             params = [(v,) for v in erased]
             c.executemany(f"INSERT OR IGNORE INTO {DESTROYED} SELECT kid FROM {KEYS} WHERE visitor_id=?", params)
-            c.executemany(f"DELETE FROM {KEYS} WHERE visitor_id=?", params)
+            with secure_delete(c):  # the key bytes are zeroed, not left in a free page
+                c.executemany(f"DELETE FROM {KEYS} WHERE visitor_id=?", params)
         return ids
 
     def _write_keys(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> None:
@@ -233,11 +260,27 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
             rows = sqlite_select_in(c, f"SELECT kid, key FROM {KEYS} WHERE kid IN ({{}})", kids)
         return {row[0]: bytes(row[1]) for row in rows}
 
+    # ---- snapshots --------------------------------------------------------
+
+    def select_events_of_topics(self, originator_id: UUID, lte: int, topics: Sequence[str]) -> list[tuple[int, str, bytes]]:
+        """``(version, topic, state)`` of the aggregate's events up to version
+        ``lte`` whose topic is one of ``topics``, in order: what a snapshot's
+        stored messages are read from (``select_events`` builds a UUID and a
+        ``StoredEvent`` per row, more than the read itself)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT originator_version, topic, state FROM {self.events_table_name} "
+                f"WHERE originator_id=? AND originator_version<=? AND topic IN ({','.join('?' * len(topics))}) "
+                "ORDER BY originator_version",
+                (originator_id.hex, lte, *topics),
+            )
+            rows: list[tuple[int, str, bytes]] = c.fetchall()
+            return rows
+
     # ---- after an erasure -------------------------------------------------
 
     def delete_snapshots(self, table: str, aggregate_ids: Sequence[UUID]) -> None:
-        with self.datastore.transaction(commit=True) as c:
-            c.execute("PRAGMA secure_delete=ON")
+        with self.datastore.transaction(commit=True) as c, secure_delete(c):
             c.executemany(f"DELETE FROM {table} WHERE originator_id=?", [(a.hex,) for a in aggregate_ids])
 
     def purge_free_space(self) -> bool:

@@ -12,7 +12,7 @@ from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteFactory
 from ..recording import KEYS
 from ..snapshots import SnapshotKeyGone, newest_versions, used_keys
 from .queries import sqlite_select_in
-from .recorder import SQLiteLedgerRecorder
+from .recorder import SQLiteLedgerRecorder, plain_delete
 
 
 class SQLiteSnapshotRecorder(SQLiteAggregateRecorder):
@@ -24,6 +24,12 @@ class SQLiteSnapshotRecorder(SQLiteAggregateRecorder):
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         try:
             with self.datastore.transaction(commit=True) as c:
+                plain_delete(c)  # a snapshot under an erased key is deleted by the erasure
+                # The older snapshot first: the pages it frees take the new one.
+                c.executemany(
+                    f"DELETE FROM {self.events_table_name} WHERE originator_id=? AND originator_version<?",
+                    [(oid.hex, version) for oid, version in newest_versions(stored_events).items()],
+                )
                 c.executemany(
                     self.insert_events_statement,
                     [
@@ -35,10 +41,6 @@ class SQLiteSnapshotRecorder(SQLiteAggregateRecorder):
                         )
                         for s in stored_events
                     ],
-                )
-                c.executemany(
-                    f"DELETE FROM {self.events_table_name} WHERE originator_id=? AND originator_version<?",
-                    [(oid.hex, version) for oid, version in newest_versions(stored_events).items()],
                 )
                 used = used_keys(stored_events)
                 if used:
