@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from ..domain import validation as v
 from ..domain.errors import InvalidValueError, UnknownSubjectError
-from ..domain.model import Immutable, utc
+from ..domain.pydantic_aggregates import Immutable, utc
 from ..infrastructure.api_keys import KeyTable
 from .clock import Clock
 

@@ -18,9 +18,9 @@ from uuid import UUID
 
 from ..domain.conversation import Message, SessionContext, SlotScope
 from ..domain.erasure import ErasureReceipt
-from ..domain.model import DomainEvent
+from ..domain.pydantic_aggregates import DomainEvent
 from ..domain.policy import SessionPolicy
-from ..domain.state import SessionState, Turn, VisitorState
+from ..domain.read_views import SessionState, Turn, VisitorState
 from ..infrastructure.hashchain import VerificationReport
 from . import bootstrap, reads, session_commands
 from .api_keys import ApiKeys

@@ -29,7 +29,7 @@ POLICY = SessionPolicy(
 
 visitor = st.sampled_from(VISITORS)
 command = st.one_of(
-    st.tuples(st.just("receive"), visitor, st.text(min_size=1, max_size=20).filter(str.strip), st.sampled_from([None, "c1", "c2"])),
+    st.tuples(st.just("receive"), visitor, st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=20).filter(str.strip), st.sampled_from([None, "c1", "c2"])),
     st.tuples(st.just("reply"), visitor, st.sampled_from(["ok", "sure", "¿qué?"]), st.sampled_from([None, "r1"])),
     st.tuples(st.just("slot"), visitor, st.sampled_from(["lang", "topic"]), st.one_of(st.none(), st.integers(), st.text(max_size=5))),
     st.tuples(st.just("clear"), visitor, st.sampled_from(["lang", "topic"]), st.none()),
