@@ -37,7 +37,7 @@ from datetime import datetime
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 from uuid import UUID
 
-from ..domain.errors import ConfigurationError
+from ..domain.errors import ChatLedgerError, ConfigurationError
 
 try:
     import anyio
@@ -62,8 +62,8 @@ log = logging.getLogger("chatledger.aio")
 SQLITE_WORKERS = 4  # SQLite commits one writer at a time; a few threads keep reads flowing
 
 
-class LedgerClosedError(RuntimeError):
-    """An ``AsyncChatLedger`` was used after :meth:`AsyncChatLedger.aclose`."""
+class LedgerClosedError(ChatLedgerError, RuntimeError):
+    """An ``AsyncChatLedger`` was used after :meth:`AsyncChatLedger.aclose` (nothing was run)."""
 
 
 class _Call(Generic[R]):
