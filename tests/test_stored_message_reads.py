@@ -91,3 +91,16 @@ def test_concurrent_readers_of_one_cold_session_agree(sqlite_url: str, clock: Ma
             t.join()
     assert len(results) == 4
     assert all(r == replayed for r in results)
+
+
+def test_a_cold_session_erased_before_its_messages_are_read_reads_erased(sqlite_url: str, clock: ManualClock) -> None:
+    sid = _conversation(sqlite_url, clock)
+    with ChatLedger.open(sqlite_url, clock=clock, snapshot_interval=7) as ledger:
+        before = ledger.session(sid)  # from the snapshot: rows read, no message decoded
+        assert before.messages.stored_count > 0
+        ledger.erase(visitor_id="v")
+        after = list(ledger.session(sid).messages)
+        replayed = list(ledger.session(sid, as_of=clock()).messages)
+    assert after == replayed
+    assert {m.text for m in after} == {ERASED_TEXT}
+    assert {m.client_message_id for m in after} == {None}
