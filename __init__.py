@@ -42,7 +42,7 @@ from chatledger.application.webhooks import DeadLetter, DeliveryReport, WebhookW
 from chatledger.domain.conversation import Message, SessionContext
 from chatledger.domain.erasure import ErasureReceipt
 from chatledger.domain.policy import SessionPolicy
-from chatledger.domain.state import SessionState, Turn, VisitorState
+from chatledger.domain.read_views import SessionState, Turn, VisitorState
 from chatledger.domain.validation import Limits
 from chatledger.infrastructure.hashchain import VerificationReport
 from chatledger.projections.failures import ProjectionFailure

@@ -26,9 +26,9 @@ from ..domain.errors import (
     UnknownSessionError,
     UnknownSubjectError,
 )
-from ..domain.model import DomainEvent, utc
+from ..domain.pydantic_aggregates import DomainEvent, utc
 from ..domain.session import Session
-from ..domain.state import SessionState
+from ..domain.read_views import SessionState
 from ..infrastructure.hashchain import VerificationReport
 from ..infrastructure.key_audit import KeyAudit
 from ..infrastructure.ledger_recorders import as_ledger_recorder

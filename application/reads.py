@@ -8,10 +8,10 @@ from datetime import datetime
 from uuid import UUID
 
 from ..domain.errors import InvalidCommandError, UnknownSessionError
-from ..domain.model import DomainEvent, utc
+from ..domain.pydantic_aggregates import DomainEvent, utc
 from ..domain.policy import is_past_deadline
 from ..domain.session import Session
-from ..domain.state import SessionState, VisitorState
+from ..domain.read_views import SessionState, VisitorState
 from .access import check_owner
 from .audit import iter_history
 from .unit_of_work import UnitOfWork, as_uuid

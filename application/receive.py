@@ -15,7 +15,7 @@ from ..domain.errors import ClientMessageIdConflictError
 from ..domain.ids import uuid7
 from ..domain.policy import AppliedPolicy
 from ..domain.session import Session
-from ..domain.state import Turn
+from ..domain.read_views import Turn
 from ..domain.visitor import Visitor
 from .access import check_owner
 from .arguments import to_context

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from ..domain.erasure import ERASED_TEXT
 from ..domain.errors import InvalidCommandError, InvalidValueError
 from ..domain.session import Session
-from ..domain.state import SessionState
+from ..domain.read_views import SessionState
 from ..domain.validation import MAX_DURATION
 from ..projections.active_sessions import ActiveSessions, closed_before
 from .reads import session_events

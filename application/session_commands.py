@@ -11,7 +11,7 @@ from uuid import UUID
 from ..domain.conversation import Message
 from ..domain.errors import ClientMessageIdConflictError
 from ..domain.session import Session
-from ..domain.state import SessionState, VisitorState
+from ..domain.read_views import SessionState, VisitorState
 from ..domain.visitor import Visitor
 from .unit_of_work import UnitOfWork
 

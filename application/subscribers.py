@@ -33,7 +33,7 @@ from pydantic_core import from_json
 
 from ..domain.batching import batched
 from ..domain.erasure import ERASED_VALUES
-from ..domain.model import Immutable
+from ..domain.pydantic_aggregates import Immutable
 from ..domain.session import Session
 from ..infrastructure.envelopes import is_envelope, walk
 from ..infrastructure.personal_fields import COMPILED_PATHS, EMPTY_VALUES, SEALED_VALUES

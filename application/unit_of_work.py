@@ -38,7 +38,7 @@ from ..domain.errors import (
     UnknownSessionError,
     ValueRefusedError,
 )
-from ..domain.model import Aggregate, utc
+from ..domain.pydantic_aggregates import Aggregate, utc
 from ..domain.policy import SessionPolicy
 from ..domain.session import Session
 from ..domain.visitor import Visitor, visitor_aggregate_id

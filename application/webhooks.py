@@ -39,7 +39,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..domain import validation as v
 from ..domain.errors import InvalidValueError
-from ..domain.model import Immutable
+from ..domain.pydantic_aggregates import Immutable
 from ..infrastructure.persistence import schema_lock
 from ..projections.sqltypes import UTCDateTime
 

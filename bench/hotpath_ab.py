@@ -39,9 +39,10 @@ from eventsourcing.application import project_aggregate
 from psycopg import sql
 
 sys.path.insert(0, os.path.dirname(__file__))
-from chatledger import ChatLedger, unit_of_work
+from chatledger import ChatLedger
+from chatledger.application import unit_of_work
 from chatledger.application.unit_of_work import UnitOfWork
-from chatledger.domain.model import Aggregate
+from chatledger.domain.pydantic_aggregates import Aggregate
 from chatledger.domain.policy import AppliedPolicy
 from turns import BOT_TEXT, PG_BASE, PG_CONNINFO, USER_TEXT, build_long_session
 

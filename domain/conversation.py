@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import AwareDatetime, Field, JsonValue
 
 from .errors import InvalidCommandError
-from .model import Immutable
+from .pydantic_aggregates import Immutable
 from .validation import ID_CEILING, TEXT_CEILING
 
 Role = Literal["user", "bot", "system"]

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime
 
-from .model import Immutable
+from .pydantic_aggregates import Immutable
 
 ERASED_TEXT = "[erased]"
 """What an erased message text reads as, in replay, exports and read models."""

@@ -19,7 +19,7 @@ import secrets
 from datetime import datetime
 from uuid import UUID
 
-from .model import utc
+from .pydantic_aggregates import utc
 
 _VERSION_7 = 0x7 << 76
 _VARIANT_RFC = 0b10 << 62

@@ -45,7 +45,7 @@ class StoredMessages(Sequence[Message]):
 
     def pinned(self) -> Sequence[Message]:
         """These messages as a sequence that reads them without going back to
-        the store (what a :class:`~chatledger.domain.state.SessionState` holds,
+        the store (what a :class:`~chatledger.domain.read_views.SessionState` holds,
         so it stays readable after its ledger is closed)."""
         return self
 

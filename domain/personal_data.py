@@ -12,7 +12,7 @@ erasure reaches).
 
 from __future__ import annotations
 
-from .model import DomainEvent
+from .pydantic_aggregates import DomainEvent
 from .session import Session
 
 PERSONAL_FIELDS: dict[type[DomainEvent], tuple[str, ...]] = {

@@ -25,7 +25,7 @@ from .conversation import (
 )
 from .errors import InvalidCommandError
 from .messages import MessageLog
-from .model import Aggregate, AggregateSnapshot, utc
+from .pydantic_aggregates import Aggregate, AggregateSnapshot, utc
 from .policy import AppliedPolicy, TimeoutReason
 from .session_data import SessionSnapshotState, restore_messages, snapshot_state
 from .session_housekeeping import SessionHousekeeping
@@ -40,7 +40,7 @@ class Session(Aggregate, SessionHousekeeping):
     """
 
     # Lists and dicts of frozen values only (see Aggregate.__deepcopy__).
-    _shallow_containers = Aggregate._shallow_containers | {
+    shallow_containers = Aggregate.shallow_containers | {
         "messages", "slots", "carried_slots", "tasks", "completed_tasks", "client_message_ids",
     }  # fmt: skip
 

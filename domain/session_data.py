@@ -29,7 +29,7 @@ from .errors import (
     TaskStateError,
 )
 from .messages import MessageLog, NoStoredMessages
-from .model import SnapshotState, utc
+from .pydantic_aggregates import SnapshotState, utc
 from .policy import AppliedPolicy, TimeoutReason, is_past_deadline
 
 

@@ -13,7 +13,7 @@ from uuid import UUID
 from .conversation import SessionContext, check_name
 from .erasure import ERASED_VALUES
 from .errors import InvalidCommandError, SessionClosedError
-from .model import utc
+from .pydantic_aggregates import utc
 from .session_data import SessionData
 
 

@@ -16,7 +16,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from .conversation import check_name
 from .erasure import ErasureReceipt
 from .errors import IdentityConflictError
-from .model import Aggregate, AggregateSnapshot, SnapshotState, utc
+from .pydantic_aggregates import Aggregate, AggregateSnapshot, SnapshotState, utc
 
 VISITOR_NAMESPACE = uuid5(NAMESPACE_URL, "https://chatledger.invalid/visitor")
 
@@ -37,7 +37,7 @@ class Visitor(Aggregate):
     """One browser, device or channel identity (anonymous until linked)."""
 
     # A list of UUIDs only (see Aggregate.__deepcopy__).
-    _shallow_containers = Aggregate._shallow_containers | {"session_ids"}
+    shallow_containers = Aggregate.shallow_containers | {"session_ids"}
 
     class Snapshot(AggregateSnapshot):
         state: VisitorSnapshotState

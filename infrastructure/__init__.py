@@ -1,1 +1,2 @@
-"""Infrastructure: settings, persistence wiring, the scheduler and the CLI."""
+"""Infrastructure: settings, persistence per dialect, content keys, hash chains and seals,
+the scheduler."""

@@ -14,7 +14,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.utils import resolve_topic
 
-from ..domain.model import upcast
+from ..domain.pydantic_aggregates import upcast
 from .envelopes import envelopes
 from .hashchain import ChainBreak
 from .recording import ERASURE_TOPIC, KeyTables

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from ..domain.errors import ConfigurationError
-from ..domain.model import DomainEvent, upcast
+from ..domain.pydantic_aggregates import DomainEvent, upcast
 from .settings import Settings
 
 _VERSION_SUFFIXES: dict[int, bytes] = {}

@@ -33,7 +33,7 @@ from eventsourcing.utils import get_topic, resolve_topic
 from pydantic_core import from_json
 
 from ..domain.erasure import ERASED_VALUES
-from ..domain.model import upcast
+from ..domain.pydantic_aggregates import upcast
 from ..domain.session import Session
 from .envelopes import (
     KID_PATTERN,

@@ -40,7 +40,7 @@ from pydantic_core import from_json
 
 from ..domain.conversation import Message
 from ..domain.messages import StoredMessages
-from ..domain.model import StaleSnapshot
+from ..domain.pydantic_aggregates import StaleSnapshot
 from ..domain.session import Session
 from .envelopes import KID_PATTERN, loads_plain
 from .recording import KeyedStoredEvent
@@ -258,7 +258,7 @@ class MessageEvents(StoredMessages):
 
 class SnapshotStore(EventStore[UUID]):
     """The snapshot store: a snapshot stored at another version than its class's
-    (:class:`~chatledger.domain.model.StaleSnapshot`) is passed over, so the
+    (:class:`~chatledger.domain.pydantic_aggregates.StaleSnapshot`) is passed over, so the
     repository replays the aggregate from its events instead. A session's
     snapshot gets its messages from ``events`` (:class:`StoredMessages`)."""
 

@@ -22,7 +22,7 @@ from ..domain.errors import (
     SessionOwnershipError,
     UnknownSessionError,
 )
-from ..domain.model import utc
+from ..domain.pydantic_aggregates import utc
 from . import analytics as an
 from . import conversation_log as log
 from . import memory_tables as mem

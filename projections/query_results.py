@@ -13,7 +13,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, Field, JsonValue, computed_field
 
-from ..domain.model import Immutable
+from ..domain.pydantic_aggregates import Immutable
 
 
 class ProjectionRead(Immutable):

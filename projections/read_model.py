@@ -12,7 +12,7 @@ from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
 from sqlalchemy import MetaData
 
-from ..domain.model import DomainEvent
+from ..domain.pydantic_aggregates import DomainEvent
 from .view import SQLView
 
 

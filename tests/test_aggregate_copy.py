@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 from chatledger import SessionPolicy
-from chatledger.domain.model import _IMMUTABLE_VALUES, Aggregate
+from chatledger.domain.pydantic_aggregates import _IMMUTABLE_VALUES, Aggregate
 from chatledger.domain.policy import AppliedPolicy
 from chatledger.domain.session import Session
 from chatledger.domain.visitor import Visitor
@@ -46,7 +46,7 @@ def _check_contract(aggregate: Aggregate) -> None:
     """Every container copied one level holds only immutable values, and every
     other list/dict/set attribute is not declared (so it is deep-copied)."""
     for key, value in vars(aggregate).items():
-        if key in type(aggregate)._shallow_containers:
+        if key in type(aggregate).shallow_containers:
             items = list(value.items()) if isinstance(value, dict) else [(None, v) for v in value]
             for k, v in items:
                 assert isinstance(k, _IMMUTABLE_VALUES), (key, k)
@@ -62,7 +62,7 @@ def test_session_copy_is_equal_and_isolated() -> None:
     c = deepcopy(s)
     assert type(c) is Session and c is not s
     assert vars(c) == vars(s)
-    for key in Session._shallow_containers:
+    for key in Session.shallow_containers:
         assert getattr(c, key) is not getattr(s, key)
     before = deepcopy(vars(s))
     c.receive("more", at=T0 + timedelta(hours=1, seconds=2), client_message_id="c2")

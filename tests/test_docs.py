@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from chatledger import ChatLedger, ManualClock
-from chatledger.domain.model import DomainEvent
+from chatledger.domain.pydantic_aggregates import DomainEvent
 from chatledger.domain.session import Session
 from chatledger.domain.visitor import Visitor
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import pytest
 from chatledger import ChatLedger, EventVersionError, ManualClock
 from chatledger.domain.erasure import ERASED_METADATA, ERASED_TEXT
-from chatledger.domain.model import DomainEvent
+from chatledger.domain.pydantic_aggregates import DomainEvent
 from chatledger.domain.session import Session
 from chatledger.infrastructure.personal_fields import PERSONAL_FIELDS
 from pydantic import Field, JsonValue

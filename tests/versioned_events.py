@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatledger.domain.model import Aggregate
+from chatledger.domain.pydantic_aggregates import Aggregate
 
 
 class NoteV1(Aggregate):

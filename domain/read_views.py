@@ -9,7 +9,7 @@ from pydantic import AwareDatetime, JsonValue
 
 from .conversation import Message, SessionContext, Slot, Status
 from .messages import MessagesField
-from .model import Immutable
+from .pydantic_aggregates import Immutable
 from .policy import is_past_deadline
 from .session import Session
 from .visitor import Visitor

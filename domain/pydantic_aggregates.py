@@ -192,7 +192,7 @@ class Aggregate(BaseAggregate[UUID]):
     #: Attributes that are a list, dict or set of immutable values (str, ints,
     #: datetimes, UUIDs, :class:`Immutable` models): ``deepcopy`` copies the
     #: container and shares the values. Every other attribute is deep-copied.
-    _shallow_containers: ClassVar[frozenset[str]] = frozenset({"_pending_events"})
+    shallow_containers: ClassVar[frozenset[str]] = frozenset({"_pending_events"})
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Aggregate:
         """A deep copy in O(attributes), not O(values).
@@ -203,13 +203,13 @@ class Aggregate(BaseAggregate[UUID]):
         (about 1.5 microseconds each) although messages are frozen; this copy
         gives the same isolation: immutable values are shared (as
         ``Immutable.__deepcopy__`` already does), the containers named in
-        ``_shallow_containers`` are copied one level, anything else is
+        ``shallow_containers`` are copied one level, anything else is
         deep-copied as before.
         """
         cls = type(self)
         copy = object.__new__(cls)
         memo[id(self)] = copy
-        shallow = cls._shallow_containers
+        shallow = cls.shallow_containers
         state: dict[str, Any] = {}
         for key, value in self.__dict__.items():
             if isinstance(value, _IMMUTABLE_VALUES):
