@@ -113,16 +113,29 @@ class Messages(Sequence[Message]):
     def __getitem__(self, index: int | slice) -> Message | list[Message]:
         size = len(self)
         if isinstance(index, slice):
-            return [self._at(i) for i in range(*index.indices(size))]
+            start, stop, step = index.indices(size)
+            if step == 1:
+                return self._range(start, max(start, stop))
+            return [self._at(i) for i in range(start, stop, step)]
         if index < 0:
             index += size
         if not 0 <= index < size:
             raise IndexError("message index out of range")
         return self._at(index)
 
+    def _range(self, start: int, stop: int) -> list[Message]:
+        """Messages ``start`` to ``stop``: the stored ones read as one slice
+        (which the store decodes in one pass), the erased ones blanked."""
+        n = len(self._stored)
+        found = list(self._stored[start:min(stop, n)]) if start < n else []
+        found += self._recorded[max(start - n, 0):max(stop - n, 0)]
+        if start < self._erased:
+            for k in range(min(stop, self._erased) - start):
+                found[k] = self._at(start + k)
+        return found
+
     def __iter__(self) -> Iterator[Message]:
-        for i in range(len(self)):
-            yield self._at(i)
+        return iter(self._range(0, len(self)))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):

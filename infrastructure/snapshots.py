@@ -25,23 +25,30 @@ events, and the next snapshot due replaces it.
 from __future__ import annotations
 
 import copy
-import re
 import threading
+from binascii import Error as BinasciiError
+from binascii import a2b_base64
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, overload
 from uuid import UUID
 
+from cryptography.exceptions import InvalidTag
 from eventsourcing.persistence import EventStore, StoredEvent
 from eventsourcing.utils import get_topic
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import from_json
 
 from ..domain.conversation import Message
 from ..domain.messages import StoredMessages
 from ..domain.pydantic_aggregates import StaleSnapshot
 from ..domain.session import Session
-KID_PATTERN = re.compile(rb'"kid":"([^"\\]{1,100})"')
+from .envelopes import KID_PATTERN, loads_plain
 from .recording import KeyedStoredEvent
 
 MESSAGE_TOPICS = frozenset({get_topic(Session.MessageReceived), get_topic(Session.MessageSent)})
+_MESSAGE_LIST: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
+_PERSONAL = ("text", "client_message_id", "metadata")
+_CLASS_VERSIONS = {get_topic(cls): cls.class_version for cls in (Session.MessageReceived, Session.MessageSent)}
 
 
 class SnapshotKeyGone(Exception):
@@ -160,11 +167,74 @@ class MessageEvents(StoredMessages):
     def _at(self, i: int) -> Message:
         message = self._messages[i]
         if message is None:
-            version, topic, state = self.rows()[i]
-            event = self.mapper.to_domain_event(StoredEvent(self.session_id, version, topic, state))
-            assert isinstance(event, Session.MessageRecorded)
-            message = self._messages[i] = event.message(i)
+            message = self._messages[i] = self._decode_one(i)
         return message
+
+    def _decode_one(self, i: int) -> Message:
+        """Message ``i`` through the mapper's general path (an event stored at
+        another version, or under a key that is gone)."""
+        version, topic, state = self.rows()[i]
+        event = self.mapper.to_domain_event(StoredEvent(self.session_id, version, topic, state))
+        assert isinstance(event, Session.MessageRecorded)
+        return event.message(i)
+
+    def _decode_range(self, start: int, stop: int) -> list[Message]:
+        """Messages ``start`` to ``stop`` (step 1), the ones not yet decoded
+        decoded in one pass: each key looked up once, each envelope opened
+        with it, the messages validated by one ``TypeAdapter`` call. A row
+        this path does not cover (another class version, an erased key, an
+        envelope that does not open, a field not where the current class has
+        it) goes through :meth:`_decode_one`, so every message reads exactly as
+        a replay gives it (or raises as a replay does)."""
+        messages = self._messages
+        todo = [i for i in range(start, stop) if messages[i] is None]
+        if todo:
+            rows = self.rows()
+            ring: Any = getattr(self.mapper, "key_ring", None)
+            keys: dict[str, Any] = {}
+            prefix = f'["{self.session_id}", "'
+            fast: list[int] = []
+            values: list[dict[str, Any]] = []
+            slow: list[int] = []
+            for i in todo:
+                version, topic, state = rows[i]
+                data: dict[str, Any] = from_json(state)
+                try:
+                    if data.get("class_version", 1) != _CLASS_VERSIONS[topic]:
+                        raise LookupError  # stored at another version: upcast on the general path
+                    for name in _PERSONAL:
+                        envelope = data[name]
+                        if type(envelope) is not dict or "$enc" not in envelope:
+                            continue
+                        kid = envelope["kid"]
+                        aead = keys.get(kid)
+                        if aead is None:
+                            aead = keys[kid] = ring.decryption_key(kid)  # None (erased): AttributeError
+                        sealed = a2b_base64(envelope["$enc"])
+                        aad = f'{prefix}{version}", "{name}"]'.encode()
+                        data[name] = loads_plain(aead.decrypt(sealed[:12], sealed[12:], aad))
+                    values.append(
+                        {
+                            "position": i,
+                            "role": data["role"],
+                            "text": data["text"],
+                            "at": data["occurred_at"],
+                            "client_message_id": data["client_message_id"],
+                            "metadata": data["metadata"],
+                        }
+                    )
+                    fast.append(i)
+                except (LookupError, AttributeError, TypeError, ValueError, InvalidTag, BinasciiError):
+                    slow.append(i)
+            try:
+                decoded = _MESSAGE_LIST.validate_python(values)
+            except ValidationError:
+                fast, decoded, slow = [], [], todo  # the general path says which and why
+            for i, message in zip(fast, decoded, strict=True):
+                messages[i] = message
+            for i in slow:
+                messages[i] = self._decode_one(i)
+        return [m if m is not None else self._at(start + k) for k, m in enumerate(messages[start:stop])]
 
     @overload
     def __getitem__(self, index: int) -> Message: ...
@@ -172,12 +242,18 @@ class MessageEvents(StoredMessages):
     def __getitem__(self, index: slice) -> list[Message]: ...
     def __getitem__(self, index: int | slice) -> Message | list[Message]:
         if isinstance(index, slice):
-            return [self._at(i) for i in range(*index.indices(self.size))]
+            start, stop, step = index.indices(self.size)
+            if step == 1:
+                return self._decode_range(start, max(start, stop))
+            return [self._at(i) for i in range(start, stop, step)]
         if index < 0:
             index += self.size
         if not 0 <= index < self.size:
             raise IndexError("message index out of range")
         return self._at(index)
+
+    def __iter__(self) -> Iterator[Message]:
+        return iter(self._decode_range(0, self.size))
 
 
 class SnapshotStore(EventStore[UUID]):
