@@ -11,6 +11,7 @@ are in :mod:`.read_model_queries`, its sweep, retention and background jobs in
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cached_property
 from datetime import datetime
 from typing import IO, Any, Literal
 from uuid import UUID
@@ -22,6 +23,7 @@ from ..domain.policy import SessionPolicy
 from ..domain.read_views import SessionState, Turn, VisitorState
 from ..infrastructure.hashchain import VerificationReport
 from . import bootstrap, reads, session_commands
+from .api_keys import ApiKeys
 from .arguments import (
     COUNT,
     ID,
@@ -65,6 +67,11 @@ class ChatLedger(Housekeeping, ReadModelQueries):
         Extra keyword arguments are :class:`Settings` fields.
         """
         return cls(bootstrap.open_settings(database_url, **settings), policy=policy, clock=clock)
+
+    @cached_property
+    def api_keys(self) -> ApiKeys:
+        """The HTTP service's API keys, stored hashed in this ledger's database."""
+        return ApiKeys(self.projector.engine, self.clock)
 
     def webhook(self, name: str, url: str, **options: Any) -> WebhookWorker:
         """A delivery worker that posts each event, in log order and at least

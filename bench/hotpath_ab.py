@@ -39,7 +39,8 @@ from eventsourcing.application import project_aggregate
 from psycopg import sql
 
 sys.path.insert(0, os.path.dirname(__file__))
-from chatledger import ChatLedger, unit_of_work
+from chatledger import ChatLedger
+from chatledger.application import unit_of_work
 from chatledger.application.unit_of_work import UnitOfWork
 from chatledger.domain.pydantic_aggregates import Aggregate
 from chatledger.domain.policy import AppliedPolicy

@@ -18,6 +18,7 @@ from rich.markup import escape
 from .. import ChatLedgerError
 from .cli_audit import audit_app, erase
 from .cli_events import register as register_event_commands
+from .cli_keys import register as register_key_commands
 from .cli_options import DatabaseOption, JsonOption, open_ledger, parse_time
 from .cli_projections import register as register_projection_commands
 
@@ -28,6 +29,7 @@ app.add_typer(audit_app, name="audit")
 app.command("erase")(erase)
 register_projection_commands(app)
 register_event_commands(app)
+register_key_commands(app)
 
 console = Console()
 err_console = Console(stderr=True, highlight=False)
@@ -100,9 +102,11 @@ def session_show(
         print_session_state(console, state, erased=erased)
 
 
+from .cli_serve import serve
 from .worker import worker
 
 app.command("worker")(worker)
+app.command("serve")(serve)
 
 
 def main() -> None:

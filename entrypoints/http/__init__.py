@@ -1,0 +1,1 @@
+"""``chatledger serve``: the HTTP/JSON service (``pip install 'chatledger[server]'``)."""

@@ -1,0 +1,70 @@
+"""The table of the HTTP service's API keys, in the ledger's database: ``chatledger_api_keys``.
+
+One row a key: its public id, the tenant it is bound to, a name, its scopes, the SHA-256 of its
+secret (the secret itself is never stored) and when it was created and revoked. Rows are never
+deleted: a revoked key stays listed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Column, Engine, MetaData, String, Table, insert, select, update
+
+metadata = MetaData()
+
+api_keys = Table(
+    "chatledger_api_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("tenant", String(200), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("scopes", String(200), nullable=False),  # space-separated
+    Column("secret_sha256", String(64), nullable=False),
+    Column("created_at", String(40), nullable=False),  # ISO 8601, UTC
+    Column("revoked_at", String(40), nullable=True),
+)
+
+
+class KeyTable:
+    """Reads and writes of ``chatledger_api_keys`` (created on first use)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._ready = False
+
+    def _ensure(self) -> None:
+        if not self._ready:
+            metadata.create_all(self.engine, checkfirst=True)
+            self._ready = True
+
+    def add(self, **row: Any) -> None:
+        self._ensure()
+        with self.engine.begin() as conn:
+            conn.execute(insert(api_keys).values(**row))
+
+    def get(self, key_id: str) -> dict[str, Any] | None:
+        self._ensure()
+        with self.engine.connect() as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.key_id == key_id)).mappings().first()
+        return dict(row) if row is not None else None
+
+    def revoke(self, key_id: str, at: str) -> bool:
+        """Mark the key revoked at ``at``; False if there is no such key not yet revoked."""
+        self._ensure()
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(api_keys)
+                .where(api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=at)
+            )
+        return bool(done.rowcount)
+
+    def rows(self) -> list[dict[str, Any]]:
+        self._ensure()
+        with self.engine.connect() as conn:
+            found = conn.execute(select(api_keys).order_by(api_keys.c.created_at, api_keys.c.key_id))
+            return [dict(row) for row in found.mappings()]
+
+
+__all__ = ["KeyTable", "api_keys", "metadata"]
