@@ -19,6 +19,14 @@ finds its events written when its turn comes returns at once.
   transaction, ...), it is split and every caller's events are written alone,
   so each caller gets its own result or its own exception and the others land.
 - A caller returns only when its own events are committed (or failed).
+- A caller interrupted while it waits (a signal handler's exception, such as
+  a deadline's ``TimeoutError``, or ``KeyboardInterrupt``) gets that exception
+  if its events were still queued: they are taken out of the queue and are
+  definitely not written. If a leader had taken them already they may be
+  committed or not: the caller gets :class:`CommitOutcomeUnknownError` (from the
+  interrupting ``Exception``; a ``BaseException`` such as ``KeyboardInterrupt``
+  is re-raised as it is, with a note saying so). So does every caller of a
+  batch whose write was interrupted, or whose events were lost from the queue.
 - Events with recorder keyword arguments (tracking), and an erasure's
   ``Visitor.DataErased`` (which destroys keys in its transaction), are never
   batched with other callers' events.
@@ -43,6 +51,13 @@ from eventsourcing.utils import get_topic
 from ..domain.visitor import Visitor
 
 ERASURE_TOPIC = get_topic(Visitor.DataErased)
+OUTCOME_UNKNOWN = "the write was interrupted; this command's outcome is unknown"
+
+
+class CommitOutcomeUnknownError(RuntimeError):
+    """A command's events may or may not be committed: its write (or its wait
+    for one, after a leader took its events) was interrupted. Read the store to
+    find out; not a ``ChatLedgerError``, so no command is re-run on it."""
 
 
 class Pending:
@@ -98,11 +113,24 @@ class GroupCommitEventStore(EventStore[UUID]):
         item = Pending(stored, {k: v for k, v in kwargs.items() if v is not None})  # save passes tracking=None
         with self._queue_lock:
             self._queue.append(item)
-        while not item.done:
-            with self._turn:
-                if item.done:
-                    break
-                self._write(self._take())
+        try:
+            while not item.done:
+                with self._turn:
+                    if item.done:
+                        break
+                    if not self._queued(item):  # taken by a leader that lost it: never to be done
+                        item.error = CommitOutcomeUnknownError(OUTCOME_UNKNOWN)
+                        break
+                    self._write_next()
+        except BaseException as err:
+            with self._queue_lock:
+                if item in self._queue:  # definitely not written
+                    self._queue.remove(item)
+                    raise
+            if not isinstance(err, Exception):
+                err.add_note(OUTCOME_UNKNOWN)
+                raise
+            raise CommitOutcomeUnknownError(OUTCOME_UNKNOWN) from err
         if item.error is not None:
             raise item.error
         ids = item.ids
@@ -123,6 +151,10 @@ class GroupCommitEventStore(EventStore[UUID]):
             for d, s, n_id in zip(domain_events, stored, ids, strict=True)
         ]
 
+    def _queued(self, item: Pending) -> bool:
+        with self._queue_lock:
+            return item in self._queue
+
     def _take(self) -> list[Pending]:
         """The oldest waiting callers, up to ``max_batch_events`` events (at
         least one caller; a solo caller only alone)."""
@@ -138,10 +170,15 @@ class GroupCommitEventStore(EventStore[UUID]):
                 events += len(head.stored)
         return batch
 
-    def _write(self, batch: list[Pending]) -> None:
-        """Write ``batch`` in one transaction; if that fails with several
-        callers in it, write each caller alone. Every caller is marked done."""
+    def _write_next(self) -> None:
+        """Take the oldest waiting callers and write them in one transaction; if
+        that fails with several callers in it, write each caller alone. Every
+        caller taken is marked done."""
+        batch: list[Pending] = []
         try:
+            batch = self._take()
+            if not batch:
+                return
             if len(batch) == 1:
                 self._write_alone(batch[0])
                 return
@@ -162,7 +199,7 @@ class GroupCommitEventStore(EventStore[UUID]):
         finally:
             for item in batch:
                 if not item.ok and item.error is None:  # a BaseException went through: no caller waits forever
-                    item.error = RuntimeError("the write was interrupted; this command's outcome is unknown")
+                    item.error = CommitOutcomeUnknownError(OUTCOME_UNKNOWN)
                 item.done = True
 
     def _write_alone(self, item: Pending) -> None:
@@ -173,4 +210,4 @@ class GroupCommitEventStore(EventStore[UUID]):
             item.error = err
 
 
-__all__ = ["GroupCommitEventStore", "Pending"]
+__all__ = ["CommitOutcomeUnknownError", "GroupCommitEventStore", "Pending"]

@@ -5,7 +5,6 @@ See :meth:`chatledger.ChatLedger.erase` and docs/compliance.md.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from datetime import datetime
 from uuid import UUID, uuid4
@@ -14,9 +13,11 @@ from eventsourcing.utils import get_topic
 
 from ..domain.erasure import ErasureReceipt
 from ..domain.errors import ConfigurationError, InvalidCommandError, UnknownSubjectError
+from ..domain.session import Session
 from ..domain.visitor import Visitor
 from ..infrastructure.ledger_recorders import as_ledger_recorder
 from ..infrastructure.shredding_mapper import ShreddingMapper
+from .repository import LedgerRepository
 from .unit_of_work import UnitOfWork
 
 LINK_TOPIC = get_topic(Visitor.IdentityLinked)
@@ -63,7 +64,7 @@ def erase_subject(
     if recorder is None:
         raise ConfigurationError("This ledger's recorder keeps no content keys; open it with ChatLedger.open().")
 
-    def once() -> tuple[ErasureReceipt, list[Visitor]]:
+    def once() -> tuple[ErasureReceipt, list[Visitor], list[Session]]:
         now = uow.now(at)
         if visitor_id is not None:
             visitor = uow.get_visitor(visitor_id)
@@ -99,19 +100,17 @@ def erase_subject(
         # cached copies in other processes blank themselves when they catch up,
         # and a writer holding a stale copy conflicts), and the key destruction.
         uow.save(*visitors, *sessions)
-        return receipt, visitors
+        return receipt, visitors, sessions
 
     what = f"erase() of {'user ' + repr(user_id) if user_id else 'visitor ' + repr(visitor_id)}"
-    receipt, visitors = uow.retrying(what, once)
+    receipt, visitors, sessions = uow.retrying(what, once)
     # Derived copies of the plaintext: this process's caches and the snapshots.
     if isinstance(uow.mapper, ShreddingMapper) and uow.mapper.key_ring is not None:
         uow.mapper.key_ring.forget(receipt.visitor_ids, receipt.key_ids)
-    aggregate_ids = [*receipt.session_ids, *(v.id for v in visitors)]
-    cache = uow.repository.cache
-    for aggregate_id in aggregate_ids:
-        if cache is not None:
-            with contextlib.suppress(KeyError):
-                cache.get(aggregate_id, evict=True)
+    repository = uow.repository
+    assert isinstance(repository, LedgerRepository)
+    for aggregate in (*sessions, *visitors):
+        repository.evict(aggregate.id, aggregate.version)
     if uow.snapshots is not None:
         table = getattr(uow.snapshots.recorder, "events_table_name", None)
         if table:

@@ -62,9 +62,11 @@ def receive_once(
     The visitor and its sessions are read from the cache on the first attempt
     (no read of the store): every decision a stale copy could get wrong ends in
     a write to that copy, which then conflicts and re-runs this on fresh reads,
-    except the client-id check of a session this does not write, which reads
-    it fresh (:func:`recent_sessions`, :func:`unwritten_duplicate`). See
-    docs/architecture.md, "No read before write"."""
+    except what is taken from a session this does not write: its client ids
+    (:func:`recent_sessions`, :func:`unwritten_duplicate`) and the slots a new
+    session carries over from it, read fresh. A duplicate is never answered from
+    the cache (an erasure may have blanked it since): it re-runs this on fresh
+    reads. See docs/architecture.md, "No read before write"."""
     visitor = uow.get_visitor(visitor_id, cached=True)
     now = uow.now(at)
     explicit: Session | None = None
@@ -83,6 +85,7 @@ def receive_once(
         for candidate in recent_sessions(uow, explicit, current):
             seen = candidate.message_for(client_message_id)
             if seen is not None:
+                uow.answer_from_store()  # on cached reads: decided again on fresh ones
                 if seen.role != "user":
                     raise ClientMessageIdConflictError(
                         candidate.id, client_message_id, recorded_role=seen.role, role="user"
@@ -112,6 +115,10 @@ def receive_once(
     if visitor is None:
         visitor = Visitor.register(visitor_id, at=now)
     previous = current if current is not None and current.visitor_id == visitor_id else None
+    if previous is not None and not previous.pending_events and not uow.fresh_read(cached=True):
+        # Not written by this receive, so a stale copy would not conflict; and an
+        # erasure appends to closed sessions: its slots are carried over from the store.
+        previous = uow.get_session(previous.id)
     session = Session.start(
         session_id=uuid7(now),
         visitor_id=visitor_id,
@@ -134,8 +141,11 @@ def receive_once(
 def recent_sessions(uow: UnitOfWork, *sessions: Session | None) -> Iterator[Session]:
     """Where a retried message may already sit: these sessions and their
     predecessors. A predecessor is never written by the receive that checks
-    it, so it is read from the store unless its cached copy is closed (a closed
-    session takes no more messages: its client ids are final)."""
+    it, so it is read from the store unless its cached copy is closed: a closed
+    session takes no more messages, so it gains no client id (but it is not
+    final: an erasure still appends to it and blanks its texts and client ids,
+    which is why a message found in a cached copy is never the answer, see
+    ``UnitOfWork.answer_from_store``)."""
     seen: set[UUID] = set()
     for session in sessions:
         if session is None or session.id in seen:
@@ -157,7 +167,7 @@ def unwritten_duplicate(uow: UnitOfWork, others: list[Session], client_message_i
     not conflict -- read from the store; None if it has none."""
     for other in others:
         if other.status != "active" or uow.fresh_read(cached=True):
-            continue  # closed: its client ids are final; or it was read fresh already
+            continue  # closed: no client id added since (checked already); or it was read fresh
         fresh = uow.get_session(other.id)
         seen = fresh.message_for(client_message_id)
         if seen is not None:

@@ -20,7 +20,9 @@ forward:
 Cached objects are never mutated: a fast-forward replays onto a copy, and
 :meth:`remember` replaces the cached object only by one at a newer version
 (two threads that saved or read the same aggregate in either order leave the
-newest). Every read returns a copy of its own.
+newest). Every read returns a copy of its own. :meth:`evict` (an erasure) wins
+over a read or a save that began before it and caches its copy after: a copy
+older than the eviction's version is not cached again.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class LedgerRepository(Repository[UUID]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._remember_lock = threading.Lock()
+        self._evicted_at: dict[UUID, int] = {}  # an erased aggregate: the version it was erased at
 
     def get(
         self,
@@ -94,8 +97,24 @@ class LedgerRepository(Repository[UUID]):
                 cached = cache.get(aggregate.id)
             except KeyError:
                 cached = None
+            if aggregate.version < self._evicted_at.get(aggregate.id, 0):
+                return  # read or saved before an erasure that evicted it since
             if cached is None or cached.version < aggregate.version:
                 cache.put(aggregate.id, aggregate)
+
+    def evict(self, aggregate_id: UUID, version: int) -> None:
+        """Drop the cached copy of an aggregate erased at ``version``, and
+        refuse to cache a copy older than that version from now on (a read or
+        a save of this process that began before the erasure committed)."""
+        cache = self.cache
+        if cache is None:
+            return
+        with self._remember_lock:
+            self._evicted_at[aggregate_id] = max(version, self._evicted_at.get(aggregate_id, 0))
+            try:
+                cache.get(aggregate_id, evict=True)
+            except KeyError:
+                pass
 
 
 __all__ = ["LedgerRepository"]

@@ -33,6 +33,7 @@ def reply(
         if client_message_id is not None:
             seen = session.message_for(client_message_id)
             if seen is not None:
+                uow.answer_from_store()  # on cached reads: decided again on fresh ones
                 if seen.role != role:
                     raise ClientMessageIdConflictError(
                         session.id, client_message_id, recorded_role=seen.role, role=role

@@ -34,6 +34,7 @@ from eventsourcing.persistence import DataError, PersistenceError, RecordConflic
 
 from ..domain import validation as v
 from ..domain.errors import (
+    ChatLedgerError,
     ConcurrencyConflictError,
     UnknownSessionError,
     ValueRefusedError,
@@ -145,7 +146,12 @@ class UnitOfWork(Application[UUID]):
         ``cached=True``: no read of the store); if one was stale its save
         conflicts, and the command is run again with every read from the store,
         up to ``conflict_retries`` times, as if the cached run had not happened
-        (see docs/architecture.md, "No read before write")."""
+        (see docs/architecture.md, "No read before write").
+
+        A refusal (any :class:`ChatLedgerError` but
+        :class:`ConcurrencyConflictError`) on the cached run is not trusted
+        either: the command is re-run on fresh reads, like after a conflict, so
+        an error the caller sees was decided on the store's data."""
         attempts = self.settings.conflict_retries
         state = self._attempt
         outer: bool | None = getattr(state, "first", None)  # None: not inside another command
@@ -156,6 +162,10 @@ class UnitOfWork(Application[UUID]):
                     return command()
                 except RecordConflictError:
                     pass
+                except ConcurrencyConflictError:
+                    raise
+                except ChatLedgerError:
+                    pass  # perhaps refused on a stale copy: decided again on fresh reads
             state.first = False
             for attempt in range(attempts):
                 try:
@@ -170,6 +180,14 @@ class UnitOfWork(Application[UUID]):
         """Whether a read must see the store: always, unless ``cached`` and this
         thread's command is on its first attempt (see :meth:`retrying`)."""
         return not (cached and getattr(self._attempt, "first", None))
+
+    def answer_from_store(self) -> None:
+        """Re-run this command on fresh reads (a conflict) if it is on its first
+        attempt: for an answer that writes nothing -- a duplicate message, a
+        client-id conflict -- a cached copy is not trusted (an erasure may have
+        blanked its content since, and nothing written would conflict)."""
+        if getattr(self._attempt, "first", None):
+            raise RecordConflictError("answered from cached reads: re-read and answer again")
 
     def load(self, aggregate_id: UUID, fresh: bool) -> Any:
         """An aggregate from the repository (``fresh``: caught up with the store)."""

@@ -116,3 +116,78 @@ def hold_uncommitted_key(ledger: ChatLedger, visitor_id: str, key: Any) -> None:
     as if it had made that key itself and not committed it yet."""
     ring: Any = ledger.mapper.key_ring  # type: ignore[attr-defined]
     ring._active[visitor_id] = (0.0, key, False)
+
+
+def cached_copy(ledger: ChatLedger, aggregate_id: object) -> Any:
+    """The aggregate cache's copy of an aggregate (what a command's first
+    attempt writes against), or None if it holds none."""
+    from uuid import UUID
+
+    cache = ledger.repository.cache
+    if cache is None:
+        return None
+    try:
+        return cache.get(UUID(str(aggregate_id)))
+    except KeyError:
+        return None
+
+
+@contextmanager
+def read_paused_in(ledger: ChatLedger, thread_name: str, reached: Any, go: Any) -> Iterator[None]:
+    """Pause the thread named ``thread_name`` right after its next read of
+    ``ledger``'s event store (the events read, not yet applied or cached):
+    ``reached`` is set there, and the read goes on when ``go`` is set."""
+    import threading
+
+    store: Any = ledger.events
+    original = store.get
+
+    def get(*args: Any, **kwargs: Any) -> Any:
+        events = list(original(*args, **kwargs))
+        if threading.current_thread().name == thread_name and not reached.is_set():
+            reached.set()
+            assert go.wait(20), "the paused read was never let go"
+        return events
+
+    store.get = get
+    try:
+        yield
+    finally:
+        del store.get
+
+
+@contextmanager
+def lost_batch(ledger: ChatLedger, error: BaseException) -> Iterator[None]:
+    """The next batch taken from ``ledger``'s commit queue is lost: ``error``
+    is raised right after the callers are taken off the queue, before any of
+    them is written or marked done (as an asynchronous exception could)."""
+    store: Any = ledger.events
+    original = store._take
+
+    def take() -> Any:
+        del store._take
+        original()
+        raise error
+
+    store._take = take
+    try:
+        yield
+    finally:
+        store.__dict__.pop("_take", None)
+
+
+@contextmanager
+def inserts_paused_until(ledger: ChatLedger, go: Any) -> Iterator[None]:
+    """``ledger``'s recorder waits for ``go`` before each insert of events."""
+    recorder: Any = ledger.recorder
+    original = recorder.insert_events
+
+    def insert_events(*args: Any, **kwargs: Any) -> Any:
+        assert go.wait(20), "the paused insert was never let go"
+        return original(*args, **kwargs)
+
+    recorder.insert_events = insert_events
+    try:
+        yield
+    finally:
+        del recorder.insert_events

@@ -5,6 +5,7 @@ every event exactly once, and concurrent writers lose nothing."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -12,9 +13,9 @@ from typing import Any
 
 import pytest
 from chatledger import ChatLedger, FieldTooLargeError, SessionClosedError, ValueRefusedError
-from chatledger.application.commit_queue import GroupCommitEventStore
+from chatledger.application.commit_queue import CommitOutcomeUnknownError, GroupCommitEventStore
 
-from .helpers import event_names, log_head, unicode_checks_off
+from .helpers import event_names, inserts_paused_until, log_head, lost_batch, unicode_checks_off
 
 
 def store_of(ledger: ChatLedger) -> GroupCommitEventStore:
@@ -261,4 +262,132 @@ def test_a_10_mb_value_is_refused_before_any_lock_and_blocks_no_writer(postgres_
         assert [m.text for m in ledger.session(sid).messages] == ["hi", *(f"ok {i}" for i in range(10))]
         assert len(list(ledger.recorder.select_notifications(head + 1, 100))) == 10
     finally:
+        ledger.close()
+
+
+class Deadline(BaseException):
+    """What a caller's deadline raises from its signal handler (a BaseException)."""
+
+
+def alarm_in(seconds: float, error: BaseException) -> None:
+    def handler(*_: Any) -> None:
+        raise error
+
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+
+
+def test_a_lost_batch_leaves_no_caller_waiting_forever(database_url: str) -> None:
+    """An exception right after a leader took a batch off the queue (before
+    it is written or marked done): every caller stops with outcome unknown,
+    none is written, and the next command writes as before."""
+    ledger = ChatLedger.open(database_url)
+    try:
+        sids = [ledger.receive(f"v{i}", "hi").session_id for i in range(3)]
+        store = store_of(ledger)
+        results: list[Any] = [None] * 3
+
+        def run(i: int) -> None:
+            try:
+                results[i] = ledger.reply(sids[i], "lost")
+            except Exception as err:  # noqa: BLE001 - returned to the test
+                results[i] = err
+
+        threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(3)]
+        with lost_batch(ledger, RuntimeError("interrupted after the take")):
+            with store.hold():
+                for t in threads:
+                    t.start()
+                while store.waiting() < 3:
+                    time.sleep(0.005)
+            for t in threads:
+                t.join(20)
+        assert not any(t.is_alive() for t in threads), "a caller still waits for a batch that was lost"
+        assert all(isinstance(r, CommitOutcomeUnknownError) for r in results), results
+        assert store.waiting() == 0
+        for sid in sids:
+            assert [m.text for m in ledger.session(sid).messages] == ["hi"]
+        assert ledger.reply(sids[0], "next").text == "next"
+    finally:
+        ledger.close()
+
+
+@pytest.mark.timeout(120, method="thread")
+def test_a_caller_interrupted_while_queued_is_not_written_later(database_url: str) -> None:
+    ledger = ChatLedger.open(database_url)
+    previous = signal.getsignal(signal.SIGALRM)
+    try:
+        sid = ledger.receive("v1", "hi").session_id
+        sid2 = ledger.receive("v2", "hi").session_id
+        store = store_of(ledger)
+        release = threading.Event()
+
+        def holder() -> None:
+            with store.hold():
+                release.wait(20)
+
+        held = threading.Thread(target=holder)
+        held.start()
+        alarm_in(0.3, TimeoutError("the caller's deadline"))
+        with pytest.raises(TimeoutError, match="deadline"):
+            ledger.reply(sid, "reply that timed out")
+        assert store.waiting() == 0
+        release.set()
+        held.join()
+        ledger.reply(sid2, "an unrelated write")
+        assert [m.text for m in ledger.session(sid).messages] == ["hi"]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        ledger.close()
+
+
+@pytest.mark.timeout(120, method="thread")
+def test_a_caller_interrupted_after_a_leader_took_its_events_is_told_the_outcome_is_unknown(
+    database_url: str,
+) -> None:
+    """Two callers are taken in one batch whose insert is slow; the main
+    thread's deadline fires meanwhile, whether it is the leader or waits for
+    the other. Its events may be committed: it is told the outcome is
+    unknown, never a plain failure; the other caller gets a result or the same."""
+    ledger = ChatLedger.open(database_url)
+    previous = signal.getsignal(signal.SIGALRM)
+    go = threading.Event()
+    try:
+        sid = ledger.receive("v1", "hi").session_id
+        sid2 = ledger.receive("v2", "hi").session_id
+        store = store_of(ledger)
+        other: list[Any] = []
+
+        def holder() -> None:
+            with store.hold():
+                while store.waiting() < 2:
+                    time.sleep(0.005)
+
+        def caller() -> None:
+            try:
+                other.append(ledger.reply(sid2, "the other caller"))
+            except Exception as err:  # noqa: BLE001 - returned to the test
+                other.append(err)
+
+        with inserts_paused_until(ledger, go):
+            threads = [threading.Thread(target=holder), threading.Thread(target=caller)]
+            for t in threads:
+                t.start()
+            alarm_in(0.5, Deadline())
+            with pytest.raises(Deadline) as raised:
+                ledger.reply(sid, "mine")
+            go.set()
+            for t in threads:
+                t.join(20)
+        assert "outcome is unknown" in " ".join(getattr(raised.value, "__notes__", []))
+        assert len(other) == 1 and (
+            isinstance(other[0], CommitOutcomeUnknownError) or other[0].text == "the other caller"
+        ), other
+        assert store.waiting() == 0
+        assert ledger.reply(sid, "next").text == "next"
+    finally:
+        go.set()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
         ledger.close()
