@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from ... import ChatLedgerError, Clock, Message, SessionPolicy, SessionState, Transcript, Turn
 from ...application.aio import AsyncChatLedger
 from ...application.api_keys import DEFAULT_TENANT
+from ..console import console_router
 from .auth import require, tenant_of
 from .bodies import BodyLimit, BodyTooLarge, BoundedBodies, IncomingMessage, Reply, body_bound
 from .problems import error_problem, problem, service_problem
@@ -71,6 +72,7 @@ def create_app(
     app.add_middleware(BoundedBodies, limit=limit)
     add_error_handlers(app)
     add_routes(app, max_lag)
+    app.include_router(console_router(), prefix="/console")  # the web console (issue 15)
     return app
 
 
