@@ -99,7 +99,7 @@ def stored_states(ledger: ChatLedger, aggregate_id: object) -> list[bytes]:
 
 def background_jobs(ledger: ChatLedger) -> Any:
     """The ledger's running background jobs, or None when none are started."""
-    return ledger._jobs
+    return ledger.background
 
 
 def key_ring_caches(ledger: ChatLedger) -> dict[str, Sized]:
