@@ -19,34 +19,21 @@ from ..domain.read_views import SessionState, Turn, VisitorState
 from ..infrastructure.hashchain import VerificationReport
 from ..infrastructure.scheduler import BackgroundJobs
 from ..projections.failures import ProjectionFailure
-from ..projections.query_results import Analytics, Engagement, Memory, Resessionized, Transcript
+from ..projections.query_results import (
+    Analytics,
+    Engagement,
+    Memory,
+    Resessionized,
+    Transcript,
+    TranscriptMessage,
+)
 from ..projections.status import Progress, ProjectionStatus
+from . import arguments as arg
 from . import audit, bootstrap, reads, retention, session_commands, subscribers, sweeper
 from .api_keys import ApiKeys
-from .arguments import (
-    COUNT,
-    DURATION,
-    ID,
-    JSON,
-    OBJ,
-    SID,
-    TEXT,
-    TIME,
-    callback_arg,
-    checked,
-    choice,
-    context_arg,
-    engagement_arg,
-    feed_limit_arg,
-    flag_arg,
-    interval_arg,
-    opt,
-    path_arg,
-    position_arg,
-    retention_arg,
-    writer_arg,
-)
+from .arguments import checked, opt
 from .clock import Clock
+from .deprecation import renamed
 from .erasure import erase_subject
 from .receive import receive as receive_message
 from .retention import ArchivedSession, ArchiveResult, RetentionPolicy
@@ -76,8 +63,9 @@ class ChatLedger(UnitOfWork):
         """A worker posting each event, in log order and at least once, to ``url``."""
         return WebhookWorker(self, name, url, **options)
 
-    @checked(visitor_id=ID, text=TEXT, session_id=opt(SID), client_message_id=opt(ID), channel=ID,
-             context=context_arg, metadata=opt(OBJ), at=opt(TIME))
+    @checked(visitor_id=arg.ID, text=arg.TEXT, session_id=opt(arg.SID), channel=arg.ID,
+             client_message_id=opt(arg.ID), context=arg.context_arg, metadata=opt(arg.OBJ),
+             at=opt(arg.TIME))
     def receive(
         self, visitor_id: str, text: str, *, session_id: UUID | str | None = None,
         client_message_id: str | None = None, channel: str = "web",
@@ -88,8 +76,8 @@ class ChatLedger(UnitOfWork):
         return receive_message(self, visitor_id, text, session_id=session_id, channel=channel,
                                client_message_id=client_message_id, context=context, metadata=metadata, at=at)
 
-    @checked(session_id=SID, text=TEXT, role=choice("bot", "system"), client_message_id=opt(ID),
-             metadata=opt(OBJ), at=opt(TIME))
+    @checked(session_id=arg.SID, text=arg.TEXT, role=arg.choice("bot", "system"),
+             client_message_id=opt(arg.ID), metadata=opt(arg.OBJ), at=opt(arg.TIME))
     def reply(
         self, session_id: UUID | str, text: str, *, role: Literal["bot", "system"] = "bot",
         client_message_id: str | None = None, metadata: dict[str, Any] | None = None,
@@ -99,7 +87,8 @@ class ChatLedger(UnitOfWork):
         return session_commands.reply(self, session_id, text, role=role,
                                       client_message_id=client_message_id, metadata=metadata, at=at)
 
-    @checked(session_id=SID, key=ID, value=JSON, scope=choice("session", "user"), at=opt(TIME))
+    @checked(session_id=arg.SID, key=arg.ID, value=arg.JSON, scope=arg.choice("session", "user"),
+             at=opt(arg.TIME))
     def set_slot(
         self, session_id: UUID | str, key: str, value: Any, *, scope: SlotScope = "session",
         at: datetime | None = None,
@@ -107,46 +96,48 @@ class ChatLedger(UnitOfWork):
         """Set a slot; ``scope="user"``: a fact about the person that memory may keep."""
         return session_commands.set_slot(self, session_id, key, value, scope=scope, at=at)
 
-    @checked(session_id=SID, key=ID, at=opt(TIME))
+    @checked(session_id=arg.SID, key=arg.ID, at=opt(arg.TIME))
     def clear_slot(self, session_id: UUID | str, key: str, *, at: datetime | None = None) -> SessionState:
         """Clear a slot."""
         return session_commands.clear_slot(self, session_id, key, at=at)
 
-    @checked(session_id=SID, task=ID, at=opt(TIME))
+    @checked(session_id=arg.SID, task=arg.ID, at=opt(arg.TIME))
     def start_task(self, session_id: UUID | str, task: str, *, at: datetime | None = None) -> SessionState:
         """Mark a task in progress; the session then idles on the longer task timeout."""
         return session_commands.start_task(self, session_id, task, at=at)
 
-    @checked(session_id=SID, task=ID, at=opt(TIME))
+    @checked(session_id=arg.SID, task=arg.ID, at=opt(arg.TIME))
     def complete_task(self, session_id: UUID | str, task: str, *, at: datetime | None = None) -> SessionState:
         """Mark a started task done."""
         return session_commands.complete_task(self, session_id, task, at=at)
 
-    @checked(session_id=SID, reason=ID, at=opt(TIME))
+    @checked(session_id=arg.SID, reason=arg.ID, at=opt(arg.TIME))
     def end_session(
         self, session_id: UUID | str, *, reason: str = "ended", at: datetime | None = None
     ) -> SessionState:
         """End a session on purpose (one already past its timeout is recorded as timed out)."""
         return session_commands.end_session(self, session_id, reason=reason, at=at)
 
-    @checked(session_id=SID, now=opt(TIME))
-    def expire_if_idle(self, session_id: UUID | str, *, now: datetime | None = None) -> bool:
+    @checked(session_id=arg.SID, now=opt(arg.TIME))
+    def time_out_if_idle(self, session_id: UUID | str, *, now: datetime | None = None) -> bool:
         """Time out one session if it is past its deadline at ``now``; True if this call did."""
         return session_commands.time_out_if_idle(self, session_id, now=now)
 
-    @checked(visitor_id=ID, user_id=ID, at=opt(TIME))
+    expire_if_idle = renamed(time_out_if_idle, "expire_if_idle", "0.4.0")
+
+    @checked(visitor_id=arg.ID, user_id=arg.ID, at=opt(arg.TIME))
     def link_identity(self, visitor_id: str, user_id: str, *, at: datetime | None = None) -> VisitorState:
         """Link an anonymous visitor to an authenticated user (an event)."""
         return session_commands.link_identity(self, visitor_id, user_id, at=at)
 
-    @checked(user_id=opt(ID), visitor_id=opt(ID), at=opt(TIME))
+    @checked(user_id=opt(arg.ID), visitor_id=opt(arg.ID), at=opt(arg.TIME))
     def erase(
         self, *, user_id: str | None = None, visitor_id: str | None = None, at: datetime | None = None
     ) -> ErasureReceipt:
         """Erase a person's conversation content by destroying their keys."""
         return erase_subject(self, user_id=user_id, visitor_id=visitor_id, at=at)
 
-    @checked(session_id=SID, as_of=opt(TIME), visitor_id=opt(ID), user_id=opt(ID))
+    @checked(session_id=arg.SID, as_of=opt(arg.TIME), visitor_id=opt(arg.ID), user_id=opt(arg.ID))
     def session(
         self, session_id: UUID | str, *, as_of: datetime | None = None,
         visitor_id: str | None = None, user_id: str | None = None,
@@ -154,34 +145,34 @@ class ChatLedger(UnitOfWork):
         """The session rebuilt from its events, now or as it stood at ``as_of``."""
         return reads.session(self, session_id, as_of=as_of, visitor_id=visitor_id, user_id=user_id)
 
-    @checked(session_id=SID)
+    @checked(session_id=arg.SID)
     def session_events(self, session_id: UUID | str) -> list[DomainEvent]:
         """Every stored event of a session, in order (for audit and display)."""
         return reads.session_events(self, session_id)
 
-    @checked(visitor_id=ID)
+    @checked(visitor_id=arg.ID)
     def visitor(self, visitor_id: str) -> VisitorState | None:
         """The visitor's identity link and sessions, or None if never seen."""
         return reads.visitor(self, visitor_id)
 
-    @checked(visitor_id=ID)
+    @checked(visitor_id=arg.ID)
     def current_session(self, visitor_id: str) -> SessionState | None:
         """The visitor's live session, or None if they have none right now."""
         return reads.current_session(self, visitor_id)
 
-    @checked(session_id=SID, until=opt(TIME), version=opt(COUNT))
+    @checked(session_id=arg.SID, until=opt(arg.TIME), version=opt(arg.COUNT))
     def history(
         self, session_id: UUID | str, *, until: datetime | None = None, version: int | None = None
     ) -> Iterator[audit.HistoryStep]:
         """Replay a session from its stored events only: ``(event, state after it)``."""
         return audit.iter_history(self, session_id, until=until, version=version)
 
-    @checked(session_id=SID, until=TIME)
+    @checked(session_id=arg.SID, until=arg.TIME)
     def replay(self, session_id: UUID | str, *, until: datetime) -> SessionState:
         """The session exactly as the live API showed it at ``until``, from the log."""
         return reads.replay(self, session_id, until=until)
 
-    @checked(session_id=opt(SID))
+    @checked(session_id=opt(arg.SID))
     def verify(self, session_id: UUID | str | None = None, *, anchor: str | None = None) -> VerificationReport:
         """Recompute the hash chains and seals of the whole log (or one session's chain)."""
         return audit.verify_log(self, session_id, anchor)
@@ -194,21 +185,21 @@ class ChatLedger(UnitOfWork):
         """The newest seal as ``ROOT@POSITION``, to publish outside the database."""
         return audit.anchor(self)
 
-    @checked(out=writer_arg, user_id=opt(ID), session_id=opt(SID))
+    @checked(out=arg.writer_arg, user_id=opt(arg.ID), session_id=opt(arg.SID))
     def export_audit(
         self, out: IO[str], *, user_id: str | None = None, session_id: UUID | str | None = None
     ) -> VerificationReport:
         """Write a self-describing JSONL audit bundle of a user or a session to ``out``."""
         return audit.export_bundle(self, out, user_id=user_id, session_id=session_id)
 
-    @checked(position=position_arg, limit=feed_limit_arg, content=flag_arg)
+    @checked(position=arg.position_arg, limit=arg.feed_limit_arg, content=arg.flag_arg)
     def events_after(
         self, position: int = 0, *, limit: int = 1000, content: bool = False
     ) -> list[subscribers.LogEvent]:
         """The events recorded after ``position``, in log order, at most ``limit``."""
         return subscribers.read_events(self, position, limit, content=content)
 
-    @checked(progress=callback_arg)
+    @checked(progress=arg.callback_arg)
     def catch_up(self, *, progress: Progress | None = None) -> int:
         """Bring every read model up to the head of the log; return events applied."""
         return self.projector.catch_up(progress=progress)
@@ -217,12 +208,13 @@ class ChatLedger(UnitOfWork):
         """Each read model's position, the head of the log, the lag and its failures."""
         return self.projector.status()
 
-    @checked(name=opt(ID))
+    @checked(name=opt(arg.ID))
     def projection_failures(self, name: str | None = None) -> list[ProjectionFailure]:
         """The events read model ``name`` (or any) could not apply, in log order."""
         return self.projector.failures(name)
 
-    @checked(session_id=opt(SID), user_id=opt(ID), visitor_id=opt(ID), start=opt(TIME), end=opt(TIME))
+    @checked(session_id=opt(arg.SID), user_id=opt(arg.ID), visitor_id=opt(arg.ID),
+             start=opt(arg.TIME), end=opt(arg.TIME))
     def transcript(
         self, session_id: UUID | str | None = None, *, user_id: str | None = None,
         visitor_id: str | None = None, start: datetime | None = None, end: datetime | None = None,
@@ -230,7 +222,15 @@ class ChatLedger(UnitOfWork):
         """Messages of a session, a user, a visitor and/or a time range ``[start, end)``."""
         return reads.transcript(self, session_id, user_id=user_id, visitor_id=visitor_id, start=start, end=end)
 
-    @checked(start=opt(TIME), end=opt(TIME), as_of=opt(TIME), engagement=engagement_arg)
+    @checked(start=opt(arg.TIME), end=opt(arg.TIME))
+    def messages(
+        self, *, start: datetime | None = None, end: datetime | None = None
+    ) -> tuple[int, int, Iterator[TranscriptMessage]]:
+        """Stream every message in ``[start, end)`` for exports: ``(position, head, messages)``."""
+        return self.projection_reads.messages(start=start, end=end)
+
+    @checked(start=opt(arg.TIME), end=opt(arg.TIME), as_of=opt(arg.TIME),
+             engagement=arg.engagement_arg)
     def analytics(
         self, *, start: datetime | None = None, end: datetime | None = None,
         as_of: datetime | None = None, engagement: Engagement | None = None,
@@ -238,36 +238,37 @@ class ChatLedger(UnitOfWork):
         """Analytics of the sessions started in ``[start, end)``, as of ``as_of``."""
         return self.projection_reads.analytics(start=start, end=end, as_of=as_of, engagement=engagement)
 
-    @checked(timeout=DURATION, start=opt(TIME), end=opt(TIME))
+    @checked(timeout=arg.DURATION, start=opt(arg.TIME), end=opt(arg.TIME))
     def resessionize(
         self, timeout: timedelta, *, start: datetime | None = None, end: datetime | None = None
     ) -> Resessionized:
         """Conversation counts had the idle timeout been ``timeout`` (read only)."""
         return self.projection_reads.resessionize(timeout, start=start, end=end)
 
-    @checked(user_id=opt(ID), visitor_id=opt(ID))
+    @checked(user_id=opt(arg.ID), visitor_id=opt(arg.ID))
     def memory(self, *, user_id: str | None = None, visitor_id: str | None = None) -> Memory:
         """What the bot remembers about a user, or about a still-anonymous visitor."""
         return self.projection_reads.memory(user_id=user_id, visitor_id=visitor_id)
 
-    @checked(now=opt(TIME), limit=opt(COUNT), batch_size=COUNT)
+    @checked(now=opt(arg.TIME), limit=opt(arg.COUNT), batch_size=arg.COUNT)
     def sweep(self, now: datetime | None = None, *, limit: int | None = None, batch_size: int = 5000) -> int:
         """Time out every session idle past its deadline at ``now``; return how many."""
         return sweeper.sweep(self, now, limit=limit, batch_size=batch_size).timed_out
 
-    @checked(older_than=DURATION, archive_dir=path_arg, now=opt(TIME))
+    @checked(older_than=arg.DURATION, archive_dir=arg.path_arg, now=opt(arg.TIME))
     def archive_closed_sessions(
         self, older_than: timedelta, archive_dir: str | os.PathLike[str], *, now: datetime | None = None
     ) -> ArchiveResult:
         """Archive sessions closed before ``now - older_than`` and drop their read-model rows."""
         return retention.archive_closed_sessions(self, older_than, archive_dir, now=now)
 
-    @checked(path=path_arg)
+    @checked(path=arg.path_arg)
     def read_archive(self, path: str | os.PathLike[str]) -> list[ArchivedSession]:
         """The sessions of a retention archive file, decrypted with the keys still stored."""
         return retention.read_archive(self, path)
 
-    @checked(interval=interval_arg, retention=retention_arg, projections_interval=opt(interval_arg))
+    @checked(interval=arg.interval_arg, retention=arg.retention_arg,
+             projections_interval=opt(arg.interval_arg))
     def start_background_jobs(
         self, interval: float = 30.0, *, retention: RetentionPolicy | None = None,
         projections_interval: float | None = 5.0,
@@ -279,7 +280,8 @@ class ChatLedger(UnitOfWork):
         """Stop the background jobs, if started (:meth:`close` does too)."""
         bootstrap.stop_jobs(self)
 
-    @checked(interval=interval_arg, retention=retention_arg, projections_interval=opt(interval_arg))
+    @checked(interval=arg.interval_arg, retention=arg.retention_arg,
+             projections_interval=opt(arg.interval_arg))
     def background_jobs(
         self, interval: float = 30.0, *, retention: RetentionPolicy | None = None,
         projections_interval: float | None = 5.0,

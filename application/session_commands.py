@@ -118,7 +118,7 @@ def time_out_if_idle(uow: UnitOfWork, session_id: UUID | str, *, now: datetime |
         uow.save(session)
         return True
 
-    return uow.retrying(f"expire_if_idle() on session {session_id}", once)
+    return uow.retrying(f"time_out_if_idle() on session {session_id}", once)
 
 
 def link_identity(

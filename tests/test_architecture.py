@@ -52,3 +52,18 @@ def test_no_module_is_longer_than_400_lines_and_the_facade_is_thin() -> None:
 
     assert ChatLedger.__mro__[1] is UnitOfWork
     assert sizes["application/ledger.py"] <= 300
+
+
+def test_no_test_compares_a_value_with_itself() -> None:
+    """``assert f(x) == f(x)`` cannot fail: every comparison in the tests has two different sides."""
+    import ast
+
+    same = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                for op, left, right in zip(node.ops, sides[:-1], sides[1:], strict=True):
+                    if not isinstance(op, ast.In | ast.NotIn) and ast.dump(left) == ast.dump(right):
+                        same.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+    assert same == []

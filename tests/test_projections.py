@@ -338,7 +338,7 @@ def run_command(ledger: ChatLedger, clock: ManualClock, command: tuple[Any, ...]
         elif kind == "end":
             ledger.end_session(sid, at=now)
         elif kind == "sweep":
-            ledger.expire_if_idle(sid, now=now)
+            ledger.time_out_if_idle(sid, now=now)
     except ChatLedgerError:
         pass  # a rejected command appends nothing; the history goes on
 

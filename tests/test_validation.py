@@ -120,7 +120,7 @@ CASES: list[tuple[str, Call, type[InvalidFieldError], str]] = [
     ("str at", lambda l, s: l.set_slot(s, "k", 1, at="2026-01-01"), InvalidTimeError, "at"),
     ("year 9999", lambda l, s: l.receive("v", "hi", at=datetime(9999, 12, 31, tzinfo=UTC)), InvalidTimeError,
      "at"),
-    ("max datetime -5h", lambda l, s: l.expire_if_idle(
+    ("max datetime -5h", lambda l, s: l.time_out_if_idle(
         s, now=datetime.max.replace(tzinfo=timezone(-timedelta(hours=5)))), InvalidTimeError, "now"),
     ("before 1970", lambda l, s: l.link_identity("v", "u", at=datetime(1969, 1, 1, tzinfo=UTC)),
      InvalidTimeError, "at"),
