@@ -15,8 +15,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .. import ChatLedger
-from ..application.webhooks import list_dead_letters
 from ..domain import validation as v
 from .cli_options import DatabaseOption, open_ledger
 
@@ -100,6 +98,8 @@ def deliver(
     order, at least once (header Chatledger-Event-Id for deduplication), with
     retries and backoff; after --max-attempts a dead letter. Prints a JSON
     report; exits 1 if it stopped at a dead letter."""
+    from .. import ChatLedger
+
     with ChatLedger.open(database) as ledger:
         worker = ledger.webhook(
             name, url, content=content, max_attempts=max_attempts, backoff=backoff,
@@ -127,6 +127,8 @@ def dead_letters(
 ) -> None:
     """Print the subscription's dead letters as JSON lines, in log order."""
     with open_ledger(database, read_only=True) as ledger:
+        from ..application.webhooks import list_dead_letters
+
         letters = list_dead_letters(ledger, name)
     for letter in letters:
         print(json.dumps(letter.model_dump(mode="json")))

@@ -10,13 +10,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Annotated, Optional
+from typing import IO, TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from .. import ChatLedger, ConfigurationError
-from ..infrastructure.persistence import postgres_table_exists
-from ..infrastructure.settings import Settings
+from .. import ConfigurationError
+
+if TYPE_CHECKING:  # imported where used: a usage error or --help loads no store code
+    from .. import ChatLedger
+    from ..infrastructure.settings import Settings
 
 OptionalText = Optional[str]  # noqa: UP045 - typer needs Optional here
 """An option's type when it may be left out (``None``)."""
@@ -81,6 +83,8 @@ def require_existing_database(database: str | None) -> None:
     without ``?schema=``) must hold a chatledger store: a mistyped schema would
     otherwise be created, with empty tables that verify "OK" and read as zeros.
     """
+    from ..infrastructure.settings import Settings
+
     settings = Settings(database_url=database) if database is not None else Settings()
     if settings.backend != "sqlite":
         _require_existing_postgres_store(settings)
@@ -109,6 +113,8 @@ def require_existing_database(database: str | None) -> None:
 
 
 def _require_existing_postgres_store(settings: Settings) -> None:
+    from ..infrastructure.persistence import postgres_table_exists
+
     schema = settings.postgres_schema or "public"
     found = postgres_table_exists(settings, "chatledger_events")
     if not found:
@@ -124,6 +130,8 @@ def open_ledger(database: str | None, *, read_only: bool = False) -> ChatLedger:
     """The ledger at ``database``; a read-only command refuses a missing SQLite file."""
     if read_only:
         require_existing_database(database)
+    from .. import ChatLedger
+
     return ChatLedger.open(database)
 
 
