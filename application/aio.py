@@ -48,6 +48,7 @@ except ImportError as err:  # pragma: no cover - the base install has no anyio
     ) from err
 
 from ..domain.policy import SessionPolicy
+from ..domain.validation import Limits
 from ..infrastructure.scheduler import BackgroundJobs
 from .audit import HistoryStep
 from .clock import Clock
@@ -247,6 +248,16 @@ class AsyncChatLedger:
             await self._slots.acquire_on_behalf_of(holder)
         await offload("AsyncChatLedger.aclose()", self._ledger.close)
 
+    async def tenant(
+        self, tenant: str, *, policy: SessionPolicy | None = None, limits: Limits | None = None
+    ) -> AsyncChatLedger:
+        handle = AsyncChatLedger.__new__(AsyncChatLedger)
+        handle.__dict__.update(self.__dict__)  # the same workers and limits on calls
+        handle._ledger = self._ledger.tenant(tenant, policy=policy, limits=limits)
+        return handle
+
+    tenant.__doc__ = ChatLedger.tenant.__doc__
+
     async def __aenter__(self) -> AsyncChatLedger:
         return self
 
@@ -292,6 +303,7 @@ class AsyncChatLedger:
     projection_failures = offloaded(ChatLedger.projection_failures)
     transcript = offloaded(ChatLedger.transcript)
     analytics = offloaded(ChatLedger.analytics)
+    analytics_by_tenant = offloaded(ChatLedger.analytics_by_tenant)
     resessionize = offloaded(ChatLedger.resessionize)
     memory = offloaded(ChatLedger.memory)
 

@@ -34,7 +34,7 @@ from ..infrastructure.key_audit import KeyAudit
 from ..infrastructure.ledger_recorders import as_ledger_recorder
 from ..infrastructure.sealing import Anchor
 from .erasure import visitors_of_user
-from .unit_of_work import UnitOfWork, as_uuid
+from .unit_of_work import UnitOfWork
 
 if TYPE_CHECKING:
     from ..infrastructure.postgres import PostgresLedgerRecorder
@@ -75,7 +75,7 @@ def iter_history(
     if version is not None and version < 1:
         raise InvalidCommandError(f"version must be 1 or more, not {version}.")
     limit = utc(until) if until is not None else None
-    sid = as_uuid(session_id)
+    sid = uow.own_session(session_id)
     session: Session | None = None
     seen = False
     for event in uow.events.get(sid, lte=version):
@@ -122,7 +122,7 @@ def verify_log(
             if occurred is not None:
                 report.tail_age_s = max(0.0, (uow.now(None) - occurred).total_seconds())
         return report
-    sid = as_uuid(session_id)
+    sid = uow.own_session(session_id, any_aggregate=True)
     report = audited_verify(recorder, VerificationReport(scope=f"session {sid}"), sid)
     if report.checked == 0 and report.break_count == 0:
         raise UnknownSessionError(session_id)
@@ -180,14 +180,14 @@ def export_bundle(
     recorder = chained(uow.recorder)
     aggregates: list[tuple[str, UUID]] = []
     if user_id is not None:
-        visitors = visitors_of_user(uow, user_id)
+        visitors = visitors_of_user(uow, user_id)  # of this ledger's tenant
         if not visitors:
             raise UnknownSubjectError("user", user_id)
         aggregates += [("visitor", v.id) for v in visitors]
         aggregates += [("session", sid) for v in visitors for sid in v.session_ids]
         scope: dict[str, Any] = {"user_id": user_id, "visitor_ids": [v.visitor_id for v in visitors]}
     else:
-        sid = as_uuid(session_id)  # type: ignore[arg-type]
+        sid = uow.own_session(session_id)  # type: ignore[arg-type]
         uow.get_session(sid)
         aggregates.append(("session", sid))
         scope = {"session_id": str(sid)}

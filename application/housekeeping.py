@@ -11,7 +11,17 @@ from datetime import datetime, timedelta
 
 from ..infrastructure.scheduler import BackgroundJobs
 from . import bootstrap
-from .arguments import COUNT, DURATION, TIME, checked, interval_arg, opt, path_arg, retention_arg
+from .arguments import (
+    COUNT,
+    DURATION,
+    TIME,
+    checked,
+    flag_arg,
+    interval_arg,
+    opt,
+    path_arg,
+    retention_arg,
+)
 from .retention import (
     ArchivedSession,
     ArchiveResult,
@@ -33,23 +43,31 @@ class Housekeeping(UnitOfWork):
             self.stop_background_jobs()
             super().close()
 
-    @checked(now=opt(TIME), limit=opt(COUNT), batch_size=COUNT)
-    def sweep(self, now: datetime | None = None, *, limit: int | None = None, batch_size: int = 5000) -> int:
-        """Time out every session idle past its deadline at ``now``; return how many.
+    @checked(now=opt(TIME), limit=opt(COUNT), batch_size=COUNT, all_tenants=flag_arg)
+    def sweep(
+        self, now: datetime | None = None, *, limit: int | None = None, batch_size: int = 5000,
+        all_tenants: bool = False,
+    ) -> int:
+        """Time out every session of this tenant (``all_tenants``: of the store) idle
+        past its deadline at ``now``; return how many.
 
         Each timed-out event is stamped with the moment the session went idle,
         and is appended exactly once however many sweepers (threads, processes,
         servers) and lazy checks race. See ``docs/timeouts.md``.
         """
-        return sweep_due(self, now, limit=limit, batch_size=batch_size).timed_out
+        tenant = None if all_tenants else self.tenant_id
+        return sweep_due(self, now, limit=limit, batch_size=batch_size, tenant=tenant).timed_out
 
-    @checked(older_than=DURATION, archive_dir=path_arg, now=opt(TIME))
+    @checked(older_than=DURATION, archive_dir=path_arg, now=opt(TIME), all_tenants=flag_arg)
     def archive_closed_sessions(
-        self, older_than: timedelta, archive_dir: str | os.PathLike[str], *, now: datetime | None = None
+        self, older_than: timedelta, archive_dir: str | os.PathLike[str], *,
+        now: datetime | None = None, all_tenants: bool = False,
     ) -> ArchiveResult:
-        """Archive sessions closed before ``now - older_than`` to a gzipped JSONL
-        file and drop their read-model rows. The event log is not touched."""
-        return archive_closed_sessions(self, older_than, archive_dir, now=now)
+        """Archive this tenant's (``all_tenants``: the store's) sessions closed before
+        ``now - older_than`` to a gzipped JSONL file and drop their read-model rows.
+        The event log is not touched."""
+        tenant = None if all_tenants else self.tenant_id
+        return archive_closed_sessions(self, older_than, archive_dir, now=now, tenant=tenant)
 
     @checked(path=path_arg)
     def read_archive(self, path: str | os.PathLike[str]) -> list[ArchivedSession]:

@@ -21,6 +21,8 @@ from ..domain.erasure import ErasureReceipt
 from ..domain.pydantic_aggregates import DomainEvent
 from ..domain.policy import SessionPolicy
 from ..domain.read_views import SessionState, Turn, VisitorState
+from ..domain.tenancy import DEFAULT_TENANT
+from ..domain.validation import Limits
 from ..infrastructure.hashchain import VerificationReport
 from . import bootstrap, reads, session_commands
 from .api_keys import ApiKeys
@@ -44,6 +46,7 @@ from .erasure import erase_subject
 from .housekeeping import Housekeeping
 from .read_model_queries import ReadModelQueries
 from .receive import receive as receive_message
+from .tenancy import tenant_handle
 from .webhooks import WebhookWorker
 
 
@@ -59,14 +62,22 @@ class ChatLedger(Housekeeping, ReadModelQueries):
     @classmethod
     def open(
         cls, database_url: str | None = None, *, policy: SessionPolicy | None = None,
-        clock: Clock | None = None, **settings: Any,
+        clock: Clock | None = None, tenant: str = DEFAULT_TENANT, **settings: Any,
     ) -> ChatLedger:
-        """Open (and create if needed) the ledger at ``database_url``.
+        """Open (and create if needed) the ledger at ``database_url``, for ``tenant``.
 
         Without a URL, ``CHATLEDGER_DATABASE_URL`` or ``sqlite:///chatledger.db``.
         Extra keyword arguments are :class:`Settings` fields.
         """
-        return cls(bootstrap.open_settings(database_url, **settings), policy=policy, clock=clock)
+        settings_ = bootstrap.open_settings(database_url, **settings)
+        return cls(settings_, policy=policy, clock=clock, tenant=tenant)
+
+    def tenant(
+        self, tenant: str, *, policy: SessionPolicy | None = None, limits: Limits | None = None
+    ) -> ChatLedger:
+        """This ledger for ``tenant``: same store, its own ids, data, policy and limits
+        (see :mod:`~chatledger.application.tenancy`); ``tenant_id`` names it."""
+        return tenant_handle(self, tenant, policy, limits)
 
     @cached_property
     def api_keys(self) -> ApiKeys:

@@ -89,6 +89,17 @@ class ReadModelQueries(UnitOfWork):
         ``as_of`` (default: the ledger clock)."""
         return self.projection_reads.analytics(start=start, end=end, as_of=as_of, engagement=engagement)
 
+    @checked(start=opt(TIME), end=opt(TIME), as_of=opt(TIME), engagement=engagement_arg)
+    def analytics_by_tenant(
+        self, *, start: datetime | None = None, end: datetime | None = None,
+        as_of: datetime | None = None, engagement: Engagement | None = None,
+    ) -> dict[str, Analytics]:
+        """:meth:`analytics` of each tenant of the store, to compare them (for an
+        operator: it reads every tenant's figures, on any tenant's handle)."""
+        return self.projection_reads.analytics_by_tenant(
+            start=start, end=end, as_of=as_of, engagement=engagement
+        )
+
     @checked(timeout=DURATION, start=opt(TIME), end=opt(TIME))
     def resessionize(
         self, timeout: timedelta, *, start: datetime | None = None, end: datetime | None = None

@@ -14,7 +14,7 @@ from ..domain.session import Session
 from ..domain.read_views import SessionState, VisitorState
 from .access import check_owner
 from .audit import iter_history
-from .unit_of_work import UnitOfWork, as_uuid
+from .unit_of_work import UnitOfWork
 
 
 def session(
@@ -43,7 +43,7 @@ def session(
 
 def session_as_of(uow: UnitOfWork, session_id: UUID | str, as_of: datetime) -> Session:
     """The session rebuilt from the events that had occurred by ``as_of``."""
-    sid = as_uuid(session_id)
+    sid = uow.own_session(session_id)
     found: Session | None = None
     for event in uow.events.get(sid):
         assert isinstance(event, DomainEvent)
@@ -66,7 +66,7 @@ def exists(uow: UnitOfWork, aggregate_id: UUID) -> bool:
 
 def session_events(uow: UnitOfWork, session_id: UUID | str) -> list[DomainEvent]:
     """Every stored event of a session, in order."""
-    sid = as_uuid(session_id)
+    sid = uow.own_session(session_id)
     events = [e for e in uow.events.get(sid) if isinstance(e, DomainEvent)]
     if not events or not isinstance(events[0], Session.Started):
         raise UnknownSessionError(session_id)  # a visitor's stream is no session

@@ -18,6 +18,7 @@ is one, with the public commands and queries on top.
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 import threading
@@ -31,6 +32,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
 from eventsourcing.persistence import DataError, PersistenceError, RecordConflictError
+from eventsourcing.utils import get_topic
 
 from ..domain import validation as v
 from ..domain.errors import (
@@ -42,6 +44,7 @@ from ..domain.errors import (
 from ..domain.pydantic_aggregates import Aggregate, utc
 from ..domain.policy import SessionPolicy
 from ..domain.session import Session
+from ..domain.tenancy import DEFAULT_TENANT, check_tenant
 from ..domain.visitor import Visitor, visitor_aggregate_id
 from ..infrastructure.envelopes import ErasedSnapshotError
 from ..infrastructure.settings import Settings
@@ -55,6 +58,8 @@ from .commit_queue import GroupCommitEventStore
 from .repository import LedgerRepository
 
 T = TypeVar("T")
+STARTED_TOPIC = get_topic(Session.Started)
+TENANTED_TOPICS = (STARTED_TOPIC, get_topic(Visitor.Registered))  # first events, with the tenant
 
 
 def replay_events(aggregate: Any, events: Any) -> Any:
@@ -90,8 +95,11 @@ class UnitOfWork(Application[UUID]):
         policy: SessionPolicy | None = None,
         clock: Clock | None = None,
         read_models: Sequence[type[ReadModel]] | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         settings, policy, clock, models = bootstrap.components(settings, policy, clock, read_models)
+        self.tenant_id = check_tenant(tenant)
+        self.root: UnitOfWork = self  # the ledger that owns the store (a tenant handle shares it)
         self.settings = settings
         self.limits: v.Limits = settings.limits
         self.read_models = models
@@ -125,9 +133,11 @@ class UnitOfWork(Application[UUID]):
     @cached_property
     def projection_reads(self) -> ProjectionReads:
         """The queries answered by the read models (transcripts, analytics, memory)."""
-        return ProjectionReads(self.projector, self.clock)
+        return ProjectionReads(self.projector, self.clock, self.tenant_id)
 
     def close(self) -> None:
+        if self.root is not self:
+            return  # a tenant handle: the store is its root ledger's
         if "projector" in self.__dict__:
             self.projector.stop()
             self.projector.engine.dispose()
@@ -195,11 +205,15 @@ class UnitOfWork(Application[UUID]):
         assert isinstance(repository, LedgerRepository)
         return repository.get(aggregate_id, projector_func=replay_events, fresh=fresh)
 
-    def get_session(self, session_id: UUID | str, *, cached: bool = False) -> Session:
-        """The session, current (:class:`UnknownSessionError` if there is none).
+    def get_session(
+        self, session_id: UUID | str, *, cached: bool = False, any_tenant: bool = False
+    ) -> Session:
+        """The session of this ledger's tenant, current (:class:`UnknownSessionError`
+        if there is none; another tenant's is none).
 
         ``cached=True``: on a command's first attempt, the cached copy without
-        a read of the store (it may be stale; the command's save conflicts then)."""
+        a read of the store (it may be stale; the command's save conflicts then).
+        ``any_tenant``: of whichever tenant (the store-wide retention job)."""
         sid = as_uuid(session_id)
         fresh = self.fresh_read(cached)
         try:
@@ -215,18 +229,49 @@ class UnitOfWork(Application[UUID]):
                 session = self.load(sid, fresh)
         except AggregateNotFoundError as err:
             raise UnknownSessionError(session_id) from err
-        if not isinstance(session, Session):
-            raise UnknownSessionError(session_id)
+        if not isinstance(session, Session) or (session.tenant != self.tenant_id and not any_tenant):
+            raise UnknownSessionError(session_id)  # another tenant's: as if there were none
         return session
+
+    def own_session(self, session_id: UUID | str, *, any_aggregate: bool = False) -> UUID:
+        """The id of a session of this ledger's tenant, checked on its stored first
+        event alone (the tenant is never encrypted), for reads that go to the log
+        without loading the session: :class:`UnknownSessionError` for another
+        tenant's session, exactly as for one that does not exist.
+
+        ``any_aggregate`` (``verify``): a visitor's stream of the tenant passes too,
+        and so does an id with no stored event (its chain rows may remain: the
+        verification reports the deletion)."""
+        sid = as_uuid(session_id)
+        first = list(self.recorder.select_events(sid, limit=1))
+        if not first:
+            if any_aggregate and self.tenant_id == DEFAULT_TENANT:
+                return sid
+            raise UnknownSessionError(session_id)
+        if first[0].topic != STARTED_TOPIC and not any_aggregate:
+            raise UnknownSessionError(session_id)
+        if first[0].topic not in TENANTED_TOPICS or first[0].originator_version != 1:
+            # No tenant to read (an aggregate of no tenant, or its first events were
+            # deleted: the verification says so): the default tenant's (the operator's).
+            if self.tenant_id != DEFAULT_TENANT:
+                raise UnknownSessionError(session_id)
+            return sid
+        try:
+            tenant = json.loads(first[0].state).get("tenant", DEFAULT_TENANT)
+        except (ValueError, AttributeError):
+            tenant = DEFAULT_TENANT  # an altered event: the operator's to verify
+        if tenant != self.tenant_id:
+            raise UnknownSessionError(session_id)
+        return sid
 
     def get_visitor(self, visitor_id: str, *, cached: bool = False) -> Visitor | None:
         """The visitor, current, or None if never seen (``cached``: as for
         :meth:`get_session`)."""
         try:
-            visitor = self.load(visitor_aggregate_id(visitor_id), self.fresh_read(cached))
+            visitor = self.load(visitor_aggregate_id(visitor_id, self.tenant_id), self.fresh_read(cached))
         except AggregateNotFoundError:
             return None
-        assert isinstance(visitor, Visitor)
+        assert isinstance(visitor, Visitor) and visitor.tenant == self.tenant_id
         return visitor
 
     def open_session(
