@@ -185,3 +185,40 @@ def test_a_ledger_opened_for_a_tenant_and_handles_share_one_store(
         handles[0].close()  # a handle's close leaves the store open
         assert acme.session(sid).tenant == "acme"
         assert refusal(lambda: acme.tenant("default").session(sid))[0] is UnknownSessionError  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_the_command_line_works_on_the_tenant_chatledger_tenant_names(tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path}/chat.db"
+    with ChatLedger.open(url) as ledger:
+        sid = ledger.tenant("acme").receive("v-1", "acme's").session_id
+
+    def show(tenant: str | None) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLEDGER_")}
+        if tenant is not None:
+            env["CHATLEDGER_TENANT"] = tenant
+        command = [
+            sys.executable,
+            "-m",
+            "chatledger",
+            "session",
+            "show",
+            str(sid),
+            "-d",
+            url,
+            "--json",
+        ]
+        return subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+
+    done = show("acme")
+    assert done.returncode == 0 and "acme's" in done.stdout, done.stderr
+    for other in (None, "globex"):
+        refused = show(other)
+        assert refused.returncode != 0 and "acme's" not in refused.stdout + refused.stderr
+        assert f"No session {sid} exists" in refused.stderr, refused.stderr
