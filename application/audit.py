@@ -28,6 +28,7 @@ from ..domain.errors import (
 )
 from ..domain.pydantic_aggregates import DomainEvent, utc
 from ..domain.session import Session
+from ..domain.tenancy import DEFAULT_TENANT
 from ..domain.read_views import SessionState
 from ..infrastructure.hashchain import VerificationReport
 from ..infrastructure.key_audit import KeyAudit
@@ -204,6 +205,7 @@ def export_bundle(
     }
     out.write(json.dumps(header) + "\n")
     scoped_ok: dict[str, bool] = {}
+    scoped_reports: list[VerificationReport] = []
     for kind, aggregate_id in aggregates:
         positions = recorder.notification_ids(aggregate_id)
         hashes = recorder.hash_rows(aggregate_id)
@@ -227,10 +229,17 @@ def export_bundle(
                 "log_hash": lg_hash.hex(),
             }
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
-        scoped_ok[str(aggregate_id)] = audited_verify(
-            recorder, VerificationReport(scope=str(aggregate_id)), aggregate_id
-        ).ok
-    report = audited_verify(recorder, VerificationReport(scope="log"))
+        scoped = audited_verify(recorder, VerificationReport(scope=str(aggregate_id)), aggregate_id)
+        scoped_ok[str(aggregate_id)] = scoped.ok
+        scoped_reports.append(scoped)
+    if uow.tenant_id == DEFAULT_TENANT:
+        report = audited_verify(recorder, VerificationReport(scope="log"))
+    else:  # another tenant's bundle says nothing of the store's other tenants: its chains only
+        report = VerificationReport(scope=f"tenant {uow.tenant_id}")
+        for scoped in scoped_reports:
+            report.checked += scoped.checked
+            for brk in scoped.breaks:
+                report.add(brk)
     out.write(
         json.dumps(
             {

@@ -143,8 +143,11 @@ def test_erasing_a_person_in_one_tenant_leaves_the_same_ids_in_another(store: Ch
     assert globex.session(gone).messages[0].text == "[erased]"
     assert acme.session(kept).messages[0].text == "acme keeps this"  # another key: untouched
     out = io.StringIO()
-    acme.export_audit(out, user_id="u-1")
+    report = acme.export_audit(out, user_id="u-1")
     assert str(gone) not in out.getvalue() and str(kept) in out.getvalue()
+    assert report.ok and report.scope == "tenant acme"
+    assert report.checked == len(acme.session_events(kept)) + 3  # its visitor: 3 events
+    assert '"globex' not in out.getvalue() and "globex forgets" not in out.getvalue()
     assert acme.verify().ok
 
 
