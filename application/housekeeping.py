@@ -69,11 +69,14 @@ class Housekeeping(UnitOfWork):
         tenant = None if all_tenants else self.tenant_id
         return archive_closed_sessions(self, older_than, archive_dir, now=now, tenant=tenant)
 
-    @checked(path=path_arg)
-    def read_archive(self, path: str | os.PathLike[str]) -> list[ArchivedSession]:
-        """The sessions of a retention archive file, decrypted with the keys still
-        in the store (an erased visitor's sessions read as ``"[erased]"``)."""
-        return read_archive(self, path)
+    @checked(path=path_arg, all_tenants=flag_arg)
+    def read_archive(
+        self, path: str | os.PathLike[str], *, all_tenants: bool = False
+    ) -> list[ArchivedSession]:
+        """This tenant's (``all_tenants``: every) session of a retention archive file,
+        decrypted with the keys still in the store (an erased visitor's sessions read
+        as ``"[erased]"``)."""
+        return read_archive(self, path, all_tenants=all_tenants)
 
     @checked(interval=interval_arg, retention=retention_arg, projections_interval=opt(interval_arg))
     def start_background_jobs(

@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ..domain.erasure import ERASED_TEXT
-from ..domain.errors import InvalidCommandError, InvalidValueError
+from ..domain.errors import InvalidCommandError, InvalidValueError, UnknownSessionError
 from ..domain.session import Session
 from ..domain.read_views import SessionState
 from ..domain.tenancy import scoped_key
@@ -243,8 +243,11 @@ class ArchivedSession(BaseModel):
     """Every event of the session as archived, or ``"[erased]"``."""
 
 
-def read_archive(uow: UnitOfWork, path: str | os.PathLike[str]) -> list[ArchivedSession]:
-    """The sessions of an archive file, decrypted with the keys still in the store.
+def read_archive(
+    uow: UnitOfWork, path: str | os.PathLike[str], *, all_tenants: bool = False
+) -> list[ArchivedSession]:
+    """The sessions of an archive file of the ledger's tenant (``all_tenants``: every
+    session in it), decrypted with the keys still in the store.
 
     A session whose key was destroyed (its visitor erased) reads as erased.
     Archives written before their content was encrypted (plain ``state`` and
@@ -256,7 +259,7 @@ def read_archive(uow: UnitOfWork, path: str | os.PathLike[str]) -> list[Archived
         msg = f"Archive {str(source)!r} does not exist; pass the path of a .jsonl.gz file."
         raise InvalidCommandError(msg)
     try:
-        return _read_archive(uow, source)
+        return _read_archive(uow, source, all_tenants)
     except (EOFError, UnicodeDecodeError, zlib.error, gzip.BadGzipFile) as err:
         msg = f"Archive {str(source)!r} is not a gzipped chatledger archive, or is truncated ({err}); pass an archive file."
         raise InvalidCommandError(msg) from err
@@ -290,7 +293,16 @@ def _archived(source: Path, number: int, data: dict[str, Any]) -> ArchivedSessio
         raise _not_an_archive_line(source, number) from err
 
 
-def _read_archive(uow: UnitOfWork, source: Path) -> list[ArchivedSession]:
+def _theirs(uow: UnitOfWork, session_id: str) -> bool:
+    """Whether the archived session is another tenant's (it is passed over, unread)."""
+    try:
+        uow.own_session(session_id)
+    except UnknownSessionError:
+        return True
+    return False
+
+
+def _read_archive(uow: UnitOfWork, source: Path, all_tenants: bool = False) -> list[ArchivedSession]:
     recorder = uow.recorder
     found: dict[str, bytes | None] = {}
     sessions = []
@@ -298,6 +310,8 @@ def _read_archive(uow: UnitOfWork, source: Path) -> list[ArchivedSession]:
         for number, text in enumerate(lines, 1):
             line = _parse_archive_line(source, number, text)
             sid = line["session_id"]
+            if not all_tenants and _theirs(uow, sid):
+                continue  # a store-wide archive holds every tenant's sessions: the tenant's only
             ids = {"session_id": sid, "visitor_id": line.get("visitor_id")}
             erased = {**ids, "erased": True, "state": ERASED_TEXT, "events": ERASED_TEXT}
             if "$enc" not in line:  # erased before archiving, or an archive of before encryption

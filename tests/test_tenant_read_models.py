@@ -113,8 +113,13 @@ def test_retention_per_tenant_and_store_wide(
     assert archived.session_id == ids["acme"] and not archived.erased
     assert globex.session(ids["globex"]).archived_at is None
     rest = ledger.archive_closed_sessions(timedelta(days=1), tmp_path / "all", all_tenants=True)
-    assert rest.archived == 2
+    assert rest.archived == 2 and rest.path is not None
     assert globex.session(ids["globex"]).archived_at is not None
+    # A store-wide archive holds both; each tenant reads its own sessions of it only.
+    assert [a.session_id for a in globex.read_archive(rest.path)] == [ids["globex"]]
+    assert [a.session_id for a in ledger.read_archive(rest.path)] == [ids["default"]]
+    assert acme.read_archive(rest.path) == []
+    assert len(acme.read_archive(rest.path, all_tenants=True)) == 2
 
 
 def test_an_old_stores_read_models_get_the_tenant_column_as_the_default(tmp_path: Path) -> None:

@@ -128,8 +128,11 @@ def test_a_visitor_of_another_tenant_is_unknown(store: ChatLedger) -> None:
     got = refusal(lambda: globex.export_audit(io.StringIO(), user_id="u-1"))
     assert got is not None and got[0] is UnknownSubjectError
     assert log_head(store) == head
+    globex.link_identity("v-1", "u-2")  # globex's own v-1: a new visitor there, not acme's
     state = acme.visitor("v-1")
     assert state is not None and state.user_id == "u-1"
+    theirs = globex.visitor("v-1")
+    assert theirs is not None and theirs.user_id == "u-2" and theirs.session_ids == ()
 
 
 def test_erasing_a_person_in_one_tenant_leaves_the_same_ids_in_another(store: ChatLedger) -> None:
