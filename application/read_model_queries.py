@@ -44,14 +44,18 @@ class ReadModelQueries(UnitOfWork):
         """
         return self.projector.catch_up(progress=progress)
 
-    @checked(position=position_arg, limit=feed_limit_arg, content=flag_arg)
-    def events_after(self, position: int = 0, *, limit: int = 1000, content: bool = False) -> list[LogEvent]:
-        """The events recorded after ``position`` (0: from the start), in log
-        order, at most ``limit``; resume with the last one's ``position``. No
-        event is ever skipped, also while writers append. Personal fields are
-        sealed unless ``content`` is True (then decrypted; erased content reads
-        as erased). See docs/projections.md, "Subscribers"."""
-        return read_events(self, position, limit, content=content)
+    @checked(position=position_arg, limit=feed_limit_arg, content=flag_arg, all_tenants=flag_arg)
+    def events_after(
+        self, position: int = 0, *, limit: int = 1000, content: bool = False,
+        all_tenants: bool = False,
+    ) -> list[LogEvent]:
+        """The events of this tenant (``all_tenants``: of the store) recorded after
+        ``position`` (0: from the start), in log order, at most ``limit``; resume
+        with the last one's ``position``. No event is ever skipped, also while
+        writers append. Personal fields are sealed unless ``content`` is True (then
+        decrypted; erased content reads as erased). See docs/projections.md, "Subscribers"."""
+        tenant = None if all_tenants else self.tenant_id
+        return read_events(self, position, limit, content=content, tenant=tenant)
 
     def projection_status(self) -> list[ProjectionStatus]:
         """Each read model's position, the head of the log, the lag, and how

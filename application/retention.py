@@ -45,10 +45,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ..domain.erasure import ERASED_TEXT
-from ..domain.errors import InvalidCommandError, InvalidValueError, UnknownSessionError
+from ..domain.errors import InvalidCommandError, InvalidValueError
 from ..domain.session import Session
 from ..domain.read_views import SessionState
-from ..domain.tenancy import scoped_key
+from ..domain.tenancy import DEFAULT_TENANT, scoped_key
 from ..domain.validation import MAX_DURATION
 from ..projections.active_session_queries import closed_before
 from ..projections.active_sessions import ActiveSessions
@@ -294,12 +294,17 @@ def _archived(source: Path, number: int, data: dict[str, Any]) -> ArchivedSessio
 
 
 def _theirs(uow: UnitOfWork, session_id: str) -> bool:
-    """Whether the archived session is another tenant's (it is passed over, unread)."""
+    """Whether the archived session is another tenant's (it is passed over, unread):
+    the tenant of its stored stream; one the store no longer holds (or never did) is
+    the default tenant's (the operator's). A line with no session id is left to the
+    line's own checks."""
     try:
-        uow.own_session(session_id)
-    except UnknownSessionError:
-        return True
-    return False
+        sid = UUID(session_id)
+    except ValueError:
+        return False
+    first = list(uow.recorder.select_events(sid, limit=1))
+    tenant = uow.stream_tenant(first[0]) if first else DEFAULT_TENANT
+    return tenant != uow.tenant_id
 
 
 def _read_archive(uow: UnitOfWork, source: Path, all_tenants: bool = False) -> list[ArchivedSession]:

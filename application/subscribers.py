@@ -69,13 +69,29 @@ class LogEvent(Immutable):
     data: dict[str, Any]
 
 
-def read_events(uow: UnitOfWork, position: int, limit: int, *, content: bool) -> list[LogEvent]:
-    """The events with a position above ``position``, at most ``limit``, in log order."""
+def read_events(
+    uow: UnitOfWork, position: int, limit: int, *, content: bool, tenant: str | None = None
+) -> list[LogEvent]:
+    """The events with a position above ``position``, at most ``limit``, in log order:
+    of the streams of ``tenant`` (None: every stream). Another tenant's events are
+    read past (and never decoded), so a call returns fewer than ``limit`` only at
+    the head."""
     projector = uow.projector
     head = projector.head()
-    if head <= position:
-        return []
-    batch = projector.read(position, limit, head)
+    found: list[LogEvent] = []
+    while position < head and len(found) < limit:
+        batch = projector.read(position, limit - len(found), head)
+        if not batch:
+            break
+        position = batch[-1].id
+        if tenant is not None:
+            batch = [n for n in batch if uow.stream_tenant(n) == tenant]
+        if batch:
+            found += _decoded(uow, batch, content)
+    return found
+
+
+def _decoded(uow: UnitOfWork, batch: Sequence[Any], content: bool) -> list[LogEvent]:
     mapper = uow.mapper
     erased: set[int] = set()
     if content:

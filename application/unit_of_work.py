@@ -233,6 +233,31 @@ class UnitOfWork(Application[UUID]):
             raise UnknownSessionError(session_id)  # another tenant's: as if there were none
         return session
 
+    def stream_tenant(self, notification: Any) -> str:
+        """The tenant of the stream a stored event (a notification) belongs to: read
+        from the stream's first event (the tenant is never encrypted), remembered by
+        the root ledger; a stream of no tenant (no ``Started``/``Registered`` first)
+        is the default tenant's."""
+        known: dict[UUID, str] = self.root.__dict__.setdefault("_stream_tenants", {})
+        stream = UUID(str(notification.originator_id))
+        tenant = known.get(stream)
+        if tenant is not None:
+            return tenant
+        first = notification
+        if notification.originator_version != 1:
+            found = list(self.recorder.select_events(stream, limit=1))
+            first = found[0] if found else None
+        tenant = DEFAULT_TENANT
+        if first is not None and first.topic in TENANTED_TOPICS:
+            try:
+                tenant = json.loads(first.state).get("tenant", DEFAULT_TENANT)
+            except (ValueError, AttributeError):
+                pass  # an altered event: the default tenant's (the operator's) to see
+        if len(known) >= 100_000:
+            known.clear()  # a bounded memo: a stream's tenant never changes
+        known[stream] = tenant
+        return tenant
+
     def own_session(self, session_id: UUID | str, *, any_aggregate: bool = False) -> UUID:
         """The id of a session of this ledger's tenant, checked on its stored first
         event alone (the tenant is never encrypted), for reads that go to the log

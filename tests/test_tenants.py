@@ -228,3 +228,49 @@ def test_the_command_line_works_on_the_tenant_chatledger_tenant_names(tmp_path: 
         refused = show(other)
         assert refused.returncode != 0 and "acme's" not in refused.stdout + refused.stderr
         assert f"No session {sid} exists" in refused.stderr, refused.stderr
+
+
+def test_the_event_feed_is_the_tenants_unless_asked_for_all(store: ChatLedger) -> None:
+    acme, globex = store.tenant("acme"), store.tenant("globex")
+    a = acme.receive("v-1", "acme's secret").session_id
+    g = globex.receive("v-1", "globex's secret").session_id
+    acme.reply(a, "acme's answer")
+    for content in (True, False):
+        feed = acme.events_after(0, content=content)
+        assert {e.stream for e in feed} == {str(a), _vid(acme)}
+        assert "globex" not in "".join(e.model_dump_json() for e in feed)
+    assert [e.position for e in acme.events_after(0, limit=1)] == [acme.events_after(0)[0].position]
+    everything = store.events_after(0, content=True, all_tenants=True)
+    assert {str(a), str(g)} <= {e.stream for e in everything}
+    assert store.events_after(0) == []  # the default tenant has written nothing
+    # resuming after a position mid-log reads on past the other tenant's events
+    last = acme.events_after(0)[-1].position
+    assert acme.events_after(last) == []
+    assert [
+        e.data.get("text")
+        for e in globex.events_after(0, content=True)
+        if e.type.startswith("Session.Message")
+    ] == ["globex's secret"]
+
+
+def _vid(ledger: ChatLedger) -> str:
+    from chatledger.domain.visitor import visitor_aggregate_id
+
+    return str(visitor_aggregate_id("v-1", ledger.tenant_id))
+
+
+def test_the_asyncio_ledger_has_tenant_handles_too(sqlite_url: str) -> None:
+    import asyncio
+
+    from chatledger.aio import AsyncChatLedger
+
+    async def main() -> None:
+        async with AsyncChatLedger.open(sqlite_url) as ledger:
+            acme = await ledger.tenant("acme")
+            assert acme.sync.tenant_id == "acme" and acme.workers == ledger.workers
+            sid = (await acme.receive("v-1", "hi")).session_id
+            assert (await acme.session(sid)).tenant == "acme"
+            with pytest.raises(UnknownSessionError):
+                await ledger.session(sid)
+
+    asyncio.run(main())
