@@ -35,6 +35,7 @@ from ..infrastructure.key_audit import KeyAudit
 from ..infrastructure.ledger_recorders import as_ledger_recorder
 from ..infrastructure.sealing import Anchor
 from .erasure import visitors_of_user
+from .tenant_scope import own_session
 from .unit_of_work import UnitOfWork
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def iter_history(
     if version is not None and version < 1:
         raise InvalidCommandError(f"version must be 1 or more, not {version}.")
     limit = utc(until) if until is not None else None
-    sid = uow.own_session(session_id)
+    sid = own_session(uow, session_id)
     session: Session | None = None
     seen = False
     for event in uow.events.get(sid, lte=version):
@@ -123,11 +124,21 @@ def verify_log(
             if occurred is not None:
                 report.tail_age_s = max(0.0, (uow.now(None) - occurred).total_seconds())
         return report
-    sid = uow.own_session(session_id, any_aggregate=True)
+    sid = own_session(uow, session_id, any_aggregate=True)
     report = audited_verify(recorder, VerificationReport(scope=f"session {sid}"), sid)
     if report.checked == 0 and report.break_count == 0:
         raise UnknownSessionError(session_id)
     return report
+
+
+def seal(uow: UnitOfWork) -> int:
+    """Seal the committed events after the last seal; how many it sealed."""
+    return chained(uow.recorder).seal()
+
+
+def anchor(uow: UnitOfWork) -> str | None:
+    """The newest seal as ``ROOT@POSITION`` (``verify(anchor=...)`` detects any change before it)."""
+    return chained(uow.recorder).newest_anchor()
 
 
 def _verify_whole(recorder: SQLiteLedgerRecorder | PostgresLedgerRecorder, anchor: Anchor | None) -> VerificationReport:
@@ -188,7 +199,7 @@ def export_bundle(
         aggregates += [("session", sid) for v in visitors for sid in v.session_ids]
         scope: dict[str, Any] = {"user_id": user_id, "visitor_ids": [v.visitor_id for v in visitors]}
     else:
-        sid = uow.own_session(session_id)  # type: ignore[arg-type]
+        sid = own_session(uow, session_id)  # type: ignore[arg-type]
         uow.get_session(sid)
         aggregates.append(("session", sid))
         scope = {"session_id": str(sid)}
@@ -260,10 +271,12 @@ __all__ = [
     "EXPORT_HASHING",
     "EXPORT_VERSION",
     "HistoryStep",
+    "anchor",
     "audited_verify",
     "export_bundle",
     "iter_history",
     "known_at",
+    "seal",
     "verify_log",
     "visitors_of_user",  # re-exported: it moved to .erasure
 ]

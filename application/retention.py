@@ -55,6 +55,7 @@ from ..projections.active_sessions import ActiveSessions
 from .reads import session_events
 from .sweeper import check_now
 from .tenancy import tenant_handle
+from .tenant_scope import stream_tenant
 from .unit_of_work import UnitOfWork
 
 logger = logging.getLogger("chatledger.retention")
@@ -303,7 +304,7 @@ def _theirs(uow: UnitOfWork, session_id: str) -> bool:
     except ValueError:
         return False
     first = list(uow.recorder.select_events(sid, limit=1))
-    tenant = uow.stream_tenant(first[0]) if first else DEFAULT_TENANT
+    tenant = stream_tenant(uow, first[0]) if first else DEFAULT_TENANT
     return tenant != uow.tenant_id
 
 

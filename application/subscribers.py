@@ -39,6 +39,7 @@ from ..infrastructure.envelopes import is_envelope, walk
 from ..infrastructure.personal_fields import COMPILED_PATHS, EMPTY_VALUES, SEALED_VALUES
 from ..infrastructure.envelopes import KID_PATTERN
 from ..infrastructure.shredding_mapper import ShreddingMapper
+from .tenant_scope import stream_tenant
 from .unit_of_work import UnitOfWork
 
 _CONTENT_ERASED = get_topic(Session.ContentErased)
@@ -85,7 +86,7 @@ def read_events(
             break
         position = batch[-1].id
         if tenant is not None:
-            batch = [n for n in batch if uow.stream_tenant(n) == tenant]
+            batch = [n for n in batch if stream_tenant(uow, n) == tenant]
         if batch:
             found += _decoded(uow, batch, content)
     return found

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import copy
 import threading
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..domain.errors import InvalidPolicyError
 from ..domain.policy import SessionPolicy
 from ..domain.tenancy import check_tenant
 from ..domain.validation import Limits
-from .unit_of_work import UnitOfWork
 
-L = TypeVar("L", bound=UnitOfWork)
+L = TypeVar("L")  # a UnitOfWork (the facade); this module is imported by unit_of_work
 
 # Per handle: what is the tenant's own, rebuilt for it (the others are shared).
-TENANT_OWN = ("projection_reads", "_jobs", "_tenant_handles", "_tenant_lock")
+TENANT_OWN = ("projection_reads", "background", "_tenant_handles", "_tenant_lock")
 
 
 def tenant_handle(
@@ -46,12 +45,11 @@ def tenant_handle(
         raise InvalidPolicyError(f"policy must be a SessionPolicy, not {type(policy).__name__}.")
     if limits is not None and not isinstance(limits, Limits):
         raise InvalidPolicyError(f"limits must be chatledger Limits, not {type(limits).__name__}.")
-    root = ledger.root
-    assert isinstance(root, type(ledger))
+    root: Any = getattr(ledger, "root")  # noqa: B009 -- typed loosely (see L)
     lock: threading.Lock = root.__dict__.setdefault("_tenant_lock", threading.Lock())
     with lock:
-        handles: dict[str, L] = root.__dict__.setdefault("_tenant_handles", {})
-        found = handles.get(tenant)
+        handles: dict[str, Any] = root.__dict__.setdefault("_tenant_handles", {})
+        found: Any = handles.get(tenant)
         if found is None and tenant == root.tenant_id:
             found = root
         if (
@@ -59,7 +57,7 @@ def tenant_handle(
             and (policy is None or policy == found.policy)
             and (limits is None or limits == found.limits)
         ):
-            return found
+            return found  # type: ignore[no-any-return]
         root.projector  # noqa: B018 -- built once, shared by every handle
         handle = copy.copy(root)
         for name in TENANT_OWN:
@@ -68,7 +66,7 @@ def tenant_handle(
         handle.policy = policy or (found.policy if found is not None else root.policy)
         handle.limits = limits or (found.limits if found is not None else root.limits)
         handles[tenant] = handle
-        return handle
+        return handle  # type: ignore[no-any-return]
 
 
 __all__ = ["tenant_handle"]

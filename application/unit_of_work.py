@@ -18,7 +18,6 @@ is one, with the public commands and queries on top.
 
 from __future__ import annotations
 
-import json
 import random
 import sqlite3
 import threading
@@ -32,7 +31,6 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
 from eventsourcing.persistence import DataError, PersistenceError, RecordConflictError
-from eventsourcing.utils import get_topic
 
 from ..domain import validation as v
 from ..domain.errors import (
@@ -47,6 +45,7 @@ from ..domain.session import Session
 from ..domain.tenancy import DEFAULT_TENANT, check_tenant
 from ..domain.visitor import Visitor, visitor_aggregate_id
 from ..infrastructure.envelopes import ErasedSnapshotError
+from ..infrastructure.scheduler import BackgroundJobs
 from ..infrastructure.settings import Settings
 from ..infrastructure.snapshots import SnapshotStore
 from ..projections.read_model import ReadModel
@@ -56,10 +55,10 @@ from . import bootstrap
 from .clock import Clock
 from .commit_queue import GroupCommitEventStore
 from .repository import LedgerRepository
+from .tenancy import tenant_handle
 
 T = TypeVar("T")
-STARTED_TOPIC = get_topic(Session.Started)
-TENANTED_TOPICS = (STARTED_TOPIC, get_topic(Visitor.Registered))  # first events, with the tenant
+U = TypeVar("U", bound="UnitOfWork")
 
 
 def replay_events(aggregate: Any, events: Any) -> Any:
@@ -135,7 +134,13 @@ class UnitOfWork(Application[UUID]):
         """The queries answered by the read models (transcripts, analytics, memory)."""
         return ProjectionReads(self.projector, self.clock, self.tenant_id)
 
+    background: BackgroundJobs | None = None
+    """The ledger's background jobs while they run (``ledger.start_background_jobs()``)."""
+
     def close(self) -> None:
+        if self.closing.is_set():
+            return
+        bootstrap.stop_jobs(self)
         if self.root is not self:
             return  # a tenant handle: the store is its root ledger's
         if "projector" in self.__dict__:
@@ -233,61 +238,14 @@ class UnitOfWork(Application[UUID]):
             raise UnknownSessionError(session_id)  # another tenant's: as if there were none
         return session
 
-    def stream_tenant(self, notification: Any) -> str:
-        """The tenant of the stream a stored event (a notification) belongs to: read
-        from the stream's first event (the tenant is never encrypted), remembered by
-        the root ledger; a stream of no tenant (no ``Started``/``Registered`` first)
-        is the default tenant's."""
-        known: dict[UUID, str] = self.root.__dict__.setdefault("_stream_tenants", {})
-        stream = UUID(str(notification.originator_id))
-        tenant = known.get(stream)
-        if tenant is not None:
-            return tenant
-        first = notification
-        if notification.originator_version != 1:
-            found = list(self.recorder.select_events(stream, limit=1))
-            first = found[0] if found else None
-        tenant = DEFAULT_TENANT
-        if first is not None and first.topic in TENANTED_TOPICS:
-            try:
-                tenant = json.loads(first.state).get("tenant", DEFAULT_TENANT)
-            except (ValueError, AttributeError):
-                pass  # an altered event: the default tenant's (the operator's) to see
-        if len(known) >= 100_000:
-            known.clear()  # a bounded memo: a stream's tenant never changes
-        known[stream] = tenant
-        return tenant
+    def scope(self, all_tenants: bool) -> str | None:
+        """The tenant a store-wide-capable call works on: this one's, or None (every tenant)."""
+        return None if all_tenants else self.tenant_id
 
-    def own_session(self, session_id: UUID | str, *, any_aggregate: bool = False) -> UUID:
-        """The id of a session of this ledger's tenant, checked on its stored first
-        event alone (the tenant is never encrypted), for reads that go to the log
-        without loading the session: :class:`UnknownSessionError` for another
-        tenant's session, exactly as for one that does not exist.
-
-        ``any_aggregate`` (``verify``): a visitor's stream of the tenant passes too,
-        and so does an id with no stored event (its chain rows may remain: the
-        verification reports the deletion)."""
-        sid = as_uuid(session_id)
-        first = list(self.recorder.select_events(sid, limit=1))
-        if not first:
-            if any_aggregate and self.tenant_id == DEFAULT_TENANT:
-                return sid
-            raise UnknownSessionError(session_id)
-        if first[0].topic != STARTED_TOPIC and not any_aggregate:
-            raise UnknownSessionError(session_id)
-        if first[0].topic not in TENANTED_TOPICS or first[0].originator_version != 1:
-            # No tenant to read (an aggregate of no tenant, or its first events were
-            # deleted: the verification says so): the default tenant's (the operator's).
-            if self.tenant_id != DEFAULT_TENANT:
-                raise UnknownSessionError(session_id)
-            return sid
-        try:
-            tenant = json.loads(first[0].state).get("tenant", DEFAULT_TENANT)
-        except (ValueError, AttributeError):
-            tenant = DEFAULT_TENANT  # an altered event: the operator's to verify
-        if tenant != self.tenant_id:
-            raise UnknownSessionError(session_id)
-        return sid
+    def tenant(self: U, tenant: str, *, policy: SessionPolicy | None = None, limits: v.Limits | None = None) -> U:
+        """This ledger for ``tenant`` (``tenant_id``): the same store; its own data, policy and
+        limits (see :mod:`~chatledger.application.tenancy`)."""
+        return tenant_handle(self, tenant, policy, limits)
 
     def get_visitor(self, visitor_id: str, *, cached: bool = False) -> Visitor | None:
         """The visitor, current, or None if never seen (``cached``: as for

@@ -53,7 +53,7 @@ SESSION_CALLS: dict[str, Callable[[ChatLedger, UUID], Any]] = {
     "start_task": lambda l, s: l.start_task(s, "t"),
     "complete_task": lambda l, s: l.complete_task(s, "t"),
     "end_session": lambda l, s: l.end_session(s),
-    "expire_if_idle": lambda l, s: l.expire_if_idle(s),
+    "time_out_if_idle": lambda l, s: l.time_out_if_idle(s),
     "session": lambda l, s: l.session(s),
     "session(as_of)": lambda l, s: l.session(s, as_of=l.clock() - timedelta(days=1)),
     "session(visitor_id)": lambda l, s: l.session(s, visitor_id="v-1"),
