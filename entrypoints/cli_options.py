@@ -71,14 +71,15 @@ def output_file(value: Path) -> Path:
 
 
 def open_ledger(database: str | None, *, read_only: bool = False) -> ChatLedger:
-    """The ledger at ``database``; a read-only command refuses a missing SQLite file."""
+    """The ledger at ``database``, for the tenant ``CHATLEDGER_TENANT`` names (default:
+    ``default``); a read-only command refuses a missing SQLite file."""
     if read_only:
         from ..application.bootstrap import require_existing_store
 
         require_existing_store(database)
     from .. import ChatLedger
 
-    return ChatLedger.open(database)
+    return ChatLedger.open(database, tenant=os.environ.get("CHATLEDGER_TENANT", "default"))
 
 
 @contextmanager
