@@ -9,8 +9,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import ChatLedger
-from ..application.retention import RetentionPolicy
 from .cli_options import OptionalText
 
 
@@ -47,6 +45,9 @@ def worker(
     """Time out idle sessions, keep the read models current (and apply retention)
     until stopped with Ctrl-C or SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from .. import ChatLedger
+    from ..application.retention import RetentionPolicy
+
     retention = RetentionPolicy.days(retention_days, archive_dir) if retention_days else None
     with ChatLedger.open(database) as ledger:
         if once:
