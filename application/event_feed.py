@@ -27,6 +27,9 @@ class EventFeed(Protocol):
     @property
     def recorder(self) -> Any: ...
 
+    @property
+    def tenant_id(self) -> str: ...
+
     def events_after(
         self, position: int = 0, *, limit: int = 1000, content: bool = False
     ) -> list[LogEvent]: ...

@@ -40,6 +40,7 @@ from sqlalchemy.exc import IntegrityError
 from ..domain import validation as v
 from ..domain.errors import InvalidValueError
 from ..domain.pydantic_aggregates import Immutable
+from ..domain.tenancy import scoped_key
 from ..infrastructure.persistence import schema_lock
 from ..projections.sqltypes import UTCDateTime
 
@@ -48,17 +49,18 @@ if TYPE_CHECKING:
     from .subscribers import LogEvent
 
 WEBHOOKS = MetaData()
+SUBSCRIPTION_CHARS = 200  # the subscription columns' width
 positions_table = Table(
     "chatledger_webhook_positions",
     WEBHOOKS,
-    Column("subscription", String(200), primary_key=True),
+    Column("subscription", String(SUBSCRIPTION_CHARS), primary_key=True),
     Column("position", BigInteger, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
 dead_letters_table = Table(
     "chatledger_dead_letters",
     WEBHOOKS,
-    Column("subscription", String(200), primary_key=True),
+    Column("subscription", String(SUBSCRIPTION_CHARS), primary_key=True),
     Column("position", BigInteger, primary_key=True),
     Column("event_id", String(200), nullable=False),
     Column("attempts", Integer, nullable=False),
@@ -149,19 +151,34 @@ def _check_headers(headers: object, limits: v.Limits) -> dict[str, str]:
     return checked
 
 
+def subscription_key(tenant: str, name: str) -> str:
+    """The stored key of subscription ``name`` of ``tenant``: a name is the tenant's own
+    (two tenants' "crm" are two subscriptions, with two positions and their own dead
+    letters); the default tenant's key is the name itself, as in stores before tenants."""
+    key = scoped_key(tenant, name)
+    if len(key) > SUBSCRIPTION_CHARS:
+        raise InvalidValueError(
+            "name", "length",
+            f"name has {len(name)} characters; with the tenant {tenant!r} a subscription name has at most "
+            f"{SUBSCRIPTION_CHARS - len(key) + len(name)}.",
+        )
+    return key
+
+
 def list_dead_letters(ledger: EventFeed, name: str) -> list[DeadLetter]:
-    """The dead letters of subscription ``name``, in log order."""
+    """The dead letters of subscription ``name`` of the ledger's tenant, in log order."""
     name = v.check_id("name", name, ledger.limits)
+    key = subscription_key(ledger.tenant_id, name)
     engine = ledger.projector.engine
     with schema_lock(ledger.settings):
         WEBHOOKS.create_all(engine)
     with engine.connect() as conn:
         rows = conn.execute(
             select(dead_letters_table)
-            .where(dead_letters_table.c.subscription == name)
+            .where(dead_letters_table.c.subscription == key)
             .order_by(dead_letters_table.c.position)
         ).mappings()
-        return [DeadLetter(**dict(r)) for r in rows]
+        return [DeadLetter(**{**dict(r), "subscription": name}) for r in rows]
 
 
 class WebhookWorker:
@@ -192,6 +209,7 @@ class WebhookWorker:
         limits = ledger.limits
         self.ledger = ledger
         self.name = v.check_id("name", name, limits)
+        self.subscription = subscription_key(ledger.tenant_id, self.name)  # the tenant's own
         self.url = check_url("url", url)
         if not isinstance(content, bool):
             raise InvalidValueError("content", "type", f"content must be True or False, not {type(content).__name__}.")
@@ -224,13 +242,13 @@ class WebhookWorker:
         """The position of the last event this subscription's receiver accepted."""
         with self.engine.connect() as conn:
             found = conn.execute(
-                select(positions_table.c.position).where(positions_table.c.subscription == self.name)
+                select(positions_table.c.position).where(positions_table.c.subscription == self.subscription)
             ).scalar()
         return int(found or 0)
 
     def dead_letters(self) -> list[DeadLetter]:
         """This subscription's dead letters, in log order."""
-        return list_dead_letters(self.ledger, self.name)
+        return list_dead_letters(self.ledger, self.name)  # of the ledger's tenant
 
     def _advance(self, expected: int, position: int) -> bool:
         """Compare-and-set the stored position; False if another worker moved it."""
@@ -238,14 +256,14 @@ class WebhookWorker:
         with self.engine.begin() as conn:
             if expected == 0:
                 exists = conn.execute(
-                    select(positions_table.c.position).where(positions_table.c.subscription == self.name)
+                    select(positions_table.c.position).where(positions_table.c.subscription == self.subscription)
                 ).first()
                 if exists is None:
                     try:
                         with conn.begin_nested():
                             conn.execute(
                                 positions_table.insert().values(
-                                    subscription=self.name, position=position, updated_at=now
+                                    subscription=self.subscription, position=position, updated_at=now
                                 )
                             )
                     except IntegrityError:
@@ -253,21 +271,21 @@ class WebhookWorker:
                     return True
             result = conn.execute(
                 positions_table.update()
-                .where(positions_table.c.subscription == self.name, positions_table.c.position == expected)
+                .where(positions_table.c.subscription == self.subscription, positions_table.c.position == expected)
                 .values(position=position, updated_at=now)
             )
             return result.rowcount == 1
 
     def _record_dead_letter(self, event: LogEvent, attempts: int, error: str, outcome: str) -> DeadLetter:
         now = datetime.now(UTC)
-        key = (dead_letters_table.c.subscription == self.name, dead_letters_table.c.position == event.position)
+        key = (dead_letters_table.c.subscription == self.subscription, dead_letters_table.c.position == event.position)
         with self.engine.begin() as conn:
             previous = conn.execute(select(dead_letters_table.c.attempts).where(*key)).scalar()
             values = {"event_id": event.event_id, "last_error": error[:2000], "failed_at": now, "outcome": outcome}
             if previous is None:
                 conn.execute(
                     dead_letters_table.insert().values(
-                        subscription=self.name, position=event.position, attempts=attempts, **values
+                        subscription=self.subscription, position=event.position, attempts=attempts, **values
                     )
                 )
                 total = attempts
@@ -284,7 +302,7 @@ class WebhookWorker:
             conn.execute(
                 dead_letters_table.update()
                 .where(
-                    dead_letters_table.c.subscription == self.name,
+                    dead_letters_table.c.subscription == self.subscription,
                     dead_letters_table.c.position == position,
                     dead_letters_table.c.outcome == "stopped",
                 )
@@ -397,4 +415,4 @@ class WebhookWorker:
         self._stop.set()
 
 
-__all__ = ["DeadLetter", "DeliveryReport", "WebhookWorker", "check_url", "list_dead_letters"]
+__all__ = ["DeadLetter", "DeliveryReport", "WebhookWorker", "check_url", "list_dead_letters", "subscription_key"]
