@@ -36,6 +36,7 @@ from ..domain import validation as v
 from ..domain.errors import (
     ChatLedgerError,
     ConcurrencyConflictError,
+    InvalidCommandError,
     UnknownSessionError,
     ValueRefusedError,
 )
@@ -238,8 +239,15 @@ class UnitOfWork(Application[UUID]):
             raise UnknownSessionError(session_id)  # another tenant's: as if there were none
         return session
 
-    def scope(self, all_tenants: bool) -> str | None:
-        """The tenant a store-wide-capable call works on: this one's, or None (every tenant)."""
+    def scope(self, all_tenants: bool, what: str = "all_tenants=True") -> str | None:
+        """The tenant a store-wide-capable call works on: this one's, or None (every
+        tenant): the operator's, the default tenant's ledger only; a named tenant's
+        handle refuses it (:class:`InvalidCommandError`), reading nothing."""
+        if all_tenants and self.tenant_id != DEFAULT_TENANT:
+            raise InvalidCommandError(
+                f"{what} reads every tenant of the store: only the default tenant's ledger "
+                f"(the operator's) may; this one is tenant {self.tenant_id!r}'s."
+            )
         return None if all_tenants else self.tenant_id
 
     def tenant(self: U, tenant: str, *, policy: SessionPolicy | None = None, limits: v.Limits | None = None) -> U:

@@ -1,10 +1,9 @@
 """Webhook delivery: post each event of the log to a URL, at least once, in log order.
 
-A :class:`WebhookWorker` is a subscriber tracked like a projection: its
-position (the last event a receiver answered with a 2xx) is stored durably per
-subscription name in ``chatledger_webhook_positions``, in the ledger's
-database, and advanced (compare-and-set) only after that answer. It reads the
-log with :meth:`ChatLedger.events_after`, so nothing is skipped or reordered.
+A :class:`WebhookWorker` is a subscriber tracked like a projection: its position (the
+last event a receiver answered with a 2xx) is stored durably per subscription name of the
+tenant in ``chatledger_webhook_positions``, and advanced (compare-and-set) only after that
+answer. It reads the log with :meth:`ChatLedger.events_after`: nothing skipped or reordered.
 
 Each event is one ``POST`` of its :class:`~chatledger.application.subscribers.LogEvent`
 JSON with the headers ``Chatledger-Event-Id`` (also ``event_id`` in the body),
@@ -40,16 +39,14 @@ from sqlalchemy.exc import IntegrityError
 from ..domain import validation as v
 from ..domain.errors import InvalidValueError
 from ..domain.pydantic_aggregates import Immutable
-from ..domain.tenancy import scoped_key
 from ..infrastructure.persistence import schema_lock
 from ..projections.sqltypes import UTCDateTime
+from .event_feed import SUBSCRIPTION_CHARS, EventFeed, subscription_key
 
 if TYPE_CHECKING:
-    from .event_feed import EventFeed
     from .subscribers import LogEvent
 
 WEBHOOKS = MetaData()
-SUBSCRIPTION_CHARS = 200  # the subscription columns' width
 positions_table = Table(
     "chatledger_webhook_positions",
     WEBHOOKS,
@@ -151,31 +148,16 @@ def _check_headers(headers: object, limits: v.Limits) -> dict[str, str]:
     return checked
 
 
-def subscription_key(tenant: str, name: str) -> str:
-    """The stored key of subscription ``name`` of ``tenant``: a name is the tenant's own
-    (two tenants' "crm" are two subscriptions, with two positions and their own dead
-    letters); the default tenant's key is the name itself, as in stores before tenants."""
-    key = scoped_key(tenant, name)
-    if len(key) > SUBSCRIPTION_CHARS:
-        raise InvalidValueError(
-            "name", "length",
-            f"name has {len(name)} characters; with the tenant {tenant!r} a subscription name has at most "
-            f"{SUBSCRIPTION_CHARS - len(key) + len(name)}.",
-        )
-    return key
-
-
 def list_dead_letters(ledger: EventFeed, name: str) -> list[DeadLetter]:
     """The dead letters of subscription ``name`` of the ledger's tenant, in log order."""
     name = v.check_id("name", name, ledger.limits)
-    key = subscription_key(ledger.tenant_id, name)
     engine = ledger.projector.engine
     with schema_lock(ledger.settings):
         WEBHOOKS.create_all(engine)
     with engine.connect() as conn:
         rows = conn.execute(
             select(dead_letters_table)
-            .where(dead_letters_table.c.subscription == key)
+            .where(dead_letters_table.c.subscription == subscription_key(ledger.tenant_id, name))
             .order_by(dead_letters_table.c.position)
         ).mappings()
         return [DeadLetter(**{**dict(r), "subscription": name}) for r in rows]
@@ -415,4 +397,4 @@ class WebhookWorker:
         self._stop.set()
 
 
-__all__ = ["DeadLetter", "DeliveryReport", "WebhookWorker", "check_url", "list_dead_letters", "subscription_key"]
+__all__ = ["DeadLetter", "DeliveryReport", "WebhookWorker", "check_url", "list_dead_letters"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -83,9 +84,7 @@ STORE_WIDE: dict[str, Callable[[ChatLedger, str], Any]] = {
     "events_after": lambda l, d: l.events_after(0, all_tenants=True),
     "analytics_by_tenant": lambda l, d: l.analytics_by_tenant(),
     "sweep": lambda l, d: l.sweep(all_tenants=True),
-    "archive_closed_sessions": lambda l, d: l.archive_closed_sessions(
-        __import__("datetime").timedelta(days=1), d, all_tenants=True
-    ),
+    "archive_closed_sessions": lambda l, d: l.archive_closed_sessions(timedelta(days=1), d, all_tenants=True),
 }
 
 
@@ -96,15 +95,17 @@ def test_a_named_tenant_cannot_ask_for_the_whole_store(
     """``all_tenants=True`` (and the cross-tenant analytics) are the operator's:
     the default tenant's ledger. A named tenant's handle, or a ledger opened for
     a named tenant, refuses them before reading or appending anything."""
+    archives = tmp_path / "archives"
+    archives.mkdir()
     with ChatLedger.open(sqlite_url, clock=clock) as ledger:
         ledger.tenant("globex").receive("v-1", "globex's secret")
         head = log_head(ledger)
         with ChatLedger.open(sqlite_url, clock=clock, tenant="acme") as opened:
             for named in (ledger.tenant("acme"), opened):
                 with pytest.raises(InvalidCommandError, match="default tenant"):
-                    STORE_WIDE[call](named, str(tmp_path))
+                    STORE_WIDE[call](named, str(archives))
                 if call == "archive_closed_sessions":
                     with pytest.raises(InvalidCommandError, match="default tenant"):
-                        named.read_archive(tmp_path / "x.jsonl.gz", all_tenants=True)
-                assert log_head(ledger) == head and list(tmp_path.iterdir()) == []
-        STORE_WIDE[call](ledger, str(tmp_path))  # the operator's ledger may
+                        named.read_archive(archives / "x.jsonl.gz", all_tenants=True)
+                assert log_head(ledger) == head and list(archives.iterdir()) == []
+        STORE_WIDE[call](ledger, str(archives))  # the operator's ledger may
