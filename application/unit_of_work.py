@@ -262,7 +262,12 @@ class UnitOfWork(Application[UUID]):
             visitor = self.load(visitor_aggregate_id(visitor_id, self.tenant_id), self.fresh_read(cached))
         except AggregateNotFoundError:
             return None
-        assert isinstance(visitor, Visitor) and visitor.tenant == self.tenant_id
+        assert isinstance(visitor, Visitor)
+        if visitor.tenant != self.tenant_id:  # a pre-0.5 default visitor id held "\x1f"
+            raise InvalidCommandError(
+                f"visitor id {visitor_id!r:.80} cannot be used in tenant {self.tenant_id!r}: a "
+                "visitor stored before tenants has its key; nothing was written. Use another id."
+            )
         return visitor
 
     def open_session(
