@@ -20,6 +20,7 @@ from typing import Any
 
 from ..domain.errors import ConfigurationError, InvalidPolicyError
 from ..domain.policy import SessionPolicy
+from ..domain.tenancy import DEFAULT_TENANT
 from ..infrastructure.database import make_engine
 from ..infrastructure.key_ring import KeyRing
 from ..infrastructure.ledger_recorders import as_ledger_recorder
@@ -127,8 +128,8 @@ def start_jobs(
     run as the jobs), started once: ``ledger.background`` until :func:`stop_jobs`. Typed loosely
     so that this module imports no use case."""
     if ledger.background is None:
-        jobs = BackgroundJobs(
-            ledger, interval=interval, retention=retention, projections_interval=projections_interval
+        jobs = BackgroundJobs(  # the store's jobs, run as the operator's (default tenant's) ledger
+            ledger.tenant(DEFAULT_TENANT), interval=interval, retention=retention, projections_interval=projections_interval
         )
         jobs.start()
         ledger.background = jobs

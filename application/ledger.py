@@ -241,7 +241,7 @@ class ChatLedger(UnitOfWork):
     @checked(start=opt(arg.TIME), end=opt(arg.TIME), as_of=opt(arg.TIME), engagement=arg.engagement_arg)
     def analytics_by_tenant(self, *, start: datetime | None = None, end: datetime | None = None,
                             as_of: datetime | None = None, engagement: Engagement | None = None) -> dict[str, Analytics]:
-        """:meth:`analytics` of every tenant of the store, by tenant (an operator's comparison)."""
+        """:meth:`analytics` of every tenant, by tenant (the operator's: the default tenant's ledger)."""; self.scope(True, "analytics_by_tenant()")
         return self.projection_reads.analytics_by_tenant(start=start, end=end, as_of=as_of, engagement=engagement)
 
     @checked(timeout=arg.DURATION, start=opt(arg.TIME), end=opt(arg.TIME))
@@ -272,7 +272,7 @@ class ChatLedger(UnitOfWork):
     @checked(path=arg.path_arg, all_tenants=arg.flag_arg)
     def read_archive(self, path: str | os.PathLike[str], *, all_tenants: bool = False) -> list[ArchivedSession]:
         """The tenant's (or all) sessions of a retention archive file, decrypted with the stored keys."""
-        return retention.read_archive(self, path, all_tenants=all_tenants)
+        return retention.read_archive(self, path, all_tenants=self.scope(all_tenants) is None)
 
     @checked(interval=arg.interval_arg, retention=arg.retention_arg,
              projections_interval=opt(arg.interval_arg))

@@ -36,6 +36,7 @@ from ..domain import validation as v
 from ..domain.errors import (
     ChatLedgerError,
     ConcurrencyConflictError,
+    InvalidCommandError,
     UnknownSessionError,
     ValueRefusedError,
 )
@@ -238,8 +239,15 @@ class UnitOfWork(Application[UUID]):
             raise UnknownSessionError(session_id)  # another tenant's: as if there were none
         return session
 
-    def scope(self, all_tenants: bool) -> str | None:
-        """The tenant a store-wide-capable call works on: this one's, or None (every tenant)."""
+    def scope(self, all_tenants: bool, what: str = "all_tenants=True") -> str | None:
+        """The tenant a store-wide-capable call works on: this one's, or None (every
+        tenant): the operator's, the default tenant's ledger only; a named tenant's
+        handle refuses it (:class:`InvalidCommandError`), reading nothing."""
+        if all_tenants and self.tenant_id != DEFAULT_TENANT:
+            raise InvalidCommandError(
+                f"{what} reads every tenant of the store: only the default tenant's ledger "
+                f"(the operator's) may; this one is tenant {self.tenant_id!r}'s."
+            )
         return None if all_tenants else self.tenant_id
 
     def tenant(self: U, tenant: str, *, policy: SessionPolicy | None = None, limits: v.Limits | None = None) -> U:
@@ -254,7 +262,12 @@ class UnitOfWork(Application[UUID]):
             visitor = self.load(visitor_aggregate_id(visitor_id, self.tenant_id), self.fresh_read(cached))
         except AggregateNotFoundError:
             return None
-        assert isinstance(visitor, Visitor) and visitor.tenant == self.tenant_id
+        assert isinstance(visitor, Visitor)
+        if visitor.tenant != self.tenant_id:  # a pre-0.5 default visitor id held "\x1f"
+            raise InvalidCommandError(
+                f"visitor id {visitor_id!r:.80} cannot be used in tenant {self.tenant_id!r}: a "
+                "visitor stored before tenants has its key; nothing was written. Use another id."
+            )
         return visitor
 
     def open_session(
