@@ -19,6 +19,7 @@ from .retention import (
     archive_closed_sessions,
     read_archive,
 )
+from .sweeper import backlog
 from .sweeper import sweep as sweep_due
 from .unit_of_work import UnitOfWork
 
@@ -42,6 +43,11 @@ class Housekeeping(UnitOfWork):
         servers) and lazy checks race. See ``docs/timeouts.md``.
         """
         return sweep_due(self, now, limit=limit, batch_size=batch_size).timed_out
+
+    @checked(now=opt(TIME))
+    def sweep_backlog(self, now: datetime | None = None) -> int:
+        """Sessions idle past their deadline at ``now`` that no sweep has timed out yet."""
+        return backlog(self, now)
 
     @checked(older_than=DURATION, archive_dir=path_arg, now=opt(TIME))
     def archive_closed_sessions(

@@ -40,6 +40,7 @@ from ..domain.session import Session
 from ..projections.active_sessions import (
     ActiveSessions,
     drop_closed,
+    due_count,
     due_rows,
     first_due,
     open_tasks_of,
@@ -86,6 +87,14 @@ def timed_out_event(row: Any, detected_at: datetime) -> Session.TimedOut:
         detected_at=detected_at,
         open_tasks=open_tasks_of(row),
     )
+
+
+def backlog(uow: UnitOfWork, now: datetime | None = None) -> int:
+    """Sessions past their deadline at ``now`` not yet timed out, as the live-session index has
+    them (no catch-up: it may be behind by its lag, ``projection_status()``)."""
+    check_now(now)
+    with uow.projector.engine.connect() as conn:
+        return due_count(conn, uow.now(now))
 
 
 def sweep(
@@ -142,6 +151,10 @@ def sweep(
         after = (rows[-1].expires_at, rows[-1].session_id)
 
     report = SweepReport(timed_out, dropped, conflicts, time.perf_counter() - started)
+    uow.counters.add("sweeps")
+    uow.counters.add("sweep_seconds", report.duration_s)
+    uow.counters.add("sweep_timed_out", report.timed_out)
+    uow.counters.add("conflicts", report.conflicts)
     logger.info(
         "sweep at %s: timed out %d sessions, dropped %d stale index rows, "
         "%d conflicting batches retried, in %.1f ms",
@@ -192,6 +205,7 @@ def _append(
         store = uow.events
         to_stored = store.mapper.to_stored_event
         store.recorder.insert_events([to_stored(timed_out_event(row, detected_at)) for row in rows])
+        uow.counters.add("events_appended", len(rows))
     except RecordConflictError:
         if len(rows) <= SPLIT_BELOW:
             return [], list(rows), 1

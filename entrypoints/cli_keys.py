@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
 def create(
     name: Annotated[str, typer.Option("--name", help="What the key is for (shown by list).")],
     scope: Annotated[
-        list[str], typer.Option("--scope", help="bot, analyst, auditor or admin; repeat for more.")
+        list[str], typer.Option("--scope", help="bot, analyst, auditor, admin or metrics; repeat for more.")
     ],
     database: DatabaseOption = None,
 ) -> None:

@@ -1,0 +1,114 @@
+"""``/metrics`` of the HTTP service (prometheus-client), on real uvicorn over SQLite and
+PostgreSQL: requests, turns, events appended, conflicts (and the re-reads that are not), sweep
+backlog and sweeps, projection lag, erasures; a key with scope ``metrics`` is needed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from chatledger import ChatLedger, ManualClock
+from prometheus_client.parser import text_string_to_metric_families
+
+from .http_helpers import POLICY, client, event_count, make_tokens, problem, service
+
+
+def scrape(c: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    answer = c.get("/metrics")
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(answer.text)
+        for s in family.samples
+    }
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def tokens(database_url: str) -> dict[str, str]:
+    return make_tokens(database_url)
+
+
+@pytest.fixture
+def base(database_url: str, clock: ManualClock, tokens: dict[str, str]) -> Iterator[str]:
+    with service(database_url, clock) as url:
+        yield url
+
+
+def test_metrics_need_a_key_with_the_metrics_scope(base: str, tokens: dict[str, str]) -> None:
+    with client(base, None) as anonymous:
+        problem(anonymous.get("/metrics"), 401, "unauthorized")
+    for scope in ("bot", "analyst", "auditor", "admin"):
+        with client(base, tokens[scope]) as c:
+            problem(c.get("/metrics"), 403, "forbidden")
+    with client(base, tokens["metrics"]) as c:
+        assert scrape(c)[("chatledger_database_up", ())] == 1
+
+
+def test_metrics_count_requests_turns_events_sweeps_lag_and_erasures(
+    base: str, tokens: dict[str, str], database_url: str, clock: ManualClock
+) -> None:
+    bot, admin, ops = client(base, tokens["bot"]), client(base, tokens["admin"]), client(base, tokens["metrics"])
+    with bot, admin, ops:
+        for i in range(3):
+            assert bot.post(f"/v1/visitors/v-{i}/messages", json={"text": "hi", "client_message_id": "c-1"}).status_code == 200
+        assert bot.post("/v1/visitors/v-0/messages", json={"text": "hi", "client_message_id": "c-1"}).json()["duplicate"]
+        assert bot.post("/v1/visitors/v-0/messages", json={"text": " "}).status_code == 422
+        seen = scrape(ops)
+        route = "/v1/visitors/{visitor_id}/messages"
+        requests = "chatledger_http_requests_total"
+        assert seen[(requests, (("method", "POST"), ("route", route), ("status", "200")))] == 4
+        assert seen[(requests, (("method", "POST"), ("route", route), ("status", "422")))] == 1
+        assert seen[("chatledger_turns_total", (("duplicate", "false"),))] == 3
+        assert seen[("chatledger_turns_total", (("duplicate", "true"),))] == 1
+        assert seen[("chatledger_turn_duration_seconds_count", ())] == 4
+        assert seen[("chatledger_http_request_duration_seconds_count", (("route", route),))] == 5
+        stored = event_count(database_url)
+        assert seen[("chatledger_events_appended_total", ())] == stored > 0
+        assert seen[("chatledger_commands_total", ())] == 3
+        # Nothing raced: the duplicate's re-read on fresh data is no conflict.
+        assert seen[("chatledger_conflicts_total", ())] == 0
+        assert seen[("chatledger_fresh_reads_total", ())] >= 1
+        lags = {dict(k[1])["read_model"]: v for k, v in seen.items() if k[0] == "chatledger_projection_lag_events"}
+        assert lags and all(lag == stored for lag in lags.values())
+        assert admin.post("/v1/operations/catch-up").status_code == 200
+        clock.advance(hours=1)
+        seen = scrape(ops)
+        assert all(v == 0 for k, v in seen.items() if k[0] == "chatledger_projection_lag_events")
+        assert seen[("chatledger_sweep_backlog_sessions", ())] == 3
+        assert admin.post("/v1/operations/sweep").json() == {"timed_out": 3}
+        assert admin.post("/v1/erasures", json={"visitor_id": "v-1"}).status_code == 200
+        seen = scrape(ops)
+        assert seen[("chatledger_sweep_backlog_sessions", ())] == 0
+        assert seen[("chatledger_sweeps_total", ())] == 1
+        assert seen[("chatledger_sweep_timed_out_sessions_total", ())] == 3
+        assert seen[("chatledger_sweep_seconds_total", ())] > 0
+        assert seen[("chatledger_erasures_total", ())] == 1
+        assert seen[("chatledger_events_appended_total", ())] == event_count(database_url)
+        assert ("chatledger_group_commit_batch_callers_count", ()) in seen
+
+
+def test_a_lost_race_counts_as_a_conflict_and_a_re_read_does_not(
+    base: str, tokens: dict[str, str], database_url: str, clock: ManualClock
+) -> None:
+    """The service's ledger decides on its cached copy; another process (a ledger of its own on
+    the same store) wrote since: the save conflicts, is re-run on fresh reads and counted."""
+    bot, ops = client(base, tokens["bot"]), client(base, tokens["metrics"])
+    with bot, ops:
+        sid = bot.post("/v1/visitors/v-1/messages", json={"text": "one"}).json()["session_id"]
+        with ChatLedger.open(database_url, clock=clock, policy=POLICY) as other:
+            other.reply(sid, "from another process")
+        second = bot.post("/v1/visitors/v-1/messages", json={"text": "two"})
+        assert second.status_code == 200 and second.json()["session_id"] == sid
+        seen = scrape(ops)
+        assert seen[("chatledger_conflicts_total", ())] == 1
+        assert seen[("chatledger_retries_total", ())] >= 1
+        assert seen[("chatledger_conflicts_exhausted_total", ())] == 0
+    with ChatLedger.open(database_url) as ledger:
+        assert [m.text for m in ledger.session(sid).messages] == ["one", "from another process", "two"]
