@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from chatledger import ManualClock
+from chatledger import ChatLedger, ManualClock
 from chatledger.application.api_keys import SCOPES
 from chatledger.entrypoints.http.app import create_app
 
@@ -280,3 +280,57 @@ def test_the_openapi_document_is_typed(as_: dict[str, httpx.Client]) -> None:
                 continue  # text answers
             schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
             assert schema.get("$ref") or schema.get("items", {}).get("$ref"), (method, path, schema)
+
+
+def test_no_database_call_runs_on_the_services_event_loop(
+    database_url: str, clock: ManualClock, tokens: dict[str, str]
+) -> None:
+    """100 concurrent HTTP receives (keys checked, 25 visitors, lost races re-run), a scrape of
+    /metrics and reads: every database call ran in the ledger's worker threads."""
+    import asyncio
+    import threading
+
+    from chatledger.entrypoints.http.app import create_app
+
+    from .aio_helpers import database_threads
+    from .http_helpers import POLICY
+    from .test_aio_docs import served
+
+    app = create_app(database_url, clock=clock, policy=POLICY, key_cache_seconds=0)
+    loop_threads: set[int] = set()
+
+    async def recorded(scope: Any, receive: Any, send: Any) -> None:
+        loop_threads.add(threading.get_ident())
+        if scope["type"] == "http" and scope["path"] == "/probe":  # a database call on the loop
+            app.state.ledgers["default"].sync.visitor("v-0")
+            scope = {**scope, "path": "/healthz"}
+        await app(scope, receive, send)
+
+    async def drive(base: str) -> None:
+        headers = {"authorization": f"Bearer {tokens['bot']}"}
+        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as http:
+            answers = await asyncio.gather(*(
+                http.post(f"/v1/visitors/v-{i % 25}/messages", json={"text": f"m {i}", "client_message_id": f"m-{i}"})
+                for i in range(100)
+            ))
+            assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
+            sid = answers[0].json()["session_id"]
+            assert (await http.get(f"/v1/sessions/{sid}")).status_code == 200
+            assert (await http.get("/v1/transcripts", params={"session_id": sid})).status_code == 200
+            scraped = await http.get("/metrics", headers={"authorization": f"Bearer {tokens['metrics']}"})
+            assert scraped.status_code == 200
+            (loop_thread,) = loop_threads
+            on_loop.append(seen[loop_thread])
+            # The probe sees a call made on the loop's thread (so the count could fail):
+            assert (await http.get("/probe")).status_code == 200
+            assert seen[loop_thread] > on_loop[0]
+
+    on_loop: list[int] = []
+    with database_threads() as seen, served(recorded) as base:  # the probe first: in every thread
+        asyncio.run(drive(base))
+    (loop_thread,) = loop_threads
+    assert on_loop == [0], f"{on_loop} database calls ran on the service's event loop"
+    assert sum(n for t, n in seen.items() if t != loop_thread) > 100
+    with ChatLedger.open(database_url) as ledger:
+        stored = [e for e in ledger.events_after(0, limit=10_000) if e.type == "Session.MessageReceived"]
+    assert len(stored) == 100
