@@ -112,3 +112,44 @@ def test_a_lost_race_counts_as_a_conflict_and_a_re_read_does_not(
         assert seen[("chatledger_conflicts_exhausted_total", ())] == 0
     with ChatLedger.open(database_url) as ledger:
         assert [m.text for m in ledger.session(sid).messages] == ["one", "from another process", "two"]
+
+
+@pytest.mark.slow
+def test_the_worker_serves_the_same_ledger_metrics(database_url: str, tmp_path: object) -> None:
+    """``chatledger worker --metrics-port 0``: its catch-ups and sweeps, the lag and backlog."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+    from datetime import UTC, datetime, timedelta
+    from pathlib import Path
+
+    with ChatLedger.open(database_url) as ledger:  # two sessions long idle: due at once
+        for i in range(2):
+            ledger.receive(f"v-{i}", "hi", at=datetime.now(UTC) - timedelta(days=1))
+    script = Path(sys.executable).parent / "chatledger"
+    env = {**os.environ, "CHATLEDGER_DATABASE_URL": database_url}
+    proc = subprocess.Popen(
+        [str(script), "worker", "--interval", "0.5", "--projections-interval", "0.5", "--metrics-port", "0"],
+        cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        found = re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", proc.stdout.readline())
+        assert found, "the worker did not print its metrics address"
+        deadline, seen = time.monotonic() + 60, {}
+        while time.monotonic() < deadline:
+            text = httpx.get(found.group(1), timeout=10).text
+            seen = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+                    if not s.labels}
+            if seen.get("chatledger_sweep_timed_out_sessions_total") == 2:
+                break
+            time.sleep(0.2)
+        assert seen["chatledger_sweep_timed_out_sessions_total"] == 2
+        assert seen["chatledger_sweeps_total"] >= 1 and seen["chatledger_database_up"] == 1
+        assert seen["chatledger_events_appended_total"] == 2  # the two timed-out events
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
