@@ -195,7 +195,7 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
         with ChatLedger.open(store.url) as ledger:
             token = ledger.api_keys.create("bench", ["bot"])[1]
         headers = {"authorization": f"Bearer {token}"}
-        service = Server("service", store.url, str(args.workers), profile=args.profile)
+        service = Server("service", store.url, str(args.workers), str(args.key_cache), profile=args.profile)
         try:
             service.wait_ready("/v1/visitors/w/messages", headers)
             r = measured(service, headers, args.clients, args.seconds, "s")
@@ -233,6 +233,8 @@ def main() -> None:
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--workers", type=int, default=4, help="ledger worker threads of the service (default 4)")
     parser.add_argument("--repeat", type=int, default=1, help="runs; figures are min/median over them")
+    parser.add_argument("--key-cache", type=float, default=5.0,
+                        help="the service's key_cache_seconds (0: a key lookup per request; default 5)")
     parser.add_argument("--json", action="store_true", help="print each run's rows as JSON too")
     parser.add_argument("--profile", metavar="FILE", help="profile the service's event loop thread "
                         "with pyinstrument (its text report to FILE; the figures then include it)")

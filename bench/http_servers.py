@@ -1,6 +1,6 @@
 """The servers bench/http_load.py measures, each in a process of its own on a socket it is given.
 
-    python bench/http_servers.py service FD DATABASE_URL WORKERS   # chatledger's service
+    python bench/http_servers.py service FD DATABASE_URL WORKERS [KEY_CACHE_S]  # chatledger's service
     python bench/http_servers.py bare FD                           # a bare FastAPI endpoint
     python bench/http_servers.py embedded DATABASE_URL WORKERS CLIENTS SECONDS  # no HTTP
 
@@ -97,7 +97,8 @@ def main(argv: list[str]) -> None:
     elif kind == "service":
         from chatledger.entrypoints.http.app import create_app
 
-        serve(create_app(argv[2], workers=int(argv[3])), int(argv[1]))
+        cache = float(argv[4]) if len(argv) > 4 else 5.0  # key_cache_seconds (0: a lookup per request)
+        serve(create_app(argv[2], workers=int(argv[3]), key_cache_seconds=cache), int(argv[1]))
     elif kind == "embedded":
         result = asyncio.run(embedded(argv[1], int(argv[2]), int(argv[3]), float(argv[4])))
         sys.stdout.write(json.dumps(result) + "\n")
