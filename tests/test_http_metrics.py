@@ -153,3 +153,35 @@ def test_the_worker_serves_the_same_ledger_metrics(database_url: str, tmp_path: 
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_every_answer_has_a_request_id_and_a_log_line(
+    base: str, tokens: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+    import logging
+    import time
+
+    from chatledger.entrypoints.http.observe import JsonLogs
+
+    with caplog.at_level(logging.INFO, logger="chatledger.http"), client(base, tokens["bot"]) as bot:
+        mine = bot.post("/v1/visitors/v-1/messages", json={"text": "hi"}, headers={"x-request-id": "req-42"})
+        fresh = bot.get("/v1/visitors/v-nobody", headers={"x-request-id": "bad id!"})
+        refused = httpx.get(f"{base}/v1/visitors/v-1")
+        assert mine.headers["x-request-id"] == "req-42"
+        assert fresh.status_code == 404 and len(fresh.headers["x-request-id"]) == 32  # replaced
+        assert refused.status_code == 401 and refused.headers["x-request-id"]
+        ids = {"req-42", fresh.headers["x-request-id"], refused.headers["x-request-id"]}
+        deadline = time.monotonic() + 10  # each line is logged once its answer is sent
+        while True:
+            records = {getattr(r, "request_id", None): r for r in caplog.records if r.name == "chatledger.http"}
+            if ids <= set(records) or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+    logged = records["req-42"]
+    assert (logged.route, logged.status, logged.method) == ("/v1/visitors/{visitor_id}/messages", 200, "POST")  # type: ignore[attr-defined]
+    assert logged.key_id and logged.duration_ms > 0  # type: ignore[attr-defined]
+    assert records[refused.headers["x-request-id"]].status == 401  # type: ignore[attr-defined]
+    line = json.loads(JsonLogs().format(logged))
+    assert line["request_id"] == "req-42" and line["logger"] == "chatledger.http" and line["level"] == "info"
+    assert line["message"] == "POST /v1/visitors/{visitor_id}/messages 200"

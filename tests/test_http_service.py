@@ -158,6 +158,7 @@ def test_chatledger_serve_runs_the_service_and_stops_on_sigterm(database_url: st
             found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
             url = found.group(1) if found else None
         assert url is not None
+        assert json.loads(line)["logger"].startswith("uvicorn")  # uvicorn's own lines are JSON too
         turn = httpx.post(
             f"{url}/v1/visitors/v-cli/messages", json={"text": "hi"}, timeout=30,
             headers={"authorization": f"Bearer {token}"},
@@ -166,6 +167,12 @@ def test_chatledger_serve_runs_the_service_and_stops_on_sigterm(database_url: st
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+    # Its logs are JSON lines, one for the request with its id (as answered), route and key.
+    assert proc.stdout is not None
+    lines = [json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("{")]
+    (logged,) = [line for line in lines if line.get("logger") == "chatledger.http"]
+    assert logged["request_id"] == turn.headers["x-request-id"] and logged["status"] == 200
+    assert logged["route"] == "/v1/visitors/{visitor_id}/messages" and logged["key_id"]
     with ChatLedger.open(database_url) as ledger:
         assert ledger.visitor("v-cli") is not None
 

@@ -5,7 +5,8 @@ the requests in flight). Every endpoint is one awaited ledger call, run in the l
 threads (:mod:`.conversations`, :mod:`.records`, :mod:`.operations`); errors are
 ``application/problem+json`` (:mod:`.problems`); bodies are bounded before they are read whole
 (:mod:`.bodies`); keys and scopes are checked first (:mod:`.auth`); ``/metrics`` is
-:mod:`.metrics`.
+:mod:`.metrics`;
+request ids and logs :mod:`.observe`.
 
 Tenants: every request is served by the ledger of its key's tenant (:func:`.auth.ledger_of`);
 until tenancy lands, every request is the ``"default"`` tenant's.
@@ -30,7 +31,8 @@ from ...application.api_keys import DEFAULT_TENANT
 from . import conversations, operations, records
 from .auth import KEY_CACHE_SECONDS, KeyCache
 from .bodies import BodyLimit, BodyTooLarge, BoundedBodies, body_bound
-from .metrics import MetricsMiddleware, ServiceMetrics
+from .metrics import ServiceMetrics
+from .observe import ObservedRequests
 from .problems import error_problem, problem, service_problem
 
 MAX_LAG = 10_000  # /readyz: the most events a read model may be behind
@@ -68,7 +70,7 @@ def create_app(
     app.state.key_cache = KeyCache(key_cache_seconds)
     metrics = app.state.metrics = ServiceMetrics()
     app.add_middleware(BoundedBodies, limit=limit)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(ObservedRequests, metrics=metrics)
     add_error_handlers(app)
     for router in (
         conversations.router, records.readers, records.analysts, records.auditors, records.admins,

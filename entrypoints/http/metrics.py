@@ -1,8 +1,8 @@
 """Prometheus metrics of the service (prometheus-client, the ``[server]`` extra): ``/metrics``.
 
-:class:`ServiceMetrics` holds one registry per app: the requests (:class:`MetricsMiddleware`, a
-pure ASGI middleware: a count by route, method and status, a latency histogram by route; turns
-and their latency) and :class:`LedgerCollector`, which reads the ledger when scraped: its
+:class:`ServiceMetrics` holds one registry per app: the requests (observed by
+:class:`~.observe.ObservedRequests`: a count by route, method and status, a latency histogram by
+route; turns and their latency) and :class:`LedgerCollector`, which reads the ledger when scraped: its
 counts (:class:`~chatledger.application.counters.LedgerCounters`: commits, events appended,
 conflicts and the re-runs that were not conflicts, sweeps, erasures), the group commit's batches,
 and from the database each read model's lag and the sweep's backlog. A scrape runs in one of
@@ -11,7 +11,6 @@ the ledger's worker threads, never on the event loop.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +21,7 @@ from prometheus_client.core import (
     Metric,
     SummaryMetricFamily,
 )
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from ... import ChatLedger
 
@@ -130,7 +129,8 @@ class ServiceMetrics:
         """The text format (reads the database: call it in a worker thread)."""
         return generate_latest(self.registry)
 
-    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+    def observe(self, scope: Scope, status: int, seconds: float) -> str:
+        """Count and time one request; its route template."""
         route = scope.get("route")
         path = getattr(route, "path", None) or "unmatched"
         method = scope.get("method", "")
@@ -145,31 +145,7 @@ class ServiceMetrics:
         if turn is not None:
             (self._duplicate if turn.duplicate else self._new).inc()
             self.turn_latency.observe(seconds)
+        return path
 
 
-class MetricsMiddleware:
-    """Counts and times every HTTP request (outermost: refusals included)."""
-
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            self.metrics.observe(scope, status, time.perf_counter() - started)
-
-
-__all__ = ["LedgerCollector", "MetricsMiddleware", "ServiceMetrics", "ledger_registry"]
+__all__ = ["LedgerCollector", "ServiceMetrics", "ledger_registry"]
