@@ -72,6 +72,7 @@ class Server:
         profiler = ["-m", "pyinstrument", "-r", "text", "-o", profile] if profile else []
         self.proc = subprocess.Popen(
             [sys.executable, *profiler, SERVERS, args[0], str(fd), *args[1:]], pass_fds=[fd],
+            stderr=subprocess.DEVNULL,  # the service's log lines (written, then dropped)
         )
 
     def wait_ready(self, path: str, headers: dict[str, str]) -> None:

@@ -4,8 +4,9 @@
     python bench/http_servers.py bare FD                           # a bare FastAPI endpoint
     python bench/http_servers.py embedded DATABASE_URL WORKERS CLIENTS SECONDS  # no HTTP
 
-``service`` and ``bare`` run uvicorn (one process, its default loop and HTTP parser, access log
-off) on the listening socket ``FD``. The bare app has the same route, takes a body of the same
+``service`` and ``bare`` run uvicorn (one process, its default loop and HTTP parser, uvicorn's
+access log off) on the listening socket ``FD``; the service logs as ``chatledger serve`` does
+(a JSON line a request, to stderr: bench/http_load.py sends it to /dev/null). The bare app has the same route, takes a body of the same
 shape (a pydantic model) and answers a small pydantic model: what any FastAPI endpoint costs.
 ``embedded`` runs the same workload as the load's clients through ``AsyncChatLedger`` in this
 process (each client its own visitor, one ``receive`` after another) and prints a JSON line.
@@ -97,6 +98,11 @@ def main(argv: list[str]) -> None:
     elif kind == "service":
         from chatledger.entrypoints.http.app import create_app
 
+        import logging.config
+
+        from chatledger.entrypoints.http.observe import log_config
+
+        logging.config.dictConfig(log_config("json"))  # as chatledger serve logs: a JSON line a request
         cache = float(argv[4]) if len(argv) > 4 else 5.0  # key_cache_seconds (0: a lookup per request)
         serve(create_app(argv[2], workers=int(argv[3]), key_cache_seconds=cache), int(argv[1]))
     elif kind == "embedded":
