@@ -4,7 +4,9 @@ backlog and sweeps, projection lag, erasures; a key with scope ``metrics`` is ne
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -185,3 +187,47 @@ def test_every_answer_has_a_request_id_and_a_log_line(
     line = json.loads(JsonLogs().format(logged))
     assert line["request_id"] == "req-42" and line["logger"] == "chatledger.http" and line["level"] == "info"
     assert line["message"] == "POST /v1/visitors/{visitor_id}/messages 200"
+
+
+def test_each_request_is_an_opentelemetry_span_named_after_its_route(
+    sqlite_url: str, clock: ManualClock
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    tokens = make_tokens(sqlite_url)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with service(sqlite_url, clock, tracer_provider=provider) as url, client(url, tokens["bot"]) as bot:
+        answer = bot.post(
+            "/v1/visitors/v-1/messages", json={"text": "hi"},
+            headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01", "x-request-id": "r-1"},
+        )
+        assert answer.status_code == 200
+        assert bot.get("/healthz").status_code == 200  # not traced
+        deadline = time.monotonic() + 10
+        while not exporter.get_finished_spans() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "POST /v1/visitors/{visitor_id}/messages"
+    assert format(span.context.trace_id, "032x") == trace_id  # the client's trace continues
+    assert span.attributes is not None
+    assert span.attributes["http.route"] == "/v1/visitors/{visitor_id}/messages"
+    assert span.attributes["chatledger.request_id"] == "r-1"
+
+
+def test_tracing_can_be_turned_off(sqlite_url: str) -> None:
+    from chatledger.entrypoints.http.app import create_app
+    from opentelemetry.sdk.trace import TracerProvider
+
+    def traced(app: Any) -> bool:
+        return "OpenTelemetryMiddleware" in {getattr(m.cls, "__name__", "") for m in app.user_middleware}
+
+    # Installed here, but no provider is configured in this process: spans would go nowhere.
+    assert not traced(create_app(sqlite_url))
+    assert traced(create_app(sqlite_url, tracing=True))
+    assert traced(create_app(sqlite_url, tracer_provider=TracerProvider()))
+    assert not traced(create_app(sqlite_url, tracing=False, tracer_provider=TracerProvider()))

@@ -34,6 +34,7 @@ from .bodies import BodyLimit, BodyTooLarge, BoundedBodies, body_bound
 from .metrics import ServiceMetrics
 from .observe import ObservedRequests
 from .problems import error_problem, problem, service_problem
+from .tracing import add_tracing, name_span, tracing_middleware
 
 MAX_LAG = 10_000  # /readyz: the most events a read model may be behind
 
@@ -41,12 +42,15 @@ MAX_LAG = 10_000  # /readyz: the most events a read model may be behind
 def create_app(
     database_url: str | None = None, *, policy: SessionPolicy | None = None,
     clock: Clock | None = None, workers: int | None = None, max_lag: int = MAX_LAG,
-    require_keys: bool = True, key_cache_seconds: float = KEY_CACHE_SECONDS, **settings: Any,
+    require_keys: bool = True, key_cache_seconds: float = KEY_CACHE_SECONDS,
+    tracing: bool | None = None, tracer_provider: Any = None, **settings: Any,
 ) -> FastAPI:
     """The service on the ledger at ``database_url`` (the arguments of
     :meth:`AsyncChatLedger.open`); ``/readyz`` fails while a read model lags ``max_lag``.
     ``require_keys=False`` serves without API keys (a service behind a gateway of your own);
-    a checked key is remembered for ``key_cache_seconds`` (0: every request looks it up)."""
+    a checked key is remembered for ``key_cache_seconds`` (0: every request looks it up);
+    ``tracing``: OpenTelemetry spans (None: if the ``[otel]`` extra is installed and a tracer
+    provider is configured, or ``tracer_provider`` given)."""
     limit = BodyLimit()
 
     @asynccontextmanager
@@ -70,7 +74,10 @@ def create_app(
     app.state.key_cache = KeyCache(key_cache_seconds)
     metrics = app.state.metrics = ServiceMetrics()
     app.add_middleware(BoundedBodies, limit=limit)
-    app.add_middleware(ObservedRequests, metrics=metrics)
+    traced = tracing_middleware(tracing, tracer_provider) is not None
+    app.add_middleware(ObservedRequests, metrics=metrics, name_span=name_span if traced else None)
+    if traced:
+        add_tracing(app, True, tracer_provider)  # outermost: the span covers the whole request
     add_error_handlers(app)
     for router in (
         conversations.router, records.readers, records.analysts, records.auditors, records.admins,

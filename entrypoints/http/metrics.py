@@ -98,6 +98,11 @@ def ledger_registry(ledger: ChatLedger, registry: CollectorRegistry | None = Non
     return registry
 
 
+def route_of(scope: Scope) -> str:
+    """The template of the route that answered (``unmatched`` if none did)."""
+    return getattr(scope.get("route"), "path", None) or "unmatched"
+
+
 class ServiceMetrics:
     """The registry of one app: its requests, and the ledger once :meth:`watch` is called."""
 
@@ -131,8 +136,7 @@ class ServiceMetrics:
 
     def observe(self, scope: Scope, status: int, seconds: float) -> str:
         """Count and time one request; its route template."""
-        route = scope.get("route")
-        path = getattr(route, "path", None) or "unmatched"
+        path = route_of(scope)
         method = scope.get("method", "")
         children = self._children.get((method, path, status))
         if children is None:  # once per route and status: .labels() is the costly part
@@ -148,4 +152,4 @@ class ServiceMetrics:
         return path
 
 
-__all__ = ["LedgerCollector", "ServiceMetrics", "ledger_registry"]
+__all__ = ["LedgerCollector", "ServiceMetrics", "ledger_registry", "route_of"]

@@ -20,7 +20,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .metrics import ServiceMetrics
+from .metrics import ServiceMetrics, route_of
+from .tracing import SpanNamer
 
 log = logging.getLogger("chatledger.http")
 
@@ -31,8 +32,8 @@ FIELDS = ("request_id", "method", "route", "status", "duration_ms", "key_id", "t
 class ObservedRequests:
     """See the module docstring (added last, so it sees every answer, refusals included)."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, name_span: SpanNamer | None = None) -> None:
+        self.app, self.metrics, self.name_span = app, metrics, name_span
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,6 +54,8 @@ class ObservedRequests:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+                if self.name_span is not None:  # before the answer ends: that ends the span
+                    self.name_span(scope.get("method", ""), route_of(scope), request_id.decode())
             await send(message)
 
         try:
