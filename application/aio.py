@@ -49,6 +49,7 @@ except ImportError as err:  # pragma: no cover - the base install has no anyio
 
 from ..domain.policy import SessionPolicy
 from ..infrastructure.scheduler import BackgroundJobs
+from ..projections.query_results import TranscriptMessage
 from .audit import HistoryStep
 from .clock import Clock
 from .ledger import ChatLedger
@@ -261,7 +262,8 @@ class AsyncChatLedger:
     start_task = offloaded(ChatLedger.start_task)
     complete_task = offloaded(ChatLedger.complete_task)
     end_session = offloaded(ChatLedger.end_session)
-    expire_if_idle = offloaded(ChatLedger.expire_if_idle)
+    time_out_if_idle = offloaded(ChatLedger.time_out_if_idle)
+    expire_if_idle = offloaded(ChatLedger.expire_if_idle)  # deprecated: warns
     link_identity = offloaded(ChatLedger.link_identity)
     erase = offloaded(ChatLedger.erase)
 
@@ -292,6 +294,19 @@ class AsyncChatLedger:
     projection_failures = offloaded(ChatLedger.projection_failures)
     transcript = offloaded(ChatLedger.transcript)
     analytics = offloaded(ChatLedger.analytics)
+
+    async def messages(
+        self, *, start: datetime | None = None, end: datetime | None = None
+    ) -> tuple[int, int, list[TranscriptMessage]]:
+        """:meth:`ChatLedger.messages`, read whole in the worker (the iterator holds a connection)."""
+        ledger = self._ledger
+
+        def read() -> tuple[int, int, list[TranscriptMessage]]:
+            position, head, messages = ledger.messages(start=start, end=end)
+            return position, head, list(messages)
+
+        return await self.run("messages", read)
+
     resessionize = offloaded(ChatLedger.resessionize)
     memory = offloaded(ChatLedger.memory)
 

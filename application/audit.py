@@ -129,6 +129,16 @@ def verify_log(
     return report
 
 
+def seal(uow: UnitOfWork) -> int:
+    """Seal the committed events after the last seal; how many it sealed."""
+    return chained(uow.recorder).seal()
+
+
+def anchor(uow: UnitOfWork) -> str | None:
+    """The newest seal as ``ROOT@POSITION`` (``verify(anchor=...)`` detects any change before it)."""
+    return chained(uow.recorder).newest_anchor()
+
+
 def _verify_whole(recorder: SQLiteLedgerRecorder | PostgresLedgerRecorder, anchor: Anchor | None) -> VerificationReport:
     report = VerificationReport(scope="log")
     return recorder.verify(report, None, KeyAudit(report, whole_log=True), anchor)
@@ -251,10 +261,12 @@ __all__ = [
     "EXPORT_HASHING",
     "EXPORT_VERSION",
     "HistoryStep",
+    "anchor",
     "audited_verify",
     "export_bundle",
     "iter_history",
     "known_at",
+    "seal",
     "verify_log",
     "visitors_of_user",  # re-exported: it moved to .erasure
 ]

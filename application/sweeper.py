@@ -40,12 +40,12 @@ from ..domain.session import Session
 from ..projections.active_sessions import (
     ActiveSessions,
     drop_closed,
-    due_count,
     due_rows,
     first_due,
     open_tasks_of,
 )
 from ..projections.gc_pause import gc_paused
+from ..projections.sweep_backlog import due_count
 from .session_commands import time_out_if_idle
 from .unit_of_work import UnitOfWork
 

@@ -44,6 +44,7 @@ from ..domain.policy import SessionPolicy
 from ..domain.session import Session
 from ..domain.visitor import Visitor, visitor_aggregate_id
 from ..infrastructure.envelopes import ErasedSnapshotError
+from ..infrastructure.scheduler import BackgroundJobs
 from ..infrastructure.settings import Settings
 from ..infrastructure.snapshots import SnapshotStore
 from ..projections.read_model import ReadModel
@@ -136,7 +137,13 @@ class UnitOfWork(Application[UUID]):
         """The queries answered by the read models (transcripts, analytics, memory)."""
         return ProjectionReads(self.projector, self.clock)
 
+    background: BackgroundJobs | None = None
+    """The ledger's background jobs while they run (``ledger.start_background_jobs()``)."""
+
     def close(self) -> None:
+        if self.closing.is_set():
+            return
+        bootstrap.stop_jobs(self)
         if "projector" in self.__dict__:
             self.projector.stop()
             self.projector.engine.dispose()

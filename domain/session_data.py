@@ -25,7 +25,7 @@ from .errors import (
     ClientMessageIdConflictError,
     InvalidCommandError,
     SessionClosedError,
-    SessionExpiredError,
+    SessionTimedOutError,
     TaskStateError,
 )
 from .messages import MessageLog, NoStoredMessages
@@ -100,7 +100,7 @@ class SessionData:
         if self.status != "active":
             raise SessionClosedError(self.id, self.status)
         if self.is_expired(at):
-            raise SessionExpiredError(self.id, self.last_activity_at, self.expiry()[0])
+            raise SessionTimedOutError(self.id, self.last_activity_at, self.expiry()[0])
         if at < self.latest_event_at:
             msg = (
                 f"at={at.isoformat()} is earlier than the session's last event "

@@ -42,7 +42,6 @@ from sqlalchemy import (
     Text,
     Uuid,
     bindparam,
-    func,
     select,
     tuple_,
 )
@@ -333,12 +332,6 @@ def first_due(conn: Connection, before: datetime) -> datetime | None:
     query = select(c.expires_at).where(c.expires_at < before).order_by(c.expires_at).limit(1)
     found: datetime | None = conn.execute(query).scalar()
     return found
-
-
-def due_count(conn: Connection, before: datetime) -> int:
-    """How many sessions' deadlines are before ``before`` (the sweep's backlog)."""
-    c = active_sessions.c
-    return int(conn.execute(select(func.count()).where(c.expires_at < before)).scalar() or 0)
 
 
 def due_rows(

@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .conftest import POSTGRES_URL, drop_schema, require_postgres
-from .helpers import log_head
+from .helpers import examples, log_head
 
 BIG = "x" * 10_000_000  # 10 MB
 
@@ -232,7 +232,7 @@ def fuzz_ledger(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
             drop_schema(schema)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(call=calls())
 def test_each_call_succeeds_or_refuses_for_the_rule_it_broke(fuzz_ledger: ChatLedger, call: tuple[str, Callable[..., Any], dict[str, Arg]]) -> None:
     name, fn, args = call
