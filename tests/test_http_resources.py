@@ -332,3 +332,35 @@ def test_no_database_call_runs_on_the_services_event_loop(
     with ChatLedger.open(database_url) as ledger:
         stored = [e for e in ledger.events_after(0, limit=10_000) if e.type == "Session.MessageReceived"]
     assert len(stored) == 100
+
+
+def test_another_tenants_ids_answer_404_with_nothing_appended(
+    database_url: str, as_: dict[str, httpx.Client], base: str
+) -> None:
+    """A key bound to tenant "acme" asking for the default tenant's session, visitor or user:
+    404 as for an id that does not exist (ids cannot be probed), and nothing is appended."""
+    bot = as_["bot"]
+    sid = ok(bot.post("/v1/visitors/v-1/messages", json={"text": "mine"}))["session_id"]
+    ok(bot.post("/v1/visitors/v-1/identity", json={"user_id": "u-1"}))
+    with ChatLedger.open(database_url) as ledger:
+        acme = {scope: ledger.api_keys.create(f"acme {scope}", [scope], tenant="acme")[1]
+                for scope in ("bot", "analyst", "auditor", "admin")}
+    before = event_count(database_url)
+    probes = [
+        ("bot", "GET", f"/v1/sessions/{sid}", None),
+        ("bot", "POST", f"/v1/sessions/{sid}/replies", {"text": "not yours"}),
+        ("bot", "PUT", f"/v1/sessions/{sid}/slots/k", {"value": 1}),
+        ("bot", "POST", f"/v1/sessions/{sid}/end", None),
+        ("bot", "GET", "/v1/visitors/v-1", None),
+        ("auditor", "GET", f"/v1/sessions/{sid}/replay?until=2030-01-01T00:00:00Z", None),
+        ("auditor", "GET", f"/v1/audit/export?session_id={sid}", None),
+        ("admin", "POST", "/v1/erasures", {"user_id": "u-1"}),
+    ]
+    for scope, method, path, body in probes:
+        with client(base, acme[scope]) as other:
+            answer = other.request(method, path, json=body)
+        problem_type = answer.json().get("type", "") if answer.status_code == 404 else ""
+        assert answer.status_code == 404, (method, path, answer.text)
+        assert problem_type.rsplit(":", 1)[-1] in ("not-found", "unknown-session", "unknown-subject")
+    assert event_count(database_url) == before
+    assert ok(bot.get(f"/v1/sessions/{sid}"))["status"] == "active"  # untouched
