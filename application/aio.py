@@ -48,6 +48,7 @@ except ImportError as err:  # pragma: no cover - the base install has no anyio
     ) from err
 
 from ..domain.policy import SessionPolicy
+from ..domain.validation import Limits
 from ..infrastructure.scheduler import BackgroundJobs
 from ..projections.query_results import TranscriptMessage
 from .audit import HistoryStep
@@ -248,6 +249,16 @@ class AsyncChatLedger:
             await self._slots.acquire_on_behalf_of(holder)
         await offload("AsyncChatLedger.aclose()", self._ledger.close)
 
+    async def tenant(
+        self, tenant: str, *, policy: SessionPolicy | None = None, limits: Limits | None = None
+    ) -> AsyncChatLedger:
+        handle = AsyncChatLedger.__new__(AsyncChatLedger)
+        handle.__dict__.update(self.__dict__)  # the same workers and limits on calls
+        handle._ledger = self._ledger.tenant(tenant, policy=policy, limits=limits)
+        return handle
+
+    tenant.__doc__ = ChatLedger.tenant.__doc__
+
     async def __aenter__(self) -> AsyncChatLedger:
         return self
 
@@ -294,6 +305,7 @@ class AsyncChatLedger:
     projection_failures = offloaded(ChatLedger.projection_failures)
     transcript = offloaded(ChatLedger.transcript)
     analytics = offloaded(ChatLedger.analytics)
+    analytics_by_tenant = offloaded(ChatLedger.analytics_by_tenant)
 
     async def messages(
         self, *, start: datetime | None = None, end: datetime | None = None

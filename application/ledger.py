@@ -7,7 +7,6 @@ import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from functools import cached_property
 from typing import IO, Any, Literal
 from uuid import UUID
 
@@ -30,7 +29,6 @@ from ..projections.query_results import (
 from ..projections.status import Progress, ProjectionStatus
 from . import arguments as arg
 from . import audit, bootstrap, reads, retention, session_commands, subscribers, sweeper
-from .api_keys import ApiKeys
 from .arguments import checked, opt
 from .clock import Clock
 from .deprecation import renamed
@@ -49,15 +47,10 @@ class ChatLedger(UnitOfWork):
     @classmethod
     def open(
         cls, database_url: str | None = None, *, policy: SessionPolicy | None = None,
-        clock: Clock | None = None, **settings: Any,
+        clock: Clock | None = None, tenant: str = "default", **settings: Any,
     ) -> ChatLedger:
-        """Open (and create if needed) the ledger at ``database_url``; ``settings``: Settings fields."""
-        return cls(bootstrap.open_settings(database_url, **settings), policy=policy, clock=clock)
-
-    @cached_property
-    def api_keys(self) -> ApiKeys:
-        """The HTTP service's API keys, stored hashed in this ledger's database."""
-        return ApiKeys(self.projector.engine, self.clock)
+        """Open (and create if needed) the ledger at ``database_url`` for ``tenant``; ``settings``: Settings fields."""
+        return cls(bootstrap.open_settings(database_url, **settings), policy=policy, clock=clock, tenant=tenant)
 
     def webhook(self, name: str, url: str, **options: Any) -> WebhookWorker:
         """A worker posting each event, in log order and at least once, to ``url``."""
@@ -192,12 +185,12 @@ class ChatLedger(UnitOfWork):
         """Write a self-describing JSONL audit bundle of a user or a session to ``out``."""
         return audit.export_bundle(self, out, user_id=user_id, session_id=session_id)
 
-    @checked(position=arg.position_arg, limit=arg.feed_limit_arg, content=arg.flag_arg)
+    @checked(position=arg.position_arg, limit=arg.feed_limit_arg, content=arg.flag_arg, all_tenants=arg.flag_arg)
     def events_after(
-        self, position: int = 0, *, limit: int = 1000, content: bool = False
+        self, position: int = 0, *, limit: int = 1000, content: bool = False, all_tenants: bool = False
     ) -> list[subscribers.LogEvent]:
-        """The events recorded after ``position``, in log order, at most ``limit``."""
-        return subscribers.read_events(self, position, limit, content=content)
+        """The tenant's (or all) events recorded after ``position``, in log order, at most ``limit``."""
+        return subscribers.read_events(self, position, limit, content=content, tenant=self.scope(all_tenants))
 
     @checked(progress=arg.callback_arg)
     def catch_up(self, *, progress: Progress | None = None) -> int:
@@ -238,6 +231,12 @@ class ChatLedger(UnitOfWork):
         """Analytics of the sessions started in ``[start, end)``, as of ``as_of``."""
         return self.projection_reads.analytics(start=start, end=end, as_of=as_of, engagement=engagement)
 
+    @checked(start=opt(arg.TIME), end=opt(arg.TIME), as_of=opt(arg.TIME), engagement=arg.engagement_arg)
+    def analytics_by_tenant(self, *, start: datetime | None = None, end: datetime | None = None,
+                            as_of: datetime | None = None, engagement: Engagement | None = None) -> dict[str, Analytics]:
+        """:meth:`analytics` of every tenant of the store, by tenant (an operator's comparison)."""
+        return self.projection_reads.analytics_by_tenant(start=start, end=end, as_of=as_of, engagement=engagement)
+
     @checked(timeout=arg.DURATION, start=opt(arg.TIME), end=opt(arg.TIME))
     def resessionize(
         self, timeout: timedelta, *, start: datetime | None = None, end: datetime | None = None
@@ -250,27 +249,28 @@ class ChatLedger(UnitOfWork):
         """What the bot remembers about a user, or about a still-anonymous visitor."""
         return self.projection_reads.memory(user_id=user_id, visitor_id=visitor_id)
 
-    @checked(now=opt(arg.TIME), limit=opt(arg.COUNT), batch_size=arg.COUNT)
-    def sweep(self, now: datetime | None = None, *, limit: int | None = None, batch_size: int = 5000) -> int:
-        """Time out every session idle past its deadline at ``now``; return how many."""
-        return sweeper.sweep(self, now, limit=limit, batch_size=batch_size).timed_out
+    @checked(now=opt(arg.TIME), limit=opt(arg.COUNT), batch_size=arg.COUNT, all_tenants=arg.flag_arg)
+    def sweep(self, now: datetime | None = None, *, limit: int | None = None, batch_size: int = 5000, all_tenants: bool = False) -> int:
+        """Time out every session of the tenant (or all) idle past its deadline at ``now``; how many."""
+        return sweeper.sweep(self, now, limit=limit, batch_size=batch_size, tenant=self.scope(all_tenants)).timed_out
 
-    @checked(now=opt(arg.TIME))
-    def sweep_backlog(self, now: datetime | None = None) -> int:
-        """Sessions idle past their deadline at ``now`` that no sweep has timed out yet."""
-        return sweeper.backlog(self, now)
+    @checked(now=opt(arg.TIME), all_tenants=arg.flag_arg)
+    def sweep_backlog(self, now: datetime | None = None, *, all_tenants: bool = False) -> int:
+        """Sessions of the tenant (or all) past their deadline at ``now``, not yet timed out."""
+        return sweeper.backlog(self, now, tenant=self.scope(all_tenants))
 
-    @checked(older_than=arg.DURATION, archive_dir=arg.path_arg, now=opt(arg.TIME))
+    @checked(older_than=arg.DURATION, archive_dir=arg.path_arg, now=opt(arg.TIME), all_tenants=arg.flag_arg)
     def archive_closed_sessions(
-        self, older_than: timedelta, archive_dir: str | os.PathLike[str], *, now: datetime | None = None
+        self, older_than: timedelta, archive_dir: str | os.PathLike[str], *, now: datetime | None = None,
+        all_tenants: bool = False,
     ) -> ArchiveResult:
-        """Archive sessions closed before ``now - older_than`` and drop their read-model rows."""
-        return retention.archive_closed_sessions(self, older_than, archive_dir, now=now)
+        """Archive the tenant's (or all) sessions closed before ``now - older_than``; drop their rows."""
+        return retention.archive_closed_sessions(self, older_than, archive_dir, now=now, tenant=self.scope(all_tenants))
 
-    @checked(path=arg.path_arg)
-    def read_archive(self, path: str | os.PathLike[str]) -> list[ArchivedSession]:
-        """The sessions of a retention archive file, decrypted with the keys still stored."""
-        return retention.read_archive(self, path)
+    @checked(path=arg.path_arg, all_tenants=arg.flag_arg)
+    def read_archive(self, path: str | os.PathLike[str], *, all_tenants: bool = False) -> list[ArchivedSession]:
+        """The tenant's (or all) sessions of a retention archive file, decrypted with the stored keys."""
+        return retention.read_archive(self, path, all_tenants=all_tenants)
 
     @checked(interval=arg.interval_arg, retention=arg.retention_arg,
              projections_interval=opt(arg.interval_arg))

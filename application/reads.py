@@ -15,7 +15,8 @@ from ..domain.read_views import SessionState, VisitorState
 from ..projections.query_results import Transcript
 from .access import caller_user, check_owner
 from .audit import iter_history
-from .unit_of_work import UnitOfWork, as_uuid
+from .tenant_scope import own_session
+from .unit_of_work import UnitOfWork
 
 
 def session(
@@ -44,7 +45,7 @@ def session(
 
 def session_as_of(uow: UnitOfWork, session_id: UUID | str, as_of: datetime) -> Session:
     """The session rebuilt from the events that had occurred by ``as_of``."""
-    sid = as_uuid(session_id)
+    sid = own_session(uow, session_id)
     found: Session | None = None
     for event in uow.events.get(sid):
         assert isinstance(event, DomainEvent)
@@ -67,7 +68,7 @@ def exists(uow: UnitOfWork, aggregate_id: UUID) -> bool:
 
 def session_events(uow: UnitOfWork, session_id: UUID | str) -> list[DomainEvent]:
     """Every stored event of a session, in order."""
-    sid = as_uuid(session_id)
+    sid = own_session(uow, session_id)
     events = [e for e in uow.events.get(sid) if isinstance(e, DomainEvent)]
     if not events or not isinstance(events[0], Session.Started):
         raise UnknownSessionError(session_id)  # a visitor's stream is no session

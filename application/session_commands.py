@@ -128,7 +128,7 @@ def link_identity(
 
     def once() -> VisitorState:
         now = uow.now(at)
-        visitor = uow.get_visitor(visitor_id) or Visitor.register(visitor_id, at=now)
+        visitor = uow.get_visitor(visitor_id) or Visitor.register(visitor_id, at=now, tenant=uow.tenant_id)
         if not visitor.link_identity(user_id, at=now):
             return VisitorState.of(visitor)
         session = None

@@ -42,6 +42,7 @@ class SessionData:
         def id(self) -> UUID: ...  # the aggregate's (eventsourcing's); not snapshot state
 
     visitor_id: str
+    tenant: str
     user_id: str | None
     channel: str
     context: SessionContext

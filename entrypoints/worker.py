@@ -61,9 +61,9 @@ def worker(
     with ChatLedger.open(database) as ledger:
         if once:
             ledger.catch_up()
-            print(ledger.sweep())
+            print(ledger.sweep(all_tenants=True))
             if retention is not None:
-                ledger.archive_closed_sessions(retention.archive_after, retention.archive_dir)
+                ledger.archive_closed_sessions(retention.archive_after, retention.archive_dir, all_tenants=True)
             return
         if metrics_port is not None:
             serve_metrics(ledger, metrics_host, metrics_port)

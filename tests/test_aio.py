@@ -327,7 +327,7 @@ def test_mypy_sees_the_real_signatures(tmp_path: Any) -> None:
     )
     out = done.stdout
     assert re.search(r'Revealed type is "chatledger\.[\w.]+\.Turn"', out), out
-    assert "def (now: datetime.datetime | None =, *, limit: int | None =, batch_size: int =)" in out, out
+    assert "def (now: datetime.datetime | None =, *, limit: int | None =, batch_size: int =, all_tenants: bool =)" in out, out
     assert 'Argument 1 has incompatible type "int"; expected "str"' in out, out
     assert "expected \"Literal['bot', 'system']\"" in out, out
     assert 'Unexpected keyword argument "nope"' in out, out

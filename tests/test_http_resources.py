@@ -338,30 +338,44 @@ def test_no_database_call_runs_on_the_services_event_loop(
 def test_another_tenants_ids_answer_404_with_nothing_appended(
     database_url: str, as_: dict[str, httpx.Client], base: str
 ) -> None:
-    """A key bound to tenant "acme" asking for the default tenant's session, visitor or user:
-    404 as for an id that does not exist (ids cannot be probed), and nothing is appended."""
+    """A key bound to tenant "acme" is served by acme's handle: its own conversations work; the
+    default tenant's session, visitor or user answer 404 exactly as an id that does not exist
+    (ids cannot be probed), nothing is appended, and the other way round."""
     bot = as_["bot"]
     sid = ok(bot.post("/v1/visitors/v-1/messages", json={"text": "mine"}))["session_id"]
     ok(bot.post("/v1/visitors/v-1/identity", json={"user_id": "u-1"}))
     with ChatLedger.open(database_url) as ledger:
-        acme = {scope: ledger.api_keys.create(f"acme {scope}", [scope], tenant="acme")[1]
+        acme = {scope: client(base, ledger.api_keys.create(f"acme {scope}", [scope], tenant="acme")[1])
                 for scope in ("bot", "analyst", "auditor", "admin")}
     before = event_count(database_url)
     probes = [
-        ("bot", "GET", f"/v1/sessions/{sid}", None),
-        ("bot", "POST", f"/v1/sessions/{sid}/replies", {"text": "not yours"}),
-        ("bot", "PUT", f"/v1/sessions/{sid}/slots/k", {"value": 1}),
-        ("bot", "POST", f"/v1/sessions/{sid}/end", None),
-        ("bot", "GET", "/v1/visitors/v-1", None),
-        ("auditor", "GET", f"/v1/sessions/{sid}/replay?until=2030-01-01T00:00:00Z", None),
-        ("auditor", "GET", f"/v1/audit/export?session_id={sid}", None),
-        ("admin", "POST", "/v1/erasures", {"user_id": "u-1"}),
+        ("bot", "GET", f"/v1/sessions/{sid}", None, "unknown-session"),
+        ("bot", "POST", f"/v1/sessions/{sid}/replies", {"text": "not yours"}, "unknown-session"),
+        ("bot", "PUT", f"/v1/sessions/{sid}/slots/k", {"value": 1}, "unknown-session"),
+        ("bot", "POST", f"/v1/sessions/{sid}/end", None, "unknown-session"),
+        ("bot", "GET", "/v1/visitors/v-1", None, "not-found"),
+        ("bot", "GET", "/v1/visitors/v-1/current-session", None, "not-found"),
+        ("auditor", "GET", f"/v1/sessions/{sid}/replay?until=2030-01-01T00:00:00Z", None, "unknown-session"),
+        ("auditor", "GET", f"/v1/audit/export?session_id={sid}", None, "unknown-session"),
+        ("admin", "POST", "/v1/erasures", {"user_id": "u-1"}, "unknown-subject"),
     ]
-    for scope, method, path, body in probes:
-        with client(base, acme[scope]) as other:
-            answer = other.request(method, path, json=body)
-        problem_type = answer.json().get("type", "") if answer.status_code == 404 else ""
-        assert answer.status_code == 404, (method, path, answer.text)
-        assert problem_type.rsplit(":", 1)[-1] in ("not-found", "unknown-session", "unknown-subject")
+    for scope, method, path, body, name in probes:
+        missing = path.replace(sid, NO_SESSION).replace("v-1", "v-none")
+        mine = problem(acme[scope].request(method, path, json=body), 404, name)
+        absent = problem(acme[scope].request(method, missing, json=body), 404, name)
+        assert {k: v for k, v in mine.items() if k != "detail"} == {
+            k: v for k, v in absent.items() if k != "detail"
+        }
     assert event_count(database_url) == before
     assert ok(bot.get(f"/v1/sessions/{sid}"))["status"] == "active"  # untouched
+    # acme's own conversation, under the same visitor id: its own session, unseen by default.
+    theirs = ok(acme["bot"].post("/v1/visitors/v-1/messages", json={"text": "acme's"}))
+    assert theirs["session_id"] != sid and theirs["is_new_session"] and not theirs["is_returning"]
+    problem(bot.get(f"/v1/sessions/{theirs['session_id']}"), 404, "unknown-session")
+    assert ok(acme["bot"].get("/v1/visitors/v-1/current-session"))["session_id"] == theirs["session_id"]
+    ok(as_["admin"].post("/v1/operations/catch-up"))
+    assert [m["text"] for m in ok(acme["analyst"].get("/v1/transcripts", params={"visitor_id": "v-1"}))["messages"]] == ["acme's"]
+    assert [m["text"] for m in ok(bot.get("/v1/transcripts", params={"user_id": "u-1"}))["messages"]] == ["mine"]
+    assert ok(acme["analyst"].get("/v1/transcripts", params={"user_id": "u-1"}))["messages"] == []
+    for c in acme.values():
+        c.close()

@@ -8,8 +8,8 @@ threads (:mod:`.conversations`, :mod:`.records`, :mod:`.operations`); errors are
 :mod:`.metrics`;
 request ids and logs :mod:`.observe`.
 
-Tenants: every request is served by the ledger of its key's tenant (:func:`.auth.ledger_of`);
-until tenancy lands, every request is the ``"default"`` tenant's.
+Tenants: every request is served by its key's tenant's handle on the store (``ledger.tenant(id)``,
+:func:`.auth.ledger_of`); without keys (``require_keys=False``), by the ``"default"`` tenant's.
 """
 
 from __future__ import annotations

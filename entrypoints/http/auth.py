@@ -2,7 +2,8 @@
 
 No key, an unknown or a revoked one: 401 (problem ``unauthorized``), nothing read or written. A
 key without a scope the endpoint takes: 403 (``forbidden``). A request is then its key's
-tenant's (:func:`ledger_of`); a session id of another tenant answers 404, as an unknown one.
+tenant's (:func:`ledger_of`: the tenant's handle on the store, ``ledger.tenant(id)``); a session,
+visitor or user id of another tenant answers 404, as an unknown one.
 
 A key once checked is remembered by this process for ``key_cache_seconds`` (5 s by default),
 so a request costs no key lookup in the database: a key revoked (by ``chatledger keys revoke``
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request
 from starlette.exceptions import HTTPException
 
+from ... import ChatLedgerError
 from ...application.aio import AsyncChatLedger
 from ...application.api_keys import DEFAULT_TENANT, ApiKey
 
@@ -90,9 +92,22 @@ def require(*scopes: str) -> Callable[[Request], Awaitable[ApiKey | None]]:
         if wanted.isdisjoint(key.scopes):
             raise Forbidden(refusal)
         request.state.key = key
+        request.state.ledger = await tenant_ledger(request, key.tenant)
         return key
 
     return check
+
+
+async def tenant_ledger(request: Request, tenant: str) -> AsyncChatLedger:
+    """The tenant's handle on the service's store (made once per tenant, then kept)."""
+    ledgers: dict[str, AsyncChatLedger] = request.app.state.ledgers
+    ledger = ledgers.get(tenant)
+    if ledger is None:
+        try:
+            ledger = ledgers[tenant] = await ledgers[DEFAULT_TENANT].tenant(tenant)
+        except ChatLedgerError as err:  # a key bound to a name no tenant can have: nothing here
+            raise HTTPException(404, "No such resource.") from err
+    return ledger
 
 
 def tenant_of(request: Request) -> str:
@@ -101,12 +116,13 @@ def tenant_of(request: Request) -> str:
 
 
 def ledger_of(request: Request) -> AsyncChatLedger:
-    """The ledger of the request's tenant (its key's; today every store has only "default")."""
-    ledgers: dict[str, AsyncChatLedger] = request.app.state.ledgers
-    ledger = ledgers.get(tenant_of(request))
-    if ledger is None:  # a tenant this service does not hold: nothing of it can be found here
-        raise HTTPException(404, "No such resource.")
+    """The ledger of the request's tenant: its key's tenant handle (without keys: the default)."""
+    ledger: AsyncChatLedger | None = getattr(request.state, "ledger", None)
+    if ledger is None:
+        ledger = request.app.state.ledgers[DEFAULT_TENANT]
     return ledger
 
 
-__all__ = ["Forbidden", "KeyCache", "Unauthorized", "authenticate", "ledger_of", "require", "tenant_of"]
+__all__ = [
+    "Forbidden", "KeyCache", "Unauthorized", "authenticate", "ledger_of", "require", "tenant_ledger", "tenant_of",
+]

@@ -64,7 +64,7 @@ class LedgerCollector:
         up = GaugeMetricFamily("chatledger_database_up", "1 if the last scrape read the database.")
         try:
             status = ledger.projection_status()
-            backlog = ledger.sweep_backlog()
+            backlog = ledger.sweep_backlog(all_tenants=True)
         except Exception:  # noqa: BLE001 - an unreachable store is a metric, not a failed scrape
             up.add_metric([], 0)
             yield up
