@@ -37,7 +37,13 @@ from eventsourcing.persistence import RecordConflictError
 
 from ..domain.errors import InvalidCommandError, UnknownSessionError
 from ..domain.session import Session
-from ..projections.active_session_queries import drop_closed, due_count, due_rows, first_due, open_tasks_of
+from ..projections.active_session_queries import (
+    drop_closed,
+    due_count,
+    due_rows,
+    first_due,
+    open_tasks_of,
+)
 from ..projections.active_sessions import ActiveSessions
 from ..projections.gc_pause import gc_paused
 from .session_commands import time_out_if_idle
