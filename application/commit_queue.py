@@ -91,6 +91,8 @@ class GroupCommitEventStore(EventStore[UUID]):
         """Transactions committed with more than one caller's events (for tests and benchmarks)."""
         self.split_batches = 0
         """Batches of several callers that failed and were written caller by caller."""
+        self.batched_callers = 0
+        """Callers whose events went into those transactions (``/ batches``: the mean batch)."""
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -190,6 +192,7 @@ class GroupCommitEventStore(EventStore[UUID]):
                     self._write_alone(item)
                 return
             self.batches += 1
+            self.batched_callers += len(batch)
             start = 0
             for item in batch:
                 end = start + len(item.stored)

@@ -7,7 +7,6 @@ import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from functools import cached_property
 from typing import IO, Any, Literal
 from uuid import UUID
 
@@ -30,7 +29,6 @@ from ..projections.query_results import (
 from ..projections.status import Progress, ProjectionStatus
 from . import arguments as arg
 from . import audit, bootstrap, reads, retention, session_commands, subscribers, sweeper
-from .api_keys import ApiKeys
 from .arguments import checked, opt
 from .clock import Clock
 from .deprecation import renamed
@@ -53,11 +51,6 @@ class ChatLedger(UnitOfWork):
     ) -> ChatLedger:
         """Open (and create if needed) the ledger at ``database_url`` for ``tenant``; ``settings``: Settings fields."""
         return cls(bootstrap.open_settings(database_url, **settings), policy=policy, clock=clock, tenant=tenant)
-
-    @cached_property
-    def api_keys(self) -> ApiKeys:
-        """The HTTP service's API keys, stored hashed in this ledger's database."""
-        return ApiKeys(self.projector.engine, self.clock)
 
     def webhook(self, name: str, url: str, **options: Any) -> WebhookWorker:
         """A worker posting each event, in log order and at least once, to ``url``."""
@@ -260,6 +253,11 @@ class ChatLedger(UnitOfWork):
     def sweep(self, now: datetime | None = None, *, limit: int | None = None, batch_size: int = 5000, all_tenants: bool = False) -> int:
         """Time out every session of the tenant (or all) idle past its deadline at ``now``; how many."""
         return sweeper.sweep(self, now, limit=limit, batch_size=batch_size, tenant=self.scope(all_tenants)).timed_out
+
+    @checked(now=opt(arg.TIME), all_tenants=arg.flag_arg)
+    def sweep_backlog(self, now: datetime | None = None, *, all_tenants: bool = False) -> int:
+        """Sessions of the tenant (or all) past their deadline at ``now``, not yet timed out."""
+        return sweeper.backlog(self, now, tenant=self.scope(all_tenants))
 
     @checked(older_than=arg.DURATION, archive_dir=arg.path_arg, now=opt(arg.TIME), all_tenants=arg.flag_arg)
     def archive_closed_sessions(

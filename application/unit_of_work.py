@@ -53,13 +53,21 @@ from ..projections.read_model import ReadModel
 from ..projections.runner import ProjectionRunner
 from ..projections.projection_reads import ProjectionReads
 from . import bootstrap
+from .api_keys import ApiKeys
 from .clock import Clock
 from .commit_queue import GroupCommitEventStore
+from .counters import LedgerCounters
 from .repository import LedgerRepository
 from .tenancy import tenant_handle
 
 T = TypeVar("T")
 U = TypeVar("U", bound="UnitOfWork")
+
+
+class FreshReadNeeded(RecordConflictError):
+    """A first run that decided on cached copies must be re-run on fresh reads, though no
+    writer raced it (an answer that writes nothing, a decision to write nothing): re-run like a
+    conflict, but not counted as one."""
 
 
 def replay_events(aggregate: Any, events: Any) -> Any:
@@ -111,6 +119,8 @@ class UnitOfWork(Application[UUID]):
         }
         self._saving = threading.local()  # the aggregates this thread is saving
         self._attempt = threading.local()  # .first: this thread's command is on its first attempt
+        self.counters = LedgerCounters()
+        """What this ledger did in this process (commits, events, conflicts, retries, sweeps)."""
         try:
             env = bootstrap.store_env(settings)
             with bootstrap.store_lock(settings):
@@ -129,6 +139,11 @@ class UnitOfWork(Application[UUID]):
         return bootstrap.build_projector(
             self.name, self.recorder, self.mapper, self.settings, self.read_models
         )
+
+    @cached_property
+    def api_keys(self) -> ApiKeys:
+        """The HTTP service's API keys, stored hashed in this ledger's database (store-wide)."""
+        return ApiKeys(self.projector.engine, self.clock)
 
     @cached_property
     def projection_reads(self) -> ProjectionReads:
@@ -172,24 +187,31 @@ class UnitOfWork(Application[UUID]):
         state = self._attempt
         outer: bool | None = getattr(state, "first", None)  # None: not inside another command
         try:
+            count = self.counters.add
             if outer is not False:
                 state.first = True  # on cached reads: a conflict here costs no attempt
                 try:
                     return command()
+                except FreshReadNeeded:
+                    count("fresh_reads")
                 except RecordConflictError:
-                    pass
+                    count("conflicts")
                 except ConcurrencyConflictError:
                     raise
                 except ChatLedgerError:
-                    pass  # perhaps refused on a stale copy: decided again on fresh reads
+                    count("fresh_reads")  # perhaps refused on a stale copy: decided again on fresh reads
+                count("retries")
             state.first = False
             for attempt in range(attempts):
                 try:
                     return command()
-                except RecordConflictError:
+                except RecordConflictError as err:
+                    count("fresh_reads" if isinstance(err, FreshReadNeeded) else "conflicts")
+                    count("retries")
                     time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))  # full jitter
         finally:
             state.first = outer
+        self.counters.add("conflicts_exhausted")
         raise ConcurrencyConflictError(what, attempts)
 
     def fresh_read(self, cached: bool) -> bool:
@@ -203,7 +225,7 @@ class UnitOfWork(Application[UUID]):
         client-id conflict -- a cached copy is not trusted (an erasure may have
         blanked its content since, and nothing written would conflict)."""
         if getattr(self._attempt, "first", None):
-            raise RecordConflictError("answered from cached reads: re-read and answer again")
+            raise FreshReadNeeded("answered from cached reads: re-read and answer again")
 
     def load(self, aggregate_id: UUID, fresh: bool) -> Any:
         """An aggregate from the repository (``fresh``: caught up with the store)."""
@@ -307,7 +329,7 @@ class UnitOfWork(Application[UUID]):
             and len(aggregates) == len(items)
             and not any(a.pending_events for a in aggregates.values())
         ):
-            raise RecordConflictError("nothing to write on cached reads: re-read and decide again")
+            raise FreshReadNeeded("nothing to write on cached reads: re-read and decide again")
         self._saving.aggregates = aggregates
         try:
             recordings = super().save(*objs, **kwargs)
@@ -315,6 +337,9 @@ class UnitOfWork(Application[UUID]):
             raise ValueRefusedError(str(err)) from err
         finally:
             self._saving.aggregates = None
+        if recordings:
+            self.counters.add("commands")
+            self.counters.add("events_appended", len(recordings))
         repository = self.repository
         if isinstance(repository, LedgerRepository):
             for aggregate in aggregates.values():
