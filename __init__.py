@@ -16,6 +16,7 @@ from chatledger.application.clock import Clock, ManualClock, system_clock
 from chatledger.application.errors import (
     ChatLedgerError,
     ClientMessageIdConflictError,
+    CommitOutcomeUnknownError,
     ConcurrencyConflictError,
     ConfigurationError,
     EventVersionError,
@@ -62,6 +63,7 @@ __all__ = [
     "ChatLedgerError",
     "ClientMessageIdConflictError",
     "Clock",
+    "CommitOutcomeUnknownError",
     "ConcurrencyConflictError",
     "ConfigurationError",
     "DeadLetter",

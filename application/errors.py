@@ -3,6 +3,7 @@
 from ..domain.errors import (
     ChatLedgerError,
     ClientMessageIdConflictError,
+    CommitOutcomeUnknownError,
     ConcurrencyConflictError,
     ConfigurationError,
     EventVersionError,
@@ -27,6 +28,7 @@ from ..domain.errors import (
 __all__ = [
     "ChatLedgerError",
     "ClientMessageIdConflictError",
+    "CommitOutcomeUnknownError",
     "ConcurrencyConflictError",
     "ConfigurationError",
     "EventVersionError",
