@@ -22,6 +22,7 @@ if _TYPE_CHECKING:
     from chatledger.application.errors import (
         ChatLedgerError,
         ClientMessageIdConflictError,
+        CommitOutcomeUnknownError,
         ConcurrencyConflictError,
         ConfigurationError,
         EventVersionError,
@@ -68,6 +69,7 @@ _WHERE = {
     "ChatLedgerError": "chatledger.application.errors",
     "ClientMessageIdConflictError": "chatledger.application.errors",
     "Clock": "chatledger.application.clock",
+    "CommitOutcomeUnknownError": "chatledger.application.errors",
     "ConcurrencyConflictError": "chatledger.application.errors",
     "ConfigurationError": "chatledger.application.errors",
     "DeadLetter": "chatledger.application.webhooks",
@@ -119,6 +121,7 @@ __all__ = [
     "ChatLedgerError",
     "ClientMessageIdConflictError",
     "Clock",
+    "CommitOutcomeUnknownError",
     "ConcurrencyConflictError",
     "ConfigurationError",
     "DeadLetter",

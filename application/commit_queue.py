@@ -48,16 +48,11 @@ from uuid import UUID
 from eventsourcing.persistence import EventStore, Notification, Recording, StoredEvent
 from eventsourcing.utils import get_topic
 
+from ..domain.errors import CommitOutcomeUnknownError
 from ..domain.visitor import Visitor
 
 ERASURE_TOPIC = get_topic(Visitor.DataErased)
 OUTCOME_UNKNOWN = "the write was interrupted; this command's outcome is unknown"
-
-
-class CommitOutcomeUnknownError(RuntimeError):
-    """A command's events may or may not be committed: its write (or its wait
-    for one, after a leader took its events) was interrupted. Read the store to
-    find out; not a ``ChatLedgerError``, so no command is re-run on it."""
 
 
 class Pending:

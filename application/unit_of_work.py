@@ -35,6 +35,7 @@ from eventsourcing.persistence import DataError, PersistenceError, RecordConflic
 from ..domain import validation as v
 from ..domain.errors import (
     ChatLedgerError,
+    CommitOutcomeUnknownError,
     ConcurrencyConflictError,
     InvalidCommandError,
     UnknownSessionError,
@@ -182,23 +183,31 @@ class UnitOfWork(Application[UUID]):
         A refusal (any :class:`ChatLedgerError` but
         :class:`ConcurrencyConflictError`) on the cached run is not trusted
         either: the command is re-run on fresh reads, like after a conflict, so
-        an error the caller sees was decided on the store's data."""
+        an error the caller sees was decided on the store's data. A run that
+        read nothing from the cache (:meth:`fresh_read` notes each cached read)
+        was decided on the store: its refusal is raised at once, not re-run.
+        :class:`CommitOutcomeUnknownError` is never re-run (its write may have
+        committed)."""
         attempts = self.settings.conflict_retries
         state = self._attempt
         outer: bool | None = getattr(state, "first", None)  # None: not inside another command
+        outer_used: bool = getattr(state, "used_cache", False)
         try:
             count = self.counters.add
             if outer is not False:
                 state.first = True  # on cached reads: a conflict here costs no attempt
+                state.used_cache = False  # set by fresh_read when a read skips the store
                 try:
                     return command()
                 except FreshReadNeeded:
                     count("fresh_reads")
                 except RecordConflictError:
                     count("conflicts")
-                except ConcurrencyConflictError:
-                    raise
+                except (ConcurrencyConflictError, CommitOutcomeUnknownError):
+                    raise  # never re-run a command whose write may have landed
                 except ChatLedgerError:
+                    if not state.used_cache:
+                        raise  # decided on the store's data already: nothing to decide again
                     count("fresh_reads")  # perhaps refused on a stale copy: decided again on fresh reads
                 count("retries")
             state.first = False
@@ -211,13 +220,17 @@ class UnitOfWork(Application[UUID]):
                     time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))  # full jitter
         finally:
             state.first = outer
+            state.used_cache = outer_used or getattr(state, "used_cache", False)
         self.counters.add("conflicts_exhausted")
         raise ConcurrencyConflictError(what, attempts)
 
     def fresh_read(self, cached: bool) -> bool:
         """Whether a read must see the store: always, unless ``cached`` and this
         thread's command is on its first attempt (see :meth:`retrying`)."""
-        return not (cached and getattr(self._attempt, "first", None))
+        if cached and getattr(self._attempt, "first", None):
+            self._attempt.used_cache = True
+            return False
+        return True
 
     def answer_from_store(self) -> None:
         """Re-run this command on fresh reads (a conflict) if it is on its first

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from ... import (
     ChatLedgerError,
     ClientMessageIdConflictError,
+    CommitOutcomeUnknownError,
     ConcurrencyConflictError,
     ConfigurationError,
     EventVersionError,
@@ -50,6 +51,7 @@ STATUS: dict[type, int] = {
     ClientMessageIdConflictError: 409,
     TaskStateError: 409,
     ConcurrencyConflictError: 503,
+    CommitOutcomeUnknownError: 503,  # retry with the same client_message_id (idempotent)
     ConfigurationError: 500,
     EventVersionError: 500,
 }
