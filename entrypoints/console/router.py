@@ -24,8 +24,17 @@ LIST_LIMIT = 200
 
 
 def ledger(request: Request) -> AsyncChatLedger:
-    led: AsyncChatLedger = request.app.state.ledgers[DEFAULT_TENANT]
-    return led
+    """The signed-in key's tenant's ledger (before sign-in, and without keys: the default's)."""
+    led: AsyncChatLedger | None = getattr(request.state, "ledger", None)
+    return led if led is not None else request.app.state.ledgers[DEFAULT_TENANT]
+
+
+async def tenant_ledger(request: Request, tenant: str) -> AsyncChatLedger:
+    """The tenant's handle on the store (as the service's keys: made once, then kept)."""
+    ledgers: dict[str, AsyncChatLedger] = request.app.state.ledgers
+    if tenant not in ledgers:
+        ledgers[tenant] = await ledgers[DEFAULT_TENANT].tenant(tenant)
+    return ledgers[tenant]
 
 
 async def signed_in(request: Request, *scopes: str) -> Response | None:
@@ -47,6 +56,7 @@ async def signed_in(request: Request, *scopes: str) -> Response | None:
         )
         return HTMLResponse(page, status_code=403)
     request.state.key = key
+    request.state.ledger = await tenant_ledger(request, key.tenant)  # nobody reaches another tenant
     return None
 
 
