@@ -1,8 +1,10 @@
-"""Public re-export of the exception tree (defined in :mod:`chatledger.domain.errors`)."""
+"""Public re-export of the exception tree (defined in :mod:`chatledger.domain.errors`); the
+renamed names of released versions still work, with a DeprecationWarning."""
 
 from ..domain.errors import (
     ChatLedgerError,
     ClientMessageIdConflictError,
+    CommitOutcomeUnknownError,
     ConcurrencyConflictError,
     ConfigurationError,
     EventVersionError,
@@ -16,17 +18,19 @@ from ..domain.errors import (
     InvalidTimeError,
     InvalidValueError,
     SessionClosedError,
-    SessionExpiredError,
     SessionOwnershipError,
+    SessionTimedOutError,
     TaskStateError,
     UnknownSessionError,
     UnknownSubjectError,
     ValueRefusedError,
+    renamed_error,
 )
 
 __all__ = [
     "ChatLedgerError",
     "ClientMessageIdConflictError",
+    "CommitOutcomeUnknownError",
     "ConcurrencyConflictError",
     "ConfigurationError",
     "EventVersionError",
@@ -40,10 +44,14 @@ __all__ = [
     "InvalidTimeError",
     "InvalidValueError",
     "SessionClosedError",
-    "SessionExpiredError",
     "SessionOwnershipError",
+    "SessionTimedOutError",
     "TaskStateError",
     "UnknownSessionError",
     "UnknownSubjectError",
     "ValueRefusedError",
 ]
+
+
+def __getattr__(name: str) -> type[ChatLedgerError]:
+    return renamed_error(name, __name__)

@@ -18,43 +18,47 @@ is one, with the public commands and queries on top.
 
 from __future__ import annotations
 
-import random
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 from copy import deepcopy
 from datetime import datetime
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
-from eventsourcing.persistence import DataError, PersistenceError, RecordConflictError
+from eventsourcing.persistence import DataError, PersistenceError
 
 from ..domain import validation as v
 from ..domain.errors import (
-    ChatLedgerError,
-    ConcurrencyConflictError,
+    InvalidCommandError,
     UnknownSessionError,
     ValueRefusedError,
 )
-from ..domain.pydantic_aggregates import Aggregate, utc
 from ..domain.policy import SessionPolicy
+from ..domain.pydantic_aggregates import Aggregate, utc
 from ..domain.session import Session
+from ..domain.tenancy import DEFAULT_TENANT, check_tenant
 from ..domain.visitor import Visitor, visitor_aggregate_id
 from ..infrastructure.envelopes import ErasedSnapshotError
+from ..infrastructure.scheduler import BackgroundJobs
 from ..infrastructure.settings import Settings
 from ..infrastructure.snapshots import SnapshotStore
+from ..projections.projection_reads import ProjectionReads
 from ..projections.read_model import ReadModel
 from ..projections.runner import ProjectionRunner
-from ..projections.projection_reads import ProjectionReads
 from . import bootstrap
+from .api_keys import ApiKeys
+from .attempts import CommandAttempts, FreshReadNeeded
 from .clock import Clock
 from .commit_queue import GroupCommitEventStore
+from .counters import LedgerCounters
 from .repository import LedgerRepository
+from .tenancy import tenant_handle
 
 T = TypeVar("T")
+U = TypeVar("U", bound="UnitOfWork")
 
 
 def replay_events(aggregate: Any, events: Any) -> Any:
@@ -90,8 +94,11 @@ class UnitOfWork(Application[UUID]):
         policy: SessionPolicy | None = None,
         clock: Clock | None = None,
         read_models: Sequence[type[ReadModel]] | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         settings, policy, clock, models = bootstrap.components(settings, policy, clock, read_models)
+        self.tenant_id = check_tenant(tenant)
+        self.root: UnitOfWork = self  # the ledger that owns the store (a tenant handle shares it)
         self.settings = settings
         self.limits: v.Limits = settings.limits
         self.read_models = models
@@ -102,7 +109,9 @@ class UnitOfWork(Application[UUID]):
             Visitor: settings.snapshot_interval,
         }
         self._saving = threading.local()  # the aggregates this thread is saving
-        self._attempt = threading.local()  # .first: this thread's command is on its first attempt
+        self.counters = LedgerCounters()
+        """What this ledger did in this process (commits, events, conflicts, retries, sweeps)."""
+        self.attempts = CommandAttempts(settings.conflict_retries, self.counters)
         try:
             env = bootstrap.store_env(settings)
             with bootstrap.store_lock(settings):
@@ -123,11 +132,24 @@ class UnitOfWork(Application[UUID]):
         )
 
     @cached_property
+    def api_keys(self) -> ApiKeys:
+        """The HTTP service's API keys, stored hashed in this ledger's database (store-wide)."""
+        return ApiKeys(self.projector.engine, self.clock)
+
+    @cached_property
     def projection_reads(self) -> ProjectionReads:
         """The queries answered by the read models (transcripts, analytics, memory)."""
-        return ProjectionReads(self.projector, self.clock)
+        return ProjectionReads(self.projector, self.clock, self.tenant_id)
+
+    background: BackgroundJobs | None = None
+    """The ledger's background jobs while they run (``ledger.start_background_jobs()``)."""
 
     def close(self) -> None:
+        if self.closing.is_set():
+            return
+        bootstrap.stop_jobs(self)
+        if self.root is not self:
+            return  # a tenant handle: the store is its root ledger's
         if "projector" in self.__dict__:
             self.projector.stop()
             self.projector.engine.dispose()
@@ -140,54 +162,16 @@ class UnitOfWork(Application[UUID]):
         return utc(at) if at is not None else utc(self.clock())
 
     def retrying(self, what: str, command: Callable[[], T]) -> T:
-        """Run ``command`` until it is not beaten by a concurrent writer.
-
-        A first run may decide on cached aggregates (the reads that pass
-        ``cached=True``: no read of the store); if one was stale its save
-        conflicts, and the command is run again with every read from the store,
-        up to ``conflict_retries`` times, as if the cached run had not happened
-        (see docs/architecture.md, "No read before write").
-
-        A refusal (any :class:`ChatLedgerError` but
-        :class:`ConcurrencyConflictError`) on the cached run is not trusted
-        either: the command is re-run on fresh reads, like after a conflict, so
-        an error the caller sees was decided on the store's data."""
-        attempts = self.settings.conflict_retries
-        state = self._attempt
-        outer: bool | None = getattr(state, "first", None)  # None: not inside another command
-        try:
-            if outer is not False:
-                state.first = True  # on cached reads: a conflict here costs no attempt
-                try:
-                    return command()
-                except RecordConflictError:
-                    pass
-                except ConcurrencyConflictError:
-                    raise
-                except ChatLedgerError:
-                    pass  # perhaps refused on a stale copy: decided again on fresh reads
-            state.first = False
-            for attempt in range(attempts):
-                try:
-                    return command()
-                except RecordConflictError:
-                    time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))  # full jitter
-        finally:
-            state.first = outer
-        raise ConcurrencyConflictError(what, attempts)
+        """Run ``command`` until no concurrent writer beats it (:meth:`CommandAttempts.run`)."""
+        return self.attempts.run(what, command)
 
     def fresh_read(self, cached: bool) -> bool:
-        """Whether a read must see the store: always, unless ``cached`` and this
-        thread's command is on its first attempt (see :meth:`retrying`)."""
-        return not (cached and getattr(self._attempt, "first", None))
+        """Whether a read must see the store (:meth:`CommandAttempts.fresh_read`)."""
+        return self.attempts.fresh_read(cached)
 
     def answer_from_store(self) -> None:
-        """Re-run this command on fresh reads (a conflict) if it is on its first
-        attempt: for an answer that writes nothing -- a duplicate message, a
-        client-id conflict -- a cached copy is not trusted (an erasure may have
-        blanked its content since, and nothing written would conflict)."""
-        if getattr(self._attempt, "first", None):
-            raise RecordConflictError("answered from cached reads: re-read and answer again")
+        """Re-run on fresh reads if on a cached first run (:meth:`CommandAttempts.answer_from_store`)."""
+        self.attempts.answer_from_store()
 
     def load(self, aggregate_id: UUID, fresh: bool) -> Any:
         """An aggregate from the repository (``fresh``: caught up with the store)."""
@@ -195,11 +179,15 @@ class UnitOfWork(Application[UUID]):
         assert isinstance(repository, LedgerRepository)
         return repository.get(aggregate_id, projector_func=replay_events, fresh=fresh)
 
-    def get_session(self, session_id: UUID | str, *, cached: bool = False) -> Session:
-        """The session, current (:class:`UnknownSessionError` if there is none).
+    def get_session(
+        self, session_id: UUID | str, *, cached: bool = False, any_tenant: bool = False
+    ) -> Session:
+        """The session of this ledger's tenant, current (:class:`UnknownSessionError`
+        if there is none; another tenant's is none).
 
         ``cached=True``: on a command's first attempt, the cached copy without
-        a read of the store (it may be stale; the command's save conflicts then)."""
+        a read of the store (it may be stale; the command's save conflicts then).
+        ``any_tenant``: of whichever tenant (the store-wide retention job)."""
         sid = as_uuid(session_id)
         fresh = self.fresh_read(cached)
         try:
@@ -215,18 +203,39 @@ class UnitOfWork(Application[UUID]):
                 session = self.load(sid, fresh)
         except AggregateNotFoundError as err:
             raise UnknownSessionError(session_id) from err
-        if not isinstance(session, Session):
-            raise UnknownSessionError(session_id)
+        if not isinstance(session, Session) or (session.tenant != self.tenant_id and not any_tenant):
+            raise UnknownSessionError(session_id)  # another tenant's: as if there were none
         return session
+
+    def scope(self, all_tenants: bool, what: str = "all_tenants=True") -> str | None:
+        """The tenant a store-wide-capable call works on: this one's, or None (every
+        tenant): the operator's, the default tenant's ledger only; a named tenant's
+        handle refuses it (:class:`InvalidCommandError`), reading nothing."""
+        if all_tenants and self.tenant_id != DEFAULT_TENANT:
+            raise InvalidCommandError(
+                f"{what} reads every tenant of the store: only the default tenant's ledger "
+                f"(the operator's) may; this one is tenant {self.tenant_id!r}'s."
+            )
+        return None if all_tenants else self.tenant_id
+
+    def tenant(self, tenant: str, *, policy: SessionPolicy | None = None, limits: v.Limits | None = None) -> Self:
+        """This ledger for ``tenant`` (``tenant_id``): the same store; its own data, policy and
+        limits (see :mod:`~chatledger.application.tenancy`)."""
+        return tenant_handle(self, tenant, policy, limits)
 
     def get_visitor(self, visitor_id: str, *, cached: bool = False) -> Visitor | None:
         """The visitor, current, or None if never seen (``cached``: as for
         :meth:`get_session`)."""
         try:
-            visitor = self.load(visitor_aggregate_id(visitor_id), self.fresh_read(cached))
+            visitor = self.load(visitor_aggregate_id(visitor_id, self.tenant_id), self.fresh_read(cached))
         except AggregateNotFoundError:
             return None
         assert isinstance(visitor, Visitor)
+        if visitor.tenant != self.tenant_id:  # a pre-0.5 default visitor id held "\x1f"
+            raise InvalidCommandError(
+                f"visitor id {visitor_id!r:.80} cannot be used in tenant {self.tenant_id!r}: a "
+                "visitor stored before tenants has its key; nothing was written. Use another id."
+            )
         return visitor
 
     def open_session(
@@ -262,11 +271,11 @@ class UnitOfWork(Application[UUID]):
         aggregates = {obj.id: obj for obj in objs if isinstance(obj, Aggregate)}
         items = [obj for obj in objs if obj is not None]
         if (
-            getattr(self._attempt, "first", None)
+            self.attempts.first
             and len(aggregates) == len(items)
             and not any(a.pending_events for a in aggregates.values())
         ):
-            raise RecordConflictError("nothing to write on cached reads: re-read and decide again")
+            raise FreshReadNeeded("nothing to write on cached reads: re-read and decide again")
         self._saving.aggregates = aggregates
         try:
             recordings = super().save(*objs, **kwargs)
@@ -274,6 +283,9 @@ class UnitOfWork(Application[UUID]):
             raise ValueRefusedError(str(err)) from err
         finally:
             self._saving.aggregates = None
+        if recordings:
+            self.counters.add("commands")
+            self.counters.add("events_appended", len(recordings))
         repository = self.repository
         if isinstance(repository, LedgerRepository):
             for aggregate in aggregates.values():

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -27,10 +27,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .. import ChatLedger, InvalidCommandError, TranscriptMessage, UnknownSubjectError
-from ..application.audit import visitors_of_user
+from .. import InvalidCommandError, UnknownSubjectError
 from ..domain import validation as v
-from ..projections.projection_reads import ProjectionReads
 from .cli_options import (
     DatabaseOption,
     OptionalText,
@@ -40,6 +38,9 @@ from .cli_options import (
     open_ledger,
     output_file,
 )
+
+if TYPE_CHECKING:  # imported where used: a usage error or --help loads no store code
+    from .. import ChatLedger, TranscriptMessage
 
 projections_app = typer.Typer(no_args_is_help=True, help="Operate the read models.")
 export_app = typer.Typer(no_args_is_help=True, help="Export read models.")
@@ -242,6 +243,8 @@ def export_transcripts(
         raise InvalidCommandError(f"Cannot export as {kind!r}; use --format jsonl or csv.")
     start = v.check_time("--since", since) if since is not None else None
     end = v.check_time("--until", until) if until is not None else None
+    from ..application.audit import visitors_of_user
+
     with _open(database, read_only=True) as ledger:
         if session is not None:
             ledger.session(session)  # UnknownSessionError for an id the log has never seen
@@ -253,8 +256,7 @@ def export_transcripts(
             transcript = ledger.transcript(session, user_id=user, start=start, end=end)
             position, head, messages = transcript.position, transcript.head, iter(transcript.messages)
         else:
-            reads = ProjectionReads(ledger.projector, ledger.clock)
-            position, head, messages = reads.messages(start=start, end=end)
+            position, head, messages = ledger.messages(start=start, end=end)
         count = _write(out, kind, messages)
     console.print(f"wrote {count:,} messages to {out} (log position {position} of {head})")
 
@@ -287,7 +289,7 @@ def report(
     until: UntilOption = None,
 ) -> None:
     """Write a self-contained HTML analytics report (inline SVG charts, no network)."""
-    from ..projections.report import render_report
+    from .report import render_report
 
     with _open(database, read_only=True) as ledger:
         ledger.catch_up()
