@@ -20,8 +20,8 @@ from .thirdparty.agents._shim import get_text_message
 
 
 @pytest.mark.asyncio
-async def test_conversation_survives_an_hour_away_and_the_log_verifies(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/chat.db"
+async def test_conversation_survives_an_hour_away_and_the_log_verifies(database_url: str) -> None:
+    url = database_url  # a SQLite file, and PostgreSQL (marked postgres, so slow)
     clock = ManualClock()
     ledger = AsyncChatLedger(ChatLedger.open(url, clock=clock))
     try:
