@@ -15,7 +15,7 @@ def test_exported_members_are_sorted_and_complete() -> None:
     for name in chatledger.__all__:
         assert hasattr(chatledger, name), name
     public = {n for n in dir(chatledger) if not n.startswith("_")}
-    modules = {"aio", "application", "domain", "entrypoints", "infrastructure", "projections"}
+    modules = {"adapters", "aio", "application", "domain", "entrypoints", "infrastructure", "projections"}
     assert public - modules - set(chatledger.__all__) == set()
 
 
