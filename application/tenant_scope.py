@@ -23,6 +23,22 @@ STARTED_TOPIC = get_topic(Session.Started)
 TENANTED_TOPICS = (STARTED_TOPIC, get_topic(Visitor.Registered))  # first events, with the tenant
 
 
+def stored_tenant(uow: UnitOfWork, first: Any) -> str:
+    """The tenant recorded in a stored first event: read from its JSON, or, when the
+    store's mapper compresses or encrypts whole events (eventsourcing's
+    ``COMPRESSOR_TOPIC`` / ``CIPHER_TOPIC``), from the event the mapper decodes.
+    An event neither can read (altered) is the default tenant's, the operator's, to
+    verify."""
+    try:
+        return str(json.loads(first.state).get("tenant", DEFAULT_TENANT))
+    except (ValueError, AttributeError):
+        pass
+    try:
+        return str(getattr(uow.mapper.to_domain_event(first), "tenant", DEFAULT_TENANT))
+    except Exception:  # noqa: BLE001 -- altered bytes: what verification reports
+        return DEFAULT_TENANT
+
+
 def stream_tenant(uow: UnitOfWork, notification: Any) -> str:
     """The tenant of the stream a stored event (a notification) belongs to: read
     from the stream's first event (the tenant is never encrypted), remembered by
@@ -39,10 +55,7 @@ def stream_tenant(uow: UnitOfWork, notification: Any) -> str:
         first = found[0] if found else None
     tenant = DEFAULT_TENANT
     if first is not None and first.topic in TENANTED_TOPICS:
-        try:
-            tenant = json.loads(first.state).get("tenant", DEFAULT_TENANT)
-        except (ValueError, AttributeError):
-            pass  # an altered event: the default tenant's (the operator's) to see
+        tenant = stored_tenant(uow, first)
     if len(known) >= 100_000:
         known.clear()  # a bounded memo: a stream's tenant never changes
     known[stream] = tenant
@@ -72,13 +85,9 @@ def own_session(uow: UnitOfWork, session_id: UUID | str, *, any_aggregate: bool 
         if uow.tenant_id != DEFAULT_TENANT:
             raise UnknownSessionError(session_id)
         return sid
-    try:
-        tenant = json.loads(first[0].state).get("tenant", DEFAULT_TENANT)
-    except (ValueError, AttributeError):
-        tenant = DEFAULT_TENANT  # an altered event: the operator's to verify
-    if tenant != uow.tenant_id:
+    if stored_tenant(uow, first[0]) != uow.tenant_id:
         raise UnknownSessionError(session_id)
     return sid
 
 
-__all__ = ["STARTED_TOPIC", "TENANTED_TOPICS", "own_session", "stream_tenant"]
+__all__ = ["STARTED_TOPIC", "TENANTED_TOPICS", "own_session", "stored_tenant", "stream_tenant"]

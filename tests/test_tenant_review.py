@@ -128,3 +128,23 @@ def test_an_old_default_visitor_id_with_the_separator_is_refused_not_crashed(
         with pytest.raises(InvalidCommandError, match="stored before tenants"):
             acme.link_identity("bob", "user-1")
         assert log_head(ledger) == head
+
+
+def test_a_tenant_is_read_right_when_eventsourcing_compresses_whole_events(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With eventsourcing's COMPRESSOR_TOPIC set in the environment the stored state is not
+    JSON; the tenant check must still see acme's session as acme's (it used to count every
+    session as the default tenant's: acme could not read its own, the operator could)."""
+    from chatledger import UnknownSessionError
+
+    monkeypatch.setenv("COMPRESSOR_TOPIC", "eventsourcing.compressor:ZlibCompressor")
+    with ChatLedger.open(database_url) as root:
+        acme = root.tenant("acme")
+        sid = acme.receive("bob", "hello").session_id
+        assert len(acme.session_events(sid)) == 2
+        with pytest.raises(UnknownSessionError):
+            root.session_events(sid)
+        with pytest.raises(UnknownSessionError):
+            root.tenant("globex").session_events(sid)
+        assert root.verify().break_count == 0
