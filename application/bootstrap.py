@@ -18,6 +18,7 @@ from typing import Any
 from ..domain.errors import ConfigurationError, InvalidPolicyError
 from ..domain.policy import SessionPolicy
 from ..infrastructure.database import make_engine
+from ..infrastructure.key_providers import provider_from_settings
 from ..infrastructure.key_ring import KeyRing
 from ..infrastructure.ledger_recorders import as_ledger_recorder
 from ..infrastructure.persistence import eventsourcing_env, schema_lock
@@ -88,6 +89,20 @@ def install_key_ring(mapper: Any, recorder: Any) -> None:
         mapper.key_ring = KeyRing(ours)
 
 
+def install_key_provider(recorder: Any, settings: Settings) -> None:
+    """Wrap the content keys with the master key provider the settings name, if any."""
+    ours = as_ledger_recorder(recorder)
+    if ours is not None:
+        ours.key_provider = provider_from_settings(settings)
+
+
+def close_key_provider(recorder: Any) -> None:
+    ours = as_ledger_recorder(recorder)
+    close = getattr(ours.key_provider, "close", None) if ours is not None else None
+    if close is not None:
+        close()
+
+
 def configure_sealer(recorder: Any, settings: Settings) -> None:
     """How often this process seals the log in-process (see :mod:`~chatledger.infrastructure.sealing`)."""
     ours = as_ledger_recorder(recorder)
@@ -132,7 +147,9 @@ def start_jobs(
 __all__ = [
     "build_projector",
     "build_snapshot_store",
+    "close_key_provider",
     "components",
+    "install_key_provider",
     "install_key_ring",
     "open_settings",
     "start_jobs",

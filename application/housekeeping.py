@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from ..infrastructure.scheduler import BackgroundJobs
 from . import bootstrap
 from .arguments import COUNT, DURATION, TIME, checked, interval_arg, opt, path_arg, retention_arg
+from .key_management import KeyRotation, rotate_keys
 from .retention import (
     ArchivedSession,
     ArchiveResult,
@@ -56,6 +57,11 @@ class Housekeeping(UnitOfWork):
         """The sessions of a retention archive file, decrypted with the keys still
         in the store (an erased visitor's sessions read as ``"[erased]"``)."""
         return read_archive(self, path)
+
+    def rotate_keys(self) -> KeyRotation:
+        """Re-wrap every content key under the current master key (events untouched);
+        see :mod:`~chatledger.application.key_management`."""
+        return rotate_keys(self)
 
     @checked(interval=interval_arg, retention=retention_arg, projections_interval=opt(interval_arg))
     def start_background_jobs(

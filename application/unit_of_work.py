@@ -111,6 +111,7 @@ class UnitOfWork(Application[UUID]):
             if settings.backend != "sqlite":
                 raise
             raise bootstrap.unopenable_sqlite_store(settings, err) from err
+        bootstrap.install_key_provider(self.recorder, settings)
         bootstrap.install_key_ring(self.mapper, self.recorder)
         bootstrap.configure_sealer(self.recorder, settings)
 
@@ -132,6 +133,7 @@ class UnitOfWork(Application[UUID]):
             self.projector.stop()
             self.projector.engine.dispose()
         super().close()
+        bootstrap.close_key_provider(self.recorder)
 
     # ------------------------------------------------------------------ loading
 

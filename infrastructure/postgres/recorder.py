@@ -145,7 +145,7 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
             if new_keys:
                 c.execute(
                     self.insert_keys_statement,
-                    ([r[0] for r in new_keys], [r[1] for r in new_keys], [r[2] for r in new_keys]),
+                    ([r[0] for r in new_keys], [r[1] for r in new_keys], [r.stored for r in new_keys]),
                 )
             if owners:
                 c.execute(
@@ -171,7 +171,8 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
                         SQL("SELECT kid, visitor_id, key FROM {} WHERE visitor_id = ANY(%s)").format(self.qualified(KEYS)),
                         (visitors,),
                     )
-                    return [KeyRow((r["kid"], r["visitor_id"], bytes(r["key"]))) for r in q.fetchall()]
+                    rows = [self.open_key_row(r["kid"], r["visitor_id"], bytes(r["key"])) for r in q.fetchall()]
+                    return [r for r in rows if r is not None]
 
                 self.check_used_keys(used, found, destroyed, current_keys)
             finally:
@@ -292,14 +293,14 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
         with self.datastore.transaction(commit=False) as c:
             c.execute(SQL("SELECT key FROM {} WHERE kid=%s").format(self.qualified(KEYS)), (kid,))
             row = c.fetchone()
-        return bytes(row["key"]) if row else None
+        return self.open_keys({kid: bytes(row["key"])}).get(kid) if row else None
 
     def active_key(self, visitor_id: str) -> KeyRow | None:
         """The visitor's key, if any (read only, as on SQLite)."""
         with self.datastore.transaction(commit=False) as c:
             c.execute(SQL("SELECT kid, visitor_id, key FROM {} WHERE visitor_id=%s").format(self.qualified(KEYS)), (visitor_id,))
             row = c.fetchone()
-        return KeyRow((row["kid"], row["visitor_id"], bytes(row["key"]))) if row else None
+        return self.open_key_row(row["kid"], row["visitor_id"], bytes(row["key"])) if row else None
 
     def key_ids_of(self, visitor_ids: Sequence[str]) -> list[str]:
         with self.datastore.transaction(commit=False) as c:
@@ -316,7 +317,28 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
         """``kid -> key`` of those of ``kids`` that exist."""
         with self.datastore.transaction(commit=False) as c:
             c.execute(SQL("SELECT kid, key FROM {} WHERE kid = ANY(%s)").format(self.qualified(KEYS)), (list(kids),))
-            return {row["kid"]: bytes(row["key"]) for row in c.fetchall()}
+            stored = {row["kid"]: bytes(row["key"]) for row in c.fetchall()}
+        return self.open_keys(stored)
+
+    def stored_keys(self) -> list[tuple[str, bytes]]:
+        """Every ``(kid, stored bytes)`` of ``chatledger_keys`` (for ``keys rotate``)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(SQL("SELECT kid, key FROM {}").format(self.qualified(KEYS)))
+            return [(r["kid"], bytes(r["key"])) for r in c.fetchall()]
+
+    def destroyed_key_ids(self) -> list[str]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(SQL("SELECT kid FROM {}").format(self.qualified(DESTROYED)))
+            return [r["kid"] for r in c.fetchall()]
+
+    def replace_stored_keys(self, rows: Sequence[tuple[str, bytes, bytes]]) -> int:
+        """``(kid, old, new)``: store ``new`` where the row still holds ``old`` (one transaction)."""
+        with self.datastore.transaction(commit=True) as c:
+            c.executemany(
+                SQL("UPDATE {} SET key=%s WHERE kid=%s AND key=%s").format(self.qualified(KEYS)),
+                [(n, k, o) for k, o, n in rows],
+            )
+        return len(rows)
 
     # ---- after an erasure -------------------------------------------------
 
