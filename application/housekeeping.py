@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from ..infrastructure.scheduler import BackgroundJobs
 from . import bootstrap
 from .arguments import COUNT, DURATION, TIME, checked, interval_arg, opt, path_arg, retention_arg
+from .backups import BackupManifest, create_backup
 from .key_management import KeyRotation, rotate_keys
 from .retention import (
     ArchivedSession,
@@ -57,6 +58,12 @@ class Housekeeping(UnitOfWork):
         """The sessions of a retention archive file, decrypted with the keys still
         in the store (an erased visitor's sessions read as ``"[erased]"``)."""
         return read_archive(self, path)
+
+    @checked(destination=path_arg)
+    def backup(self, destination: str | os.PathLike[str]) -> BackupManifest:
+        """Seal, copy the store online into the new folder ``destination`` and write its
+        manifest (the copy's anchor, files and digests); see :mod:`~chatledger.application.backups`."""
+        return create_backup(self, destination)
 
     def rotate_keys(self) -> KeyRotation:
         """Re-wrap every content key under the current master key (events untouched);

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..domain.batching import batched
 from ..domain.errors import ConfigurationError
-from ..infrastructure.key_providers import WRAPPED_PREFIX
+from ..infrastructure.key_providers import WRAPPED_PREFIX, new_master_key
 from ..infrastructure.ledger_recorders import as_ledger_recorder
 from .unit_of_work import UnitOfWork
 
@@ -63,4 +63,4 @@ def rotate_keys(uow: UnitOfWork) -> KeyRotation:
     return KeyRotation(type(provider).__name__, provider_rewrapped, wrapped, len(destroyed))
 
 
-__all__ = ["KeyRotation", "rotate_keys"]
+__all__ = ["KeyRotation", "new_master_key", "rotate_keys"]

@@ -54,7 +54,7 @@ class ChatLedger(Housekeeping, ReadModelQueries):
     connection pool) and share it between threads.
     """
 
-    name = "ChatLedger"
+    name = "ChatLedger"  # read models track their positions under it (also application/backups.py)
 
     @classmethod
     def open(

@@ -122,6 +122,8 @@ class MasterKeys:
 
 def new_master_key(mid: str) -> str:
     """A fresh ``ID:BASE64`` master key entry."""
+    if not mid.isalnum():
+        raise ConfigurationError(f"A master key id is letters and digits, not {mid!r}.")
     return f"{mid}:{base64.b64encode(os.urandom(32)).decode()}"
 
 
