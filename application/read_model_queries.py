@@ -25,9 +25,11 @@ from .arguments import (
     engagement_arg,
     feed_limit_arg,
     flag_arg,
+    interval_arg,
     opt,
     position_arg,
 )
+from .read_your_writes import wait_for
 from .subscribers import LogEvent, read_events
 from .unit_of_work import UnitOfWork
 
@@ -65,10 +67,20 @@ class ReadModelQueries(UnitOfWork):
         A rebuild of the read model applies them again."""
         return self.projector.failures(name)
 
-    @checked(session_id=opt(SID), user_id=opt(ID), visitor_id=opt(ID), start=opt(TIME), end=opt(TIME))
+    @checked(position=position_arg, timeout=opt(interval_arg))
+    def wait_for(self, position: int, *, timeout: float | None = None) -> int:
+        """Block until every read model has applied log ``position`` (a command's
+        ``turn.position``, ``written_position()`` or ``log_position()``), catching
+        them up; :class:`ReadTimeoutError` after ``timeout`` (default
+        ``read_wait_timeout_s``). Returns the position reached."""
+        return wait_for(self, position, timeout)
+
+    @checked(session_id=opt(SID), user_id=opt(ID), visitor_id=opt(ID), start=opt(TIME), end=opt(TIME),
+             after=opt(position_arg))
     def transcript(
         self, session_id: UUID | str | None = None, *, user_id: str | None = None,
         visitor_id: str | None = None, start: datetime | None = None, end: datetime | None = None,
+        after: int | None = None,
     ) -> Transcript:
         """Messages of a session, a user (all their linked sessions, including
         anonymous ones from before they logged in), an anonymous visitor,
@@ -76,17 +88,22 @@ class ReadModelQueries(UnitOfWork):
         ``user_id``/``visitor_id`` checks ownership (:class:`SessionOwnershipError`)."""
         if visitor_id is not None and user_id is not None:
             caller_user(self, visitor_id, user_id)
+        if after is not None:
+            wait_for(self, after)
         return self.projection_reads.transcript(
             session_id, user_id=user_id, visitor_id=visitor_id, start=start, end=end
         )
 
-    @checked(start=opt(TIME), end=opt(TIME), as_of=opt(TIME), engagement=engagement_arg)
+    @checked(start=opt(TIME), end=opt(TIME), as_of=opt(TIME), engagement=engagement_arg,
+             after=opt(position_arg))
     def analytics(
         self, *, start: datetime | None = None, end: datetime | None = None,
-        as_of: datetime | None = None, engagement: Engagement | None = None,
+        as_of: datetime | None = None, engagement: Engagement | None = None, after: int | None = None,
     ) -> Analytics:
         """Session analytics for sessions started in ``[start, end)``, as of
-        ``as_of`` (default: the ledger clock)."""
+        ``as_of`` (default: the ledger clock); ``after``: see :meth:`wait_for`."""
+        if after is not None:
+            wait_for(self, after)
         return self.projection_reads.analytics(start=start, end=end, as_of=as_of, engagement=engagement)
 
     @checked(timeout=DURATION, start=opt(TIME), end=opt(TIME))
@@ -96,9 +113,14 @@ class ReadModelQueries(UnitOfWork):
         """Conversation counts had the idle timeout been ``timeout`` (read only)."""
         return self.projection_reads.resessionize(timeout, start=start, end=end)
 
-    @checked(user_id=opt(ID), visitor_id=opt(ID))
-    def memory(self, *, user_id: str | None = None, visitor_id: str | None = None) -> Memory:
-        """What the bot remembers about a user, or about a still-anonymous visitor."""
+    @checked(user_id=opt(ID), visitor_id=opt(ID), after=opt(position_arg))
+    def memory(
+        self, *, user_id: str | None = None, visitor_id: str | None = None, after: int | None = None
+    ) -> Memory:
+        """What the bot remembers about a user, or about a still-anonymous visitor;
+        ``after``: read your writes, see :meth:`wait_for`."""
+        if after is not None:
+            wait_for(self, after)
         return self.projection_reads.memory(user_id=user_id, visitor_id=visitor_id)
 
 

@@ -103,6 +103,7 @@ class UnitOfWork(Application[UUID]):
         }
         self._saving = threading.local()  # the aggregates this thread is saving
         self._attempt = threading.local()  # .first: this thread's command is on its first attempt
+        self._written = threading.local()  # .position: the last event this thread's last save wrote
         try:
             env = bootstrap.store_env(settings)
             with bootstrap.store_lock(settings):
@@ -276,11 +277,26 @@ class UnitOfWork(Application[UUID]):
             raise ValueRefusedError(str(err)) from err
         finally:
             self._saving.aggregates = None
+        if recordings:
+            self._written.position = max(r.notification.id for r in recordings)
         repository = self.repository
         if isinstance(repository, LedgerRepository):
             for aggregate in aggregates.values():
                 repository.remember(deepcopy(aggregate))
         return recordings
+
+    def forget_written_position(self) -> None:
+        self._written.position = 0
+
+    def log_position(self) -> int:
+        """The position of the newest event of the log (0: empty): a token for
+        ``after=`` covering every write committed so far, by anyone."""
+        return int(self.recorder.max_notification_id() or 0)
+
+    def written_position(self) -> int:
+        """The log position of the last event this thread's last command wrote
+        (0 if it wrote none yet): a token for ``after=`` (read your writes)."""
+        return int(getattr(self._written, "position", 0))
 
     def construct_repository(self) -> LedgerRepository:
         """The library's repository, with reads that may skip the store (see

@@ -230,6 +230,20 @@ class ConcurrencyConflictError(ChatLedgerError):
         self.attempts = attempts
 
 
+class ReadTimeoutError(ChatLedgerError, TimeoutError):
+    """Raised when the read models did not reach the log position a query asked
+    for (``after=``) within the timeout: the answer would not include that write."""
+
+    def __init__(self, position: int, reached: int, timeout: float) -> None:
+        super().__init__(
+            f"The read models reached log position {reached}, not {position}, within {timeout:g} s; "
+            "nothing was read. Is the write committed (a position this store returned)? Retry, "
+            "or raise read_wait_timeout_s."
+        )
+        self.position = position
+        self.reached = reached
+
+
 class ConfigurationError(ChatLedgerError):
     """Raised when a database URL or a setting cannot be used."""
 

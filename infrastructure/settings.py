@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     seal_interval_s: float = Field(default=1.0, gt=0)  # the worker's seal job
     audit_tail_max_events: int = Field(default=5000, ge=0)  # verify --strict: the longest unsealed tail
     audit_tail_max_age_s: float = Field(default=10.0, ge=0)  # verify --strict: its oldest event's age
+    read_wait_timeout_s: float = Field(default=5.0, gt=0, le=3600)  # queries with after=: the bound
     # Keys outside the database (see infrastructure/key_providers.py and docs/operations.md).
     master_key: SecretStr | None = None  # "ID:BASE64[,ID:BASE64...]", the current one first
     master_key_file: str | None = None  # a file holding the same (when master_key is unset)

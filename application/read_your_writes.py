@@ -1,0 +1,50 @@
+"""Read your writes: wait until the read models have applied a log position.
+
+A command's position (``turn.position``, ``ledger.written_position()`` in the
+thread that ran it, or ``ledger.log_position()`` for every write so far) passed
+as ``after=`` to ``transcript``/``analytics``/``memory`` (or to
+``ledger.wait_for``) makes the query wait until every read model has applied
+the log up to it. The waiting query catches the read models up itself (the
+same work a background runner does, under the same lock, so the two never
+apply an event twice), and polls only while the position is not visible yet
+(a write of another process still committing); after ``timeout`` (default
+``read_wait_timeout_s``, 5 s) it raises :class:`ReadTimeoutError` and reads
+nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..domain.errors import ReadTimeoutError
+from .unit_of_work import UnitOfWork
+
+POLL_S = 0.02
+
+
+def reached(uow: UnitOfWork) -> int:
+    """The lowest position any read model has applied."""
+    projector = uow.projector
+    return min((projector.position(name) for name in projector.projections), default=0)
+
+
+def wait_for(uow: UnitOfWork, position: int, timeout: float | None = None) -> int:
+    """Block until every read model has applied ``position``; the position reached."""
+    if not uow.read_models or position <= 0:
+        return reached(uow) if uow.read_models else 0
+    now = reached(uow)
+    if now >= position:
+        return now
+    limit = uow.settings.read_wait_timeout_s if timeout is None else timeout
+    deadline = time.monotonic() + limit
+    while True:
+        uow.projector.catch_up()
+        now = reached(uow)
+        if now >= position:
+            return now
+        if time.monotonic() >= deadline:
+            raise ReadTimeoutError(position, now, limit)
+        time.sleep(POLL_S)
+
+
+__all__ = ["reached", "wait_for"]
