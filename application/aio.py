@@ -294,11 +294,17 @@ class AsyncChatLedger:
     analytics = offloaded(ChatLedger.analytics)
     resessionize = offloaded(ChatLedger.resessionize)
     memory = offloaded(ChatLedger.memory)
+    wait_for = offloaded(ChatLedger.wait_for)
+    # Read your writes from asyncio: turn.position, or log_position() after any command (a
+    # worker thread ran it, so written_position() of the caller's thread says nothing).
+    log_position = offloaded(ChatLedger.log_position)
 
     # ------------------------------------------------------------------ housekeeping
     sweep = offloaded(ChatLedger.sweep)
     archive_closed_sessions = offloaded(ChatLedger.archive_closed_sessions)
     read_archive = offloaded(ChatLedger.read_archive)
+    backup = offloaded(ChatLedger.backup)
+    rotate_keys = offloaded(ChatLedger.rotate_keys)
     start_background_jobs = offloaded(ChatLedger.start_background_jobs)
     stop_background_jobs = offloaded(ChatLedger.stop_background_jobs)
 

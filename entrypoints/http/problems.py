@@ -25,6 +25,7 @@ from ... import (
     IdentityConflictError,
     IdentityMismatchError,
     InvalidCommandError,
+    ReadTimeoutError,
     SessionClosedError,
     SessionOwnershipError,
     TaskStateError,
@@ -50,6 +51,7 @@ STATUS: dict[type, int] = {
     ClientMessageIdConflictError: 409,
     TaskStateError: 409,
     ConcurrencyConflictError: 503,
+    ReadTimeoutError: 503,
     ConfigurationError: 500,
     EventVersionError: 500,
 }
