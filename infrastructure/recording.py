@@ -162,6 +162,18 @@ class KeyCodec:
         key = self.open_keys({kid: stored}).get(kid)
         return None if key is None else KeyRow((kid, visitor_id, key), stored)
 
+    def active_key_row(self, kid: str, visitor_id: str, stored: bytes) -> KeyRow:
+        """The visitor's key row, to encrypt with; a row whose wrapping the provider
+        forgot is refused (a copy of the store older than an erasure)."""
+        row = self.open_key_row(kid, visitor_id, stored)
+        if row is None:
+            raise ConfigurationError(
+                f"The content key {kid} of visitor {visitor_id!r} is in this store, but the key "
+                "provider forgot its wrapping: this copy of the store is older than an erasure of "
+                f"the visitor. Re-run it (chatledger erase --visitor {visitor_id}) before writing."
+            )
+        return row
+
 
 class LedgerRecorderMixin(KeyCodec):
     """The key write path's decisions, the hooks through which the key ring

@@ -12,7 +12,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
-from chatledger import ChatLedger, InvalidCommandError
+from chatledger import ChatLedger, ConfigurationError, InvalidCommandError
 from chatledger.application.backups import restore_backup, verify_backup
 from chatledger.domain.erasure import ERASED_TEXT
 from chatledger.infrastructure.key_providers import new_master_key
@@ -219,7 +219,10 @@ def test_a_restored_backup_of_before_an_erasure_keeps_the_erased_content_unreada
         # Re-applying the erasure the backup predates puts it on record: verify is green again.
         with ChatLedger.open(target, **options) as copy:
             assert not copy.verify().ok
+            with pytest.raises(ConfigurationError, match="Re-run it"):
+                copy.receive("v-a", "back before the erasure is re-run")
             copy.erase(visitor_id="v-a")
+            assert copy.receive("v-a", "a new key now").session_id
             assert copy.verify().ok
             assert [m.text for m in copy.session(b).messages] == ["bravo-secret"]
     finally:

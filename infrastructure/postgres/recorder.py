@@ -300,7 +300,7 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
         with self.datastore.transaction(commit=False) as c:
             c.execute(SQL("SELECT kid, visitor_id, key FROM {} WHERE visitor_id=%s").format(self.qualified(KEYS)), (visitor_id,))
             row = c.fetchone()
-        return self.open_key_row(row["kid"], row["visitor_id"], bytes(row["key"])) if row else None
+        return self.active_key_row(row["kid"], row["visitor_id"], bytes(row["key"])) if row else None
 
     def key_ids_of(self, visitor_ids: Sequence[str]) -> list[str]:
         with self.datastore.transaction(commit=False) as c:

@@ -241,7 +241,7 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
         with self.datastore.transaction(commit=False) as c:
             c.execute(f"SELECT kid, visitor_id, key FROM {KEYS} WHERE visitor_id=?", (visitor_id,))
             row = c.fetchone()
-        return self.open_key_row(row[0], row[1], bytes(row[2])) if row else None
+        return self.active_key_row(row[0], row[1], bytes(row[2])) if row else None
 
     def key_ids_of(self, visitor_ids: Sequence[str]) -> list[str]:
         with self.datastore.transaction(commit=False) as c:
