@@ -30,8 +30,8 @@ from chatledger.application.errors import (
     InvalidValueError,
     ReadTimeoutError,
     SessionClosedError,
-    SessionExpiredError,
     SessionOwnershipError,
+    SessionTimedOutError,
     TaskStateError,
     UnknownSessionError,
     UnknownSubjectError,
@@ -42,6 +42,7 @@ from chatledger.application.subscribers import LogEvent
 from chatledger.application.webhooks import DeadLetter, DeliveryReport, WebhookWorker
 from chatledger.domain.conversation import Message, SessionContext
 from chatledger.domain.erasure import ErasureReceipt
+from chatledger.domain.errors import renamed_error as _renamed_error
 from chatledger.domain.policy import SessionPolicy
 from chatledger.domain.read_views import SessionState, Turn, VisitorState
 from chatledger.domain.validation import Limits
@@ -91,10 +92,10 @@ __all__ = [
     "Resessionized",
     "SessionClosedError",
     "SessionContext",
-    "SessionExpiredError",
     "SessionOwnershipError",
     "SessionPolicy",
     "SessionState",
+    "SessionTimedOutError",
     "TaskStateError",
     "Transcript",
     "TranscriptMessage",
@@ -107,3 +108,9 @@ __all__ = [
     "WebhookWorker",
     "system_clock",
 ]
+
+
+def __getattr__(name: str) -> type[ChatLedgerError]:
+    """The renamed public names of released versions (``SessionExpiredError``): still there,
+    with a DeprecationWarning (see CHANGELOG, Unreleased)."""
+    return _renamed_error(name, __name__)

@@ -48,7 +48,9 @@ except ImportError as err:  # pragma: no cover - the base install has no anyio
     ) from err
 
 from ..domain.policy import SessionPolicy
+from ..domain.validation import Limits
 from ..infrastructure.scheduler import BackgroundJobs
+from ..projections.query_results import TranscriptMessage
 from .audit import HistoryStep
 from .clock import Clock
 from .ledger import ChatLedger
@@ -247,6 +249,16 @@ class AsyncChatLedger:
             await self._slots.acquire_on_behalf_of(holder)
         await offload("AsyncChatLedger.aclose()", self._ledger.close)
 
+    async def tenant(
+        self, tenant: str, *, policy: SessionPolicy | None = None, limits: Limits | None = None
+    ) -> AsyncChatLedger:
+        handle = AsyncChatLedger.__new__(AsyncChatLedger)
+        handle.__dict__.update(self.__dict__)  # the same workers and limits on calls
+        handle._ledger = self._ledger.tenant(tenant, policy=policy, limits=limits)
+        return handle
+
+    tenant.__doc__ = ChatLedger.tenant.__doc__
+
     async def __aenter__(self) -> AsyncChatLedger:
         return self
 
@@ -261,7 +273,8 @@ class AsyncChatLedger:
     start_task = offloaded(ChatLedger.start_task)
     complete_task = offloaded(ChatLedger.complete_task)
     end_session = offloaded(ChatLedger.end_session)
-    expire_if_idle = offloaded(ChatLedger.expire_if_idle)
+    time_out_if_idle = offloaded(ChatLedger.time_out_if_idle)
+    expire_if_idle = offloaded(ChatLedger.expire_if_idle)  # deprecated: warns
     link_identity = offloaded(ChatLedger.link_identity)
     erase = offloaded(ChatLedger.erase)
 
@@ -292,6 +305,20 @@ class AsyncChatLedger:
     projection_failures = offloaded(ChatLedger.projection_failures)
     transcript = offloaded(ChatLedger.transcript)
     analytics = offloaded(ChatLedger.analytics)
+    analytics_by_tenant = offloaded(ChatLedger.analytics_by_tenant)
+
+    async def messages(
+        self, *, start: datetime | None = None, end: datetime | None = None
+    ) -> tuple[int, int, list[TranscriptMessage]]:
+        """:meth:`ChatLedger.messages`, read whole in the worker (the iterator holds a connection)."""
+        ledger = self._ledger
+
+        def read() -> tuple[int, int, list[TranscriptMessage]]:
+            position, head, messages = ledger.messages(start=start, end=end)
+            return position, head, list(messages)
+
+        return await self.run("messages", read)
+
     resessionize = offloaded(ChatLedger.resessionize)
     memory = offloaded(ChatLedger.memory)
     wait_for = offloaded(ChatLedger.wait_for)
@@ -303,8 +330,6 @@ class AsyncChatLedger:
     sweep = offloaded(ChatLedger.sweep)
     archive_closed_sessions = offloaded(ChatLedger.archive_closed_sessions)
     read_archive = offloaded(ChatLedger.read_archive)
-    backup = offloaded(ChatLedger.backup)
-    rotate_keys = offloaded(ChatLedger.rotate_keys)
     start_background_jobs = offloaded(ChatLedger.start_background_jobs)
     stop_background_jobs = offloaded(ChatLedger.stop_background_jobs)
 

@@ -28,13 +28,15 @@ from ..domain.errors import (
 )
 from ..domain.pydantic_aggregates import DomainEvent, utc
 from ..domain.session import Session
+from ..domain.tenancy import DEFAULT_TENANT
 from ..domain.read_views import SessionState
 from ..infrastructure.hashchain import VerificationReport
 from ..infrastructure.key_audit import KeyAudit
 from ..infrastructure.ledger_recorders import as_ledger_recorder
 from ..infrastructure.sealing import Anchor
 from .erasure import visitors_of_user
-from .unit_of_work import UnitOfWork, as_uuid
+from .tenant_scope import own_session
+from .unit_of_work import UnitOfWork
 
 if TYPE_CHECKING:
     from ..infrastructure.postgres import PostgresLedgerRecorder
@@ -75,7 +77,7 @@ def iter_history(
     if version is not None and version < 1:
         raise InvalidCommandError(f"version must be 1 or more, not {version}.")
     limit = utc(until) if until is not None else None
-    sid = as_uuid(session_id)
+    sid = own_session(uow, session_id)
     session: Session | None = None
     seen = False
     for event in uow.events.get(sid, lte=version):
@@ -122,11 +124,21 @@ def verify_log(
             if occurred is not None:
                 report.tail_age_s = max(0.0, (uow.now(None) - occurred).total_seconds())
         return report
-    sid = as_uuid(session_id)
+    sid = own_session(uow, session_id, any_aggregate=True)
     report = audited_verify(recorder, VerificationReport(scope=f"session {sid}"), sid)
     if report.checked == 0 and report.break_count == 0:
         raise UnknownSessionError(session_id)
     return report
+
+
+def seal(uow: UnitOfWork) -> int:
+    """Seal the committed events after the last seal; how many it sealed."""
+    return chained(uow.recorder).seal()
+
+
+def anchor(uow: UnitOfWork) -> str | None:
+    """The newest seal as ``ROOT@POSITION`` (``verify(anchor=...)`` detects any change before it)."""
+    return chained(uow.recorder).newest_anchor()
 
 
 def _verify_whole(recorder: SQLiteLedgerRecorder | PostgresLedgerRecorder, anchor: Anchor | None) -> VerificationReport:
@@ -180,14 +192,14 @@ def export_bundle(
     recorder = chained(uow.recorder)
     aggregates: list[tuple[str, UUID]] = []
     if user_id is not None:
-        visitors = visitors_of_user(uow, user_id)
+        visitors = visitors_of_user(uow, user_id)  # of this ledger's tenant
         if not visitors:
             raise UnknownSubjectError("user", user_id)
         aggregates += [("visitor", v.id) for v in visitors]
         aggregates += [("session", sid) for v in visitors for sid in v.session_ids]
         scope: dict[str, Any] = {"user_id": user_id, "visitor_ids": [v.visitor_id for v in visitors]}
     else:
-        sid = as_uuid(session_id)  # type: ignore[arg-type]
+        sid = own_session(uow, session_id)  # type: ignore[arg-type]
         uow.get_session(sid)
         aggregates.append(("session", sid))
         scope = {"session_id": str(sid)}
@@ -204,6 +216,7 @@ def export_bundle(
     }
     out.write(json.dumps(header) + "\n")
     scoped_ok: dict[str, bool] = {}
+    scoped_reports: list[VerificationReport] = []
     for kind, aggregate_id in aggregates:
         positions = recorder.notification_ids(aggregate_id)
         hashes = recorder.hash_rows(aggregate_id)
@@ -227,10 +240,17 @@ def export_bundle(
                 "log_hash": lg_hash.hex(),
             }
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
-        scoped_ok[str(aggregate_id)] = audited_verify(
-            recorder, VerificationReport(scope=str(aggregate_id)), aggregate_id
-        ).ok
-    report = audited_verify(recorder, VerificationReport(scope="log"))
+        scoped = audited_verify(recorder, VerificationReport(scope=str(aggregate_id)), aggregate_id)
+        scoped_ok[str(aggregate_id)] = scoped.ok
+        scoped_reports.append(scoped)
+    if uow.tenant_id == DEFAULT_TENANT:
+        report = audited_verify(recorder, VerificationReport(scope="log"))
+    else:  # another tenant's bundle says nothing of the store's other tenants: its chains only
+        report = VerificationReport(scope=f"tenant {uow.tenant_id}")
+        for scoped in scoped_reports:
+            report.checked += scoped.checked
+            for brk in scoped.breaks:
+                report.add(brk)
     out.write(
         json.dumps(
             {
@@ -251,10 +271,12 @@ __all__ = [
     "EXPORT_HASHING",
     "EXPORT_VERSION",
     "HistoryStep",
+    "anchor",
     "audited_verify",
     "export_bundle",
     "iter_history",
     "known_at",
+    "seal",
     "verify_log",
     "visitors_of_user",  # re-exported: it moved to .erasure
 ]

@@ -11,8 +11,8 @@ and the facade call these once each.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from ..domain.errors import ConfigurationError, InvalidPolicyError
@@ -136,12 +136,34 @@ def start_jobs(
 ) -> BackgroundJobs:
     """The background jobs of ``ledger`` (the facade: its ``sweep``, ``catch_up`` and, with a
     :class:`~chatledger.application.retention.RetentionPolicy` as ``retention``, ``archive_closed_sessions``
-    run as the jobs), started. Typed loosely so that this module imports no use case."""
-    jobs = BackgroundJobs(
-        ledger, interval=interval, retention=retention, projections_interval=projections_interval
-    )
-    jobs.start()
-    return jobs
+    run as the jobs), started once: ``ledger.background`` until :func:`stop_jobs`. Typed loosely
+    so that this module imports no use case."""
+    if ledger.background is None:
+        jobs = BackgroundJobs(
+            ledger, interval=interval, retention=retention, projections_interval=projections_interval
+        )
+        jobs.start()
+        ledger.background = jobs
+    return ledger.background  # type: ignore[no-any-return]
+
+
+def stop_jobs(ledger: Any) -> None:
+    """Stop the background jobs of ``ledger``, if started."""
+    jobs, ledger.background = ledger.background, None
+    if jobs is not None:
+        jobs.stop()
+
+
+@contextmanager
+def jobs_running(
+    ledger: Any, interval: float, retention: Any, projections_interval: float | None
+) -> Iterator[BackgroundJobs]:
+    """The background jobs of ``ledger``, running while the ``with`` block runs."""
+    jobs = start_jobs(ledger, interval, retention, projections_interval)
+    try:
+        yield jobs
+    finally:
+        stop_jobs(ledger)
 
 
 __all__ = [
@@ -151,8 +173,10 @@ __all__ = [
     "components",
     "install_key_provider",
     "install_key_ring",
+    "jobs_running",
     "open_settings",
     "start_jobs",
+    "stop_jobs",
     "store_env",
     "store_lock",
     "unopenable_sqlite_store",

@@ -24,7 +24,8 @@ LINK_TOPIC = get_topic(Visitor.IdentityLinked)
 
 
 def visitors_of_user(uow: UnitOfWork, user_id: str) -> list[Visitor]:
-    """Every visitor ever linked to ``user_id``, found in the log (not a read model)."""
+    """Every visitor of the ledger's tenant ever linked to ``user_id``, found in
+    the log (not a read model)."""
     ids: list[UUID] = []
     position = 0
     while True:
@@ -40,7 +41,10 @@ def visitors_of_user(uow: UnitOfWork, user_id: str) -> list[Visitor]:
             break
         position = batch[-1].id
     visitors: list[object] = [uow.repository.get(i) for i in dict.fromkeys(ids)]
-    return [v for v in visitors if isinstance(v, Visitor) and v.user_id == user_id]
+    return [
+        v for v in visitors
+        if isinstance(v, Visitor) and v.user_id == user_id and v.tenant == uow.tenant_id
+    ]
 
 
 def count_encrypted_events(uow: UnitOfWork, aggregate_ids: Iterable[UUID], key_ids: Iterable[str]) -> int:
@@ -81,7 +85,7 @@ def erase_subject(
         # Keys are read after the aggregates: a write that creates a key and
         # commits later appended to one of them, so this erasure conflicts and
         # is retried, and the receipt names every key it destroys.
-        key_ids = recorder.key_ids_of([v.visitor_id for v in visitors])
+        key_ids = recorder.key_ids_of([v.key_owner for v in visitors])
         receipt = ErasureReceipt(
             erasure_id=uuid4(),
             subject="user" if user_id is not None else "visitor",
@@ -91,6 +95,7 @@ def erase_subject(
             key_ids=tuple(key_ids),
             events_affected=count_encrypted_events(uow, session_ids, key_ids),
             erased_at=now,
+            tenant=uow.tenant_id,
         )
         for visitor in visitors:
             visitor.record_erasure(receipt)
@@ -106,7 +111,7 @@ def erase_subject(
     receipt, visitors, sessions = uow.retrying(what, once)
     # Derived copies of the plaintext: this process's caches and the snapshots.
     if isinstance(uow.mapper, ShreddingMapper) and uow.mapper.key_ring is not None:
-        uow.mapper.key_ring.forget(receipt.visitor_ids, receipt.key_ids)
+        uow.mapper.key_ring.forget(receipt.key_owners, receipt.key_ids)
     if recorder.key_provider is not None:
         # Outside the database too: a backup taken before now cannot open these keys any more.
         recorder.key_provider.forget(list(receipt.key_ids))

@@ -1,4 +1,5 @@
-"""Public re-export of the exception tree (defined in :mod:`chatledger.domain.errors`)."""
+"""Public re-export of the exception tree (defined in :mod:`chatledger.domain.errors`); the
+renamed names of released versions still work, with a DeprecationWarning."""
 
 from ..domain.errors import (
     ChatLedgerError,
@@ -17,12 +18,13 @@ from ..domain.errors import (
     InvalidValueError,
     ReadTimeoutError,
     SessionClosedError,
-    SessionExpiredError,
     SessionOwnershipError,
+    SessionTimedOutError,
     TaskStateError,
     UnknownSessionError,
     UnknownSubjectError,
     ValueRefusedError,
+    renamed_error,
 )
 
 __all__ = [
@@ -42,10 +44,14 @@ __all__ = [
     "InvalidValueError",
     "ReadTimeoutError",
     "SessionClosedError",
-    "SessionExpiredError",
     "SessionOwnershipError",
+    "SessionTimedOutError",
     "TaskStateError",
     "UnknownSessionError",
     "UnknownSubjectError",
     "ValueRefusedError",
 ]
+
+
+def __getattr__(name: str) -> type[ChatLedgerError]:
+    return renamed_error(name, __name__)

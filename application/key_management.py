@@ -1,6 +1,6 @@
 """Master-key rotation: re-wrap the content keys, never the events.
 
-:func:`rotate_keys` (``ledger.rotate_keys()``, ``chatledger content-keys rotate``)
+:func:`rotate_keys` (``rotate_keys(ledger)``, ``chatledger content-keys rotate``)
 asks the key provider to re-wrap what it holds under its current master key
 (the vault's rows), wraps every content key stored before wrapping existed
 (0.4 and older stores) or under another master key, and has the provider forget

@@ -15,11 +15,23 @@ nothing.
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from ..domain.errors import ReadTimeoutError
-from .unit_of_work import UnitOfWork
+from ..domain import validation as v
+from ..domain.errors import InvalidValueError, ReadTimeoutError
+
+UnitOfWork = Any  # the unit of work (which calls this module: not imported, no cycle)
 
 POLL_S = 0.02
+
+
+def checked_position(name: str, value: Any) -> int:
+    """``value`` as a log position (an int, 0 or more), else :class:`InvalidValueError`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidValueError(name, "type", f"{name} must be an int (a log position), not {type(value).__name__}.")
+    if not 0 <= value < v.INT_BOUND:
+        raise InvalidValueError(name, "position_range", f"{name}={value} must be a log position: 0 or more, below 2**63.")
+    return value
 
 
 def reached(uow: UnitOfWork) -> int:
@@ -47,4 +59,4 @@ def wait_for(uow: UnitOfWork, position: int, timeout: float | None = None) -> in
         time.sleep(POLL_S)
 
 
-__all__ = ["reached", "wait_for"]
+__all__ = ["checked_position", "reached", "wait_for"]

@@ -12,9 +12,11 @@ from ..domain.pydantic_aggregates import DomainEvent, utc
 from ..domain.policy import is_past_deadline
 from ..domain.session import Session
 from ..domain.read_views import SessionState, VisitorState
-from .access import check_owner
+from ..projections.query_results import Transcript
+from .access import caller_user, check_owner
 from .audit import iter_history
-from .unit_of_work import UnitOfWork, as_uuid
+from .tenant_scope import own_session
+from .unit_of_work import UnitOfWork
 
 
 def session(
@@ -43,7 +45,7 @@ def session(
 
 def session_as_of(uow: UnitOfWork, session_id: UUID | str, as_of: datetime) -> Session:
     """The session rebuilt from the events that had occurred by ``as_of``."""
-    sid = as_uuid(session_id)
+    sid = own_session(uow, session_id)
     found: Session | None = None
     for event in uow.events.get(sid):
         assert isinstance(event, DomainEvent)
@@ -66,7 +68,7 @@ def exists(uow: UnitOfWork, aggregate_id: UUID) -> bool:
 
 def session_events(uow: UnitOfWork, session_id: UUID | str) -> list[DomainEvent]:
     """Every stored event of a session, in order."""
-    sid = as_uuid(session_id)
+    sid = own_session(uow, session_id)
     events = [e for e in uow.events.get(sid) if isinstance(e, DomainEvent)]
     if not events or not isinstance(events[0], Session.Started):
         raise UnknownSessionError(session_id)  # a visitor's stream is no session
@@ -118,7 +120,25 @@ def effective(state: SessionState, at: datetime) -> SessionState:
     )
 
 
+def transcript(
+    uow: UnitOfWork,
+    session_id: UUID | str | None,
+    *,
+    user_id: str | None,
+    visitor_id: str | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> Transcript:
+    """The conversation log's messages of a session, a user, a visitor and/or ``[start, end)``;
+    a visitor named with a user must be linked to them, a session must be theirs."""
+    if visitor_id is not None and user_id is not None:
+        caller_user(uow, visitor_id, user_id)
+    return uow.projection_reads.transcript(
+        session_id, user_id=user_id, visitor_id=visitor_id, start=start, end=end
+    )
+
+
 __all__ = [
     "current_session", "effective", "exists", "replay", "session", "session_as_of",
-    "session_events", "visitor",
+    "session_events", "transcript", "visitor",
 ]

@@ -119,7 +119,7 @@ def receive_once(
 
     # No live session: open one, linked to the visitor's previous session.
     if visitor is None:
-        visitor = Visitor.register(visitor_id, at=now)
+        visitor = Visitor.register(visitor_id, at=now, tenant=uow.tenant_id)
     previous = current if current is not None and current.visitor_id == visitor_id else None
     if previous is not None and not previous.pending_events and not uow.fresh_read(cached=True):
         # Not written by this receive, so a stale copy would not conflict; and an
@@ -135,6 +135,7 @@ def receive_once(
         context=context,
         previous=previous,
         carry_over_slots=uow.policy.carry_over_slots,
+        tenant=uow.tenant_id,
     )
     message = session.receive(
         text, at=now, client_message_id=client_message_id, metadata=metadata

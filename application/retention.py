@@ -48,10 +48,14 @@ from ..domain.erasure import ERASED_TEXT
 from ..domain.errors import InvalidCommandError, InvalidValueError
 from ..domain.session import Session
 from ..domain.read_views import SessionState
+from ..domain.tenancy import DEFAULT_TENANT, scoped_key
 from ..domain.validation import MAX_DURATION
-from ..projections.active_sessions import ActiveSessions, closed_before
+from ..projections.active_session_queries import closed_before
+from ..projections.active_sessions import ActiveSessions
 from .reads import session_events
 from .sweeper import check_now
+from .tenancy import tenant_handle
+from .tenant_scope import stream_tenant
 from .unit_of_work import UnitOfWork
 
 logger = logging.getLogger("chatledger.retention")
@@ -112,7 +116,9 @@ def archive_closed_sessions(
     *,
     now: datetime | None = None,
     batch_size: int = 1000,
+    tenant: str | None = None,
 ) -> ArchiveResult:
+    """Archive the closed sessions of ``tenant`` (None: of every tenant)."""
     check_now(now)
     if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
         raise InvalidCommandError(
@@ -135,18 +141,23 @@ def archive_closed_sessions(
     path = directory / f"sessions-{cutoff:%Y%m%dT%H%M%S}-{uuid4().hex[:8]}.jsonl.gz"
     archived = 0
     keys: dict[str, tuple[str, bytes] | None] = {}  # visitor -> (kid, key), for this run
+    after: tuple[datetime, UUID] | None = None
     with gzip.open(path, "wt", encoding="utf-8") as out:
         while True:
             with projector.engine.connect() as conn:
-                ids = closed_before(conn, cutoff, limit=batch_size)
-            if not ids:
+                rows = closed_before(conn, cutoff, limit=batch_size, tenant=tenant, after=after)
+            if not rows:
                 break
-            sessions = [s for s in map(uow.get_session, ids) if s.archived_at is None]
+            after = rows[-1][:2]
+            sessions = [
+                s for s in (_closed_session(uow, sid, tenant) for _, sid, _ in rows)
+                if s is not None and s.archived_at is None
+            ]
             for session in sessions:
                 out.write(json.dumps(_archive_line(uow, session, keys)) + "\n")
             out.flush()
             os.fsync(out.fileno())
-            done = _record_archived(uow, [s.id for s in sessions], path.name, when)
+            done = _record_archived(uow, sessions, path.name, when)
             # The index drops the closed rows when it applies the events; the
             # next query must not see this batch again.
             projector.catch_up([ActiveSessions.name])
@@ -165,11 +176,19 @@ def archive_closed_sessions(
     return ArchiveResult(archived, path if archived else None)
 
 
-def _record_archived(uow: UnitOfWork, session_ids: list[UUID], archive: str, now: datetime) -> int:
+def _closed_session(uow: UnitOfWork, session_id: UUID, tenant: str | None) -> Session | None:
+    """The closed session, if it is ``tenant``'s (None: any tenant's)."""
+    session = uow.get_session(session_id, any_tenant=True)
+    return session if tenant is None or session.tenant == tenant else None
+
+
+def _record_archived(uow: UnitOfWork, archived: list[Session], archive: str, now: datetime) -> int:
     """Append ``Archived`` to each session (one transaction; retried on conflict)."""
+    session_ids = [s.id for s in archived]
 
     def once() -> int:
-        sessions = [s for s in map(uow.get_session, session_ids) if s.archived_at is None]
+        sessions = [uow.get_session(sid, any_tenant=True) for sid in session_ids]
+        sessions = [s for s in sessions if s.archived_at is None]
         for session in sessions:
             session.record_archive(archive, at=now)
         uow.save(*sessions)
@@ -190,15 +209,16 @@ def _archive_line(
 ) -> dict[str, object]:
     """One session's archive line, its content encrypted under its visitor's key."""
     visitor_id = session.visitor_id
-    if visitor_id not in keys:
-        row = uow.recorder.active_key(visitor_id)  # type: ignore[attr-defined]
-        keys[visitor_id] = (row[0], row[2]) if row is not None else None
-    key = keys[visitor_id]
+    owner = scoped_key(session.tenant, visitor_id)  # the key's owner: the visitor, in its tenant
+    if owner not in keys:
+        row = uow.recorder.active_key(owner)  # type: ignore[attr-defined]
+        keys[owner] = (row[0], row[2]) if row is not None else None
+    key = keys[owner]
     line: dict[str, object] = {"session_id": str(session.id), "visitor_id": visitor_id}
     if key is None:
         # No key: the visitor was erased; its content reads as erased, and is not kept.
         return {**line, "erased": True}
-    events = session_events(uow, session.id)
+    events = session_events(tenant_handle(uow, session.tenant), session.id)
     content = {
         "state": SessionState.of(session).model_dump(mode="json"),
         "events": [{"type": type(e).__qualname__, **e.model_dump(mode="json")} for e in events],
@@ -224,8 +244,11 @@ class ArchivedSession(BaseModel):
     """Every event of the session as archived, or ``"[erased]"``."""
 
 
-def read_archive(uow: UnitOfWork, path: str | os.PathLike[str]) -> list[ArchivedSession]:
-    """The sessions of an archive file, decrypted with the keys still in the store.
+def read_archive(
+    uow: UnitOfWork, path: str | os.PathLike[str], *, all_tenants: bool = False
+) -> list[ArchivedSession]:
+    """The sessions of an archive file of the ledger's tenant (``all_tenants``: every
+    session in it), decrypted with the keys still in the store.
 
     A session whose key was destroyed (its visitor erased) reads as erased.
     Archives written before their content was encrypted (plain ``state`` and
@@ -237,7 +260,7 @@ def read_archive(uow: UnitOfWork, path: str | os.PathLike[str]) -> list[Archived
         msg = f"Archive {str(source)!r} does not exist; pass the path of a .jsonl.gz file."
         raise InvalidCommandError(msg)
     try:
-        return _read_archive(uow, source)
+        return _read_archive(uow, source, all_tenants)
     except (EOFError, UnicodeDecodeError, zlib.error, gzip.BadGzipFile) as err:
         msg = f"Archive {str(source)!r} is not a gzipped chatledger archive, or is truncated ({err}); pass an archive file."
         raise InvalidCommandError(msg) from err
@@ -271,7 +294,21 @@ def _archived(source: Path, number: int, data: dict[str, Any]) -> ArchivedSessio
         raise _not_an_archive_line(source, number) from err
 
 
-def _read_archive(uow: UnitOfWork, source: Path) -> list[ArchivedSession]:
+def _theirs(uow: UnitOfWork, session_id: str) -> bool:
+    """Whether the archived session is another tenant's (it is passed over, unread):
+    the tenant of its stored stream; one the store no longer holds (or never did) is
+    the default tenant's (the operator's). A line with no session id is left to the
+    line's own checks."""
+    try:
+        sid = UUID(session_id)
+    except ValueError:
+        return False
+    first = list(uow.recorder.select_events(sid, limit=1))
+    tenant = stream_tenant(uow, first[0]) if first else DEFAULT_TENANT
+    return tenant != uow.tenant_id
+
+
+def _read_archive(uow: UnitOfWork, source: Path, all_tenants: bool = False) -> list[ArchivedSession]:
     recorder = uow.recorder
     found: dict[str, bytes | None] = {}
     sessions = []
@@ -279,6 +316,8 @@ def _read_archive(uow: UnitOfWork, source: Path) -> list[ArchivedSession]:
         for number, text in enumerate(lines, 1):
             line = _parse_archive_line(source, number, text)
             sid = line["session_id"]
+            if not all_tenants and _theirs(uow, sid):
+                continue  # a store-wide archive holds every tenant's sessions: the tenant's only
             ids = {"session_id": sid, "visitor_id": line.get("visitor_id")}
             erased = {**ids, "erased": True, "state": ERASED_TEXT, "events": ERASED_TEXT}
             if "$enc" not in line:  # erased before archiving, or an archive of before encryption

@@ -8,10 +8,10 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from ..domain.conversation import Message
+from ..domain.conversation import Message, SlotScope
 from ..domain.errors import ClientMessageIdConflictError
-from ..domain.session import Session
 from ..domain.read_views import SessionState, VisitorState
+from ..domain.session import Session
 from ..domain.visitor import Visitor
 from .unit_of_work import UnitOfWork
 
@@ -66,6 +66,32 @@ def session_command(
     return uow.retrying(f"{what} on session {session_id}", once)
 
 
+def set_slot(
+    uow: UnitOfWork, session_id: UUID | str, key: str, value: Any, *, scope: SlotScope, at: datetime | None
+) -> SessionState:
+    """Set a slot of the session (``scope="user"``: a fact about the person)."""
+    apply = lambda s, now: s.set_slot(key, value, at=now, scope=scope)
+    return session_command(uow, "set_slot()", session_id, at, apply)
+
+
+def clear_slot(uow: UnitOfWork, session_id: UUID | str, key: str, *, at: datetime | None) -> SessionState:
+    """Clear a slot of the session."""
+    return session_command(uow, "clear_slot()", session_id, at, lambda s, now: s.clear_slot(key, at=now))
+
+
+def start_task(uow: UnitOfWork, session_id: UUID | str, task: str, *, at: datetime | None) -> SessionState:
+    """Mark a task of the session in progress."""
+    return session_command(uow, "start_task()", session_id, at, lambda s, now: s.start_task(task, at=now))
+
+
+def complete_task(
+    uow: UnitOfWork, session_id: UUID | str, task: str, *, at: datetime | None
+) -> SessionState:
+    """Mark a started task of the session done."""
+    apply = lambda s, now: s.complete_task(task, at=now)
+    return session_command(uow, "complete_task()", session_id, at, apply)
+
+
 def end_session(
     uow: UnitOfWork, session_id: UUID | str, *, reason: str, at: datetime | None
 ) -> SessionState:
@@ -92,7 +118,7 @@ def time_out_if_idle(uow: UnitOfWork, session_id: UUID | str, *, now: datetime |
         uow.save(session)
         return True
 
-    return uow.retrying(f"expire_if_idle() on session {session_id}", once)
+    return uow.retrying(f"time_out_if_idle() on session {session_id}", once)
 
 
 def link_identity(
@@ -102,7 +128,7 @@ def link_identity(
 
     def once() -> VisitorState:
         now = uow.now(at)
-        visitor = uow.get_visitor(visitor_id) or Visitor.register(visitor_id, at=now)
+        visitor = uow.get_visitor(visitor_id) or Visitor.register(visitor_id, at=now, tenant=uow.tenant_id)
         if not visitor.link_identity(user_id, at=now):
             return VisitorState.of(visitor)
         session = None
@@ -116,4 +142,14 @@ def link_identity(
     return uow.retrying(f"link_identity() for visitor {visitor_id!r}", once)
 
 
-__all__ = ["end_session", "link_identity", "reply", "session_command", "time_out_if_idle"]
+__all__ = [
+    "clear_slot",
+    "complete_task",
+    "end_session",
+    "link_identity",
+    "reply",
+    "session_command",
+    "set_slot",
+    "start_task",
+    "time_out_if_idle",
+]

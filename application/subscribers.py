@@ -39,6 +39,7 @@ from ..infrastructure.envelopes import is_envelope, walk
 from ..infrastructure.personal_fields import COMPILED_PATHS, EMPTY_VALUES, SEALED_VALUES
 from ..infrastructure.envelopes import KID_PATTERN
 from ..infrastructure.shredding_mapper import ShreddingMapper
+from .tenant_scope import stream_tenant
 from .unit_of_work import UnitOfWork
 
 _CONTENT_ERASED = get_topic(Session.ContentErased)
@@ -69,13 +70,29 @@ class LogEvent(Immutable):
     data: dict[str, Any]
 
 
-def read_events(uow: UnitOfWork, position: int, limit: int, *, content: bool) -> list[LogEvent]:
-    """The events with a position above ``position``, at most ``limit``, in log order."""
+def read_events(
+    uow: UnitOfWork, position: int, limit: int, *, content: bool, tenant: str | None = None
+) -> list[LogEvent]:
+    """The events with a position above ``position``, at most ``limit``, in log order:
+    of the streams of ``tenant`` (None: every stream). Another tenant's events are
+    read past (and never decoded), so a call returns fewer than ``limit`` only at
+    the head."""
     projector = uow.projector
     head = projector.head()
-    if head <= position:
-        return []
-    batch = projector.read(position, limit, head)
+    found: list[LogEvent] = []
+    while position < head and len(found) < limit:
+        batch = projector.read(position, limit - len(found), head)
+        if not batch:
+            break
+        position = batch[-1].id
+        if tenant is not None:
+            batch = [n for n in batch if stream_tenant(uow, n) == tenant]
+        if batch:
+            found += _decoded(uow, batch, content)
+    return found
+
+
+def _decoded(uow: UnitOfWork, batch: Sequence[Any], content: bool) -> list[LogEvent]:
     mapper = uow.mapper
     erased: set[int] = set()
     if content:

@@ -37,15 +37,11 @@ from eventsourcing.persistence import RecordConflictError
 
 from ..domain.errors import InvalidCommandError, UnknownSessionError
 from ..domain.session import Session
-from ..projections.active_sessions import (
-    ActiveSessions,
-    drop_closed,
-    due_rows,
-    first_due,
-    open_tasks_of,
-)
+from ..projections.active_session_queries import drop_closed, due_rows, first_due, open_tasks_of
+from ..projections.active_sessions import ActiveSessions
 from ..projections.gc_pause import gc_paused
 from .session_commands import time_out_if_idle
+from .tenancy import tenant_handle
 from .unit_of_work import UnitOfWork
 
 logger = logging.getLogger("chatledger.sweeper")
@@ -77,7 +73,7 @@ def check_now(now: datetime | None) -> None:
 
 def timed_out_event(row: Any, detected_at: datetime) -> Session.TimedOut:
     """The event the domain gives for the session a due index row describes."""
-    return Session.timed_out_event(
+    event: Session.TimedOut = Session.timed_out_event(
         row.session_id,
         row.version,
         deadline=row.expires_at,
@@ -85,7 +81,9 @@ def timed_out_event(row: Any, detected_at: datetime) -> Session.TimedOut:
         idle_since=row.last_activity_at,
         detected_at=detected_at,
         open_tasks=open_tasks_of(row),
+        tenant=row.tenant,
     )
+    return event
 
 
 def sweep(
@@ -94,7 +92,9 @@ def sweep(
     *,
     limit: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    tenant: str | None = None,
 ) -> SweepReport:
+    """Time out the due sessions of ``tenant`` (None: of every tenant)."""
     check_now(now)
     if limit is not None and limit < 1:
         raise InvalidCommandError(f"limit={limit} must be a positive number of sessions, or None.")
@@ -112,7 +112,7 @@ def sweep(
     # The idle case first, as a one-row probe: a LIMIT 1 on the index, whatever
     # the planner's statistics say about the batch query.
     with engine.connect() as conn:
-        due = first_due(conn, detected_at)
+        due = first_due(conn, detected_at, tenant)
     while due is not None and (limit is None or timed_out < limit):
         size = batch_size if limit is None else min(batch_size, limit - timed_out)
         if locking:
@@ -120,7 +120,7 @@ def sweep(
             # dropped; other sweepers skip them and take the next ones.
             with engine.begin() as conn:
                 with gc_paused():
-                    rows = due_rows(conn, detected_at, after=after, limit=size, lock=True)
+                    rows = due_rows(conn, detected_at, after=after, limit=size, lock=True, tenant=tenant)
                 if not rows:
                     break
                 batch = time_out_batch(uow, rows, detected_at)
@@ -130,7 +130,7 @@ def sweep(
             # SQLite: one writer at a time anyway; never hold a read snapshot
             # across the event store's write (it would go stale).
             with engine.connect() as conn, gc_paused():
-                rows = due_rows(conn, detected_at, after=after, limit=size)
+                rows = due_rows(conn, detected_at, after=after, limit=size, tenant=tenant)
             if not rows:
                 break
             batch = time_out_batch(uow, rows, detected_at)
@@ -205,16 +205,18 @@ def _append(
 def _one_by_one(
     uow: UnitOfWork, rows: Sequence[Any], detected_at: datetime
 ) -> tuple[int, list[UUID]]:
-    """The per-session path: reload each aggregate and let the domain decide."""
+    """The per-session path: reload each aggregate (through its tenant's handle)
+    and let the domain decide."""
     appended = 0
     closed: list[UUID] = []
     for row in rows:
         sid = row.session_id
+        owner = uow if row.tenant == uow.tenant_id else tenant_handle(uow, row.tenant)
         try:
-            if time_out_if_idle(uow, sid, now=detected_at):
+            if time_out_if_idle(owner, sid, now=detected_at):
                 appended += 1
                 closed.append(sid)
-            elif uow.get_session(sid).status != "active":
+            elif owner.get_session(sid).status != "active":
                 closed.append(sid)  # closed by someone else; the index lagged
         except UnknownSessionError:
             closed.append(sid)

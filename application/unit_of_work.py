@@ -42,19 +42,23 @@ from ..domain.errors import (
 from ..domain.pydantic_aggregates import Aggregate, utc
 from ..domain.policy import SessionPolicy
 from ..domain.session import Session
+from ..domain.tenancy import DEFAULT_TENANT, check_tenant
 from ..domain.visitor import Visitor, visitor_aggregate_id
 from ..infrastructure.envelopes import ErasedSnapshotError
+from ..infrastructure.scheduler import BackgroundJobs
 from ..infrastructure.settings import Settings
 from ..infrastructure.snapshots import SnapshotStore
 from ..projections.read_model import ReadModel
 from ..projections.runner import ProjectionRunner
 from ..projections.projection_reads import ProjectionReads
-from . import bootstrap
+from . import bootstrap, read_your_writes
 from .clock import Clock
 from .commit_queue import GroupCommitEventStore
 from .repository import LedgerRepository
+from .tenancy import tenant_handle
 
 T = TypeVar("T")
+U = TypeVar("U", bound="UnitOfWork")
 
 
 def replay_events(aggregate: Any, events: Any) -> Any:
@@ -90,8 +94,11 @@ class UnitOfWork(Application[UUID]):
         policy: SessionPolicy | None = None,
         clock: Clock | None = None,
         read_models: Sequence[type[ReadModel]] | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         settings, policy, clock, models = bootstrap.components(settings, policy, clock, read_models)
+        self.tenant_id = check_tenant(tenant)
+        self.root: UnitOfWork = self  # the ledger that owns the store (a tenant handle shares it)
         self.settings = settings
         self.limits: v.Limits = settings.limits
         self.read_models = models
@@ -127,9 +134,17 @@ class UnitOfWork(Application[UUID]):
     @cached_property
     def projection_reads(self) -> ProjectionReads:
         """The queries answered by the read models (transcripts, analytics, memory)."""
-        return ProjectionReads(self.projector, self.clock)
+        return ProjectionReads(self.projector, self.clock, self.tenant_id)
+
+    background: BackgroundJobs | None = None
+    """The ledger's background jobs while they run (``ledger.start_background_jobs()``)."""
 
     def close(self) -> None:
+        if self.closing.is_set():
+            return
+        bootstrap.stop_jobs(self)
+        if self.root is not self:
+            return  # a tenant handle: the store is its root ledger's
         if "projector" in self.__dict__:
             self.projector.stop()
             self.projector.engine.dispose()
@@ -198,11 +213,15 @@ class UnitOfWork(Application[UUID]):
         assert isinstance(repository, LedgerRepository)
         return repository.get(aggregate_id, projector_func=replay_events, fresh=fresh)
 
-    def get_session(self, session_id: UUID | str, *, cached: bool = False) -> Session:
-        """The session, current (:class:`UnknownSessionError` if there is none).
+    def get_session(
+        self, session_id: UUID | str, *, cached: bool = False, any_tenant: bool = False
+    ) -> Session:
+        """The session of this ledger's tenant, current (:class:`UnknownSessionError`
+        if there is none; another tenant's is none).
 
         ``cached=True``: on a command's first attempt, the cached copy without
-        a read of the store (it may be stale; the command's save conflicts then)."""
+        a read of the store (it may be stale; the command's save conflicts then).
+        ``any_tenant``: of whichever tenant (the store-wide retention job)."""
         sid = as_uuid(session_id)
         fresh = self.fresh_read(cached)
         try:
@@ -218,18 +237,27 @@ class UnitOfWork(Application[UUID]):
                 session = self.load(sid, fresh)
         except AggregateNotFoundError as err:
             raise UnknownSessionError(session_id) from err
-        if not isinstance(session, Session):
-            raise UnknownSessionError(session_id)
+        if not isinstance(session, Session) or (session.tenant != self.tenant_id and not any_tenant):
+            raise UnknownSessionError(session_id)  # another tenant's: as if there were none
         return session
+
+    def scope(self, all_tenants: bool) -> str | None:
+        """The tenant a store-wide-capable call works on: this one's, or None (every tenant)."""
+        return None if all_tenants else self.tenant_id
+
+    def tenant(self: U, tenant: str, *, policy: SessionPolicy | None = None, limits: v.Limits | None = None) -> U:
+        """This ledger for ``tenant`` (``tenant_id``): the same store; its own data, policy and
+        limits (see :mod:`~chatledger.application.tenancy`)."""
+        return tenant_handle(self, tenant, policy, limits)
 
     def get_visitor(self, visitor_id: str, *, cached: bool = False) -> Visitor | None:
         """The visitor, current, or None if never seen (``cached``: as for
         :meth:`get_session`)."""
         try:
-            visitor = self.load(visitor_aggregate_id(visitor_id), self.fresh_read(cached))
+            visitor = self.load(visitor_aggregate_id(visitor_id, self.tenant_id), self.fresh_read(cached))
         except AggregateNotFoundError:
             return None
-        assert isinstance(visitor, Visitor)
+        assert isinstance(visitor, Visitor) and visitor.tenant == self.tenant_id
         return visitor
 
     def open_session(
@@ -292,6 +320,18 @@ class UnitOfWork(Application[UUID]):
         """The position of the newest event of the log (0: empty): a token for
         ``after=`` covering every write committed so far, by anyone."""
         return int(self.recorder.max_notification_id() or 0)
+
+    def wait_for(self, position: int, *, timeout: float | None = None) -> int:
+        """Block until every read model has applied log ``position`` (``turn.position``,
+        ``written_position()``, ``log_position()``), catching them up; :class:`ReadTimeoutError`
+        after ``timeout`` (default ``read_wait_timeout_s``). The position reached."""
+        return read_your_writes.wait_for(self, read_your_writes.checked_position("position", position), timeout)
+
+    def waited(self, after: int | None) -> UnitOfWork:
+        """``self``, once the read models have applied ``after`` (None: at once)."""
+        if after is not None:
+            read_your_writes.wait_for(self, read_your_writes.checked_position("after", after))
+        return self
 
     def written_position(self) -> int:
         """The log position of the last event this thread's last command wrote

@@ -9,6 +9,7 @@ from uuid import UUID
 from pydantic import AwareDatetime
 
 from .pydantic_aggregates import Immutable
+from .tenancy import scoped_key
 
 ERASED_TEXT = "[erased]"
 """What an erased message text reads as, in replay, exports and read models."""
@@ -45,3 +46,10 @@ class ErasureReceipt(Immutable):
     key_ids: tuple[str, ...]
     events_affected: int
     erased_at: AwareDatetime
+    tenant: str = "default"
+    """The tenant of the visitors (a receipt stored before tenants: the default one)."""
+
+    @property
+    def key_owners(self) -> tuple[str, ...]:
+        """Whose content keys the erasure destroys: the visitors, within the tenant."""
+        return tuple(scoped_key(self.tenant, v) for v in self.visitor_ids)

@@ -22,7 +22,7 @@
     ├── IdentityMismatchError (PermissionError)
     │                                        a visitor id given with a user id it is not linked to
     ├── SessionClosedError                   the session already ended or timed out
-    │   └── SessionExpiredError              idle past its timeout (not yet recorded)
+    │   └── SessionTimedOutError             idle past its timeout (not yet recorded)
     ├── IdentityConflictError                visitor already linked to another user
     ├── ConcurrencyConflictError             retries exhausted under contention
     ├── ConfigurationError                   a database URL or setting is unusable
@@ -34,6 +34,7 @@ attributes (``exc.session_id``), so callers never parse messages.
 
 from __future__ import annotations
 
+import warnings
 from datetime import datetime
 from uuid import UUID
 
@@ -190,19 +191,30 @@ class SessionClosedError(ChatLedgerError):
         self.status = status
 
 
-class SessionExpiredError(SessionClosedError):
-    """Raised when a command reaches a session that has been idle past its timeout."""
+class SessionTimedOutError(SessionClosedError):
+    """Raised when a command reaches a session that has been idle past its timeout (its
+    ``TimedOut`` event not yet recorded). 0.4.0 called it ``SessionExpiredError`` (deprecated)."""
 
-    def __init__(self, session_id: UUID, idle_since: datetime, expired_at: datetime) -> None:
+    def __init__(self, session_id: UUID, idle_since: datetime, timed_out_at: datetime) -> None:
         super().__init__(
             session_id,
             "timed_out",
             f"Session {session_id} has been idle since {idle_since.isoformat()} and "
-            f"expired at {expired_at.isoformat()}; nothing was written. The visitor's "
+            f"timed out at {timed_out_at.isoformat()}; nothing was written. The visitor's "
             "next message starts a new session.",
         )
         self.idle_since = idle_since
-        self.expired_at = expired_at
+        self.timed_out_at = timed_out_at
+
+    @property
+    def expired_at(self) -> datetime:
+        """Deprecated (0.4.0's name): :attr:`timed_out_at`."""
+        warnings.warn(
+            "SessionTimedOutError.expired_at is deprecated; use timed_out_at",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.timed_out_at
 
 
 class IdentityConflictError(ChatLedgerError):
@@ -273,3 +285,25 @@ class EventVersionError(ChatLedgerError):
         self.current = current
         self.originator_id = originator_id
         self.originator_version = originator_version
+
+
+RENAMED = {"SessionExpiredError": "SessionTimedOutError"}
+"""Public names of released versions (0.3.0, 0.4.0) that were renamed: old -> new. The old
+names still work (this module's, ``chatledger.application.errors``' and ``chatledger``'s
+``__getattr__``) and warn with a DeprecationWarning."""
+
+
+def renamed_error(name: str, module: str) -> type[ChatLedgerError]:
+    """What ``module.name`` stands for if ``name`` is in :data:`RENAMED` (with a
+    DeprecationWarning at the caller of ``module``'s ``__getattr__``); else AttributeError."""
+    if name not in RENAMED:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    warnings.warn(
+        f"chatledger's {name} is deprecated; use {RENAMED[name]}", DeprecationWarning, stacklevel=3
+    )
+    found: type[ChatLedgerError] = globals()[RENAMED[name]]
+    return found
+
+
+def __getattr__(name: str) -> type[ChatLedgerError]:
+    return renamed_error(name, __name__)

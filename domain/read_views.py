@@ -41,6 +41,8 @@ class SessionState(Immutable):
     idle_timeout: timedelta
     archived_at: AwareDatetime | None = None
     """When retention archived this (closed) session; its transcript rows are gone then."""
+    tenant: str = "default"
+    """The tenant the session belongs to (see :mod:`chatledger.domain.tenancy`)."""
 
     @classmethod
     def of(cls, s: Session) -> SessionState:
@@ -48,6 +50,7 @@ class SessionState(Immutable):
             session_id=s.id,
             version=s.version,
             visitor_id=s.visitor_id,
+            tenant=s.tenant,
             user_id=s.user_id,
             channel=s.channel,
             context=s.context,
@@ -114,11 +117,13 @@ class VisitorState(Immutable):
     user_id: str | None
     current_session_id: UUID | None
     session_ids: tuple[UUID, ...]
+    tenant: str = "default"
 
     @classmethod
     def of(cls, v: Visitor) -> VisitorState:
         return cls(
             visitor_id=v.visitor_id,
+            tenant=v.tenant,
             user_id=v.user_id,
             current_session_id=v.current_session_id,
             session_ids=tuple(v.session_ids),

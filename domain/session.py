@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, Field, JsonValue, PrivateAttr
@@ -29,6 +29,7 @@ from .pydantic_aggregates import Aggregate, AggregateSnapshot, utc
 from .policy import AppliedPolicy, TimeoutReason
 from .session_data import SessionSnapshotState, restore_messages, snapshot_state
 from .session_housekeeping import SessionHousekeeping
+from .tenancy import DEFAULT_TENANT, Upcaster, check_tenant, default_tenant
 
 
 class Session(Aggregate, SessionHousekeeping):
@@ -50,10 +51,10 @@ class Session(Aggregate, SessionHousekeeping):
         (:class:`~chatledger.domain.messages.MessageLog`), so a snapshot's size
         and cost do not grow with the conversation."""
 
-        # 2 (release 0.2.0): ContentErased forgets client message ids and end
-        # reasons; a snapshot 0.1.0 took after an erasure still holds them.
-        # 3 (release 0.4.0): message_count and erased_messages, not the messages.
-        class_version = 3
+        # 2 (0.2.0): ContentErased forgets client message ids and end reasons; a snapshot
+        # 0.1.0 took after an erasure still holds them. 3 (0.4.0): message_count and
+        # erased_messages, not the messages. 4 (0.5): the tenant.
+        class_version = 4
         state: SessionSnapshotState
         _stored_messages: Sequence[Message] | None = PrivateAttr(default=None)
 
@@ -85,7 +86,9 @@ class Session(Aggregate, SessionHousekeeping):
     class Started(Event, Aggregate.Created):
         """The first user message of a visitor arrived with no live session."""
 
+        class_version = 2  # 2 (0.5): the tenant; stored before it, the default tenant
         visitor_id: str
+        tenant: str
         user_id: str | None = None
         channel: str
         context: SessionContext = SessionContext()
@@ -94,9 +97,11 @@ class Session(Aggregate, SessionHousekeeping):
         is_returning: bool = False
         away_for_s: float | None = None
         carried_slots: dict[str, Slot] = Field(default_factory=dict)
+        upcast_v1_v2: ClassVar[Upcaster] = staticmethod(default_tenant)
 
         def apply(self, s: Session) -> None:
             s.visitor_id = self.visitor_id
+            s.tenant = self.tenant
             s.user_id = self.user_id
             s.channel = self.channel
             s.context = self.context
@@ -198,10 +203,13 @@ class Session(Aggregate, SessionHousekeeping):
         maximum length), not the moment someone noticed (``detected_at``).
         """
 
+        class_version = 2  # 2 (0.5): the tenant (the closed-session index keeps it)
         reason: TimeoutReason
         idle_since: AwareDatetime
         detected_at: AwareDatetime
         open_tasks: tuple[str, ...] = ()
+        tenant: str
+        upcast_v1_v2: ClassVar[Upcaster] = staticmethod(default_tenant)
 
         def apply(self, s: Session) -> None:
             s.status = "timed_out"
@@ -260,6 +268,7 @@ class Session(Aggregate, SessionHousekeeping):
         context: SessionContext | None = None,
         previous: Session | None = None,
         carry_over_slots: frozenset[str] = frozenset(),
+        tenant: str = DEFAULT_TENANT,
     ) -> Session:
         """Open a session. ``previous`` is the visitor's last session, if any."""
         at = utc(at)
@@ -278,6 +287,7 @@ class Session(Aggregate, SessionHousekeeping):
             id=session_id,
             occurred_at=at,
             visitor_id=visitor_id,
+            tenant=check_tenant(tenant),
             user_id=user_id,
             channel=channel,
             context=context or SessionContext(),
@@ -361,33 +371,6 @@ class Session(Aggregate, SessionHousekeeping):
         if self.user_id == user_id:
             return
         self.trigger_event(self.IdentityLinked, occurred_at=utc(at), user_id=user_id)
-
-    @classmethod
-    def timed_out_event(
-        cls,
-        session_id: UUID,
-        version: int,
-        *,
-        deadline: datetime,
-        reason: TimeoutReason,
-        idle_since: datetime,
-        detected_at: datetime,
-        open_tasks: tuple[str, ...] = (),
-    ) -> Session.TimedOut:
-        """The event :meth:`time_out` triggers, built from what an index knows of
-        the session (its version, deadline and why) instead of a loaded aggregate:
-        the sweeper's batch path. It is meant for version + 1, so the store
-        rejects it if the session moved on meanwhile. ``detected_at`` in UTC."""
-        return cls.TimedOut(
-            originator_id=session_id,
-            originator_version=version + 1,
-            timestamp=cls.TimedOut.create_timestamp(),
-            occurred_at=deadline,
-            reason=reason,
-            idle_since=idle_since,
-            detected_at=detected_at,
-            open_tasks=open_tasks,
-        )
 
     def end(self, *, at: datetime, reason: str = "ended") -> None:
         at = self._check_open(at)

@@ -25,7 +25,7 @@ from .errors import (
     ClientMessageIdConflictError,
     InvalidCommandError,
     SessionClosedError,
-    SessionExpiredError,
+    SessionTimedOutError,
     TaskStateError,
 )
 from .messages import MessageLog, NoStoredMessages
@@ -42,6 +42,7 @@ class SessionData:
         def id(self) -> UUID: ...  # the aggregate's (eventsourcing's); not snapshot state
 
     visitor_id: str
+    tenant: str
     user_id: str | None
     channel: str
     context: SessionContext
@@ -100,7 +101,7 @@ class SessionData:
         if self.status != "active":
             raise SessionClosedError(self.id, self.status)
         if self.is_expired(at):
-            raise SessionExpiredError(self.id, self.last_activity_at, self.expiry()[0])
+            raise SessionTimedOutError(self.id, self.last_activity_at, self.expiry()[0])
         if at < self.latest_event_at:
             msg = (
                 f"at={at.isoformat()} is earlier than the session's last event "

@@ -13,8 +13,10 @@ from uuid import UUID
 from .conversation import SessionContext, check_name
 from .erasure import ERASED_VALUES
 from .errors import InvalidCommandError, SessionClosedError
+from .policy import TimeoutReason
 from .pydantic_aggregates import utc
 from .session_data import SessionData
+from .tenancy import DEFAULT_TENANT
 
 
 class SessionHousekeeping(SessionData):
@@ -44,8 +46,38 @@ class SessionHousekeeping(SessionData):
             idle_since=self.last_activity_at,
             detected_at=detected_at,
             open_tasks=tuple(self.tasks),
+            tenant=self.tenant,
         )
         return True
+
+    @classmethod
+    def timed_out_event(
+        cls,
+        session_id: UUID,
+        version: int,
+        *,
+        deadline: datetime,
+        reason: TimeoutReason,
+        idle_since: datetime,
+        detected_at: datetime,
+        open_tasks: tuple[str, ...] = (),
+        tenant: str = DEFAULT_TENANT,
+    ) -> Any:
+        """The event (a ``Session.TimedOut``) :meth:`time_out` triggers, built from
+        what an index knows of the session (its version, deadline and why, its
+        tenant) instead of a loaded aggregate: the sweeper's batch path. For
+        version + 1, so the store rejects it if the session moved on."""
+        return cls.TimedOut(
+            originator_id=session_id,
+            originator_version=version + 1,
+            timestamp=cls.TimedOut.create_timestamp(),
+            occurred_at=deadline,
+            reason=reason,
+            idle_since=idle_since,
+            detected_at=detected_at,
+            open_tasks=open_tasks,
+            tenant=tenant,
+        )
 
     def blank_content(self) -> None:
         """What ``Session.ContentErased`` does: every personal value reads as erased."""

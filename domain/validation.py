@@ -126,8 +126,15 @@ def check_text(field: str, value: object, limits: Limits = DEFAULT_LIMITS) -> st
 
 
 def check_id(field: str, value: object, limits: Limits = DEFAULT_LIMITS) -> str:
-    """An id or a name (visitor, user, client message id, slot key, task, reason, channel)."""
-    return check_str(field, value, limits.max_id_chars, what="an id or name", setting=ID_SETTING)
+    """An id or a name (visitor, user, client message id, slot key, task, reason, channel);
+    never with the unit separator ``\x1f``, which joins a tenant to an id (see
+    :mod:`chatledger.domain.tenancy`)."""
+    checked = check_str(field, value, limits.max_id_chars, what="an id or name", setting=ID_SETTING)
+    if "\x1f" in checked:
+        raise InvalidTextError(
+            field, "separator", f"{field} contains the unit separator (\\x1f), reserved for tenants; remove it."
+        )
+    return checked
 
 
 def check_session_id(field: str, value: object, limits: Limits = DEFAULT_LIMITS) -> UUID | str:

@@ -10,24 +10,27 @@ active sessions.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from .conversation import check_name
 from .erasure import ErasureReceipt
 from .errors import IdentityConflictError
 from .pydantic_aggregates import Aggregate, AggregateSnapshot, SnapshotState, utc
+from .tenancy import DEFAULT_TENANT, Upcaster, check_tenant, default_tenant, scoped_key
 
 VISITOR_NAMESPACE = uuid5(NAMESPACE_URL, "https://chatledger.invalid/visitor")
 
 
-def visitor_aggregate_id(visitor_id: str) -> UUID:
-    """The deterministic aggregate id of a visitor key."""
-    return uuid5(VISITOR_NAMESPACE, visitor_id)
+def visitor_aggregate_id(visitor_id: str, tenant: str = DEFAULT_TENANT) -> UUID:
+    """The deterministic aggregate id of a visitor key within ``tenant`` (the
+    default tenant's ids are those of stores written before tenants existed)."""
+    return uuid5(VISITOR_NAMESPACE, scoped_key(tenant, visitor_id))
 
 
 class VisitorSnapshotState(SnapshotState):
     visitor_id: str
+    tenant: str
     user_id: str | None
     current_session_id: UUID | None
     session_ids: list[UUID]
@@ -40,18 +43,24 @@ class Visitor(Aggregate):
     shallow_containers = Aggregate.shallow_containers | {"session_ids"}
 
     class Snapshot(AggregateSnapshot):
+        class_version = 2  # 2 (0.5): the tenant
         state: VisitorSnapshotState
 
     class Event(Aggregate.Event):
         pass
 
     class Registered(Event, Aggregate.Created):
-        """A visitor was seen for the first time."""
+        """A visitor was seen for the first time (in ``tenant``)."""
 
+        class_version = 2  # 2 (0.5): the tenant
         visitor_id: str
+        tenant: str
+
+        upcast_v1_v2: ClassVar[Upcaster] = staticmethod(default_tenant)
 
         def apply(self, v: Visitor) -> None:
             v.visitor_id = self.visitor_id
+            v.tenant = self.tenant
             v.user_id = None
             v.current_session_id = None
             v.session_ids = []
@@ -87,19 +96,26 @@ class Visitor(Aggregate):
 
     if TYPE_CHECKING:
         visitor_id: str
+        tenant: str
         user_id: str | None
         current_session_id: UUID | None
         session_ids: list[UUID]
 
     @classmethod
-    def register(cls, visitor_id: str, *, at: datetime) -> Visitor:
+    def register(cls, visitor_id: str, *, at: datetime, tenant: str = DEFAULT_TENANT) -> Visitor:
         check_name("visitor id", visitor_id)
         return cls._create(
             cls.Registered,
-            id=visitor_aggregate_id(visitor_id),
+            id=visitor_aggregate_id(visitor_id, check_tenant(tenant)),
             occurred_at=utc(at),
             visitor_id=visitor_id,
+            tenant=tenant,
         )
+
+    @property
+    def key_owner(self) -> str:
+        """Who the visitor's content keys belong to (the visitor id, within its tenant)."""
+        return scoped_key(self.tenant, self.visitor_id)
 
     def open_session(self, session_id: UUID, *, at: datetime) -> None:
         self.trigger_event(self.SessionOpened, occurred_at=utc(at), session_id=session_id)

@@ -8,6 +8,7 @@ Commands stay thin: they call the public API (``ChatLedger.events_after``,
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Annotated
@@ -100,7 +101,8 @@ def deliver(
     order, at least once (header Chatledger-Event-Id for deduplication), with
     retries and backoff; after --max-attempts a dead letter. Prints a JSON
     report; exits 1 if it stopped at a dead letter."""
-    with ChatLedger.open(database) as ledger:
+    tenant = os.environ.get("CHATLEDGER_TENANT", "default")  # the tenant's events only
+    with ChatLedger.open(database, tenant=tenant) as ledger:
         worker = ledger.webhook(
             name, url, content=content, max_attempts=max_attempts, backoff=backoff,
             max_backoff=max_backoff, timeout=timeout,

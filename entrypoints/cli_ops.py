@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ..application.backups import BackupCheck, restore_backup, verify_backup
-from ..application.key_management import new_master_key
+from ..application.backups import BackupCheck, create_backup, restore_backup, verify_backup
+from ..application.key_management import new_master_key, rotate_keys
 from .cli_options import DatabaseOption, open_ledger
 
 backup_app = typer.Typer(no_args_is_help=True, help="Back up, restore and verify a store.")
@@ -36,7 +36,7 @@ def create(
 ) -> None:
     """Seal, copy the store online into FOLDER and write its manifest; print the manifest (JSON)."""
     with open_ledger(database, read_only=True) as ledger:
-        manifest = ledger.backup(folder)
+        manifest = create_backup(ledger, folder)
     print(manifest.model_dump_json(indent=2))
 
 
@@ -87,7 +87,7 @@ def new_master(
 def rotate(database: DatabaseOption = None) -> None:
     """Re-wrap every content key under the current (first) master key; events are not touched."""
     with open_ledger(database, read_only=True) as ledger:
-        result = ledger.rotate_keys()
+        result = rotate_keys(ledger)
     print(json.dumps(dataclasses.asdict(result)))
 
 

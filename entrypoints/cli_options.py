@@ -121,10 +121,11 @@ def _require_existing_postgres_store(settings: Settings) -> None:
 
 
 def open_ledger(database: str | None, *, read_only: bool = False) -> ChatLedger:
-    """The ledger at ``database``; a read-only command refuses a missing SQLite file."""
+    """The ledger at ``database``, for the tenant ``CHATLEDGER_TENANT`` names (default:
+    ``default``); a read-only command refuses a missing SQLite file."""
     if read_only:
         require_existing_database(database)
-    return ChatLedger.open(database)
+    return ChatLedger.open(database, tenant=os.environ.get("CHATLEDGER_TENANT", "default"))
 
 
 @contextmanager

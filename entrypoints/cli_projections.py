@@ -30,7 +30,6 @@ from rich.table import Table
 from .. import ChatLedger, InvalidCommandError, TranscriptMessage, UnknownSubjectError
 from ..application.audit import visitors_of_user
 from ..domain import validation as v
-from ..projections.projection_reads import ProjectionReads
 from .cli_options import (
     DatabaseOption,
     OptionalText,
@@ -40,6 +39,7 @@ from .cli_options import (
     open_ledger,
     output_file,
 )
+from .report import render_report
 
 projections_app = typer.Typer(no_args_is_help=True, help="Operate the read models.")
 export_app = typer.Typer(no_args_is_help=True, help="Export read models.")
@@ -253,8 +253,7 @@ def export_transcripts(
             transcript = ledger.transcript(session, user_id=user, start=start, end=end)
             position, head, messages = transcript.position, transcript.head, iter(transcript.messages)
         else:
-            reads = ProjectionReads(ledger.projector, ledger.clock)
-            position, head, messages = reads.messages(start=start, end=end)
+            position, head, messages = ledger.messages(start=start, end=end)
         count = _write(out, kind, messages)
     console.print(f"wrote {count:,} messages to {out} (log position {position} of {head})")
 
@@ -287,8 +286,6 @@ def report(
     until: UntilOption = None,
 ) -> None:
     """Write a self-contained HTML analytics report (inline SVG charts, no network)."""
-    from ..projections.report import render_report
-
     with _open(database, read_only=True) as ledger:
         ledger.catch_up()
         analytics = ledger.analytics(start=since, end=until)

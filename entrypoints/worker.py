@@ -51,9 +51,9 @@ def worker(
     with ChatLedger.open(database) as ledger:
         if once:
             ledger.catch_up()
-            print(ledger.sweep())
+            print(ledger.sweep(all_tenants=True))
             if retention is not None:
-                ledger.archive_closed_sessions(retention.archive_after, retention.archive_dir)
+                ledger.archive_closed_sessions(retention.archive_after, retention.archive_dir, all_tenants=True)
             return
         stopped = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

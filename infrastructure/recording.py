@@ -37,6 +37,7 @@ from eventsourcing.persistence import RecordConflictError, StoredEvent
 from eventsourcing.utils import get_topic
 
 from ..domain.errors import ConfigurationError
+from ..domain.tenancy import DEFAULT_TENANT, scoped_key
 from ..domain.visitor import Visitor
 from .hashchain import EventRow, as_uuid
 from .key_providers import WRAPPED_PREFIX, KeyProvider
@@ -52,11 +53,14 @@ ERASURE_TOPIC = get_topic(Visitor.DataErased)
 
 
 def erased_visitor_ids(stored_events: Sequence[StoredEvent]) -> list[str]:
-    """The visitors whose keys the batch's ``Visitor.DataErased`` events destroy."""
+    """The key owners (visitors, within their tenant) whose keys the batch's
+    ``Visitor.DataErased`` events destroy."""
     ids: list[str] = []
     for stored in stored_events:
         if stored.topic == ERASURE_TOPIC:
-            ids.extend(json.loads(stored.state)["receipt"]["visitor_ids"])
+            receipt = json.loads(stored.state)["receipt"]
+            tenant = receipt.get("tenant", DEFAULT_TENANT)
+            ids.extend(scoped_key(tenant, v) for v in receipt["visitor_ids"])
     return ids
 
 

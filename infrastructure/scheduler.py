@@ -11,6 +11,7 @@ catch-up never does anything twice.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from datetime import UTC, datetime
@@ -31,9 +32,9 @@ class Housekeeper(Protocol):
     """What the jobs call (the facade, ``ChatLedger``, is one): infrastructure never imports the
     application layer, the application hands itself in."""
 
-    def sweep(self) -> Any: ...
+    def sweep(self, *, all_tenants: bool = ...) -> Any: ...
 
-    def archive_closed_sessions(self, older_than: Any, archive_dir: Any, /) -> Any: ...
+    def archive_closed_sessions(self, older_than: Any, archive_dir: Any, /, *, all_tenants: bool = ...) -> Any: ...
 
     def catch_up(self) -> int: ...
 
@@ -105,7 +106,9 @@ class BackgroundJobs:
                 next_run_time=now,
             )
 
-        every(self.interval, SWEEP_JOB_ID, "time out idle sessions", self.ledger.sweep)
+        # The store's jobs: every tenant's sessions (each by the policy it started under).
+        sweep_all = functools.partial(self.ledger.sweep, all_tenants=True)
+        every(self.interval, SWEEP_JOB_ID, "time out idle sessions", sweep_all)
         every(self.seal_interval, SEAL_JOB_ID, "seal the committed log", self.ledger.seal)
         if self.projections_interval is not None:
             every(
@@ -120,7 +123,7 @@ class BackgroundJobs:
                 policy.interval.total_seconds(),
                 RETENTION_JOB_ID,
                 "archive long-closed sessions",
-                self.ledger.archive_closed_sessions,
+                functools.partial(self.ledger.archive_closed_sessions, all_tenants=True),
                 policy.archive_after,
                 policy.archive_dir,
             )

@@ -35,6 +35,7 @@ from pydantic_core import from_json
 from ..domain.erasure import ERASED_VALUES
 from ..domain.pydantic_aggregates import upcast
 from ..domain.session import Session
+from ..domain.tenancy import scoped_key
 from .envelopes import (
     KID_PATTERN,
     ErasedSnapshotError,
@@ -69,7 +70,7 @@ class ShreddingMapper(FastDecoding, PydanticMapper):
             return super().to_stored_event(domain_event)
         new_session = isinstance(domain_event, Session.Started)
         if new_session:
-            ring.remember_key_owner(domain_event.originator_id, domain_event.visitor_id)
+            ring.remember_key_owner(domain_event.originator_id, scoped_key(domain_event.tenant, domain_event.visitor_id))
         # A first session is most often a new visitor's: guess "no key yet" and
         # save a read. A later session's visitor usually has a key: look it up.
         first_session = new_session and domain_event.previous_session_id is None

@@ -43,13 +43,13 @@ from sqlalchemy import (
     Uuid,
     bindparam,
     select,
-    tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..domain.batching import batched
 from ..domain.policy import session_deadline
 from ..domain.session import Session
+from ..domain.tenancy import DEFAULT_TENANT
 from .read_model import ReadModel
 from .sqltypes import UTCMicros, from_micros, seconds_to_micros, to_micros
 from .view import SQLView
@@ -60,6 +60,7 @@ active_sessions = Table(
     "chatledger_active_sessions",
     metadata,
     Column("session_id", Uuid, primary_key=True),
+    Column("tenant", String(64), nullable=False, server_default=DEFAULT_TENANT),
     Column("visitor_id", String(200), nullable=False),
     Column("version", Integer, nullable=False),  # last event applied to this row
     Column("started_at", UTCMicros, nullable=False),
@@ -75,18 +76,22 @@ active_sessions = Table(
     Column("exact", Boolean, nullable=False),
     # (expires_at, session_id): the sweep's ORDER BY and keyset, straight from the index.
     Index("ix_chatledger_active_sessions_expires_at", "expires_at", "session_id"),
+    Index("ix_chatledger_active_sessions_tenant_expires_at", "tenant", "expires_at", "session_id"),
 )
 
 closed_sessions = Table(
     "chatledger_closed_sessions",
     metadata,
     Column("session_id", Uuid, primary_key=True),
+    # "" (unknown) if an Ended arrived after the sweeper dropped the live row (a race)
+    Column("tenant", String(64), nullable=False, server_default=DEFAULT_TENANT),
     Column(
         "visitor_id", String(200), nullable=True
     ),  # unknown if the sweeper dropped the live row first
     Column("status", String(16), nullable=False),
     Column("closed_at", UTCMicros, nullable=False),
     Index("ix_chatledger_closed_sessions_closed_at", "closed_at"),
+    Index("ix_chatledger_closed_sessions_tenant_closed_at", "tenant", "closed_at"),
 )
 
 # Events whose effect on expiry this index reproduces; any other Session event
@@ -116,6 +121,7 @@ class ActiveRow:
     """One row of the index, folded in memory while a batch is applied."""
 
     session_id: UUID
+    tenant: str
     visitor_id: str
     version: int
     started_at: datetime
@@ -147,6 +153,7 @@ class ActiveRow:
             max_length_at = event.occurred_at + timedelta(seconds=policy.max_session_length_s)
         return cls(
             session_id=event.originator_id,
+            tenant=event.tenant,
             visitor_id=event.visitor_id,
             version=event.originator_version,
             started_at=event.occurred_at,
@@ -177,6 +184,7 @@ class ActiveRow:
         expires_at, reason = self.expiry()
         return {
             "session_id": self.session_id,
+            "tenant": self.tenant,
             "visitor_id": self.visitor_id,
             "version": self.version,
             "started_at": self.started_at,
@@ -192,7 +200,7 @@ class ActiveRow:
 
 
 _STORED_AS_IS = (
-    "session_id", "visitor_id", "version", "started_at", "last_activity_at", "idle_timeout_us",
+    "session_id", "tenant", "visitor_id", "version", "started_at", "last_activity_at", "idle_timeout_us",
     "task_idle_timeout_us", "max_length_at", "exact",
 )
 _CLOSED = object()  # marker: the session closed within this batch
@@ -262,6 +270,7 @@ class ActiveSessions(ReadModel):
                 closed.append(
                     {
                         "session_id": sid,
+                        "tenant": _closed_tenant(event, row),
                         "visitor_id": row.visitor_id if isinstance(row, ActiveRow) else None,
                         "status": "timed_out" if isinstance(event, Session.TimedOut) else "ended",
                         "closed_at": event.occurred_at,
@@ -317,62 +326,6 @@ class ActiveSessions(ReadModel):
             )
 
 
-# ---- queries: the sweeper's and retention's; no other module names these columns
-
-DUE_COLUMNS = (
-    "session_id", "version", "expires_at", "expiry_reason", "last_activity_at", "open_tasks",
-    "exact",
-)
-_DUE = [active_sessions.c[name] for name in DUE_COLUMNS]
-
-
-def first_due(conn: Connection, before: datetime) -> datetime | None:
-    """The earliest deadline before ``before``: a one-row probe on the index."""
-    c = active_sessions.c
-    query = select(c.expires_at).where(c.expires_at < before).order_by(c.expires_at).limit(1)
-    found: datetime | None = conn.execute(query).scalar()
-    return found
-
-
-def due_rows(
-    conn: Connection,
-    before: datetime,
-    *,
-    after: tuple[datetime, UUID] | None,
-    limit: int,
-    lock: bool = False,
-) -> Sequence[Any]:
-    """Rows (``DUE_COLUMNS``) of sessions whose deadline is before ``before``, by
-    deadline, keyset-paged after ``after``; ``lock``: ``FOR UPDATE SKIP LOCKED``
-    (PostgreSQL), so concurrent sweepers split the rows."""
-    c = active_sessions.c
-    query = select(*_DUE).where(c.expires_at < before).order_by(c.expires_at, c.session_id)
-    if after is not None:
-        query = query.where(tuple_(c.expires_at, c.session_id) > after)
-    query = query.limit(limit)
-    return conn.execute(query.with_for_update(skip_locked=True) if lock else query).all()
-
-
-def open_tasks_of(row: Any) -> tuple[str, ...]:
-    """A due row's open tasks."""
-    return () if row.open_tasks == "[]" else tuple(json.loads(row.open_tasks))
-
-
-def drop_closed(conn: Connection, session_ids: Sequence[UUID]) -> None:
-    """Drop the live rows of sessions now closed, ahead of the index applying
-    their closing events (it skips rows already gone): a sweep must not meet
-    the sessions it just timed out again."""
-    for chunk in batched(session_ids):
-        conn.execute(active_sessions.delete().where(active_sessions.c.session_id.in_(chunk)))
-
-
-def closed_before(conn: Connection, cutoff: datetime, *, limit: int) -> list[UUID]:
-    """Ids of sessions closed before ``cutoff``, oldest first (retention's query)."""
-    c = closed_sessions.c
-    query = select(c.session_id).where(c.closed_at < cutoff)
-    return list(conn.execute(query.order_by(c.closed_at, c.session_id).limit(limit)).scalars())
-
-
 def _session_event_topics() -> tuple[str, ...]:
     """Every stored event class of Session, found by introspection, so an event
     added later is still seen (and marks its rows inexact)."""
@@ -389,12 +342,15 @@ def _session_event_topics() -> tuple[str, ...]:
 ActiveSessions.topics = _session_event_topics()
 
 
+def _closed_tenant(event: Session.TimedOut | Session.Ended, row: object) -> str:
+    """The tenant of a closing session: the timeout names it; else the live row's."""
+    if isinstance(event, Session.TimedOut):
+        return event.tenant
+    return row.tenant if isinstance(row, ActiveRow) else ""
+
+
 def _dialect_insert(conn: Connection) -> Any:
     return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
 
 
-__all__ = [
-    "DUE_COLUMNS", "ActiveRow", "ActiveSessions", "active_sessions", "closed_before",
-    "closed_sessions", "drop_closed", "due_rows", "first_due", "from_micros", "open_tasks_of",
-    "to_micros",
-]
+__all__ = ["ActiveRow", "ActiveSessions", "active_sessions", "closed_sessions", "from_micros", "to_micros"]

@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from eventsourcing.utils import get_topic
-from sqlalchemy import Boolean, Connection, Float, Integer, String, select
+from sqlalchemy import Boolean, Connection, Float, Index, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ..domain.errors import InvalidCommandError
 from ..domain.policy import is_past_deadline, session_deadline
 from ..domain.session import Session
+from ..domain.tenancy import DEFAULT_TENANT
 from ..domain.visitor import Visitor
 from .read_model import HandlerTableReadModel, batch_ids
+from .resessionizing import resessionize
 from .query_results import Analytics, Engagement
 from .sqltypes import UTCDateTime
 from .view import SQLView
@@ -38,7 +40,10 @@ class Base(DeclarativeBase):
 class SessionFacts(Base):
     __tablename__ = "analytics_sessions"
 
+    __table_args__ = (Index("ix_analytics_sessions_tenant_started_at", "tenant", "started_at"),)
+
     session_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), server_default=DEFAULT_TENANT)
     visitor_id: Mapped[str] = mapped_column(String(200), index=True)
     user_id: Mapped[str | None] = mapped_column(String(200))
     channel: Mapped[str] = mapped_column(String(200))
@@ -64,6 +69,7 @@ class VisitorFacts(Base):
     __tablename__ = "analytics_visitors"
 
     visitor_uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), server_default=DEFAULT_TENANT)
     visitor_id: Mapped[str] = mapped_column(String(200), index=True)
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime)
     user_id: Mapped[str | None] = mapped_column(String(200))
@@ -128,6 +134,7 @@ class SessionAnalytics(HandlerTableReadModel):
     def started(self, e: Session.Started) -> None:
         row = {
             "session_id": str(e.originator_id),
+            "tenant": e.tenant,
             "visitor_id": e.visitor_id,
             "user_id": e.user_id,
             "channel": e.channel,
@@ -200,6 +207,7 @@ class SessionAnalytics(HandlerTableReadModel):
         self.visitors.add(
             {
                 "visitor_uuid": str(e.originator_id),
+                "tenant": e.tenant,
                 "visitor_id": e.visitor_id,
                 "registered_at": e.occurred_at,
                 "user_id": None,
@@ -287,31 +295,30 @@ def compute_analytics(
     engagement: Engagement,
     position: int,
     head: int,
+    tenant: str | None = DEFAULT_TENANT,
 ) -> Analytics:
-    """Aggregate the session facts of sessions that started in ``[start, end)``."""
+    """Aggregate the session facts of ``tenant``'s sessions (None: every tenant's;
+    a visitor is one per tenant) that started in ``[start, end)``."""
     check_range(start, end)
-    s = sessions_table.c
+    s, v = sessions_table.c, visitors_table.c
     query = select(sessions_table)
+    linked = select(v.tenant, v.visitor_id).where(v.user_id.is_not(None))
+    if tenant is not None:
+        query = query.where(s.tenant == tenant)
+        linked = linked.where(v.tenant == tenant)
     if start is not None:
         query = query.where(s.started_at >= start)
     if end is not None:
         query = query.where(s.started_at < end)
     rows = [dict(r) for r in conn.execute(query.order_by(s.started_at, s.session_id)).mappings()]
-    links = {
-        r.visitor_id: r.user_id
-        for r in conn.execute(
-            select(visitors_table.c.visitor_id, visitors_table.c.user_id).where(
-                visitors_table.c.user_id.is_not(None)
-            )
-        )
-    }
+    links = {(r.tenant, r.visitor_id) for r in conn.execute(linked)}
     per_day: Counter[date] = Counter()
     per_hour: Counter[int] = Counter()
     per_channel: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
-    visitors: set[str] = set()
-    new: set[str] = set()
-    returning: set[str] = set()
+    visitors: set[tuple[str, str]] = set()
+    new: set[tuple[str, str]] = set()
+    returning: set[tuple[str, str]] = set()
     durations: list[float] = []
     counts: list[int] = []
     engaged = returning_sessions = user_messages = authenticated = 0
@@ -321,8 +328,9 @@ def compute_analytics(
         per_hour[started.hour] += 1
         per_channel[row["channel"]] += 1
         reasons[end_reason(row, as_of)] += 1
-        visitors.add(row["visitor_id"])
-        (returning if row["is_returning"] else new).add(row["visitor_id"])
+        visitor = (row["tenant"], row["visitor_id"])
+        visitors.add(visitor)
+        (returning if row["is_returning"] else new).add(visitor)
         returning_sessions += row["is_returning"]
         durations.append(duration_s(row))
         counts.append(row["messages"])
@@ -358,33 +366,10 @@ def compute_analytics(
     )
 
 
-# ---------------------------------------------------------------- re-sessionizing
+def tenants(conn: Connection) -> list[str]:
+    """Every tenant that has a session, in order."""
+    column = sessions_table.c.tenant
+    return list(conn.execute(select(column).distinct().order_by(column)).scalars())
 
 
-def resessionize(
-    messages: Iterable[tuple[str, datetime]], timeout: timedelta
-) -> list[tuple[str, datetime, datetime, int]]:
-    """Split each visitor's messages into conversations under ``timeout``.
-
-    ``messages`` are ``(visitor_id, at)`` pairs in time order per visitor. A
-    gap *longer* than ``timeout`` between two consecutive messages of a visitor
-    starts a new conversation (exactly ``timeout`` does not, as in the engine).
-    Returns ``(visitor_id, first_at, last_at, message_count)`` per conversation.
-    """
-    if timeout <= timedelta(0):
-        raise InvalidCommandError(f"A re-sessionizing timeout must be positive, got {timeout}.")
-    open_: dict[str, list[Any]] = {}
-    done: list[tuple[str, datetime, datetime, int]] = []
-    for visitor, at in messages:
-        current = open_.get(visitor)
-        if current is not None and at - current[1] <= timeout:
-            current[1] = at
-            current[2] += 1
-            continue
-        if current is not None:
-            done.append((visitor, current[0], current[1], current[2]))
-        open_[visitor] = [at, at, 1]
-    done.extend((v, c[0], c[1], c[2]) for v, c in open_.items())
-    done.sort(key=lambda c: (c[1], c[0]))
-    return done
-
+__all__ = ["SessionAnalytics", "check_range", "compute_analytics", "resessionize", "tenants"]

@@ -30,6 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from ..domain.batching import batched
 from ..domain.erasure import ERASED_TEXT
 from ..domain.session import Session
+from ..domain.tenancy import DEFAULT_TENANT
 from ..domain.visitor import Visitor
 from .read_model import HandlerTableReadModel, batch_ids
 from .query_results import TranscriptMessage
@@ -46,10 +47,15 @@ class LoggedSession(Base):
     """Who a session belongs to and how many messages it has (for positions)."""
 
     __tablename__ = "conversation_sessions"
+    __table_args__ = (
+        Index("ix_conversation_sessions_tenant_visitor", "tenant", "visitor_id"),
+        Index("ix_conversation_sessions_tenant_user", "tenant", "user_id"),
+    )
 
     session_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    visitor_id: Mapped[str] = mapped_column(String(200), index=True)
-    user_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    tenant: Mapped[str] = mapped_column(String(64), server_default=DEFAULT_TENANT)
+    visitor_id: Mapped[str] = mapped_column(String(200))
+    user_id: Mapped[str | None] = mapped_column(String(200))
     channel: Mapped[str] = mapped_column(String(200))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     message_count: Mapped[int] = mapped_column(Integer)
@@ -61,6 +67,7 @@ class LoggedVisitor(Base):
     __tablename__ = "conversation_visitors"
 
     visitor_uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), server_default=DEFAULT_TENANT)
     visitor_id: Mapped[str] = mapped_column(String(200))
     user_id: Mapped[str | None] = mapped_column(String(200))
 
@@ -70,13 +77,14 @@ class LoggedMessage(Base):
 
     __tablename__ = "conversation_messages"
     __table_args__ = (
-        Index("ix_conversation_messages_user_at", "user_id", "at"),
-        Index("ix_conversation_messages_visitor_at", "visitor_id", "at"),
-        Index("ix_conversation_messages_at", "at"),
+        Index("ix_conversation_messages_tenant_user_at", "tenant", "user_id", "at"),
+        Index("ix_conversation_messages_tenant_visitor_at", "tenant", "visitor_id", "at"),
+        Index("ix_conversation_messages_tenant_at", "tenant", "at"),
     )
 
     session_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), server_default=DEFAULT_TENANT)
     visitor_id: Mapped[str] = mapped_column(String(200))
     user_id: Mapped[str | None] = mapped_column(String(200))
     channel: Mapped[str] = mapped_column(String(200))
@@ -91,16 +99,21 @@ visitors_table = Base.metadata.tables[LoggedVisitor.__tablename__]
 messages_table = Base.metadata.tables[LoggedMessage.__tablename__]
 
 _MESSAGE_KEYS = (
-    "session_id", "position", "visitor_id", "user_id", "channel", "role", "text", "at", "notification_id",
+    "session_id", "position", "tenant", "visitor_id", "user_id", "channel", "role", "text", "at",
+    "notification_id",
 )  # fmt: skip
-_SESSION, _VISITOR, _USER, _TEXT = (
-    _MESSAGE_KEYS.index(k) for k in ("session_id", "visitor_id", "user_id", "text")
+_SESSION, _TENANT, _VISITOR, _USER, _TEXT = (
+    _MESSAGE_KEYS.index(k) for k in ("session_id", "tenant", "visitor_id", "user_id", "text")
 )
 
 def _link_updates(sessions: Any, messages: Any) -> list[Any]:
     return [
         update(table)
-        .where(table.c.visitor_id == bindparam("v"), table.c.user_id.is_(None))
+        .where(
+            table.c.tenant == bindparam("t"),
+            table.c.visitor_id == bindparam("v"),
+            table.c.user_id.is_(None),
+        )
         .values(user_id=bindparam("u"))
         for table in (sessions, messages)
     ]
@@ -118,9 +131,9 @@ class ConversationLog(HandlerTableReadModel):
     supports_shadow_rebuild = True  # writes through self.view.table(...)
     # The link UPDATEs need the visitor indexes; these serve reads only.
     deferred_indexes = (
-        "ix_conversation_messages_user_at",
-        "ix_conversation_messages_at",
-        "ix_conversation_sessions_user_id",
+        "ix_conversation_messages_tenant_user_at",
+        "ix_conversation_messages_tenant_at",
+        "ix_conversation_sessions_tenant_user",
     )
 
     def __init__(self, view: SQLView) -> None:
@@ -135,8 +148,8 @@ class ConversationLog(HandlerTableReadModel):
             else _link_updates(table(sessions_table), self.messages_table)
         )
         self.pending: list[list[Any]] = []  # message rows, values in _MESSAGE_KEYS order
-        self.pending_by_visitor: dict[str, list[list[Any]]] = {}
-        self.links: list[dict[str, str]] = []
+        self.pending_by_visitor: dict[tuple[str, str], list[list[Any]]] = {}
+        self.links: list[dict[str, str]] = []  # {"t": tenant, "v": visitor, "u": user}
         self.erased: set[str] = set()
         self.archived: set[str] = set()
 
@@ -188,6 +201,7 @@ class ConversationLog(HandlerTableReadModel):
         self.sessions.add(
             {
                 "session_id": str(e.originator_id),
+                "tenant": e.tenant,
                 "visitor_id": e.visitor_id,
                 "user_id": e.user_id,
                 "channel": e.channel,
@@ -207,6 +221,7 @@ class ConversationLog(HandlerTableReadModel):
         row = [
             sid,
             position,
+            session["tenant"],
             session["visitor_id"],
             session["user_id"],
             session["channel"],
@@ -217,7 +232,7 @@ class ConversationLog(HandlerTableReadModel):
         ]
         self.pending.append(row)
         if row[_USER] is None:  # only anonymous rows can be attributed later
-            self.pending_by_visitor.setdefault(row[_VISITOR], []).append(row)
+            self.pending_by_visitor.setdefault((row[_TENANT], row[_VISITOR]), []).append(row)
 
     def _session_linked(self, e: Session.IdentityLinked, notification_id: int) -> None:
         sid = str(e.originator_id)
@@ -228,8 +243,8 @@ class ConversationLog(HandlerTableReadModel):
 
     def _visitor_registered(self, e: Visitor.Registered, notification_id: int) -> None:
         self.visitors.add(
-            {"visitor_uuid": str(e.originator_id), "visitor_id": e.visitor_id, "user_id": None}
-        )
+            {"visitor_uuid": str(e.originator_id), "tenant": e.tenant, "visitor_id": e.visitor_id, "user_id": None}
+        )  # fmt: skip
 
     def _visitor_linked(self, e: Visitor.IdentityLinked, notification_id: int) -> None:
         """Attribute the visitor's earlier (anonymous) sessions and messages to the user.
@@ -242,12 +257,16 @@ class ConversationLog(HandlerTableReadModel):
             return
         visitor["user_id"] = e.user_id
         self.visitors.changed(visitor["visitor_uuid"])
-        visitor_id = visitor["visitor_id"]
-        self.links.append({"v": visitor_id, "u": e.user_id})
+        tenant, visitor_id = visitor["tenant"], visitor["visitor_id"]
+        self.links.append({"t": tenant, "v": visitor_id, "u": e.user_id})
         for session in self.sessions.rows():
-            if session["visitor_id"] == visitor_id and session["user_id"] is None:
+            if (
+                session["tenant"] == tenant
+                and session["visitor_id"] == visitor_id
+                and session["user_id"] is None
+            ):
                 session["user_id"] = e.user_id
-        for row in self.pending_by_visitor.pop(visitor_id, ()):
+        for row in self.pending_by_visitor.pop((tenant, visitor_id), ()):
             if row[_USER] is None:
                 row[_USER] = e.user_id
 
@@ -290,14 +309,18 @@ def query_transcript(
     start: datetime | None = None,
     end: datetime | None = None,
     limit: int | None = None,
+    tenant: str | None = DEFAULT_TENANT,
 ) -> list[TranscriptMessage]:
-    """Messages matching every given filter, in conversation order.
+    """Messages of ``tenant`` (None: every tenant's) matching every given filter,
+    in conversation order.
 
     ``visitor_id`` alone reads only the visitor's *anonymous* messages: once a
     visitor is linked, its history belongs to the user and is read by ``user_id``.
     """
     m = messages_table.c
     query = select(messages_table)
+    if tenant is not None:
+        query = query.where(m.tenant == tenant)
     if session_id is not None:
         query = query.where(m.session_id == session_id)
     if user_id is not None:
@@ -316,10 +339,15 @@ def query_transcript(
     return [_message(r) for r in conn.execute(query).mappings()]
 
 
-def iter_messages(conn: Connection, *, start: datetime | None = None, end: datetime | None = None) -> Iterator[TranscriptMessage]:
-    """Every message in the log (optionally in a time range), streamed in log order."""
+def iter_messages(
+    conn: Connection, *, start: datetime | None = None, end: datetime | None = None,
+    tenant: str | None = DEFAULT_TENANT,
+) -> Iterator[TranscriptMessage]:
+    """Every message of ``tenant`` (None: all), optionally in a time range, in log order."""
     m = messages_table.c
     query = select(messages_table).order_by(m.notification_id)
+    if tenant is not None:
+        query = query.where(m.tenant == tenant)
     if start is not None:
         query = query.where(m.at >= start)
     if end is not None:
@@ -329,11 +357,12 @@ def iter_messages(conn: Connection, *, start: datetime | None = None, end: datet
 
 
 def message_times(
-    conn: Connection, start: datetime | None, end: datetime | None
+    conn: Connection, start: datetime | None, end: datetime | None, tenant: str = DEFAULT_TENANT
 ) -> Iterable[tuple[str, datetime]]:
-    """``(visitor_id, at)`` of every recorded message, per visitor in time order."""
+    """``(visitor_id, at)`` of every message of ``tenant``, per visitor in time order."""
     m = messages_table.c
     query = select(m.visitor_id, m.at).order_by(m.visitor_id, m.at, m.notification_id)
+    query = query.where(m.tenant == tenant)
     if start is not None:
         query = query.where(m.at >= start)
     if end is not None:
@@ -341,10 +370,13 @@ def message_times(
     yield from conn.execution_options(yield_per=10000).execute(query)
 
 
-def session_owner(conn: Connection, session_id: str) -> tuple[str, str | None] | None:
+def session_owner(
+    conn: Connection, session_id: str, tenant: str = DEFAULT_TENANT
+) -> tuple[str, str | None] | None:
+    """``(visitor_id, user_id)`` of a session of ``tenant`` (None: no such session)."""
     row = conn.execute(
         select(sessions_table.c.visitor_id, sessions_table.c.user_id).where(
-            sessions_table.c.session_id == session_id
+            sessions_table.c.session_id == session_id, sessions_table.c.tenant == tenant
         )
     ).first()
     return None if row is None else (row[0], row[1])

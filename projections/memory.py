@@ -4,7 +4,9 @@ One profile per *subject*: ``user:<user_id>`` for a linked person, or
 ``visitor:<visitor_id>`` for an anonymous visitor. A session's events feed the
 profile of its visitor's subject at the time of the event. When a visitor is
 linked, its visitor profile is merged into the user's and removed, so anonymous
-reads (by visitor id) never reveal what belongs to a user.
+reads (by visitor id) never reveal what belongs to a user. Visitor and user ids
+are kept within their tenant (``domain.tenancy.scoped_key``: the same id in two
+tenants is two people; the default tenant's ids are stored as they are).
 
 Preferences come from slots set with ``scope="user"``; the latest value of a
 key wins (by business time) when profiles merge. The *last conversation* is
@@ -26,6 +28,7 @@ from sqlalchemy import select
 
 from ..domain.batching import batched
 from ..domain.session import Session
+from ..domain.tenancy import scoped_key, tenant_of
 from ..domain.visitor import Visitor
 from .memory_tables import (
     Base,
@@ -69,13 +72,12 @@ class UserMemory(HandlerTableReadModel):
         sessions, visitors = batch_ids(events, Session.Started, Visitor.Registered)
         self.sessions.load(conn, sessions)
         self.visitors.load(conn, visitors)
-        registered = {e.visitor_id for e in events if isinstance(e, Visitor.Registered)}
-        for e in events:
-            if isinstance(e, Visitor.Registered):
-                self.links[e.visitor_id] = None
+        registered = {_key(e) for e in events if isinstance(e, Visitor.Registered)}
+        for key in registered:
+            self.links[key] = None
         for row in self.visitors.rows():
             self.links[row["visitor_id"]] = row["user_id"]
-        wanted = {e.visitor_id for e in events if isinstance(e, Session.Started)}
+        wanted = {_key(e) for e in events if isinstance(e, Session.Started)}
         wanted |= {r["visitor_id"] for r in self.sessions.rows()}
         missing = [v for v in wanted - registered if v not in self.links]
         for chunk in batched(missing):
@@ -91,7 +93,11 @@ class UserMemory(HandlerTableReadModel):
                 self.links[v] = found.get(v)
         subjects = {self._subject(v) for v in wanted}
         subjects |= {user_subject(r["user_id"]) for r in self.visitors.rows() if r["user_id"]}
-        subjects |= {user_subject(e.user_id) for e in events if isinstance(e, Visitor.IdentityLinked)}
+        for e in events:
+            is_link = isinstance(e, Visitor.IdentityLinked)
+            linked = self.visitors.cached(str(e.originator_id)) if is_link else None
+            if linked is not None:
+                subjects.add(user_subject(scoped_key(tenant_of(linked["visitor_id"]), e.user_id)))
         subjects |= {visitor_subject(r["visitor_id"]) for r in self.visitors.rows()}
         self.profiles.load(conn, sorted(subjects))
 
@@ -140,23 +146,24 @@ class UserMemory(HandlerTableReadModel):
 
     def visitor_registered(self, e: Visitor.Registered) -> None:
         self.visitors.add(
-            {"visitor_uuid": str(e.originator_id), "visitor_id": e.visitor_id, "user_id": None}
+            {"visitor_uuid": str(e.originator_id), "visitor_id": _key(e), "user_id": None}
         )
-        self.links[e.visitor_id] = None
+        self.links[_key(e)] = None
 
     def visitor_linked(self, e: Visitor.IdentityLinked) -> None:
         visitor = self.visitors.get(self.view.conn, str(e.originator_id))
         if visitor is None:  # pragma: no cover - Registered always comes first
             return
-        visitor["user_id"] = e.user_id
+        user = scoped_key(tenant_of(visitor["visitor_id"]), e.user_id)  # the user, in the tenant
+        visitor["user_id"] = user
         self.visitors.changed(visitor["visitor_uuid"])
-        self.links[visitor["visitor_id"]] = e.user_id
+        self.links[visitor["visitor_id"]] = user
         old_key = visitor_subject(visitor["visitor_id"])
         old = self.profiles.get(self.view.conn, old_key)
         if old is None:
             return
         self.profiles.delete(old_key)
-        new_key = user_subject(e.user_id)
+        new_key = user_subject(user)
         new = self.profiles.get(self.view.conn, new_key)
         if new is None:
             self.profiles.add({**old, "subject": new_key})
@@ -165,20 +172,21 @@ class UserMemory(HandlerTableReadModel):
         self.profiles.changed(new_key)
 
     def started(self, e: Session.Started) -> None:
-        if e.user_id is not None and self._user_of(e.visitor_id) is None:  # pragma: no cover
-            self.links[e.visitor_id] = e.user_id
+        visitor = _key(e)
+        if e.user_id is not None and self._user_of(visitor) is None:  # pragma: no cover
+            self.links[visitor] = scoped_key(e.tenant, e.user_id)
         slots = {k: [v.value, v.scope] for k, v in e.carried_slots.items()}
         session = self.sessions.add(
             {
                 "session_id": str(e.originator_id),
-                "visitor_id": e.visitor_id,
+                "visitor_id": visitor,
                 "slots": slots,
                 "open_tasks": [],
                 "status": "active",
                 "last_activity_at": e.occurred_at,
             }
         )
-        subject = self._subject(e.visitor_id)
+        subject = self._subject(visitor)
         profile = self.profiles.get(self.view.conn, subject)
         if profile is None:
             profile = self.profiles.add(
@@ -201,7 +209,7 @@ class UserMemory(HandlerTableReadModel):
         stamp = _stamp(e.occurred_at)
         for key, slot in e.carried_slots.items():
             if slot.scope == "user":
-                profile["preferences"][key] = [slot.value, stamp, e.visitor_id]
+                profile["preferences"][key] = [slot.value, stamp, visitor]
         self._touch(session, e.occurred_at)
 
     def activity(self, e: Any) -> None:
@@ -284,15 +292,15 @@ def _data_erased(self: UserMemory, e: Visitor.DataErased) -> None:
     """
     conn = self.view.conn
     erased_sessions = {str(sid) for sid in e.receipt.session_ids}
-    erased_visitors = set(e.receipt.visitor_ids)
+    erased_visitors = set(e.receipt.key_owners)  # the visitors, within the tenant
     for sid in erased_sessions:
         session = self.sessions.get(conn, sid)
         if session is not None:
             session["slots"] = {k: [None, v[1]] for k, v in session["slots"].items()}
             self.sessions.changed(sid)
-    subjects = [visitor_subject(v) for v in e.receipt.visitor_ids]
+    subjects = [visitor_subject(v) for v in e.receipt.key_owners]
     if e.receipt.user_id is not None:
-        subjects.append(user_subject(e.receipt.user_id))
+        subjects.append(user_subject(scoped_key(e.receipt.tenant, e.receipt.user_id)))
     for subject in subjects:
         profile = self.profiles.get(conn, subject)
         if profile is None:
@@ -304,6 +312,11 @@ def _data_erased(self: UserMemory, e: Visitor.DataErased) -> None:
         if profile["left_off_session_id"] in erased_sessions:
             profile["last_slots"] = {k: None for k in profile["last_slots"]}
         self.profiles.changed(subject)
+
+
+def _key(e: Session.Started | Visitor.Registered) -> str:
+    """The visitor of ``e`` as this read model keys it: within its tenant."""
+    return scoped_key(e.tenant, e.visitor_id)
 
 
 def _stamp(at: datetime) -> str:

@@ -23,6 +23,7 @@ from ..domain.errors import (
     UnknownSessionError,
 )
 from ..domain.pydantic_aggregates import utc
+from ..domain.tenancy import DEFAULT_TENANT, scoped_key
 from . import analytics as an
 from . import conversation_log as log
 from . import memory_tables as mem
@@ -34,11 +35,15 @@ T = TypeVar("T")
 
 
 class ProjectionReads:
-    """Query the read models of one projector; every answer carries its lag."""
+    """Query the read models of one projector for one tenant (every row of
+    another tenant is as if it did not exist); every answer carries its lag."""
 
-    def __init__(self, projector: ProjectionRunner, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self, projector: ProjectionRunner, clock: Callable[[], datetime], tenant: str = DEFAULT_TENANT
+    ) -> None:
         self.projector = projector
         self.clock = clock
+        self.tenant = tenant
 
     def _read(self, name: str, query: Callable[[Connection, int, int], T]) -> T:
         if name not in self.projector.projections:
@@ -77,14 +82,15 @@ class ProjectionReads:
 
         def query(conn: Connection, position: int, head: int) -> Transcript:
             if sid is not None and (user_id is not None or visitor_id is not None):
-                owner = log.session_owner(conn, sid)
+                owner = log.session_owner(conn, sid, self.tenant)
                 if owner is not None and not (
                     (user_id is not None and owner[1] == user_id)
                     or (user_id is None and visitor_id == owner[0] and owner[1] is None)
                 ):
                     raise SessionOwnershipError(UUID(sid), visitor_id=visitor_id, user_id=user_id)
             messages = log.query_transcript(
-                conn, session_id=sid, user_id=user_id, visitor_id=visitor_id, start=start, end=end
+                conn, session_id=sid, user_id=user_id, visitor_id=visitor_id, start=start, end=end,
+                tenant=self.tenant,
             )
             return Transcript(position=position, head=head, messages=tuple(messages))
 
@@ -103,7 +109,7 @@ class ProjectionReads:
 
         def stream() -> Iterator[TranscriptMessage]:
             with self.projector.engine.connect() as conn:
-                yield from log.iter_messages(conn, start=start, end=end)
+                yield from log.iter_messages(conn, start=start, end=end, tenant=self.tenant)
 
         return position, head, stream()
 
@@ -128,8 +134,33 @@ class ProjectionReads:
                 engagement=engagement or Engagement(),
                 position=position,
                 head=head,
+                tenant=self.tenant,
             ),
         )
+
+    def analytics_by_tenant(
+        self,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        as_of: datetime | None = None,
+        engagement: Engagement | None = None,
+    ) -> dict[str, Analytics]:
+        """:meth:`analytics` of every tenant of the store, by tenant (an operator's
+        comparison: it reads every tenant's facts, whatever this reader's tenant)."""
+        moment = utc(as_of) if as_of is not None else utc(self.clock())
+        rule = engagement or Engagement()
+
+        def query(conn: Connection, position: int, head: int) -> dict[str, Analytics]:
+            return {
+                tenant: an.compute_analytics(
+                    conn, start=start, end=end, as_of=moment, engagement=rule,
+                    position=position, head=head, tenant=tenant,
+                )
+                for tenant in an.tenants(conn)
+            }
+
+        return self._read("analytics", query)
 
     def resessionize(
         self,
@@ -145,7 +176,7 @@ class ProjectionReads:
         an.check_range(start, end)
 
         def query(conn: Connection, position: int, head: int) -> Resessionized:
-            conversations = an.resessionize(log.message_times(conn, start, end), timeout)
+            conversations = an.resessionize(log.message_times(conn, start, end, self.tenant), timeout)
             per_day: Counter[date] = Counter(c[1].date() for c in conversations)
             counts = [c[3] for c in conversations]
             durations = [(c[2] - c[1]).total_seconds() for c in conversations]
@@ -184,10 +215,16 @@ class ProjectionReads:
                 "user_id": user_id,
                 "visitor_id": visitor_id,
             }
-            if visitor_id is not None and mem.visitor_link(conn, visitor_id) is not None:
+            # The memory's keys are the visitor's and user's within the tenant.
+            visitor = scoped_key(self.tenant, visitor_id) if visitor_id is not None else None
+            if visitor is not None and mem.visitor_link(conn, visitor) is not None:
                 # Linked: the memory now belongs to the user; never read it anonymously.
                 return Memory(**base, known=False, linked_to_user=True)
-            subject = mem.user_subject(user_id) if user_id else mem.visitor_subject(visitor_id or "")
+            subject = (
+                mem.user_subject(scoped_key(self.tenant, user_id))
+                if user_id
+                else mem.visitor_subject(visitor or "")
+            )
             profile = mem.read_profile(conn, subject)
             if profile is None:
                 return Memory(**base, known=False)

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, MetaData, Table, and_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from .columns import add_missing_columns
 from .failures import clean_text, error_summary, error_type_name, failures_table
 from .generations import generation_metadata, generation_suffix, generations_table
 from .tracking import TRACKING, TrackingConflict, tracking_table
@@ -53,6 +54,7 @@ class SQLView(TrackingRecorder):
         TRACKING.create_all(engine)
         metadata.create_all(engine)
         if tables is None:
+            add_missing_columns(engine, metadata)  # e.g. 0.5's tenant, on an older store's tables
             self.create_indexes()  # a rebuild that died may have left some out
 
     def table(self, table: Table) -> Table:

@@ -13,6 +13,7 @@ from uuid import uuid4
 
 import psycopg
 import pytest
+from hypothesis import settings
 from chatledger import ChatLedger, ManualClock, SessionPolicy
 from psycopg import sql
 
@@ -92,6 +93,19 @@ def ledger(database_url: str, clock: ManualClock, policy: SessionPolicy) -> Iter
     ledger = ChatLedger.open(database_url, clock=clock, policy=policy)
     yield ledger
     ledger.close()
+
+
+# Hypothesis profiles: "full" (the library's defaults) runs in the full suite; "fast" (a tenth of
+# the examples) in the fast loop, ``pytest -m "not slow"``, unless --hypothesis-profile names
+# one. A property's own example count scales with it: tests.helpers.examples(full).
+settings.register_profile("full", settings.get_profile("default"))
+settings.register_profile("fast", max_examples=10)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("hypothesis_profile", None) is None:
+        fast = (config.getoption("markexpr", "") or "").replace(" ", "") == "notslow"
+        settings.load_profile("fast" if fast else "full")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

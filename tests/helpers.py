@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Sequence, Sized
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+from hypothesis import settings
+
 from chatledger import ChatLedger
 from chatledger.domain.session import Session
+
+
+def examples(full: int) -> int:
+    """A property's number of Hypothesis examples: ``full`` under the "full" profile (the full
+    suite), a tenth of it (at least 3) under "fast" (the fast loop); see conftest.py."""
+    return max(3, full * settings.default.max_examples // 100)
+
+
+def slow_except(params: Sequence[Any], *fast: str) -> list[Any]:
+    """The cases of a parametrized test, every one but those with an id in ``fast`` marked
+    ``slow``: the fast loop runs one case per command family, the full suite runs them all."""
+    marked = []
+    for p in params:
+        if p.id in fast:
+            marked.append(p)
+        else:
+            marked.append(pytest.param(*p.values, id=p.id, marks=[*p.marks, pytest.mark.slow]))
+    assert {p.id for p in params} >= set(fast), fast
+    return marked
 
 
 def log_head(ledger: ChatLedger) -> int:
@@ -99,7 +121,7 @@ def stored_states(ledger: ChatLedger, aggregate_id: object) -> list[bytes]:
 
 def background_jobs(ledger: ChatLedger) -> Any:
     """The ledger's running background jobs, or None when none are started."""
-    return ledger._jobs
+    return ledger.background
 
 
 def key_ring_caches(ledger: ChatLedger) -> dict[str, Sized]:

@@ -249,6 +249,7 @@ def test_the_seeds_story_through_the_async_api(database_url: str) -> None:
 # ---------------------------------------------------------------- the facade itself
 
 NOT_OFFLOADED = {"open", "close", "webhook"}  # open(): _Opening; close(): aclose(); webhook: .sync
+READ_WHOLE = {"history", "messages"}  # iterators in the facade: read whole in the worker
 
 
 def test_every_command_and_query_of_chatledger_is_awaitable_with_its_signature() -> None:
@@ -263,7 +264,7 @@ def test_every_command_and_query_of_chatledger_is_awaitable_with_its_signature()
         assert inspect.iscoroutinefunction(method), name
         want = list(inspect.signature(getattr(ChatLedger, name)).parameters)[1:]
         assert list(inspect.signature(method).parameters) == want, name
-        assert method.__doc__ == getattr(ChatLedger, name).__doc__ or name == "history", name
+        assert method.__doc__ == getattr(ChatLedger, name).__doc__ or name in READ_WHOLE, name
 
 
 def test_a_closed_ledger_refuses_calls_and_close_waits_for_calls_in_flight(sqlite_url: str) -> None:
@@ -326,7 +327,7 @@ def test_mypy_sees_the_real_signatures(tmp_path: Any) -> None:
     )
     out = done.stdout
     assert re.search(r'Revealed type is "chatledger\.[\w.]+\.Turn"', out), out
-    assert "def (now: datetime.datetime | None =, *, limit: int | None =, batch_size: int =)" in out, out
+    assert "def (now: datetime.datetime | None =, *, limit: int | None =, batch_size: int =, all_tenants: bool =)" in out, out
     assert 'Argument 1 has incompatible type "int"; expected "str"' in out, out
     assert "expected \"Literal['bot', 'system']\"" in out, out
     assert 'Unexpected keyword argument "nope"' in out, out

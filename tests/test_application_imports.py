@@ -11,7 +11,7 @@ from pathlib import Path
 
 APPLICATION = Path(__file__).resolve().parents[1] / "application"
 # aio: the async facade, a wrapper of the facade (no use case imports it either).
-FACADE = {"ledger", "housekeeping", "read_model_queries", "aio", "__init__", "__main__"}
+FACADE = {"ledger", "aio", "__init__", "__main__"}
 
 
 def imports(path: Path) -> list[tuple[ast.ImportFrom | ast.Import, bool]]:

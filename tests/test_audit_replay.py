@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from .conftest import POSTGRES_URL, drop_schema, require_postgres
 from .test_replay_property import POLICY, VISITORS, apply, command
+from .helpers import examples
 
 
 def test_history_yields_each_event_with_the_state_after_it(ledger: ChatLedger, clock: ManualClock) -> None:
@@ -110,7 +111,7 @@ def run_and_capture(url: str, commands: list[tuple[object, ...]]) -> None:
             assert ledger.replay(sid, until=t) == live, (t, sid)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(commands=st.lists(command, max_size=30))
 def test_replay_at_a_past_time_equals_what_the_live_api_returned_then_sqlite(
     commands: list[tuple[object, ...]],
@@ -123,7 +124,7 @@ def test_replay_at_a_past_time_equals_what_the_live_api_returned_then_sqlite(
 
 
 @pytest.mark.postgres
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(8), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(commands=st.lists(command, max_size=25))
 def test_replay_at_a_past_time_equals_what_the_live_api_returned_then_postgres(
     commands: list[tuple[object, ...]],

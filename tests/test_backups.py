@@ -13,7 +13,7 @@ from uuid import uuid4
 
 import pytest
 from chatledger import ChatLedger, ConfigurationError, InvalidCommandError
-from chatledger.application.backups import restore_backup, verify_backup
+from chatledger.application.backups import create_backup, restore_backup, verify_backup
 from chatledger.domain.erasure import ERASED_TEXT
 from chatledger.infrastructure.key_providers import new_master_key
 from sqlalchemy.engine import make_url
@@ -61,7 +61,7 @@ def fill(ledger: ChatLedger) -> list[object]:
 def test_backup_restore_verify_round_trip_in_process(database_url: str, tmp_path: Path) -> None:
     with ChatLedger.open(database_url) as ledger:
         sessions = fill(ledger)
-        manifest = ledger.backup(tmp_path / "b")
+        manifest = create_backup(ledger, tmp_path / "b")
         ledger.receive("v-late", "after the backup")
     target = other_store(database_url, tmp_path)
     try:
@@ -130,7 +130,7 @@ def test_backup_restore_verify_round_trip_with_the_console_script(
 def test_a_changed_backup_file_fails_verification(database_url: str, tmp_path: Path) -> None:
     with ChatLedger.open(database_url) as ledger:
         fill(ledger)
-        ledger.backup(tmp_path / "b")
+        create_backup(ledger, tmp_path / "b")
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     name = max(manifest["files"], key=lambda n: manifest["files"][n]["bytes"])
     path = tmp_path / "b" / name
@@ -153,7 +153,7 @@ def test_a_backup_whose_rows_were_edited_and_rehashed_fails_the_anchor(
     still fails verify against the anchor the manifest recorded."""
     with ChatLedger.open(sqlite_url) as ledger:
         fill(ledger)
-        manifest = ledger.backup(tmp_path / "b")
+        manifest = create_backup(ledger, tmp_path / "b")
     copy = tmp_path / "b" / "store.sqlite"
     raw = RawDB(f"sqlite:///{copy}")
     raw.execute("DELETE FROM stored_events WHERE rowid = (SELECT max(rowid) FROM stored_events)")
@@ -176,7 +176,7 @@ def test_backup_refusals(sqlite_url: str, tmp_path: Path) -> None:
         (tmp_path / "full").mkdir()
         (tmp_path / "full" / "x").write_text("x")
         with pytest.raises(InvalidCommandError, match="not empty"):
-            ledger.backup(tmp_path / "full")
+            create_backup(ledger, tmp_path / "full")
     with pytest.raises(InvalidCommandError, match="not a finished chatledger backup"):
         restore_backup(tmp_path / "full", f"sqlite:///{tmp_path}/r.db")
     assert not (tmp_path / "r.db").exists()
@@ -203,7 +203,7 @@ def test_a_restored_backup_of_before_an_erasure_keeps_the_erased_content_unreada
     with ChatLedger.open(database_url, **options) as ledger:
         a = ledger.receive("v-a", "alpha-secret").session_id
         b = ledger.receive("v-b", "bravo-secret").session_id
-        ledger.backup(tmp_path / "before")
+        create_backup(ledger, tmp_path / "before")
         ledger.erase(visitor_id="v-a")
     target = other_store(database_url, tmp_path)
     try:

@@ -29,6 +29,7 @@ from chatledger import ChatLedger
 
 from .audit_helpers import RawDB
 from .conftest import IN_CI, POSTGRES_CONNINFO
+from .helpers import slow_except
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = (
@@ -129,7 +130,9 @@ def no_files(folder: Path) -> list[str]:
 # ------------------------------------------------------------------ item 2: usage errors, --version
 
 
-@pytest.mark.parametrize("module", [False, True], ids=["script", "python-m"])
+@pytest.mark.parametrize(
+    "module", slow_except([pytest.param(False, id="script"), pytest.param(True, id="python-m")], "script")
+)
 def test_version(cli: Install, tmp_path: Path, module: bool) -> None:
     done = run(cli, ["--version"], tmp_path, module=module)
     assert done.returncode == 0, done.stderr
@@ -164,7 +167,7 @@ USAGE_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(("args", "message"), USAGE_ERRORS)
+@pytest.mark.parametrize(("args", "message"), slow_except(USAGE_ERRORS, "missing-argument", "typo-option"))
 def test_usage_errors_show_usage_and_a_hint_and_exit_2(
     cli: Install, tmp_path: Path, args: list[str], message: str
 ) -> None:
@@ -268,7 +271,7 @@ READ_ONLY = [
 ]
 
 
-@pytest.mark.parametrize("args", READ_ONLY)
+@pytest.mark.parametrize("args", slow_except(READ_ONLY, "audit-verify", "events-follow"))
 def test_read_only_commands_refuse_a_missing_sqlite_file_and_create_nothing(
     cli: Install, tmp_path: Path, args: list[str]
 ) -> None:
@@ -282,7 +285,7 @@ def test_read_only_commands_refuse_a_missing_sqlite_file_and_create_nothing(
     assert no_files(tmp_path) == ["OUT"] and no_files(tmp_path / "OUT") == []
 
 
-@pytest.mark.parametrize("args", READ_ONLY)
+@pytest.mark.parametrize("args", slow_except(READ_ONLY, "export-transcripts", "report", "erase"))
 def test_read_only_commands_write_no_tables_into_a_sqlite_file_that_is_no_store(
     cli: Install, tmp_path: Path, args: list[str]
 ) -> None:
@@ -430,7 +433,7 @@ def test_session_show_of_an_erased_session_prints_erased(cli: Install, tmp_path:
 
 @pytest.mark.parametrize(
     "args",
-    [
+    slow_except([
         pytest.param(["projections", "rebuild", "--all", "--batch-size", str(2**70)], id="rebuild-batch-2**70"),
         pytest.param(["projections", "catch-up", "--batch-size", str(2**63)], id="catch-up-batch-2**63"),
         pytest.param(["projections", "run", "--interval", "-1"], id="run-interval-negative"),
@@ -439,7 +442,7 @@ def test_session_show_of_an_erased_session_prints_erased(cli: Install, tmp_path:
                      id="export-since-year-1"),
         pytest.param(["export", "transcripts", "--out", "t.jsonl", "--until", "9999-12-31T23:00:00-05:00"],
                      id="export-until-year-9999"),
-    ],
+    ], "catch-up-batch-2**63", "export-since-year-1"),
 )
 def test_out_of_range_values_are_refused_before_any_read_model_is_touched(
     cli: Install, tmp_path: Path, args: list[str]
@@ -482,7 +485,9 @@ def test_an_altered_ciphertext_is_one_error_line_not_a_traceback(cli: Install, t
     assert run(cli, ["audit", "verify", "-d", url], tmp_path).returncode == 1
 
 
-@pytest.mark.parametrize("where", ["a-folder", "not-a-database", "under-a-file"])
+@pytest.mark.parametrize(
+    "where", slow_except([pytest.param(w, id=w) for w in ("a-folder", "not-a-database", "under-a-file")], "not-a-database")
+)
 def test_a_sqlite_path_that_cannot_be_a_database_is_one_error_line(cli: Install, tmp_path: Path, where: str) -> None:
     (tmp_path / "a-folder").mkdir()
     (tmp_path / "notes.txt").write_text("not a database\n" * 100)
@@ -495,7 +500,7 @@ def test_a_sqlite_path_that_cannot_be_a_database_is_one_error_line(cli: Install,
     assert (tmp_path / "notes.txt").read_text() == "not a database\n" * 100
 
 
-@pytest.mark.parametrize("days", ["nan", "1e300", "-1"])
+@pytest.mark.parametrize("days", slow_except([pytest.param(d, id=d) for d in ("nan", "1e300", "-1")], "nan"))
 def test_worker_refuses_a_retention_that_is_no_number_of_days(cli: Install, tmp_path: Path, days: str) -> None:
     url = f"sqlite:///{tmp_path}/chat.db"
     done = run(cli, ["worker", "--once", "--retention-days", days, "-d", url], tmp_path)

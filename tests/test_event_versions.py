@@ -251,21 +251,25 @@ def test_a_snapshot_of_another_version_is_passed_over_and_replaced(
         wrong.messages = wrong.messages[:1]
         ledger.snapshots.put([Session.Snapshot.take(wrong)])  # type: ignore[union-attr]
         [row] = list(ledger.snapshots.recorder.select_events(sid))  # type: ignore[union-attr]
-        assert row.originator_version == 5 and bytes(row.state).endswith(b',"class_version":3}')
+        assert row.originator_version == 5 and bytes(row.state).endswith(
+            b',"class_version":%d}' % Session.Snapshot.class_version
+        )
 
     with ChatLedger.open(database_url, clock=clock, snapshot_interval=3) as same_version:
         assert len(same_version.session(sid).messages) == 1  # the same version reads its own snapshot
 
-    monkeypatch.setattr(Session.Snapshot, "class_version", 4)  # the state's shape changed
+    monkeypatch.setattr(Session.Snapshot, "class_version", Session.Snapshot.class_version + 1)  # shape changed
     with ChatLedger.open(database_url, clock=clock, snapshot_interval=3) as ledger:
         assert list(ledger.snapshots.get(sid)) == []  # type: ignore[union-attr]
         state = ledger.session(sid)
         assert [m.text for m in state.messages] == ["one", "two", "three", "four"]
         assert state == ledger.session(sid, as_of=clock())  # == replaying every event
         clock.advance(timedelta(seconds=1))
-        ledger.reply(sid, "five")  # version 6: a fresh snapshot, at class version 4
+        ledger.reply(sid, "five")  # version 6: a fresh snapshot, at the new class version
         [row] = list(ledger.snapshots.recorder.select_events(sid))  # type: ignore[union-attr]
-        assert row.originator_version == 6 and bytes(row.state).endswith(b',"class_version":4}')
+        assert row.originator_version == 6 and bytes(row.state).endswith(
+            b',"class_version":%d}' % Session.Snapshot.class_version
+        )
 
     with ChatLedger.open(database_url, clock=clock, snapshot_interval=3) as ledger:
         [snapshot] = list(ledger.snapshots.get(sid))  # type: ignore[union-attr]
@@ -296,7 +300,7 @@ def test_a_visitor_snapshot_of_another_version_is_passed_over(
         ledger.snapshots.put([Visitor.Snapshot.take(wrong)])  # type: ignore[union-attr]
     with ChatLedger.open(database_url, clock=clock, snapshot_interval=2) as ledger:
         assert ledger.repository.get(vid).session_ids == []  # the snapshot is what is read
-    monkeypatch.setattr(Visitor.Snapshot, "class_version", 2)
+    monkeypatch.setattr(Visitor.Snapshot, "class_version", Visitor.Snapshot.class_version + 1)
     with ChatLedger.open(database_url, clock=clock, snapshot_interval=2) as ledger:
         assert list(ledger.snapshots.get(vid)) == []  # type: ignore[union-attr, arg-type]
         assert len(ledger.repository.get(vid).session_ids) == 1  # replayed from its events

@@ -22,7 +22,7 @@ from chatledger import ChatLedger, ManualClock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .helpers import log_head
+from .helpers import examples, log_head
 
 argv_text = st.one_of(
     st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
@@ -69,7 +69,7 @@ def _head(path: Path) -> int:
 
 
 @pytest.mark.slow
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_hostile_arguments_never_end_in_a_traceback(store: Path, tmp_path: Path, data: st.DataObject) -> None:
     args = data.draw(commands(f"sqlite:///{store}", str(tmp_path / "out.jsonl")))

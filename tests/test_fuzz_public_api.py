@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .conftest import POSTGRES_URL, drop_schema, require_postgres
-from .helpers import log_head
+from .helpers import examples, log_head
 
 BIG = "x" * 10_000_000  # 10 MB
 
@@ -53,6 +53,7 @@ class Arg:
 
 
 ok_chars = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+id_chars = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\x1f")
 surrogate = st.characters(whitelist_categories=("Cs",))
 
 
@@ -60,10 +61,16 @@ def _with(text: st.SearchStrategy[str], ch: st.SearchStrategy[str]) -> st.Search
     return st.tuples(text, ch, text).map(lambda t: t[0] + t[1] + t[2])
 
 
-def strings(valid_max: int, oversize: str) -> st.SearchStrategy[Arg]:
-    """Texts or ids: valid ones, and each way a string can be hostile."""
-    valid = st.text(ok_chars, min_size=1, max_size=min(valid_max, 30)).filter(str.strip)
+def strings(valid_max: int, oversize: str, *, is_id: bool = False) -> st.SearchStrategy[Arg]:
+    """Texts or ids: valid ones, and each way a string can be hostile (an id also
+    with the unit separator, which joins a tenant to an id)."""
+    chars = id_chars if is_id else ok_chars
+    valid = st.text(chars, min_size=1, max_size=min(valid_max, 30)).filter(str.strip)
+    hostile = [
+        _with(st.text(chars, max_size=5), st.just("\x1f")).map(lambda s: Arg(s, InvalidTextError))
+    ] if is_id else []
     return st.one_of(
+        *hostile,
         valid.map(Arg),
         valid.map(Arg),
         _with(st.text(ok_chars, max_size=5), surrogate).map(lambda s: Arg(s, InvalidTextError)),
@@ -75,7 +82,7 @@ def strings(valid_max: int, oversize: str) -> st.SearchStrategy[Arg]:
 
 
 TEXT = strings(100_000, BIG)
-ID = strings(200, "i" * 201)
+ID = strings(200, "i" * 201, is_id=True)
 VISITORS = ["v-1", "v-2", "v-3"]
 USERS = ["u-1", "u-2"]
 
@@ -232,7 +239,7 @@ def fuzz_ledger(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
             drop_schema(schema)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(call=calls())
 def test_each_call_succeeds_or_refuses_for_the_rule_it_broke(fuzz_ledger: ChatLedger, call: tuple[str, Callable[..., Any], dict[str, Arg]]) -> None:
     name, fn, args = call

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from chatledger import ChatLedger, ConfigurationError, ManualClock, SessionPolicy
+from chatledger.application.key_management import rotate_keys
 from chatledger.domain.erasure import ERASED_TEXT
 from chatledger.infrastructure.key_providers import (
     WRAPPED_PREFIX,
@@ -132,7 +133,7 @@ def test_master_key_rotation_keeps_every_event_readable(
     before = stored_keys(database_url)
     # The new master key first, the old one still listed: rotate.
     with ChatLedger.open(database_url, master_key=f"{K2},{K1}", **vault) as ledger:
-        done = ledger.rotate_keys()
+        done = rotate_keys(ledger)
         assert done.keys_wrapped == (0 if with_vault else 5)
         assert done.provider_rewrapped == (5 if with_vault else 0)
     after = stored_keys(database_url)
@@ -147,7 +148,7 @@ def test_master_key_rotation_keeps_every_event_readable(
         assert [e.text for e in ledger.transcript(sessions[1]).messages] == ["secret-1 hello"]
         sid = ledger.receive("v-new", "after rotation").session_id
         assert texts(ledger, sid) == ["after rotation"]
-        assert ledger.rotate_keys().keys_wrapped == 0  # nothing left to do
+        assert rotate_keys(ledger).keys_wrapped == 0  # nothing left to do
 
 
 def test_rotation_wraps_the_keys_of_an_old_store(tmp_path: Path) -> None:
@@ -164,7 +165,7 @@ def test_rotation_wraps_the_keys_of_an_old_store(tmp_path: Path) -> None:
     assert all(len(s) == 32 for _, s in stored_keys(url).values())
     with ChatLedger.open(url, policy=policy, clock=clock, **settings) as ledger:
         seen = store_story.observe(ledger, recorded["ids"])
-        result = ledger.rotate_keys()
+        result = rotate_keys(ledger)
     assert result.keys_wrapped == len(stored_keys(url)) > 0
     assert all(s.startswith(WRAPPED_PREFIX) for _, s in stored_keys(url).values())
     with ChatLedger.open(url, policy=policy, clock=clock, **settings) as ledger:

@@ -280,8 +280,20 @@ def test_a_key_destroyed_before_its_maker_learned_it_was_committed_is_never_resu
         [k1] = key_rows(raw, "v-1")
         sid = b.visitor("v-1").session_ids[-1]  # type: ignore[union-attr]
         assert b.erase(visitor_id="v-1", at=T0 + timedelta(seconds=1)).key_ids == (k1,)
+        # The reply is encoded (in this thread, under the key A still holds as new) before A's
+        # first write is confirmed; then that write may finish (it holds the write turn).
+        mapper: Any = a.mapper
+        to_stored = mapper.to_stored_event
+
+        def encoded_then_release(event: Any) -> Any:
+            stored = to_stored(event)
+            release.set()
+            return stored
+
+        mapper.to_stored_event = encoded_then_release
         with counting_stale_keys(a) as stale:
             a.reply(sid, "after erasure", at=T0 + timedelta(seconds=2))
+        mapper.to_stored_event = to_stored
         assert stale == [[k1]]
         [k2] = key_rows(raw, "v-1")
         assert k2 != k1

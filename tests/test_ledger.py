@@ -13,7 +13,7 @@ from chatledger import (
     InvalidCommandError,
     ManualClock,
     SessionClosedError,
-    SessionExpiredError,
+    SessionTimedOutError,
     SessionOwnershipError,
     SessionPolicy,
     TaskStateError,
@@ -312,9 +312,9 @@ def test_commands_on_an_expired_session_are_refused_without_writing(ledger: Chat
     turn = ledger.receive("v-1", "hi")
     clock.advance(hours=1)
     before = log_head(ledger)
-    with pytest.raises(SessionExpiredError) as info:
+    with pytest.raises(SessionTimedOutError) as info:
         ledger.reply(turn.session_id, "sorry for the wait")
-    assert info.value.expired_at == clock() - timedelta(minutes=30)
+    assert info.value.timed_out_at == clock() - timedelta(minutes=30)
     assert log_head(ledger) == before
     assert ledger.current_session("v-1") is None
 

@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from .conftest import POSTGRES_URL, drop_schema
+from .helpers import examples
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -337,13 +338,13 @@ def run_command(ledger: ChatLedger, clock: ManualClock, command: tuple[Any, ...]
         elif kind == "end":
             ledger.end_session(sid, at=now)
         elif kind == "sweep":
-            ledger.expire_if_idle(sid, now=now)
+            ledger.time_out_if_idle(sid, now=now)
     except ChatLedgerError:
         pass  # a rejected command appends nothing; the history goes on
 
 
 @settings(
-    max_examples=20,
+    max_examples=examples(20),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -365,7 +366,7 @@ def test_live_projections_equal_rebuilt_projections(
         assert rebuilt(ledger) == live
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(10), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(gaps=st.lists(st.tuples(st.sampled_from(VISITORS[:3]), st.integers(0, 90), st.booleans()), min_size=1, max_size=25))
 def test_resessionizing_with_the_policy_timeout_reproduces_the_sessions(
     sqlite_url: str, tmp_path: Any, gaps: list[tuple[str, int, bool]]

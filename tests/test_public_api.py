@@ -58,3 +58,30 @@ def test_the_package_is_installed_under_chatledger_not_as_top_level_modules(tmp_
         [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[True, True, True, True]"
+
+
+def test_renamed_public_names_of_released_versions_still_work_and_warn(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    import pytest
+    from chatledger import ChatLedger, ManualClock, SessionTimedOutError
+
+    with pytest.warns(DeprecationWarning, match="SessionExpiredError is deprecated; use SessionTimedOutError"):
+        from chatledger import SessionExpiredError
+    assert SessionExpiredError is SessionTimedOutError
+    with pytest.warns(DeprecationWarning, match="SessionExpiredError"):
+        assert chatledger.application.errors.SessionExpiredError is SessionTimedOutError
+    with pytest.raises(AttributeError, match="module 'chatledger' has no attribute 'SessionGoneError'"):
+        chatledger.SessionGoneError  # noqa: B018
+    clock = ManualClock()
+    with ChatLedger.open(f"sqlite:///{tmp_path}/chat.db", clock=clock) as ledger:
+        sid = ledger.receive("v-1", "hello").session_id
+        later = clock() + timedelta(hours=1)
+        with pytest.warns(DeprecationWarning, match=r"expire_if_idle\(\) is deprecated; use time_out_if_idle"):
+            assert ledger.expire_if_idle(sid, now=later) is True
+        assert ledger.session(sid).status == "timed_out"
+        assert ledger.time_out_if_idle(sid, now=later) is False  # once
+        with pytest.raises(SessionTimedOutError) as info:
+            ledger.reply(ledger.receive("v-2", "hi").session_id, "x", at=later)
+        with pytest.warns(DeprecationWarning, match="use timed_out_at"):
+            assert info.value.expired_at == info.value.timed_out_at == clock() + timedelta(minutes=30)

@@ -21,18 +21,24 @@ from chatledger.infrastructure.hashchain import (
 from chatledger.infrastructure.recording import HASHES
 from chatledger.infrastructure.sqlite import SQLiteLedgerRecorder
 from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore
 from hypothesis import given
 from hypothesis import strategies as st
 
 
 class RowByRowRecorder(SQLiteLedgerRecorder):
-    """The same recorder, inserting events the library's way (one execute per event)."""
+    """The same recorder, inserting events the library's way: its insert statement, one execute
+    per event, each id its ``lastrowid``."""
 
-    def _insert_event_rows(
+    def insert_event_rows(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], hexes: Sequence[str]
     ) -> list[int]:
-        return list(SQLiteApplicationRecorder._insert_events(self, c, stored_events) or ())
+        ids = []
+        for s, hex_id in zip(stored_events, hexes, strict=True):
+            c.execute(self.insert_events_statement, (hex_id, s.originator_version, s.topic, s.state))
+            assert c.lastrowid is not None
+            ids.append(c.lastrowid)
+        return ids
 
 
 def recorder(cls: type[SQLiteLedgerRecorder], path: Path) -> SQLiteLedgerRecorder:

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .conftest import POSTGRES_URL, drop_schema, require_postgres
+from .helpers import examples
 
 VISITORS = ["v-a", "v-b", "v-c"]
 POLICY = SessionPolicy(
@@ -110,7 +111,7 @@ def check_replay(url: str, commands: list[tuple[object, ...]], worker: subproces
 
 
 @pytest.mark.slow
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(commands=st.lists(command, max_size=40))
 def test_replay_in_a_fresh_process_rebuilds_identical_state_sqlite(
     commands: list[tuple[object, ...]], worker: subprocess.Popen[str]
@@ -123,7 +124,7 @@ def test_replay_in_a_fresh_process_rebuilds_identical_state_sqlite(
 
 
 @pytest.mark.postgres
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(12), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(commands=st.lists(command, max_size=30))
 def test_replay_in_a_fresh_process_rebuilds_identical_state_postgres(
     commands: list[tuple[object, ...]], worker: subprocess.Popen[str]

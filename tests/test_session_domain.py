@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 import pytest
-from chatledger import InvalidCommandError, SessionClosedError, SessionExpiredError, TaskStateError
+from chatledger import InvalidCommandError, SessionClosedError, SessionTimedOutError, TaskStateError
 from chatledger.domain.policy import AppliedPolicy, SessionPolicy
 from chatledger.domain.session import Session
 
@@ -83,7 +83,7 @@ def test_rejected_commands_append_nothing() -> None:
         session.receive("earlier", at=T0 - timedelta(seconds=1))
     with pytest.raises(TaskStateError):
         session.complete_task("never-started", at=T0)
-    with pytest.raises(SessionExpiredError):
+    with pytest.raises(SessionTimedOutError):
         session.send("too late", at=T0 + timedelta(hours=1))
     with pytest.raises(InvalidCommandError):
         session.set_slot("k", 1, at=T0, scope="galaxy")  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .audit_helpers import RawDB
+from .helpers import examples
 
 
 def _snapshot_sizes(ledger: ChatLedger, sid: object) -> list[tuple[int, int]]:
@@ -45,7 +46,7 @@ def test_a_session_snapshot_does_not_grow_with_its_messages(database_url: str, c
     assert len(list(state.messages)) == 200
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=examples(10), deadline=None)
 @given(
     texts=st.lists(
         st.text(st.characters(categories=("L", "N", "P", "S", "Zs")), min_size=1, max_size=20).filter(str.strip),

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from chatledger import (
     ChatLedger,
-    SessionExpiredError,
+    SessionTimedOutError,
     SessionPolicy,
 )
 
@@ -124,7 +124,7 @@ def test_a_refusal_on_fresh_data_still_comes_out(database_url: str) -> None:
     ledger = ChatLedger.open(database_url)
     try:
         sid = ledger.receive("v1", "hi", at=T0).session_id
-        with pytest.raises(SessionExpiredError):
+        with pytest.raises(SessionTimedOutError):
             ledger.reply(sid, "late", at=T0 + timedelta(hours=2))
         assert [m.text for m in ledger.session(sid).messages] == ["hi"]
     finally:

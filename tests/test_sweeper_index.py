@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from .helpers import background_jobs, event_names, load_session
+from .helpers import background_jobs, event_names, examples, load_session
 
 T0 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
 
@@ -44,7 +44,7 @@ def test_index_deadline_is_the_sessions_own_expiry(sqlite_url: str) -> None:
     ledger = ChatLedger.open(sqlite_url, policy=policy)
     epoch = [T0]
 
-    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=examples(40), deadline=None, suppress_health_check=list(HealthCheck))
     @given(history=steps)
     def check(history: list[Step]) -> None:
         at = epoch[0]

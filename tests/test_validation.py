@@ -34,7 +34,7 @@ from chatledger.domain import validation
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .helpers import log_head
+from .helpers import examples, log_head
 
 NAIVE = datetime(2026, 1, 1, 12, 0)
 MB10 = "x" * 10_000_000
@@ -120,7 +120,7 @@ CASES: list[tuple[str, Call, type[InvalidFieldError], str]] = [
     ("str at", lambda l, s: l.set_slot(s, "k", 1, at="2026-01-01"), InvalidTimeError, "at"),
     ("year 9999", lambda l, s: l.receive("v", "hi", at=datetime(9999, 12, 31, tzinfo=UTC)), InvalidTimeError,
      "at"),
-    ("max datetime -5h", lambda l, s: l.expire_if_idle(
+    ("max datetime -5h", lambda l, s: l.time_out_if_idle(
         s, now=datetime.max.replace(tzinfo=timezone(-timedelta(hours=5)))), InvalidTimeError, "now"),
     ("before 1970", lambda l, s: l.link_identity("v", "u", at=datetime(1969, 1, 1, tzinfo=UTC)),
      InvalidTimeError, "at"),
@@ -320,7 +320,7 @@ json_values = st.recursive(
 SMALL = Limits(max_text_chars=20, max_id_chars=10, max_json_bytes=200, max_json_depth=3)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(any_text)
 def test_validated_text_is_storable(text: str) -> None:
     try:
@@ -332,7 +332,7 @@ def test_validated_text_is_storable(text: str) -> None:
     text.encode("utf-8")
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(json_values)
 def test_validated_json_is_storable(value: Any) -> None:
     try:
@@ -344,7 +344,7 @@ def test_validated_json_is_storable(value: Any) -> None:
     assert len(dumped.encode("utf-8")) <= 200 and "\x00" not in dumped
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(st.datetimes(timezones=st.none() | st.timezones()))
 def test_validated_times_are_aware_utc_and_in_range(value: datetime) -> None:
     try:

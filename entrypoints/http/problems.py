@@ -66,8 +66,15 @@ SERVICE_PROBLEMS: dict[str, tuple[int, str]] = {
 }
 
 
+# A problem type is a wire contract: a class renamed since a release keeps its released type
+# (SessionTimedOutError was 0.4.0's SessionExpiredError).
+RELEASED_TYPES = {"SessionTimedOutError": "session-expired"}
+
+
 def problem_type(error: type[ChatLedgerError]) -> str:
     """``UnknownSessionError`` -> ``urn:chatledger:problem:unknown-session``."""
+    if error.__name__ in RELEASED_TYPES:
+        return PREFIX + RELEASED_TYPES[error.__name__]
     stem = error.__name__.removesuffix("Error") or error.__name__
     return PREFIX + re.sub(r"(?<!^)(?=[A-Z])", "-", stem).lower()
 
@@ -101,6 +108,6 @@ def service_problem(
 
 
 __all__ = [
-    "PROBLEM_MEDIA_TYPE", "SERVICE_PROBLEMS", "STATUS", "error_problem", "problem",
+    "PROBLEM_MEDIA_TYPE", "RELEASED_TYPES", "SERVICE_PROBLEMS", "STATUS", "error_problem", "problem",
     "problem_type", "service_problem", "status_of",
 ]

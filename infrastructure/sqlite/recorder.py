@@ -109,7 +109,7 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
         plain_delete(c)
         oids = [as_uuid(s.originator_id) for s in stored_events]
         hexes = [oid.hex for oid in oids]
-        ids = self._insert_event_rows(c, stored_events, hexes)
+        ids = self.insert_event_rows(c, stored_events, hexes)
         prev = self._prev_event_hashes(c, stored_events, hexes)
         rows = chain_rows_by_hex(stored_events, oids, hexes, ids, prev, None)  # per aggregate only: see sealing
         c.executemany(
@@ -156,7 +156,7 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
 
         self.check_used_keys(used, found, destroyed, current_keys)
 
-    def _insert_event_rows(
+    def insert_event_rows(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], hexes: Sequence[str]
     ) -> list[int]:
         """Insert the events with one ``executemany`` and return their notification ids.

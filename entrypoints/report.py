@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from html import escape
 
-from .query_results import Analytics
+from .. import Analytics
 
 DURATION_BUCKETS: list[tuple[str, float]] = [
     ("0 s", 0.0),

@@ -1,0 +1,252 @@
+"""Tenants in the read models (issue 13): every row carries its tenant, every query
+of a tenant filters by it; the sweep and retention run per tenant or store-wide;
+analytics compares tenants for an operator. A Hypothesis property over random
+multi-tenant histories: no query of tenant A ever returns what was written under
+tenant B. On a real SQLite file and on PostgreSQL."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from chatledger import ChatLedger, ManualClock, SessionPolicy, UnknownSessionError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .conftest import POSTGRES_URL, drop_schema, require_postgres
+
+TENANTS = ("default", "acme", "globex")
+
+
+def test_transcripts_and_memory_are_per_tenant(ledger: ChatLedger) -> None:
+    acme, globex = ledger.tenant("acme"), ledger.tenant("globex")
+    for t in (acme, globex):
+        sid = t.receive("v-1", f"{t.tenant_id} says hi").session_id
+        t.set_slot(sid, "display_name", f"name-{t.tenant_id}", scope="user")
+        t.link_identity("v-1", "u-1")
+    ledger.catch_up()
+    for t in (acme, globex):
+        texts = [m.text for m in t.transcript(user_id="u-1").messages]
+        assert texts == [f"{t.tenant_id} says hi"]
+        assert [
+            m.text for m in t.transcript(start=ledger.clock() - timedelta(days=1)).messages
+        ] == texts
+        assert t.memory(user_id="u-1").display_name == f"name-{t.tenant_id}"
+    assert ledger.transcript(user_id="u-1").messages == ()
+    assert not ledger.memory(user_id="u-1").known
+    # a session id of another tenant reads as an unknown session's: nothing
+    theirs = acme.current_session("v-1")
+    assert theirs is not None
+    assert globex.transcript(theirs.session_id).messages == ()
+    assert globex.transcript(uuid4()).messages == ()
+
+
+def test_an_erasure_in_one_tenant_blanks_only_its_read_model_rows(ledger: ChatLedger) -> None:
+    acme, globex = ledger.tenant("acme"), ledger.tenant("globex")
+    for t in (acme, globex):
+        sid = t.receive("v-1", f"{t.tenant_id} secret").session_id
+        t.set_slot(sid, "display_name", f"name-{t.tenant_id}", scope="user")
+    ledger.catch_up()
+    globex.erase(visitor_id="v-1")
+    assert [m.text for m in acme.transcript(visitor_id="v-1").messages] == ["acme secret"]
+    assert acme.memory(visitor_id="v-1").display_name == "name-acme"
+    assert [m.text for m in globex.transcript(visitor_id="v-1").messages] == ["[erased]"]
+    assert ledger.projection_failures() == []
+
+
+def test_analytics_per_tenant_and_compared(ledger: ChatLedger, clock: ManualClock) -> None:
+    acme, globex = ledger.tenant("acme"), ledger.tenant("globex")
+    for n, t in ((1, ledger), (2, acme), (3, globex)):
+        for i in range(n):
+            t.receive(f"v-{i}", "hi")  # the same visitor ids in every tenant
+    ledger.catch_up()
+    assert (
+        ledger.analytics().sessions,
+        acme.analytics().sessions,
+        globex.analytics().sessions,
+    ) == (1, 2, 3)
+    assert acme.analytics().visitors == 2
+    compared = acme.analytics_by_tenant()
+    assert {k: v.sessions for k, v in compared.items()} == {"acme": 2, "default": 1, "globex": 3}
+    assert (
+        compared["globex"].model_dump()
+        == globex.analytics(as_of=compared["globex"].as_of).model_dump()
+    )
+    assert acme.resessionize(timedelta(minutes=30)).sessions == 2
+
+
+def test_the_sweep_is_per_tenant_unless_asked_for_all(
+    ledger: ChatLedger, clock: ManualClock
+) -> None:
+    quick = ledger.tenant("quick", policy=SessionPolicy(idle_timeout=timedelta(minutes=1)))
+    other = ledger.tenant("other", policy=SessionPolicy(idle_timeout=timedelta(minutes=1)))
+    q = quick.receive("v-1", "hi").session_id
+    o = other.receive("v-1", "hi").session_id
+    d = ledger.receive("v-1", "hi").session_id
+    clock.advance(timedelta(minutes=2))
+    assert quick.sweep() == 1
+    assert [e for e in other.session_events(o) if type(e).__name__ == "TimedOut"] == []
+    assert ledger.sweep(all_tenants=True) == 1  # other's; the default one is not idle yet
+    assert other.session_events(o)[-1].tenant == "other"  # type: ignore[attr-defined]
+    assert ledger.session(d).status == "active" and quick.session(q).status == "timed_out"
+
+
+def test_retention_per_tenant_and_store_wide(
+    ledger: ChatLedger, clock: ManualClock, tmp_path: Path
+) -> None:
+    acme, globex = ledger.tenant("acme"), ledger.tenant("globex")
+    ids = {}
+    for t in (ledger, acme, globex):
+        ids[t.tenant_id] = t.receive("v-1", f"{t.tenant_id} hi").session_id
+        t.end_session(ids[t.tenant_id])
+    ledger.sweep(all_tenants=True)
+    clock.advance(timedelta(days=10))
+    result = acme.archive_closed_sessions(timedelta(days=1), tmp_path / "acme")
+    assert result.archived == 1 and result.path is not None
+    [archived] = acme.read_archive(result.path)
+    assert archived.session_id == ids["acme"] and not archived.erased
+    assert globex.session(ids["globex"]).archived_at is None
+    rest = ledger.archive_closed_sessions(timedelta(days=1), tmp_path / "all", all_tenants=True)
+    assert rest.archived == 2 and rest.path is not None
+    assert globex.session(ids["globex"]).archived_at is not None
+    # A store-wide archive holds both; each tenant reads its own sessions of it only.
+    assert [a.session_id for a in globex.read_archive(rest.path)] == [ids["globex"]]
+    assert [a.session_id for a in ledger.read_archive(rest.path)] == [ids["default"]]
+    assert acme.read_archive(rest.path) == []
+    assert len(acme.read_archive(rest.path, all_tenants=True)) == 2
+
+
+def test_an_old_stores_read_models_get_the_tenant_column_as_the_default(tmp_path: Path) -> None:
+    """A store whose read-model tables have no tenant column (0.4.0's) gets it, as the default
+    tenant's, without a rebuild (the fixture stores of tests/fixtures/stores prove the rest)."""
+    import shutil
+
+    from sqlalchemy import create_engine, inspect
+
+    store = Path(__file__).parent / "fixtures" / "stores" / "0.4.0" / "chatledger.sqlite"
+    db = tmp_path / "old.sqlite"
+    shutil.copyfile(store, db)
+    before = {
+        c["name"]
+        for c in inspect(create_engine(f"sqlite:///{db}")).get_columns("conversation_messages")
+    }
+    assert "tenant" not in before
+    with ChatLedger.open(f"sqlite:///{db}") as ledger:
+        ledger.catch_up()
+        position = ledger.projector.position("conversation_log")
+        texts = [m.text for m in ledger.transcript(user_id="user-ana").messages]
+        assert texts and ledger.tenant("acme").transcript(user_id="user-ana").messages == ()
+        assert ledger.projector.position("conversation_log") == position  # no rebuild
+    after = {
+        c["name"]
+        for c in inspect(create_engine(f"sqlite:///{db}")).get_columns("conversation_messages")
+    }
+    assert "tenant" in after
+
+
+# ------------------------------------------------------------------ the property
+
+
+@contextmanager
+def fresh_ledger(backend: str, clock: ManualClock) -> Iterator[ChatLedger]:
+    if backend == "sqlite":
+        with (
+            tempfile.TemporaryDirectory() as folder,
+            ChatLedger.open(f"sqlite:///{folder}/chat.db", clock=clock) as ledger,
+        ):
+            yield ledger
+        return
+    schema = f"t_{uuid4().hex[:16]}"
+    try:
+        with ChatLedger.open(f"{POSTGRES_URL}?schema={schema}", clock=clock) as ledger:
+            yield ledger
+    finally:
+        drop_schema(schema)
+
+
+step = st.one_of(
+    st.tuples(st.just("receive"), st.sampled_from(TENANTS), st.sampled_from(("v-1", "v-2"))),
+    st.tuples(st.just("link"), st.sampled_from(TENANTS), st.sampled_from(("v-1", "v-2"))),
+    st.tuples(st.just("slot"), st.sampled_from(TENANTS), st.sampled_from(("v-1", "v-2"))),
+    st.tuples(st.just("erase"), st.sampled_from(TENANTS), st.sampled_from(("v-1", "v-2"))),
+    st.tuples(st.just("wait"), st.sampled_from(TENANTS), st.sampled_from(("v-1", "v-2"))),
+)
+
+
+def run_history(
+    ledger: ChatLedger, clock: ManualClock, steps: list[tuple[str, str, str]]
+) -> dict[str, set[UUID]]:
+    written: dict[str, set[UUID]] = {t: set() for t in TENANTS}
+    for n, (op, tenant, visitor) in enumerate(steps):
+        t = ledger.tenant(tenant)
+        if op == "receive":
+            written[tenant].add(t.receive(visitor, f"{tenant}|{n}").session_id)
+        elif op == "link":
+            t.link_identity(visitor, "u-1") if t.visitor(visitor) is None or t.visitor(
+                visitor
+            ).user_id in (None, "u-1") else None  # type: ignore[union-attr]
+        elif op == "slot":
+            current = t.current_session(visitor)
+            if current is not None:
+                t.set_slot(current.session_id, "display_name", f"{tenant}|{n}", scope="user")
+        elif op == "erase" and t.visitor(visitor) is not None:
+            t.erase(visitor_id=visitor)
+        elif op == "wait":
+            clock.advance(timedelta(hours=1))
+            t.sweep()
+    ledger.catch_up()
+    return written
+
+
+def mine(tenant: str, text: object) -> bool:
+    return text == "[erased]" or (isinstance(text, str) and text.startswith(f"{tenant}|"))
+
+
+def check_isolation(ledger: ChatLedger, written: dict[str, set[UUID]]) -> None:
+    every = set().union(*written.values())
+    for tenant in TENANTS:
+        t = ledger.tenant(tenant)
+        reads: list[Any] = [t.transcript(start=ledger.clock() - timedelta(days=365))]
+        for visitor in ("v-1", "v-2"):
+            reads.append(t.transcript(visitor_id=visitor))
+            state = t.visitor(visitor)
+            assert state is None or set(state.session_ids) <= written[tenant]
+            memory = t.memory(visitor_id=visitor)
+            assert memory.display_name is None or mine(tenant, memory.display_name)
+        reads.append(t.transcript(user_id="u-1"))
+        memory = t.memory(user_id="u-1")
+        assert memory.display_name is None or mine(tenant, memory.display_name)
+        assert memory.last_session_id is None or memory.last_session_id in written[tenant]
+        for transcript in reads:
+            assert all(mine(tenant, m.text) for m in transcript.messages)
+            assert {UUID(str(m.session_id)) for m in transcript.messages} <= written[tenant]
+        assert t.analytics().sessions == len(written[tenant])
+        for sid in every - written[tenant]:
+            with pytest.raises(UnknownSessionError):
+                t.session(sid)
+            assert t.transcript(sid).messages == ()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.slow])]
+)
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(steps=st.lists(step, min_size=1, max_size=14))
+def test_no_query_of_a_tenant_returns_what_another_tenant_wrote(
+    backend: str, steps: list[tuple[str, str, str]]
+) -> None:
+    if backend == "postgres":
+        require_postgres()
+    clock = ManualClock()
+    with fresh_ledger(backend, clock) as ledger:
+        check_isolation(ledger, run_history(ledger, clock, steps))
