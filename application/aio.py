@@ -328,6 +328,7 @@ class AsyncChatLedger:
 
     # ------------------------------------------------------------------ housekeeping
     sweep = offloaded(ChatLedger.sweep)
+    sweep_backlog = offloaded(ChatLedger.sweep_backlog)
     archive_closed_sessions = offloaded(ChatLedger.archive_closed_sessions)
     read_archive = offloaded(ChatLedger.read_archive)
     start_background_jobs = offloaded(ChatLedger.start_background_jobs)

@@ -3,8 +3,9 @@
 A key reads ``clk_<key_id>_<secret>``; only the SHA-256 of the secret is stored (a random
 256-bit secret needs no slow hash), compared in constant time. Scopes: ``bot`` (write and read
 its tenant's conversations), ``analyst`` (analytics and transcripts), ``auditor`` (replay,
-verify, export), ``admin`` (erasure). Until tenancy (issue 13) lands, every key is bound to the
-``default`` tenant, the only one a store has.
+verify, export), ``admin`` (erasure, operations), ``metrics`` (``/metrics``). Each key is
+bound to one tenant (``default`` unless given): the service serves its requests through that
+tenant's handle (``ledger.tenant(id)``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..domain.pydantic_aggregates import Immutable, utc
 from ..infrastructure.api_keys import KeyTable
 from .clock import Clock
 
-SCOPES = ("bot", "analyst", "auditor", "admin")
+SCOPES = ("bot", "analyst", "auditor", "admin", "metrics")
 DEFAULT_TENANT = "default"
 PREFIX = "clk"
 

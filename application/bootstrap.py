@@ -10,18 +10,22 @@ and the facade call these once each.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
 from ..domain.errors import ConfigurationError, InvalidPolicyError
 from ..domain.policy import SessionPolicy
+from ..domain.tenancy import DEFAULT_TENANT
 from ..infrastructure.database import make_engine
 from ..infrastructure.key_providers import provider_from_settings
 from ..infrastructure.key_ring import KeyRing
 from ..infrastructure.ledger_recorders import as_ledger_recorder
-from ..infrastructure.persistence import eventsourcing_env, schema_lock
+from ..infrastructure.persistence import eventsourcing_env, postgres_table_exists, schema_lock
 from ..infrastructure.scheduler import BackgroundJobs
 from ..infrastructure.settings import Settings
 from ..infrastructure.shredding_mapper import ShreddingMapper
@@ -139,8 +143,8 @@ def start_jobs(
     run as the jobs), started once: ``ledger.background`` until :func:`stop_jobs`. Typed loosely
     so that this module imports no use case."""
     if ledger.background is None:
-        jobs = BackgroundJobs(
-            ledger, interval=interval, retention=retention, projections_interval=projections_interval
+        jobs = BackgroundJobs(  # the store's jobs, run as the operator's (default tenant's) ledger
+            ledger.tenant(DEFAULT_TENANT), interval=interval, retention=retention, projections_interval=projections_interval
         )
         jobs.start()
         ledger.background = jobs
@@ -166,6 +170,54 @@ def jobs_running(
         stop_jobs(ledger)
 
 
+def require_existing_store(database: str | None) -> None:
+    """Refuse a SQLite file that does not exist (before anything opens, and so creates, it).
+
+    The read-only commands of the command line call this: a mistyped path must not become a new empty
+    database (and new folders) that then reports "no session" or zeros.
+    ``sqlite:///:memory:`` passes unchecked. On PostgreSQL the schema (``public``
+    without ``?schema=``) must hold a chatledger store: a mistyped schema would
+    otherwise be created, with empty tables that verify "OK" and read as zeros.
+    """
+    settings = Settings(database_url=database) if database is not None else Settings()
+    if settings.backend != "sqlite":
+        require_existing_postgres_store(settings)
+        return
+    path = settings.sqlite_path
+    if path is None:
+        return
+    if not os.path.isfile(path):
+        raise ConfigurationError(
+            f"No SQLite database at {path}; nothing was created. Check --database "
+            "(or CHATLEDGER_DATABASE_URL); only demo, worker, events deliver "
+            "and projections catch-up/rebuild/run create a new database."
+        )
+    try:
+        with contextlib.closing(sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True)) as conn:
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stored_events'"
+            ).fetchone()
+    except sqlite3.Error as err:
+        raise ConfigurationError(f"Cannot read the SQLite database at {path} ({err}); check --database.") from err
+    if found is None:
+        raise ConfigurationError(
+            f"No chatledger store in the SQLite file {path}; nothing was written to it. Check "
+            "--database (or CHATLEDGER_DATABASE_URL)."
+        )
+
+
+def require_existing_postgres_store(settings: Settings) -> None:
+    schema = settings.postgres_schema or "public"
+    found = postgres_table_exists(settings, "chatledger_events")
+    if not found:
+        raise ConfigurationError(
+            f"No chatledger store in schema {schema!r} of PostgreSQL database "
+            f"{settings.postgres_target.dbname!r}; "
+            "nothing was created. Check --database (or CHATLEDGER_DATABASE_URL) and its ?schema=; "
+            "only demo, worker, events deliver and projections catch-up/rebuild/run create a new store."
+        )
+
+
 __all__ = [
     "build_projector",
     "build_snapshot_store",
@@ -175,6 +227,8 @@ __all__ = [
     "install_key_ring",
     "jobs_running",
     "open_settings",
+    "require_existing_postgres_store",
+    "require_existing_store",
     "start_jobs",
     "stop_jobs",
     "store_env",

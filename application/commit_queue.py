@@ -48,16 +48,11 @@ from uuid import UUID
 from eventsourcing.persistence import EventStore, Notification, Recording, StoredEvent
 from eventsourcing.utils import get_topic
 
+from ..domain.errors import CommitOutcomeUnknownError
 from ..domain.visitor import Visitor
 
 ERASURE_TOPIC = get_topic(Visitor.DataErased)
 OUTCOME_UNKNOWN = "the write was interrupted; this command's outcome is unknown"
-
-
-class CommitOutcomeUnknownError(RuntimeError):
-    """A command's events may or may not be committed: its write (or its wait
-    for one, after a leader took its events) was interrupted. Read the store to
-    find out; not a ``ChatLedgerError``, so no command is re-run on it."""
 
 
 class Pending:
@@ -91,6 +86,8 @@ class GroupCommitEventStore(EventStore[UUID]):
         """Transactions committed with more than one caller's events (for tests and benchmarks)."""
         self.split_batches = 0
         """Batches of several callers that failed and were written caller by caller."""
+        self.batched_callers = 0
+        """Callers whose events went into those transactions (``/ batches``: the mean batch)."""
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -190,6 +187,7 @@ class GroupCommitEventStore(EventStore[UUID]):
                     self._write_alone(item)
                 return
             self.batches += 1
+            self.batched_callers += len(batch)
             start = 0
             for item in batch:
                 end = start + len(item.stored)

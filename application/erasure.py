@@ -109,6 +109,7 @@ def erase_subject(
 
     what = f"erase() of {'user ' + repr(user_id) if user_id else 'visitor ' + repr(visitor_id)}"
     receipt, visitors, sessions = uow.retrying(what, once)
+    uow.counters.add("erasures")
     # Derived copies of the plaintext: this process's caches and the snapshots.
     if isinstance(uow.mapper, ShreddingMapper) and uow.mapper.key_ring is not None:
         uow.mapper.key_ring.forget(receipt.key_owners, receipt.key_ids)

@@ -4,6 +4,7 @@ renamed names of released versions still work, with a DeprecationWarning."""
 from ..domain.errors import (
     ChatLedgerError,
     ClientMessageIdConflictError,
+    CommitOutcomeUnknownError,
     ConcurrencyConflictError,
     ConfigurationError,
     EventVersionError,
@@ -30,6 +31,7 @@ from ..domain.errors import (
 __all__ = [
     "ChatLedgerError",
     "ClientMessageIdConflictError",
+    "CommitOutcomeUnknownError",
     "ConcurrencyConflictError",
     "ConfigurationError",
     "EventVersionError",

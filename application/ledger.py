@@ -7,7 +7,6 @@ import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from functools import cached_property
 from typing import IO, Any, Literal
 from uuid import UUID
 
@@ -30,7 +29,6 @@ from ..projections.query_results import (
 from ..projections.status import Progress, ProjectionStatus
 from . import arguments as arg
 from . import audit, bootstrap, reads, retention, session_commands, subscribers, sweeper
-from .api_keys import ApiKeys
 from .arguments import checked, opt
 from .clock import Clock
 from .deprecation import renamed
@@ -53,11 +51,6 @@ class ChatLedger(UnitOfWork):
     ) -> ChatLedger:
         """Open (and create if needed) the ledger at ``database_url`` for ``tenant``; ``settings``: Settings fields."""
         return cls(bootstrap.open_settings(database_url, **settings), policy=policy, clock=clock, tenant=tenant)
-
-    @cached_property
-    def api_keys(self) -> ApiKeys:
-        """The HTTP service's API keys, stored hashed in this ledger's database."""
-        return ApiKeys(self.projector.engine, self.clock)
 
     def webhook(self, name: str, url: str, **options: Any) -> WebhookWorker:
         """A worker posting each event, in log order and at least once, to ``url``."""
@@ -241,7 +234,7 @@ class ChatLedger(UnitOfWork):
     @checked(start=opt(arg.TIME), end=opt(arg.TIME), as_of=opt(arg.TIME), engagement=arg.engagement_arg)
     def analytics_by_tenant(self, *, start: datetime | None = None, end: datetime | None = None,
                             as_of: datetime | None = None, engagement: Engagement | None = None) -> dict[str, Analytics]:
-        """:meth:`analytics` of every tenant of the store, by tenant (an operator's comparison)."""
+        """:meth:`analytics` of every tenant, by tenant (the operator's: the default tenant's ledger)."""; self.scope(True, "analytics_by_tenant()")
         return self.projection_reads.analytics_by_tenant(start=start, end=end, as_of=as_of, engagement=engagement)
 
     @checked(timeout=arg.DURATION, start=opt(arg.TIME), end=opt(arg.TIME))
@@ -261,6 +254,11 @@ class ChatLedger(UnitOfWork):
         """Time out every session of the tenant (or all) idle past its deadline at ``now``; how many."""
         return sweeper.sweep(self, now, limit=limit, batch_size=batch_size, tenant=self.scope(all_tenants)).timed_out
 
+    @checked(now=opt(arg.TIME), all_tenants=arg.flag_arg)
+    def sweep_backlog(self, now: datetime | None = None, *, all_tenants: bool = False) -> int:
+        """Sessions of the tenant (or all) past their deadline at ``now``, not yet timed out."""
+        return sweeper.backlog(self, now, tenant=self.scope(all_tenants))
+
     @checked(older_than=arg.DURATION, archive_dir=arg.path_arg, now=opt(arg.TIME), all_tenants=arg.flag_arg)
     def archive_closed_sessions(
         self, older_than: timedelta, archive_dir: str | os.PathLike[str], *, now: datetime | None = None,
@@ -272,7 +270,7 @@ class ChatLedger(UnitOfWork):
     @checked(path=arg.path_arg, all_tenants=arg.flag_arg)
     def read_archive(self, path: str | os.PathLike[str], *, all_tenants: bool = False) -> list[ArchivedSession]:
         """The tenant's (or all) sessions of a retention archive file, decrypted with the stored keys."""
-        return retention.read_archive(self, path, all_tenants=all_tenants)
+        return retention.read_archive(self, path, all_tenants=self.scope(all_tenants) is None)
 
     @checked(interval=arg.interval_arg, retention=arg.retention_arg,
              projections_interval=opt(arg.interval_arg))

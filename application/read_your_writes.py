@@ -15,7 +15,7 @@ nothing.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 from ..domain import validation as v
 from ..domain.errors import InvalidValueError, ReadTimeoutError
@@ -23,6 +23,7 @@ from ..domain.errors import InvalidValueError, ReadTimeoutError
 UnitOfWork = Any  # the unit of work (which calls this module: not imported, no cycle)
 
 POLL_S = 0.02
+T = TypeVar("T")
 
 
 def checked_position(name: str, value: Any) -> int:
@@ -59,4 +60,36 @@ def wait_for(uow: UnitOfWork, position: int, timeout: float | None = None) -> in
         time.sleep(POLL_S)
 
 
-__all__ = ["checked_position", "reached", "wait_for"]
+class ReadYourWrites:
+    """The read-your-writes methods of the unit of work (a base of it; ``self`` is one)."""
+
+    _written: Any  # threading.local; .position: the last event this thread's last save wrote
+
+    def forget_written_position(self) -> None:
+        self._written.position = 0
+
+    def log_position(self) -> int:
+        """The position of the newest event of the log (0: empty): a token for
+        ``after=`` covering every write committed so far, by anyone."""
+        uow: Any = self
+        return int(uow.recorder.max_notification_id() or 0)
+
+    def wait_for(self, position: int, *, timeout: float | None = None) -> int:
+        """Block until every read model has applied log ``position`` (``turn.position``,
+        ``written_position()``, ``log_position()``), catching them up; :class:`ReadTimeoutError`
+        after ``timeout`` (default ``read_wait_timeout_s``). The position reached."""
+        return wait_for(self, checked_position("position", position), timeout)
+
+    def waited(self: T, after: int | None) -> T:
+        """``self``, once the read models have applied ``after`` (None: at once)."""
+        if after is not None:
+            wait_for(self, checked_position("after", after))
+        return self
+
+    def written_position(self) -> int:
+        """The log position of the last event this thread's last command wrote
+        (0 if it wrote none yet): a token for ``after=`` (read your writes)."""
+        return int(getattr(self._written, "position", 0))
+
+
+__all__ = ["ReadYourWrites", "checked_position", "reached", "wait_for"]

@@ -37,7 +37,13 @@ from eventsourcing.persistence import RecordConflictError
 
 from ..domain.errors import InvalidCommandError, UnknownSessionError
 from ..domain.session import Session
-from ..projections.active_session_queries import drop_closed, due_rows, first_due, open_tasks_of
+from ..projections.active_session_queries import (
+    drop_closed,
+    due_count,
+    due_rows,
+    first_due,
+    open_tasks_of,
+)
 from ..projections.active_sessions import ActiveSessions
 from ..projections.gc_pause import gc_paused
 from .session_commands import time_out_if_idle
@@ -84,6 +90,14 @@ def timed_out_event(row: Any, detected_at: datetime) -> Session.TimedOut:
         tenant=row.tenant,
     )
     return event
+
+
+def backlog(uow: UnitOfWork, now: datetime | None = None, *, tenant: str | None = None) -> int:
+    """Sessions of ``tenant`` (None: of all) past their deadline at ``now`` not yet timed out, as
+    the live-session index has them (no catch-up: it may be behind by its lag)."""
+    check_now(now)
+    with uow.projector.engine.connect() as conn:
+        return due_count(conn, uow.now(now), tenant)
 
 
 def sweep(
@@ -142,6 +156,10 @@ def sweep(
         after = (rows[-1].expires_at, rows[-1].session_id)
 
     report = SweepReport(timed_out, dropped, conflicts, time.perf_counter() - started)
+    uow.counters.add("sweeps")
+    uow.counters.add("sweep_seconds", report.duration_s)
+    uow.counters.add("sweep_timed_out", report.timed_out)
+    uow.counters.add("conflicts", report.conflicts)
     logger.info(
         "sweep at %s: timed out %d sessions, dropped %d stale index rows, "
         "%d conflicting batches retried, in %.1f ms",
@@ -192,6 +210,7 @@ def _append(
         store = uow.events
         to_stored = store.mapper.to_stored_event
         store.recorder.insert_events([to_stored(timed_out_event(row, detected_at)) for row in rows])
+        uow.counters.add("events_appended", len(rows))
     except RecordConflictError:
         if len(rows) <= SPLIT_BELOW:
             return [], list(rows), 1

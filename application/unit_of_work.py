@@ -35,7 +35,9 @@ from eventsourcing.persistence import DataError, PersistenceError, RecordConflic
 from ..domain import validation as v
 from ..domain.errors import (
     ChatLedgerError,
+    CommitOutcomeUnknownError,
     ConcurrencyConflictError,
+    InvalidCommandError,
     UnknownSessionError,
     ValueRefusedError,
 )
@@ -51,14 +53,23 @@ from ..infrastructure.snapshots import SnapshotStore
 from ..projections.read_model import ReadModel
 from ..projections.runner import ProjectionRunner
 from ..projections.projection_reads import ProjectionReads
-from . import bootstrap, read_your_writes
+from . import bootstrap
+from .api_keys import ApiKeys
 from .clock import Clock
 from .commit_queue import GroupCommitEventStore
+from .counters import LedgerCounters
+from .read_your_writes import ReadYourWrites
 from .repository import LedgerRepository
 from .tenancy import tenant_handle
 
 T = TypeVar("T")
 U = TypeVar("U", bound="UnitOfWork")
+
+
+class FreshReadNeeded(RecordConflictError):
+    """A first run that decided on cached copies must be re-run on fresh reads, though no
+    writer raced it (an answer that writes nothing, a decision to write nothing): re-run like a
+    conflict, but not counted as one."""
 
 
 def replay_events(aggregate: Any, events: Any) -> Any:
@@ -83,7 +94,7 @@ def as_uuid(value: UUID | str) -> UUID:
         raise UnknownSessionError(value) from err
 
 
-class UnitOfWork(Application[UUID]):
+class UnitOfWork(ReadYourWrites, Application[UUID]):
     """The event store of one ledger and the loading, saving and retrying of
     its aggregates (see the module docstring)."""
 
@@ -111,6 +122,8 @@ class UnitOfWork(Application[UUID]):
         self._saving = threading.local()  # the aggregates this thread is saving
         self._attempt = threading.local()  # .first: this thread's command is on its first attempt
         self._written = threading.local()  # .position: the last event this thread's last save wrote
+        self.counters = LedgerCounters()
+        """What this ledger did in this process (commits, events, conflicts, retries, sweeps)."""
         try:
             env = bootstrap.store_env(settings)
             with bootstrap.store_lock(settings):
@@ -130,6 +143,11 @@ class UnitOfWork(Application[UUID]):
         return bootstrap.build_projector(
             self.name, self.recorder, self.mapper, self.settings, self.read_models
         )
+
+    @cached_property
+    def api_keys(self) -> ApiKeys:
+        """The HTTP service's API keys, stored hashed in this ledger's database (store-wide)."""
+        return ApiKeys(self.projector.engine, self.clock)
 
     @cached_property
     def projection_reads(self) -> ProjectionReads:
@@ -169,35 +187,54 @@ class UnitOfWork(Application[UUID]):
         A refusal (any :class:`ChatLedgerError` but
         :class:`ConcurrencyConflictError`) on the cached run is not trusted
         either: the command is re-run on fresh reads, like after a conflict, so
-        an error the caller sees was decided on the store's data."""
+        an error the caller sees was decided on the store's data. A run that
+        read nothing from the cache (:meth:`fresh_read` notes each cached read)
+        was decided on the store: its refusal is raised at once, not re-run.
+        :class:`CommitOutcomeUnknownError` is never re-run (its write may have
+        committed)."""
         attempts = self.settings.conflict_retries
         state = self._attempt
         outer: bool | None = getattr(state, "first", None)  # None: not inside another command
+        outer_used: bool = getattr(state, "used_cache", False)
         try:
+            count = self.counters.add
             if outer is not False:
                 state.first = True  # on cached reads: a conflict here costs no attempt
+                state.used_cache = False  # set by fresh_read when a read skips the store
                 try:
                     return command()
+                except FreshReadNeeded:
+                    count("fresh_reads")
                 except RecordConflictError:
-                    pass
-                except ConcurrencyConflictError:
-                    raise
+                    count("conflicts")
+                except (ConcurrencyConflictError, CommitOutcomeUnknownError):
+                    raise  # never re-run a command whose write may have landed
                 except ChatLedgerError:
-                    pass  # perhaps refused on a stale copy: decided again on fresh reads
+                    if not state.used_cache:
+                        raise  # decided on the store's data already: nothing to decide again
+                    count("fresh_reads")  # perhaps refused on a stale copy: decided again on fresh reads
+                count("retries")
             state.first = False
             for attempt in range(attempts):
                 try:
                     return command()
-                except RecordConflictError:
+                except RecordConflictError as err:
+                    count("fresh_reads" if isinstance(err, FreshReadNeeded) else "conflicts")
+                    count("retries")
                     time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))  # full jitter
         finally:
             state.first = outer
+            state.used_cache = outer_used or getattr(state, "used_cache", False)
+        self.counters.add("conflicts_exhausted")
         raise ConcurrencyConflictError(what, attempts)
 
     def fresh_read(self, cached: bool) -> bool:
         """Whether a read must see the store: always, unless ``cached`` and this
         thread's command is on its first attempt (see :meth:`retrying`)."""
-        return not (cached and getattr(self._attempt, "first", None))
+        if cached and getattr(self._attempt, "first", None):
+            self._attempt.used_cache = True
+            return False
+        return True
 
     def answer_from_store(self) -> None:
         """Re-run this command on fresh reads (a conflict) if it is on its first
@@ -205,7 +242,7 @@ class UnitOfWork(Application[UUID]):
         client-id conflict -- a cached copy is not trusted (an erasure may have
         blanked its content since, and nothing written would conflict)."""
         if getattr(self._attempt, "first", None):
-            raise RecordConflictError("answered from cached reads: re-read and answer again")
+            raise FreshReadNeeded("answered from cached reads: re-read and answer again")
 
     def load(self, aggregate_id: UUID, fresh: bool) -> Any:
         """An aggregate from the repository (``fresh``: caught up with the store)."""
@@ -241,8 +278,15 @@ class UnitOfWork(Application[UUID]):
             raise UnknownSessionError(session_id)  # another tenant's: as if there were none
         return session
 
-    def scope(self, all_tenants: bool) -> str | None:
-        """The tenant a store-wide-capable call works on: this one's, or None (every tenant)."""
+    def scope(self, all_tenants: bool, what: str = "all_tenants=True") -> str | None:
+        """The tenant a store-wide-capable call works on: this one's, or None (every
+        tenant): the operator's, the default tenant's ledger only; a named tenant's
+        handle refuses it (:class:`InvalidCommandError`), reading nothing."""
+        if all_tenants and self.tenant_id != DEFAULT_TENANT:
+            raise InvalidCommandError(
+                f"{what} reads every tenant of the store: only the default tenant's ledger "
+                f"(the operator's) may; this one is tenant {self.tenant_id!r}'s."
+            )
         return None if all_tenants else self.tenant_id
 
     def tenant(self: U, tenant: str, *, policy: SessionPolicy | None = None, limits: v.Limits | None = None) -> U:
@@ -257,7 +301,12 @@ class UnitOfWork(Application[UUID]):
             visitor = self.load(visitor_aggregate_id(visitor_id, self.tenant_id), self.fresh_read(cached))
         except AggregateNotFoundError:
             return None
-        assert isinstance(visitor, Visitor) and visitor.tenant == self.tenant_id
+        assert isinstance(visitor, Visitor)
+        if visitor.tenant != self.tenant_id:  # a pre-0.5 default visitor id held "\x1f"
+            raise InvalidCommandError(
+                f"visitor id {visitor_id!r:.80} cannot be used in tenant {self.tenant_id!r}: a "
+                "visitor stored before tenants has its key; nothing was written. Use another id."
+            )
         return visitor
 
     def open_session(
@@ -297,7 +346,7 @@ class UnitOfWork(Application[UUID]):
             and len(aggregates) == len(items)
             and not any(a.pending_events for a in aggregates.values())
         ):
-            raise RecordConflictError("nothing to write on cached reads: re-read and decide again")
+            raise FreshReadNeeded("nothing to write on cached reads: re-read and decide again")
         self._saving.aggregates = aggregates
         try:
             recordings = super().save(*objs, **kwargs)
@@ -307,36 +356,13 @@ class UnitOfWork(Application[UUID]):
             self._saving.aggregates = None
         if recordings:
             self._written.position = max(r.notification.id for r in recordings)
+            self.counters.add("commands")
+            self.counters.add("events_appended", len(recordings))
         repository = self.repository
         if isinstance(repository, LedgerRepository):
             for aggregate in aggregates.values():
                 repository.remember(deepcopy(aggregate))
         return recordings
-
-    def forget_written_position(self) -> None:
-        self._written.position = 0
-
-    def log_position(self) -> int:
-        """The position of the newest event of the log (0: empty): a token for
-        ``after=`` covering every write committed so far, by anyone."""
-        return int(self.recorder.max_notification_id() or 0)
-
-    def wait_for(self, position: int, *, timeout: float | None = None) -> int:
-        """Block until every read model has applied log ``position`` (``turn.position``,
-        ``written_position()``, ``log_position()``), catching them up; :class:`ReadTimeoutError`
-        after ``timeout`` (default ``read_wait_timeout_s``). The position reached."""
-        return read_your_writes.wait_for(self, read_your_writes.checked_position("position", position), timeout)
-
-    def waited(self, after: int | None) -> UnitOfWork:
-        """``self``, once the read models have applied ``after`` (None: at once)."""
-        if after is not None:
-            read_your_writes.wait_for(self, read_your_writes.checked_position("after", after))
-        return self
-
-    def written_position(self) -> int:
-        """The log position of the last event this thread's last command wrote
-        (0 if it wrote none yet): a token for ``after=`` (read your writes)."""
-        return int(getattr(self._written, "position", 0))
 
     def construct_repository(self) -> LedgerRepository:
         """The library's repository, with reads that may skip the store (see

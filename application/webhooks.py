@@ -1,10 +1,9 @@
 """Webhook delivery: post each event of the log to a URL, at least once, in log order.
 
-A :class:`WebhookWorker` is a subscriber tracked like a projection: its
-position (the last event a receiver answered with a 2xx) is stored durably per
-subscription name in ``chatledger_webhook_positions``, in the ledger's
-database, and advanced (compare-and-set) only after that answer. It reads the
-log with :meth:`ChatLedger.events_after`, so nothing is skipped or reordered.
+A :class:`WebhookWorker` is a subscriber tracked like a projection: its position (the
+last event a receiver answered with a 2xx) is stored durably per subscription name of the
+tenant in ``chatledger_webhook_positions``, and advanced (compare-and-set) only after that
+answer. It reads the log with :meth:`ChatLedger.events_after`: nothing skipped or reordered.
 
 Each event is one ``POST`` of its :class:`~chatledger.application.subscribers.LogEvent`
 JSON with the headers ``Chatledger-Event-Id`` (also ``event_id`` in the body),
@@ -42,23 +41,23 @@ from ..domain.errors import InvalidValueError
 from ..domain.pydantic_aggregates import Immutable
 from ..infrastructure.persistence import schema_lock
 from ..projections.sqltypes import UTCDateTime
+from .event_feed import SUBSCRIPTION_CHARS, EventFeed, subscription_key
 
 if TYPE_CHECKING:
-    from .event_feed import EventFeed
     from .subscribers import LogEvent
 
 WEBHOOKS = MetaData()
 positions_table = Table(
     "chatledger_webhook_positions",
     WEBHOOKS,
-    Column("subscription", String(200), primary_key=True),
+    Column("subscription", String(SUBSCRIPTION_CHARS), primary_key=True),
     Column("position", BigInteger, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
 dead_letters_table = Table(
     "chatledger_dead_letters",
     WEBHOOKS,
-    Column("subscription", String(200), primary_key=True),
+    Column("subscription", String(SUBSCRIPTION_CHARS), primary_key=True),
     Column("position", BigInteger, primary_key=True),
     Column("event_id", String(200), nullable=False),
     Column("attempts", Integer, nullable=False),
@@ -150,7 +149,7 @@ def _check_headers(headers: object, limits: v.Limits) -> dict[str, str]:
 
 
 def list_dead_letters(ledger: EventFeed, name: str) -> list[DeadLetter]:
-    """The dead letters of subscription ``name``, in log order."""
+    """The dead letters of subscription ``name`` of the ledger's tenant, in log order."""
     name = v.check_id("name", name, ledger.limits)
     engine = ledger.projector.engine
     with schema_lock(ledger.settings):
@@ -158,10 +157,10 @@ def list_dead_letters(ledger: EventFeed, name: str) -> list[DeadLetter]:
     with engine.connect() as conn:
         rows = conn.execute(
             select(dead_letters_table)
-            .where(dead_letters_table.c.subscription == name)
+            .where(dead_letters_table.c.subscription == subscription_key(ledger.tenant_id, name))
             .order_by(dead_letters_table.c.position)
         ).mappings()
-        return [DeadLetter(**dict(r)) for r in rows]
+        return [DeadLetter(**{**dict(r), "subscription": name}) for r in rows]
 
 
 class WebhookWorker:
@@ -192,6 +191,7 @@ class WebhookWorker:
         limits = ledger.limits
         self.ledger = ledger
         self.name = v.check_id("name", name, limits)
+        self.subscription = subscription_key(ledger.tenant_id, self.name)  # the tenant's own
         self.url = check_url("url", url)
         if not isinstance(content, bool):
             raise InvalidValueError("content", "type", f"content must be True or False, not {type(content).__name__}.")
@@ -224,13 +224,13 @@ class WebhookWorker:
         """The position of the last event this subscription's receiver accepted."""
         with self.engine.connect() as conn:
             found = conn.execute(
-                select(positions_table.c.position).where(positions_table.c.subscription == self.name)
+                select(positions_table.c.position).where(positions_table.c.subscription == self.subscription)
             ).scalar()
         return int(found or 0)
 
     def dead_letters(self) -> list[DeadLetter]:
         """This subscription's dead letters, in log order."""
-        return list_dead_letters(self.ledger, self.name)
+        return list_dead_letters(self.ledger, self.name)  # of the ledger's tenant
 
     def _advance(self, expected: int, position: int) -> bool:
         """Compare-and-set the stored position; False if another worker moved it."""
@@ -238,14 +238,14 @@ class WebhookWorker:
         with self.engine.begin() as conn:
             if expected == 0:
                 exists = conn.execute(
-                    select(positions_table.c.position).where(positions_table.c.subscription == self.name)
+                    select(positions_table.c.position).where(positions_table.c.subscription == self.subscription)
                 ).first()
                 if exists is None:
                     try:
                         with conn.begin_nested():
                             conn.execute(
                                 positions_table.insert().values(
-                                    subscription=self.name, position=position, updated_at=now
+                                    subscription=self.subscription, position=position, updated_at=now
                                 )
                             )
                     except IntegrityError:
@@ -253,21 +253,21 @@ class WebhookWorker:
                     return True
             result = conn.execute(
                 positions_table.update()
-                .where(positions_table.c.subscription == self.name, positions_table.c.position == expected)
+                .where(positions_table.c.subscription == self.subscription, positions_table.c.position == expected)
                 .values(position=position, updated_at=now)
             )
             return result.rowcount == 1
 
     def _record_dead_letter(self, event: LogEvent, attempts: int, error: str, outcome: str) -> DeadLetter:
         now = datetime.now(UTC)
-        key = (dead_letters_table.c.subscription == self.name, dead_letters_table.c.position == event.position)
+        key = (dead_letters_table.c.subscription == self.subscription, dead_letters_table.c.position == event.position)
         with self.engine.begin() as conn:
             previous = conn.execute(select(dead_letters_table.c.attempts).where(*key)).scalar()
             values = {"event_id": event.event_id, "last_error": error[:2000], "failed_at": now, "outcome": outcome}
             if previous is None:
                 conn.execute(
                     dead_letters_table.insert().values(
-                        subscription=self.name, position=event.position, attempts=attempts, **values
+                        subscription=self.subscription, position=event.position, attempts=attempts, **values
                     )
                 )
                 total = attempts
@@ -284,7 +284,7 @@ class WebhookWorker:
             conn.execute(
                 dead_letters_table.update()
                 .where(
-                    dead_letters_table.c.subscription == self.name,
+                    dead_letters_table.c.subscription == self.subscription,
                     dead_letters_table.c.position == position,
                     dead_letters_table.c.outcome == "stopped",
                 )

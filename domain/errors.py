@@ -256,6 +256,14 @@ class ReadTimeoutError(ChatLedgerError, TimeoutError):
         self.reached = reached
 
 
+class CommitOutcomeUnknownError(ChatLedgerError, RuntimeError):
+    """Raised when a command's events may or may not be committed: its write (or
+    its wait for a group commit that had taken its events) was interrupted, or
+    its events were lost from the commit queue. Read the store to find out
+    (for a message, look for its ``client_message_id``). Never re-run by
+    chatledger itself: a re-run could write the command twice."""
+
+
 class ConfigurationError(ChatLedgerError):
     """Raised when a database URL or a setting cannot be used."""
 

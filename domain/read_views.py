@@ -72,7 +72,7 @@ class SessionState(Immutable):
         )
 
     def is_over(self, at: datetime) -> bool:
-        """True if the session is closed, or would be expired at ``at``."""
+        """True if the session is closed, or would have timed out by ``at``."""
         deadline = self.expires_at
         return self.status != "active" or (deadline is not None and is_past_deadline(deadline, at))
 

@@ -199,7 +199,7 @@ class Session(Aggregate, SessionHousekeeping):
     class TimedOut(Event):
         """The session went idle past its timeout.
 
-        ``occurred_at`` is the moment it expired (last activity + timeout, or the
+        ``occurred_at`` is the moment it timed out (last activity + timeout, or the
         maximum length), not the moment someone noticed (``detected_at``).
         """
 

@@ -16,8 +16,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .. import ChatLedger
-from ..application.webhooks import list_dead_letters
 from ..domain import validation as v
 from .cli_options import DatabaseOption, open_ledger
 
@@ -101,6 +99,8 @@ def deliver(
     order, at least once (header Chatledger-Event-Id for deduplication), with
     retries and backoff; after --max-attempts a dead letter. Prints a JSON
     report; exits 1 if it stopped at a dead letter."""
+    from .. import ChatLedger
+
     tenant = os.environ.get("CHATLEDGER_TENANT", "default")  # the tenant's events only
     with ChatLedger.open(database, tenant=tenant) as ledger:
         worker = ledger.webhook(
@@ -129,6 +129,8 @@ def dead_letters(
 ) -> None:
     """Print the subscription's dead letters as JSON lines, in log order."""
     with open_ledger(database, read_only=True) as ledger:
+        from ..application.webhooks import list_dead_letters
+
         letters = list_dead_letters(ledger, name)
     for letter in letters:
         print(json.dumps(letter.model_dump(mode="json")))

@@ -21,13 +21,16 @@ def register(app: typer.Typer) -> None:
 def create(
     name: Annotated[str, typer.Option("--name", help="What the key is for (shown by list).")],
     scope: Annotated[
-        list[str], typer.Option("--scope", help="bot, analyst, auditor or admin; repeat for more.")
+        list[str], typer.Option("--scope", help="bot, analyst, auditor, admin or metrics; repeat for more.")
     ],
     database: DatabaseOption = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="The tenant the key serves (default: CHATLEDGER_TENANT, or default).")
+    ] = None,
 ) -> None:
     """Create a key; prints it once as JSON ({"key_id", "token", ...}): only its hash is kept."""
     with open_ledger(database) as ledger:
-        key, token = ledger.api_keys.create(name, scope)
+        key, token = ledger.api_keys.create(name, scope, tenant=tenant or ledger.tenant_id)
     print(json.dumps({**key.model_dump(mode="json"), "token": token}))
 
 

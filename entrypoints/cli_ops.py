@@ -5,14 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from ..application.backups import BackupCheck, create_backup, restore_backup, verify_backup
-from ..application.key_management import new_master_key, rotate_keys
 from .cli_options import DatabaseOption, open_ledger
+
+if TYPE_CHECKING:
+    from ..application.backups import BackupCheck
 
 backup_app = typer.Typer(no_args_is_help=True, help="Back up, restore and verify a store.")
 content_keys_app = typer.Typer(
@@ -35,6 +36,8 @@ def create(
     folder: Annotated[Path, typer.Argument(help="A new folder.")], database: DatabaseOption = None
 ) -> None:
     """Seal, copy the store online into FOLDER and write its manifest; print the manifest (JSON)."""
+    from ..application.backups import create_backup  # the store's modules only when run
+
     with open_ledger(database, read_only=True) as ledger:
         manifest = create_backup(ledger, folder)
     print(manifest.model_dump_json(indent=2))
@@ -66,12 +69,16 @@ def restore(
     ],
 ) -> None:
     """Check FOLDER's files, load it into an empty store and verify it against the backup's anchor."""
+    from ..application.backups import restore_backup
+
     _report(restore_backup(folder, database), f"restored into {database}")
 
 
 @backup_app.command("verify")
 def verify(folder: FolderArgument, database: DatabaseOption = None) -> None:
     """Restore FOLDER into a scratch store (PostgreSQL: a new schema of --database) and verify it."""
+    from ..application.backups import verify_backup
+
     _report(verify_backup(folder, database), f"backup {folder}")
 
 
@@ -80,12 +87,16 @@ def new_master(
     key_id: Annotated[str, typer.Argument(help="Letters and digits naming the key, e.g. k2026.")],
 ) -> None:
     """Print a fresh master key entry ID:BASE64 for CHATLEDGER_MASTER_KEY (keep it secret)."""
+    from ..application.key_management import new_master_key
+
     print(new_master_key(key_id))
 
 
 @content_keys_app.command("rotate")
 def rotate(database: DatabaseOption = None) -> None:
     """Re-wrap every content key under the current (first) master key; events are not touched."""
+    from ..application.key_management import rotate_keys
+
     with open_ledger(database, read_only=True) as ledger:
         result = rotate_keys(ledger)
     print(json.dumps(dataclasses.asdict(result)))

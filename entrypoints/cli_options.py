@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sqlite3
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Annotated, Optional
+from typing import IO, TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from .. import ChatLedger, ConfigurationError
-from ..infrastructure.persistence import postgres_table_exists
-from ..infrastructure.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: a usage error or --help loads no store code
+    from .. import ChatLedger
 
 OptionalText = Optional[str]  # noqa: UP045 - typer needs Optional here
 """An option's type when it may be left out (``None``)."""
@@ -72,59 +70,15 @@ def output_file(value: Path) -> Path:
     return value
 
 
-def require_existing_database(database: str | None) -> None:
-    """Refuse a SQLite file that does not exist (before anything opens, and so creates, it).
-
-    Read-only commands call this: a mistyped path must not become a new empty
-    database (and new folders) that then reports "no session" or zeros.
-    ``sqlite:///:memory:`` passes unchecked. On PostgreSQL the schema (``public``
-    without ``?schema=``) must hold a chatledger store: a mistyped schema would
-    otherwise be created, with empty tables that verify "OK" and read as zeros.
-    """
-    settings = Settings(database_url=database) if database is not None else Settings()
-    if settings.backend != "sqlite":
-        _require_existing_postgres_store(settings)
-        return
-    path = settings.sqlite_path
-    if path is None:
-        return
-    if not os.path.isfile(path):
-        raise ConfigurationError(
-            f"No SQLite database at {path}; nothing was created. Check --database "
-            "(or CHATLEDGER_DATABASE_URL); only demo, worker, events deliver "
-            "and projections catch-up/rebuild/run create a new database."
-        )
-    try:
-        with contextlib.closing(sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True)) as conn:
-            found = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stored_events'"
-            ).fetchone()
-    except sqlite3.Error as err:
-        raise ConfigurationError(f"Cannot read the SQLite database at {path} ({err}); check --database.") from err
-    if found is None:
-        raise ConfigurationError(
-            f"No chatledger store in the SQLite file {path}; nothing was written to it. Check "
-            "--database (or CHATLEDGER_DATABASE_URL)."
-        )
-
-
-def _require_existing_postgres_store(settings: Settings) -> None:
-    schema = settings.postgres_schema or "public"
-    found = postgres_table_exists(settings, "chatledger_events")
-    if not found:
-        raise ConfigurationError(
-            f"No chatledger store in schema {schema!r} of PostgreSQL database "
-            f"{settings.postgres_target.dbname!r}; "
-            "nothing was created. Check --database (or CHATLEDGER_DATABASE_URL) and its ?schema=; "
-            "only demo, worker, events deliver and projections catch-up/rebuild/run create a new store."
-        )
-
-
 def open_ledger(database: str | None, *, read_only: bool = False) -> ChatLedger:
     """The ledger at ``database``, for the tenant ``CHATLEDGER_TENANT`` names (default:
     ``default``); a read-only command refuses a missing SQLite file."""
     if read_only:
-        require_existing_database(database)
+        from ..application.bootstrap import require_existing_store
+
+        require_existing_store(database)
+    from .. import ChatLedger
+
     return ChatLedger.open(database, tenant=os.environ.get("CHATLEDGER_TENANT", "default"))
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -27,8 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .. import ChatLedger, InvalidCommandError, TranscriptMessage, UnknownSubjectError
-from ..application.audit import visitors_of_user
+from .. import InvalidCommandError, UnknownSubjectError
 from ..domain import validation as v
 from .cli_options import (
     DatabaseOption,
@@ -39,7 +38,9 @@ from .cli_options import (
     open_ledger,
     output_file,
 )
-from .report import render_report
+
+if TYPE_CHECKING:  # imported where used: a usage error or --help loads no store code
+    from .. import ChatLedger, TranscriptMessage
 
 projections_app = typer.Typer(no_args_is_help=True, help="Operate the read models.")
 export_app = typer.Typer(no_args_is_help=True, help="Export read models.")
@@ -242,6 +243,8 @@ def export_transcripts(
         raise InvalidCommandError(f"Cannot export as {kind!r}; use --format jsonl or csv.")
     start = v.check_time("--since", since) if since is not None else None
     end = v.check_time("--until", until) if until is not None else None
+    from ..application.audit import visitors_of_user
+
     with _open(database, read_only=True) as ledger:
         if session is not None:
             ledger.session(session)  # UnknownSessionError for an id the log has never seen
@@ -286,6 +289,8 @@ def report(
     until: UntilOption = None,
 ) -> None:
     """Write a self-contained HTML analytics report (inline SVG charts, no network)."""
+    from .report import render_report
+
     with _open(database, read_only=True) as ledger:
         ledger.catch_up()
         analytics = ledger.analytics(start=since, end=until)

@@ -18,6 +18,9 @@ def serve(
     workers: Annotated[
         int | None, typer.Option(min=1, help="Ledger worker threads (default: the pool size, 4 on SQLite).")
     ] = None,
+    log_format: Annotated[
+        str, typer.Option(help="json (one object a line, with request ids) or text.")
+    ] = "json",
 ) -> None:
     """Serve the ledger over HTTP/JSON (docs/api.md, "HTTP service"); Ctrl-C or SIGTERM stops
     it after the requests in flight."""
@@ -25,6 +28,7 @@ def serve(
         import uvicorn  # the [server] extra
 
         from .http.app import create_app
+        from .http.observe import log_config
     except ImportError as err:
         raise ConfigurationError(
             f"chatledger serve needs the [server] extra ({err.name} is missing): "
@@ -34,7 +38,12 @@ def serve(
     # it found: this one, so that a stop on purpose exits 0 (as `chatledger worker` does).
     for stop in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop, _stopped)
-    uvicorn.run(create_app(database, workers=workers), host=host, port=port, log_level="info")
+    if log_format not in ("json", "text"):
+        raise typer.BadParameter(f"{log_format!r}: json or text.", param_hint="--log-format")
+    uvicorn.run(
+        create_app(database, workers=workers), host=host, port=port, log_level="info",
+        log_config=log_config(log_format), access_log=False,
+    )
 
 
 def _stopped(signum: int, frame: object) -> None:

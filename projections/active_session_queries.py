@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, select, tuple_
+from sqlalchemy import Connection, func, select, tuple_
 
 from ..domain.batching import batched
 from .active_sessions import active_sessions, closed_sessions
@@ -33,6 +33,15 @@ def first_due(conn: Connection, before: datetime, tenant: str | None = None) -> 
         query = query.where(c.tenant == tenant)
     found: datetime | None = conn.execute(query.order_by(c.expires_at).limit(1)).scalar()
     return found
+
+
+def due_count(conn: Connection, before: datetime, tenant: str | None = None) -> int:
+    """How many sessions (of ``tenant``; None: of all) are due before ``before``: the sweep's backlog."""
+    c = active_sessions.c
+    query = select(func.count()).where(c.expires_at < before)
+    if tenant is not None:
+        query = query.where(c.tenant == tenant)
+    return int(conn.execute(query).scalar() or 0)
 
 
 def due_rows(
@@ -92,5 +101,5 @@ def closed_before(
 
 
 __all__ = [
-    "DUE_COLUMNS", "closed_before", "drop_closed", "due_rows", "first_due", "open_tasks_of",
+    "DUE_COLUMNS", "closed_before", "drop_closed", "due_count", "due_rows", "first_due", "open_tasks_of",
 ]  # fmt: skip

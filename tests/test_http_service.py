@@ -158,6 +158,7 @@ def test_chatledger_serve_runs_the_service_and_stops_on_sigterm(database_url: st
             found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
             url = found.group(1) if found else None
         assert url is not None
+        assert json.loads(line)["logger"].startswith("uvicorn")  # uvicorn's own lines are JSON too
         turn = httpx.post(
             f"{url}/v1/visitors/v-cli/messages", json={"text": "hi"}, timeout=30,
             headers={"authorization": f"Bearer {token}"},
@@ -166,6 +167,12 @@ def test_chatledger_serve_runs_the_service_and_stops_on_sigterm(database_url: st
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+    # Its logs are JSON lines, one for the request with its id (as answered), route and key.
+    assert proc.stdout is not None
+    lines = [json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("{")]
+    (logged,) = [line for line in lines if line.get("logger") == "chatledger.http"]
+    assert logged["request_id"] == turn.headers["x-request-id"] and logged["status"] == 200
+    assert logged["route"] == "/v1/visitors/{visitor_id}/messages" and logged["key_id"]
     with ChatLedger.open(database_url) as ledger:
         assert ledger.visitor("v-cli") is not None
 
@@ -255,3 +262,58 @@ def test_shutdown_finishes_the_commits_in_flight(database_url: str, tokens: dict
     assert answers and answers[0].status_code == 200, answers
     with ChatLedger.open(database_url) as ledger:
         assert ledger.visitor("v-late") is not None
+
+
+@pytest.mark.slow
+def test_the_readmes_service_commands_run(tmp_path: object) -> None:
+    """README, "HTTP service": the key, ``chatledger serve`` on the embedded default, the curls."""
+    import json
+    import os
+    import re
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    section = (Path(__file__).resolve().parents[1] / "README.md").read_text().split("## HTTP service\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    commands = [
+        line.strip() for line in re.sub(r"\\\n\s*", "", section).splitlines() if line.startswith("    ")
+    ]
+    create, serve_, *curls = (c.split("  #")[0].strip() for c in commands)
+    assert create.startswith("chatledger keys create") and serve_ == "chatledger serve --port 8000"
+    assert len(curls) == 2 and all(c.startswith("curl ") for c in curls)
+    if shutil.which("curl") is None:
+        pytest.skip("no curl")
+    bin_ = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if k != "CHATLEDGER_DATABASE_URL"}
+    env["PATH"] = f"{bin_}:{env.get('PATH', '')}"
+    made = subprocess.run(create, shell=True, cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                          timeout=60, check=True)
+    env["TOKEN"] = json.loads(made.stdout)["token"]
+    proc = subprocess.Popen(serve_.replace("8000", "0"), shell=True, cwd=str(tmp_path), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        deadline, port = time.monotonic() + 60, None
+        while port is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "chatledger serve exited"
+            found = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
+            port = found.group(1) if found else None
+        assert port is not None
+        answers = [
+            json.loads(subprocess.run(c.replace("localhost:8000", f"127.0.0.1:{port}"), shell=True, env=env,
+                                      capture_output=True, text=True, timeout=60, check=True).stdout)
+            for c in curls
+        ]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    turn, current = answers
+    assert turn["is_new_session"] and current["session_id"] == turn["session_id"]
+    assert [m["text"] for m in current["messages"]] == ["hi"]
+    assert (Path(str(tmp_path)) / "chatledger.db").exists()

@@ -85,3 +85,21 @@ def test_renamed_public_names_of_released_versions_still_work_and_warn(tmp_path:
             ledger.reply(ledger.receive("v-2", "hi").session_id, "x", at=later)
         with pytest.warns(DeprecationWarning, match="use timed_out_at"):
             assert info.value.expired_at == info.value.timed_out_at == clock() + timedelta(minutes=30)
+
+
+def test_the_command_line_starts_without_loading_the_store(tmp_path: Path) -> None:
+    """``import chatledger`` is lazy and the CLI imports the store only in the commands that
+    open it: ``--version``, ``--help`` and usage errors load no database or crypto code."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, chatledger, chatledger.entrypoints.cli;"
+        "print(sorted(m for m in ('chatledger.application.ledger', 'sqlalchemy', 'eventsourcing',"
+        " 'cryptography') if m in sys.modules));"
+        "print(chatledger.ChatLedger.__name__, 'chatledger.application.ledger' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == ["[]", "ChatLedger True"]

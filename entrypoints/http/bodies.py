@@ -56,6 +56,38 @@ class Reply(Body):
     metadata: dict[str, Any] | None = None
 
 
+class SlotValue(Body):
+    """A slot's value: ``PUT /v1/sessions/{session_id}/slots/{key}``."""
+
+    value: Any
+    scope: Literal["session", "user"] = "session"
+
+
+class NewTask(Body):
+    """A task to start: ``POST /v1/sessions/{session_id}/tasks``."""
+
+    task: str
+
+
+class Ending(Body):
+    """``POST /v1/sessions/{session_id}/end``."""
+
+    reason: str = "ended"
+
+
+class IdentityLink(Body):
+    """The user a visitor logged in as: ``POST /v1/visitors/{visitor_id}/identity``."""
+
+    user_id: str
+
+
+class ErasureRequest(Body):
+    """Whose content to erase (exactly one of the two): ``POST /v1/erasures``."""
+
+    user_id: str | None = None
+    visitor_id: str | None = None
+
+
 class BodyTooLarge(HTTPException):
     """Raised by the counting ``receive`` inside the endpoint's body read: FastAPI passes an
     ``HTTPException`` through as it is, and the app answers it as problem ``body-too-large``."""
@@ -112,4 +144,7 @@ class BoundedBodies:
         await response(scope, receive, send)
 
 
-__all__ = ["Body", "BodyLimit", "BodyTooLarge", "BoundedBodies", "IncomingMessage", "Reply", "body_bound"]
+__all__ = [
+    "Body", "BodyLimit", "BodyTooLarge", "BoundedBodies", "Ending", "ErasureRequest", "IdentityLink",
+    "IncomingMessage", "NewTask", "Reply", "SlotValue", "body_bound",
+]

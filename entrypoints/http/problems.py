@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from ... import (
     ChatLedgerError,
     ClientMessageIdConflictError,
+    CommitOutcomeUnknownError,
     ConcurrencyConflictError,
     ConfigurationError,
     EventVersionError,
@@ -52,6 +53,7 @@ STATUS: dict[type, int] = {
     TaskStateError: 409,
     ConcurrencyConflictError: 503,
     ReadTimeoutError: 503,
+    CommitOutcomeUnknownError: 503,  # retry with the same client_message_id (idempotent)
     ConfigurationError: 500,
     EventVersionError: 500,
 }

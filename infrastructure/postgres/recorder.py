@@ -32,10 +32,12 @@ from .. import recording
 from ..hashchain import chain_rows
 from ..recording import DESTROYED, HASHES, KEYS, KEY_OWNERS, KeyRow, LedgerRecorderMixin, key_work
 from ..sealing import SEALS, Seal, next_seal
+from . import insert_function
+from .key_rows import PostgresKeyRows
 from .verification import PostgresVerification
 
 
-class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, PostgresApplicationRecorder):
+class PostgresLedgerRecorder(PostgresVerification, PostgresKeyRows, LedgerRecorderMixin, PostgresApplicationRecorder):
     """eventsourcing's PostgreSQL recorder plus the hash chain and the key tables."""
 
     datastore: PostgresDatastore
@@ -92,6 +94,13 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
         ).format(q(KEY_OWNERS))
         self.used_keys_statement = SQL("SELECT kid, visitor_id FROM {} WHERE kid = ANY(%s)").format(q(KEYS))
         self.destroyed_keys_statement = SQL("SELECT kid FROM {} WHERE kid = ANY(%s)").format(q(DESTROYED))
+        self.sql_create_statements.append(
+            insert_function.create_statement(datastore.schema, self.events_table_name, self.channel_name)
+        )
+        self.insert_call_statement = insert_function.call_statement(datastore.schema)
+        self.lock_timeout_setting = f"{int(datastore.lock_timeout)}s"
+        self.insert_function_ready = True
+        """False once a call found no insert function (a store whose tables this version did not create)."""
         self.last_hashes: dict[UUID, tuple[int, bytes]] = {}
         self.last_hashes_size = 100_000
 
@@ -198,6 +207,58 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)  # as the library's
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        """The library's ``insert_events`` plus the hash and key rows, in one
+        round trip: one call of the store's insert function (see
+        :mod:`.insert_function`) in an autocommit transaction. Batches with an
+        erasure or recorder keyword arguments, a batch whose key check failed in
+        the function, and every batch of a store without the function are
+        written by :meth:`insert_events_in_pipeline`."""
+        if not stored_events:
+            return None
+        if kwargs or not self.insert_function_ready or recording.erased_visitor_ids(stored_events):
+            return self.insert_events_in_pipeline(stored_events, **kwargs)
+        new_keys, owners, used = key_work(stored_events)
+        ids: list[int] | None = None
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            prev = self.prev_event_hashes(curs, stored_events)
+            hashes = chain_rows(stored_events, range(len(stored_events)), prev, None)
+            try:
+                curs.execute(
+                    self.insert_call_statement,
+                    (
+                        self.lock_timeout_setting,
+                        [h[1] for h in hashes],
+                        [h[2] for h in hashes],
+                        [s.topic for s in stored_events],
+                        [s.state for s in stored_events],
+                        [h[3] for h in hashes],
+                        [r[0] for r in new_keys],
+                        [r[1] for r in new_keys],
+                        [r.stored for r in new_keys],
+                        [oid for oid, _ in owners],
+                        [v for _, v in owners],
+                        list(used),
+                        list(used.values()),
+                    ),
+                    prepare=True,
+                )
+                ids = [r["id"] for r in curs.fetchall()]
+            except psycopg.Error as err:
+                if err.sqlstate == insert_function.UNDEFINED_FUNCTION_SQLSTATE:
+                    self.insert_function_ready = False  # an older store, tables not created by this version
+                elif err.sqlstate != insert_function.STALE_KEYS_SQLSTATE:
+                    raise
+        if ids is None:  # rolled back: the pipelined write tells the key ring what is stale, or lands
+            return self.insert_events_in_pipeline(stored_events, **kwargs)
+        if len(ids) != len(stored_events):
+            msg = f"Couldn't get all notification IDs (got {len(ids)}, expected {len(stored_events)})"
+            raise ProgrammingError(msg)
+        self.remember_hashes(hashes)
+        self.confirm_keys(stored_events)
+        self.seal_if_due(len(stored_events))
+        return ids
+
+    def insert_events_in_pipeline(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         """The library's ``insert_events`` (``enable_db_functions`` is refused in
         ``__init__``), written with its public statements (``lock_table_statements``,
         ``channel_name``, ``insert_events_statement``) plus the hash and key rows.
@@ -319,26 +380,6 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
             c.execute(SQL("SELECT kid, key FROM {} WHERE kid = ANY(%s)").format(self.qualified(KEYS)), (list(kids),))
             stored = {row["kid"]: bytes(row["key"]) for row in c.fetchall()}
         return self.open_keys(stored)
-
-    def stored_keys(self) -> list[tuple[str, bytes]]:
-        """Every ``(kid, stored bytes)`` of ``chatledger_keys`` (for ``keys rotate``)."""
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(SQL("SELECT kid, key FROM {}").format(self.qualified(KEYS)))
-            return [(r["kid"], bytes(r["key"])) for r in c.fetchall()]
-
-    def destroyed_key_ids(self) -> list[str]:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(SQL("SELECT kid FROM {}").format(self.qualified(DESTROYED)))
-            return [r["kid"] for r in c.fetchall()]
-
-    def replace_stored_keys(self, rows: Sequence[tuple[str, bytes, bytes]]) -> int:
-        """``(kid, old, new)``: store ``new`` where the row still holds ``old`` (one transaction)."""
-        with self.datastore.transaction(commit=True) as c:
-            c.executemany(
-                SQL("UPDATE {} SET key=%s WHERE kid=%s AND key=%s").format(self.qualified(KEYS)),
-                [(n, k, o) for k, o, n in rows],
-            )
-        return len(rows)
 
     # ---- after an erasure -------------------------------------------------
 

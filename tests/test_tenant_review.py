@@ -1,0 +1,130 @@
+"""Tenants, reviewed as an attacker (issue 13 follow-up): what one tenant could
+reach of another's through state shared by name across the store (webhook
+subscriptions) or through the store-wide switches (``all_tenants``). On a real
+SQLite file and on PostgreSQL, over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from chatledger import ChatLedger, InvalidCommandError, ManualClock
+from chatledger.domain.visitor import Visitor
+
+from .helpers import log_head
+
+
+@pytest.fixture
+def hook() -> Iterator[Callable[[int], tuple[str, list[str]]]]:
+    """A local receiver answering ``code`` to every POST; (url, event ids received)."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(code: int) -> tuple[str, list[str]]:
+        seen: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                seen.append(body["event_id"])
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/hook", seen
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_webhook_name_is_the_tenants_own(
+    database_url: str, clock: ManualClock, hook: Callable[[int], tuple[str, list[str]]]
+) -> None:
+    """Two tenants both naming their subscription "crm": each gets every event of
+    its own (one tenant's deliveries never move the other's position past events
+    it has not sent), and neither sees the other's dead letters."""
+    with ChatLedger.open(database_url, clock=clock) as ledger:
+        acme, globex = ledger.tenant("acme"), ledger.tenant("globex")
+        acme.receive("v-1", "acme's question")
+        globex.receive("v-1", "globex's question")
+        acme.receive("v-2", "acme's second")
+        acme_url, acme_seen = hook(200)
+        report = acme.webhook("crm", acme_url).deliver_once()
+        assert acme_seen == [e.event_id for e in acme.events_after(0)]
+        assert report.position == log_head(ledger)
+        globex_url, globex_seen = hook(200)
+        assert globex.webhook("crm", globex_url).position() == 0
+        globex.webhook("crm", globex_url).deliver_once()
+        assert globex_seen == [e.event_id for e in globex.events_after(0)] != []
+        # The default tenant's "crm" is a third subscription (and the old stores' one).
+        default_url, default_seen = hook(200)
+        ledger.webhook("crm", default_url).deliver_once()
+        assert default_seen == [e.event_id for e in ledger.events_after(0)]
+        # A dead letter of globex's "crm" is globex's only.
+        globex.receive("v-1", "more")
+        failing_url, _ = hook(500)
+        dead = globex.webhook("crm", failing_url, max_attempts=1, backoff=0.001).deliver_once()
+        assert dead.stopped and globex.webhook("crm", failing_url).dead_letters() != []
+        assert acme.webhook("crm", acme_url).dead_letters() == []
+        assert ledger.webhook("crm", default_url).dead_letters() == []
+
+
+STORE_WIDE: dict[str, Callable[[ChatLedger, str], Any]] = {
+    "events_after": lambda l, d: l.events_after(0, all_tenants=True),
+    "analytics_by_tenant": lambda l, d: l.analytics_by_tenant(),
+    "sweep": lambda l, d: l.sweep(all_tenants=True),
+    "archive_closed_sessions": lambda l, d: l.archive_closed_sessions(timedelta(days=1), d, all_tenants=True),
+}
+
+
+@pytest.mark.parametrize("call", list(STORE_WIDE), ids=list(STORE_WIDE))
+def test_a_named_tenant_cannot_ask_for_the_whole_store(
+    sqlite_url: str, clock: ManualClock, tmp_path: Any, call: str
+) -> None:
+    """``all_tenants=True`` (and the cross-tenant analytics) are the operator's:
+    the default tenant's ledger. A named tenant's handle, or a ledger opened for
+    a named tenant, refuses them before reading or appending anything."""
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    with ChatLedger.open(sqlite_url, clock=clock) as ledger:
+        ledger.tenant("globex").receive("v-1", "globex's secret")
+        head = log_head(ledger)
+        with ChatLedger.open(sqlite_url, clock=clock, tenant="acme") as opened:
+            for named in (ledger.tenant("acme"), opened):
+                with pytest.raises(InvalidCommandError, match="default tenant"):
+                    STORE_WIDE[call](named, str(archives))
+                if call == "archive_closed_sessions":
+                    with pytest.raises(InvalidCommandError, match="default tenant"):
+                        named.read_archive(archives / "x.jsonl.gz", all_tenants=True)
+                assert log_head(ledger) == head and list(archives.iterdir()) == []
+        STORE_WIDE[call](ledger, str(archives))  # the operator's ledger may
+
+
+def test_an_old_default_visitor_id_with_the_separator_is_refused_not_crashed(
+    database_url: str, clock: ManualClock
+) -> None:
+    """Before 0.5 a visitor id could hold "\\x1f"; the default tenant's "acme\\x1fbob" has
+    the aggregate id of tenant acme's "bob". acme's "bob" is refused with a
+    ChatLedgerError (not an AssertionError), appending nothing, and never reaches the
+    old visitor's sessions."""
+    with ChatLedger.open(database_url, clock=clock) as ledger:
+        ledger.save(Visitor.register("acme\x1fbob", at=clock()))  # as a 0.4.0 store could hold it
+        head = log_head(ledger)
+        acme = ledger.tenant("acme")
+        with pytest.raises(InvalidCommandError, match="stored before tenants"):
+            acme.receive("bob", "hi")
+        with pytest.raises(InvalidCommandError, match="stored before tenants"):
+            acme.link_identity("bob", "user-1")
+        assert log_head(ledger) == head
