@@ -18,31 +18,26 @@ is one, with the public commands and queries on top.
 
 from __future__ import annotations
 
-import random
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 from copy import deepcopy
 from datetime import datetime
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
-from eventsourcing.persistence import DataError, PersistenceError, RecordConflictError
+from eventsourcing.persistence import DataError, PersistenceError
 
 from ..domain import validation as v
 from ..domain.errors import (
-    ChatLedgerError,
-    CommitOutcomeUnknownError,
-    ConcurrencyConflictError,
     InvalidCommandError,
     UnknownSessionError,
     ValueRefusedError,
 )
-from ..domain.pydantic_aggregates import Aggregate, utc
 from ..domain.policy import SessionPolicy
+from ..domain.pydantic_aggregates import Aggregate, utc
 from ..domain.session import Session
 from ..domain.tenancy import DEFAULT_TENANT, check_tenant
 from ..domain.visitor import Visitor, visitor_aggregate_id
@@ -50,11 +45,12 @@ from ..infrastructure.envelopes import ErasedSnapshotError
 from ..infrastructure.scheduler import BackgroundJobs
 from ..infrastructure.settings import Settings
 from ..infrastructure.snapshots import SnapshotStore
+from ..projections.projection_reads import ProjectionReads
 from ..projections.read_model import ReadModel
 from ..projections.runner import ProjectionRunner
-from ..projections.projection_reads import ProjectionReads
 from . import bootstrap
 from .api_keys import ApiKeys
+from .attempts import CommandAttempts, FreshReadNeeded
 from .clock import Clock
 from .commit_queue import GroupCommitEventStore
 from .counters import LedgerCounters
@@ -64,12 +60,6 @@ from .tenancy import tenant_handle
 
 T = TypeVar("T")
 U = TypeVar("U", bound="UnitOfWork")
-
-
-class FreshReadNeeded(RecordConflictError):
-    """A first run that decided on cached copies must be re-run on fresh reads, though no
-    writer raced it (an answer that writes nothing, a decision to write nothing): re-run like a
-    conflict, but not counted as one."""
 
 
 def replay_events(aggregate: Any, events: Any) -> Any:
@@ -120,10 +110,10 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
             Visitor: settings.snapshot_interval,
         }
         self._saving = threading.local()  # the aggregates this thread is saving
-        self._attempt = threading.local()  # .first: this thread's command is on its first attempt
         self._written = threading.local()  # .position: the last event this thread's last save wrote
         self.counters = LedgerCounters()
         """What this ledger did in this process (commits, events, conflicts, retries, sweeps)."""
+        self.attempts = CommandAttempts(settings.conflict_retries, self.counters)
         try:
             env = bootstrap.store_env(settings)
             with bootstrap.store_lock(settings):
@@ -176,73 +166,16 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
         return utc(at) if at is not None else utc(self.clock())
 
     def retrying(self, what: str, command: Callable[[], T]) -> T:
-        """Run ``command`` until it is not beaten by a concurrent writer.
-
-        A first run may decide on cached aggregates (the reads that pass
-        ``cached=True``: no read of the store); if one was stale its save
-        conflicts, and the command is run again with every read from the store,
-        up to ``conflict_retries`` times, as if the cached run had not happened
-        (see docs/architecture.md, "No read before write").
-
-        A refusal (any :class:`ChatLedgerError` but
-        :class:`ConcurrencyConflictError`) on the cached run is not trusted
-        either: the command is re-run on fresh reads, like after a conflict, so
-        an error the caller sees was decided on the store's data. A run that
-        read nothing from the cache (:meth:`fresh_read` notes each cached read)
-        was decided on the store: its refusal is raised at once, not re-run.
-        :class:`CommitOutcomeUnknownError` is never re-run (its write may have
-        committed)."""
-        attempts = self.settings.conflict_retries
-        state = self._attempt
-        outer: bool | None = getattr(state, "first", None)  # None: not inside another command
-        outer_used: bool = getattr(state, "used_cache", False)
-        try:
-            count = self.counters.add
-            if outer is not False:
-                state.first = True  # on cached reads: a conflict here costs no attempt
-                state.used_cache = False  # set by fresh_read when a read skips the store
-                try:
-                    return command()
-                except FreshReadNeeded:
-                    count("fresh_reads")
-                except RecordConflictError:
-                    count("conflicts")
-                except (ConcurrencyConflictError, CommitOutcomeUnknownError):
-                    raise  # never re-run a command whose write may have landed
-                except ChatLedgerError:
-                    if not state.used_cache:
-                        raise  # decided on the store's data already: nothing to decide again
-                    count("fresh_reads")  # perhaps refused on a stale copy: decided again on fresh reads
-                count("retries")
-            state.first = False
-            for attempt in range(attempts):
-                try:
-                    return command()
-                except RecordConflictError as err:
-                    count("fresh_reads" if isinstance(err, FreshReadNeeded) else "conflicts")
-                    count("retries")
-                    time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))  # full jitter
-        finally:
-            state.first = outer
-            state.used_cache = outer_used or getattr(state, "used_cache", False)
-        self.counters.add("conflicts_exhausted")
-        raise ConcurrencyConflictError(what, attempts)
+        """Run ``command`` until no concurrent writer beats it (:meth:`CommandAttempts.run`)."""
+        return self.attempts.run(what, command)
 
     def fresh_read(self, cached: bool) -> bool:
-        """Whether a read must see the store: always, unless ``cached`` and this
-        thread's command is on its first attempt (see :meth:`retrying`)."""
-        if cached and getattr(self._attempt, "first", None):
-            self._attempt.used_cache = True
-            return False
-        return True
+        """Whether a read must see the store (:meth:`CommandAttempts.fresh_read`)."""
+        return self.attempts.fresh_read(cached)
 
     def answer_from_store(self) -> None:
-        """Re-run this command on fresh reads (a conflict) if it is on its first
-        attempt: for an answer that writes nothing -- a duplicate message, a
-        client-id conflict -- a cached copy is not trusted (an erasure may have
-        blanked its content since, and nothing written would conflict)."""
-        if getattr(self._attempt, "first", None):
-            raise FreshReadNeeded("answered from cached reads: re-read and answer again")
+        """Re-run on fresh reads if on a cached first run (:meth:`CommandAttempts.answer_from_store`)."""
+        self.attempts.answer_from_store()
 
     def load(self, aggregate_id: UUID, fresh: bool) -> Any:
         """An aggregate from the repository (``fresh``: caught up with the store)."""
@@ -289,7 +222,7 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
             )
         return None if all_tenants else self.tenant_id
 
-    def tenant(self: U, tenant: str, *, policy: SessionPolicy | None = None, limits: v.Limits | None = None) -> U:
+    def tenant(self, tenant: str, *, policy: SessionPolicy | None = None, limits: v.Limits | None = None) -> Self:
         """This ledger for ``tenant`` (``tenant_id``): the same store; its own data, policy and
         limits (see :mod:`~chatledger.application.tenancy`)."""
         return tenant_handle(self, tenant, policy, limits)
@@ -342,7 +275,7 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
         aggregates = {obj.id: obj for obj in objs if isinstance(obj, Aggregate)}
         items = [obj for obj in objs if obj is not None]
         if (
-            getattr(self._attempt, "first", None)
+            self.attempts.first
             and len(aggregates) == len(items)
             and not any(a.pending_events for a in aggregates.values())
         ):
