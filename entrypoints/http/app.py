@@ -28,6 +28,7 @@ from starlette.responses import Response
 from ... import ChatLedgerError, Clock, SessionPolicy
 from ...application.aio import AsyncChatLedger
 from ...application.api_keys import DEFAULT_TENANT
+from ..console import console_router
 from . import conversations, operations, records
 from .auth import KEY_CACHE_SECONDS, KeyCache
 from .bodies import BodyLimit, BodyTooLarge, BoundedBodies, body_bound
@@ -84,6 +85,7 @@ def create_app(
         operations.router,
     ):
         app.include_router(router)
+    app.include_router(console_router(), prefix="/console")  # the web console (issue 15)
     return app
 
 
