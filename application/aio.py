@@ -321,6 +321,10 @@ class AsyncChatLedger:
 
     resessionize = offloaded(ChatLedger.resessionize)
     memory = offloaded(ChatLedger.memory)
+    wait_for = offloaded(ChatLedger.wait_for)
+    # Read your writes from asyncio: turn.position, or log_position() after any command (a
+    # worker thread ran it, so written_position() of the caller's thread says nothing).
+    log_position = offloaded(ChatLedger.log_position)
 
     # ------------------------------------------------------------------ housekeeping
     sweep = offloaded(ChatLedger.sweep)

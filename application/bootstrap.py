@@ -22,6 +22,7 @@ from ..domain.errors import ConfigurationError, InvalidPolicyError
 from ..domain.policy import SessionPolicy
 from ..domain.tenancy import DEFAULT_TENANT
 from ..infrastructure.database import make_engine
+from ..infrastructure.key_providers import provider_from_settings
 from ..infrastructure.key_ring import KeyRing
 from ..infrastructure.ledger_recorders import as_ledger_recorder
 from ..infrastructure.persistence import eventsourcing_env, postgres_table_exists, schema_lock
@@ -90,6 +91,20 @@ def install_key_ring(mapper: Any, recorder: Any) -> None:
     ours = as_ledger_recorder(recorder)
     if isinstance(mapper, ShreddingMapper) and ours is not None:
         mapper.key_ring = KeyRing(ours)
+
+
+def install_key_provider(recorder: Any, settings: Settings) -> None:
+    """Wrap the content keys with the master key provider the settings name, if any."""
+    ours = as_ledger_recorder(recorder)
+    if ours is not None:
+        ours.key_provider = provider_from_settings(settings)
+
+
+def close_key_provider(recorder: Any) -> None:
+    ours = as_ledger_recorder(recorder)
+    close = getattr(ours.key_provider, "close", None) if ours is not None else None
+    if close is not None:
+        close()
 
 
 def configure_sealer(recorder: Any, settings: Settings) -> None:
@@ -206,7 +221,9 @@ def require_existing_postgres_store(settings: Settings) -> None:
 __all__ = [
     "build_projector",
     "build_snapshot_store",
+    "close_key_provider",
     "components",
+    "install_key_provider",
     "install_key_ring",
     "jobs_running",
     "open_settings",

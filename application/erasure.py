@@ -113,6 +113,9 @@ def erase_subject(
     # Derived copies of the plaintext: this process's caches and the snapshots.
     if isinstance(uow.mapper, ShreddingMapper) and uow.mapper.key_ring is not None:
         uow.mapper.key_ring.forget(receipt.key_owners, receipt.key_ids)
+    if recorder.key_provider is not None:
+        # Outside the database too: a backup taken before now cannot open these keys any more.
+        recorder.key_provider.forget(list(receipt.key_ids))
     repository = uow.repository
     assert isinstance(repository, LedgerRepository)
     for aggregate in (*sessions, *visitors):

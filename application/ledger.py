@@ -42,7 +42,7 @@ from .webhooks import WebhookWorker
 class ChatLedger(UnitOfWork):
     """Event-sourced session management for one bot: one per process, shared by its threads."""
 
-    name = "ChatLedger"
+    name = "ChatLedger"  # read models track their positions under it (also application/backups.py)
 
     @classmethod
     def open(
@@ -210,10 +210,10 @@ class ChatLedger(UnitOfWork):
              start=opt(arg.TIME), end=opt(arg.TIME))
     def transcript(
         self, session_id: UUID | str | None = None, *, user_id: str | None = None,
-        visitor_id: str | None = None, start: datetime | None = None, end: datetime | None = None,
+        visitor_id: str | None = None, start: datetime | None = None, end: datetime | None = None, after: int | None = None,
     ) -> Transcript:
-        """Messages of a session, a user, a visitor and/or a time range ``[start, end)``."""
-        return reads.transcript(self, session_id, user_id=user_id, visitor_id=visitor_id, start=start, end=end)
+        """Messages of a session, a user, a visitor and/or ``[start, end)``; ``after``: see :meth:`wait_for`."""
+        return reads.transcript(self.waited(after), session_id, user_id=user_id, visitor_id=visitor_id, start=start, end=end)
 
     @checked(start=opt(arg.TIME), end=opt(arg.TIME))
     def messages(
@@ -226,10 +226,10 @@ class ChatLedger(UnitOfWork):
              engagement=arg.engagement_arg)
     def analytics(
         self, *, start: datetime | None = None, end: datetime | None = None,
-        as_of: datetime | None = None, engagement: Engagement | None = None,
+        as_of: datetime | None = None, engagement: Engagement | None = None, after: int | None = None,
     ) -> Analytics:
-        """Analytics of the sessions started in ``[start, end)``, as of ``as_of``."""
-        return self.projection_reads.analytics(start=start, end=end, as_of=as_of, engagement=engagement)
+        """Analytics of the sessions started in ``[start, end)``, as of ``as_of``; ``after``: see :meth:`wait_for`."""
+        return self.waited(after).projection_reads.analytics(start=start, end=end, as_of=as_of, engagement=engagement)
 
     @checked(start=opt(arg.TIME), end=opt(arg.TIME), as_of=opt(arg.TIME), engagement=arg.engagement_arg)
     def analytics_by_tenant(self, *, start: datetime | None = None, end: datetime | None = None,
@@ -245,9 +245,9 @@ class ChatLedger(UnitOfWork):
         return self.projection_reads.resessionize(timeout, start=start, end=end)
 
     @checked(user_id=opt(arg.ID), visitor_id=opt(arg.ID))
-    def memory(self, *, user_id: str | None = None, visitor_id: str | None = None) -> Memory:
-        """What the bot remembers about a user, or about a still-anonymous visitor."""
-        return self.projection_reads.memory(user_id=user_id, visitor_id=visitor_id)
+    def memory(self, *, user_id: str | None = None, visitor_id: str | None = None, after: int | None = None) -> Memory:
+        """What the bot remembers about a user, or a still-anonymous visitor; ``after``: see :meth:`wait_for`."""
+        return self.waited(after).projection_reads.memory(user_id=user_id, visitor_id=visitor_id)
 
     @checked(now=opt(arg.TIME), limit=opt(arg.COUNT), batch_size=arg.COUNT, all_tenants=arg.flag_arg)
     def sweep(self, now: datetime | None = None, *, limit: int | None = None, batch_size: int = 5000, all_tenants: bool = False) -> int:

@@ -38,12 +38,18 @@ def receive(
     if context is not None and not isinstance(context, SessionContext):
         context = to_context(SessionContext, context)
     ctx = context
-    return uow.retrying(
+    before = uow.written_position()
+    uow.forget_written_position()
+    turn = uow.retrying(
         f"receive() for visitor {visitor_id!r}",
         lambda: receive_once(
             uow, visitor_id, text, session_id, client_message_id, channel, ctx, metadata, at
         ),
     )
+    written = uow.written_position()
+    if turn.duplicate or not written:  # nothing written now: the head covers the original write
+        written = max(before, uow.log_position())
+    return turn.model_copy(update={"position": written})
 
 
 def receive_once(

@@ -54,6 +54,7 @@ from .attempts import CommandAttempts, FreshReadNeeded
 from .clock import Clock
 from .commit_queue import GroupCommitEventStore
 from .counters import LedgerCounters
+from .read_your_writes import ReadYourWrites
 from .repository import LedgerRepository
 from .tenancy import tenant_handle
 
@@ -83,7 +84,7 @@ def as_uuid(value: UUID | str) -> UUID:
         raise UnknownSessionError(value) from err
 
 
-class UnitOfWork(Application[UUID]):
+class UnitOfWork(ReadYourWrites, Application[UUID]):
     """The event store of one ledger and the loading, saving and retrying of
     its aggregates (see the module docstring)."""
 
@@ -109,6 +110,7 @@ class UnitOfWork(Application[UUID]):
             Visitor: settings.snapshot_interval,
         }
         self._saving = threading.local()  # the aggregates this thread is saving
+        self._written = threading.local()  # .position: the last event this thread's last save wrote
         self.counters = LedgerCounters()
         """What this ledger did in this process (commits, events, conflicts, retries, sweeps)."""
         self.attempts = CommandAttempts(settings.conflict_retries, self.counters)
@@ -120,6 +122,7 @@ class UnitOfWork(Application[UUID]):
             if settings.backend != "sqlite":
                 raise
             raise bootstrap.unopenable_sqlite_store(settings, err) from err
+        bootstrap.install_key_provider(self.recorder, settings)
         bootstrap.install_key_ring(self.mapper, self.recorder)
         bootstrap.configure_sealer(self.recorder, settings)
 
@@ -154,6 +157,7 @@ class UnitOfWork(Application[UUID]):
             self.projector.stop()
             self.projector.engine.dispose()
         super().close()
+        bootstrap.close_key_provider(self.recorder)
 
     # ------------------------------------------------------------------ loading
 
@@ -284,6 +288,7 @@ class UnitOfWork(Application[UUID]):
         finally:
             self._saving.aggregates = None
         if recordings:
+            self._written.position = max(r.notification.id for r in recordings)
             self.counters.add("commands")
             self.counters.add("events_appended", len(recordings))
         repository = self.repository

@@ -242,6 +242,20 @@ class ConcurrencyConflictError(ChatLedgerError):
         self.attempts = attempts
 
 
+class ReadTimeoutError(ChatLedgerError, TimeoutError):
+    """Raised when the read models did not reach the log position a query asked
+    for (``after=``) within the timeout: the answer would not include that write."""
+
+    def __init__(self, position: int, reached: int, timeout: float) -> None:
+        super().__init__(
+            f"The read models reached log position {reached}, not {position}, within {timeout:g} s; "
+            "nothing was read. Is the write committed (a position this store returned)? Retry, "
+            "or raise read_wait_timeout_s."
+        )
+        self.position = position
+        self.reached = reached
+
+
 class CommitOutcomeUnknownError(ChatLedgerError, RuntimeError):
     """Raised when a command's events may or may not be committed: its write (or
     its wait for a group commit that had taken its events) was interrupted, or

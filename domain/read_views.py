@@ -92,6 +92,9 @@ class Turn(Immutable):
     carried_slots: dict[str, JsonValue]
     user_id: str | None
     duplicate: bool = False
+    position: int = 0
+    """The log position of this turn's write (or, for a duplicate, the head when it
+    was recognised): pass it as ``after=`` to a query to read your own write."""
 
     @classmethod
     def of(cls, s: Session, message: Message, *, duplicate: bool = False) -> Turn:

@@ -19,6 +19,7 @@ from .. import ChatLedgerError
 from .cli_audit import audit_app, erase
 from .cli_events import register as register_event_commands
 from .cli_keys import register as register_key_commands
+from .cli_ops import register as register_ops_commands
 from .cli_options import DatabaseOption, JsonOption, open_ledger, parse_time
 from .cli_projections import register as register_projection_commands
 
@@ -30,6 +31,7 @@ app.command("erase")(erase)
 register_projection_commands(app)
 register_event_commands(app)
 register_key_commands(app)
+register_ops_commands(app)
 
 console = Console()
 err_console = Console(stderr=True, highlight=False)

@@ -92,7 +92,14 @@ class KeyAudit:
                 self._missing[kid] = (row.notification_id, row.originator_id, row.originator_version)
                 continue
             self._present.add(kid)
-            if not key_opens(row, kid, entry[1]):
+            if entry[1] is None:
+                self._add(
+                    "forgotten key", row.notification_id, row.originator_id, row.originator_version,
+                    f"content key {kid} of visitor {entry[0]!r} is in chatledger_keys, but the master key "
+                    "provider no longer holds its wrapping (an erasure after this copy of the store "
+                    "was taken, or another key vault): the content reads as erased",
+                )
+            elif not key_opens(row, kid, entry[1]):
                 self._add(
                     "altered key", row.notification_id, row.originator_id, row.originator_version,
                     f"content key {kid} of visitor {entry[0]!r} does not open the envelope this event "

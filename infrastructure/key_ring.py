@@ -121,15 +121,14 @@ class KeyRing:
             cached = self._active.get(visitor_id)
         if cached is None:
             row = None if new_session else self.recorder.active_key(visitor_id)
+            confirmed = row is not None
+            if row is None:  # wrapped by the key provider outside the lock and any transaction
+                row = self.recorder.new_key_row(str(uuid4()), visitor_id, secrets.token_bytes(32))
             now = time.monotonic()
             with self._lock:
                 cached = self._active.get(visitor_id)  # another thread may have been first
                 if cached is None:
-                    if row is None:
-                        row = KeyRow((str(uuid4()), visitor_id, secrets.token_bytes(32)))
-                        cached = (now, row, False)
-                    else:
-                        cached = (now, row, True)
+                    cached = (now, row, confirmed)
                     bounded(self._active, now)
                     self._active[visitor_id] = cached
         _, row, confirmed = cached

@@ -30,15 +30,17 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Self
 from uuid import UUID
 
 from eventsourcing.persistence import RecordConflictError, StoredEvent
 from eventsourcing.utils import get_topic
 
+from ..domain.errors import ConfigurationError
 from ..domain.tenancy import DEFAULT_TENANT, scoped_key
 from ..domain.visitor import Visitor
 from .hashchain import EventRow, as_uuid
+from .key_providers import WRAPPED_PREFIX, KeyProvider
 
 HASHES = "chatledger_event_hashes"
 KEYS = "chatledger_keys"
@@ -63,7 +65,16 @@ def erased_visitor_ids(stored_events: Sequence[StoredEvent]) -> list[str]:
 
 
 class KeyRow(tuple[str, str, bytes]):
-    """``(kid, visitor_id, key)``; never printed with its key."""
+    """``(kid, visitor_id, key)``; never printed with its key. ``stored``: the key
+    as ``chatledger_keys`` holds it (wrapped by the master key provider, or the
+    key itself without one)."""
+
+    stored: bytes
+
+    def __new__(cls, row: tuple[str, str, bytes], stored: bytes | None = None) -> Self:
+        self = super().__new__(cls, row)
+        self.stored = row[2] if stored is None else stored
+        return self
 
     def __repr__(self) -> str:
         return f"KeyRow(kid={self[0]!r}, visitor_id={self[1]!r}, key=<redacted>)"
@@ -124,7 +135,51 @@ def key_work(
     return list(new_keys.values()), owners, used
 
 
-class LedgerRecorderMixin:
+class KeyCodec:
+    """The content keys as the store holds them: wrapped by the master key
+    provider, or (stores of before 0.5, or no provider) as they are."""
+
+    key_provider: KeyProvider | None = None
+    """Wraps the content keys (see :mod:`.key_providers`); None: stored as they are."""
+
+    def new_key_row(self, kid: str, visitor_id: str, key: bytes) -> KeyRow:
+        """A new key's row, wrapped by the provider (before any transaction)."""
+        provider = self.key_provider
+        stored = key if provider is None else WRAPPED_PREFIX + provider.wrap({kid: key})[kid]
+        return KeyRow((kid, visitor_id, key), stored)
+
+    def open_keys(self, stored: dict[str, bytes]) -> dict[str, bytes]:
+        """``kid -> key`` for ``kid -> stored bytes``: legacy 32-byte keys as they are,
+        wrapped ones through the provider (a kid it forgot is left out)."""
+        keys = {kid: raw for kid, raw in stored.items() if not raw.startswith(WRAPPED_PREFIX)}
+        wrapped = {kid: raw[len(WRAPPED_PREFIX):] for kid, raw in stored.items() if kid not in keys}
+        if wrapped:
+            if self.key_provider is None:
+                raise ConfigurationError(
+                    "This store's content keys are wrapped by a master key: set "
+                    "CHATLEDGER_MASTER_KEY (and CHATLEDGER_KEY_VAULT if it uses one), or key_provider."
+                )
+            keys.update(self.key_provider.unwrap(wrapped))
+        return keys
+
+    def open_key_row(self, kid: str, visitor_id: str, stored: bytes) -> KeyRow | None:
+        key = self.open_keys({kid: stored}).get(kid)
+        return None if key is None else KeyRow((kid, visitor_id, key), stored)
+
+    def active_key_row(self, kid: str, visitor_id: str, stored: bytes) -> KeyRow:
+        """The visitor's key row, to encrypt with; a row whose wrapping the provider
+        forgot is refused (a copy of the store older than an erasure)."""
+        row = self.open_key_row(kid, visitor_id, stored)
+        if row is None:
+            raise ConfigurationError(
+                f"The content key {kid} of visitor {visitor_id!r} is in this store, but the key "
+                "provider forgot its wrapping: this copy of the store is older than an erasure of "
+                f"the visitor. Re-run it (chatledger erase --visitor {visitor_id}) before writing."
+            )
+        return row
+
+
+class LedgerRecorderMixin(KeyCodec):
     """The key write path's decisions, the hooks through which the key ring
     learns the outcome of its new and cached keys, and when to seal (each
     dialect supplies the SQL)."""
@@ -209,8 +264,9 @@ class KeyTables(Protocol):
     """What the key audit reads from the key tables, inside the verification's
     snapshot (each dialect implements it)."""
 
-    def keys(self, kids: Sequence[str]) -> dict[str, tuple[str, bytes]]:  # pragma: no cover
-        """``kid -> (visitor_id, key)`` of those of ``kids`` in ``chatledger_keys``."""
+    def keys(self, kids: Sequence[str]) -> dict[str, tuple[str, bytes | None]]:  # pragma: no cover
+        """``kid -> (visitor_id, key)`` of those of ``kids`` in ``chatledger_keys``
+        (key None: the key provider forgot its wrapping)."""
         raise NotImplementedError
 
     def destroyed(self, kids: Sequence[str]) -> set[str]:  # pragma: no cover

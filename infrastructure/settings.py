@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, NamedTuple
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     seal_interval_s: float = Field(default=1.0, gt=0)  # the worker's seal job
     audit_tail_max_events: int = Field(default=5000, ge=0)  # verify --strict: the longest unsealed tail
     audit_tail_max_age_s: float = Field(default=10.0, ge=0)  # verify --strict: its oldest event's age
+    read_wait_timeout_s: float = Field(default=5.0, gt=0, le=3600)  # queries with after=: the bound
+    # Keys outside the database (see infrastructure/key_providers.py and docs/operations.md).
+    master_key: SecretStr | None = None  # "ID:BASE64[,ID:BASE64...]", the current one first
+    master_key_file: str | None = None  # a file holding the same (when master_key is unset)
+    key_vault: str | None = None  # the key vault file (per-key wrapping keys erasure can forget)
+    key_provider: str | None = None  # "module:factory" of a KMS/Vault provider (overrides the above)
     # The limits of domain.validation.Limits (see there and docs/api.md).
     max_text_chars: int = Field(default=TEXT_CEILING, ge=1, le=TEXT_CEILING)
     max_id_chars: int = Field(default=ID_CEILING, ge=1, le=ID_CEILING)

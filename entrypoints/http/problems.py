@@ -26,6 +26,7 @@ from ... import (
     IdentityConflictError,
     IdentityMismatchError,
     InvalidCommandError,
+    ReadTimeoutError,
     SessionClosedError,
     SessionOwnershipError,
     TaskStateError,
@@ -51,6 +52,7 @@ STATUS: dict[type, int] = {
     ClientMessageIdConflictError: 409,
     TaskStateError: 409,
     ConcurrencyConflictError: 503,
+    ReadTimeoutError: 503,
     CommitOutcomeUnknownError: 503,  # retry with the same client_message_id (idempotent)
     ConfigurationError: 500,
     EventVersionError: 500,

@@ -33,10 +33,11 @@ from ..hashchain import chain_rows
 from ..recording import DESTROYED, HASHES, KEYS, KEY_OWNERS, KeyRow, LedgerRecorderMixin, key_work
 from ..sealing import SEALS, Seal, next_seal
 from . import insert_function
+from .key_rows import PostgresKeyRows
 from .verification import PostgresVerification
 
 
-class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, PostgresApplicationRecorder):
+class PostgresLedgerRecorder(PostgresVerification, PostgresKeyRows, LedgerRecorderMixin, PostgresApplicationRecorder):
     """eventsourcing's PostgreSQL recorder plus the hash chain and the key tables."""
 
     datastore: PostgresDatastore
@@ -153,7 +154,7 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
             if new_keys:
                 c.execute(
                     self.insert_keys_statement,
-                    ([r[0] for r in new_keys], [r[1] for r in new_keys], [r[2] for r in new_keys]),
+                    ([r[0] for r in new_keys], [r[1] for r in new_keys], [r.stored for r in new_keys]),
                 )
             if owners:
                 c.execute(
@@ -179,7 +180,8 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
                         SQL("SELECT kid, visitor_id, key FROM {} WHERE visitor_id = ANY(%s)").format(self.qualified(KEYS)),
                         (visitors,),
                     )
-                    return [KeyRow((r["kid"], r["visitor_id"], bytes(r["key"]))) for r in q.fetchall()]
+                    rows = [self.open_key_row(r["kid"], r["visitor_id"], bytes(r["key"])) for r in q.fetchall()]
+                    return [r for r in rows if r is not None]
 
                 self.check_used_keys(used, found, destroyed, current_keys)
             finally:
@@ -232,7 +234,7 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
                         [h[3] for h in hashes],
                         [r[0] for r in new_keys],
                         [r[1] for r in new_keys],
-                        [r[2] for r in new_keys],
+                        [r.stored for r in new_keys],
                         [oid for oid, _ in owners],
                         [v for _, v in owners],
                         list(used),
@@ -352,14 +354,14 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
         with self.datastore.transaction(commit=False) as c:
             c.execute(SQL("SELECT key FROM {} WHERE kid=%s").format(self.qualified(KEYS)), (kid,))
             row = c.fetchone()
-        return bytes(row["key"]) if row else None
+        return self.open_keys({kid: bytes(row["key"])}).get(kid) if row else None
 
     def active_key(self, visitor_id: str) -> KeyRow | None:
         """The visitor's key, if any (read only, as on SQLite)."""
         with self.datastore.transaction(commit=False) as c:
             c.execute(SQL("SELECT kid, visitor_id, key FROM {} WHERE visitor_id=%s").format(self.qualified(KEYS)), (visitor_id,))
             row = c.fetchone()
-        return KeyRow((row["kid"], row["visitor_id"], bytes(row["key"]))) if row else None
+        return self.active_key_row(row["kid"], row["visitor_id"], bytes(row["key"])) if row else None
 
     def key_ids_of(self, visitor_ids: Sequence[str]) -> list[str]:
         with self.datastore.transaction(commit=False) as c:
@@ -376,7 +378,8 @@ class PostgresLedgerRecorder(PostgresVerification, LedgerRecorderMixin, Postgres
         """``kid -> key`` of those of ``kids`` that exist."""
         with self.datastore.transaction(commit=False) as c:
             c.execute(SQL("SELECT kid, key FROM {} WHERE kid = ANY(%s)").format(self.qualified(KEYS)), (list(kids),))
-            return {row["kid"]: bytes(row["key"]) for row in c.fetchall()}
+            stored = {row["kid"]: bytes(row["key"]) for row in c.fetchall()}
+        return self.open_keys(stored)
 
     # ---- after an erasure -------------------------------------------------
 

@@ -12,11 +12,11 @@ from eventsourcing.postgres import PostgresDatastore
 from psycopg.sql import SQL, Composed, Identifier
 
 from ..hashchain import EventRow, HashRow, VerificationReport, verify_rows
-from ..recording import DESTROYED, ERASURE_TOPIC, HASHES, KEYS, KEY_OWNERS, KeyAuditor
+from ..recording import DESTROYED, ERASURE_TOPIC, HASHES, KEYS, KEY_OWNERS, KeyAuditor, KeyCodec
 from ..sealing import SEALS, Anchor, Seal, check_seals
 
 
-class PostgresVerification:
+class PostgresVerification(KeyCodec):
     """The PostgreSQL ledger recorder's read side of the chains (a mixin)."""
 
     datastore: PostgresDatastore
@@ -148,7 +148,7 @@ class PostgresVerification:
 class PostgresKeyTables:
     """The key tables as ``KeyAudit`` reads them, in the verification's snapshot."""
 
-    def __init__(self, conn: Any, recorder: PostgresVerification) -> None:
+    def __init__(self, conn: Any, recorder: PostgresVerification) -> None:  # a KeyCodec
         self.conn = conn
         self.recorder = recorder
 
@@ -157,10 +157,11 @@ class PostgresKeyTables:
             c.execute(query, params)
             return list(c.fetchall())
 
-    def keys(self, kids: Sequence[str]) -> dict[str, tuple[str, bytes]]:
+    def keys(self, kids: Sequence[str]) -> dict[str, tuple[str, bytes | None]]:
         t = self.recorder.qualified
         rows = self._rows(SQL("SELECT kid, visitor_id, key FROM {} WHERE kid = ANY(%s)").format(t(KEYS)), (list(kids),))
-        return {r["kid"]: (r["visitor_id"], bytes(r["key"])) for r in rows}
+        opened = self.recorder.open_keys({r["kid"]: bytes(r["key"]) for r in rows})
+        return {r["kid"]: (r["visitor_id"], opened.get(r["kid"])) for r in rows}
 
     def destroyed(self, kids: Sequence[str]) -> set[str]:
         t = self.recorder.qualified

@@ -134,7 +134,7 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
             now = datetime.now(UTC).isoformat()
             c.executemany(
                 f"INSERT INTO {KEYS} VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
-                [(kid, visitor, key, now) for kid, visitor, key in new_keys],
+                [(r[0], r[1], r.stored, now) for r in new_keys],
             )
         if owners:
             c.executemany(
@@ -152,7 +152,7 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
 
         def current_keys(visitors: list[str]) -> list[KeyRow]:
             rows = sqlite_select_in(c, f"SELECT kid, visitor_id, key FROM {KEYS} WHERE visitor_id IN ({{}})", visitors)
-            return [KeyRow((r[0], r[1], bytes(r[2]))) for r in rows]
+            return [k for r in rows if (k := self.open_key_row(r[0], r[1], bytes(r[2]))) is not None]
 
         self.check_used_keys(used, found, destroyed, current_keys)
 
@@ -233,7 +233,7 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
         with self.datastore.transaction(commit=False) as c:
             c.execute(f"SELECT key FROM {KEYS} WHERE kid=?", (kid,))
             row = c.fetchone()
-        return bytes(row[0]) if row else None
+        return self.open_keys({kid: bytes(row[0])}).get(kid) if row else None
 
     def active_key(self, visitor_id: str) -> KeyRow | None:
         """The visitor's key, if any (read only: new keys are inserted, and
@@ -241,7 +241,7 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
         with self.datastore.transaction(commit=False) as c:
             c.execute(f"SELECT kid, visitor_id, key FROM {KEYS} WHERE visitor_id=?", (visitor_id,))
             row = c.fetchone()
-        return KeyRow((row[0], row[1], bytes(row[2]))) if row else None
+        return self.active_key_row(row[0], row[1], bytes(row[2])) if row else None
 
     def key_ids_of(self, visitor_ids: Sequence[str]) -> list[str]:
         with self.datastore.transaction(commit=False) as c:
@@ -258,7 +258,25 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
         """``kid -> key`` of those of ``kids`` that exist."""
         with self.datastore.transaction(commit=False) as c:
             rows = sqlite_select_in(c, f"SELECT kid, key FROM {KEYS} WHERE kid IN ({{}})", kids)
-        return {row[0]: bytes(row[1]) for row in rows}
+        return self.open_keys({row[0]: bytes(row[1]) for row in rows})
+
+    def stored_keys(self) -> list[tuple[str, bytes]]:
+        """Every ``(kid, stored bytes)`` of ``chatledger_keys`` (for ``keys rotate``)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT kid, key FROM {KEYS}")
+            return [(r[0], bytes(r[1])) for r in c.fetchall()]
+
+    def destroyed_key_ids(self) -> list[str]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT kid FROM {DESTROYED}")
+            return [r[0] for r in c.fetchall()]
+
+    def replace_stored_keys(self, rows: Sequence[tuple[str, bytes, bytes]]) -> int:
+        """``(kid, old, new)``: store ``new`` where the row still holds ``old`` (one
+        transaction; a row an erasure deleted meanwhile stays deleted)."""
+        with self.datastore.transaction(commit=True) as c, secure_delete(c):
+            c.executemany(f"UPDATE {KEYS} SET key=? WHERE kid=? AND key=?", [(n, k, o) for k, o, n in rows])
+        return len(rows)
 
     # ---- snapshots --------------------------------------------------------
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.sqlite import SQLiteDatastore
 
 from ..hashchain import EventRow, HashRow, VerificationReport, verify_rows
-from ..recording import DESTROYED, ERASURE_TOPIC, HASHES, KEYS, KEY_OWNERS, KeyAuditor
+from ..recording import DESTROYED, ERASURE_TOPIC, HASHES, KEYS, KEY_OWNERS, KeyAuditor, KeyCodec
 from ..sealing import SEALS, Anchor, Seal, check_seals
 from .queries import sqlite_select_in
 
@@ -18,16 +18,20 @@ from .queries import sqlite_select_in
 class SQLiteKeyTables:
     """The key tables as ``KeyAudit`` reads them, on the verification's connection."""
 
-    def __init__(self, conn: sqlite3.Connection, events_table: str) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, events_table: str, open_keys: Callable[[dict[str, bytes]], dict[str, bytes]]
+    ) -> None:
         self.conn = conn
         self.events_table = events_table
+        self.open_keys = open_keys
 
     def _select_in(self, sql: str, values: Sequence[Any]) -> list[Any]:
         return sqlite_select_in(self.conn.cursor(), sql, values)
 
-    def keys(self, kids: Sequence[str]) -> dict[str, tuple[str, bytes]]:
+    def keys(self, kids: Sequence[str]) -> dict[str, tuple[str, bytes | None]]:
         rows = self._select_in(f"SELECT kid, visitor_id, key FROM {KEYS} WHERE kid IN ({{}})", kids)
-        return {r[0]: (r[1], bytes(r[2])) for r in rows}
+        opened = self.open_keys({r[0]: bytes(r[2]) for r in rows})
+        return {r[0]: (r[1], opened.get(r[0])) for r in rows}
 
     def destroyed(self, kids: Sequence[str]) -> set[str]:
         return {r[0] for r in self._select_in(f"SELECT kid FROM {DESTROYED} WHERE kid IN ({{}})", kids)}
@@ -44,7 +48,7 @@ class SQLiteKeyTables:
         return [(int(r[0]), bytes(r[1])) for r in rows]
 
 
-class SQLiteVerification:
+class SQLiteVerification(KeyCodec):
     """The SQLite ledger recorder's read side of the chains (a mixin)."""
 
     datastore: SQLiteDatastore
@@ -70,7 +74,7 @@ class SQLiteVerification:
                     params,
                 )
             )
-            tables = SQLiteKeyTables(conn, self.events_table_name)
+            tables = SQLiteKeyTables(conn, self.events_table_name, self.open_keys)
             if key_audit is not None:
                 events = key_audit.watch(events, tables)
             report = self._verify_sqlite(conn, events, report, originator_id, params)

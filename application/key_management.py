@@ -1,0 +1,66 @@
+"""Master-key rotation: re-wrap the content keys, never the events.
+
+:func:`rotate_keys` (``rotate_keys(ledger)``, ``chatledger content-keys rotate``)
+asks the key provider to re-wrap what it holds under its current master key
+(the vault's rows), wraps every content key stored before wrapping existed
+(0.4 and older stores) or under another master key, and has the provider forget
+every key an erasure destroyed (a catch-up after a process that died between
+an erasure's commit and its ``forget``). The events, their hashes and seals are
+not touched: every event stays readable and ``audit verify`` stays green.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..domain.batching import batched
+from ..domain.errors import ConfigurationError
+from ..infrastructure.key_providers import WRAPPED_PREFIX, new_master_key
+from ..infrastructure.ledger_recorders import as_ledger_recorder
+from .unit_of_work import UnitOfWork
+
+
+@dataclass(frozen=True)
+class KeyRotation:
+    """What :func:`rotate_keys` did."""
+
+    provider: str
+    provider_rewrapped: int
+    """Rows the provider re-wrapped itself (a key vault's wrapping keys)."""
+    keys_wrapped: int
+    """Content-key rows of ``chatledger_keys`` wrapped anew (legacy or another master key)."""
+    keys_forgotten: int
+    """Destroyed keys the provider was told to forget."""
+
+
+def rotate_keys(uow: UnitOfWork) -> KeyRotation:
+    recorder = as_ledger_recorder(uow.recorder)
+    provider = recorder.key_provider if recorder is not None else None
+    if recorder is None or provider is None:
+        raise ConfigurationError(
+            "No master key provider is configured: set CHATLEDGER_MASTER_KEY (and "
+            "CHATLEDGER_KEY_VAULT) or key_provider, then rotate."
+        )
+    provider_rewrapped = provider.rotate()
+    wrapped = 0
+    for chunk in batched(recorder.stored_keys()):
+        stale = {
+            kid: stored
+            for kid, stored in chunk
+            if not stored.startswith(WRAPPED_PREFIX)
+            or not provider.is_current(stored[len(WRAPPED_PREFIX) :])
+        }
+        if not stale:
+            continue
+        keys = recorder.open_keys(stale)
+        fresh = provider.wrap(keys)
+        wrapped += recorder.replace_stored_keys(
+            [(kid, stale[kid], WRAPPED_PREFIX + fresh[kid]) for kid in keys]
+        )
+    destroyed = recorder.destroyed_key_ids()
+    if destroyed:
+        provider.forget(destroyed)
+    return KeyRotation(type(provider).__name__, provider_rewrapped, wrapped, len(destroyed))
+
+
+__all__ = ["KeyRotation", "new_master_key", "rotate_keys"]

@@ -1,0 +1,235 @@
+"""Copies of a store: SQLite's online backup API, PostgreSQL's COPY, in one consistent snapshot.
+
+- **SQLite**: :func:`sqlite_copy` runs ``sqlite3.Connection.backup`` (the online
+  backup API): a consistent copy of the whole file while writers go on (WAL
+  mode), including the key tables and read models.
+- **PostgreSQL**: :func:`postgres_dump` copies every table of the ledger's
+  schema with ``COPY … TO STDOUT (FORMAT binary)``, all in one ``REPEATABLE
+  READ READ ONLY`` transaction (one snapshot: the tables agree with each other
+  and with the seal read in it). :func:`postgres_load` loads them into the
+  tables of an empty store (created by opening a ledger there) with ``COPY …
+  FROM STDIN`` in one transaction, and moves the events table's sequence past
+  the restored ids. No ``pg_dump`` is needed (nor its version to match the
+  server's); ``pg_dump -n SCHEMA`` works too, see docs/operations.md.
+
+Each returns what the manifest records: the newest seal (``ROOT@POSITION``) in
+the copy, its head position and event count, and per file its size and SHA-256.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .sealing import SEALS, Anchor
+from .settings import Settings
+
+SQLITE_EVENTS = "stored_events"
+POSTGRES_EVENTS = "chatledger_events"
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class CopiedStore:
+    """What a copy holds: its newest seal, head, event count and files."""
+
+    anchor: str | None
+    head: int
+    events: int
+    files: dict[str, dict[str, Any]]
+    """``file name -> {"bytes", "sha256"[, "table", "rows", "columns"]}``."""
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def _anchor(root: Any, last_id: Any) -> str:
+    return str(Anchor(bytes(root), int(last_id)))
+
+
+def sqlite_copy(source: str, target: Path) -> CopiedStore:
+    """Copy the SQLite store ``source`` to ``target`` with the online backup API."""
+    with (
+        contextlib.closing(sqlite3.connect(f"{Path(source).as_uri()}?mode=ro", uri=True)) as src,
+        contextlib.closing(sqlite3.connect(target)) as dst,
+    ):
+        src.backup(dst)
+        dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+    with contextlib.closing(sqlite3.connect(f"{target.as_uri()}?mode=ro", uri=True)) as conn:
+        return sqlite_facts(conn, {target.name: file_digest(target)})
+
+
+def sqlite_facts(conn: sqlite3.Connection, files: dict[str, dict[str, Any]]) -> CopiedStore:
+    seal = conn.execute(f"SELECT root, last_id FROM {SEALS} ORDER BY seq DESC LIMIT 1").fetchone()
+    head, count = conn.execute(
+        f"SELECT coalesce(max(rowid), 0), count(*) FROM {SQLITE_EVENTS}"
+    ).fetchone()
+    return CopiedStore(_anchor(*seal) if seal else None, int(head), int(count), files)
+
+
+@contextlib.contextmanager
+def _postgres(settings: Settings, **options: Any) -> Iterator[Any]:
+    import psycopg
+
+    t = settings.postgres_target
+    with psycopg.connect(
+        dbname=t.dbname, host=t.host, port=t.port, user=t.user, password=t.password, **options
+    ) as conn:
+        yield conn
+
+
+def _schema(settings: Settings) -> str:
+    return settings.postgres_schema or "public"
+
+
+def _tables(conn: Any, schema: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
+        "AND table_type = 'BASE TABLE' ORDER BY table_name",
+        (schema,),
+    ).fetchall()
+    return [r[0] for r in rows if "__g" not in r[0]]  # not a shadow rebuild's tables
+
+
+def _columns(conn: Any, schema: str, table: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
+        "AND table_name = %s ORDER BY ordinal_position",
+        (schema, table),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def postgres_dump(settings: Settings, folder: Path, tables: list[str] | None = None) -> CopiedStore:
+    """COPY every table of the ledger's schema (or ``tables``) into ``folder``, one snapshot."""
+    from psycopg import sql
+
+    schema = _schema(settings)
+    files: dict[str, dict[str, Any]] = {}
+    with _postgres(settings) as conn, conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        names = tables if tables is not None else _tables(conn, schema)
+        for table in names:
+            columns = _columns(conn, schema, table)
+            name = f"{table}.copy"
+            path = folder / name
+            query = sql.SQL("COPY {}.{} ({}) TO STDOUT (FORMAT binary)").format(
+                sql.Identifier(schema),
+                sql.Identifier(table),
+                sql.SQL(", ").join(map(sql.Identifier, columns)),
+            )
+            with path.open("wb") as out, conn.cursor().copy(query) as copy:
+                for data in copy:
+                    out.write(data)
+            rows = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}.{}").format(
+                    sql.Identifier(schema), sql.Identifier(table)
+                )
+            ).fetchone()[0]
+            files[name] = {
+                **file_digest(path),
+                "table": table,
+                "rows": int(rows),
+                "columns": columns,
+            }
+        seal = conn.execute(
+            sql.SQL("SELECT root, last_id FROM {}.{} ORDER BY seq DESC LIMIT 1").format(
+                sql.Identifier(schema), sql.Identifier(SEALS)
+            )
+        ).fetchone()
+        head, count = conn.execute(
+            sql.SQL("SELECT coalesce(max(notification_id), 0), count(*) FROM {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(POSTGRES_EVENTS)
+            )
+        ).fetchone()
+    return CopiedStore(_anchor(*seal) if seal else None, int(head), int(count), files)
+
+
+def postgres_event_count(settings: Settings) -> int:
+    from psycopg import sql
+
+    with _postgres(settings) as conn:
+        found = conn.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+            (_schema(settings), POSTGRES_EVENTS),
+        ).fetchone()
+        if found is None:
+            return 0
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(_schema(settings)), sql.Identifier(POSTGRES_EVENTS)
+        )
+        return int(conn.execute(query).fetchone()[0])
+
+
+def postgres_load(settings: Settings, folder: Path, files: dict[str, dict[str, Any]]) -> list[str]:
+    """Load the dumped tables into the (empty) store at ``settings``, in one transaction;
+    the tables it does not have (a read model this process does not define) are
+    returned, not loaded."""
+    from psycopg import sql
+
+    schema = _schema(settings)
+    skipped: list[str] = []
+    with _postgres(settings) as conn, conn.transaction():
+        present = set(_tables(conn, schema))
+        for name, facts in files.items():
+            table = facts["table"]
+            if table not in present:
+                skipped.append(table)
+                continue
+            target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+            conn.execute(sql.SQL("TRUNCATE {}").format(target))
+            query = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
+                target, sql.SQL(", ").join(map(sql.Identifier, facts["columns"]))
+            )
+            with (folder / name).open("rb") as src, conn.cursor().copy(query) as copy:
+                while chunk := src.read(CHUNK):
+                    copy.write(chunk)
+        for table in present:
+            for (column,) in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
+                "AND table_name = %s AND column_default LIKE 'nextval%%'",
+                (schema, table),
+            ).fetchall():
+                conn.execute(
+                    sql.SQL(
+                        "SELECT setval(pg_get_serial_sequence(%s, %s), coalesce(max({}), 0) + 1, false) FROM {}"
+                    ).format(
+                        sql.Identifier(column),
+                        sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table)),
+                    ),
+                    (f'"{schema}"."{table}"', column),
+                )
+    return skipped
+
+
+def postgres_drop_schema(settings: Settings) -> None:
+    from psycopg import sql
+
+    with _postgres(settings, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(_schema(settings)))
+        )
+
+
+__all__ = [
+    "CopiedStore",
+    "file_digest",
+    "postgres_drop_schema",
+    "postgres_dump",
+    "postgres_event_count",
+    "postgres_load",
+    "sqlite_copy",
+    "sqlite_facts",
+]

@@ -1,0 +1,37 @@
+"""The PostgreSQL recorder's whole-table key reads and writes, for ``content-keys rotate``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg.sql import SQL
+
+from ..recording import DESTROYED, KEYS
+
+
+class PostgresKeyRows:
+    """A mixin of :class:`~chatledger.infrastructure.postgres.recorder.PostgresLedgerRecorder`."""
+
+    def stored_keys(self) -> list[tuple[str, bytes]]:
+        """Every ``(kid, stored bytes)`` of ``chatledger_keys`` (for ``keys rotate``)."""
+        me: Any = self
+        with me.datastore.transaction(commit=False) as c:
+            c.execute(SQL("SELECT kid, key FROM {}").format(me.qualified(KEYS)))
+            return [(r["kid"], bytes(r["key"])) for r in c.fetchall()]
+
+    def destroyed_key_ids(self) -> list[str]:
+        me: Any = self
+        with me.datastore.transaction(commit=False) as c:
+            c.execute(SQL("SELECT kid FROM {}").format(me.qualified(DESTROYED)))
+            return [r["kid"] for r in c.fetchall()]
+
+    def replace_stored_keys(self, rows: Sequence[tuple[str, bytes, bytes]]) -> int:
+        """``(kid, old, new)``: store ``new`` where the row still holds ``old`` (one transaction)."""
+        me: Any = self
+        with me.datastore.transaction(commit=True) as c:
+            c.executemany(
+                SQL("UPDATE {} SET key=%s WHERE kid=%s AND key=%s").format(me.qualified(KEYS)),
+                [(n, k, o) for k, o, n in rows],
+            )
+        return len(rows)

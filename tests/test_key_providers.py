@@ -1,0 +1,187 @@
+"""Keys outside the database: content keys wrapped by a master key provider (issue 17)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chatledger import ChatLedger, ConfigurationError, ManualClock, SessionPolicy
+from chatledger.application.key_management import rotate_keys
+from chatledger.domain.erasure import ERASED_TEXT
+from chatledger.infrastructure.key_providers import (
+    WRAPPED_PREFIX,
+    MasterKeyProvider,
+    MasterKeys,
+    VaultKeyProvider,
+    new_master_key,
+)
+from chatledger.infrastructure.ledger_recorders import as_ledger_recorder
+
+from .audit_helpers import RawDB
+from .fixtures import store_story
+
+K1 = new_master_key("k1")
+K2 = new_master_key("k2")
+
+
+def stored_keys(url: str) -> dict[str, tuple[str, bytes]]:
+    """``kid -> (visitor, stored bytes)`` of ``chatledger_keys``, by raw SQL (what a backup holds)."""
+    rows = RawDB(url).execute("SELECT kid, visitor_id, key FROM chatledger_keys")
+    return {r[0]: (r[1], bytes(r[2])) for r in rows}
+
+
+def texts(ledger: ChatLedger, session_id: Any) -> list[str]:
+    return [m.text for m in ledger.session(session_id).messages]
+
+
+def opener(url: str, **settings: Any) -> Any:
+    """The key codec of a ledger opened with ``settings`` (its recorder)."""
+    ledger = ChatLedger.open(url, **settings)
+    recorder = as_ledger_recorder(ledger.recorder)
+    assert recorder is not None
+    return ledger, recorder
+
+
+def test_content_keys_are_stored_wrapped_and_need_the_master_key(
+    database_url: str, tmp_path: Path
+) -> None:
+    vault = str(tmp_path / "keys.vault")
+    with ChatLedger.open(database_url, master_key=K1, key_vault=vault) as ledger:
+        sid = ledger.receive("v-1", "wrapped-secret hello").session_id
+        ledger.reply(sid, "hi there")
+    rows = stored_keys(database_url)
+    assert len(rows) == 1
+    ((_, stored),) = rows.values()
+    assert stored.startswith(WRAPPED_PREFIX) and len(stored) > 32
+    # Without the master key the store does not open its content (a clear error, no plaintext).
+    with (
+        ChatLedger.open(database_url) as bare,
+        pytest.raises(ConfigurationError, match="CHATLEDGER_MASTER_KEY"),
+    ):
+        bare.session(sid)
+    # With another master key the vault does not open either.
+    with (
+        ChatLedger.open(database_url, master_key=K2, key_vault=vault) as wrong,
+        pytest.raises(ConfigurationError, match="'k1'"),
+    ):
+        wrong.session(sid)
+    with ChatLedger.open(database_url, master_key=K1, key_vault=vault) as again:
+        assert texts(again, sid) == ["wrapped-secret hello", "hi there"]
+        assert again.verify().ok
+    assert "k1:" not in repr(MasterKeys(K1)) and K1.split(":")[1] not in repr(MasterKeys(K1))
+
+
+def test_a_backup_taken_before_an_erasure_cannot_open_the_erased_content(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The key rows a backup holds (copied before the erasure) open the other visitor's
+    key, but no longer the erased one's: the vault forgot its wrapping key."""
+    vault = str(tmp_path / "keys.vault")
+    ledger, recorder = opener(database_url, master_key=K1, key_vault=vault)
+    with ledger:
+        a = ledger.receive("v-a", "alpha-secret address").session_id
+        ledger.link_identity("v-a", "user-a")
+        b = ledger.receive("v-b", "bravo-secret hello").session_id
+        backup = stored_keys(database_url)  # the key table as a backup taken now holds it
+        kid_a = next(k for k, (v, _) in backup.items() if v == "v-a")
+        kid_b = next(k for k, (v, _) in backup.items() if v == "v-b")
+        before = recorder.open_keys({k: s for k, (_, s) in backup.items()})
+        assert set(before) == {kid_a, kid_b}
+        receipt = ledger.erase(user_id="user-a")
+        assert kid_a in receipt.key_ids
+        # The backup's rows with today's provider: the erased key is gone for good.
+        after = recorder.open_keys({k: s for k, (_, s) in backup.items()})
+        assert set(after) == {kid_b} and after[kid_b] == before[kid_b]
+        assert texts(ledger, a) == [ERASED_TEXT]
+        assert texts(ledger, b) == ["bravo-secret hello"]
+        assert ledger.verify().ok
+    # A fresh process with the same vault: the same.
+    fresh, recorder2 = opener(database_url, master_key=K1, key_vault=vault)
+    with fresh:
+        assert set(recorder2.open_keys({k: s for k, (_, s) in backup.items()})) == {kid_b}
+
+
+def test_the_master_key_alone_cannot_forget(tmp_path: Path) -> None:
+    """Without a vault, a backup taken before an erasure still opens with the master key
+    (documented in docs/compliance.md): the provider has nothing to forget."""
+    provider = MasterKeyProvider(MasterKeys(K1))
+    wrapped = provider.wrap({"kid-1": b"\x07" * 32})
+    provider.forget(["kid-1"])
+    assert provider.unwrap(wrapped) == {"kid-1": b"\x07" * 32}
+    vault = VaultKeyProvider(MasterKeys(K1), tmp_path / "v")
+    wrapped = vault.wrap({"kid-1": b"\x07" * 32})
+    vault.forget(["kid-1"])
+    assert vault.unwrap(wrapped) == {}
+    assert b"\x07" * 32 not in (tmp_path / "v").read_bytes()
+
+
+@pytest.mark.parametrize("with_vault", [True, False], ids=["vault", "master-key-only"])
+def test_master_key_rotation_keeps_every_event_readable(
+    database_url: str, tmp_path: Path, with_vault: bool
+) -> None:
+    vault = {"key_vault": str(tmp_path / "keys.vault")} if with_vault else {}
+    with ChatLedger.open(database_url, master_key=K1, **vault) as ledger:
+        sessions = [ledger.receive(f"v-{i}", f"secret-{i} hello").session_id for i in range(5)]
+        ledger.set_slot(sessions[0], "name", "Ana", scope="user")
+        ledger.catch_up()
+        seen = [texts(ledger, s) for s in sessions]
+        anchor = ledger.anchor()
+    before = stored_keys(database_url)
+    # The new master key first, the old one still listed: rotate.
+    with ChatLedger.open(database_url, master_key=f"{K2},{K1}", **vault) as ledger:
+        done = rotate_keys(ledger)
+        assert done.keys_wrapped == (0 if with_vault else 5)
+        assert done.provider_rewrapped == (5 if with_vault else 0)
+    after = stored_keys(database_url)
+    assert set(after) == set(before)
+    if not with_vault:
+        assert all(after[k][1] != before[k][1] for k in after)
+    # The old master key removed: everything still reads, verifies, replays.
+    with ChatLedger.open(database_url, master_key=K2, **vault) as ledger:
+        assert [texts(ledger, s) for s in sessions] == seen
+        assert ledger.session(sessions[0]).slots["name"] == "Ana"
+        assert ledger.verify(anchor=anchor).ok
+        assert [e.text for e in ledger.transcript(sessions[1]).messages] == ["secret-1 hello"]
+        sid = ledger.receive("v-new", "after rotation").session_id
+        assert texts(ledger, sid) == ["after rotation"]
+        assert rotate_keys(ledger).keys_wrapped == 0  # nothing left to do
+
+
+def test_rotation_wraps_the_keys_of_an_old_store(tmp_path: Path) -> None:
+    """A 0.4.0 store's keys are stored unwrapped; it opens with a master key configured,
+    and ``keys rotate`` wraps them: it then reads exactly as before and verifies."""
+    store = Path(__file__).resolve().parent / "fixtures" / "stores" / "0.4.0"
+    recorded = json.loads((store / "expected.json").read_text())
+    db = tmp_path / "chatledger.sqlite"
+    shutil.copyfile(store / "chatledger.sqlite", db)
+    url = f"sqlite:///{db}"
+    clock = ManualClock(datetime.fromisoformat(recorded["clock"]))
+    policy = SessionPolicy(**store_story.POLICY)  # type: ignore[arg-type]
+    settings = {"master_key": K1, "key_vault": str(tmp_path / "vault")}
+    assert all(len(s) == 32 for _, s in stored_keys(url).values())
+    with ChatLedger.open(url, policy=policy, clock=clock, **settings) as ledger:
+        seen = store_story.observe(ledger, recorded["ids"])
+        result = rotate_keys(ledger)
+    assert result.keys_wrapped == len(stored_keys(url)) > 0
+    assert all(s.startswith(WRAPPED_PREFIX) for _, s in stored_keys(url).values())
+    with ChatLedger.open(url, policy=policy, clock=clock, **settings) as ledger:
+        assert store_story.observe(ledger, recorded["ids"]) == seen
+        assert seen["verify_ok"] is True
+
+
+def test_bad_master_key_settings_are_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/c.db"
+    for bad in ("k1", "k1:abc", ":" + K1.split(":")[1], "k-1:" + K1.split(":")[1]):
+        with pytest.raises(ConfigurationError, match="master_key"):
+            ChatLedger.open(url, master_key=bad)
+    with pytest.raises(ConfigurationError, match="needs master_key"):
+        ChatLedger.open(url, key_vault=str(tmp_path / "v"))
+    key_file = tmp_path / "master.key"
+    key_file.write_text(K1 + "\n")
+    with ChatLedger.open(url, master_key_file=str(key_file)) as ledger:
+        ledger.receive("v", "from a key file")
+    assert stored_keys(url).popitem()[1][1].startswith(WRAPPED_PREFIX)
