@@ -34,7 +34,7 @@ from .helpers import slow_except
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = (
     "pyproject.toml", "README.md", "__init__.py", "__main__.py", "py.typed",
-    "application", "domain", "projections", "infrastructure", "entrypoints",
+    "aio.py", "application", "domain", "projections", "infrastructure", "entrypoints", "adapters",
 )
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 
