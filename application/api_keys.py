@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from ..domain import validation as v
 from ..domain.errors import InvalidValueError, UnknownSubjectError
 from ..domain.pydantic_aggregates import Immutable, utc
+from ..domain.tenancy import check_tenant
 from ..infrastructure.api_keys import KeyTable
 from .clock import Clock
 
@@ -65,7 +66,7 @@ class ApiKeys:
 
     def create(self, name: str, scopes: Iterable[str], *, tenant: str = DEFAULT_TENANT) -> tuple[ApiKey, str]:
         """A new key and its token (shown this once: only its hash is stored)."""
-        name, tenant = v.check_id("name", name), v.check_id("tenant", tenant)
+        name, tenant = v.check_id("name", name), check_tenant(tenant)
         wanted = tuple(dict.fromkeys(v.check_choice("scope", s, SCOPES) for s in scopes))
         if not wanted:
             raise InvalidValueError("scopes", "count_range", f"A key needs a scope: one or more of {', '.join(SCOPES)}.")

@@ -78,6 +78,7 @@ class _Store(UnitOfWork):
 
 def create_backup(uow: UnitOfWork, destination: str | os.PathLike[str]) -> BackupManifest:
     """Seal, copy the store online into the new folder ``destination``, write its manifest."""
+    uow.scope(True, "create_backup")  # every tenant's data: the operator's ledger only
     settings: Settings = uow.settings
     folder = Path(destination)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):

@@ -34,6 +34,7 @@ class KeyRotation:
 
 
 def rotate_keys(uow: UnitOfWork) -> KeyRotation:
+    uow.scope(True, "rotate_keys")  # every tenant's keys: the operator's ledger only
     recorder = as_ledger_recorder(uow.recorder)
     provider = recorder.key_provider if recorder is not None else None
     if recorder is None or provider is None:

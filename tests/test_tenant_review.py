@@ -148,3 +148,26 @@ def test_a_tenant_is_read_right_when_eventsourcing_compresses_whole_events(
         with pytest.raises(UnknownSessionError):
             root.tenant("globex").session_events(sid)
         assert root.verify().break_count == 0
+
+
+def test_store_wide_operations_are_the_operators_and_key_tenants_are_checked(
+    sqlite_url: str, tmp_path: Any
+) -> None:
+    """A backup or a key rotation acts on every tenant's data: a named tenant's handle refuses
+    them, writing nothing; an API key cannot be bound to a name no tenant can have."""
+    from chatledger.application.backups import create_backup
+    from chatledger.application.key_management import rotate_keys
+
+    with ChatLedger.open(sqlite_url) as root:
+        acme = root.tenant("acme")
+        acme.receive("bob", "hello")
+        with pytest.raises(InvalidCommandError, match="operator"):
+            create_backup(acme, tmp_path / "b")
+        assert not (tmp_path / "b").exists()
+        with pytest.raises(InvalidCommandError, match="operator"):
+            rotate_keys(acme)
+        with pytest.raises(InvalidCommandError, match="tenant"):
+            root.api_keys.create("bot", ["bot"], tenant="not a tenant!")
+        assert root.api_keys.list() == []
+        create_backup(root, tmp_path / "ok")
+        assert (tmp_path / "ok").is_dir()
