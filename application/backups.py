@@ -68,6 +68,18 @@ class BackupCheck(BaseModel):
     restored_to: str | None = None
     verification: str = ""
 
+    @classmethod
+    def of(
+        cls, manifest: BackupManifest, problems: list[str], *, head: int | None = None, **found: Any
+    ) -> BackupCheck:
+        """The check of ``manifest``'s backup (``head``: the restored store's, else the
+        manifest's): ok when no problem was found."""
+        head = manifest.head if head is None else head
+        return cls(
+            ok=not problems, problems=problems, anchor=manifest.anchor, events=manifest.events,
+            head=head, **found,
+        )
+
 
 class _Store(UnitOfWork):
     """The restored store, under the facade's name: read models track their
@@ -145,13 +157,7 @@ def restore_backup(
     """Load the backup into the empty store at ``database_url`` and verify it against the manifest."""
     folder, manifest, problems = read_manifest(source)
     if problems:
-        return BackupCheck(
-            ok=False,
-            problems=problems,
-            anchor=manifest.anchor,
-            events=manifest.events,
-            head=manifest.head,
-        )
+        return BackupCheck.of(manifest, problems)
     target = Settings(database_url=database_url, **settings)
     if target.backend != manifest.backend:
         raise InvalidCommandError(
@@ -183,14 +189,7 @@ def restore_backup(
         skipped = copies.postgres_load(target, folder, manifest.files)
         problems += [f"table {t} not restored: this process defines no such table" for t in skipped]
     if not verify:
-        return BackupCheck(
-            ok=not problems,
-            problems=problems,
-            anchor=manifest.anchor,
-            events=manifest.events,
-            head=manifest.head,
-            restored_to=database_url,
-        )
+        return BackupCheck.of(manifest, problems, restored_to=database_url)
     return _check_restored(target, manifest, problems, database_url)
 
 
@@ -210,11 +209,9 @@ def _check_restored(
         )
     if head != manifest.head:
         problems.append(f"head {head} != {manifest.head} in the manifest")
-    return BackupCheck(
-        ok=not problems,
-        problems=problems,
-        anchor=manifest.anchor,
-        events=manifest.events,
+    return BackupCheck.of(
+        manifest,
+        problems,
         head=head,
         restored_to=url,
         verification=json.dumps(report.as_dict(), default=str),
@@ -230,13 +227,7 @@ def verify_backup(
     ``scratch_url`` (required), dropped afterwards."""
     _, manifest, problems = read_manifest(source)
     if problems:
-        return BackupCheck(
-            ok=False,
-            problems=problems,
-            anchor=manifest.anchor,
-            events=manifest.events,
-            head=manifest.head,
-        )
+        return BackupCheck.of(manifest, problems)
     if manifest.backend == "sqlite":
         with tempfile.TemporaryDirectory(prefix="chatledger-verify-") as tmp:
             check = restore_backup(source, f"sqlite:///{tmp}/store.sqlite", **settings)

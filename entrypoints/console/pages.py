@@ -7,12 +7,13 @@ figures (readable without scripts, and what the browser tests compare with the P
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from html import escape
 from typing import Any
 
 from ... import Analytics, Resessionized, SessionState
+from ..report import duration_histogram
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1f2328;background:#f6f7f9}
@@ -87,25 +88,7 @@ def kpi(name: str, value: object, explain: str) -> str:
     return f"<div class=kpi data-kpi='{escape(name)}'><small>{escape(name)}</small><b>{escape(str(value))}</b><small>{escape(explain)}</small></div>"
 
 
-DURATION_BUCKETS: list[tuple[str, float]] = [
-    ("0 s", 0.0),
-    ("< 10 s", 10.0),
-    ("10–30 s", 30.0),
-    ("30 s–1 min", 60.0),
-    ("1–5 min", 300.0),
-    ("5–15 min", 900.0),
-    ("15–30 min", 1800.0),
-    ("> 30 min", float("inf")),
-]
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-
-
-def duration_rows(durations: Iterable[float]) -> list[tuple[str, int]]:
-    """Sessions per duration bucket (first to last message; ``0 s``: one message)."""
-    counts = [0] * len(DURATION_BUCKETS)
-    for d in durations:
-        counts[next(i for i, (_, upper) in enumerate(DURATION_BUCKETS) if d <= 0 or d < upper)] += 1
-    return [(label, counts[i]) for i, (label, _) in enumerate(DURATION_BUCKETS)]
 
 
 def minutes(t: timedelta) -> str:
@@ -169,7 +152,7 @@ def analytics_page(a: Analytics, curve: list[Resessionized], configured: timedel
                 "bar",
                 "Duration",
                 "Sessions",
-                duration_rows(a.durations_s),
+                duration_histogram(a.durations_s),
             ),
             chart(
                 "end-reasons",
