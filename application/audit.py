@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
+from ..domain.actors import UNRECORDED, Cause
 from ..domain.errors import (
     ChatLedgerError,
     ConfigurationError,
@@ -33,6 +34,7 @@ from ..domain.read_views import SessionState
 from ..infrastructure.hashchain import VerificationReport
 from ..infrastructure.key_audit import KeyAudit
 from ..infrastructure.ledger_recorders import as_ledger_recorder
+from ..infrastructure.persistence import PydanticMapper
 from ..infrastructure.sealing import Anchor
 from .erasure import visitors_of_user
 from .tenant_scope import own_session
@@ -169,7 +171,11 @@ EXPORT_FIELDS = {
     "type": "the event class name",
     "occurred_at": "business time of the fact (UTC)",
     "event": "the event decoded: personal fields decrypted, or erased markers if the key was destroyed",
-    "stored_state": "the exact stored bytes (UTF-8 JSON; personal fields as {$enc, kid} envelopes)",
+    "stored_state": "the exact stored bytes (UTF-8 JSON; personal fields as {$enc, kid} envelopes; "
+    "the actor as its first keys, $actor and $request)",
+    "actor": "who appended the event (api-key:<id>, operator:<name>, worker:sweeper, ...: what the "
+    "caller claimed, see docs/compliance.md); 'unrecorded' before actors were recorded",
+    "request_id": "the caller's request or correlation id, if it gave one",
     "event_hash": "hex SHA-256 chaining this event to the previous one of its aggregate",
     "log_hash": "hex SHA-256 chaining this event to the previous event of the whole log (rows written "
     "before 0.3 only; empty since: the log-wide link is the seal, see chatledger audit anchor)",
@@ -225,6 +231,7 @@ def export_bundle(
             assert isinstance(event, DomainEvent)  # every stored event is one of ours
             nid = positions.get(stored.originator_version)
             ev_hash, lg_hash = hashes.get(nid, (b"", b"")) if nid is not None else (b"", b"")
+            cause = uow.mapper.cause_of(stored) if isinstance(uow.mapper, PydanticMapper) else Cause(UNRECORDED)
             line = {
                 "record": "event",
                 "aggregate": kind,
@@ -235,6 +242,8 @@ def export_bundle(
                 "type": type(event).__name__,
                 "occurred_at": event.occurred_at.isoformat() if event.occurred_at else None,
                 "event": event.model_dump(mode="json"),
+                "actor": cause.actor,
+                "request_id": cause.request_id,
                 "stored_state": stored.state.decode(),
                 "event_hash": ev_hash.hex(),
                 "log_hash": lg_hash.hex(),

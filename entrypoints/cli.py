@@ -56,8 +56,18 @@ def _root(
             "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    actor: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--actor", metavar="ACTOR",
+            help="Who the events this command appends are recorded as (default: operator:$USER).",
+        ),
+    ] = None,
 ) -> None:
     """Event-sourced conversation state for chatbots."""
+    from .cli_options import adopt_cli_actor
+
+    adopt_cli_actor(actor)
 
 
 @app.command()

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from .envelopes import aad_id_of, is_envelope, loads_plain, open_envelope, walk
+from .event_actors import without_cause
 from .key_ring import KEY_CACHE_TTL_S, KeyRing
 from .persistence import current_body
 from .personal_fields import COMPILED_PATHS, SEALED_VALUES, TOP_LEVEL_FIELDS
@@ -102,6 +103,7 @@ class FastDecoding:
         active-session read models): every other field is exactly what
         :meth:`to_domain_event` gives, at a fraction of the cost.
         """
+        stored_event = without_cause(stored_event)
         state = stored_event.state
         compiled = COMPILED_PATHS.get(stored_event.topic)
         if compiled is None or b'"$enc"' not in state or compiled[0][0] == "state":
