@@ -50,6 +50,7 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     show_version: Annotated[
         bool,
         typer.Option(
@@ -65,9 +66,9 @@ def _root(
     ] = None,
 ) -> None:
     """Event-sourced conversation state for chatbots."""
-    from .cli_options import adopt_cli_actor
+    from .cli_options import cli_actor
 
-    adopt_cli_actor(actor)
+    ctx.with_resource(cli_actor(actor))  # until the command ends (an in-process run leaves nothing set)
 
 
 @app.command()

@@ -6,7 +6,7 @@ import getpass
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Optional
@@ -71,10 +71,10 @@ def output_file(value: Path) -> Path:
     return value
 
 
-def adopt_cli_actor(actor: str | None) -> None:
+def cli_actor(actor: str | None) -> AbstractContextManager[object]:
     """The actor of this command's events: ``--actor``, else ``operator:<login name>``
     (the worker's sweeps are ``worker:sweeper``; the service's requests their key's)."""
-    from ..domain.actors import adopt, safe_token
+    from ..domain.actors import acting_as, safe_token
 
     if actor is None:
         try:
@@ -82,7 +82,7 @@ def adopt_cli_actor(actor: str | None) -> None:
         except (KeyError, OSError):
             login = "unknown"
         actor = f"operator:{safe_token(login)}"
-    adopt(actor)
+    return acting_as(actor)
 
 
 def open_ledger(database: str | None, *, read_only: bool = False) -> ChatLedger:

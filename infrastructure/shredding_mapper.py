@@ -170,7 +170,8 @@ class ShreddingMapper(FastDecoding, PydanticMapper):
     def decrypt_state(self, stored_event: StoredEvent, *, upcast_state: bool = True) -> dict[str, Any]:
         """The stored JSON with each envelope opened, or replaced by its erased
         marker, and upcast to its class's version (unless ``upcast_state`` is
-        false): the state the event class validates."""
+        false): the state the event class validates (the actor taken off)."""
+        stored_event = without_cause(stored_event)
         data: dict[str, Any] = from_json(stored_event.state)
         cls = resolve_topic(stored_event.topic)
         if stored_event.topic not in COMPILED_PATHS or data.get("class_version", 1) != cls.class_version:
