@@ -194,3 +194,43 @@ def test_the_cli_records_the_operator_or_actor(sqlite_url: str) -> None:
     with ChatLedger.open(sqlite_url) as ledger:
         erased = [e for e in ledger.events_after(0) if e.type in ("Visitor.DataErased", "Session.ContentErased")]
     assert erased and {e.actor for e in erased} == {"operator:alice"}
+
+
+def test_commands_batched_in_one_transaction_keep_their_own_actors(sqlite_url: str) -> None:
+    """Group commit writes several callers' events in one transaction: each event still names its own caller."""
+    import threading
+
+    with ChatLedger.open(sqlite_url) as ledger:
+        store = ledger.events
+
+        def caller(name: str) -> None:
+            with ledger.acting_as(f"service:{name}"):
+                ledger.receive(f"v-{name}", f"from {name}")
+
+        with store.hold():  # type: ignore[attr-defined]
+            threads = [threading.Thread(target=caller, args=(n,)) for n in ("a", "b", "c")]
+            for t in threads:
+                t.start()
+            while store.waiting() < 3:  # type: ignore[attr-defined]
+                threading.Event().wait(0.01)
+        for t in threads:
+            t.join()
+        assert store.batches >= 1  # type: ignore[attr-defined]
+        events = ledger.events_after(0)
+    assert {(e.data.get("visitor_id") or e.stream, e.actor) for e in events if e.type == "Visitor.Registered"} == {
+        ("v-a", "service:a"), ("v-b", "service:b"), ("v-c", "service:c")
+    }
+
+
+def test_the_async_ledger_carries_the_actor_into_its_workers(sqlite_url: str) -> None:
+    import asyncio
+
+    from chatledger.aio import AsyncChatLedger
+
+    async def run() -> list[tuple[str, str | None]]:
+        async with AsyncChatLedger.open(sqlite_url) as ledger:
+            with ledger.acting_as("service:bot", request_id="q1"):
+                await ledger.receive("v-1", "hi")
+            return [(e.actor, e.request_id) for e in await ledger.events_after(0)]
+
+    assert set(asyncio.run(run())) == {("service:bot", "q1")}
