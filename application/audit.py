@@ -53,11 +53,22 @@ def chained(recorder: object) -> SQLiteLedgerRecorder | PostgresLedgerRecorder:
     return ours
 
 
-class HistoryStep(NamedTuple):
-    """One stored event of a session and the session's state right after it."""
-
+class _Step(NamedTuple):
     event: DomainEvent
     state: SessionState
+
+
+class HistoryStep(_Step):
+    """One stored event of a session and the session's state right after it (a pair:
+    ``for event, state in ledger.history(sid)``), and who appended the event:
+    ``actor`` and ``request_id`` (docs/events.md; ``"unrecorded"`` before actors were)."""
+
+    actor: str = UNRECORDED
+    request_id: str | None = None
+
+    def caused_by(self, cause: Cause) -> HistoryStep:
+        self.actor, self.request_id = cause
+        return self
 
 
 def known_at(event: DomainEvent) -> datetime:
@@ -82,7 +93,10 @@ def iter_history(
     sid = own_session(uow, session_id)
     session: Session | None = None
     seen = False
-    for event in uow.events.get(sid, lte=version):
+    mapper = uow.mapper
+    cause_of = mapper.cause_of if isinstance(mapper, PydanticMapper) else lambda stored: Cause(UNRECORDED)
+    for stored in uow.recorder.select_events(sid, lte=version):  # as events.get, with each actor
+        event = mapper.to_domain_event(stored)
         seen = True
         if not isinstance(event, Session.Event):
             raise UnknownSessionError(session_id)
@@ -90,7 +104,7 @@ def iter_history(
             continue  # a TimedOut noticed after ``until`` can precede known events
         session = event.mutate(session)
         assert session is not None
-        yield HistoryStep(event, SessionState.of(session))
+        yield HistoryStep(event, SessionState.of(session)).caused_by(cause_of(stored))
     if not seen:
         raise UnknownSessionError(session_id)
 

@@ -234,3 +234,20 @@ def test_the_async_ledger_carries_the_actor_into_its_workers(sqlite_url: str) ->
             return [(e.actor, e.request_id) for e in await ledger.events_after(0)]
 
     assert set(asyncio.run(run())) == {("service:bot", "q1")}
+
+
+def test_history_and_audit_replay_show_the_actor(sqlite_url: str, clock: ManualClock) -> None:
+    with ChatLedger.open(sqlite_url, clock=clock) as ledger:
+        sid = ledger.receive("v-1", "hello").session_id
+        with ledger.acting_as("operator:carol", request_id="t-5"):
+            ledger.set_slot(sid, "size", "M")
+        steps = list(ledger.history(sid))
+        event, state = steps[-1]  # still a pair
+        assert state.slots == {"size": "M"} and type(event).__name__ == "SlotSet"
+        assert [(s.actor, s.request_id) for s in steps] == [("unknown", None)] * 2 + [("operator:carol", "t-5")]
+    from chatledger.entrypoints.cli import app
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["audit", "replay", str(sid), "-d", sqlite_url, "--json"])
+    assert result.exit_code == 0, result.output
+    assert [s["actor"] for s in json.loads(result.output)["steps"]] == ["unknown", "unknown", "operator:carol"]
