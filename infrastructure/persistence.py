@@ -27,7 +27,7 @@ from pydantic_core import from_json
 from ..domain.actors import UNKNOWN, Cause, current_cause
 from ..domain.errors import ConfigurationError
 from ..domain.pydantic_aggregates import AggregateSnapshot, DomainEvent, upcast
-from .event_actors import PREFIX, split, stamp
+from .event_actors import PREFIX, drop_cause, split, stamp
 from .settings import Settings
 
 _VERSION_SUFFIXES: dict[int, bytes] = {}
@@ -126,15 +126,16 @@ class PydanticMapper(Mapper[UUID]):
             try:
                 return cls.model_validate_json(body)
             except ValidationError:
-                if b'"class_version"' not in stored:
+                if b'"class_version"' not in stored and b'"$actor"' not in stored:
                     raise
         return self.upcast_and_validate(cls, from_json(stored), stored_event)
 
     @staticmethod
     def upcast_and_validate(event_class: Any, state: dict[str, Any], stored_event: StoredEvent) -> Any:
-        """Validate a decoded (and decrypted) stored state as ``event_class``, upcast first."""
+        """Validate a decoded (and decrypted) stored state as ``event_class``, upcast first
+        (the actor keys dropped, wherever they were)."""
         return event_class.model_validate(
-            upcast(event_class, state, stored_event.originator_id, stored_event.originator_version)
+            upcast(event_class, drop_cause(state), stored_event.originator_id, stored_event.originator_version)
         )
 
 

@@ -47,7 +47,7 @@ from .envelopes import (
     open_envelope,
     walk,
 )
-from .event_actors import without_cause
+from .event_actors import drop_cause, without_cause
 from .key_ring import KeyRing
 from .persistence import PydanticMapper
 from .personal_fields import COMPILED_PATHS, EMPTY_VALUES, PERSONAL_FIELDS, TOP_LEVEL_FIELDS
@@ -172,7 +172,7 @@ class ShreddingMapper(FastDecoding, PydanticMapper):
         marker, and upcast to its class's version (unless ``upcast_state`` is
         false): the state the event class validates (the actor taken off)."""
         stored_event = without_cause(stored_event)
-        data: dict[str, Any] = from_json(stored_event.state)
+        data: dict[str, Any] = drop_cause(from_json(stored_event.state))
         cls = resolve_topic(stored_event.topic)
         if stored_event.topic not in COMPILED_PATHS or data.get("class_version", 1) != cls.class_version:
             self.open_all(stored_event, data)

@@ -251,3 +251,26 @@ def test_history_and_audit_replay_show_the_actor(sqlite_url: str, clock: ManualC
     result = CliRunner().invoke(app, ["audit", "replay", str(sid), "-d", sqlite_url, "--json"])
     assert result.exit_code == 0, result.output
     assert [s["actor"] for s in json.loads(result.output)["steps"]] == ["unknown", "unknown", "operator:carol"]
+
+
+def test_an_event_re_serialized_by_hand_still_reads_with_its_actor(database_url: str) -> None:
+    """A tool that rewrites the JSON (spaces, another key order) alters the event: verify says so,
+    and every reader still decodes it, actor and all, instead of failing on the $actor key."""
+    with ChatLedger.open(database_url) as ledger:
+        with ledger.acting_as("api-key:k1", request_id="r-9"):
+            sid = ledger.receive("v-1", "hello").session_id
+            ledger.reply(sid, "hi")
+            ledger.set_slot(sid, "size", "M")
+    raw = RawDB(database_url)
+    for version in (2, 3, 4):  # a message, a reply and a slot: each decoder's path
+        state = json.loads(raw.state(sid, version))
+        raw.set_state(sid, version, json.dumps(dict(reversed(list(state.items())))).encode())
+    with ChatLedger.open(database_url) as fresh:
+        assert [b.kind for b in fresh.verify().breaks] == ["altered event"] * 3
+        events = [e for e in fresh.events_after(0) if e.stream == str(sid)]
+        assert {(e.actor, e.request_id) for e in events} == {("api-key:k1", "r-9")}
+        assert [m.text for m in fresh.session(sid).messages] == ["hello", "hi"]
+        assert [(s.actor, s.request_id) for s in fresh.history(sid)][-1] == ("api-key:k1", "r-9")
+        out = io.StringIO()
+        fresh.export_audit(out, session_id=sid)
+    assert json.loads(out.getvalue().splitlines()[-1])["ok"] is False
