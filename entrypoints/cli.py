@@ -50,14 +50,25 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     show_version: Annotated[
         bool,
         typer.Option(
             "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    actor: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--actor", metavar="ACTOR",
+            help="Who the events this command appends are recorded as (default: operator:$USER).",
+        ),
+    ] = None,
 ) -> None:
     """Event-sourced conversation state for chatbots."""
+    from .cli_options import cli_actor
+
+    ctx.with_resource(cli_actor(actor))  # until the command ends (an in-process run leaves nothing set)
 
 
 @app.command()
