@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..domain.errors import InvalidValueError
-from ..domain.tenancy import scoped_key
+from ..domain.tenancy import SCOPED_MAX_CHARS, scoped_key
 
 if TYPE_CHECKING:
     from ..domain.validation import Limits
@@ -14,13 +14,14 @@ if TYPE_CHECKING:
     from ..projections.runner import ProjectionRunner
     from .subscribers import LogEvent
 
-SUBSCRIPTION_CHARS = 200  # the width of the webhook tables' subscription columns
+SUBSCRIPTION_CHARS = SCOPED_MAX_CHARS  # the width of the webhook tables' subscription columns
 
 
 def subscription_key(tenant: str, name: str) -> str:
     """The stored key of subscription ``name`` of ``tenant``: a name is the tenant's own
     (two tenants' "crm" are two subscriptions, with two positions and their own dead
-    letters); the default tenant's key is the name itself, as in stores before tenants."""
+    letters); the default tenant's key is the name itself, as in stores before tenants,
+    and no default-tenant name is a named tenant's key (see ``scoped_key``)."""
     key = scoped_key(tenant, name)
     if len(key) > SUBSCRIPTION_CHARS:
         raise InvalidValueError(

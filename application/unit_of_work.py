@@ -235,10 +235,10 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
         except AggregateNotFoundError:
             return None
         assert isinstance(visitor, Visitor)
-        if visitor.tenant != self.tenant_id:  # a pre-0.5 default visitor id held "\x1f"
+        if visitor.tenant != self.tenant_id:  # pragma: no cover -- the tenants' namespaces differ
             raise InvalidCommandError(
-                f"visitor id {visitor_id!r:.80} cannot be used in tenant {self.tenant_id!r}: a "
-                "visitor stored before tenants has its key; nothing was written. Use another id."
+                f"visitor id {visitor_id!r:.80} cannot be used in tenant {self.tenant_id!r}: another "
+                "tenant's visitor has its aggregate id; nothing was written. Use another id."
             )
         return visitor
 

@@ -33,13 +33,14 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
-from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, select
+from sqlalchemy import BigInteger, Column, Engine, Integer, MetaData, String, Table, Text, select
 from sqlalchemy.exc import IntegrityError
 
 from ..domain import validation as v
 from ..domain.errors import InvalidValueError
 from ..domain.pydantic_aggregates import Immutable
 from ..infrastructure.persistence import schema_lock
+from ..projections.columns import widen_columns
 from ..projections.sqltypes import UTCDateTime
 from .event_feed import SUBSCRIPTION_CHARS, EventFeed, subscription_key
 
@@ -65,6 +66,13 @@ dead_letters_table = Table(
     Column("failed_at", UTCDateTime, nullable=False),
     Column("outcome", String(20), nullable=False),
 )
+
+def create_tables(engine: Engine) -> None:
+    """The webhook tables, created if missing, their keys widened if a store's are
+    narrower (0.5: a named tenant's subscription key, see :func:`subscription_key`)."""
+    WEBHOOKS.create_all(engine)
+    widen_columns(engine, WEBHOOKS)
+
 
 OnDeadLetter = Literal["stop", "skip"]
 MAX_URL_CHARS = 2048
@@ -153,7 +161,7 @@ def list_dead_letters(ledger: EventFeed, name: str) -> list[DeadLetter]:
     name = v.check_id("name", name, ledger.limits)
     engine = ledger.projector.engine
     with schema_lock(ledger.settings):
-        WEBHOOKS.create_all(engine)
+        create_tables(engine)
     with engine.connect() as conn:
         rows = conn.execute(
             select(dead_letters_table)
@@ -215,7 +223,7 @@ class WebhookWorker:
         self._opener = urllib.request.build_opener(_NoRedirect)
         self.engine = ledger.projector.engine
         with schema_lock(ledger.settings):
-            WEBHOOKS.create_all(self.engine)
+            create_tables(self.engine)
         self._stop = threading.Event()
 
     # ------------------------------------------------------------------ state

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from chatledger import ChatLedger, InvalidCommandError, ManualClock
-from chatledger.domain.visitor import Visitor
 
 from .helpers import log_head
 
@@ -110,24 +109,6 @@ def test_a_named_tenant_cannot_ask_for_the_whole_store(
                         named.read_archive(archives / "x.jsonl.gz", all_tenants=True)
                 assert log_head(ledger) == head and list(archives.iterdir()) == []
         STORE_WIDE[call](ledger, str(archives))  # the operator's ledger may
-
-
-def test_an_old_default_visitor_id_with_the_separator_is_refused_not_crashed(
-    database_url: str, clock: ManualClock
-) -> None:
-    """Before 0.5 a visitor id could hold "\\x1f"; the default tenant's "acme\\x1fbob" has
-    the aggregate id of tenant acme's "bob". acme's "bob" is refused with a
-    ChatLedgerError (not an AssertionError), appending nothing, and never reaches the
-    old visitor's sessions."""
-    with ChatLedger.open(database_url, clock=clock) as ledger:
-        ledger.save(Visitor.register("acme\x1fbob", at=clock()))  # as a 0.4.0 store could hold it
-        head = log_head(ledger)
-        acme = ledger.tenant("acme")
-        with pytest.raises(InvalidCommandError, match="stored before tenants"):
-            acme.receive("bob", "hi")
-        with pytest.raises(InvalidCommandError, match="stored before tenants"):
-            acme.link_identity("bob", "user-1")
-        assert log_head(ledger) == head
 
 
 def test_a_tenant_is_read_right_when_eventsourcing_compresses_whole_events(
