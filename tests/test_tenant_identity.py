@@ -12,15 +12,18 @@ export. On a real SQLite file and on PostgreSQL."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from datetime import timedelta
 from uuid import UUID
 
+import pytest
 from chatledger import ChatLedger, ManualClock
 from chatledger.domain.tenancy import SCOPED_MIN_CHARS, scoped_key
 from chatledger.domain.validation import ID_CEILING
 from chatledger.domain.visitor import visitor_aggregate_id
 
-from .helpers import separator_checks_off
+from .helpers import log_head, separator_checks_off
+from .test_tenant_review import hook  # noqa: F401 -- the local webhook receiver
 
 OLD_VISITOR, OLD_USER = "acme\x1fbob", "acme\x1fu-1"  # a 0.4 store's default-tenant ids
 
@@ -131,3 +134,31 @@ def test_a_named_tenants_visitor_first_then_the_old_id_in_the_default_tenant(
         assert acme.memory(visitor_id="bob").display_name == "Acme Bob"
         assert root.session(old).messages[0].text == "[erased]"
         assert root.projection_failures() == []
+
+
+@pytest.mark.postgres
+def test_a_stores_narrower_webhook_table_is_widened_for_a_named_tenants_key(
+    postgres_url: str, hook: Callable[[int], tuple[str, list[str]]]
+) -> None:
+    """The webhook tables as 0.4/today's main created them (a 200-character subscription
+    key) take a named tenant's subscription, whose key is longer, after opening."""
+    import psycopg
+
+    from .conftest import POSTGRES_CONNINFO
+
+    schema = postgres_url.rsplit("schema=", 1)[1]
+    with psycopg.connect(POSTGRES_CONNINFO, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")  # type: ignore[arg-type]
+        conn.execute(  # type: ignore[arg-type]
+            f"CREATE TABLE {schema}.chatledger_webhook_positions (subscription varchar(200) PRIMARY KEY, "
+            "position bigint NOT NULL, updated_at timestamp with time zone NOT NULL)"
+        )
+    with ChatLedger.open(postgres_url) as root:
+        acme = root.tenant("acme")
+        acme.receive("bob", "hi")
+        url, seen = hook(200)
+        worker = acme.webhook("crm", url)
+        assert worker.position() == 0
+        worker.deliver_once()
+        assert seen == [e.event_id for e in acme.events_after(0)] != []
+        assert worker.position() == log_head(root)
