@@ -33,46 +33,17 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
-from sqlalchemy import BigInteger, Column, Engine, Integer, MetaData, String, Table, Text, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ..domain import validation as v
 from ..domain.errors import InvalidValueError
 from ..domain.pydantic_aggregates import Immutable
 from ..infrastructure.persistence import schema_lock
-from ..projections.columns import widen_columns
-from ..projections.sqltypes import UTCDateTime
-from .event_feed import SUBSCRIPTION_CHARS, EventFeed, subscription_key
+from .event_feed import EventFeed, create_tables, dead_letters_table, positions_table, subscription_key
 
 if TYPE_CHECKING:
     from .subscribers import LogEvent
-
-WEBHOOKS = MetaData()
-positions_table = Table(
-    "chatledger_webhook_positions",
-    WEBHOOKS,
-    Column("subscription", String(SUBSCRIPTION_CHARS), primary_key=True),
-    Column("position", BigInteger, nullable=False),
-    Column("updated_at", UTCDateTime, nullable=False),
-)
-dead_letters_table = Table(
-    "chatledger_dead_letters",
-    WEBHOOKS,
-    Column("subscription", String(SUBSCRIPTION_CHARS), primary_key=True),
-    Column("position", BigInteger, primary_key=True),
-    Column("event_id", String(200), nullable=False),
-    Column("attempts", Integer, nullable=False),
-    Column("last_error", Text, nullable=False),
-    Column("failed_at", UTCDateTime, nullable=False),
-    Column("outcome", String(20), nullable=False),
-)
-
-def create_tables(engine: Engine) -> None:
-    """The webhook tables, created if missing, their keys widened if a store's are
-    narrower (0.5: a named tenant's subscription key, see :func:`subscription_key`)."""
-    WEBHOOKS.create_all(engine)
-    widen_columns(engine, WEBHOOKS)
-
 
 OnDeadLetter = Literal["stop", "skip"]
 MAX_URL_CHARS = 2048

@@ -6,6 +6,9 @@ tenant B. On a real SQLite file and on PostgreSQL."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -274,3 +277,46 @@ def test_no_query_of_a_tenant_returns_what_another_tenant_wrote(
     with fresh_ledger(backend, clock) as ledger, separator_checks_off():
         check_isolation(ledger, run_history(ledger, clock, steps))
         assert ledger.projection_failures() == []
+
+
+def _worker_once(url: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLEDGER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "chatledger", "worker", "--once", "-d", url],
+        env=env, capture_output=True, text=True, timeout=180, check=False,
+    )
+
+
+@pytest.mark.slow
+def test_a_worker_that_never_set_a_tenants_policy_sweeps_by_its_sessions_stamped_deadline(
+    tmp_path: Path,
+) -> None:
+    """Tenant policies live in the process that set them; ``chatledger worker`` (another
+    process, the store's default 30-minute idle timeout) sweeps each session by the
+    deadline its own policy stamped: a tenant's 2-hour session idle for an hour stays
+    active, the default tenant's 30-minute one is timed out; then a second ledger on the
+    file, without the policy, neither sweeps nor times out the tenant's session early
+    (nor by ``time_out_if_idle``), and does once its own deadline has passed."""
+    from datetime import UTC, datetime
+
+    url = f"sqlite:///{tmp_path}/chat.db"
+    start = datetime.now(UTC) - timedelta(hours=1)
+    clock = ManualClock(start)
+    long = SessionPolicy(idle_timeout=timedelta(hours=2))
+    with ChatLedger.open(url, clock=clock) as ledger:
+        slow = ledger.tenant("slow", policy=long).receive("v-1", "hi").session_id
+        default = ledger.receive("v-1", "hi").session_id
+    done = _worker_once(url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "1"  # the default tenant's session only
+    clock = ManualClock(datetime.now(UTC))
+    with ChatLedger.open(url, clock=clock) as other:  # no tenant policy in this process
+        assert other.session(default).status == "timed_out"
+        handle = other.tenant("slow")
+        assert handle.policy == other.policy != long
+        assert handle.session(slow).status == "active"
+        assert other.sweep(all_tenants=True) == 0 and handle.sweep() == 0
+        assert handle.time_out_if_idle(slow) is False
+        clock.advance(timedelta(hours=1, minutes=1))  # past the tenant's own 2 hours
+        assert other.sweep(all_tenants=True) == 1
+        assert handle.session(slow).status == "timed_out"
