@@ -100,7 +100,7 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
     ) -> None:
         settings, policy, clock, models = bootstrap.components(settings, policy, clock, read_models)
         self.tenant_id = check_tenant(tenant)
-        self.root: UnitOfWork = self  # the ledger that owns the store (a tenant handle shares it)
+        self._root: UnitOfWork = self  # the ledger that owns the store (a tenant handle shares it; not public)
         self.settings = settings
         self.limits: v.Limits = settings.limits
         self.read_models = models
@@ -136,9 +136,15 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
             self.name, self.recorder, self.mapper, self.settings, self.read_models
         )
 
-    @cached_property
+    @property
     def api_keys(self) -> ApiKeys:
-        """The HTTP service's API keys, stored hashed in this ledger's database (store-wide)."""
+        """The HTTP service's API keys, stored hashed in this ledger's database (store-wide:
+        keys of every tenant): the operator's; a named tenant's handle refuses it."""
+        self.refuse_on_tenant_handle("api_keys")
+        return self._api_keys
+
+    @cached_property
+    def _api_keys(self) -> ApiKeys:
         return ApiKeys(self.projector.engine, self.clock)
 
     @cached_property
@@ -153,7 +159,7 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
         if self.closing.is_set():
             return
         bootstrap.stop_jobs(self)
-        if self.root is not self:
+        if self._root is not self:
             return  # a tenant handle: the store is its root ledger's
         if "projector" in self.__dict__:
             self.projector.stop()
@@ -230,8 +236,24 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
 
     def tenant(self, tenant: str, *, policy: SessionPolicy | None = None, limits: v.Limits | None = None) -> Self:
         """This ledger for ``tenant`` (``tenant_id``): the same store; its own data, policy and
-        limits (see :mod:`~chatledger.application.tenancy`)."""
+        limits (see :mod:`~chatledger.application.tenancy`). A named tenant's handle gives
+        only itself (its own tenant, no new policy or limits): it never leads to another
+        tenant (:class:`InvalidCommandError`)."""
+        if policy is None and limits is None and tenant == self.tenant_id:
+            return self
+        self.refuse_on_tenant_handle("tenant()")
         return tenant_handle(self, tenant, policy, limits)
+
+    def refuse_on_tenant_handle(self, what: str) -> None:
+        """:class:`InvalidCommandError` on a named tenant's handle (``ledger.tenant(id)``)
+        for what is the operator's: another tenant's handle, the policy and limits of
+        tenants, the store's API keys. (A ledger opened with ``tenant=`` owns the store:
+        its opener holds the database URL.)"""
+        if self._root is not self and self.tenant_id != DEFAULT_TENANT:
+            raise InvalidCommandError(
+                f"{what} is the operator's (the ledger that opened the store); this is "
+                f"tenant {self.tenant_id!r}'s handle."
+            )
 
     def get_visitor(self, visitor_id: str, *, cached: bool = False) -> Visitor | None:
         """The visitor, current, or None if never seen (``cached``: as for
@@ -241,10 +263,10 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
         except AggregateNotFoundError:
             return None
         assert isinstance(visitor, Visitor)
-        if visitor.tenant != self.tenant_id:  # a pre-0.5 default visitor id held "\x1f"
+        if visitor.tenant != self.tenant_id:  # pragma: no cover -- the tenants' namespaces differ
             raise InvalidCommandError(
-                f"visitor id {visitor_id!r:.80} cannot be used in tenant {self.tenant_id!r}: a "
-                "visitor stored before tenants has its key; nothing was written. Use another id."
+                f"visitor id {visitor_id!r:.80} cannot be used in tenant {self.tenant_id!r}: another "
+                "tenant's visitor has its aggregate id; nothing was written. Use another id."
             )
         return visitor
 

@@ -6,7 +6,10 @@ profile of its visitor's subject at the time of the event. When a visitor is
 linked, its visitor profile is merged into the user's and removed, so anonymous
 reads (by visitor id) never reveal what belongs to a user. Visitor and user ids
 are kept within their tenant (``domain.tenancy.scoped_key``: the same id in two
-tenants is two people; the default tenant's ids are stored as they are).
+tenants is two people; the default tenant's ids are stored as they are, and no
+default-tenant id is ever a named tenant's key), and every row carries its
+``tenant``: a visitor's user is keyed in the visitor row's tenant, and the reads
+filter by it; no key is parsed back into a tenant.
 
 Preferences come from slots set with ``scope="user"``; the latest value of a
 key wins (by business time) when profiles merge. The *last conversation* is
@@ -28,7 +31,7 @@ from sqlalchemy import select
 
 from ..domain.batching import batched
 from ..domain.session import Session
-from ..domain.tenancy import scoped_key, tenant_of
+from ..domain.tenancy import scoped_key
 from ..domain.visitor import Visitor
 from .memory_tables import (
     Base,
@@ -97,7 +100,7 @@ class UserMemory(HandlerTableReadModel):
             is_link = isinstance(e, Visitor.IdentityLinked)
             linked = self.visitors.cached(str(e.originator_id)) if is_link else None
             if linked is not None:
-                subjects.add(user_subject(scoped_key(tenant_of(linked["visitor_id"]), e.user_id)))
+                subjects.add(user_subject(scoped_key(linked["tenant"], e.user_id)))
         subjects |= {visitor_subject(r["visitor_id"]) for r in self.visitors.rows()}
         self.profiles.load(conn, sorted(subjects))
 
@@ -146,7 +149,7 @@ class UserMemory(HandlerTableReadModel):
 
     def visitor_registered(self, e: Visitor.Registered) -> None:
         self.visitors.add(
-            {"visitor_uuid": str(e.originator_id), "visitor_id": _key(e), "user_id": None}
+            {"visitor_uuid": str(e.originator_id), "tenant": e.tenant, "visitor_id": _key(e), "user_id": None}
         )
         self.links[_key(e)] = None
 
@@ -154,7 +157,7 @@ class UserMemory(HandlerTableReadModel):
         visitor = self.visitors.get(self.view.conn, str(e.originator_id))
         if visitor is None:  # pragma: no cover - Registered always comes first
             return
-        user = scoped_key(tenant_of(visitor["visitor_id"]), e.user_id)  # the user, in the tenant
+        user = scoped_key(visitor["tenant"], e.user_id)  # the user, in the visitor's tenant
         visitor["user_id"] = user
         self.visitors.changed(visitor["visitor_uuid"])
         self.links[visitor["visitor_id"]] = user
@@ -179,6 +182,7 @@ class UserMemory(HandlerTableReadModel):
         session = self.sessions.add(
             {
                 "session_id": str(e.originator_id),
+                "tenant": e.tenant,
                 "visitor_id": visitor,
                 "slots": slots,
                 "open_tasks": [],
@@ -192,6 +196,7 @@ class UserMemory(HandlerTableReadModel):
             profile = self.profiles.add(
                 {
                     "subject": subject,
+                    "tenant": e.tenant,
                     "preferences": {},
                     "session_count": 0,
                     "first_seen_at": e.occurred_at,

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, MetaData, Table, and_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from .columns import add_missing_columns
+from .columns import add_missing_columns, widen_columns
 from .failures import clean_text, error_summary, error_type_name, failures_table
 from .generations import generation_metadata, generation_suffix, generations_table
 from .tracking import TRACKING, TrackingConflict, tracking_table
@@ -55,6 +55,7 @@ class SQLView(TrackingRecorder):
         metadata.create_all(engine)
         if tables is None:
             add_missing_columns(engine, metadata)  # e.g. 0.5's tenant, on an older store's tables
+            widen_columns(engine, metadata)  # e.g. 0.5's memory keys
             self.create_indexes()  # a rebuild that died may have left some out
 
     def table(self, table: Table) -> Table:
