@@ -180,6 +180,7 @@ def test_an_api_keys_actor_lands_on_the_message_it_wrote(database_url: str, cloc
     assert sent.actor == f"api-key:{bot_key.key_id}" and sent.request_id not in (None, "req-77")
 
 
+@pytest.mark.slow  # two console-script subprocesses
 def test_the_cli_records_the_operator_or_actor(sqlite_url: str) -> None:
     with ChatLedger.open(sqlite_url) as ledger:
         ledger.receive("v-eve", "erase me")
