@@ -91,10 +91,13 @@ class _Stored:
     state: dict[str, Any]
     events: list[Event] = field(default_factory=list)
     updated: float = 0.0
+    count: int = 0
+    last_id: str = "created"
 
     @property
     def marker(self) -> str:
-        return f"{len(self.events)}:{self.events[-1].id if self.events else 'created'}"
+        """The stored revision: how many events, and the last one's id."""
+        return f"{self.count}:{self.last_id}"
 
 
 _locks: weakref.WeakKeyDictionary[
@@ -169,8 +172,11 @@ class ChatLedgerSessionService(BaseSessionService):
                 state.update(body["delta"])
         return state
 
-    async def _load(self, led: AsyncChatLedger, user_id: str, session_id: str) -> _Stored | None:
-        """The ADK session since its last creation, or None if it does not exist now."""
+    async def _load(
+        self, led: AsyncChatLedger, user_id: str, session_id: str, *, parse: bool = True
+    ) -> _Stored | None:
+        """The ADK session since its last creation, or None if it does not exist now; without
+        ``parse``, its revision and state only (the events are not rebuilt)."""
         stored: _Stored | None = None
         for body in await self._payloads(led, session_visitor(user_id, session_id)):
             kind = body["kind"]
@@ -179,11 +185,14 @@ class ChatLedgerSessionService(BaseSessionService):
             elif kind == "adk.delete":
                 stored = None
             elif kind == "adk.event" and stored is not None:
-                event = Event.model_validate(body["event"])
-                stored.events.append(event)
-                stored.updated = event.timestamp
-                if event.actions and event.actions.state_delta:
-                    stored.state.update(_split(event.actions.state_delta)[2])
+                raw = body["event"]
+                stored.count += 1
+                stored.last_id = str(raw.get("id", ""))
+                stored.updated = float(raw.get("timestamp", stored.updated))
+                if parse:
+                    stored.events.append(Event.model_validate(raw))
+                delta = (raw.get("actions") or {}).get("state_delta") or {}
+                stored.state.update(_split(delta)[2])
         return stored
 
     async def _merged(
@@ -316,7 +325,7 @@ class ChatLedgerSessionService(BaseSessionService):
         led = await self._tenant(session.app_name)
         visitor_id = session_visitor(session.user_id, session.id)
         async with self._lock(session.app_name, visitor_id):
-            stored = await self._load(led, session.user_id, session.id)
+            stored = await self._load(led, session.user_id, session.id, parse=False)
             if stored is None:
                 raise SessionNotFoundError(f"Session {session.id} not found.")
             marker = session._storage_update_marker
@@ -334,7 +343,7 @@ class ChatLedgerSessionService(BaseSessionService):
             text = render(_text_of(event), fallback=f"({event.author})")
             message, renewed = await self._record(
                 led, visitor_id, text, body, as_user=event.author == "user",
-                client_id=f"adk-{len(stored.events) + 1}",
+                client_id=f"adk-{stored.count + 1}",
             )
             if read_payload(message) != body["fw"]:
                 raise StaleSessionError(
@@ -348,7 +357,8 @@ class ChatLedgerSessionService(BaseSessionService):
             if renewed:
                 session.state[NEW_SESSION] = True
             session.last_update_time = event.timestamp
-            stored.events.append(event)
+            stored.count += 1
+            stored.last_id = event.id
             session._storage_update_marker = stored.marker
         return event
 

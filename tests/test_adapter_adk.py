@@ -45,6 +45,7 @@ async def _say(runner: Runner, text: str) -> list[Any]:
     return [e async for e in runner.run_async(user_id="ada", session_id="s1", new_message=message)]
 
 
+@pytest.mark.slow  # a console-script subprocess; the fast loop has the idle-gap case below
 @pytest.mark.asyncio
 async def test_agent_conversation_survives_an_hour_away_and_the_log_verifies(
     database_url: str,

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.asyncio
 APP = "my_app"
 
 
-def test_recorded_divergences_name_a_contract_test() -> None:
+async def test_recorded_divergences_name_a_contract_test() -> None:
     for backend in _conformance.BACKENDS:
         for name in backend.divergences:
             found = globals().get(name)

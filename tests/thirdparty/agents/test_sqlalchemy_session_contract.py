@@ -38,7 +38,8 @@ from chatledger.aio import AsyncChatLedger
 
 from ._shim import get_text_message
 
-pytestmark = pytest.mark.asyncio
+# slow: the fast loop has the Agents SDK's own test_session.py on ChatLedgerSession already.
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 Make = Callable[..., ChatLedgerSession]
 
 
