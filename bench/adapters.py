@@ -5,7 +5,8 @@
 Agents SDK: SQLiteSession vs ChatLedgerSession; ``turns`` times add_items([user, assistant])
 then get_items() (what Runner does each turn). ADK: DatabaseSessionService on
 ``sqlite+aiosqlite`` vs ChatLedgerSessionService; create_session, then ``turns`` times
-get_session, append_event(user), append_event(agent) (what Runner does each turn). Same
+get_session, append_event(user), append_event(agent) (what Runner does each turn), after one
+warm-up create_session (tables, tenant). Same
 workload for both sides, in one run, on a fresh SQLite file each trial; trials alternate the
 order. Prints min/median seconds and the ratio chatledger / framework store per trial.
 Needs ``pip install -e ".[agents,adk]"``. The machine is shared: read the ratios, not the seconds.
@@ -77,6 +78,7 @@ async def adk_own(folder: Path, turns: int) -> float:
 
     service = DatabaseSessionService(f"sqlite+aiosqlite:///{folder}/adk.db")
     try:
+        await service.create_session(app_name="bench", user_id="warm-up")  # tables, engine
         start = time.perf_counter()
         await adk_workload(service, turns)
         return time.perf_counter() - start
@@ -88,8 +90,10 @@ async def adk_ledger(folder: Path, turns: int) -> float:
     from chatledger.adapters.adk import ChatLedgerSessionService
 
     async with AsyncChatLedger(ChatLedger.open(f"sqlite:///{folder}/cl.db")) as led:
+        service = ChatLedgerSessionService(led)
+        await service.create_session(app_name="bench", user_id="warm-up")  # tenant, read models
         start = time.perf_counter()
-        await adk_workload(ChatLedgerSessionService(led), turns)
+        await adk_workload(service, turns)
         return time.perf_counter() - start
 
 
