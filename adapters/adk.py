@@ -232,20 +232,23 @@ class ChatLedgerSessionService(BaseSessionService):
         visitor_id = session_visitor(user_id, session_id)
         app, user, own = _split(_jsonable(state or {}))
         async with self._lock(app_name, visitor_id):
-            if await self._load(led, user_id, session_id) is not None:
+            if await self._load(led, user_id, session_id, parse=False) is not None:
                 raise AlreadyExistsError(f"Session with id {session_id} already exists.")
             now = time.time()
             body = payload("adk.create", session_id=session_id, user_id=user_id, state=own, time=now)
             await self._record(led, visitor_id, "(ADK session created)", body, as_user=True)
             await led.link_identity(visitor_id, user_id)
             users = user_visitor(user_id)
-            if await led.visitor(users) is None:
+            first = await led.visitor(users) is None
+            if first:
                 await self._record(
                     led, APP_VISITOR, "(ADK user)", payload("adk.user", user_id=user_id)
                 )
             await self._record(
                 led, users, "(ADK session listed)", payload("adk.index", op="create", session_id=session_id)
             )
+            if first:  # the user's state is theirs: erasing the user erases it
+                await led.link_identity(users, user_id)
             await self._save_scoped(led, app, user, user_id)
         return await self._merged(led, app_name, user_id, session_id, _Stored(now, own, updated=now), [])
 
@@ -302,7 +305,7 @@ class ChatLedgerSessionService(BaseSessionService):
         led = await self._tenant(app_name)
         visitor_id = session_visitor(user_id, session_id)
         async with self._lock(app_name, visitor_id):
-            if await self._load(led, user_id, session_id) is None:
+            if await self._load(led, user_id, session_id, parse=False) is None:
                 return
             await self._record(
                 led, visitor_id, "(ADK session deleted)", payload("adk.delete", session_id=session_id)
@@ -343,7 +346,7 @@ class ChatLedgerSessionService(BaseSessionService):
             text = render(_text_of(event), fallback=f"({event.author})")
             message, renewed = await self._record(
                 led, visitor_id, text, body, as_user=event.author == "user",
-                client_id=f"adk-{stored.count + 1}",
+                client_id=f"adk:{stored.created!r}:{stored.count + 1}",  # per incarnation
             )
             if read_payload(message) != body["fw"]:
                 raise StaleSessionError(

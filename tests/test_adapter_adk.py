@@ -113,3 +113,31 @@ async def test_a_user_event_after_the_idle_gap_is_signalled_to_the_invocation(sq
         assert session.state[NEW_SESSION] is True
         got = await service.get_session(app_name="shop", user_id="ada", session_id=session.id)
         assert got is not None and len(got.events) == 2 and NEW_SESSION not in got.state
+
+
+@pytest.mark.asyncio
+async def test_a_deleted_id_can_be_created_again_and_erasing_the_user_forgets_them(
+    sqlite_url: str,
+) -> None:
+    from google.adk.events.event import Event
+    from google.adk.events.event_actions import EventActions
+
+    async with AsyncChatLedger.open(sqlite_url) as ledger:
+        service = ChatLedgerSessionService(ledger)
+        old = await service.create_session(app_name="shop", user_id="ada", session_id="s1",
+                                           state={"k": 1})
+        await service.append_event(old, Event(author="user"))
+        await service.delete_session(app_name="shop", user_id="ada", session_id="s1")
+        again = await service.create_session(app_name="shop", user_id="ada", session_id="s1")
+        assert again.state == {} and again.events == []
+        await service.append_event(again, Event(
+            author="user", actions=EventActions(state_delta={"user:likes": "tea", "k": 2})))
+        got = await service.get_session(app_name="shop", user_id="ada", session_id="s1")
+        assert got is not None and len(got.events) == 1 and got.state == {"k": 2, "user:likes": "tea"}
+        listed = await service.list_sessions(app_name="shop", user_id="ada")
+        assert [s.id for s in listed.sessions] == ["s1"]
+
+        await (await ledger.tenant("shop")).erase(user_id="ada")
+        assert await service.get_session(app_name="shop", user_id="ada", session_id="s1") is None
+        assert await service.get_user_state(app_name="shop", user_id="ada") == {}
+        assert (await service.list_sessions(app_name="shop", user_id="ada")).sessions == []
