@@ -108,9 +108,14 @@ _locks: weakref.WeakKeyDictionary[
 class ChatLedgerSessionService(BaseSessionService):
     """ADK sessions, events and app/user/session state on a chatledger store."""
 
-    def __init__(self, ledger: AsyncChatLedger, *, channel: str = "adk") -> None:
+    def __init__(
+        self, ledger: AsyncChatLedger, *, channel: str = "adk", tenant_prefix: str = ""
+    ) -> None:
+        """``tenant_prefix``: the tenant of app ``a`` is ``tenant_prefix + a`` (several ADK
+        deployments, e.g. staging and production, in one store)."""
         self.ledger = ledger
         self.channel = channel
+        self.tenant_prefix = tenant_prefix
         self._tenants: dict[str, AsyncChatLedger] = {}
 
     # ------------------------------------------------------------------ plumbing
@@ -118,7 +123,8 @@ class ChatLedgerSessionService(BaseSessionService):
     async def _tenant(self, app_name: str) -> AsyncChatLedger:
         found = self._tenants.get(app_name)
         if found is None:
-            found = self._tenants[app_name] = await self.ledger.tenant(app_name)
+            found = await self.ledger.tenant(self.tenant_prefix + app_name)
+            self._tenants[app_name] = found
         return found
 
     def _lock(self, app_name: str, visitor_id: str) -> asyncio.Lock:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import pathlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from uuid import uuid4
 
 import pytest
@@ -54,16 +54,31 @@ async def _make_sqlite(tmp_path: pathlib.Path) -> AsyncIterator[BaseSessionServi
         yield service
 
 
+_shared: dict[str, ChatLedger] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _postgres_store() -> Iterator[None]:
+    """One PostgreSQL schema and ledger per module, opened on first use (a schema and a
+    ledger per case cost ~1.5 s each); each case is isolated by a tenant prefix of its own."""
+    yield
+    for url, ledger in list(_shared.items()):
+        ledger.close()
+        drop_schema(url.rsplit("=", 1)[1])
+    _shared.clear()
+
+
 @contextlib.asynccontextmanager
 async def _make_postgres(tmp_path: pathlib.Path) -> AsyncIterator[BaseSessionService]:
     del tmp_path
     require_postgres()
-    schema = f"t_{uuid4().hex[:16]}"
-    try:
-        async with _on(f"{POSTGRES_URL}?schema={schema}") as service:
-            yield service
-    finally:
-        drop_schema(schema)
+    if not _shared:
+        url = f"{POSTGRES_URL}?schema=t_{uuid4().hex[:16]}"
+        _shared[url] = ChatLedger.open(url)
+    (ledger,) = _shared.values()
+    # A fresh async wrapper per case (its workers belong to this case's event loop); the
+    # shared ledger is closed by _postgres_store.
+    yield ChatLedgerSessionService(AsyncChatLedger(ledger), tenant_prefix=f"c{uuid4().hex[:12]}-")
 
 
 BACKENDS = [

@@ -26,7 +26,7 @@ from google.adk.tools.tool_confirmation import ToolConfirmation
 from google.genai import types
 
 from . import _conformance
-from ._conformance import session_service  # noqa: F401
+from ._conformance import _postgres_store, session_service  # noqa: F401
 
 pytestmark = pytest.mark.asyncio
 APP = "my_app"
