@@ -43,7 +43,7 @@ from google.adk.sessions.session import Session
 from google.adk.sessions.state import State
 
 from ..application.aio import AsyncChatLedger
-from ..domain.errors import SessionClosedError
+from ..domain.errors import ClientMessageIdConflictError, SessionClosedError
 from ..domain.read_views import SessionState
 from .items import payload, read_payload, render
 
@@ -350,10 +350,16 @@ class ChatLedgerSessionService(BaseSessionService):
                 event.actions.state_delta = _jsonable(event.actions.state_delta)
             body = payload("adk.event", event=event.model_dump(exclude_none=True, mode="json"))
             text = render(_text_of(event), fallback=f"({event.author})")
-            message, renewed = await self._record(
-                led, visitor_id, text, body, as_user=event.author == "user",
-                client_id=f"adk:{stored.created!r}:{stored.count + 1}",  # per incarnation
-            )
+            try:
+                message, renewed = await self._record(
+                    led, visitor_id, text, body, as_user=event.author == "user",
+                    client_id=f"adk:{stored.created!r}:{stored.count + 1}",  # per incarnation
+                )
+            except ClientMessageIdConflictError as taken:  # another writer's, of the other role
+                raise StaleSessionError(
+                    f"Session {session.id} was modified in storage by another writer; "
+                    "get the session again and retry."
+                ) from taken
             if read_payload(message) != body["fw"]:
                 raise StaleSessionError(
                     f"Session {session.id} was modified in storage by another writer; "
