@@ -82,10 +82,10 @@ def create_statement(schema: str, events_table: str, channel: str) -> Composed:
 
 
 def call_statement(schema: str) -> Composed:
-    """The call: thirteen parameters, the batch's notification ids in order. Text
-    arrays go as text, so psycopg refuses a NUL in one before anything is sent
-    (as the pipelined path does); the others in binary (no hex escaping)."""
+    """The call: thirteen parameters, the batch's notification ids in order. The
+    arrays go in binary, encoded by :mod:`.array_params` (a NUL in a text element
+    is refused there before anything is sent, as psycopg refuses it)."""
     types = ("uuid", "bigint", "text", "bytea", "bytea", "text", "text", "bytea", "uuid", "text", "text", "text")
     return SQL("SELECT f.id FROM {}.{}(%s, {}) AS f(id)").format(
-        Identifier(schema), Identifier(FUNCTION_NAME), SQL(", ").join(SQL(("%s::" if t == "text" else "%b::") + t + "[]") for t in types)
+        Identifier(schema), Identifier(FUNCTION_NAME), SQL(", ").join(SQL("%b::" + t + "[]") for t in types)
     )
