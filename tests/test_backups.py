@@ -228,3 +228,43 @@ def test_a_restored_backup_of_before_an_erasure_keeps_the_erased_content_unreada
     finally:
         if not target.startswith("sqlite"):
             drop_schema(make_url(target).query["schema"])  # type: ignore[arg-type]
+
+
+def test_an_erasure_reaches_a_backup_taken_before_it(database_url: str, tmp_path: Path) -> None:
+    """Master key + vault: back up, erase one visitor, restore the backup elsewhere. The
+    erased visitor's content reads as erased through every API (the read models are not in
+    the backup: the restore rebuilds them from the log), its plaintext is in no byte of the
+    backup or of the restored store; the other visitor's content is intact."""
+    options = {"master_key": new_master_key("k1"), "key_vault": str(tmp_path / "vault")}
+    with ChatLedger.open(database_url, **options) as ledger:
+        a = ledger.receive("v-a", "alpha-secret-text").session_id
+        ledger.reply(a, "alpha-reply-text")
+        ledger.set_slot(a, "name", "alpha-slot-value", scope="user")
+        ledger.link_identity("v-a", "user-a")
+        b = ledger.receive("v-b", "bravo-secret-text").session_id
+        ledger.set_slot(b, "name", "bravo-slot-value", scope="user")
+        ledger.link_identity("v-b", "user-b")
+        ledger.catch_up()
+        create_backup(ledger, tmp_path / "before")
+        ledger.erase(visitor_id="v-a")
+    backup_bytes = b"".join(p.read_bytes() for p in (tmp_path / "before").iterdir())
+    for secret in ("alpha-secret-text", "alpha-reply-text", "alpha-slot-value"):
+        assert secret.encode() not in backup_bytes, secret
+    target = other_store(database_url, tmp_path)
+    try:
+        check = restore_backup(tmp_path / "before", target, **options)
+        assert any("forgotten key" in p for p in check.problems), check.problems
+        dump = RawDB(target).dump()
+        for secret in ("alpha-secret-text", "alpha-reply-text", "alpha-slot-value"):
+            assert secret.encode() not in dump and secret.encode().hex().encode() not in dump
+        with ChatLedger.open(target, **options) as copy:
+            assert [m.text for m in copy.transcript(a).messages] == [ERASED_TEXT, ERASED_TEXT]
+            assert [m.text for m in copy.session(a).messages] == [ERASED_TEXT, ERASED_TEXT]
+            assert "alpha-slot-value" not in copy.memory(user_id="user-a").model_dump_json()
+            assert [m.text for m in copy.transcript(b).messages] == ["bravo-secret-text"]
+            assert copy.memory(user_id="user-b").display_name == "bravo-slot-value"
+            user_b = [m.text for m in copy.transcript(user_id="user-b").messages]
+            assert user_b == ["bravo-secret-text"]
+    finally:
+        if not target.startswith("sqlite"):
+            drop_schema(make_url(target).query["schema"])  # type: ignore[arg-type]
