@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..domain.batching import batched
 from ..domain.errors import ConfigurationError
-from ..infrastructure.key_providers import WRAPPED_PREFIX, new_master_key
+from ..infrastructure.key_providers import is_current, new_master_key, wrap_keys
 from ..infrastructure.ledger_recorders import as_ledger_recorder
 from .unit_of_work import UnitOfWork
 
@@ -45,19 +45,12 @@ def rotate_keys(uow: UnitOfWork) -> KeyRotation:
     provider_rewrapped = provider.rotate()
     wrapped = 0
     for chunk in batched(recorder.stored_keys()):
-        stale = {
-            kid: stored
-            for kid, stored in chunk
-            if not stored.startswith(WRAPPED_PREFIX)
-            or not provider.is_current(stored[len(WRAPPED_PREFIX) :])
-        }
+        stale = {kid: stored for kid, stored in chunk if not is_current(provider, stored)}
         if not stale:
             continue
         keys = recorder.open_keys(stale)
-        fresh = provider.wrap(keys)
-        wrapped += recorder.replace_stored_keys(
-            [(kid, stale[kid], WRAPPED_PREFIX + fresh[kid]) for kid in keys]
-        )
+        fresh = wrap_keys(provider, keys)
+        wrapped += recorder.replace_stored_keys([(kid, stale[kid], fresh[kid]) for kid in keys])
     destroyed = recorder.destroyed_key_ids()
     if destroyed:
         provider.forget(destroyed)

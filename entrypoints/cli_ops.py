@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -93,9 +94,22 @@ def new_master(
 
 
 @content_keys_app.command("rotate")
-def rotate(database: DatabaseOption = None) -> None:
-    """Re-wrap every content key under the current (first) master key; events are not touched."""
+def rotate(
+    database: DatabaseOption = None,
+    create_vault: Annotated[
+        bool,
+        typer.Option(
+            "--create-vault",
+            help="Make the key vault CHATLEDGER_KEY_VAULT names if it does not exist (moving a "
+            "master-key-only store to a vault); without it a missing vault is refused.",
+        ),
+    ] = False,
+) -> None:
+    """Re-wrap every content key under the current provider and master key; events are not touched."""
     from ..application.key_management import rotate_keys
+
+    if create_vault:
+        os.environ["CHATLEDGER_KEY_VAULT_CREATE"] = "1"
 
     with open_ledger(database, read_only=True) as ledger:
         result = rotate_keys(ledger)

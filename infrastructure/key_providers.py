@@ -1,9 +1,12 @@
 """Master key providers: the content keys in the database, wrapped by a key kept elsewhere.
 
 Each visitor's AES-256 content key (``chatledger_keys``) is stored **wrapped**
-(envelope encryption): ``WRAPPED_PREFIX + provider.wrap(...)``. A row of
-exactly 32 bytes is a key stored before wrapping existed (0.4 and older); it
-is used as it is until ``chatledger keys rotate`` wraps it.
+(envelope encryption): ``provider.prefix + provider.wrap(...)``, each provider
+with its own prefix (``clm1:`` the master key, ``clv1:`` the vault; ``clw1:``
+rows of 0.5, see :func:`open_wrapped`), so a row is always opened by the provider
+that wrapped it. A row of exactly 32 bytes is a key stored before wrapping
+existed (0.4 and older); it is used as it is until ``chatledger content-keys
+rotate`` wraps it.
 
 A provider is anything with the :class:`KeyProvider` methods. Two are built in:
 
@@ -42,9 +45,78 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ..domain.batching import batched
 from ..domain.errors import ConfigurationError
 
-WRAPPED_PREFIX = b"clw1:"
-"""Marks a stored content key as wrapped (a legacy key is 32 raw bytes)."""
+MASTER_PREFIX = b"clm1:"
+"""Marks a stored content key wrapped by :class:`MasterKeyProvider`."""
+VAULT_PREFIX = b"clv1:"
+"""Marks a stored content key wrapped by :class:`VaultKeyProvider`."""
+LEGACY_PREFIX = b"clw1:"
+"""Rows of 0.5 before each provider had its own prefix (both built-in ones wrote it;
+see :func:`open_wrapped`), and a provider of your own without a ``prefix``."""
+PREFIXES = (MASTER_PREFIX, VAULT_PREFIX, LEGACY_PREFIX)
+_VAULT_BLOB = 12 + 32 + 16
+"""A vault-wrapped key: nonce, key, tag (a master-key blob adds ``ID:`` in front)."""
 _AAD = b"chatledger/content-key/v1|"
+
+
+def is_wrapped(stored: bytes) -> bool:
+    """Is ``stored`` a wrapped content key (else 32 raw bytes, as before 0.5)?"""
+    return len(stored) > 32 and stored[:5] in PREFIXES
+
+
+def prefix_of(provider: KeyProvider) -> bytes:
+    """The prefix of the rows ``provider`` wraps: its ``prefix`` attribute, else ``clw1:``."""
+    prefix = getattr(provider, "prefix", LEGACY_PREFIX)
+    return prefix if isinstance(prefix, bytes) else LEGACY_PREFIX
+
+
+def wrap_keys(provider: KeyProvider, keys: Mapping[str, bytes]) -> dict[str, bytes]:
+    """``kid -> stored bytes`` (the provider's prefix and its wrapping) of ``keys``."""
+    prefix = prefix_of(provider)
+    return {kid: prefix + blob for kid, blob in provider.wrap(keys).items()}
+
+
+def is_current(provider: KeyProvider, stored: bytes) -> bool:
+    """Is the stored row wrapped by ``provider``, under its current master key? (Else
+    ``content-keys rotate`` re-wraps it: also the rows another provider wrapped.)"""
+    prefix = prefix_of(provider)
+    return stored.startswith(prefix) and provider.is_current(stored[len(prefix) :])
+
+
+def open_wrapped(provider: KeyProvider, stored: Mapping[str, bytes]) -> dict[str, bytes]:
+    """``kid -> content key`` for wrapped rows ``kid -> stored bytes``, each opened by the
+    provider that wrapped it: ``provider``'s own rows by it, the master key's rows by the
+    vault's master key (a store that had no vault before). A ``clw1:`` row of 0.5 was
+    written by the vault if it is a vault blob long, else by the master key. A kid
+    whose wrapping the provider forgot is left out."""
+    own = prefix_of(provider)
+    groups: dict[bytes, dict[str, bytes]] = {}
+    for kid, raw in stored.items():
+        prefix = raw[:5]
+        if prefix == LEGACY_PREFIX and own != LEGACY_PREFIX:
+            prefix = VAULT_PREFIX if len(raw) - 5 == _VAULT_BLOB else MASTER_PREFIX
+        groups.setdefault(prefix, {})[kid] = raw[5:]
+    found: dict[str, bytes] = {}
+    for prefix, rows in groups.items():
+        found.update(_opener(provider, prefix).unwrap(rows))
+    return found
+
+
+def _opener(provider: KeyProvider, prefix: bytes) -> KeyProvider:
+    if prefix == prefix_of(provider):
+        return provider
+    master = getattr(provider, "master", None)
+    if prefix == MASTER_PREFIX and isinstance(master, MasterKeys):
+        return MasterKeyProvider(master)
+    if prefix == VAULT_PREFIX:
+        raise ConfigurationError(
+            "This store's content keys are wrapped by a key vault: set CHATLEDGER_KEY_VAULT "
+            "(key_vault) to it, with CHATLEDGER_MASTER_KEY."
+        )
+    raise ConfigurationError(
+        f"This store holds content keys wrapped by another key provider ({prefix!r}) than "
+        f"{type(provider).__name__}: configure that one (CHATLEDGER_MASTER_KEY, "
+        "CHATLEDGER_KEY_VAULT or key_provider)."
+    )
 
 
 @runtime_checkable
@@ -130,6 +202,8 @@ def new_master_key(mid: str) -> str:
 class MasterKeyProvider:
     """Content keys wrapped by a master key (AES-256-GCM, the kid as associated data)."""
 
+    prefix = MASTER_PREFIX
+
     def __init__(self, master: MasterKeys) -> None:
         self.master = master
 
@@ -155,10 +229,20 @@ class MasterKeyProvider:
 class VaultKeyProvider:
     """Content keys wrapped by per-key wrapping keys kept in a vault file (see the module doc)."""
 
-    def __init__(self, master: MasterKeys, path: str | os.PathLike[str]) -> None:
+    prefix = VAULT_PREFIX
+
+    def __init__(
+        self, master: MasterKeys, path: str | os.PathLike[str], *, create: bool = False
+    ) -> None:
         self.master = master
         self.path = os.fspath(path)
         self._lock = threading.Lock()
+        if not create and not os.path.exists(self.path):
+            raise ConfigurationError(
+                f"The key vault {self.path} does not exist: check key_vault (CHATLEDGER_KEY_VAULT). "
+                "To make a new one, set key_vault_create (CHATLEDGER_KEY_VAULT_CREATE=1) or run "
+                "`chatledger content-keys rotate --create-vault` once."
+            )
         try:
             self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -280,15 +364,25 @@ def provider_from_settings(settings: object) -> KeyProvider | None:
     master = MasterKeys(
         secret.get_secret_value() if hasattr(secret, "get_secret_value") else str(secret)
     )
-    return VaultKeyProvider(master, vault) if vault else MasterKeyProvider(master)
+    if not vault:
+        return MasterKeyProvider(master)
+    return VaultKeyProvider(master, vault, create=bool(getattr(settings, "key_vault_create", False)))
 
 
 __all__ = [
-    "WRAPPED_PREFIX",
+    "LEGACY_PREFIX",
+    "MASTER_PREFIX",
+    "PREFIXES",
+    "VAULT_PREFIX",
     "KeyProvider",
     "MasterKeyProvider",
     "MasterKeys",
     "VaultKeyProvider",
+    "is_current",
+    "is_wrapped",
     "new_master_key",
+    "open_wrapped",
+    "prefix_of",
     "provider_from_settings",
+    "wrap_keys",
 ]

@@ -40,7 +40,7 @@ from ..domain.errors import ConfigurationError
 from ..domain.tenancy import DEFAULT_TENANT, scoped_key
 from ..domain.visitor import Visitor
 from .hashchain import EventRow, as_uuid
-from .key_providers import WRAPPED_PREFIX, KeyProvider
+from .key_providers import KeyProvider, is_wrapped, open_wrapped, wrap_keys
 
 HASHES = "chatledger_event_hashes"
 KEYS = "chatledger_keys"
@@ -145,21 +145,21 @@ class KeyCodec:
     def new_key_row(self, kid: str, visitor_id: str, key: bytes) -> KeyRow:
         """A new key's row, wrapped by the provider (before any transaction)."""
         provider = self.key_provider
-        stored = key if provider is None else WRAPPED_PREFIX + provider.wrap({kid: key})[kid]
+        stored = key if provider is None else wrap_keys(provider, {kid: key})[kid]
         return KeyRow((kid, visitor_id, key), stored)
 
     def open_keys(self, stored: dict[str, bytes]) -> dict[str, bytes]:
         """``kid -> key`` for ``kid -> stored bytes``: legacy 32-byte keys as they are,
         wrapped ones through the provider (a kid it forgot is left out)."""
-        keys = {kid: raw for kid, raw in stored.items() if not raw.startswith(WRAPPED_PREFIX)}
-        wrapped = {kid: raw[len(WRAPPED_PREFIX):] for kid, raw in stored.items() if kid not in keys}
+        keys = {kid: raw for kid, raw in stored.items() if not is_wrapped(raw)}
+        wrapped = {kid: raw for kid, raw in stored.items() if kid not in keys}
         if wrapped:
             if self.key_provider is None:
                 raise ConfigurationError(
                     "This store's content keys are wrapped by a master key: set "
                     "CHATLEDGER_MASTER_KEY (and CHATLEDGER_KEY_VAULT if it uses one), or key_provider."
                 )
-            keys.update(self.key_provider.unwrap(wrapped))
+            keys.update(open_wrapped(self.key_provider, wrapped))
         return keys
 
     def open_key_row(self, kid: str, visitor_id: str, stored: bytes) -> KeyRow | None:

@@ -199,6 +199,7 @@ def test_a_restored_backup_of_before_an_erasure_keeps_the_erased_content_unreada
     options = {
         "master_key": settings["CHATLEDGER_MASTER_KEY"],
         "key_vault": settings["CHATLEDGER_KEY_VAULT"],
+        "key_vault_create": True,
     }
     with ChatLedger.open(database_url, **options) as ledger:
         a = ledger.receive("v-a", "alpha-secret").session_id
@@ -235,7 +236,11 @@ def test_an_erasure_reaches_a_backup_taken_before_it(database_url: str, tmp_path
     erased visitor's content reads as erased through every API (the read models are not in
     the backup: the restore rebuilds them from the log), its plaintext is in no byte of the
     backup or of the restored store; the other visitor's content is intact."""
-    options = {"master_key": new_master_key("k1"), "key_vault": str(tmp_path / "vault")}
+    options = {
+        "master_key": new_master_key("k1"),
+        "key_vault": str(tmp_path / "vault"),
+        "key_vault_create": True,
+    }
     with ChatLedger.open(database_url, **options) as ledger:
         a = ledger.receive("v-a", "alpha-secret-text").session_id
         ledger.reply(a, "alpha-reply-text")
