@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from ..domain.batching import batched
 from ..domain.errors import ConfigurationError
-from ..infrastructure.key_providers import is_current, new_master_key, wrap_keys
+from ..infrastructure.key_providers import new_master_key
+from ..infrastructure.wrapped_keys import is_current, wrap_keys
 from ..infrastructure.ledger_recorders import as_ledger_recorder
 from .unit_of_work import UnitOfWork
 

@@ -3,7 +3,7 @@
 Each visitor's AES-256 content key (``chatledger_keys``) is stored **wrapped**
 (envelope encryption): ``provider.prefix + provider.wrap(...)``, each provider
 with its own prefix (``clm1:`` the master key, ``clv1:`` the vault; ``clw1:``
-rows of 0.5, see :func:`open_wrapped`), so a row is always opened by the provider
+rows of 0.5, see :func:`~.wrapped_keys.open_wrapped`), so a row is always opened by the provider
 that wrapped it. A row of exactly 32 bytes is a key stored before wrapping
 existed (0.4 and older); it is used as it is until ``chatledger content-keys
 rotate`` wraps it.
@@ -53,70 +53,7 @@ LEGACY_PREFIX = b"clw1:"
 """Rows of 0.5 before each provider had its own prefix (both built-in ones wrote it;
 see :func:`open_wrapped`), and a provider of your own without a ``prefix``."""
 PREFIXES = (MASTER_PREFIX, VAULT_PREFIX, LEGACY_PREFIX)
-_VAULT_BLOB = 12 + 32 + 16
-"""A vault-wrapped key: nonce, key, tag (a master-key blob adds ``ID:`` in front)."""
 _AAD = b"chatledger/content-key/v1|"
-
-
-def is_wrapped(stored: bytes) -> bool:
-    """Is ``stored`` a wrapped content key (else 32 raw bytes, as before 0.5)?"""
-    return len(stored) > 32 and stored[:5] in PREFIXES
-
-
-def prefix_of(provider: KeyProvider) -> bytes:
-    """The prefix of the rows ``provider`` wraps: its ``prefix`` attribute, else ``clw1:``."""
-    prefix = getattr(provider, "prefix", LEGACY_PREFIX)
-    return prefix if isinstance(prefix, bytes) else LEGACY_PREFIX
-
-
-def wrap_keys(provider: KeyProvider, keys: Mapping[str, bytes]) -> dict[str, bytes]:
-    """``kid -> stored bytes`` (the provider's prefix and its wrapping) of ``keys``."""
-    prefix = prefix_of(provider)
-    return {kid: prefix + blob for kid, blob in provider.wrap(keys).items()}
-
-
-def is_current(provider: KeyProvider, stored: bytes) -> bool:
-    """Is the stored row wrapped by ``provider``, under its current master key? (Else
-    ``content-keys rotate`` re-wraps it: also the rows another provider wrapped.)"""
-    prefix = prefix_of(provider)
-    return stored.startswith(prefix) and provider.is_current(stored[len(prefix) :])
-
-
-def open_wrapped(provider: KeyProvider, stored: Mapping[str, bytes]) -> dict[str, bytes]:
-    """``kid -> content key`` for wrapped rows ``kid -> stored bytes``, each opened by the
-    provider that wrapped it: ``provider``'s own rows by it, the master key's rows by the
-    vault's master key (a store that had no vault before). A ``clw1:`` row of 0.5 was
-    written by the vault if it is a vault blob long, else by the master key. A kid
-    whose wrapping the provider forgot is left out."""
-    own = prefix_of(provider)
-    groups: dict[bytes, dict[str, bytes]] = {}
-    for kid, raw in stored.items():
-        prefix = raw[:5]
-        if prefix == LEGACY_PREFIX and own != LEGACY_PREFIX:
-            prefix = VAULT_PREFIX if len(raw) - 5 == _VAULT_BLOB else MASTER_PREFIX
-        groups.setdefault(prefix, {})[kid] = raw[5:]
-    found: dict[str, bytes] = {}
-    for prefix, rows in groups.items():
-        found.update(_opener(provider, prefix).unwrap(rows))
-    return found
-
-
-def _opener(provider: KeyProvider, prefix: bytes) -> KeyProvider:
-    if prefix == prefix_of(provider):
-        return provider
-    master = getattr(provider, "master", None)
-    if prefix == MASTER_PREFIX and isinstance(master, MasterKeys):
-        return MasterKeyProvider(master)
-    if prefix == VAULT_PREFIX:
-        raise ConfigurationError(
-            "This store's content keys are wrapped by a key vault: set CHATLEDGER_KEY_VAULT "
-            "(key_vault) to it, with CHATLEDGER_MASTER_KEY."
-        )
-    raise ConfigurationError(
-        f"This store holds content keys wrapped by another key provider ({prefix!r}) than "
-        f"{type(provider).__name__}: configure that one (CHATLEDGER_MASTER_KEY, "
-        "CHATLEDGER_KEY_VAULT or key_provider)."
-    )
 
 
 @runtime_checkable
@@ -264,17 +201,33 @@ class VaultKeyProvider:
         self._conn.close()
 
     def wrap(self, keys: Mapping[str, bytes]) -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
-        rows = []
-        for kid, key in keys.items():
-            wrapping = AESGCM.generate_key(256)
-            nonce = os.urandom(12)
-            out[kid] = nonce + AESGCM(wrapping).encrypt(nonce, key, _AAD + kid.encode())
-            rows.append((kid, self.master.seal(kid, wrapping)))
+        """Wrap each key under its kid's wrapping key: a new one, or the one the vault
+        already holds. A kid's wrapping key is never replaced, so two processes that
+        wrap the same key at once (two rotations) make rows that both open, whichever
+        of them the database keeps (its update is a compare-and-set)."""
+        rows = [(kid, self.master.seal(kid, AESGCM.generate_key(256))) for kid in keys]
+        held: dict[str, bytes] = {}
         with self._lock:  # stored before the database row can refer to it
             self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.executemany("INSERT OR REPLACE INTO wrapping_keys VALUES (?,?)", rows)
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.executemany("INSERT OR IGNORE INTO wrapping_keys VALUES (?,?)", rows)
+                for chunk in batched(list(keys)):
+                    marks = ",".join("?" * len(chunk))
+                    held.update(
+                        (kid, bytes(blob))
+                        for kid, blob in self._conn.execute(
+                            f"SELECT kid, wrapped FROM wrapping_keys WHERE kid IN ({marks})", chunk
+                        ).fetchall()
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        out: dict[str, bytes] = {}
+        for kid, key in keys.items():
+            wrapping = self.master.open(kid, held[kid])
+            nonce = os.urandom(12)
+            out[kid] = nonce + AESGCM(wrapping).encrypt(nonce, key, _AAD + kid.encode())
         return out
 
     def unwrap(self, wrapped: Mapping[str, bytes]) -> dict[str, bytes]:
@@ -378,11 +331,6 @@ __all__ = [
     "MasterKeyProvider",
     "MasterKeys",
     "VaultKeyProvider",
-    "is_current",
-    "is_wrapped",
     "new_master_key",
-    "open_wrapped",
-    "prefix_of",
     "provider_from_settings",
-    "wrap_keys",
 ]

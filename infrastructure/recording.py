@@ -40,7 +40,8 @@ from ..domain.errors import ConfigurationError
 from ..domain.tenancy import DEFAULT_TENANT, scoped_key
 from ..domain.visitor import Visitor
 from .hashchain import EventRow, as_uuid
-from .key_providers import KeyProvider, is_wrapped, open_wrapped, wrap_keys
+from .key_providers import KeyProvider
+from .wrapped_keys import is_wrapped, open_wrapped, wrap_keys
 
 HASHES = "chatledger_event_hashes"
 KEYS = "chatledger_keys"

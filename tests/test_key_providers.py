@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from chatledger.infrastructure.key_providers import (
     MasterKeys,
     VaultKeyProvider,
     new_master_key,
-    open_wrapped,
 )
+from chatledger.infrastructure.wrapped_keys import open_wrapped
 from chatledger.infrastructure.ledger_recorders import as_ledger_recorder
 
 from .audit_helpers import RawDB
@@ -277,3 +278,38 @@ def test_content_keys_rotate_moves_a_master_key_store_into_a_new_vault_only_when
     assert all(s.startswith(VAULT_PREFIX) for _, s in stored_keys(url).values())
     with ChatLedger.open(url, master_key=K1, key_vault=env["CHATLEDGER_KEY_VAULT"]) as ledger:
         assert texts(ledger, sid) == ["kept-secret"]
+
+
+def test_two_concurrent_rotations_lose_no_key(database_url: str, tmp_path: Path) -> None:
+    """Two processes' ``content-keys rotate`` at once, moving a master-key store into the
+    vault: each wraps every key anew, one compare-and-set per row wins. The vault never
+    replaces a kid's wrapping key, so whichever won, the row opens; every key still opens."""
+    with ChatLedger.open(database_url, master_key=K1) as ledger:
+        sessions = [ledger.receive(f"v-{i}", f"secret-{i}").session_id for i in range(120)]
+    vault = {"key_vault": str(tmp_path / "keys.vault"), "key_vault_create": True}
+    ledgers = [ChatLedger.open(database_url, master_key=K1, **vault) for _ in range(2)]
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def rotate(ledger: ChatLedger) -> None:
+        start.wait()
+        try:
+            rotate_keys(ledger)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=rotate, args=(ledger,)) for ledger in ledgers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for ledger in ledgers:
+        ledger.close()
+    assert not errors
+    assert all(s.startswith(VAULT_PREFIX) for _, s in stored_keys(database_url).values())
+    ledger, recorder = opener(database_url, master_key=K1, **vault)
+    with ledger:
+        rows = stored_keys(database_url)
+        assert set(recorder.open_keys({k: s for k, (_, s) in rows.items()})) == set(rows)
+        assert [texts(ledger, s) for s in sessions] == [[f"secret-{i}"] for i in range(120)]
+        assert ledger.verify().ok
