@@ -55,7 +55,34 @@ def rotate_keys(uow: UnitOfWork) -> KeyRotation:
     destroyed = recorder.destroyed_key_ids()
     if destroyed:
         provider.forget(destroyed)
+    if wrapped:
+        # The rows it replaced held the keys unwrapped (an old store) or under the old
+        # master key: zeroed on SQLite (secure_delete), then out of the WAL; vacuumed on PostgreSQL.
+        recorder.purge_free_space()
     return KeyRotation(type(provider).__name__, provider_rewrapped, wrapped, len(destroyed))
 
 
-__all__ = ["KeyRotation", "new_master_key", "rotate_keys"]
+@dataclass(frozen=True)
+class KeyStatus:
+    """What :func:`key_status` found in ``chatledger_keys``."""
+
+    wrapped: int
+    unwrapped: int
+
+    @property
+    def ok(self) -> bool:
+        """False when a store with wrapped keys also holds unwrapped ones: keys in the clear
+        next to the data (a process without the master key, or an old store not rotated yet:
+        run ``content-keys rotate`` with the master key)."""
+        return not (self.wrapped and self.unwrapped)
+
+
+def key_status(uow: UnitOfWork) -> KeyStatus:
+    recorder = as_ledger_recorder(uow.recorder)
+    if recorder is None:
+        raise ConfigurationError("This ledger's recorder keeps no content keys.")
+    wrapped, unwrapped = recorder.wrapped_key_count()
+    return KeyStatus(wrapped, unwrapped)
+
+
+__all__ = ["KeyRotation", "KeyStatus", "key_status", "new_master_key", "rotate_keys"]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from .cli_options import DatabaseOption, open_ledger
+from .cli_options import DatabaseOption, OptionalText, open_ledger
 
 if TYPE_CHECKING:
     from ..application.backups import BackupCheck
@@ -24,6 +24,14 @@ content_keys_app = typer.Typer(
 console = Console(highlight=False)
 
 FolderArgument = Annotated[Path, typer.Argument(help="The backup folder.")]
+AnchorOption = Annotated[
+    OptionalText,
+    typer.Option(
+        "--anchor",
+        help="ROOT@POSITION published outside the backup (chatledger audit anchor): the "
+        "restored log must hash to it (the manifest alone is not authenticated).",
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -68,19 +76,23 @@ def restore(
             help="The new store: a new SQLite file or an empty PostgreSQL schema.",
         ),
     ],
+    anchor: AnchorOption = None,
 ) -> None:
-    """Check FOLDER's files, load it into an empty store and verify it against the backup's anchor."""
+    """Check FOLDER's files, load it into an empty store, rebuild its read models from the log,
+    and verify it against the backup's anchor (or --anchor)."""
     from ..application.backups import restore_backup
 
-    _report(restore_backup(folder, database), f"restored into {database}")
+    _report(restore_backup(folder, database, anchor=anchor), f"restored into {database}")
 
 
 @backup_app.command("verify")
-def verify(folder: FolderArgument, database: DatabaseOption = None) -> None:
+def verify(
+    folder: FolderArgument, database: DatabaseOption = None, anchor: AnchorOption = None
+) -> None:
     """Restore FOLDER into a scratch store (PostgreSQL: a new schema of --database) and verify it."""
     from ..application.backups import verify_backup
 
-    _report(verify_backup(folder, database), f"backup {folder}")
+    _report(verify_backup(folder, database, anchor=anchor), f"backup {folder}")
 
 
 @content_keys_app.command("new-master")
@@ -114,6 +126,18 @@ def rotate(
     with open_ledger(database, read_only=True) as ledger:
         result = rotate_keys(ledger)
     print(json.dumps(dataclasses.asdict(result)))
+
+
+@content_keys_app.command("status")
+def status(database: DatabaseOption = None) -> None:
+    """Count wrapped and unwrapped content keys; exit 1 if a wrapped store holds unwrapped ones."""
+    from ..application.key_management import key_status
+
+    with open_ledger(database, read_only=True) as ledger:
+        found = key_status(ledger)
+    print(json.dumps({**dataclasses.asdict(found), "ok": found.ok}))
+    if not found.ok:
+        raise typer.Exit(code=1)
 
 
 __all__ = ["backup_app", "content_keys_app", "register"]

@@ -56,6 +56,10 @@ PREFIXES = (MASTER_PREFIX, VAULT_PREFIX, LEGACY_PREFIX)
 _AAD = b"chatledger/content-key/v1|"
 
 
+class AlteredKeyRowError(ConfigurationError):
+    """A wrapped content-key row does not open under its wrapping: it was altered."""
+
+
 @runtime_checkable
 class KeyProvider(Protocol):
     """Wraps and unwraps content keys with a master key kept outside the database."""
@@ -123,7 +127,7 @@ class MasterKeys:
             return key.decrypt(rest[:12], rest[12:], _AAD + kid.encode())
         except InvalidTag as err:
             msg = f"Content key {kid} does not open under master key {mid.decode()!r}: the row was altered."
-            raise ConfigurationError(msg) from err
+            raise AlteredKeyRowError(msg) from err
 
     def is_current(self, blob: bytes) -> bool:
         return blob.partition(b":")[0] == self.current.encode()
@@ -247,7 +251,7 @@ class VaultKeyProvider:
                     )
                 except InvalidTag as err:
                     msg = f"Content key {kid} does not open under its wrapping key: the row was altered."
-                    raise ConfigurationError(msg) from err
+                    raise AlteredKeyRowError(msg) from err
         return found
 
     def forget(self, kids: Sequence[str]) -> None:
@@ -323,6 +327,7 @@ def provider_from_settings(settings: object) -> KeyProvider | None:
 
 
 __all__ = [
+    "AlteredKeyRowError",
     "LEGACY_PREFIX",
     "MASTER_PREFIX",
     "PREFIXES",

@@ -120,8 +120,15 @@ def test_backup_restore_verify_round_trip_with_the_console_script(
             "exists" in again.stderr or "already holds" in again.stderr
         )
         # backup verify restores into a scratch store and removes it.
-        verified = cli("backup", "verify", str(folder), "--database", database_url)
+        verified = cli(
+            "backup", "verify", str(folder), "--database", database_url,
+            "--anchor", manifest["anchor"],
+        )
         assert verified.returncode == 0, verified.stdout + verified.stderr
+        other = cli(
+            "backup", "verify", str(folder), "--database", database_url, "--anchor", f"{'0' * 64}@1"
+        )
+        assert other.returncode == 1 and "anchor" in other.stdout
     finally:
         if not target.startswith("sqlite"):
             drop_schema(make_url(target).query["schema"])  # type: ignore[arg-type]
@@ -270,6 +277,43 @@ def test_an_erasure_reaches_a_backup_taken_before_it(database_url: str, tmp_path
             assert copy.memory(user_id="user-b").display_name == "bravo-slot-value"
             user_b = [m.text for m in copy.transcript(user_id="user-b").messages]
             assert user_b == ["bravo-secret-text"]
+    finally:
+        if not target.startswith("sqlite"):
+            drop_schema(make_url(target).query["schema"])  # type: ignore[arg-type]
+
+
+def test_a_tampered_key_row_is_a_reported_break_and_a_published_anchor_is_checked(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A wrapped key row altered in the backup is reported (``altered key``), not a crash;
+    a restored event count that is not the manifest's is reported; and ``anchor=`` (one
+    published elsewhere) is checked, not just the manifest next to the copy."""
+    options = {
+        "master_key": new_master_key("k1"),
+        "key_vault": str(tmp_path / "vault"),
+        "key_vault_create": True,
+    }
+    with ChatLedger.open(database_url, **options) as ledger:
+        ledger.receive("v-a", "alpha").session_id
+        ledger.receive("v-b", "bravo").session_id
+        published = ledger.anchor()
+        ledger.receive("v-c", "charlie")
+        create_backup(ledger, tmp_path / "b")
+    good = verify_backup(tmp_path / "b", database_url, anchor=published, **options)
+    assert good.ok, good.problems
+    wrong = verify_backup(tmp_path / "b", database_url, anchor=f"{'0' * 64}@1", **options)
+    assert not wrong.ok and any("anchor" in p for p in wrong.problems)
+    target = other_store(database_url, tmp_path)
+    try:
+        restore_backup(tmp_path / "b", target, verify=False, **options)
+        raw = RawDB(target)
+        kid, stored = raw.execute("SELECT kid, key FROM chatledger_keys")[0]
+        altered = bytearray(bytes(stored))
+        altered[-1] ^= 0x01
+        raw.execute("UPDATE chatledger_keys SET key=? WHERE kid=?", (bytes(altered), kid))
+        with ChatLedger.open(target, **options) as copy:
+            report = copy.verify()
+        assert not report.ok and any(b.kind == "altered key" for b in report.breaks)
     finally:
         if not target.startswith("sqlite"):
             drop_schema(make_url(target).query["schema"])  # type: ignore[arg-type]

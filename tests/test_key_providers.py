@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from chatledger import ChatLedger, ConfigurationError, ManualClock, SessionPolicy
-from chatledger.application.key_management import rotate_keys
+from chatledger.application.key_management import KeyStatus, key_status, rotate_keys
 from chatledger.domain.erasure import ERASED_TEXT
 from chatledger.infrastructure.key_providers import (
     LEGACY_PREFIX,
@@ -313,3 +313,33 @@ def test_two_concurrent_rotations_lose_no_key(database_url: str, tmp_path: Path)
         assert set(recorder.open_keys({k: s for k, (_, s) in rows.items()})) == set(rows)
         assert [texts(ledger, s) for s in sessions] == [[f"secret-{i}"] for i in range(120)]
         assert ledger.verify().ok
+
+
+def test_a_process_without_the_master_key_stores_no_raw_key_in_a_wrapped_store(
+    database_url: str,
+) -> None:
+    with ChatLedger.open(database_url) as bare:
+        bare.receive("v-old", "stored before any master key")
+    with ChatLedger.open(database_url, master_key=K1) as ledger:
+        ledger.receive("v-new", "a wrapped key")
+        assert not key_status(ledger).ok  # the old raw key: rotate has not run
+        assert key_status(ledger) == KeyStatus(wrapped=1, unwrapped=1)
+        rotate_keys(ledger)
+        assert key_status(ledger).ok
+    before = stored_keys(database_url)
+    with ChatLedger.open(database_url) as bare:
+        with pytest.raises(ConfigurationError, match="unwrapped"):
+            bare.receive("v-third", "would store a raw key")
+        assert bare.current_session("v-third") is None
+    assert stored_keys(database_url) == before
+
+
+def test_rotation_leaves_no_raw_key_bytes_in_the_sqlite_files(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/c.db"
+    with ChatLedger.open(url) as bare:
+        bare.receive("v-old", "stored before any master key")
+    ((_, raw),) = stored_keys(url).values()
+    with ChatLedger.open(url, master_key=K1) as ledger:
+        rotate_keys(ledger)
+        dump = RawDB(url).dump()
+        assert raw not in dump
