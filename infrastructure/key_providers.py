@@ -185,6 +185,10 @@ class VaultKeyProvider:
                 "`chatledger content-keys rotate --create-vault` once."
             )
         try:
+            if create and not os.path.exists(self.path):
+                # Owner-only from the start: SQLite gives the -wal and -shm files the mode
+                # of the database file.
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
             self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA secure_delete=ON")
@@ -196,7 +200,9 @@ class VaultKeyProvider:
             raise ConfigurationError(
                 f"Cannot open the key vault {self.path} ({err}); check key_vault."
             ) from err
-        os.chmod(self.path, 0o600)
+        for name in (self.path, f"{self.path}-wal", f"{self.path}-shm"):
+            if os.path.exists(name):
+                os.chmod(name, 0o600)
 
     def __repr__(self) -> str:
         return f"VaultKeyProvider({self.path!r}, {self.master!r})"
