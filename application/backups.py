@@ -234,7 +234,12 @@ def _rebuild_read_models(target: Settings) -> list[str]:
 def _check_restored(
     target: Settings, manifest: BackupManifest, problems: list[str], url: str, anchor: str | None
 ) -> BackupCheck:
-    if anchor is not None and manifest.anchor is not None and anchor != manifest.anchor:
+    if (
+        anchor is not None
+        and manifest.anchor is not None
+        and anchor != manifest.anchor
+        and anchor.rpartition("@")[2] == manifest.anchor.rpartition("@")[2]
+    ):
         problems.append(f"the manifest's anchor {manifest.anchor} is not the anchor given, {anchor}")
     restored = _Store(target)
     try:

@@ -296,13 +296,26 @@ def test_a_tampered_key_row_is_a_reported_break_and_a_published_anchor_is_checke
     with ChatLedger.open(database_url, **options) as ledger:
         ledger.receive("v-a", "alpha").session_id
         ledger.receive("v-b", "bravo").session_id
-        published = ledger.anchor()
+        ledger.seal()
+        published = ledger.anchor()  # published elsewhere, before the backup
+        assert published is not None
         ledger.receive("v-c", "charlie")
-        create_backup(ledger, tmp_path / "b")
+        manifest = create_backup(ledger, tmp_path / "b")
+    assert manifest.anchor != published
     good = verify_backup(tmp_path / "b", database_url, anchor=published, **options)
     assert good.ok, good.problems
-    wrong = verify_backup(tmp_path / "b", database_url, anchor=f"{'0' * 64}@1", **options)
+    root, _, position = published.partition("@")
+    forged = f"{'0' * 64}@{position}"
+    wrong = verify_backup(tmp_path / "b", database_url, anchor=forged, **options)
     assert not wrong.ok and any("anchor" in p for p in wrong.problems)
+    # A copy rewritten and re-sealed with a fresh manifest passes the manifest's own anchor,
+    # but not the one published before.
+    path = tmp_path / "b" / "manifest.json"
+    data = json.loads(path.read_text())
+    data["anchor"] = forged
+    path.write_text(json.dumps(data))
+    assert not verify_backup(tmp_path / "b", database_url, **options).ok
+    assert not verify_backup(tmp_path / "b", database_url, anchor=published, **options).ok
     target = other_store(database_url, tmp_path)
     try:
         restore_backup(tmp_path / "b", target, verify=False, **options)

@@ -135,7 +135,9 @@ def test_master_key_rotation_keeps_every_event_readable(
         ledger.set_slot(sessions[0], "name", "Ana", scope="user")
         ledger.catch_up()
         seen = [texts(ledger, s) for s in sessions]
+        ledger.seal()
         anchor = ledger.anchor()
+        assert anchor is not None
     before = stored_keys(database_url)
     # The new master key first, the old one still listed: rotate.
     with ChatLedger.open(database_url, master_key=f"{K2},{K1}", **vault) as ledger:
