@@ -47,7 +47,10 @@ def create_statement(schema: str, events_table: str, channel: str) -> Composed:
         "CREATE OR REPLACE FUNCTION {fn}(lock_timeout text, oids uuid[], versions bigint[], topics text[], "
         "states bytea[], hashes bytea[], new_kids text[], new_visitors text[], new_keys bytea[], "
         "owner_ids uuid[], owner_visitors text[], used_kids text[], used_visitors text[]) "
-        "RETURNS SETOF bigint LANGUAGE plpgsql AS $body$ "
+        # Every table is schema-qualified; the built-ins (unnest, set_config, pg_notify,
+        # now) must not resolve to a same-named function another schema on the caller's
+        # search_path defines.
+        "RETURNS SETOF bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $body$ "
         "BEGIN "
         "PERFORM set_config('lock_timeout', lock_timeout, true); "
         "LOCK TABLE {events} IN EXCLUSIVE MODE; "

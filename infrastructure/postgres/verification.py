@@ -160,7 +160,7 @@ class PostgresKeyTables:
     def keys(self, kids: Sequence[str]) -> dict[str, tuple[str, bytes | None]]:
         t = self.recorder.qualified
         rows = self._rows(SQL("SELECT kid, visitor_id, key FROM {} WHERE kid = ANY(%s)").format(t(KEYS)), (list(kids),))
-        opened = self.recorder.open_keys({r["kid"]: bytes(r["key"]) for r in rows})
+        opened = self.recorder.audit_open_keys({r["kid"]: bytes(r["key"]) for r in rows})
         return {r["kid"]: (r["visitor_id"], opened.get(r["kid"])) for r in rows}
 
     def destroyed(self, kids: Sequence[str]) -> set[str]:

@@ -266,6 +266,17 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
             c.execute(f"SELECT kid, key FROM {KEYS}")
             return [(r[0], bytes(r[1])) for r in c.fetchall()]
 
+    def any_wrapped_key(self) -> bool:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT 1 FROM {KEYS} WHERE length(key) > 32 LIMIT 1")
+            return c.fetchone() is not None
+
+    def wrapped_key_count(self) -> tuple[int, int]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT sum(length(key) > 32), sum(length(key) = 32) FROM {KEYS}")
+            wrapped, raw = c.fetchone()
+            return int(wrapped or 0), int(raw or 0)
+
     def destroyed_key_ids(self) -> list[str]:
         with self.datastore.transaction(commit=False) as c:
             c.execute(f"SELECT kid FROM {DESTROYED}")

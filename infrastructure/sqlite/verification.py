@@ -19,7 +19,10 @@ class SQLiteKeyTables:
     """The key tables as ``KeyAudit`` reads them, on the verification's connection."""
 
     def __init__(
-        self, conn: sqlite3.Connection, events_table: str, open_keys: Callable[[dict[str, bytes]], dict[str, bytes]]
+        self,
+        conn: sqlite3.Connection,
+        events_table: str,
+        open_keys: Callable[[dict[str, bytes]], dict[str, bytes | None]],
     ) -> None:
         self.conn = conn
         self.events_table = events_table
@@ -74,7 +77,7 @@ class SQLiteVerification(KeyCodec):
                     params,
                 )
             )
-            tables = SQLiteKeyTables(conn, self.events_table_name, self.open_keys)
+            tables = SQLiteKeyTables(conn, self.events_table_name, self.audit_open_keys)
             if key_audit is not None:
                 events = key_audit.watch(events, tables)
             report = self._verify_sqlite(conn, events, report, originator_id, params)
