@@ -34,10 +34,13 @@ from ..recording import DESTROYED, HASHES, KEYS, KEY_OWNERS, KeyRow, LedgerRecor
 from ..sealing import SEALS, Seal, next_seal
 from . import insert_function
 from .key_rows import PostgresKeyRows
+from .removal import PostgresRemoval
 from .verification import PostgresVerification
 
 
-class PostgresLedgerRecorder(PostgresVerification, PostgresKeyRows, LedgerRecorderMixin, PostgresApplicationRecorder):
+class PostgresLedgerRecorder(
+    PostgresVerification, PostgresKeyRows, PostgresRemoval, LedgerRecorderMixin, PostgresApplicationRecorder
+):
     """eventsourcing's PostgreSQL recorder plus the hash chain and the key tables."""
 
     datastore: PostgresDatastore
