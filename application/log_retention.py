@@ -50,7 +50,7 @@ from ..infrastructure.sealing import Anchor
 from ..projections.analytics import sessions_table
 from .audit import chained
 from .repository import LedgerRepository
-from .retention import _archive_line, read_archive
+from .retention import archive_line, read_archive
 from .sweeper import check_now
 from .unit_of_work import UnitOfWork
 
@@ -126,7 +126,7 @@ def remove_archived_sessions(
         path = directory / f"{run}-{len(paths) + 1:04d}.jsonl.gz"
         with gzip.open(path, "wt", encoding="utf-8") as out:
             for session, _ in batch.values():
-                out.write(json.dumps(_archive_line(uow, session, keys)) + "\n")
+                out.write(json.dumps(archive_line(uow, session, keys)) + "\n")
         with path.open("rb") as written:
             os.fsync(written.fileno())
         n_sessions, n_events = _remove(uow, batch, path, kept, sealed_through, when)

@@ -154,7 +154,7 @@ def archive_closed_sessions(
                 if s is not None and s.archived_at is None
             ]
             for session in sessions:
-                out.write(json.dumps(_archive_line(uow, session, keys)) + "\n")
+                out.write(json.dumps(archive_line(uow, session, keys)) + "\n")
             out.flush()
             os.fsync(out.fileno())
             done = _record_archived(uow, sessions, path.name, when)
@@ -204,7 +204,7 @@ def _archive_aad(session_id: str) -> bytes:
     return json.dumps([ARCHIVE_AAD, session_id]).encode()
 
 
-def _archive_line(
+def archive_line(
     uow: UnitOfWork, session: Session, keys: dict[str, tuple[str, bytes] | None]
 ) -> dict[str, object]:
     """One session's archive line, its content encrypted under its visitor's key."""

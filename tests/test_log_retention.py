@@ -128,6 +128,7 @@ def test_anchor_before_removal_verifies_and_deleting_without_a_record_is_tamperi
         ledger.close()
 
 
+@pytest.mark.slow
 def test_a_changed_chain_row_of_a_removed_session_is_detected(
     database_url: str, clock: ManualClock, tmp_path: Path
 ) -> None:
@@ -147,6 +148,7 @@ def test_a_changed_chain_row_of_a_removed_session_is_detected(
         ledger.close()
 
 
+@pytest.mark.slow
 def test_an_altered_archive_is_reported(database_url: str, clock: ManualClock, tmp_path: Path) -> None:
     import gzip
     import json
@@ -196,6 +198,7 @@ def test_a_projection_behind_the_removal_applies_every_remaining_event_once(
         reader.close()
 
 
+@pytest.mark.slow
 def test_a_visitor_whose_sessions_were_removed_comes_back_and_can_be_erased(
     database_url: str, clock: ManualClock, tmp_path: Path
 ) -> None:
@@ -218,6 +221,7 @@ def test_a_visitor_whose_sessions_were_removed_comes_back_and_can_be_erased(
         ledger.close()
 
 
+@pytest.mark.slow
 def test_bad_arguments_and_tenant_handles_remove_nothing(database_url: str, clock: ManualClock, tmp_path: Path) -> None:
     ledger = ChatLedger.open(database_url, clock=clock)
     try:
