@@ -5,7 +5,13 @@ Every test runs on a real SQLite file and on PostgreSQL (``database_url``)."""
 
 from __future__ import annotations
 
+import gzip
+import json
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -150,9 +156,6 @@ def test_a_changed_chain_row_of_a_removed_session_is_detected(
 
 @pytest.mark.slow
 def test_an_altered_archive_is_reported(database_url: str, clock: ManualClock, tmp_path: Path) -> None:
-    import gzip
-    import json
-
     ledger = ChatLedger.open(database_url, clock=clock)
     try:
         _story(ledger, clock)
@@ -237,3 +240,41 @@ def test_bad_arguments_and_tenant_handles_remove_nothing(database_url: str, cloc
         assert log_head(ledger) == head
     finally:
         ledger.close()
+
+
+SCRIPT = shutil.which("chatledger", path=str(Path(sys.executable).parent))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    assert SCRIPT is not None, "pip install -e . first"
+    return subprocess.run([SCRIPT, *args], check=False, capture_output=True, text=True, timeout=120, env=dict(os.environ))
+
+
+def test_the_console_script_purges_and_verifies_the_archive(
+    database_url: str, clock: ManualClock, tmp_path: Path
+) -> None:
+    """``chatledger retention purge`` then ``chatledger audit verify --archive``: the
+    sessions of the story are months old on the real clock."""
+    ledger = ChatLedger.open(database_url, clock=clock)
+    try:
+        old = _story(ledger, clock)
+    finally:
+        ledger.close()
+    archive = tmp_path / "archive"
+    done = _cli("retention", "purge", "--older-than-days", "30", "--archive-dir", str(archive), "-d", database_url, "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert (doc["archived"], doc["removed_sessions"]) == (3, 3)
+    checked = _cli("audit", "verify", "--archive", str(archive), "-d", database_url)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    said = " ".join(checked.stdout.split())  # rich wraps long lines
+    assert f"removed by retention: {doc['removed_events']} events" in said
+    assert "3 of 3 removed sessions agree with the log" in said
+    path = Path(doc["removal_archives"][0])
+    lines = gzip.decompress(path.read_bytes()).decode().splitlines()
+    path.write_bytes(gzip.compress(("\n".join(lines[:-1]) + "\n").encode()))  # a line lost
+    broken = _cli("audit", "verify", "--archive", str(archive), "-d", database_url)
+    assert broken.returncode == 1
+    said = " ".join(broken.stdout.split())
+    assert "archive mismatch" in said and json.loads(lines[-1])["session_id"] in said
+    assert json.loads(lines[-1])["session_id"] in {str(sid) for sid in old}
