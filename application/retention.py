@@ -252,7 +252,7 @@ class ArchivedSession(BaseModel):
     """Every event of the session as archived, or ``"[erased]"``."""
     stored: list[tuple[int, str, str]] | None = None
     """``(version, topic, base64 of the stored bytes)`` of every event, as the log
-    stored (and hash-chained) them; None in archives written before 0.7 and when
+    stored (and hash-chained) them; None in archives of earlier releases and when
     the visitor's key was destroyed after archiving."""
 
 

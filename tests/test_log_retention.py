@@ -250,6 +250,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([SCRIPT, *args], check=False, capture_output=True, text=True, timeout=120, env=dict(os.environ))
 
 
+@pytest.mark.slow
 def test_the_console_script_purges_and_verifies_the_archive(
     database_url: str, clock: ManualClock, tmp_path: Path
 ) -> None:
