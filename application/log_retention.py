@@ -44,6 +44,7 @@ from sqlalchemy import select
 from ..domain.errors import InvalidCommandError
 from ..domain.retention import RemovedSession, RetentionRecord, SessionSummary
 from ..domain.session import Session
+from ..domain.tenancy import DEFAULT_TENANT
 from ..infrastructure.hashchain import GENESIS, ChainBreak, VerificationReport, event_hash, removed_sessions
 from ..infrastructure.removal import RemovalConflictError
 from ..infrastructure.sealing import Anchor
@@ -98,7 +99,7 @@ def remove_archived_sessions(
         raise InvalidCommandError(
             f"older_than={older_than!r} must be a positive timedelta, e.g. timedelta(days=90)."
         )
-    if uow.tenant_id != "default":
+    if uow.tenant_id != DEFAULT_TENANT:
         raise InvalidCommandError("Removing events from the log acts on every tenant: the operator's ledger does it.")
     started = time.perf_counter()
     when = uow.now(now)
