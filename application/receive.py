@@ -99,7 +99,7 @@ def receive_once(
         and visitor.current_session_id is not None
         and (explicit is None or explicit.id != visitor.current_session_id)
     ):
-        current = uow.get_session(visitor.current_session_id, cached=True)
+        current = uow.kept_session(visitor.current_session_id, cached=True)  # None: removed by retention
 
     if client_message_id is not None:
         for candidate in recent_sessions(uow, explicit, current):
@@ -138,7 +138,7 @@ def receive_once(
     if previous is not None and not previous.pending_events and not uow.fresh_read(cached=True):
         # Not written by this receive, so a stale copy would not conflict; and an
         # erasure appends to closed sessions: its slots are carried over from the store.
-        previous = uow.get_session(previous.id)
+        previous = uow.kept_session(previous.id)  # None: removed by log retention meanwhile
     session = Session.start(
         session_id=uuid7(now),
         visitor_id=visitor_id,
@@ -176,10 +176,11 @@ def recent_sessions(uow: UnitOfWork, *sessions: Session | None) -> Iterator[Sess
         previous = session.previous_session_id
         if previous is not None and previous not in seen:
             seen.add(previous)
-            found = uow.get_session(previous, cached=True)
-            if found.status == "active":
-                found = uow.get_session(previous)
-            yield found
+            found = uow.kept_session(previous, cached=True)
+            if found is not None and found.status == "active":
+                found = uow.kept_session(previous)
+            if found is not None:  # None: removed by log retention
+                yield found
 
 
 def unwritten_duplicate(uow: UnitOfWork, others: list[Session], client_message_id: str) -> Received | None:

@@ -133,8 +133,8 @@ def link_identity(
             return VisitorState.of(visitor)
         session = None
         if visitor.current_session_id is not None:
-            session = uow.get_session(visitor.current_session_id)
-            if session.status == "active" and not session.is_expired(now):
+            session = uow.kept_session(visitor.current_session_id)  # None: removed by retention
+            if session is not None and session.status == "active" and not session.is_expired(now):
                 session.link_identity(user_id, at=max(now, session.latest_event_at))
         uow.save_and_hand_over(visitor, session)
         return VisitorState.of(visitor)

@@ -223,6 +223,13 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
             raise UnknownSessionError(session_id)  # another tenant's: as if there were none
         return session
 
+    def kept_session(self, session_id: UUID, *, cached: bool = False) -> Session | None:
+        """A session a visitor names, or None if log retention removed its events."""
+        try:
+            return self.get_session(session_id, cached=cached)
+        except UnknownSessionError:
+            return None
+
     def scope(self, all_tenants: bool, what: str = "all_tenants=True") -> str | None:
         """The tenant a store-wide-capable call works on: this one's, or None (every
         tenant): the operator's, the default tenant's ledger only; a named tenant's

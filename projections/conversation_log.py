@@ -29,6 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ..domain.batching import batched
 from ..domain.erasure import ERASED_TEXT
+from ..domain.retention import RetentionRecord
 from ..domain.session import Session
 from ..domain.tenancy import DEFAULT_TENANT
 from ..domain.visitor import Visitor
@@ -285,6 +286,9 @@ class ConversationLog(HandlerTableReadModel):
         transcript of an archived session is empty, not unknown."""
         self.archived.add(str(e.originator_id))
 
+    def _removed(self, e: RetentionRecord.Removed, notification_id: int) -> None:  # as archived
+        self.archived.update(str(s.session_id) for s in e.sessions)
+
     handlers_take_position = True  # message rows record their notification id
     handlers: ClassVar[dict[type, Any]] = {
         Session.Started: _started,
@@ -292,6 +296,7 @@ class ConversationLog(HandlerTableReadModel):
         Session.MessageSent: _message,
         Session.IdentityLinked: _session_linked,
         Session.Archived: _archived,
+        RetentionRecord.Removed: _removed,
         Visitor.Registered: _visitor_registered,
         Visitor.IdentityLinked: _visitor_linked,
         Visitor.DataErased: _data_erased,

@@ -30,6 +30,7 @@ from eventsourcing.utils import get_topic
 from sqlalchemy import select
 
 from ..domain.batching import batched
+from ..domain.retention import RetentionRecord
 from ..domain.session import Session
 from ..domain.tenancy import scoped_key
 from ..domain.visitor import Visitor
@@ -286,6 +287,14 @@ def _archived(self: UserMemory, e: Session.Archived) -> None:
         self.sessions.delete(sid)
 
 
+def _removed(self: UserMemory, e: RetentionRecord.Removed) -> None:
+    """Log retention removed the sessions: as archived (for a model behind it)."""
+    for removed in e.sessions:
+        sid = str(removed.session_id)
+        if self.sessions.get(self.view.conn, sid) is not None:
+            self.sessions.delete(sid)
+
+
 def _data_erased(self: UserMemory, e: Visitor.DataErased) -> None:
     """Blank what the erased visitors said: their sessions' slot values, and in
     each profile they fed, the preferences they set and the left-off slots of
@@ -365,6 +374,7 @@ _HANDLERS: dict[type, Any] = {
     Session.TimedOut: UserMemory.closed,
     Session.Ended: UserMemory.closed,
     Session.Archived: _archived,
+    RetentionRecord.Removed: _removed,
     Visitor.Registered: UserMemory.visitor_registered,
     Visitor.IdentityLinked: UserMemory.visitor_linked,
     Visitor.DataErased: _data_erased,

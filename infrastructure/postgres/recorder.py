@@ -35,10 +35,13 @@ from ..sealing import SEALS, Seal, next_seal
 from . import insert_function
 from .array_params import bytea_array, int8_array, text_array, uuid_array
 from .key_rows import PostgresKeyRows
+from .removal import PostgresRemoval
 from .verification import PostgresVerification
 
 
-class PostgresLedgerRecorder(PostgresVerification, PostgresKeyRows, LedgerRecorderMixin, PostgresApplicationRecorder):
+class PostgresLedgerRecorder(
+    PostgresVerification, PostgresKeyRows, PostgresRemoval, LedgerRecorderMixin, PostgresApplicationRecorder
+):
     """eventsourcing's PostgreSQL recorder plus the hash chain and the key tables."""
 
     datastore: PostgresDatastore

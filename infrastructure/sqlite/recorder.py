@@ -24,6 +24,7 @@ from ..hashchain import as_uuid, chain_rows_by_hex
 from ..recording import DESTROYED, HASHES, KEYS, KEY_OWNERS, KeyRow, LedgerRecorderMixin, key_work
 from ..sealing import SEALS, Seal, next_seal
 from .queries import PAIRS_PER_QUERY, sqlite_select_in
+from .removal import SQLiteRemoval
 from .verification import SQLiteVerification
 
 
@@ -52,7 +53,7 @@ def plain_delete(c: SQLiteCursor) -> None:
     c.execute("PRAGMA secure_delete=OFF")
 
 
-class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplicationRecorder):
+class SQLiteLedgerRecorder(SQLiteVerification, SQLiteRemoval, LedgerRecorderMixin, SQLiteApplicationRecorder):
     """eventsourcing's SQLite recorder plus the hash chain and the key tables."""
 
     datastore: SQLiteDatastore

@@ -9,8 +9,9 @@ from uuid import UUID
 
 from eventsourcing.sqlite import SQLiteDatastore
 
-from ..hashchain import EventRow, HashRow, VerificationReport, verify_rows
+from ..hashchain import EventRow, HashRow, VerificationReport, removed_sessions, verify_rows
 from ..recording import DESTROYED, ERASURE_TOPIC, HASHES, KEYS, KEY_OWNERS, KeyAuditor, KeyCodec
+from ..removal import REMOVED_TOPIC
 from ..sealing import SEALS, Anchor, Seal, check_seals
 from .queries import sqlite_select_in
 
@@ -107,6 +108,9 @@ class SQLiteVerification(KeyCodec):
         params: tuple[Any, ...],
     ) -> VerificationReport:
         where = "WHERE originator_id=? " if originator_id else ""
+        removed = removed_sessions(
+            bytes(r[0]) for r in conn.execute(f"SELECT state FROM {self.events_table_name} WHERE topic=?", (REMOVED_TOPIC,))
+        )
         hashes = (
             HashRow(r[0], UUID(r[1]), r[2], bytes(r[3]), bytes(r[4]))
             for r in conn.execute(
@@ -116,7 +120,7 @@ class SQLiteVerification(KeyCodec):
             )
         )
         if originator_id is None:
-            return verify_rows(events, hashes, report)
+            return verify_rows(events, hashes, report, removed=removed)
         prev_logs = {
             r[0]: bytes(r[1])
             for r in conn.execute(
@@ -127,7 +131,7 @@ class SQLiteVerification(KeyCodec):
             )
             if r[1] is not None
         }
-        return verify_rows(events, hashes, report, check_log_chain=False, prev_log_hash=prev_logs)
+        return verify_rows(events, hashes, report, check_log_chain=False, prev_log_hash=prev_logs, removed=removed)
 
     def newest_anchor(self) -> str | None:
         with self.datastore.transaction(commit=False) as c:
