@@ -1,11 +1,6 @@
-"""The PostgreSQL ledger recorder: eventsourcing's ``PostgresApplicationRecorder``
-plus the hash chain and the key tables (see :mod:`chatledger.infrastructure.recording`).
-
-Only eventsourcing's public surface is used: ``insert_events`` is replaced as a
-whole, with the library's public statements (``lock_table_statements``,
-``channel_name``, ``insert_events_statement``, ``construct_pg_stored_event``),
-and the tables are declared by appending to ``sql_create_statements``.
-"""
+"""eventsourcing's ``PostgresApplicationRecorder`` plus the hash chain and the key tables
+(:mod:`chatledger.infrastructure.recording`), on the library's public surface only: ``insert_events``
+replaced as a whole with its public statements; tables appended to ``sql_create_statements``."""
 
 from __future__ import annotations
 
