@@ -291,30 +291,16 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
     # ------------------------------------------------------------------ saving
 
     def save(self, *objs: Any, **kwargs: Any) -> Any:
-        """Record the pending events of ``objs`` in one transaction (the
-        library's ``save``, through the group commit of :attr:`events`), then
-        keep the cache and the snapshots cheap:
-
-        - a snapshot due at the version an aggregate was just saved at is taken
-          from that aggregate (see :meth:`take_snapshot`), not rebuilt from the
-          store;
-        - a copy of each saved aggregate goes into the aggregate cache unless
-          the cache holds a newer version already, so the next command writes
-          against it without reading the store. Only committed state is cached.
-
-        On a command's first attempt (which may have decided on cached copies)
-        a save with nothing to write raises a conflict, so the command is re-run
-        on fresh reads: a decision to write nothing is not taken on a copy that
-        may be stale.
-        """
+        """Record the pending events of ``objs`` in one transaction (through the group commit of
+        :attr:`events`); a snapshot due is taken from the saved aggregate (:meth:`take_snapshot`), and
+        a copy of each saved aggregate goes into the cache (committed state only, never over a newer
+        version). On a command's first attempt (maybe decided on cached copies) a save with nothing
+        to write raises a conflict, so the command is re-run on fresh reads."""
         return self._save(objs, kwargs, copy_to_cache=True)
 
     def save_and_hand_over(self, *objs: Any) -> Any:
-        """:meth:`save` for a command that is done with ``objs``: it only reads
-        them afterwards, to answer. The saved aggregates go into the cache as
-        they are instead of as copies (the cache never hands out its own
-        object: every read copies it), which saves a deep copy per aggregate
-        per command."""
+        """:meth:`save` for a command done with ``objs`` (it only reads them afterwards, to answer):
+        they go into the cache as they are, not copied (every read of the cache copies)."""
         return self._save(objs, {}, copy_to_cache=False)
 
     def _save(self, objs: tuple[Any, ...], kwargs: dict[str, Any], *, copy_to_cache: bool) -> Any:
@@ -347,13 +333,9 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
         return recordings
 
     def save_aggregates(self, items: list[Aggregate], aggregates: dict[UUID, Aggregate]) -> Any:
-        """What the library's ``Application.save`` does with aggregates, minus
-        its per-object ``isinstance`` checks against runtime-checkable
-        Protocols (tens of microseconds each on Python 3.11): their pending
-        events in one ``events.put``, then the snapshots its interval rule
-        makes due (:meth:`take_snapshot`). Its ``notify`` hooks are no-ops
-        (chatledger overrides neither) and its cache write is off (the
-        repository fast-forwards), so neither is called."""
+        """The library's ``Application.save`` for aggregates without its per-object runtime Protocol
+        checks (tens of µs each): pending events in one ``events.put``, then the snapshots its
+        interval rule makes due. Its ``notify`` hooks are no-ops here and its cache write is off."""
         events = [event for obj in items for event in obj.collect_events()]
         recordings = self.events.put(events)
         intervals = self.snapshotting_intervals
@@ -393,14 +375,9 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
         version: int | None = None,
         projector_func: Any = project_aggregate,
     ) -> None:
-        """Snapshot an aggregate at ``version``.
-
-        While :meth:`save` runs, the aggregate being saved is at exactly that
-        version, with every event applied and recorded: its snapshot is taken
-        from it directly. The library would rebuild the same state from the
-        previous snapshot and the events since (a read and a validation of up
-        to ``snapshot_interval`` events inside every hundredth command).
-        """
+        """Snapshot an aggregate at ``version``: while :meth:`save` runs, from the aggregate being
+        saved (at exactly that version, every event recorded), where the library would rebuild it
+        from the previous snapshot and up to ``snapshot_interval`` events."""
         saving = getattr(self._saving, "aggregates", None)
         aggregate = saving.get(aggregate_id) if saving else None
         snapshot_class = getattr(type(aggregate), "Snapshot", None)
