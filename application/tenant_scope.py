@@ -14,6 +14,7 @@ from uuid import UUID
 from eventsourcing.utils import get_topic
 
 from ..domain.errors import UnknownSessionError
+from ..domain.retention import RetentionRecord
 from ..domain.session import Session
 from ..domain.tenancy import DEFAULT_TENANT
 from ..domain.visitor import Visitor
@@ -21,6 +22,10 @@ from .unit_of_work import UnitOfWork, as_uuid
 
 STARTED_TOPIC = get_topic(Session.Started)
 TENANTED_TOPICS = (STARTED_TOPIC, get_topic(Visitor.Registered))  # first events, with the tenant
+OPERATOR_ONLY = ""
+"""The "tenant" of a stream about every tenant (a retention record names sessions of all of
+them): no tenant's name, so only a read of all tenants (the operator's) sees it."""
+OPERATOR_TOPICS = (get_topic(RetentionRecord.Removed),)
 
 
 def stored_tenant(uow: UnitOfWork, first: Any) -> str:
@@ -42,8 +47,8 @@ def stored_tenant(uow: UnitOfWork, first: Any) -> str:
 def stream_tenant(uow: UnitOfWork, notification: Any) -> str:
     """The tenant of the stream a stored event (a notification) belongs to: read
     from the stream's first event (the tenant is never encrypted), remembered by
-    the root ledger; a stream of no tenant (no ``Started``/``Registered`` first)
-    is the default tenant's."""
+    the root ledger; a retention record is :data:`OPERATOR_ONLY`; any other stream of
+    no tenant (no ``Started``/``Registered`` first) is the default tenant's."""
     known: dict[UUID, str] = uow._root.__dict__.setdefault("_stream_tenants", {})
     stream = UUID(str(notification.originator_id))
     tenant = known.get(stream)
@@ -56,6 +61,8 @@ def stream_tenant(uow: UnitOfWork, notification: Any) -> str:
     tenant = DEFAULT_TENANT
     if first is not None and first.topic in TENANTED_TOPICS:
         tenant = stored_tenant(uow, first)
+    elif first is not None and first.topic in OPERATOR_TOPICS:
+        tenant = OPERATOR_ONLY
     if len(known) >= 100_000:
         known.clear()  # a bounded memo: a stream's tenant never changes
     known[stream] = tenant
@@ -90,4 +97,4 @@ def own_session(uow: UnitOfWork, session_id: UUID | str, *, any_aggregate: bool 
     return sid
 
 
-__all__ = ["STARTED_TOPIC", "TENANTED_TOPICS", "own_session", "stored_tenant", "stream_tenant"]
+__all__ = ["OPERATOR_ONLY", "OPERATOR_TOPICS", "STARTED_TOPIC", "TENANTED_TOPICS", "own_session", "stored_tenant", "stream_tenant"]

@@ -224,6 +224,27 @@ def test_a_visitor_whose_sessions_were_removed_comes_back_and_can_be_erased(
         ledger.close()
 
 
+def test_the_retention_record_is_in_no_tenants_feed(database_url: str, clock: ManualClock, tmp_path: Path) -> None:
+    """The record names sessions of every tenant (visitor and user ids): only a read of all
+    tenants sees it, not the default tenant's feed (nor its webhooks and HTTP /events)."""
+    ledger = ChatLedger.open(database_url, clock=clock)
+    try:
+        acme = ledger.tenant("acme")
+        sid = acme.receive(visitor_id="alice@acme.example", text="hi").session_id
+        acme.link_identity(visitor_id="alice@acme.example", user_id="crm-4711")
+        acme.end_session(sid)
+        clock.advance(days=2)
+        assert ledger.archive_closed_sessions(timedelta(days=1), tmp_path, all_tenants=True).archived == 1
+        assert remove_archived_sessions(ledger, timedelta(days=1), tmp_path).removed_sessions == 1
+        removed = "RetentionRecord.Removed"
+        assert [e.type for e in ledger.events_after(0, all_tenants=True)].count(removed) == 1
+        for feed in (ledger.events_after(0), acme.events_after(0)):
+            assert removed not in [e.type for e in feed]
+        assert "crm-4711" not in json.dumps([e.data for e in ledger.events_after(0)])  # acme's, not default's
+    finally:
+        ledger.close()
+
+
 @pytest.mark.slow
 def test_bad_arguments_and_tenant_handles_remove_nothing(database_url: str, clock: ManualClock, tmp_path: Path) -> None:
     ledger = ChatLedger.open(database_url, clock=clock)
