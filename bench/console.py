@@ -95,7 +95,7 @@ def main() -> None:
         day = clock() - timedelta(days=1)
         last = max(e.occurred_at for e in ledger.session_events(sid))
         api: dict[str, Callable[[], Any]] = {
-            "/console/": lambda: (ledger.analytics(), [ledger.resessionize(timedelta(minutes=m)) for m in TIMEOUTS]),
+            "/console/": lambda: (ledger.analytics(), ledger.timeout_curve([timedelta(minutes=m) for m in TIMEOUTS])),
             "/console/sessions": lambda: ledger.transcript(start=day),
             f"/console/sessions/{sid}": lambda: (ledger.session_events(sid), ledger.session(sid, as_of=last)),
             "/console/audit": lambda: ledger.verify(),

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from html import escape
 from typing import Any
 
-from ... import Analytics, Resessionized, SessionState
+from ... import Analytics, SessionState, TimeoutCurve
 from ..report import duration_histogram
 
 CSS = """
@@ -95,7 +95,7 @@ def minutes(t: timedelta) -> str:
     return f"{t.total_seconds() / 60:g} min"
 
 
-def analytics_page(a: Analytics, curve: list[Resessionized], configured: timedelta) -> str:
+def analytics_page(a: Analytics, curve: TimeoutCurve, configured: timedelta) -> str:
     e = a.engagement
     rules = [
         f"at least {e.min_duration.total_seconds():g} s from first to last message"
@@ -124,7 +124,7 @@ def analytics_page(a: Analytics, curve: list[Resessionized], configured: timedel
     hours = [(f"{h:02d}:00", a.sessions_per_hour.get(h, 0)) for h in range(24)]
     channels = sorted(a.sessions_per_channel.items(), key=lambda kv: -kv[1])
     reasons = sorted(a.end_reasons.items(), key=lambda kv: -kv[1])
-    sens = [(minutes(r.timeout), r.sessions) for r in curve]
+    sens = [(minutes(p.timeout), p.sessions) for p in curve.points]
     charts = "".join(
         [
             chart(

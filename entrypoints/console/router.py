@@ -104,11 +104,10 @@ def console_router() -> APIRouter:
         led, since, until = ledger(request), when(start), when(end)
         result = await led.run("analytics", lambda: led.sync.analytics(start=since, end=until))
         curve = await led.run(
-            "resessionize",
-            lambda: [
-                led.sync.resessionize(timedelta(minutes=m), start=since, end=until)
-                for m in TIMEOUTS
-            ],
+            "timeout_curve",
+            lambda: led.sync.timeout_curve(
+                [timedelta(minutes=m) for m in TIMEOUTS], start=since, end=until
+            ),
         )
         return HTMLResponse(pages.analytics_page(result, curve, led.sync.policy.idle_timeout))
 
