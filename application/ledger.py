@@ -166,10 +166,10 @@ class ChatLedger(UnitOfWork):
         """The session exactly as the live API showed it at ``until``, from the log."""
         return reads.replay(self, session_id, until=until)
 
-    @checked(session_id=opt(arg.SID))
-    def verify(self, session_id: UUID | str | None = None, *, anchor: str | None = None) -> VerificationReport:
-        """Recompute the hash chains and seals of the whole log (or one session's chain)."""
-        return audit.verify_log(self, session_id, anchor)
+    @checked(session_id=opt(arg.SID), incremental=arg.flag_arg)
+    def verify(self, session_id: UUID | str | None = None, *, anchor: str | None = None, incremental: bool = False) -> VerificationReport:
+        """Recompute the hash chains and seals of the log (or one session's chain); ``incremental``: trust seals verified before."""
+        return audit.verify_log(self, session_id, anchor, incremental)
 
     def seal(self) -> int:
         """Seal the committed events after the last seal; how many it sealed."""

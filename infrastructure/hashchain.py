@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from hashlib import sha256
 from itertools import islice
 from operator import itemgetter, lt
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
 if TYPE_CHECKING:
@@ -124,6 +124,12 @@ class VerificationReport:
     tail_count: int = 0  # hash rows after the sealed range: only per-aggregate chained
     tail_first: tuple[UUID, int] | None = None  # (aggregate, version) of the oldest of them
     tail_age_s: float | None = None  # how long ago it occurred (business clock)
+    # An incremental check (verify(incremental=True)): seals 1..trusted_seals (positions up to
+    # trusted_through) were verified by an earlier check, at trusted_since (ISO), and not re-hashed.
+    trusted_seals: int = 0
+    trusted_through: int = 0
+    trusted_since: str = ""
+    checked_seals: list[Any] = field(default_factory=list, repr=False)  # the seal rows this check read
 
     @property
     def ok(self) -> bool:
@@ -153,6 +159,7 @@ class VerificationReport:
             "seal_root": self.seal_root,
             "seals": self.seals,
             "unsealed_tail": {"count": self.tail_count, "age_seconds": self.tail_age_s},
+            "trusted": {"seals": self.trusted_seals, "through": self.trusted_through, "since": self.trusted_since},
             "break_count": self.break_count,
             "breaks": [vars(b) for b in self.breaks],
         }
@@ -165,6 +172,8 @@ def verify_rows(
     *,
     check_log_chain: bool = True,
     prev_log_hash: dict[int, bytes] | None = None,
+    prior: dict[UUID, tuple[int, bytes]] | None = None,
+    prev_log: bytes = GENESIS,
 ) -> VerificationReport:
     """Merge-join events and hash rows (both in notification order) and check each link.
 
@@ -172,10 +181,11 @@ def verify_rows(
     altered row is reported once instead of breaking everything after it, and a
     row re-hashed by hand breaks its successor's link instead.
     ``prev_log_hash`` maps a position to the stored log hash of the row before it,
-    for a partial (one-aggregate) verification with ``check_log_chain=False``.
+    for a partial (one-aggregate) verification with ``check_log_chain=False``. ``prior`` and
+    ``prev_log``: the stored ``(version, event_hash)`` of each aggregate's last event and the stored
+    log hash before the first row, for a check of the rows after a position (incremental).
     """
-    last: dict[UUID, tuple[int, bytes]] = {}
-    prev_log = GENESIS
+    last: dict[UUID, tuple[int, bytes]] = dict(prior or {})  # an incremental check: the stored predecessors
     ev_it: Iterator[EventRow] = iter(events)
     h_it: Iterator[HashRow] = iter(hashes)
     e = next(ev_it, None)
