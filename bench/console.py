@@ -121,7 +121,7 @@ def main() -> None:
     try:
         for page in api:
             scope = "auditor" if "audit" in page else "analyst"
-            with httpx.Client(base_url=base, timeout=120) as http:
+            with httpx.Client(base_url=base, timeout=900) as http:
                 assert http.post("/console/login", data={"key": keys[scope]}).status_code == 303
 
                 def get(page: str = page, http: httpx.Client = http) -> None:
