@@ -59,6 +59,7 @@ if _TYPE_CHECKING:
         Engagement,
         Memory,
         Resessionized,
+        TimeoutCurve,
         Transcript,
         TranscriptMessage,
     )
@@ -97,6 +98,7 @@ _WHERE = {
     "ProjectionFailure": "chatledger.projections.failures",
     "ProjectionStatus": "chatledger.projections.status",
     "Resessionized": "chatledger.projections.query_results",
+    "TimeoutCurve": "chatledger.projections.query_results",
     "SessionClosedError": "chatledger.application.errors",
     "SessionContext": "chatledger.domain.conversation",
     "SessionOwnershipError": "chatledger.application.errors",
@@ -157,6 +159,7 @@ __all__ = [
     "SessionState",
     "SessionTimedOutError",
     "TaskStateError",
+    "TimeoutCurve",
     "Transcript",
     "TranscriptMessage",
     "Turn",

@@ -325,6 +325,7 @@ class AsyncChatLedger:
         return await self.run("messages", read)
 
     resessionize = offloaded(ChatLedger.resessionize)
+    timeout_curve = offloaded(ChatLedger.timeout_curve)
     memory = offloaded(ChatLedger.memory)
     wait_for = offloaded(ChatLedger.wait_for)
     # Read your writes from asyncio: turn.position, or log_position() after any command (a

@@ -17,6 +17,7 @@ import json
 from collections.abc import Iterator
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
+from weakref import WeakKeyDictionary
 from uuid import UUID
 
 from ..domain.actors import UNRECORDED, Cause
@@ -35,7 +36,7 @@ from ..infrastructure.hashchain import VerificationReport
 from ..infrastructure.key_audit import KeyAudit
 from ..infrastructure.ledger_recorders import as_ledger_recorder
 from ..infrastructure.persistence import PydanticMapper
-from ..infrastructure.sealing import Anchor
+from ..infrastructure.sealing import Anchor, Seal
 from .erasure import visitors_of_user
 from .tenant_scope import own_session
 from .unit_of_work import UnitOfWork
@@ -109,13 +110,31 @@ def iter_history(
         raise UnknownSessionError(session_id)
 
 
+class VerifiedSeals(NamedTuple):
+    """Seals a check of this process verified, from a full check made at ``since`` (business clock)."""
+
+    seals: tuple[Seal, ...]
+    since: datetime
+
+
+_VERIFIED: WeakKeyDictionary[object, VerifiedSeals] = WeakKeyDictionary()
+"""By recorder (one per store and process): what ``verify(incremental=True)`` may trust."""
+
+
 def verify_log(
-    uow: UnitOfWork, session_id: UUID | str | None = None, anchor: str | None = None
+    uow: UnitOfWork, session_id: UUID | str | None = None, anchor: str | None = None, incremental: bool = False
 ) -> VerificationReport:
     """Recompute the hash chains and the seals of the whole log (or one session's chain).
 
     ``anchor`` (``ROOT@POSITION`` from ``chatledger audit anchor``): the log up to
-    that position must still hash to that root (detects truncation)."""
+    that position must still hash to that root (detects truncation).
+
+    ``incremental`` (the console's audit page): the seals an earlier check of this process
+    verified are trusted if their seal rows are unchanged; only the events after the last of
+    them, the seals after it and the keys those events use are checked (``trusted_*`` of the
+    report say what was not re-hashed). Without an earlier clean check (or with an anchor), a
+    full check, which every clean check then extends. A change inside a trusted range shows
+    only in a full check (the default; ``chatledger audit verify``)."""
     recorder = chained(uow.recorder)
     parsed: Anchor | None = None
     if anchor is not None:
@@ -126,7 +145,13 @@ def verify_log(
         except ValueError as e:
             raise InvalidCommandError(str(e)) from None
     if session_id is None:
-        report = _verify_whole(recorder, parsed)
+        cached = _VERIFIED.get(recorder) if incremental and parsed is None else None
+        report = _verify_whole(recorder, parsed, cached)
+        if report.ok:
+            since = cached.since if cached is not None else uow.now(None)
+            _VERIFIED[recorder] = VerifiedSeals(tuple(report.checked_seals), since)
+        else:  # the next incremental check starts from scratch
+            _VERIFIED.pop(recorder, None)
         if report.tail_first is not None:
             oid, version = report.tail_first
             stored = list(recorder.select_events(oid, gt=version - 1, lte=version))
@@ -157,9 +182,15 @@ def anchor(uow: UnitOfWork) -> str | None:
     return chained(uow.recorder).newest_anchor()
 
 
-def _verify_whole(recorder: SQLiteLedgerRecorder | PostgresLedgerRecorder, anchor: Anchor | None) -> VerificationReport:
+def _verify_whole(
+    recorder: SQLiteLedgerRecorder | PostgresLedgerRecorder, anchor: Anchor | None, cached: VerifiedSeals | None
+) -> VerificationReport:
     report = VerificationReport(scope="log")
-    return recorder.verify(report, None, KeyAudit(report, whole_log=True), anchor)
+    trusted = cached.seals if cached is not None else ()
+    if trusted:
+        report.trusted_seals, report.trusted_through = trusted[-1].seq, trusted[-1].last_id
+        report.trusted_since = cached.since.isoformat() if cached is not None else ""
+    return recorder.verify(report, None, KeyAudit(report, whole_log=not trusted), anchor, trusted)
 
 
 def audited_verify(

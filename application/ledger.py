@@ -4,7 +4,7 @@ calls one use case on the ledger's unit of work, built by :mod:`.bootstrap`. See
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import IO, Any, Literal
@@ -23,6 +23,7 @@ from ..projections.query_results import (
     Engagement,
     Memory,
     Resessionized,
+    TimeoutCurve,
     Transcript,
     TranscriptMessage,
 )
@@ -165,10 +166,10 @@ class ChatLedger(UnitOfWork):
         """The session exactly as the live API showed it at ``until``, from the log."""
         return reads.replay(self, session_id, until=until)
 
-    @checked(session_id=opt(arg.SID))
-    def verify(self, session_id: UUID | str | None = None, *, anchor: str | None = None) -> VerificationReport:
-        """Recompute the hash chains and seals of the whole log (or one session's chain)."""
-        return audit.verify_log(self, session_id, anchor)
+    @checked(session_id=opt(arg.SID), incremental=arg.flag_arg)
+    def verify(self, session_id: UUID | str | None = None, *, anchor: str | None = None, incremental: bool = False) -> VerificationReport:
+        """Recompute the hash chains and seals of the log (or one session's chain); ``incremental``: trust seals verified before."""
+        return audit.verify_log(self, session_id, anchor, incremental)
 
     def seal(self) -> int:
         """Seal the committed events after the last seal; how many it sealed."""
@@ -238,11 +239,14 @@ class ChatLedger(UnitOfWork):
         return self.projection_reads.analytics_by_tenant(start=start, end=end, as_of=as_of, engagement=engagement)
 
     @checked(timeout=arg.DURATION, start=opt(arg.TIME), end=opt(arg.TIME))
-    def resessionize(
-        self, timeout: timedelta, *, start: datetime | None = None, end: datetime | None = None
-    ) -> Resessionized:
+    def resessionize(self, timeout: timedelta, *, start: datetime | None = None, end: datetime | None = None) -> Resessionized:
         """Conversation counts had the idle timeout been ``timeout`` (read only)."""
         return self.projection_reads.resessionize(timeout, start=start, end=end)
+
+    @checked(start=opt(arg.TIME), end=opt(arg.TIME))
+    def timeout_curve(self, timeouts: Sequence[timedelta], *, start: datetime | None = None, end: datetime | None = None) -> TimeoutCurve:
+        """:meth:`resessionize`'s conversation count under each of ``timeouts``, in one query (the gaps read model)."""
+        return self.projection_reads.timeout_curve(timeouts, start=start, end=end)
 
     @checked(user_id=opt(arg.ID), visitor_id=opt(arg.ID))
     def memory(self, *, user_id: str | None = None, visitor_id: str | None = None, after: int | None = None) -> Memory:
@@ -272,8 +276,7 @@ class ChatLedger(UnitOfWork):
         """The tenant's (or all) sessions of a retention archive file, decrypted with the stored keys."""
         return retention.read_archive(self, path, all_tenants=self.scope(all_tenants) is None)
 
-    @checked(interval=arg.interval_arg, retention=arg.retention_arg,
-             projections_interval=opt(arg.interval_arg))
+    @checked(interval=arg.interval_arg, retention=arg.retention_arg, projections_interval=opt(arg.interval_arg))
     def start_background_jobs(
         self, interval: float = 30.0, *, retention: RetentionPolicy | None = None,
         projections_interval: float | None = 5.0,
@@ -285,8 +288,7 @@ class ChatLedger(UnitOfWork):
         """Stop the background jobs, if started (:meth:`close` does too)."""
         bootstrap.stop_jobs(self)
 
-    @checked(interval=arg.interval_arg, retention=arg.retention_arg,
-             projections_interval=opt(arg.interval_arg))
+    @checked(interval=arg.interval_arg, retention=arg.retention_arg, projections_interval=opt(arg.interval_arg))
     def background_jobs(
         self, interval: float = 30.0, *, retention: RetentionPolicy | None = None,
         projections_interval: float | None = 5.0,

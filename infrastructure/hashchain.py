@@ -34,7 +34,7 @@ import json
 from hashlib import sha256
 from itertools import islice
 from operator import itemgetter, lt
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
 if TYPE_CHECKING:
@@ -148,6 +148,12 @@ class VerificationReport:
     tail_age_s: float | None = None  # how long ago it occurred (business clock)
     removed: int = 0  # chain rows whose events retention removed, as its records say
     removed_by_archive: dict[str, int] = field(default_factory=dict)
+    # An incremental check (verify(incremental=True)): seals 1..trusted_seals (positions up to
+    # trusted_through) were verified by an earlier check, at trusted_since (ISO), and not re-hashed.
+    trusted_seals: int = 0
+    trusted_through: int = 0
+    trusted_since: str = ""
+    checked_seals: list[Any] = field(default_factory=list, repr=False)  # the seal rows this check read
 
     @property
     def ok(self) -> bool:
@@ -178,6 +184,7 @@ class VerificationReport:
             "seals": self.seals,
             "unsealed_tail": {"count": self.tail_count, "age_seconds": self.tail_age_s},
             "removed_by_retention": {"events": self.removed, "archives": dict(self.removed_by_archive)},
+            "trusted": {"seals": self.trusted_seals, "through": self.trusted_through, "since": self.trusted_since},
             "break_count": self.break_count,
             "breaks": [vars(b) for b in self.breaks],
         }
@@ -191,6 +198,8 @@ def verify_rows(
     check_log_chain: bool = True,
     prev_log_hash: dict[int, bytes] | None = None,
     removed: dict[UUID, Removed] | None = None,
+    prior: dict[UUID, tuple[int, bytes]] | None = None,
+    prev_log: bytes = GENESIS,
 ) -> VerificationReport:
     """Merge-join events and hash rows (both in notification order) and check each link.
 
@@ -201,11 +210,12 @@ def verify_rows(
     for a partial (one-aggregate) verification with ``check_log_chain=False``.
     ``removed``: the sessions retention removed (:func:`removed_sessions`); their
     chain rows without events are counted as removed, not as missing events, and
-    the row of each one's last version must hold the record's head hash.
+    the row of each one's last version must hold the record's head hash. ``prior`` and
+    ``prev_log``: the stored ``(version, event_hash)`` of each aggregate's last event and the stored
+    log hash before the first row, for a check of the rows after a position (incremental).
     """
     removed = removed or {}
-    last: dict[UUID, tuple[int, bytes]] = {}
-    prev_log = GENESIS
+    last: dict[UUID, tuple[int, bytes]] = dict(prior or {})  # an incremental check: the stored predecessors
     ev_it: Iterator[EventRow] = iter(events)
     h_it: Iterator[HashRow] = iter(hashes)
     e = next(ev_it, None)

@@ -27,7 +27,7 @@ range: the seal counts and hashes the rows that are there.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from hashlib import sha256
 from typing import NamedTuple
@@ -96,7 +96,8 @@ def next_seal(last: Seal | None, rows: list[tuple[int, UUID, int, bytes]]) -> Se
 
 
 def check_seals(
-    seals: Iterable[Seal], hashes: Iterable[HashRow], report: VerificationReport, anchor: Anchor | None = None
+    seals: Iterable[Seal], hashes: Iterable[HashRow], report: VerificationReport, anchor: Anchor | None = None,
+    verified: Sequence[Seal] = (),
 ) -> VerificationReport:
     """Recompute every seal from the hash rows and check the anchor (the verify half of the sealer).
 
@@ -106,6 +107,10 @@ def check_seals(
     gap. The stored root of each seal is the next one's predecessor, so one
     change is reported once; the anchor is compared with the root recomputed
     from the rows all the way from the start, so any change before it shows.
+
+    ``verified`` (an incremental check): the seals an earlier check verified; ``hashes`` then
+    start after the last of them. Their stored rows must be unchanged (else ``broken seal``);
+    their ranges are not re-hashed, and the seals after them chain on from the last one's root.
     """
     h_it: Iterator[HashRow] = iter(hashes)
     pending = next(h_it, None)
@@ -113,7 +118,20 @@ def check_seals(
     true_prev = GENESIS
     expected_first = 1
     recomputed_at: dict[int, bytes] = {}
+    trusted = {s.seq: s for s in verified}
+    if verified:
+        last = verified[-1]
+        stored_prev = true_prev = last.root
+        expected_first = last.last_id + 1
+        report.sealed_through, report.seal_root, report.seals = last.last_id, last.root.hex(), last.seq
     for seal in seals:
+        if seal.seq in trusted:
+            if trusted.pop(seal.seq) != seal:
+                report.add(ChainBreak("broken seal", seal.first_id, "", 0,
+                                      f"seal {seal.seq} over positions {seal.first_id}-{seal.last_id} is not "
+                                      "the row an earlier check verified: the seal was rewritten"))
+            report.checked_seals.append(seal)
+            continue
         rows = []
         while pending is not None and pending.notification_id <= seal.last_id:
             rows.append((pending.notification_id, pending.originator_id, pending.originator_version, pending.event_hash))
@@ -131,8 +149,12 @@ def check_seals(
                                   f"{seal.event_count} events, {count} there now, and its root does not match: "
                                   "events of the range were deleted, inserted, moved or re-hashed"))
         recomputed_at[seal.last_id] = true_root
+        report.checked_seals.append(seal)
         stored_prev, true_prev, expected_first = seal.root, true_root, seal.last_id + 1
         report.sealed_through, report.seal_root, report.seals = seal.last_id, seal.root.hex(), seal.seq
+    for seal in trusted.values():
+        report.add(ChainBreak("broken seal", seal.first_id, "", 0,
+                              f"seal {seal.seq}, verified by an earlier check, was deleted"))
     tail = 0
     while pending is not None:
         if tail == 0:

@@ -2,7 +2,8 @@
 
 ``DEFAULT_READ_MODELS`` lists the projections every :class:`ChatLedger` keeps:
 the conversation log (transcripts, exports), session analytics, cross-session
-user memory, and the active-session index the sweeper reads. See
+user memory, the active-session index the sweeper reads, and the gaps between a visitor's
+messages (the timeout curve). See
 ``docs/projections.md`` and ``docs/timeouts.md``.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from .active_sessions import ActiveSessions
 from .analytics import SessionAnalytics
 from .conversation_log import ConversationLog
+from .gaps import MessageGaps
 from .memory import UserMemory
 from .read_model import ReadModel
 
@@ -19,12 +21,14 @@ DEFAULT_READ_MODELS: list[type[ReadModel]] = [
     SessionAnalytics,
     UserMemory,
     ActiveSessions,
+    MessageGaps,
 ]
 
 __all__ = [
     "DEFAULT_READ_MODELS",
     "ActiveSessions",
     "ConversationLog",
+    "MessageGaps",
     "ReadModel",
     "SessionAnalytics",
     "UserMemory",

@@ -10,10 +10,8 @@ read model's table).
 
 from __future__ import annotations
 
-import statistics
-from collections import Counter
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from eventsourcing.utils import get_topic
@@ -21,14 +19,13 @@ from sqlalchemy import Boolean, Connection, Float, Index, Integer, String, selec
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ..domain.errors import InvalidCommandError
-from ..domain.policy import is_past_deadline, session_deadline
+from ..domain.policy import session_deadline
 from ..domain.retention import RetentionRecord
 from ..domain.session import Session
 from ..domain.tenancy import DEFAULT_TENANT
 from ..domain.visitor import Visitor
 from .read_model import HandlerTableReadModel, batch_ids
 from .resessionizing import resessionize
-from .query_results import Analytics, Engagement
 from .sqltypes import UTCDateTime
 from .view import SQLView
 from .writers import RowBuffer
@@ -259,34 +256,6 @@ SessionAnalytics.topics = tuple(get_topic(t) for t in _HANDLERS)
 # ---------------------------------------------------------------- reads
 
 
-def end_reason(row: dict[str, Any], as_of: datetime) -> str:
-    """``abandoned`` (closed with a task still open), ``timed_out``, ``ended``,
-    or ``active``. A session idle past its deadline at ``as_of`` reads as timed
-    out even before its timed-out event is recorded (as ``ledger.session`` does)."""
-    status = row["status"]
-    deadline = row["expires_at"]
-    if status == "active" and deadline is not None and is_past_deadline(deadline, as_of):
-        status = "timed_out"
-    if status == "active":
-        return "active"
-    return "abandoned" if row["open_tasks"] > 0 else status
-
-
-def duration_s(row: dict[str, Any]) -> float:
-    """First to last message: the idle tail before a timeout is not engagement."""
-    if row["first_message_at"] is None:
-        return 0.0
-    return float((row["last_message_at"] - row["first_message_at"]).total_seconds())
-
-
-def is_engaged(row: dict[str, Any], rule: Engagement) -> bool:
-    if rule.min_duration is not None and duration_s(row) >= rule.min_duration.total_seconds():
-        return True
-    if rule.min_user_messages is not None and row["user_messages"] >= rule.min_user_messages:
-        return True
-    return bool(rule.completed_task and row["completed_tasks"] > 0)
-
-
 def check_range(start: datetime | None, end: datetime | None) -> None:
     for value in (start, end):
         if value is not None and (value.tzinfo is None or value.utcoffset() is None):
@@ -299,90 +268,10 @@ def check_range(start: datetime | None, end: datetime | None) -> None:
         )
 
 
-def compute_analytics(
-    conn: Connection,
-    *,
-    start: datetime | None,
-    end: datetime | None,
-    as_of: datetime,
-    engagement: Engagement,
-    position: int,
-    head: int,
-    tenant: str | None = DEFAULT_TENANT,
-) -> Analytics:
-    """Aggregate the session facts of ``tenant``'s sessions (None: every tenant's;
-    a visitor is one per tenant) that started in ``[start, end)``."""
-    check_range(start, end)
-    s, v = sessions_table.c, visitors_table.c
-    query = select(sessions_table)
-    linked = select(v.tenant, v.visitor_id).where(v.user_id.is_not(None))
-    if tenant is not None:
-        query = query.where(s.tenant == tenant)
-        linked = linked.where(v.tenant == tenant)
-    if start is not None:
-        query = query.where(s.started_at >= start)
-    if end is not None:
-        query = query.where(s.started_at < end)
-    rows = [dict(r) for r in conn.execute(query.order_by(s.started_at, s.session_id)).mappings()]
-    links = {(r.tenant, r.visitor_id) for r in conn.execute(linked)}
-    per_day: Counter[date] = Counter()
-    per_hour: Counter[int] = Counter()
-    per_channel: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    visitors: set[tuple[str, str]] = set()
-    new: set[tuple[str, str]] = set()
-    returning: set[tuple[str, str]] = set()
-    durations: list[float] = []
-    counts: list[int] = []
-    engaged = returning_sessions = user_messages = authenticated = 0
-    for row in rows:
-        started = row["started_at"]
-        per_day[started.date()] += 1
-        per_hour[started.hour] += 1
-        per_channel[row["channel"]] += 1
-        reasons[end_reason(row, as_of)] += 1
-        visitor = (row["tenant"], row["visitor_id"])
-        visitors.add(visitor)
-        (returning if row["is_returning"] else new).add(visitor)
-        returning_sessions += row["is_returning"]
-        durations.append(duration_s(row))
-        counts.append(row["messages"])
-        user_messages += row["user_messages"]
-        engaged += is_engaged(row, engagement)
-        authenticated += row["user_id"] is not None
-    return Analytics(
-        position=position,
-        head=head,
-        start=start,
-        end=end,
-        as_of=as_of,
-        engagement=engagement,
-        sessions=len(rows),
-        sessions_per_day=dict(sorted(per_day.items())),
-        sessions_per_hour=dict(sorted(per_hour.items())),
-        sessions_per_channel=dict(sorted(per_channel.items())),
-        visitors=len(visitors),
-        new_visitors=len(new),
-        returning_visitors=len(returning),
-        returning_sessions=returning_sessions,
-        messages=sum(counts),
-        user_messages=user_messages,
-        messages_per_session=statistics.fmean(counts) if counts else 0.0,
-        median_messages_per_session=float(statistics.median(counts)) if counts else 0.0,
-        durations_s=tuple(durations),
-        mean_duration_s=statistics.fmean(durations) if durations else 0.0,
-        median_duration_s=float(statistics.median(durations)) if durations else 0.0,
-        end_reasons={k: reasons[k] for k in ("timed_out", "ended", "abandoned", "active")},
-        engaged_sessions=engaged,
-        linked_visitors=sum(1 for v in visitors if v in links),
-        authenticated_sessions=authenticated,
-    )
-
-
 def tenants(conn: Connection) -> list[str]:
     """Every tenant that has a session, in order."""
     column = sessions_table.c.tenant
     return list(conn.execute(select(column).distinct().order_by(column)).scalars())
 
 
-__all__ = ["SessionAnalytics", "check_range", "compute_analytics", "resessionize", "tenants"]
+__all__ = ["SessionAnalytics", "check_range", "resessionize", "tenants"]

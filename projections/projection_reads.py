@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
@@ -25,13 +25,25 @@ from ..domain.errors import (
 from ..domain.pydantic_aggregates import utc
 from ..domain.tenancy import DEFAULT_TENANT, scoped_key
 from . import analytics as an
+from . import analytics_queries as aq
 from . import conversation_log as log
+from . import gaps
 from . import memory_tables as mem
-from .query_results import Analytics, Engagement, Memory, Resessionized, Transcript, TranscriptMessage
+from .query_results import (
+    Analytics,
+    CurvePoint,
+    Engagement,
+    Memory,
+    Resessionized,
+    TimeoutCurve,
+    Transcript,
+    TranscriptMessage,
+)
 from .runner import ProjectionRunner
 from .tracking import tracking_table
 
 T = TypeVar("T")
+MAX_CURVE_POINTS = 50  # timeouts per timeout_curve() call: one SUM each in one query
 
 
 class ProjectionReads:
@@ -126,7 +138,7 @@ class ProjectionReads:
         moment = utc(as_of) if as_of is not None else utc(self.clock())
         return self._read(
             "analytics",
-            lambda conn, position, head: an.compute_analytics(
+            lambda conn, position, head: aq.compute_analytics(
                 conn,
                 start=start,
                 end=end,
@@ -153,7 +165,7 @@ class ProjectionReads:
 
         def query(conn: Connection, position: int, head: int) -> dict[str, Analytics]:
             return {
-                tenant: an.compute_analytics(
+                tenant: aq.compute_analytics(
                     conn, start=start, end=end, as_of=moment, engagement=rule,
                     position=position, head=head, tenant=tenant,
                 )
@@ -195,6 +207,32 @@ class ProjectionReads:
             )
 
         return self._read("conversation_log", query)
+
+    def timeout_curve(
+        self,
+        timeouts: Sequence[timedelta],
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> TimeoutCurve:
+        """:meth:`resessionize`'s conversation counts under each of ``timeouts``, in one query."""
+        listed = list(timeouts) if not isinstance(timeouts, (str, bytes)) else []
+        if not 1 <= len(listed) <= MAX_CURVE_POINTS or not all(
+            isinstance(t, timedelta) and t > timedelta(0) for t in listed
+        ):
+            raise InvalidCommandError(
+                f"timeouts must be 1 to {MAX_CURVE_POINTS} positive timedeltas, got {timeouts!r}."
+            )
+        an.check_range(start, end)
+
+        def query(conn: Connection, position: int, head: int) -> TimeoutCurve:
+            messages, counts = gaps.timeout_curve(conn, listed, start, end, self.tenant)
+            return TimeoutCurve(
+                position=position, head=head, start=start, end=end, messages=messages,
+                points=tuple(CurvePoint(timeout=t, sessions=n) for t, n in zip(listed, counts)),
+            )
+
+        return self._read("message_gaps", query)
 
     # ---- memory -----------------------------------------------------------
 

@@ -122,6 +122,22 @@ class Resessionized(ProjectionRead):
     mean_duration_s: float
 
 
+class CurvePoint(Immutable):
+    timeout: timedelta
+    sessions: int
+
+
+class TimeoutCurve(ProjectionRead):
+    """Conversation counts of the messages in ``[start, end)`` under each timeout: each point's
+    ``sessions`` equals ``resessionize(timeout, start=start, end=end).sessions``, read from the
+    gaps read model in one query."""
+
+    start: AwareDatetime | None
+    end: AwareDatetime | None
+    messages: int
+    points: tuple[CurvePoint, ...]
+
+
 class Memory(ProjectionRead):
     """What the bot remembers about one user (or one still-anonymous visitor).
 

@@ -234,6 +234,21 @@ def test_scopes_an_analyst_cannot_open_the_audit_page(
     sign_in(browser, service, keys["auditor"])
     browser.get(f"{service}/console/audit")
     assert browser.find_element(By.ID, "verdict").text == "The log verifies: no break."
+    browser.get(f"{service}/console/audit")  # the seals verified by the first check are trusted now
+    said = browser.find_element(By.ID, "checked").text
+    assert said.startswith("Incremental check at") and "chatledger audit verify" in said
+    trusted = browser.find_element(By.XPATH, "//table[@id='verify']//th[.='trusted_seals']/../td").text
+    assert int(trusted) > 0 and f"seals 1–{trusted} " in said
     screenshot(browser, tmp_path, "audit")
+    browser.find_element(By.ID, "full-check").click()  # the full re-check, from the page
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_element(By.ID, "checked").text.startswith("Full check at")
+    )
+    assert browser.find_element(By.ID, "verdict").text == "The log verifies: no break."
+    with httpx.Client(base_url=service, timeout=120) as http:  # a form posted from another site: refused
+        assert http.post("/console/login", data={"key": keys["auditor"]}).status_code == 303
+        assert http.post("/console/audit", headers={"origin": "https://evil.example"}).status_code == 403
+        assert http.post("/console/audit").status_code == 403  # neither Origin nor Referer
+        assert http.post("/console/audit", headers={"origin": service}).status_code == 200
     browser.get(f"{service}/console/")
     assert "Forbidden" in browser.find_element(By.TAG_NAME, "h1").text

@@ -87,7 +87,7 @@ def test_an_event_one_read_model_cannot_apply_is_recorded_and_skipped_by_it_only
     status = _status(picky)
     assert {s.lag for s in status.values()} == {0}
     assert {n: s.failed for n, s in status.items()} == {
-        "conversation_log": 1, "analytics": 0, "memory": 0, "active_sessions": 0,
+        "conversation_log": 1, "analytics": 0, "memory": 0, "active_sessions": 0, "message_gaps": 0,
     }  # fmt: skip
     assert _texts(picky, "ana") == ["hello", "still here"]
     assert _texts(picky, "ben") == ["another visitor"]
@@ -225,7 +225,7 @@ def test_a_nan_slot_value_on_postgresql_stops_only_memory(postgres_url: str, clo
         ledger.receive("ana", "more")
         ledger.catch_up()
         failed = {s.name: s.failed for s in ledger.projection_status()}
-        assert failed == {"conversation_log": 0, "analytics": 0, "memory": 1, "active_sessions": 0}
+        assert failed == {"conversation_log": 0, "analytics": 0, "memory": 1, "active_sessions": 0, "message_gaps": 0}
         assert _texts(ledger, "ana") == ["hello", "more"]
         [failure] = ledger.projection_failures()
         assert failure.topic.endswith("Session.SlotSet") and failure.projection == "memory"

@@ -27,7 +27,7 @@ from sqlalchemy import inspect
 from .test_projection_failures import MARKER, PickyLog
 from .test_projections import at, dump, write_history
 
-MODELS = ["conversation_log", "analytics", "memory", "active_sessions"]
+MODELS = ["conversation_log", "analytics", "memory", "active_sessions", "message_gaps"]
 
 
 def _expected(ledger: ChatLedger) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from html import escape
 from typing import Any
 
-from ... import Analytics, Resessionized, SessionState
+from ... import Analytics, SessionState, TimeoutCurve
 from ..report import duration_histogram
 
 CSS = """
@@ -95,7 +95,7 @@ def minutes(t: timedelta) -> str:
     return f"{t.total_seconds() / 60:g} min"
 
 
-def analytics_page(a: Analytics, curve: list[Resessionized], configured: timedelta) -> str:
+def analytics_page(a: Analytics, curve: TimeoutCurve, configured: timedelta) -> str:
     e = a.engagement
     rules = [
         f"at least {e.min_duration.total_seconds():g} s from first to last message"
@@ -124,7 +124,7 @@ def analytics_page(a: Analytics, curve: list[Resessionized], configured: timedel
     hours = [(f"{h:02d}:00", a.sessions_per_hour.get(h, 0)) for h in range(24)]
     channels = sorted(a.sessions_per_channel.items(), key=lambda kv: -kv[1])
     reasons = sorted(a.end_reasons.items(), key=lambda kv: -kv[1])
-    sens = [(minutes(r.timeout), r.sessions) for r in curve]
+    sens = [(minutes(p.timeout), p.sessions) for p in curve.points]
     charts = "".join(
         [
             chart(
@@ -260,7 +260,26 @@ def session_page(
     )
 
 
-def audit_page(report: Any) -> str:
+def checked_text(report: Any, now: datetime) -> str:
+    """What this check re-hashed and what it trusted, in words."""
+    at = f"{now:%Y-%m-%d %H:%M:%S} UTC"
+    if not report.trusted_seals:
+        return (
+            f"Full check at {at}: every event's hash chain ({report.checked} events), every seal "
+            f"({report.seals}) and every content key."
+        )
+    return (
+        f"Incremental check at {at}: seals 1–{report.trusted_seals} (log positions 1–"
+        f"{report.trusted_through}) were verified by this server's checks since "
+        f"{report.trusted_since[:19].replace('T', ' ')} UTC and are trusted: their seal rows are "
+        f"unchanged, their events were not re-hashed now. Checked now: the {report.checked} events "
+        f"after position {report.trusted_through}, seals {report.trusted_seals + 1}–{report.seals} "
+        "and the content keys those events use. A change inside the trusted positions shows in a "
+        "full check only: the button below, or <code>chatledger audit verify</code>."
+    )
+
+
+def audit_page(report: Any, now: datetime) -> str:
     fields = [
         "scope",
         "checked",
@@ -270,6 +289,9 @@ def audit_page(report: Any) -> str:
         "seals",
         "tail_count",
         "tail_age_s",
+        "trusted_seals",
+        "trusted_through",
+        "trusted_since",
     ]
     rows = "".join(
         f"<tr><th>{f}</th><td>{escape(str(getattr(report, f, '')))}</td></tr>" for f in fields
@@ -278,7 +300,10 @@ def audit_page(report: Any) -> str:
     verdict = "The log verifies: no break." if report.ok else f"First break: {escape(str(first))}"
     return layout(
         "Audit",
-        f"<p id=verdict>{verdict}</p><table id=verify>{rows}</table>"
+        f"<p id=verdict>{verdict}</p><p id=checked>{checked_text(report, now)}</p>"
+        "<form method=post action='/console/audit'><button id=full-check>Full re-check</button> "
+        "(every event, seal and key; seconds on a large log)</form>"
+        f"<table id=verify>{rows}</table>"
         "<p>Export a user's bundle: <code>chatledger audit export --user-id …</code>.</p>",
     )
 

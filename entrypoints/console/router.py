@@ -60,6 +60,17 @@ async def signed_in(request: Request, *scopes: str) -> Response | None:
     return None
 
 
+def same_origin(request: Request) -> Response | None:
+    """None if a POST comes from the console's own pages (its Origin, or else its Referer, is this
+    server's); else a 403. With the SameSite=Strict cookie, a cross-site form cannot post signed in."""
+    own = f"{request.url.scheme}://{request.url.netloc}"
+    origin = request.headers.get("origin") or request.headers.get("referer", "")
+    if origin == own or origin.startswith(own + "/"):
+        return None
+    page = pages.message_page("Forbidden", "A console form must be posted from the console itself.")
+    return HTMLResponse(page, status_code=403)
+
+
 def when(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
@@ -104,11 +115,10 @@ def console_router() -> APIRouter:
         led, since, until = ledger(request), when(start), when(end)
         result = await led.run("analytics", lambda: led.sync.analytics(start=since, end=until))
         curve = await led.run(
-            "resessionize",
-            lambda: [
-                led.sync.resessionize(timedelta(minutes=m), start=since, end=until)
-                for m in TIMEOUTS
-            ],
+            "timeout_curve",
+            lambda: led.sync.timeout_curve(
+                [timedelta(minutes=m) for m in TIMEOUTS], start=since, end=until
+            ),
         )
         return HTMLResponse(pages.analytics_page(result, curve, led.sync.policy.idle_timeout))
 
@@ -166,11 +176,21 @@ def console_router() -> APIRouter:
 
     @router.get("/audit")
     async def audit(request: Request) -> Response:
+        """Incremental: the seals this process verified before are trusted (the page says so)."""
         if (refused := await signed_in(request, "auditor")) is not None:
             return refused
         led = ledger(request)
+        report = await led.run("verify", lambda: led.sync.verify(incremental=True))
+        return HTMLResponse(pages.audit_page(report, led.sync.now(None)))
+
+    @router.post("/audit")
+    async def full_audit(request: Request) -> Response:
+        """The full re-check button: every event, seal and key (as ``chatledger audit verify``)."""
+        if (refused := same_origin(request) or await signed_in(request, "auditor")) is not None:
+            return refused
+        led = ledger(request)
         report = await led.run("verify", lambda: led.sync.verify())
-        return HTMLResponse(pages.audit_page(report))
+        return HTMLResponse(pages.audit_page(report, led.sync.now(None)))
 
     return router
 

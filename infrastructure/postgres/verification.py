@@ -40,34 +40,37 @@ class PostgresVerification(KeyCodec):
         originator_id: UUID | None = None,
         key_audit: KeyAuditor | None = None,
         anchor: Anchor | None = None,
+        verified: Sequence[Seal] = (),
     ) -> VerificationReport:
         """Check the hash chains (of the log, or of one aggregate) and, with
-        ``key_audit``, the key table against the log, in one repeatable-read snapshot."""
+        ``key_audit``, the key table against the log, in one repeatable-read snapshot.
+        ``verified``: the seals an earlier check verified; only what follows them is re-hashed."""
+        after = verified[-1].last_id if verified else 0
         with self._snapshot() as conn:
             tables = PostgresKeyTables(conn, self)
-            report = self._verify_pg(conn, report, originator_id, key_audit, tables)
+            report = self._verify_pg(conn, report, originator_id, key_audit, tables, after)
             if key_audit is not None:
                 key_audit.finish(tables)
             if originator_id is None:
-                self._check_seals(conn, report, anchor)
+                self._check_seals(conn, report, anchor, verified)
             return report
 
-    def _check_seals(self, conn: Any, report: VerificationReport, anchor: Anchor | None) -> None:
+    def _check_seals(self, conn: Any, report: VerificationReport, anchor: Anchor | None, verified: Sequence[Seal] = ()) -> None:
         with conn.cursor() as c:
             c.execute(SQL("SELECT seq, first_id, last_id, event_count, root FROM {} ORDER BY seq").format(self.qualified(SEALS)))
             seals = [Seal(r["seq"], r["first_id"], r["last_id"], r["event_count"], bytes(r["root"])) for r in c.fetchall()]
         h_cur = conn.cursor(name="chatledger_verify_seals")
         h_cur.itersize = 5000
         h_cur.execute(
-            SQL("SELECT notification_id, originator_id, originator_version, event_hash FROM {} ORDER BY notification_id").format(
-                self.qualified(HASHES)
-            )
+            SQL("SELECT notification_id, originator_id, originator_version, event_hash FROM {} WHERE notification_id > %s "
+                "ORDER BY notification_id").format(self.qualified(HASHES)),
+            (verified[-1].last_id if verified else 0,),
         )
         hashes = (
             HashRow(r["notification_id"], r["originator_id"], r["originator_version"], bytes(r["event_hash"]), b"")
             for r in h_cur
         )
-        check_seals(seals, hashes, report, anchor)
+        check_seals(seals, hashes, report, anchor, verified)
 
     def newest_anchor(self) -> str | None:
         with self.datastore.transaction(commit=False) as c:
@@ -82,8 +85,12 @@ class PostgresVerification(KeyCodec):
         originator_id: UUID | None,
         key_audit: KeyAuditor | None,
         tables: PostgresKeyTables,
+        after: int = 0,
     ) -> VerificationReport:
-        where, params = (SQL("WHERE originator_id = %s "), (originator_id,)) if originator_id else (SQL(""), ())
+        where, params = (
+            (SQL("WHERE originator_id = %s "), (originator_id,)) if originator_id
+            else (SQL("WHERE notification_id > %s "), (after,))
+        )
         with conn.cursor() as c:
             c.execute(
                 SQL("SELECT state FROM {} WHERE topic = %s").format(self.qualified(self.events_table_name)),
@@ -118,8 +125,30 @@ class PostgresVerification(KeyCodec):
             HashRow(r["notification_id"], r["originator_id"], r["originator_version"], bytes(r["event_hash"]), bytes(r["log_hash"]))
             for r in h_cur
         )
-        if originator_id is None:
+        if originator_id is None and not after:
             return verify_rows(events, hashes, report, removed=removed)
+        if originator_id is None:  # incremental: the stored predecessors of the rows after ``after``
+            with conn.cursor() as c:
+                c.execute(
+                    SQL(
+                        "SELECT p.originator_id, p.originator_version, p.event_hash FROM {0} p JOIN "
+                        "(SELECT originator_id, MIN(originator_version) AS v FROM {0} WHERE notification_id > %s "
+                        "GROUP BY originator_id) t ON p.originator_id = t.originator_id AND p.originator_version = t.v - 1"
+                    ).format(self.qualified(HASHES)),
+                    (after,),
+                )
+                prior = {r["originator_id"]: (r["originator_version"], bytes(r["event_hash"])) for r in c.fetchall()}
+                c.execute(
+                    SQL("SELECT log_hash FROM {} WHERE notification_id <= %s ORDER BY notification_id DESC LIMIT 1").format(
+                        self.qualified(HASHES)
+                    ),
+                    (after,),
+                )
+                prev = c.fetchone()
+            return verify_rows(
+                events, hashes, report, removed=removed, prior=prior,
+                prev_log=bytes(prev["log_hash"]) if prev else b"",
+            )
         with conn.cursor() as c:
             c.execute(
                 SQL(

@@ -64,12 +64,15 @@ class SQLiteVerification(KeyCodec):
         originator_id: UUID | None = None,
         key_audit: KeyAuditor | None = None,
         anchor: Anchor | None = None,
+        verified: Sequence[Seal] = (),
     ) -> VerificationReport:
         """Check the hash chains (of the log, or of one aggregate) and, with
-        ``key_audit``, the key table against the log, in one read transaction."""
+        ``key_audit``, the key table against the log, in one read transaction.
+        ``verified``: the seals an earlier check verified; only what follows them is re-hashed."""
+        after = verified[-1].last_id if verified else 0
         with self.datastore.transaction(commit=False) as c:
             conn = c.sqlite_cursor.connection
-            where, params = ("WHERE originator_id=? ", (originator_id.hex,)) if originator_id else ("", ())
+            where, params = ("WHERE originator_id=? ", (originator_id.hex,)) if originator_id else ("WHERE rowid>? ", (after,))
             events: Iterable[EventRow] = (
                 EventRow(r[0], UUID(r[1]), r[2], r[3], bytes(r[4]))
                 for r in conn.execute(
@@ -81,7 +84,7 @@ class SQLiteVerification(KeyCodec):
             tables = SQLiteKeyTables(conn, self.events_table_name, self.audit_open_keys)
             if key_audit is not None:
                 events = key_audit.watch(events, tables)
-            report = self._verify_sqlite(conn, events, report, originator_id, params)
+            report = self._verify_sqlite(conn, events, report, originator_id, params, after)
             if key_audit is not None:
                 key_audit.finish(tables)
             if originator_id is None:
@@ -93,10 +96,10 @@ class SQLiteVerification(KeyCodec):
                     HashRow(r[0], UUID(r[1]), r[2], bytes(r[3]), b"")
                     for r in conn.execute(
                         "SELECT notification_id, originator_id, originator_version, event_hash "
-                        f"FROM {HASHES} ORDER BY notification_id"
+                        f"FROM {HASHES} WHERE notification_id>? ORDER BY notification_id", (after,)
                     )
                 )
-                check_seals(seals, hashes, report, anchor)
+                check_seals(seals, hashes, report, anchor, verified)
             return report
 
     def _verify_sqlite(
@@ -106,8 +109,9 @@ class SQLiteVerification(KeyCodec):
         report: VerificationReport,
         originator_id: UUID | None,
         params: tuple[Any, ...],
+        after: int = 0,
     ) -> VerificationReport:
-        where = "WHERE originator_id=? " if originator_id else ""
+        where = "WHERE originator_id=? " if originator_id else "WHERE notification_id>? "
         removed = removed_sessions(
             bytes(r[0]) for r in conn.execute(f"SELECT state FROM {self.events_table_name} WHERE topic=?", (REMOVED_TOPIC,))
         )
@@ -119,8 +123,22 @@ class SQLiteVerification(KeyCodec):
                 params,
             )
         )
-        if originator_id is None:
+        if originator_id is None and not after:
             return verify_rows(events, hashes, report, removed=removed)
+        if originator_id is None:  # incremental: the stored predecessors of the rows after ``after``
+            prior = {
+                UUID(r[0]): (r[1], bytes(r[2]))
+                for r in conn.execute(
+                    f"SELECT p.originator_id, p.originator_version, p.event_hash FROM {HASHES} p JOIN "
+                    f"(SELECT originator_id, MIN(originator_version) AS v FROM {HASHES} WHERE notification_id>? "
+                    "GROUP BY originator_id) t ON p.originator_id=t.originator_id AND p.originator_version=t.v-1",
+                    (after,),
+                )
+            }
+            prev = conn.execute(f"SELECT log_hash FROM {HASHES} WHERE notification_id<=? ORDER BY notification_id DESC LIMIT 1", (after,)).fetchone()
+            return verify_rows(
+                events, hashes, report, removed=removed, prior=prior, prev_log=bytes(prev[0]) if prev else b""
+            )
         prev_logs = {
             r[0]: bytes(r[1])
             for r in conn.execute(
