@@ -37,10 +37,12 @@ from eventsourcing.persistence import RecordConflictError, StoredEvent
 from eventsourcing.utils import get_topic
 
 from ..domain.errors import ConfigurationError
+from ..domain.table_prefix import DEFAULT_PREFIX, table_name
 from ..domain.tenancy import DEFAULT_TENANT, scoped_key
 from ..domain.visitor import Visitor
 from .hashchain import EventRow, as_uuid
 from .key_providers import WRAPPED_PREFIX, KeyProvider
+from .sealing import SEALS
 
 HASHES = "chatledger_event_hashes"
 KEYS = "chatledger_keys"
@@ -135,7 +137,25 @@ def key_work(
     return list(new_keys.values()), owners, used
 
 
-class KeyCodec:
+class LedgerTableNames:
+    """The ledger's own tables under its table prefix (see ``domain/table_prefix.py``):
+    the class attributes are the default prefix's names; :meth:`name_tables` sets
+    an instance's for another prefix (before any statement is built)."""
+
+    table_prefix: str = DEFAULT_PREFIX
+    HASHES: str = HASHES
+    KEYS: str = KEYS
+    DESTROYED: str = DESTROYED
+    KEY_OWNERS: str = KEY_OWNERS
+    SEALS: str = SEALS
+
+    def name_tables(self, prefix: str) -> None:
+        self.table_prefix = prefix
+        for attr in ("HASHES", "KEYS", "DESTROYED", "KEY_OWNERS", "SEALS"):
+            setattr(self, attr, table_name(prefix, getattr(LedgerTableNames, attr)))
+
+
+class KeyCodec(LedgerTableNames):
     """The content keys as the store holds them: wrapped by the master key
     provider, or (stores of before 0.5, or no provider) as they are."""
 

@@ -27,16 +27,22 @@ from __future__ import annotations
 
 from psycopg.sql import SQL, Composed, Identifier, Literal
 
-from ..recording import DESTROYED, HASHES, KEY_OWNERS, KEYS
+from ...domain.table_prefix import table_name
+from ..recording import LedgerTableNames
 
 FUNCTION_NAME = "chatledger_insert_events_v1"
 """Versioned: a change of the function's meaning gets a new name, so processes of
-two versions writing one store each call their own."""
+two versions writing one store each call their own. Under another table prefix
+than the default: ``<prefix>insert_events_v1`` (:func:`function_name`)."""
 STALE_KEYS_SQLSTATE = "CLK01"
 UNDEFINED_FUNCTION_SQLSTATE = "42883"
 
 
-def create_statement(schema: str, events_table: str, channel: str) -> Composed:
+def function_name(prefix: str) -> str:
+    return table_name(prefix, FUNCTION_NAME)
+
+
+def create_statement(schema: str, events_table: str, channel: str, names: LedgerTableNames) -> Composed:
     """``CREATE OR REPLACE FUNCTION`` (run under the schema's creation lock)."""
     s = Identifier(schema)
 
@@ -70,22 +76,22 @@ def create_statement(schema: str, events_table: str, channel: str) -> Composed:
         "RAISE EXCEPTION USING ERRCODE = {stale}, MESSAGE = 'chatledger: stale content keys'; END IF; "
         "END $body$"
     ).format(
-        fn=q(FUNCTION_NAME),
+        fn=q(function_name(names.table_prefix)),
         events=q(events_table),
-        hashes=q(HASHES),
-        keys=q(KEYS),
-        owners=q(KEY_OWNERS),
-        destroyed=q(DESTROYED),
+        hashes=q(names.HASHES),
+        keys=q(names.KEYS),
+        owners=q(names.KEY_OWNERS),
+        destroyed=q(names.DESTROYED),
         channel=Literal(channel),
         stale=Literal(STALE_KEYS_SQLSTATE),
     )
 
 
-def call_statement(schema: str) -> Composed:
+def call_statement(schema: str, prefix: str) -> Composed:
     """The call: thirteen parameters, the batch's notification ids in order. Text
     arrays go as text, so psycopg refuses a NUL in one before anything is sent
     (as the pipelined path does); the others in binary (no hex escaping)."""
     types = ("uuid", "bigint", "text", "bytea", "bytea", "text", "text", "bytea", "uuid", "text", "text", "text")
     return SQL("SELECT f.id FROM {}.{}(%s, {}) AS f(id)").format(
-        Identifier(schema), Identifier(FUNCTION_NAME), SQL(", ").join(SQL(("%s::" if t == "text" else "%b::") + t + "[]") for t in types)
+        Identifier(schema), Identifier(function_name(prefix)), SQL(", ").join(SQL(("%s::" if t == "text" else "%b::") + t + "[]") for t in types)
     )

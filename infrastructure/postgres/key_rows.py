@@ -7,7 +7,7 @@ from typing import Any
 
 from psycopg.sql import SQL
 
-from ..recording import DESTROYED, KEYS
+
 
 
 class PostgresKeyRows:
@@ -17,13 +17,13 @@ class PostgresKeyRows:
         """Every ``(kid, stored bytes)`` of ``chatledger_keys`` (for ``keys rotate``)."""
         me: Any = self
         with me.datastore.transaction(commit=False) as c:
-            c.execute(SQL("SELECT kid, key FROM {}").format(me.qualified(KEYS)))
+            c.execute(SQL("SELECT kid, key FROM {}").format(me.qualified(me.KEYS)))
             return [(r["kid"], bytes(r["key"])) for r in c.fetchall()]
 
     def destroyed_key_ids(self) -> list[str]:
         me: Any = self
         with me.datastore.transaction(commit=False) as c:
-            c.execute(SQL("SELECT kid FROM {}").format(me.qualified(DESTROYED)))
+            c.execute(SQL("SELECT kid FROM {}").format(me.qualified(me.DESTROYED)))
             return [r["kid"] for r in c.fetchall()]
 
     def replace_stored_keys(self, rows: Sequence[tuple[str, bytes, bytes]]) -> int:
@@ -31,7 +31,7 @@ class PostgresKeyRows:
         me: Any = self
         with me.datastore.transaction(commit=True) as c:
             c.executemany(
-                SQL("UPDATE {} SET key=%s WHERE kid=%s AND key=%s").format(me.qualified(KEYS)),
+                SQL("UPDATE {} SET key=%s WHERE kid=%s AND key=%s").format(me.qualified(me.KEYS)),
                 [(n, k, o) for k, o, n in rows],
             )
         return len(rows)

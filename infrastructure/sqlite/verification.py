@@ -10,17 +10,20 @@ from uuid import UUID
 from eventsourcing.sqlite import SQLiteDatastore
 
 from ..hashchain import EventRow, HashRow, VerificationReport, verify_rows
-from ..recording import DESTROYED, ERASURE_TOPIC, HASHES, KEYS, KEY_OWNERS, KeyAuditor, KeyCodec
-from ..sealing import SEALS, Anchor, Seal, check_seals
+from ...domain.table_prefix import DEFAULT_PREFIX
+from ..recording import ERASURE_TOPIC, KeyAuditor, KeyCodec, LedgerTableNames
+from ..sealing import Anchor, Seal, check_seals
 from .queries import sqlite_select_in
 
 
-class SQLiteKeyTables:
+class SQLiteKeyTables(LedgerTableNames):
     """The key tables as ``KeyAudit`` reads them, on the verification's connection."""
 
     def __init__(
-        self, conn: sqlite3.Connection, events_table: str, open_keys: Callable[[dict[str, bytes]], dict[str, bytes]]
+        self, conn: sqlite3.Connection, events_table: str, open_keys: Callable[[dict[str, bytes]], dict[str, bytes]],
+        prefix: str = DEFAULT_PREFIX,
     ) -> None:
+        self.name_tables(prefix)
         self.conn = conn
         self.events_table = events_table
         self.open_keys = open_keys
@@ -29,16 +32,16 @@ class SQLiteKeyTables:
         return sqlite_select_in(self.conn.cursor(), sql, values)
 
     def keys(self, kids: Sequence[str]) -> dict[str, tuple[str, bytes | None]]:
-        rows = self._select_in(f"SELECT kid, visitor_id, key FROM {KEYS} WHERE kid IN ({{}})", kids)
+        rows = self._select_in(f"SELECT kid, visitor_id, key FROM {self.KEYS} WHERE kid IN ({{}})", kids)
         opened = self.open_keys({r[0]: bytes(r[2]) for r in rows})
         return {r[0]: (r[1], opened.get(r[0])) for r in rows}
 
     def destroyed(self, kids: Sequence[str]) -> set[str]:
-        return {r[0] for r in self._select_in(f"SELECT kid FROM {DESTROYED} WHERE kid IN ({{}})", kids)}
+        return {r[0] for r in self._select_in(f"SELECT kid FROM {self.DESTROYED} WHERE kid IN ({{}})", kids)}
 
     def key_owners(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, str]:
         rows = self._select_in(
-            f"SELECT aggregate_id, visitor_id FROM {KEY_OWNERS} WHERE aggregate_id IN ({{}})",
+            f"SELECT aggregate_id, visitor_id FROM {self.KEY_OWNERS} WHERE aggregate_id IN ({{}})",
             [a.hex for a in aggregate_ids],
         )
         return {UUID(r[0]): r[1] for r in rows}
@@ -74,7 +77,7 @@ class SQLiteVerification(KeyCodec):
                     params,
                 )
             )
-            tables = SQLiteKeyTables(conn, self.events_table_name, self.open_keys)
+            tables = SQLiteKeyTables(conn, self.events_table_name, self.open_keys, self.table_prefix)
             if key_audit is not None:
                 events = key_audit.watch(events, tables)
             report = self._verify_sqlite(conn, events, report, originator_id, params)
@@ -83,13 +86,13 @@ class SQLiteVerification(KeyCodec):
             if originator_id is None:
                 seals = (
                     Seal(r[0], r[1], r[2], r[3], bytes(r[4]))
-                    for r in conn.execute(f"SELECT seq, first_id, last_id, event_count, root FROM {SEALS} ORDER BY seq")
+                    for r in conn.execute(f"SELECT seq, first_id, last_id, event_count, root FROM {self.SEALS} ORDER BY seq")
                 )
                 hashes = (
                     HashRow(r[0], UUID(r[1]), r[2], bytes(r[3]), b"")
                     for r in conn.execute(
                         "SELECT notification_id, originator_id, originator_version, event_hash "
-                        f"FROM {HASHES} ORDER BY notification_id"
+                        f"FROM {self.HASHES} ORDER BY notification_id"
                     )
                 )
                 check_seals(seals, hashes, report, anchor)
@@ -108,7 +111,7 @@ class SQLiteVerification(KeyCodec):
             HashRow(r[0], UUID(r[1]), r[2], bytes(r[3]), bytes(r[4]))
             for r in conn.execute(
                 "SELECT notification_id, originator_id, originator_version, event_hash, log_hash "
-                f"FROM {HASHES} {where}ORDER BY notification_id",
+                f"FROM {self.HASHES} {where}ORDER BY notification_id",
                 params,
             )
         )
@@ -117,9 +120,9 @@ class SQLiteVerification(KeyCodec):
         prev_logs = {
             r[0]: bytes(r[1])
             for r in conn.execute(
-                f"SELECT h.notification_id, (SELECT p.log_hash FROM {HASHES} p "
+                f"SELECT h.notification_id, (SELECT p.log_hash FROM {self.HASHES} p "
                 "WHERE p.notification_id < h.notification_id ORDER BY p.notification_id DESC LIMIT 1) "
-                f"FROM {HASHES} h WHERE h.originator_id=?",
+                f"FROM {self.HASHES} h WHERE h.originator_id=?",
                 params,
             )
             if r[1] is not None
@@ -128,14 +131,14 @@ class SQLiteVerification(KeyCodec):
 
     def newest_anchor(self) -> str | None:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT root, last_id FROM {SEALS} ORDER BY seq DESC LIMIT 1")
+            c.execute(f"SELECT root, last_id FROM {self.SEALS} ORDER BY seq DESC LIMIT 1")
             row = c.fetchone()
         return str(Anchor(bytes(row[0]), row[1])) if row else None
 
     def hash_rows(self, originator_id: UUID) -> dict[int, tuple[bytes, bytes]]:
         with self.datastore.transaction(commit=False) as c:
             c.execute(
-                f"SELECT notification_id, event_hash, log_hash FROM {HASHES} WHERE originator_id=?",
+                f"SELECT notification_id, event_hash, log_hash FROM {self.HASHES} WHERE originator_id=?",
                 (originator_id.hex,),
             )
             return {r[0]: (bytes(r[1]), bytes(r[2])) for r in c.fetchall()}
