@@ -22,9 +22,11 @@ import re
 from .errors import ConfigurationError
 
 DEFAULT_PREFIX = "chatledger_"
-MAX_PREFIX_CHARS = 20
+PREFIX_OPTION = "chatledger_table_prefix"
+"""The SQLAlchemy execution option a ledger's engine carries its prefix in (when not the default)."""
+MAX_PREFIX_CHARS = 14
 """The longest prefix: with it the longest name chatledger makes (an index of a
-shadow rebuild's generation, ``ix_<prefix>active_sessions_tenant_expires_at__g<N>``)
+shadow rebuild's generation, ``ix_<prefix>conversation_messages_tenant_visitor_at__g<N>``, N < 10000)
 stays within PostgreSQL's 63-byte identifiers (tests/test_table_prefix.py checks
 every name)."""
 

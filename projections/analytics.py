@@ -31,6 +31,7 @@ from .query_results import Analytics, Engagement
 from .sqltypes import UTCDateTime
 from .view import SQLView
 from .writers import RowBuffer
+from .prefixes import on
 
 
 class Base(DeclarativeBase):
@@ -300,8 +301,8 @@ def compute_analytics(
     """Aggregate the session facts of ``tenant``'s sessions (None: every tenant's;
     a visitor is one per tenant) that started in ``[start, end)``."""
     check_range(start, end)
-    s, v = sessions_table.c, visitors_table.c
-    query = select(sessions_table)
+    s, v = on(conn, sessions_table).c, on(conn, visitors_table).c
+    query = select(on(conn, sessions_table))
     linked = select(v.tenant, v.visitor_id).where(v.user_id.is_not(None))
     if tenant is not None:
         query = query.where(s.tenant == tenant)
@@ -368,7 +369,7 @@ def compute_analytics(
 
 def tenants(conn: Connection) -> list[str]:
     """Every tenant that has a session, in order."""
-    column = sessions_table.c.tenant
+    column = on(conn, sessions_table).c.tenant
     return list(conn.execute(select(column).distinct().order_by(column)).scalars())
 
 

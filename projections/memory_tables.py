@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, Connection, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .prefixes import on
 from .sqltypes import UTCDateTime
 
 DISPLAY_NAME_SLOTS = ("display_name", "name", "first_name")
@@ -75,13 +76,13 @@ def visitor_subject(visitor_id: str) -> str:
 
 
 def read_profile(conn: Connection, subject: str) -> dict[str, Any] | None:
-    row = conn.execute(select(profiles_table).where(profiles_table.c.subject == subject)).mappings().first()
+    row = conn.execute(select(on(conn, profiles_table)).where(on(conn, profiles_table).c.subject == subject)).mappings().first()
     return dict(row) if row is not None else None
 
 
 def visitor_link(conn: Connection, visitor_id: str) -> str | None:
     row = conn.execute(
-        select(visitors_table.c.user_id).where(visitors_table.c.visitor_id == visitor_id)
+        select(on(conn, visitors_table).c.user_id).where(on(conn, visitors_table).c.visitor_id == visitor_id)
     ).first()
     return row[0] if row else None
 
