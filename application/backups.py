@@ -34,6 +34,7 @@ from uuid import uuid4
 from pydantic import BaseModel, ValidationError
 
 from ..domain.errors import ConfigurationError, InvalidCommandError
+from ..domain.table_prefix import DEFAULT_PREFIX
 from ..infrastructure import backups as copies
 from ..infrastructure.settings import Settings
 from .audit import verify_log
@@ -55,6 +56,7 @@ class BackupManifest(BaseModel):
     head: int
     events: int
     files: dict[str, dict[str, Any]]
+    table_prefix: str = DEFAULT_PREFIX  # the ledger's (a restore uses it); before it, the default
 
 
 class BackupCheck(BaseModel):
@@ -108,7 +110,7 @@ def create_backup(uow: UnitOfWork, destination: str | os.PathLike[str]) -> Backu
     uow.recorder.seal()  # type: ignore[attr-defined]
     if settings.backend == "sqlite":
         assert settings.sqlite_path is not None
-        copied = copies.sqlite_copy(settings.sqlite_path, folder / SQLITE_FILE)
+        copied = copies.sqlite_copy(settings.sqlite_path, folder / SQLITE_FILE, settings.table_prefix)
     else:
         copied = copies.postgres_dump(settings, folder)
     manifest = BackupManifest(
@@ -118,6 +120,7 @@ def create_backup(uow: UnitOfWork, destination: str | os.PathLike[str]) -> Backu
         head=copied.head,
         events=copied.events,
         files=copied.files,
+        table_prefix=settings.table_prefix,
     )
     tmp = folder / f".{MANIFEST}.part"
     with tmp.open("w", encoding="utf-8") as out:
@@ -158,7 +161,12 @@ def restore_backup(
     folder, manifest, problems = read_manifest(source)
     if problems:
         return BackupCheck.of(manifest, problems)
-    target = Settings(database_url=database_url, **settings)
+    target = Settings(database_url=database_url, **{"table_prefix": manifest.table_prefix, **settings})
+    if target.table_prefix != manifest.table_prefix:
+        raise InvalidCommandError(
+            f"The backup is of the ledger with table prefix {manifest.table_prefix!r}; restore it "
+            f"with that prefix, not {target.table_prefix!r} (nothing was written)."
+        )
     if target.backend != manifest.backend:
         raise InvalidCommandError(
             f"A {manifest.backend} backup restores into {manifest.backend}, not {target.backend}."

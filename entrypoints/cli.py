@@ -6,6 +6,7 @@ Exit status: 0 ok; 1 a failed verification or a chatledger error (one red
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -56,8 +57,17 @@ def _root(
             "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    table_prefix: Annotated[
+        Optional[str],  # noqa: UP045 - typer needs Optional here
+        typer.Option(
+            "--prefix", envvar="CHATLEDGER_TABLE_PREFIX",
+            help="The ledger's table prefix (default chatledger_: the names stores always had).",
+        ),
+    ] = None,
 ) -> None:
     """Event-sourced conversation state for chatbots."""
+    if table_prefix is not None:  # before any command: every command's settings read it
+        os.environ["CHATLEDGER_TABLE_PREFIX"] = table_prefix
 
 
 @app.command()

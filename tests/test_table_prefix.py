@@ -9,9 +9,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from chatledger import ChatLedger, ConfigurationError, ManualClock
 from chatledger.domain.table_prefix import MAX_PREFIX_CHARS, table_name
@@ -100,8 +102,8 @@ def test_every_postgres_object_of_a_prefix_is_named_after_it(postgres_url: str) 
     ours = [n for n in names if OTHER in n]
     assert "bot2_events" in ours and "bot2_insert_events_v1" in ours and "bot2_analytics_sessions" in ours
     assert "chatledger_events" in names and "chatledger_insert_events_v1" in names and "analytics_sessions" in names
-    # eventsourcing's fixed-name type and function of its database-function insert (which chatledger
-    # refuses: POSTGRES_ENABLE_DB_FUNCTIONS) are the library's, the same for every table.
+    # eventsourcing's composite type (fixed name, one definition) is shared; its fixed-name insert
+    # function (unused: chatledger refuses POSTGRES_ENABLE_DB_FUNCTIONS) only the default prefix creates.
     shared = {"stored_event_uuid", "es_insert_events_uuid"}
     default = sorted(set(names) - set(ours) - shared)
     assert len(ours) == len(default), (sorted(ours), default)  # each object once per prefix
@@ -142,6 +144,22 @@ def test_every_name_of_the_longest_prefix_fits_postgres() -> None:
     assert len(longest.encode()) + len("__g9999") <= 63, longest
 
 
+@pytest.mark.slow
+def test_a_worker_with_a_prefix_sweeps_only_its_ledger(database_url: str, clock: ManualClock) -> None:
+    with ChatLedger.open(database_url, clock=clock) as a, ChatLedger.open(database_url, clock=clock, table_prefix=OTHER) as b:
+        a_sessions, b_sessions = _write(a, "a"), _write(b, "b")  # idle since the clock's start, long ago
+    script = os.path.join(os.path.dirname(sys.executable), "chatledger")
+    done = subprocess.run(
+        [script, "--prefix", OTHER, "worker", "--once", "--database", database_url],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "2"
+    with ChatLedger.open(database_url) as a, ChatLedger.open(database_url, table_prefix=OTHER) as b:
+        assert all("TimedOut" in event_names(b, s) for s in b_sessions)
+        assert not any("TimedOut" in event_names(a, s) for s in a_sessions)
+
+
 def test_a_console_script_reads_the_prefix_from_the_environment(sqlite_url: str) -> None:
     with ChatLedger.open(sqlite_url, table_prefix=OTHER) as ledger:
         ledger.receive(visitor_id="v-1", text="hello")
@@ -159,3 +177,32 @@ def test_a_console_script_reads_the_prefix_from_the_environment(sqlite_url: str)
         assert conn.execute(
             "SELECT count(*) FROM sqlite_master WHERE name = 'conversation_messages'"
         ).fetchone() == (0,)
+
+
+def test_a_prefixed_ledgers_backup_restores_and_verifies(database_url: str, tmp_path: Path) -> None:
+    from chatledger import InvalidCommandError
+    from chatledger.application.backups import create_backup, restore_backup
+
+    from .conftest import drop_schema
+    from .test_backups import other_store
+
+    with ChatLedger.open(database_url) as ledger:  # the default ledger next to it: not in the backup's head
+        _write(ledger, "a")
+        _write(ledger, "a2")
+    with ChatLedger.open(database_url, table_prefix=OTHER) as ledger:
+        sessions = _write(ledger, "b")
+        manifest = create_backup(ledger, tmp_path / "b")
+        head = ledger.verify().head_position
+    assert manifest.table_prefix == OTHER and manifest.head == head == manifest.events
+    target = other_store(database_url, tmp_path)
+    try:
+        with pytest.raises(InvalidCommandError, match="table prefix"):
+            restore_backup(tmp_path / "b", target, table_prefix="bot3_")
+        check = restore_backup(tmp_path / "b", target)
+        assert check.ok, check.problems
+        with ChatLedger.open(target, table_prefix=OTHER) as copy:
+            assert copy.verify(anchor=manifest.anchor).ok
+            assert _texts(copy, session_id=str(sessions[0])) == ["hello from b", "hi b"]
+    finally:
+        if not target.startswith("sqlite"):
+            drop_schema(make_url(target).query["schema"])  # type: ignore[arg-type]

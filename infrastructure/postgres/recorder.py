@@ -43,9 +43,7 @@ class PostgresLedgerRecorder(PostgresVerification, PostgresKeyRows, LedgerRecord
 
     datastore: PostgresDatastore
 
-    def __init__(
-        self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events", table_prefix: str = DEFAULT_PREFIX
-    ) -> None:
+    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events", table_prefix: str = DEFAULT_PREFIX) -> None:
         self.name_tables(table_prefix)
         if datastore.enable_db_functions:
             raise ConfigurationError(
@@ -53,6 +51,8 @@ class PostgresLedgerRecorder(PostgresVerification, PostgresKeyRows, LedgerRecord
                 "bypasses the hash chain; turn it off for chatledger."
             )
         super().__init__(datastore, events_table_name=events_table_name)
+        if table_prefix != DEFAULT_PREFIX:  # not the library's fixed-name (shared) insert function: unused, refused above
+            del self.sql_create_statements[self.create_insert_function_statement_index]
         s = Identifier(datastore.schema)
         self.sql_create_statements += [
             SQL(
