@@ -119,7 +119,7 @@ class ShadowRebuilds:
             # secure_delete zeroes their pages, which takes a while).
             quote = self.engine.dialect.identifier_preparer.quote
             for live, generation in retired:
-                for table in reversed(live.metadata.sorted_tables):
+                for table in reversed(live.view.metadata.sorted_tables):
                     with self.engine.begin() as conn:
                         conn.exec_driver_sql(
                             f"DROP TABLE IF EXISTS {quote(table.name + retired_suffix(generation))}"
@@ -179,7 +179,7 @@ class ShadowRebuilds:
                 for table in (on(self.engine, tracking_table), on(self.engine, failures_table)):
                     conn.execute(table.delete().where(table.c.projection == name + SHADOW_SUFFIX))
         self.drop_stale(live, keep=generation)
-        metadata, tables = generation_metadata(live.metadata, generation, rename_tables=True)
+        metadata, tables = generation_metadata(live.view.metadata, generation, rename_tables=True)
         view = SQLView(self.engine, name + SHADOW_SUFFIX, metadata, tables=tables, generation=generation)
         view.drop_indexes(live.deferred_indexes)  # built once, before the swap
         view.create_indexes(skip=live.deferred_indexes)  # a crash may have left some out
@@ -221,7 +221,7 @@ class ShadowRebuilds:
         """Generation numbers of ``<table>__g<N>`` tables of ``live`` that exist."""
         names = set(inspect(conn).get_table_names())
         found = []
-        for table in live.metadata.sorted_tables:
+        for table in live.view.metadata.sorted_tables:
             prefix = table.name + "__g"
             found += [int(n[len(prefix):]) for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()]
         return found
@@ -235,7 +235,7 @@ class ShadowRebuilds:
             return
         quote = self.engine.dialect.identifier_preparer.quote
         for generation in stale:
-            for table in reversed(live.metadata.sorted_tables):
+            for table in reversed(live.view.metadata.sorted_tables):
                 with self.engine.begin() as conn:
                     conn.exec_driver_sql(
                         f"DROP TABLE IF EXISTS {quote(table.name + retired_suffix(generation))}"
@@ -313,7 +313,7 @@ class ShadowRebuilds:
                     raise RuntimeError(f"shadow of {live.name!r} is behind the live model")
                 old = rows[live.name].generation
                 generation = shadow.view.generation()
-                for table in live.metadata.sorted_tables:
+                for table in live.view.metadata.sorted_tables:
                     conn.exec_driver_sql(
                         f"ALTER TABLE {quote(table.name)} RENAME TO "
                         f"{quote(table.name + retired_suffix(old))}"

@@ -206,3 +206,17 @@ def test_a_prefixed_ledgers_backup_restores_and_verifies(database_url: str, tmp_
     finally:
         if not target.startswith("sqlite"):
             drop_schema(make_url(target).query["schema"])  # type: ignore[arg-type]
+
+
+def test_rebuilds_of_a_prefixed_ledger_leave_the_other_alone(pair: tuple[ChatLedger, ChatLedger]) -> None:
+    a, b = pair
+    _write(a, "a")
+    _write(b, "b")
+    b.projector.rebuild_shadow(["conversation_log", "analytics", "memory"], batch_size=3)  # new tables, swapped in
+    b.projector.rebuild_shadow(["conversation_log"])  # a second generation: its indexes __g2
+    b.projector.rebuild("active_sessions")  # in place
+    assert _texts(b, visitor_id="v-shared") == ["hello from b", "hi b"]
+    assert _texts(a, visitor_id="v-shared") == ["hello from a", "hi a"]
+    assert a.analytics().sessions == 2 and b.analytics().sessions == 2
+    assert b.memory(user_id="u-b").known and not b.memory(user_id="u-a").known
+    assert {s.name: s.position for s in a.projection_status()} == {s.name: s.position for s in b.projection_status()}
