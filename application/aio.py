@@ -37,6 +37,7 @@ from datetime import datetime
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 from uuid import UUID
 
+from ..domain.actors import acting_as
 from ..domain.errors import ChatLedgerError, ConfigurationError
 
 try:
@@ -192,6 +193,10 @@ class AsyncChatLedger:
     takes the parameters of the :class:`ChatLedger` method of the same name and returns what
     it returns; :meth:`history` returns a list. Share one instance per process and event loop.
     """
+
+    acting_as = staticmethod(acting_as)
+    """As ``ChatLedger.acting_as``: the block's awaited calls record that actor (a
+    worker thread runs each call in the caller's context)."""
 
     def __init__(self, ledger: ChatLedger, *, workers: int | None = None) -> None:
         if workers is None:

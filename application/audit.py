@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
+from ..domain.actors import UNRECORDED, Cause
 from ..domain.errors import (
     ChatLedgerError,
     ConfigurationError,
@@ -33,6 +34,7 @@ from ..domain.read_views import SessionState
 from ..infrastructure.hashchain import VerificationReport
 from ..infrastructure.key_audit import KeyAudit
 from ..infrastructure.ledger_recorders import as_ledger_recorder
+from ..infrastructure.persistence import PydanticMapper
 from ..infrastructure.sealing import Anchor
 from .erasure import visitors_of_user
 from .tenant_scope import own_session
@@ -51,11 +53,22 @@ def chained(recorder: object) -> SQLiteLedgerRecorder | PostgresLedgerRecorder:
     return ours
 
 
-class HistoryStep(NamedTuple):
-    """One stored event of a session and the session's state right after it."""
-
+class _Step(NamedTuple):
     event: DomainEvent
     state: SessionState
+
+
+class HistoryStep(_Step):
+    """One stored event of a session and the session's state right after it (a pair:
+    ``for event, state in ledger.history(sid)``), and who appended the event:
+    ``actor`` and ``request_id`` (docs/events.md; ``"unrecorded"`` before actors were)."""
+
+    actor: str = UNRECORDED
+    request_id: str | None = None
+
+    def caused_by(self, cause: Cause) -> HistoryStep:
+        self.actor, self.request_id = cause
+        return self
 
 
 def known_at(event: DomainEvent) -> datetime:
@@ -80,7 +93,10 @@ def iter_history(
     sid = own_session(uow, session_id)
     session: Session | None = None
     seen = False
-    for event in uow.events.get(sid, lte=version):
+    mapper = uow.mapper
+    cause_of = mapper.cause_of if isinstance(mapper, PydanticMapper) else lambda stored: Cause(UNRECORDED)
+    for stored in uow.recorder.select_events(sid, lte=version):  # as events.get, with each actor
+        event = mapper.to_domain_event(stored)
         seen = True
         if not isinstance(event, Session.Event):
             raise UnknownSessionError(session_id)
@@ -88,7 +104,7 @@ def iter_history(
             continue  # a TimedOut noticed after ``until`` can precede known events
         session = event.mutate(session)
         assert session is not None
-        yield HistoryStep(event, SessionState.of(session))
+        yield HistoryStep(event, SessionState.of(session)).caused_by(cause_of(stored))
     if not seen:
         raise UnknownSessionError(session_id)
 
@@ -169,7 +185,11 @@ EXPORT_FIELDS = {
     "type": "the event class name",
     "occurred_at": "business time of the fact (UTC)",
     "event": "the event decoded: personal fields decrypted, or erased markers if the key was destroyed",
-    "stored_state": "the exact stored bytes (UTF-8 JSON; personal fields as {$enc, kid} envelopes)",
+    "stored_state": "the exact stored bytes (UTF-8 JSON; personal fields as {$enc, kid} envelopes; "
+    "the actor as its first keys, $actor and $request)",
+    "actor": "who appended the event (api-key:<id>, operator:<name>, worker:sweeper, ...: what the "
+    "caller claimed, see docs/compliance.md); 'unrecorded' before actors were recorded",
+    "request_id": "the caller's request or correlation id, if it gave one",
     "event_hash": "hex SHA-256 chaining this event to the previous one of its aggregate",
     "log_hash": "hex SHA-256 chaining this event to the previous event of the whole log (rows written "
     "before 0.3 only; empty since: the log-wide link is the seal, see chatledger audit anchor)",
@@ -225,6 +245,7 @@ def export_bundle(
             assert isinstance(event, DomainEvent)  # every stored event is one of ours
             nid = positions.get(stored.originator_version)
             ev_hash, lg_hash = hashes.get(nid, (b"", b"")) if nid is not None else (b"", b"")
+            cause = uow.mapper.cause_of(stored) if isinstance(uow.mapper, PydanticMapper) else Cause(UNRECORDED)
             line = {
                 "record": "event",
                 "aggregate": kind,
@@ -235,6 +256,8 @@ def export_bundle(
                 "type": type(event).__name__,
                 "occurred_at": event.occurred_at.isoformat() if event.occurred_at else None,
                 "event": event.model_dump(mode="json"),
+                "actor": cause.actor,
+                "request_id": cause.request_id,
                 "stored_state": stored.state.decode(),
                 "event_hash": ev_hash.hex(),
                 "log_hash": lg_hash.hex(),

@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..domain.actors import Cause
 from ..domain.errors import ConfigurationError, InvalidPolicyError
 from ..domain.policy import SessionPolicy
 from ..domain.table_prefix import event_table_name
@@ -26,7 +27,7 @@ from ..infrastructure.database import make_engine
 from ..infrastructure.key_providers import provider_from_settings
 from ..infrastructure.key_ring import KeyRing
 from ..infrastructure.ledger_recorders import as_ledger_recorder
-from ..infrastructure.persistence import eventsourcing_env, postgres_table_exists, schema_lock
+from ..infrastructure.persistence import PydanticMapper, eventsourcing_env, postgres_table_exists, schema_lock
 from ..infrastructure.scheduler import BackgroundJobs
 from ..infrastructure.settings import Settings
 from ..infrastructure.shredding_mapper import ShreddingMapper
@@ -92,6 +93,12 @@ def install_key_ring(mapper: Any, recorder: Any) -> None:
     ours = as_ledger_recorder(recorder)
     if isinstance(mapper, ShreddingMapper) and ours is not None:
         mapper.key_ring = KeyRing(ours)
+
+
+def configure_actor(mapper: Any, settings: Settings) -> None:
+    """The actor of events appended with none set (the ``actor`` setting)."""
+    if isinstance(mapper, PydanticMapper):
+        mapper.default_cause = Cause(settings.actor)
 
 
 def install_key_provider(recorder: Any, settings: Settings) -> None:
@@ -225,6 +232,7 @@ __all__ = [
     "build_snapshot_store",
     "close_key_provider",
     "components",
+    "configure_actor",
     "install_key_provider",
     "install_key_ring",
     "jobs_running",

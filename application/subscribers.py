@@ -31,6 +31,7 @@ from eventsourcing.utils import get_topic
 from pydantic import AwareDatetime
 from pydantic_core import from_json
 
+from ..domain.actors import UNRECORDED, Cause
 from ..domain.batching import batched
 from ..domain.erasure import ERASED_VALUES
 from ..domain.pydantic_aggregates import Immutable
@@ -56,6 +57,8 @@ class LogEvent(Immutable):
     redeliveries by it. ``data`` is the event's JSON; its personal fields are
     sealed (``"[sealed]"``, ``{"$sealed": true}``) unless ``content`` is True,
     and erased content reads as erased (``"[erased]"``, ``{"$erased": true}``).
+    ``actor``/``request_id``: who appended it (docs/events.md; ``"unrecorded"``
+    for an event stored before actors were).
     """
 
     position: int
@@ -68,6 +71,8 @@ class LogEvent(Immutable):
     recorded_at: AwareDatetime
     content: bool
     data: dict[str, Any]
+    actor: str = UNRECORDED
+    request_id: str | None = None
 
 
 def read_events(
@@ -102,10 +107,13 @@ def _decoded(uow: UnitOfWork, batch: Sequence[Any], content: bool) -> list[LogEv
     else:
         sealed = getattr(mapper, "to_sealed_event", mapper.to_domain_event)
         events = [sealed(n) for n in batch]
-    return [_log_event(n.id, e, content, n.id in erased) for n, e in zip(batch, events)]
+    cause_of = getattr(mapper, "cause_of", lambda n: Cause(UNRECORDED))
+    return [_log_event(n.id, e, content, n.id in erased, cause_of(n)) for n, e in zip(batch, events)]
 
 
-def _log_event(position: int, event: Any, content: bool, erased: bool = False) -> LogEvent:
+def _log_event(
+    position: int, event: Any, content: bool, erased: bool = False, cause: Cause = Cause(UNRECORDED)
+) -> LogEvent:
     cls = type(event)
     topic = get_topic(cls)
     data = event.model_dump(mode="json")
@@ -126,6 +134,8 @@ def _log_event(position: int, event: Any, content: bool, erased: bool = False) -
         recorded_at=event.timestamp,
         content=content,
         data=data,
+        actor=cause.actor,
+        request_id=cause.request_id,
     )
 
 

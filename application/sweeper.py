@@ -35,6 +35,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import RecordConflictError
 
+from ..domain.actors import SWEEPER, acting_as
 from ..domain.errors import InvalidCommandError, UnknownSessionError
 from ..domain.session import Session
 from ..projections.active_session_queries import (
@@ -114,6 +115,11 @@ def sweep(
         raise InvalidCommandError(f"limit={limit} must be a positive number of sessions, or None.")
     if batch_size < 1:
         raise InvalidCommandError(f"batch_size={batch_size} must be at least 1.")
+    with acting_as(SWEEPER):  # the time-outs are the sweeper's (a caller's request id is kept)
+        return _sweep(uow, now, limit, batch_size, tenant)
+
+
+def _sweep(uow: UnitOfWork, now: datetime | None, limit: int | None, batch_size: int, tenant: str | None) -> SweepReport:
     started = time.perf_counter()
     detected_at = uow.now(now)
     projector = uow.projector

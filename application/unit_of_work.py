@@ -30,6 +30,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
 from eventsourcing.persistence import DataError, PersistenceError
 
+from ..domain import actors
 from ..domain import validation as v
 from ..domain.errors import (
     InvalidCommandError,
@@ -125,6 +126,7 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
         bootstrap.install_key_provider(self.recorder, settings)
         bootstrap.install_key_ring(self.mapper, self.recorder)
         bootstrap.configure_sealer(self.recorder, settings)
+        bootstrap.configure_actor(self.mapper, settings)
 
     @cached_property
     def projector(self) -> ProjectionRunner:
@@ -160,6 +162,10 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
         bootstrap.close_key_provider(self.recorder)
 
     # ------------------------------------------------------------------ loading
+
+    acting_as = staticmethod(actors.acting_as)
+    """``with ledger.acting_as("operator:alice", request_id=None):`` every event appended
+    in the block (by any ledger, in this thread or task) records that actor (docs/events.md)."""
 
     def now(self, at: datetime | None) -> datetime:
         """``at`` in UTC, or the ledger clock's time."""

@@ -6,7 +6,6 @@ Exit status: 0 ok; 1 a failed verification or a chatledger error (one red
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -51,12 +50,20 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     show_version: Annotated[
         bool,
         typer.Option(
             "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    actor: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--actor", metavar="ACTOR",
+            help="Who the events this command appends are recorded as (default: operator:$USER).",
+        ),
+    ] = None,
     table_prefix: Annotated[
         Optional[str],  # noqa: UP045 - typer needs Optional here
         typer.Option(
@@ -66,8 +73,11 @@ def _root(
     ] = None,
 ) -> None:
     """Event-sourced conversation state for chatbots."""
-    if table_prefix is not None:  # before any command: every command's settings read it
-        os.environ["CHATLEDGER_TABLE_PREFIX"] = table_prefix
+    from .cli_options import cli_actor, cli_table_prefix
+
+    if table_prefix is not None:  # before any command: every command's settings read it (until it ends)
+        ctx.with_resource(cli_table_prefix(table_prefix))
+    ctx.with_resource(cli_actor(actor))  # until the command ends (an in-process run leaves nothing set)
 
 
 @app.command()

@@ -70,6 +70,8 @@ def replay(
                 {
                     "version": step.event.originator_version,
                     "type": type(step.event).__name__,
+                    "actor": step.actor,
+                    "request_id": step.request_id,
                     "event": _event_payload(step.event),
                     "state": step.state.model_dump(mode="json"),
                 }
@@ -83,7 +85,7 @@ def replay(
         e, s = step
         console.print(
             f"[bold]v{e.originator_version}[/] {e.occurred_at.isoformat()} "
-            f"[cyan]{type(e).__name__}[/] {escape(json.dumps(_event_payload(e), default=str))}"
+            f"[cyan]{type(e).__name__}[/] by {escape(step.actor)} {escape(json.dumps(_event_payload(e), default=str))}"
         )
         last = f"{s.messages[-1].role}: {s.messages[-1].text}" if s.messages else "-"
         console.print(

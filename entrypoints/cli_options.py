@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Optional
@@ -68,6 +69,34 @@ def output_file(value: Path) -> Path:
     if value.is_dir():
         raise typer.BadParameter(f"{value} is a folder; name a file to write.")
     return value
+
+
+def cli_actor(actor: str | None) -> AbstractContextManager[object]:
+    """The actor of this command's events: ``--actor``, else ``operator:<login name>``
+    (the worker's sweeps are ``worker:sweeper``; the service's requests their key's)."""
+    from ..domain.actors import acting_as, safe_token
+
+    if actor is None:
+        try:
+            login = getpass.getuser()
+        except (KeyError, OSError):
+            login = "unknown"
+        actor = f"operator:{safe_token(login)}"
+    return acting_as(actor)
+
+
+@contextmanager
+def cli_table_prefix(prefix: str) -> Iterator[None]:
+    """``--prefix``: ``CHATLEDGER_TABLE_PREFIX`` while the command runs (its settings read it)."""
+    before = os.environ.get("CHATLEDGER_TABLE_PREFIX")
+    os.environ["CHATLEDGER_TABLE_PREFIX"] = prefix
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CHATLEDGER_TABLE_PREFIX", None)
+        else:
+            os.environ["CHATLEDGER_TABLE_PREFIX"] = before
 
 
 def open_ledger(database: str | None, *, read_only: bool = False) -> ChatLedger:

@@ -24,8 +24,10 @@ from eventsourcing.utils import get_topic, resolve_topic
 from pydantic import ValidationError
 from pydantic_core import from_json
 
+from ..domain.actors import UNKNOWN, Cause, current_cause
 from ..domain.errors import ConfigurationError
-from ..domain.pydantic_aggregates import DomainEvent, upcast
+from ..domain.pydantic_aggregates import AggregateSnapshot, DomainEvent, upcast
+from .event_actors import PREFIX, drop_cause, split, stamp
 from .settings import Settings
 
 _VERSION_SUFFIXES: dict[int, bytes] = {}
@@ -67,13 +69,35 @@ class PydanticMapper(Mapper[UUID]):
     stored at an older version is decoded, upcast and validated; one stored at a
     newer version raises ``EventVersionError``, and a snapshot at any other
     version is ``StaleSnapshot`` (ignored by the snapshot store).
+
+    Actors (:mod:`.event_actors`): every event but a snapshot is stored with
+    the actor in effect (``acting_as``, else :attr:`default_cause`) as its
+    first key, taken off before validation.
     """
+
+    default_cause: Cause = Cause(UNKNOWN)
+    """The actor of events appended with none set (the ``actor`` setting)."""
+
+    def stamped(self, domain_event: Any, body: bytes) -> bytes:
+        """``body`` with the current actor in it (a snapshot's as it is)."""
+        if isinstance(domain_event, AggregateSnapshot):
+            return body
+        return stamp(body, current_cause() or self.default_cause)
+
+    def cause_of(self, stored_event: StoredEvent) -> Cause:
+        """Who appended ``stored_event`` (``unrecorded`` before actors were)."""
+        stored = stored_event.state
+        if self.cipher:
+            stored = self.cipher.decrypt(stored)
+        if self.compressor:
+            stored = self.compressor.decompress(stored)
+        return split(stored)[0]
 
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
         if not isinstance(domain_event, DomainEvent):
             msg = f"{type(domain_event).__qualname__} is not a chatledger DomainEvent"
             raise TypeError(msg)
-        stored = domain_event.model_dump_json().encode()
+        stored = self.stamped(domain_event, domain_event.model_dump_json().encode())
         version = type(domain_event).class_version
         if version != 1:
             stored = stored[:-1] + version_suffix(version)
@@ -94,21 +118,24 @@ class PydanticMapper(Mapper[UUID]):
             stored = self.cipher.decrypt(stored)
         if self.compressor:
             stored = self.compressor.decompress(stored)
+        if stored.startswith(PREFIX):
+            stored = split(stored)[1]
         cls = resolve_topic(stored_event.topic)
         body = current_body(stored, cls.class_version)
         if body is not None:
             try:
                 return cls.model_validate_json(body)
             except ValidationError:
-                if b'"class_version"' not in stored:
+                if b'"class_version"' not in stored and b'"$actor"' not in stored:
                     raise
         return self.upcast_and_validate(cls, from_json(stored), stored_event)
 
     @staticmethod
     def upcast_and_validate(event_class: Any, state: dict[str, Any], stored_event: StoredEvent) -> Any:
-        """Validate a decoded (and decrypted) stored state as ``event_class``, upcast first."""
+        """Validate a decoded (and decrypted) stored state as ``event_class``, upcast first
+        (the actor keys dropped, wherever they were)."""
         return event_class.model_validate(
-            upcast(event_class, state, stored_event.originator_id, stored_event.originator_version)
+            upcast(event_class, drop_cause(state), stored_event.originator_id, stored_event.originator_version)
         )
 
 

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from .envelopes import aad_id_of, is_envelope, loads_plain, open_envelope, walk
+from .event_actors import drop_cause, without_cause
 from .key_ring import KEY_CACHE_TTL_S, KeyRing
 from .persistence import current_body
 from .personal_fields import COMPILED_PATHS, SEALED_VALUES, TOP_LEVEL_FIELDS
@@ -59,7 +60,7 @@ class FastDecoding:
         """:meth:`to_domain_event` for events whose personal fields are all
         top-level: the same steps as :meth:`decrypt_state`, in one function
         (this runs once per message of a rebuild)."""
-        data: dict[str, Any] = from_json(stored_event.state)
+        data: dict[str, Any] = drop_cause(from_json(stored_event.state))
         cls = resolve_topic(stored_event.topic)
         if "class_version" in data or cls.class_version != 1:
             if data.get("class_version", 1) != cls.class_version:
@@ -102,6 +103,7 @@ class FastDecoding:
         active-session read models): every other field is exactly what
         :meth:`to_domain_event` gives, at a fraction of the cost.
         """
+        stored_event = without_cause(stored_event)
         state = stored_event.state
         compiled = COMPILED_PATHS.get(stored_event.topic)
         if compiled is None or b'"$enc"' not in state or compiled[0][0] == "state":
@@ -118,7 +120,7 @@ class FastDecoding:
                     return cls.model_validate_json(_ENVELOPE.sub(_sealed_bytes, body))
                 except ValidationError:
                     pass
-        data: dict[str, Any] = from_json(state)
+        data: dict[str, Any] = drop_cause(from_json(state))
         if "class_version" in data or cls.class_version != 1:
             if data.get("class_version", 1) != cls.class_version:
                 # Another version: the upcasters need the plaintext (or the

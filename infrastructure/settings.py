@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     master_key_file: str | None = None  # a file holding the same (when master_key is unset)
     key_vault: str | None = None  # the key vault file (per-key wrapping keys erasure can forget)
     key_provider: str | None = None  # "module:factory" of a KMS/Vault provider (overrides the above)
+    # Who appends (see domain/actors.py): the actor of events appended with none set by acting_as.
+    actor: str = Field(default="unknown", pattern=r"^[A-Za-z0-9._:@/+=-]{1,128}$")
     # The limits of domain.validation.Limits (see there and docs/api.md).
     max_text_chars: int = Field(default=TEXT_CEILING, ge=1, le=TEXT_CEILING)
     max_id_chars: int = Field(default=ID_CEILING, ge=1, le=ID_CEILING)

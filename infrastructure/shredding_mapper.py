@@ -47,6 +47,7 @@ from .envelopes import (
     open_envelope,
     walk,
 )
+from .event_actors import drop_cause, without_cause
 from .key_ring import KeyRing
 from .persistence import PydanticMapper
 from .personal_fields import COMPILED_PATHS, EMPTY_VALUES, PERSONAL_FIELDS, TOP_LEVEL_FIELDS
@@ -98,7 +99,7 @@ class ShreddingMapper(FastDecoding, PydanticMapper):
             originator_id=domain_event.originator_id,
             originator_version=domain_event.originator_version,
             topic=get_topic(type(domain_event)),
-            state=json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(),
+            state=self.stamped(domain_event, json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()),
             visitor_id=visitor_id,
             kid=kid if used else None,
             new_key=new_key if used else None,
@@ -113,7 +114,8 @@ class ShreddingMapper(FastDecoding, PydanticMapper):
         class's version is opened at the class's personal paths
         (:data:`PERSONAL_FIELDS`), one stored at an older version at wherever
         its envelopes are (:func:`~chatledger.infrastructure.envelopes.envelopes`), since its personal fields may
-        have been named otherwise then."""
+        have been named otherwise then. The actor is taken off first."""
+        stored_event = without_cause(stored_event)
         state = stored_event.state
         if b'"$enc"' not in state:
             return super().to_domain_event(stored_event)
@@ -168,8 +170,9 @@ class ShreddingMapper(FastDecoding, PydanticMapper):
     def decrypt_state(self, stored_event: StoredEvent, *, upcast_state: bool = True) -> dict[str, Any]:
         """The stored JSON with each envelope opened, or replaced by its erased
         marker, and upcast to its class's version (unless ``upcast_state`` is
-        false): the state the event class validates."""
-        data: dict[str, Any] = from_json(stored_event.state)
+        false): the state the event class validates (the actor taken off)."""
+        stored_event = without_cause(stored_event)
+        data: dict[str, Any] = drop_cause(from_json(stored_event.state))
         cls = resolve_topic(stored_event.topic)
         if stored_event.topic not in COMPILED_PATHS or data.get("class_version", 1) != cls.class_version:
             self.open_all(stored_event, data)

@@ -20,6 +20,7 @@ from fastapi import Request
 from starlette.exceptions import HTTPException
 
 from ... import ChatLedgerError
+from ...domain.actors import adopt, safe_token
 from ...application.aio import AsyncChatLedger
 from ...application.api_keys import DEFAULT_TENANT, ApiKey
 
@@ -93,6 +94,7 @@ def require(*scopes: str) -> Callable[[Request], Awaitable[ApiKey | None]]:
             raise Forbidden(refusal)
         request.state.key = key
         request.state.ledger = await tenant_ledger(request, key.tenant)
+        adopt(f"api-key:{safe_token(key.key_id)}")  # the request's events name the key that wrote them
         return key
 
     return check

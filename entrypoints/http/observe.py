@@ -20,12 +20,15 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ...domain.actors import acting_as
+
 from .metrics import ServiceMetrics, route_of
 from .tracing import SpanNamer
 
 log = logging.getLogger("chatledger.http")
 
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+HTTP_ACTOR = "service:http"
 FIELDS = ("request_id", "method", "route", "status", "duration_ms", "key_id", "tenant")
 
 
@@ -59,7 +62,10 @@ class ObservedRequests:
             await send(message)
 
         try:
-            await self.app(scope, receive, sending)
+            # Every event this request appends records the request id, and the actor
+            # "service:http" until its API key is checked (auth.require: "api-key:<id>").
+            with acting_as(HTTP_ACTOR, request_id.decode()):
+                await self.app(scope, receive, sending)
         finally:
             seconds = time.perf_counter() - started
             route = self.metrics.observe(scope, status, seconds)
