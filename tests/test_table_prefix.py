@@ -220,3 +220,19 @@ def test_rebuilds_of_a_prefixed_ledger_leave_the_other_alone(pair: tuple[ChatLed
     assert a.analytics().sessions == 2 and b.analytics().sessions == 2
     assert b.memory(user_id="u-b").known and not b.memory(user_id="u-a").known
     assert {s.name: s.position for s in a.projection_status()} == {s.name: s.position for s in b.projection_status()}
+
+
+def test_retention_of_one_prefix_archives_only_its_sessions(
+    pair: tuple[ChatLedger, ChatLedger], clock: ManualClock, tmp_path: Path
+) -> None:
+    a, b = pair
+    for ledger, name in ((a, "a"), (b, "b")):
+        turn = ledger.receive(visitor_id="v", text=f"hi {name}")
+        ledger.end_session(turn.session_id)
+    clock.advance(timedelta(days=40))
+    b.catch_up()
+    assert b.archive_closed_sessions(timedelta(days=30), tmp_path / "archive").archived == 1
+    a.catch_up()
+    b.catch_up()
+    assert _texts(a, visitor_id="v") == ["hi a"] and _texts(b, visitor_id="v") == []
+    assert a.verify().break_count == 0 and b.verify().break_count == 0
