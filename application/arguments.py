@@ -35,15 +35,31 @@ def checked(**checks: Check) -> Callable[[F], F]:
 
     def decorate(method: F) -> F:
         signature = inspect.signature(method)
+        params = list(signature.parameters.values())[1:]  # after self
+        positional = {p.name: i for i, p in enumerate(params) if p.kind == p.POSITIONAL_OR_KEYWORD}
+        plain = all(p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params)
+        items = list(checks.items())
 
         @functools.wraps(method)
         def run_checks(self: Any, *args: Any, **kwargs: Any) -> Any:
-            bound = signature.bind(self, *args, **kwargs)
-            arguments, limits = bound.arguments, self.limits
-            for name, check in checks.items():
-                if name in arguments:
-                    arguments[name] = check(name, arguments[name], limits)
-            return method(*bound.args, **bound.kwargs)
+            limits = self.limits
+            if not plain or len(args) > len(positional) or any(positional.get(k, len(args)) < len(args) for k in kwargs):
+                bound = signature.bind(self, *args, **kwargs)  # the general case (and its TypeError)
+                arguments = bound.arguments
+                for name, check in items:
+                    if name in arguments:
+                        arguments[name] = check(name, arguments[name], limits)
+                return method(*bound.args, **bound.kwargs)
+            # The usual call, without Signature.bind (~5 % of a command's CPU): the
+            # same checks in the same order, on the arguments given.
+            given = list(args)
+            for name, check in items:
+                i = positional.get(name, len(given))
+                if i < len(given):
+                    given[i] = check(name, given[i], limits)
+                elif name in kwargs:
+                    kwargs[name] = check(name, kwargs[name], limits)
+            return method(self, *given, **kwargs)
 
         return run_checks  # type: ignore[return-value]
 

@@ -142,7 +142,7 @@ def verify_log(
         return report
     sid = own_session(uow, session_id, any_aggregate=True)
     report = audited_verify(recorder, VerificationReport(scope=f"session {sid}"), sid)
-    if report.checked == 0 and report.break_count == 0:
+    if report.checked == 0 and report.break_count == 0 and report.removed == 0:  # removed: by retention
         raise UnknownSessionError(session_id)
     return report
 

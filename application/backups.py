@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,10 @@ from ..domain.errors import ConfigurationError, InvalidCommandError
 from ..domain.table_prefix import DEFAULT_PREFIX
 from ..infrastructure import backups as copies
 from ..infrastructure.settings import Settings
+from ..projections import DEFAULT_READ_MODELS
+from ..projections.prefixes import prefixed_metadata
+from ..projections.read_model import ReadModel
+from ..projections.tracking import TRACKING
 from .audit import verify_log
 from .unit_of_work import UnitOfWork
 
@@ -57,6 +61,16 @@ class BackupManifest(BaseModel):
     events: int
     files: dict[str, dict[str, Any]]
     table_prefix: str = DEFAULT_PREFIX  # the ledger's (a restore uses it); before it, the default
+    left_out: list[str] = []
+    """Read-model tables not in the copy (they hold plaintext): the restore rebuilds them."""
+
+
+def derived_tables(read_models: Sequence[type[ReadModel]] = (), prefix: str = DEFAULT_PREFIX) -> set[str]:
+    """The tables of the read models (``read_models`` and chatledger's own) and of their
+    bookkeeping (positions, failures, generations): derived from the log, never backed up."""
+    metadata = [m.metadata for m in (*DEFAULT_READ_MODELS, *read_models)] + [TRACKING]
+    metadata = [prefixed_metadata(md, prefix)[0] for md in metadata]
+    return {t.name for md in metadata for t in md.sorted_tables}
 
 
 class BackupCheck(BaseModel):
@@ -108,11 +122,12 @@ def create_backup(uow: UnitOfWork, destination: str | os.PathLike[str]) -> Backu
             f"Cannot create the backup folder {str(folder)!r} ({err.strerror})."
         ) from err
     uow.recorder.seal()  # type: ignore[attr-defined]
+    derived = derived_tables(uow.read_models, settings.table_prefix)
     if settings.backend == "sqlite":
         assert settings.sqlite_path is not None
-        copied = copies.sqlite_copy(settings.sqlite_path, folder / SQLITE_FILE, settings.table_prefix)
+        copied = copies.sqlite_copy(settings.sqlite_path, folder / SQLITE_FILE, derived, settings.table_prefix)
     else:
-        copied = copies.postgres_dump(settings, folder)
+        copied = copies.postgres_dump(settings, folder, derived=derived)
     manifest = BackupManifest(
         created_at=datetime.now(UTC),
         backend=settings.backend,
@@ -121,6 +136,7 @@ def create_backup(uow: UnitOfWork, destination: str | os.PathLike[str]) -> Backu
         events=copied.events,
         files=copied.files,
         table_prefix=settings.table_prefix,
+        left_out=sorted(derived),
     )
     tmp = folder / f".{MANIFEST}.part"
     with tmp.open("w", encoding="utf-8") as out:
@@ -155,9 +171,18 @@ def read_manifest(source: str | os.PathLike[str]) -> tuple[Path, BackupManifest,
 
 
 def restore_backup(
-    source: str | os.PathLike[str], database_url: str, *, verify: bool = True, **settings: Any
+    source: str | os.PathLike[str],
+    database_url: str,
+    *,
+    verify: bool = True,
+    rebuild: bool = True,
+    anchor: str | None = None,
+    **settings: Any,
 ) -> BackupCheck:
-    """Load the backup into the empty store at ``database_url`` and verify it against the manifest."""
+    """Load the backup into the empty store at ``database_url``, rebuild its read models
+    from the log (``rebuild``), and verify it against the manifest (``verify``) and
+    ``anchor`` (``ROOT@POSITION`` published outside the backup folder: the manifest,
+    next to the copy, is not authenticated; whoever can rewrite the copy can rewrite it)."""
     folder, manifest, problems = read_manifest(source)
     if problems:
         return BackupCheck.of(manifest, problems)
@@ -181,7 +206,7 @@ def restore_backup(
             )
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.restoring-{uuid4().hex[:8]}"
-        shutil.copyfile(folder / SQLITE_FILE, tmp)
+        copies.sqlite_place(folder / SQLITE_FILE, tmp, derived_tables(prefix=target.table_prefix))
         os.replace(tmp, path)
     else:
         if copies.postgres_event_count(target):
@@ -194,22 +219,47 @@ def restore_backup(
             empty.projector  # noqa: B018 - and the read models'
         finally:
             empty.close()
-        skipped = copies.postgres_load(target, folder, manifest.files)
+        skipped = copies.postgres_load(target, folder, manifest.files, derived_tables(prefix=target.table_prefix))
         problems += [f"table {t} not restored: this process defines no such table" for t in skipped]
+    if rebuild:
+        problems += _rebuild_read_models(target)
     if not verify:
         return BackupCheck.of(manifest, problems, restored_to=database_url)
-    return _check_restored(target, manifest, problems, database_url)
+    return _check_restored(target, manifest, problems, database_url, anchor)
+
+
+def _rebuild_read_models(target: Settings) -> list[str]:
+    """Build the restored store's read models from its log (the backup has none): an
+    erased visitor's content, whose key the provider forgot, is projected as erased."""
+    restored = _Store(target)
+    try:
+        restored.projector.catch_up()
+    except ConfigurationError as err:
+        return [f"read models not rebuilt ({err}); run `chatledger projections rebuild --all`"]
+    finally:
+        restored.close()
+    return []
 
 
 def _check_restored(
-    target: Settings, manifest: BackupManifest, problems: list[str], url: str
+    target: Settings, manifest: BackupManifest, problems: list[str], url: str, anchor: str | None
 ) -> BackupCheck:
+    if (
+        anchor is not None
+        and manifest.anchor is not None
+        and anchor != manifest.anchor
+        and anchor.rpartition("@")[2] == manifest.anchor.rpartition("@")[2]
+    ):
+        problems.append(f"the manifest's anchor {manifest.anchor} is not the anchor given, {anchor}")
     restored = _Store(target)
     try:
-        report = verify_log(restored, None, manifest.anchor)
+        # An anchor published elsewhere is the check: the manifest alone is not authenticated.
+        report = verify_log(restored, None, anchor or manifest.anchor)
         head = restored.projector.head()
     finally:
         restored.close()
+    if report.checked != manifest.events:
+        problems.append(f"{report.checked} events restored, {manifest.events} in the manifest")
     if not report.ok:
         first = report.first_break
         problems.append(
@@ -227,7 +277,11 @@ def _check_restored(
 
 
 def verify_backup(
-    source: str | os.PathLike[str], scratch_url: str | None = None, **settings: Any
+    source: str | os.PathLike[str],
+    scratch_url: str | None = None,
+    *,
+    anchor: str | None = None,
+    **settings: Any,
 ) -> BackupCheck:
     """Restore the backup into a scratch store, verify it against its manifest, remove the scratch.
 
@@ -238,7 +292,9 @@ def verify_backup(
         return BackupCheck.of(manifest, problems)
     if manifest.backend == "sqlite":
         with tempfile.TemporaryDirectory(prefix="chatledger-verify-") as tmp:
-            check = restore_backup(source, f"sqlite:///{tmp}/store.sqlite", **settings)
+            check = restore_backup(
+                source, f"sqlite:///{tmp}/store.sqlite", rebuild=False, anchor=anchor, **settings
+            )
         return check.model_copy(update={"restored_to": None})
     if scratch_url is None:
         raise ConfigurationError(
@@ -248,7 +304,7 @@ def verify_backup(
     schema = f"chatledger_verify_{uuid4().hex[:12]}"
     url = base.update_query_dict({"schema": schema}).render_as_string(hide_password=False)
     try:
-        check = restore_backup(source, url, **settings)
+        check = restore_backup(source, url, rebuild=False, anchor=anchor, **settings)
     finally:
         copies.postgres_drop_schema(Settings(database_url=url))
     return check.model_copy(update={"restored_to": None})

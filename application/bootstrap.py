@@ -36,6 +36,7 @@ from ..projections import DEFAULT_READ_MODELS
 from ..projections.read_model import ReadModel
 from ..projections.runner import ProjectionRunner
 from .clock import Clock, system_clock
+from .tenancy import tenant_handle
 
 
 def components(
@@ -149,10 +150,12 @@ def start_jobs(
     """The background jobs of ``ledger`` (the facade: its ``sweep``, ``catch_up`` and, with a
     :class:`~chatledger.application.retention.RetentionPolicy` as ``retention``, ``archive_closed_sessions``
     run as the jobs), started once: ``ledger.background`` until :func:`stop_jobs`. Typed loosely
-    so that this module imports no use case."""
+    so that this module imports no use case. The store's jobs are the operator's: a named
+    tenant's handle refuses them (they would hand it the operator's ledger)."""
+    ledger.refuse_on_tenant_handle("start_background_jobs()")
     if ledger.background is None:
         jobs = BackgroundJobs(  # the store's jobs, run as the operator's (default tenant's) ledger
-            ledger.tenant(DEFAULT_TENANT), interval=interval, retention=retention, projections_interval=projections_interval
+            tenant_handle(ledger, DEFAULT_TENANT), interval=interval, retention=retention, projections_interval=projections_interval
         )
         jobs.start()
         ledger.background = jobs

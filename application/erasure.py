@@ -5,6 +5,7 @@ See :meth:`chatledger.ChatLedger.erase` and docs/compliance.md.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import datetime
 from uuid import UUID, uuid4
@@ -21,6 +22,20 @@ from .repository import LedgerRepository
 from .unit_of_work import UnitOfWork
 
 LINK_TOPIC = get_topic(Visitor.IdentityLinked)
+LOG = logging.getLogger("chatledger.erasure")
+
+
+class ErasureIncompleteError(ConfigurationError):
+    """The erasure committed (the keys are gone from the database, the read models and
+    caches are blanked), but the key provider could not forget the keys: a backup taken
+    before it may still open them until ``content-keys rotate`` repeats the forget."""
+
+    def __init__(self, receipt: ErasureReceipt, cause: Exception) -> None:
+        super().__init__(
+            f"Erasure {receipt.erasure_id} committed, but the key provider could not forget "
+            f"its keys ({cause}); run `chatledger content-keys rotate` to repeat it."
+        )
+        self.receipt = receipt
 
 
 def visitors_of_user(uow: UnitOfWork, user_id: str) -> list[Visitor]:
@@ -81,7 +96,8 @@ def erase_subject(
             if not visitors:
                 raise UnknownSubjectError("user", user_id)
         session_ids = [sid for v in visitors for sid in v.session_ids]
-        sessions = [uow.get_session(sid) for sid in session_ids]
+        # A session log retention removed is None: its archive lines are shredded with the keys.
+        sessions = [s for s in (uow.kept_session(sid) for sid in session_ids) if s is not None]
         # Keys are read after the aggregates: a write that creates a key and
         # commits later appended to one of them, so this erasure conflicts and
         # is retried, and the receipt names every key it destroys.
@@ -113,9 +129,18 @@ def erase_subject(
     # Derived copies of the plaintext: this process's caches and the snapshots.
     if isinstance(uow.mapper, ShreddingMapper) and uow.mapper.key_ring is not None:
         uow.mapper.key_ring.forget(receipt.key_owners, receipt.key_ids)
+    forget_failed: Exception | None = None
     if recorder.key_provider is not None:
         # Outside the database too: a backup taken before now cannot open these keys any more.
-        recorder.key_provider.forget(list(receipt.key_ids))
+        try:
+            recorder.key_provider.forget(list(receipt.key_ids))
+        except Exception as err:  # noqa: BLE001 - the cleanup below must still run
+            forget_failed = err
+            LOG.error(
+                "erasure %s committed, but the key provider could not forget its keys (%s): "
+                "run `chatledger content-keys rotate`, which repeats it",
+                receipt.erasure_id, err,
+            )
     repository = uow.repository
     assert isinstance(repository, LedgerRepository)
     for aggregate in (*sessions, *visitors):
@@ -130,7 +155,9 @@ def erase_subject(
         # A shadow rebuild left unfinished holds copies no catch-up reaches: dropped.
         uow.projector.cancel_shadows()
     recorder.purge_free_space()
+    if forget_failed is not None:
+        raise ErasureIncompleteError(receipt, forget_failed) from forget_failed
     return receipt
 
 
-__all__ = ["LINK_TOPIC", "count_encrypted_events", "erase_subject", "visitors_of_user"]
+__all__ = ["LINK_TOPIC", "ErasureIncompleteError", "count_encrypted_events", "erase_subject", "visitors_of_user"]

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from ..domain.batching import batched
 from ..domain.errors import ConfigurationError
-from ..infrastructure.key_providers import WRAPPED_PREFIX, new_master_key
+from ..infrastructure.key_providers import new_master_key
+from ..infrastructure.wrapped_keys import is_current, wrap_keys
 from ..infrastructure.ledger_recorders import as_ledger_recorder
 from .unit_of_work import UnitOfWork
 
@@ -45,23 +46,43 @@ def rotate_keys(uow: UnitOfWork) -> KeyRotation:
     provider_rewrapped = provider.rotate()
     wrapped = 0
     for chunk in batched(recorder.stored_keys()):
-        stale = {
-            kid: stored
-            for kid, stored in chunk
-            if not stored.startswith(WRAPPED_PREFIX)
-            or not provider.is_current(stored[len(WRAPPED_PREFIX) :])
-        }
+        stale = {kid: stored for kid, stored in chunk if not is_current(provider, stored)}
         if not stale:
             continue
         keys = recorder.open_keys(stale)
-        fresh = provider.wrap(keys)
-        wrapped += recorder.replace_stored_keys(
-            [(kid, stale[kid], WRAPPED_PREFIX + fresh[kid]) for kid in keys]
-        )
+        fresh = wrap_keys(provider, keys)
+        wrapped += recorder.replace_stored_keys([(kid, stale[kid], fresh[kid]) for kid in keys])
     destroyed = recorder.destroyed_key_ids()
     if destroyed:
         provider.forget(destroyed)
+    if wrapped:
+        # The rows it replaced held the keys unwrapped (an old store) or under the old
+        # master key: zeroed on SQLite (secure_delete), then out of the WAL; vacuumed on PostgreSQL.
+        recorder.purge_free_space()
     return KeyRotation(type(provider).__name__, provider_rewrapped, wrapped, len(destroyed))
 
 
-__all__ = ["KeyRotation", "new_master_key", "rotate_keys"]
+@dataclass(frozen=True)
+class KeyStatus:
+    """What :func:`key_status` found in ``chatledger_keys``."""
+
+    wrapped: int
+    unwrapped: int
+
+    @property
+    def ok(self) -> bool:
+        """False when a store with wrapped keys also holds unwrapped ones: keys in the clear
+        next to the data (a process without the master key, or an old store not rotated yet:
+        run ``content-keys rotate`` with the master key)."""
+        return not (self.wrapped and self.unwrapped)
+
+
+def key_status(uow: UnitOfWork) -> KeyStatus:
+    recorder = as_ledger_recorder(uow.recorder)
+    if recorder is None:
+        raise ConfigurationError("This ledger's recorder keeps no content keys.")
+    wrapped, unwrapped = recorder.wrapped_key_count()
+    return KeyStatus(wrapped, unwrapped)
+
+
+__all__ = ["KeyRotation", "KeyStatus", "key_status", "new_master_key", "rotate_keys"]

@@ -65,8 +65,9 @@ class ReadYourWrites:
 
     _written: Any  # threading.local; .position: the last event this thread's last save wrote
 
-    def forget_written_position(self) -> None:
-        self._written.position = 0
+    def set_written_position(self, position: int) -> None:
+        """What :meth:`written_position` returns in this thread from now on."""
+        self._written.position = position
 
     def log_position(self) -> int:
         """The position of the newest event of the log (0: empty): a token for

@@ -95,6 +95,8 @@ def current_session(uow: UnitOfWork, visitor_id: str) -> SessionState | None:
     found = uow.get_visitor(visitor_id)
     if found is None or found.current_session_id is None:
         return None
+    if uow.kept_session(found.current_session_id) is None:
+        return None  # log retention removed it
     state = session(uow, found.current_session_id, as_of=None, visitor_id=None, user_id=None)
     return state if state.status == "active" else None
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
-from ..domain.conversation import SessionContext
+from ..domain.conversation import Message, SessionContext
 from ..domain.errors import ClientMessageIdConflictError
 from ..domain.ids import uuid7
 from ..domain.policy import AppliedPolicy
@@ -39,17 +39,31 @@ def receive(
         context = to_context(SessionContext, context)
     ctx = context
     before = uow.written_position()
-    uow.forget_written_position()
-    turn = uow.retrying(
-        f"receive() for visitor {visitor_id!r}",
-        lambda: receive_once(
-            uow, visitor_id, text, session_id, client_message_id, channel, ctx, metadata, at
-        ),
-    )
+    uow.set_written_position(0)  # to tell whether this receive writes
+    try:
+        received = uow.retrying(
+            f"receive() for visitor {visitor_id!r}",
+            lambda: receive_once(
+                uow, visitor_id, text, session_id, client_message_id, channel, ctx, metadata, at
+            ),
+        )
+    except BaseException:
+        uow.set_written_position(before)  # it wrote nothing: the thread's last write stands
+        raise
     written = uow.written_position()
-    if turn.duplicate or not written:  # nothing written now: the head covers the original write
+    if received.duplicate or not written:  # nothing written now: the head covers the original write
         written = max(before, uow.log_position())
-    return turn.model_copy(update={"position": written})
+        uow.set_written_position(written)
+    return Turn.of(received.session, received.message, duplicate=received.duplicate, position=written)
+
+
+class Received(NamedTuple):
+    """What one attempt of :func:`receive` recorded, or found recorded already
+    (``duplicate``); the :class:`Turn` is made from it once its position is known."""
+
+    session: Session
+    message: Message
+    duplicate: bool = False
 
 
 def receive_once(
@@ -62,7 +76,7 @@ def receive_once(
     context: SessionContext | None,
     metadata: dict[str, Any] | None,
     at: datetime | None,
-) -> Turn:
+) -> Received:
     """One attempt of :func:`receive`.
 
     The visitor and its sessions are read from the cache on the first attempt
@@ -85,7 +99,7 @@ def receive_once(
         and visitor.current_session_id is not None
         and (explicit is None or explicit.id != visitor.current_session_id)
     ):
-        current = uow.get_session(visitor.current_session_id, cached=True)
+        current = uow.kept_session(visitor.current_session_id, cached=True)  # None: removed by retention
 
     if client_message_id is not None:
         for candidate in recent_sessions(uow, explicit, current):
@@ -96,7 +110,7 @@ def receive_once(
                     raise ClientMessageIdConflictError(
                         candidate.id, client_message_id, recorded_role=seen.role, role="user"
                     )
-                return Turn.of(candidate, seen, duplicate=True)
+                return Received(candidate, seen, duplicate=True)
 
     # A live session takes the message: the one the caller named, else the visitor's.
     for live in (explicit, current):
@@ -114,8 +128,8 @@ def receive_once(
         message = live.receive(
             text, at=when, client_message_id=client_message_id, metadata=metadata
         )
-        uow.save(live, *others)
-        return Turn.of(live, message)
+        uow.save_and_hand_over(live, *others)
+        return Received(live, message)
 
     # No live session: open one, linked to the visitor's previous session.
     if visitor is None:
@@ -124,7 +138,7 @@ def receive_once(
     if previous is not None and not previous.pending_events and not uow.fresh_read(cached=True):
         # Not written by this receive, so a stale copy would not conflict; and an
         # erasure appends to closed sessions: its slots are carried over from the store.
-        previous = uow.get_session(previous.id)
+        previous = uow.kept_session(previous.id)  # None: removed by log retention meanwhile
     session = Session.start(
         session_id=uuid7(now),
         visitor_id=visitor_id,
@@ -141,8 +155,8 @@ def receive_once(
         text, at=now, client_message_id=client_message_id, metadata=metadata
     )
     visitor.open_session(session.id, at=now)
-    uow.save(visitor, explicit, current if current is not explicit else None, session)
-    return Turn.of(session, message)
+    uow.save_and_hand_over(visitor, explicit, current if current is not explicit else None, session)
+    return Received(session, message)
 
 
 def recent_sessions(uow: UnitOfWork, *sessions: Session | None) -> Iterator[Session]:
@@ -162,13 +176,14 @@ def recent_sessions(uow: UnitOfWork, *sessions: Session | None) -> Iterator[Sess
         previous = session.previous_session_id
         if previous is not None and previous not in seen:
             seen.add(previous)
-            found = uow.get_session(previous, cached=True)
-            if found.status == "active":
-                found = uow.get_session(previous)
-            yield found
+            found = uow.kept_session(previous, cached=True)
+            if found is not None and found.status == "active":
+                found = uow.kept_session(previous)
+            if found is not None:  # None: removed by log retention
+                yield found
 
 
-def unwritten_duplicate(uow: UnitOfWork, others: list[Session], client_message_id: str) -> Turn | None:
+def unwritten_duplicate(uow: UnitOfWork, others: list[Session], client_message_id: str) -> Received | None:
     """The turn ``client_message_id`` already has in one of ``others`` -- live
     sessions this receive read but does not write, so a stale copy of one would
     not conflict -- read from the store; None if it has none."""
@@ -182,8 +197,8 @@ def unwritten_duplicate(uow: UnitOfWork, others: list[Session], client_message_i
                 raise ClientMessageIdConflictError(
                     fresh.id, client_message_id, recorded_role=seen.role, role="user"
                 )
-            return Turn.of(fresh, seen, duplicate=True)
+            return Received(fresh, seen, duplicate=True)
     return None
 
 
-__all__ = ["receive", "receive_once", "recent_sessions", "unwritten_duplicate"]
+__all__ = ["Received", "receive", "receive_once", "recent_sessions", "unwritten_duplicate"]

@@ -154,7 +154,7 @@ def archive_closed_sessions(
                 if s is not None and s.archived_at is None
             ]
             for session in sessions:
-                out.write(json.dumps(_archive_line(uow, session, keys)) + "\n")
+                out.write(json.dumps(archive_line(uow, session, keys)) + "\n")
             out.flush()
             os.fsync(out.fileno())
             done = _record_archived(uow, sessions, path.name, when)
@@ -204,7 +204,7 @@ def _archive_aad(session_id: str) -> bytes:
     return json.dumps([ARCHIVE_AAD, session_id]).encode()
 
 
-def _archive_line(
+def archive_line(
     uow: UnitOfWork, session: Session, keys: dict[str, tuple[str, bytes] | None]
 ) -> dict[str, object]:
     """One session's archive line, its content encrypted under its visitor's key."""
@@ -215,13 +215,21 @@ def _archive_line(
         keys[owner] = (row[0], row[2]) if row is not None else None
     key = keys[owner]
     line: dict[str, object] = {"session_id": str(session.id), "visitor_id": visitor_id}
+    # The events exactly as stored (personal fields encrypted), what the hash chain
+    # hashes: the archive can be checked against the log's chain (log_retention).
+    stored = [
+        [s.originator_version, s.topic, base64.b64encode(s.state).decode()]
+        for s in uow.recorder.select_events(session.id)
+    ]
     if key is None:
-        # No key: the visitor was erased; its content reads as erased, and is not kept.
-        return {**line, "erased": True}
+        # No key: the visitor was erased; its content reads as erased, and is not kept
+        # (the stored events hold its personal fields encrypted under the destroyed key).
+        return {**line, "erased": True, "stored": stored}
     events = session_events(tenant_handle(uow, session.tenant), session.id)
     content = {
         "state": SessionState.of(session).model_dump(mode="json"),
         "events": [{"type": type(e).__qualname__, **e.model_dump(mode="json")} for e in events],
+        "stored": stored,
     }
     nonce = os.urandom(12)
     plain = json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
@@ -242,6 +250,10 @@ class ArchivedSession(BaseModel):
     """The session state as archived, or ``"[erased]"``."""
     events: list[dict[str, Any]] | str
     """Every event of the session as archived, or ``"[erased]"``."""
+    stored: list[tuple[int, str, str]] | None = None
+    """``(version, topic, base64 of the stored bytes)`` of every event, as the log
+    stored (and hash-chained) them; None in archives of earlier releases and when
+    the visitor's key was destroyed after archiving."""
 
 
 def read_archive(
@@ -322,7 +334,8 @@ def _read_archive(uow: UnitOfWork, source: Path, all_tenants: bool = False) -> l
             erased = {**ids, "erased": True, "state": ERASED_TEXT, "events": ERASED_TEXT}
             if "$enc" not in line:  # erased before archiving, or an archive of before encryption
                 plain = {**ids, "erased": False, "state": line.get("state"), "events": line.get("events")}
-                sessions.append(_archived(source, number, erased if line.get("erased") else plain))
+                stored = {"stored": line["stored"]} if "stored" in line else {}
+                sessions.append(_archived(source, number, {**(erased if line.get("erased") else plain), **stored}))
                 continue
             kid = line["kid"]
             if kid not in found:

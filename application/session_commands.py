@@ -42,7 +42,7 @@ def reply(
         message = session.send(
             text, at=now, role=role, client_message_id=client_message_id, metadata=metadata
         )
-        uow.save(session)
+        uow.save_and_hand_over(session)
         return message
 
     return uow.retrying(f"reply() to session {session_id}", once)
@@ -60,7 +60,7 @@ def session_command(
     def once() -> SessionState:
         session, now = uow.open_session(session_id, at)
         apply(session, now)
-        uow.save(session)
+        uow.save_and_hand_over(session)
         return SessionState.of(session)
 
     return uow.retrying(f"{what} on session {session_id}", once)
@@ -101,7 +101,7 @@ def end_session(
         session, now = uow.open_session(session_id, at)
         if not session.time_out(detected_at=now):
             session.end(at=now, reason=reason)
-        uow.save(session)
+        uow.save_and_hand_over(session)
         return SessionState.of(session)
 
     return uow.retrying(f"end_session() on session {session_id}", once)
@@ -115,7 +115,7 @@ def time_out_if_idle(uow: UnitOfWork, session_id: UUID | str, *, now: datetime |
         session = uow.get_session(session_id)
         if not session.time_out(detected_at=uow.now(now)):
             return False
-        uow.save(session)
+        uow.save_and_hand_over(session)
         return True
 
     return uow.retrying(f"time_out_if_idle() on session {session_id}", once)
@@ -133,10 +133,10 @@ def link_identity(
             return VisitorState.of(visitor)
         session = None
         if visitor.current_session_id is not None:
-            session = uow.get_session(visitor.current_session_id)
-            if session.status == "active" and not session.is_expired(now):
+            session = uow.kept_session(visitor.current_session_id)  # None: removed by retention
+            if session is not None and session.status == "active" and not session.is_expired(now):
                 session.link_identity(user_id, at=max(now, session.latest_event_at))
-        uow.save(visitor, session)
+        uow.save_and_hand_over(visitor, session)
         return VisitorState.of(visitor)
 
     return uow.retrying(f"link_identity() for visitor {visitor_id!r}", once)

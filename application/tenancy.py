@@ -10,7 +10,9 @@ a shallow copy, made once per tenant and kept by the root ledger, so a process
 serving a thousand tenants holds a thousand small objects and one store.
 
 Closing a handle does nothing; closing the root ledger closes the store of
-every handle.
+every handle. A named tenant's handle leads nowhere else: no public way back to the
+root ledger, and its ``tenant()`` gives only itself
+(:meth:`~chatledger.application.unit_of_work.UnitOfWork.refuse_on_tenant_handle`).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def tenant_handle(
         raise InvalidPolicyError(f"policy must be a SessionPolicy, not {type(policy).__name__}.")
     if limits is not None and not isinstance(limits, Limits):
         raise InvalidPolicyError(f"limits must be chatledger Limits, not {type(limits).__name__}.")
-    root: Any = getattr(ledger, "root")  # noqa: B009 -- typed loosely (see L)
+    root: Any = getattr(ledger, "_root")  # noqa: B009 -- typed loosely (see L)
     lock: threading.Lock = root.__dict__.setdefault("_tenant_lock", threading.Lock())
     with lock:
         handles: dict[str, Any] = root.__dict__.setdefault("_tenant_handles", {})

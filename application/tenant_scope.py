@@ -44,7 +44,7 @@ def stream_tenant(uow: UnitOfWork, notification: Any) -> str:
     from the stream's first event (the tenant is never encrypted), remembered by
     the root ledger; a stream of no tenant (no ``Started``/``Registered`` first)
     is the default tenant's."""
-    known: dict[UUID, str] = uow.root.__dict__.setdefault("_stream_tenants", {})
+    known: dict[UUID, str] = uow._root.__dict__.setdefault("_stream_tenants", {})
     stream = UUID(str(notification.originator_id))
     tenant = known.get(stream)
     if tenant is not None:

@@ -100,7 +100,7 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
     ) -> None:
         settings, policy, clock, models = bootstrap.components(settings, policy, clock, read_models)
         self.tenant_id = check_tenant(tenant)
-        self.root: UnitOfWork = self  # the ledger that owns the store (a tenant handle shares it)
+        self._root: UnitOfWork = self  # the ledger that owns the store (a tenant handle shares it; not public)
         self.settings = settings
         self.limits: v.Limits = settings.limits
         self.read_models = models
@@ -136,9 +136,15 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
             self.name, self.recorder, self.mapper, self.settings, self.read_models
         )
 
-    @cached_property
+    @property
     def api_keys(self) -> ApiKeys:
-        """The HTTP service's API keys, stored hashed in this ledger's database (store-wide)."""
+        """The HTTP service's API keys, stored hashed in this ledger's database (store-wide:
+        keys of every tenant): the operator's; a named tenant's handle refuses it."""
+        self.refuse_on_tenant_handle("api_keys")
+        return self._api_keys
+
+    @cached_property
+    def _api_keys(self) -> ApiKeys:
         return ApiKeys(self.projector.engine, self.clock)
 
     @cached_property
@@ -153,7 +159,7 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
         if self.closing.is_set():
             return
         bootstrap.stop_jobs(self)
-        if self.root is not self:
+        if self._root is not self:
             return  # a tenant handle: the store is its root ledger's
         if "projector" in self.__dict__:
             self.projector.stop()
@@ -217,6 +223,13 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
             raise UnknownSessionError(session_id)  # another tenant's: as if there were none
         return session
 
+    def kept_session(self, session_id: UUID, *, cached: bool = False) -> Session | None:
+        """A session a visitor names, or None if log retention removed its events."""
+        try:
+            return self.get_session(session_id, cached=cached)
+        except UnknownSessionError:
+            return None
+
     def scope(self, all_tenants: bool, what: str = "all_tenants=True") -> str | None:
         """The tenant a store-wide-capable call works on: this one's, or None (every
         tenant): the operator's, the default tenant's ledger only; a named tenant's
@@ -230,8 +243,24 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
 
     def tenant(self, tenant: str, *, policy: SessionPolicy | None = None, limits: v.Limits | None = None) -> Self:
         """This ledger for ``tenant`` (``tenant_id``): the same store; its own data, policy and
-        limits (see :mod:`~chatledger.application.tenancy`)."""
+        limits (see :mod:`~chatledger.application.tenancy`). A named tenant's handle gives
+        only itself (its own tenant, no new policy or limits): it never leads to another
+        tenant (:class:`InvalidCommandError`)."""
+        if policy is None and limits is None and tenant == self.tenant_id:
+            return self
+        self.refuse_on_tenant_handle("tenant()")
         return tenant_handle(self, tenant, policy, limits)
+
+    def refuse_on_tenant_handle(self, what: str) -> None:
+        """:class:`InvalidCommandError` on a named tenant's handle (``ledger.tenant(id)``)
+        for what is the operator's: another tenant's handle, the policy and limits of
+        tenants, the store's API keys. (A ledger opened with ``tenant=`` owns the store:
+        its opener holds the database URL.)"""
+        if self._root is not self and self.tenant_id != DEFAULT_TENANT:
+            raise InvalidCommandError(
+                f"{what} is the operator's (the ledger that opened the store); this is "
+                f"tenant {self.tenant_id!r}'s handle."
+            )
 
     def get_visitor(self, visitor_id: str, *, cached: bool = False) -> Visitor | None:
         """The visitor, current, or None if never seen (``cached``: as for
@@ -241,10 +270,10 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
         except AggregateNotFoundError:
             return None
         assert isinstance(visitor, Visitor)
-        if visitor.tenant != self.tenant_id:  # a pre-0.5 default visitor id held "\x1f"
+        if visitor.tenant != self.tenant_id:  # pragma: no cover -- the tenants' namespaces differ
             raise InvalidCommandError(
-                f"visitor id {visitor_id!r:.80} cannot be used in tenant {self.tenant_id!r}: a "
-                "visitor stored before tenants has its key; nothing was written. Use another id."
+                f"visitor id {visitor_id!r:.80} cannot be used in tenant {self.tenant_id!r}: another "
+                "tenant's visitor has its aggregate id; nothing was written. Use another id."
             )
         return visitor
 
@@ -262,22 +291,19 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
     # ------------------------------------------------------------------ saving
 
     def save(self, *objs: Any, **kwargs: Any) -> Any:
-        """Record the pending events of ``objs`` in one transaction (the
-        library's ``save``, through the group commit of :attr:`events`), then
-        keep the cache and the snapshots cheap:
+        """Record the pending events of ``objs`` in one transaction (through the group commit of
+        :attr:`events`); a snapshot due is taken from the saved aggregate (:meth:`take_snapshot`), and
+        a copy of each saved aggregate goes into the cache (committed state only, never over a newer
+        version). On a command's first attempt (maybe decided on cached copies) a save with nothing
+        to write raises a conflict, so the command is re-run on fresh reads."""
+        return self._save(objs, kwargs, copy_to_cache=True)
 
-        - a snapshot due at the version an aggregate was just saved at is taken
-          from that aggregate (see :meth:`take_snapshot`), not rebuilt from the
-          store;
-        - a copy of each saved aggregate goes into the aggregate cache unless
-          the cache holds a newer version already, so the next command writes
-          against it without reading the store. Only committed state is cached.
+    def save_and_hand_over(self, *objs: Any) -> Any:
+        """:meth:`save` for a command done with ``objs`` (it only reads them afterwards, to answer):
+        they go into the cache as they are, not copied (every read of the cache copies)."""
+        return self._save(objs, {}, copy_to_cache=False)
 
-        On a command's first attempt (which may have decided on cached copies)
-        a save with nothing to write raises a conflict, so the command is re-run
-        on fresh reads: a decision to write nothing is not taken on a copy that
-        may be stale.
-        """
+    def _save(self, objs: tuple[Any, ...], kwargs: dict[str, Any], *, copy_to_cache: bool) -> Any:
         aggregates = {obj.id: obj for obj in objs if isinstance(obj, Aggregate)}
         items = [obj for obj in objs if obj is not None]
         if (
@@ -288,7 +314,10 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
             raise FreshReadNeeded("nothing to write on cached reads: re-read and decide again")
         self._saving.aggregates = aggregates
         try:
-            recordings = super().save(*objs, **kwargs)
+            if kwargs or len(aggregates) != len(items):  # events or recorder arguments: the library's save
+                recordings = super().save(*objs, **kwargs)
+            else:
+                recordings = self.save_aggregates(items, aggregates)
         except DataError as err:  # validation let through what the database refuses
             raise ValueRefusedError(str(err)) from err
         finally:
@@ -300,7 +329,23 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
         repository = self.repository
         if isinstance(repository, LedgerRepository):
             for aggregate in aggregates.values():
-                repository.remember(deepcopy(aggregate))
+                repository.remember(deepcopy(aggregate) if copy_to_cache else aggregate)
+        return recordings
+
+    def save_aggregates(self, items: list[Aggregate], aggregates: dict[UUID, Aggregate]) -> Any:
+        """The library's ``Application.save`` for aggregates without its per-object runtime Protocol
+        checks (tens of µs each): pending events in one ``events.put``, then the snapshots its
+        interval rule makes due. Its ``notify`` hooks are no-ops here and its cache write is off."""
+        events = [event for obj in items for event in obj.collect_events()]
+        recordings = self.events.put(events)
+        intervals = self.snapshotting_intervals
+        if self.snapshots is not None and intervals:
+            for event in events:
+                cls = type(aggregates[event.originator_id])
+                interval = intervals.get(cls)
+                if interval is not None and event.originator_version % interval == 0:
+                    projector = self.snapshotting_projectors.get(cls, project_aggregate)
+                    self.take_snapshot(event.originator_id, event.originator_version, projector)
         return recordings
 
     def construct_repository(self) -> LedgerRepository:
@@ -330,14 +375,9 @@ class UnitOfWork(ReadYourWrites, Application[UUID]):
         version: int | None = None,
         projector_func: Any = project_aggregate,
     ) -> None:
-        """Snapshot an aggregate at ``version``.
-
-        While :meth:`save` runs, the aggregate being saved is at exactly that
-        version, with every event applied and recorded: its snapshot is taken
-        from it directly. The library would rebuild the same state from the
-        previous snapshot and the events since (a read and a validation of up
-        to ``snapshot_interval`` events inside every hundredth command).
-        """
+        """Snapshot an aggregate at ``version``: while :meth:`save` runs, from the aggregate being
+        saved (at exactly that version, every event recorded), where the library would rebuild it
+        from the previous snapshot and up to ``snapshot_interval`` events."""
         saving = getattr(self._saving, "aggregates", None)
         aggregate = saving.get(aggregate_id) if saving else None
         snapshot_class = getattr(type(aggregate), "Snapshot", None)

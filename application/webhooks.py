@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
-from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ..domain import validation as v
@@ -41,31 +41,10 @@ from ..domain.errors import InvalidValueError
 from ..domain.pydantic_aggregates import Immutable
 from ..infrastructure.persistence import schema_lock
 from ..projections.prefixes import on
-from ..projections.sqltypes import UTCDateTime
-from .event_feed import SUBSCRIPTION_CHARS, EventFeed, subscription_key
+from .event_feed import EventFeed, create_tables, dead_letters_table, positions_table, subscription_key
 
 if TYPE_CHECKING:
     from .subscribers import LogEvent
-
-WEBHOOKS = MetaData()
-positions_table = Table(
-    "chatledger_webhook_positions",
-    WEBHOOKS,
-    Column("subscription", String(SUBSCRIPTION_CHARS), primary_key=True),
-    Column("position", BigInteger, nullable=False),
-    Column("updated_at", UTCDateTime, nullable=False),
-)
-dead_letters_table = Table(
-    "chatledger_dead_letters",
-    WEBHOOKS,
-    Column("subscription", String(SUBSCRIPTION_CHARS), primary_key=True),
-    Column("position", BigInteger, primary_key=True),
-    Column("event_id", String(200), nullable=False),
-    Column("attempts", Integer, nullable=False),
-    Column("last_error", Text, nullable=False),
-    Column("failed_at", UTCDateTime, nullable=False),
-    Column("outcome", String(20), nullable=False),
-)
 
 OnDeadLetter = Literal["stop", "skip"]
 MAX_URL_CHARS = 2048
@@ -154,7 +133,7 @@ def list_dead_letters(ledger: EventFeed, name: str) -> list[DeadLetter]:
     name = v.check_id("name", name, ledger.limits)
     engine = ledger.projector.engine
     with schema_lock(ledger.settings):
-        on(engine, positions_table).metadata.create_all(engine)
+        create_tables(engine)
     table = on(engine, dead_letters_table)
     with engine.connect() as conn:
         rows = conn.execute(
@@ -218,7 +197,7 @@ class WebhookWorker:
         self.engine = ledger.projector.engine
         self.positions_table, self.dead_letters_table = on(self.engine, positions_table), on(self.engine, dead_letters_table)
         with schema_lock(ledger.settings):
-            self.positions_table.metadata.create_all(self.engine)
+            create_tables(self.engine)
         self._stop = threading.Event()
 
     # ------------------------------------------------------------------ state

@@ -28,6 +28,7 @@ def run(kind: str, folder: str, visitors: int, turns: int) -> tuple[float, float
         options["master_key"] = MASTER
     if kind == "vault":
         options["key_vault"] = f"{folder}/vault"
+        options["key_vault_create"] = "true"
     with ChatLedger.open(f"sqlite:///{folder}/chat.db", **options) as ledger:
         started = time.perf_counter()
         for i in range(visitors):

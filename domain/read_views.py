@@ -97,7 +97,7 @@ class Turn(Immutable):
     was recognised): pass it as ``after=`` to a query to read your own write."""
 
     @classmethod
-    def of(cls, s: Session, message: Message, *, duplicate: bool = False) -> Turn:
+    def of(cls, s: Session, message: Message, *, duplicate: bool = False, position: int = 0) -> Turn:
         first = message.position == 0
         return cls(
             session_id=s.id,
@@ -109,6 +109,7 @@ class Turn(Immutable):
             carried_slots={k: v.value for k, v in s.carried_slots.items()} if first else {},
             user_id=s.user_id,
             duplicate=duplicate,
+            position=position,
         )
 
 

@@ -130,11 +130,15 @@ def check_id(field: str, value: object, limits: Limits = DEFAULT_LIMITS) -> str:
     never with the unit separator ``\x1f``, which joins a tenant to an id (see
     :mod:`chatledger.domain.tenancy`)."""
     checked = check_str(field, value, limits.max_id_chars, what="an id or name", setting=ID_SETTING)
-    if "\x1f" in checked:
+    _check_separator(field, checked)
+    return checked
+
+
+def _check_separator(field: str, value: str) -> None:
+    if "\x1f" in value:
         raise InvalidTextError(
             field, "separator", f"{field} contains the unit separator (\\x1f), reserved for tenants; remove it."
         )
-    return checked
 
 
 def check_session_id(field: str, value: object, limits: Limits = DEFAULT_LIMITS) -> UUID | str:

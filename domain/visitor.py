@@ -17,15 +17,24 @@ from .conversation import check_name
 from .erasure import ErasureReceipt
 from .errors import IdentityConflictError
 from .pydantic_aggregates import Aggregate, AggregateSnapshot, SnapshotState, utc
-from .tenancy import DEFAULT_TENANT, Upcaster, check_tenant, default_tenant, scoped_key
+from .tenancy import DEFAULT_TENANT, SEPARATOR, Upcaster, check_tenant, default_tenant, scoped_key
 
 VISITOR_NAMESPACE = uuid5(NAMESPACE_URL, "https://chatledger.invalid/visitor")
+TENANT_VISITOR_NAMESPACE = uuid5(NAMESPACE_URL, "https://chatledger.invalid/tenant-visitor")
+"""Named tenants' visitors: a namespace of their own, so no visitor id of the default
+tenant (whatever an old store holds, e.g. ``"acme\\x1fbob"``) has the id of one."""
 
 
 def visitor_aggregate_id(visitor_id: str, tenant: str = DEFAULT_TENANT) -> UUID:
-    """The deterministic aggregate id of a visitor key within ``tenant`` (the
-    default tenant's ids are those of stores written before tenants existed)."""
-    return uuid5(VISITOR_NAMESPACE, scoped_key(tenant, visitor_id))
+    """The deterministic aggregate id of a visitor key within ``tenant``: the
+    default tenant's are those of stores written before tenants existed
+    (``uuid5(VISITOR_NAMESPACE, visitor_id)``); a named tenant's are
+    ``uuid5(TENANT_VISITOR_NAMESPACE, tenant + "\\x1f" + visitor_id)`` (a tenant name
+    and a named tenant's ids never hold the separator, so it is one pair)."""
+    if tenant == DEFAULT_TENANT:
+        return uuid5(VISITOR_NAMESPACE, visitor_id)
+    scoped_key(tenant, visitor_id)  # refuses an id with the separator
+    return uuid5(TENANT_VISITOR_NAMESPACE, f"{tenant}{SEPARATOR}{visitor_id}")
 
 
 class VisitorSnapshotState(SnapshotState):

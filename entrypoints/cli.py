@@ -22,6 +22,7 @@ from .cli_keys import register as register_key_commands
 from .cli_ops import register as register_ops_commands
 from .cli_options import DatabaseOption, JsonOption, open_ledger, parse_time
 from .cli_projections import register as register_projection_commands
+from .cli_retention import register as register_retention_commands
 
 app = typer.Typer(no_args_is_help=True, help="Event-sourced conversation state for chatbots.")
 session_app = typer.Typer(no_args_is_help=True, help="Inspect sessions.")
@@ -32,6 +33,7 @@ register_projection_commands(app)
 register_event_commands(app)
 register_key_commands(app)
 register_ops_commands(app)
+register_retention_commands(app)
 
 console = Console()
 err_console = Console(stderr=True, highlight=False)

@@ -112,6 +112,10 @@ def verify(
     strict: Annotated[
         bool, typer.Option("--strict", help="Also exit 1 if the unsealed tail is longer or older than the bound.")
     ] = False,
+    archive: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--archive", metavar="DIR", help="Check the retention archive against what the log removed."),
+    ] = None,
     database: DatabaseOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -119,9 +123,14 @@ def verify(
     with open_ledger(database, read_only=True) as ledger:
         report = ledger.verify(session, anchor=anchor)
         limits = (ledger.settings.audit_tail_max_events, ledger.settings.audit_tail_max_age_s)
+        if archive is not None:
+            from ..application.log_retention import check_archives
+
+            archives = check_archives(ledger, archive, report)
     tail_ok = report.tail_within(*limits)
     if as_json:
-        print(json.dumps(report.as_dict() | {"tail_within_bound": tail_ok}, indent=2))
+        extra = {"archive": archives.as_dict()} if archive is not None else {}
+        print(json.dumps(report.as_dict() | {"tail_within_bound": tail_ok} | extra, indent=2))
     elif report.ok:
         console.print(f"[green]OK[/] {report.scope}: {report.checked} events verified; log head at position {report.head_position}")
         if session is None:
@@ -129,6 +138,14 @@ def verify(
             console.print(
                 f"sealed through position {report.sealed_through} ({report.seals} seals, root {report.seal_root or '-'}); "
                 f"unsealed tail: {report.tail_count} events, oldest {age}"
+            )
+        if report.removed:
+            files = ", ".join(f"{name}: {n}" for name, n in sorted(report.removed_by_archive.items()))
+            console.print(f"removed by retention: {report.removed} events (archives {files}), accounted for by the log's records")
+        if archive is not None:
+            console.print(
+                f"archive {archive}: {archives.agreed} of {archives.sessions} removed sessions agree with the log"
+                + (f", {archives.erased} erased (unreadable)" if archives.erased else "")
             )
     else:
         first = report.first_break

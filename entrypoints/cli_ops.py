@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from .cli_options import DatabaseOption, open_ledger
+from .cli_options import DatabaseOption, OptionalText, open_ledger
 
 if TYPE_CHECKING:
     from ..application.backups import BackupCheck
@@ -23,6 +24,14 @@ content_keys_app = typer.Typer(
 console = Console(highlight=False)
 
 FolderArgument = Annotated[Path, typer.Argument(help="The backup folder.")]
+AnchorOption = Annotated[
+    OptionalText,
+    typer.Option(
+        "--anchor",
+        help="ROOT@POSITION published outside the backup (chatledger audit anchor): the "
+        "restored log must hash to it (the manifest alone is not authenticated).",
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -67,19 +76,23 @@ def restore(
             help="The new store: a new SQLite file or an empty PostgreSQL schema.",
         ),
     ],
+    anchor: AnchorOption = None,
 ) -> None:
-    """Check FOLDER's files, load it into an empty store and verify it against the backup's anchor."""
+    """Check FOLDER's files, load it into an empty store, rebuild its read models from the log,
+    and verify it against the backup's anchor (or --anchor)."""
     from ..application.backups import restore_backup
 
-    _report(restore_backup(folder, database), f"restored into {database}")
+    _report(restore_backup(folder, database, anchor=anchor), f"restored into {database}")
 
 
 @backup_app.command("verify")
-def verify(folder: FolderArgument, database: DatabaseOption = None) -> None:
+def verify(
+    folder: FolderArgument, database: DatabaseOption = None, anchor: AnchorOption = None
+) -> None:
     """Restore FOLDER into a scratch store (PostgreSQL: a new schema of --database) and verify it."""
     from ..application.backups import verify_backup
 
-    _report(verify_backup(folder, database), f"backup {folder}")
+    _report(verify_backup(folder, database, anchor=anchor), f"backup {folder}")
 
 
 @content_keys_app.command("new-master")
@@ -93,13 +106,38 @@ def new_master(
 
 
 @content_keys_app.command("rotate")
-def rotate(database: DatabaseOption = None) -> None:
-    """Re-wrap every content key under the current (first) master key; events are not touched."""
+def rotate(
+    database: DatabaseOption = None,
+    create_vault: Annotated[
+        bool,
+        typer.Option(
+            "--create-vault",
+            help="Make the key vault CHATLEDGER_KEY_VAULT names if it does not exist (moving a "
+            "master-key-only store to a vault); without it a missing vault is refused.",
+        ),
+    ] = False,
+) -> None:
+    """Re-wrap every content key under the current provider and master key; events are not touched."""
     from ..application.key_management import rotate_keys
+
+    if create_vault:
+        os.environ["CHATLEDGER_KEY_VAULT_CREATE"] = "1"
 
     with open_ledger(database, read_only=True) as ledger:
         result = rotate_keys(ledger)
     print(json.dumps(dataclasses.asdict(result)))
+
+
+@content_keys_app.command("status")
+def status(database: DatabaseOption = None) -> None:
+    """Count wrapped and unwrapped content keys; exit 1 if a wrapped store holds unwrapped ones."""
+    from ..application.key_management import key_status
+
+    with open_ledger(database, read_only=True) as ledger:
+        found = key_status(ledger)
+    print(json.dumps({**dataclasses.asdict(found), "ok": found.ok}))
+    if not found.ok:
+        raise typer.Exit(code=1)
 
 
 __all__ = ["backup_app", "content_keys_app", "register"]

@@ -2,9 +2,11 @@
 
 - **SQLite**: :func:`sqlite_copy` runs ``sqlite3.Connection.backup`` (the online
   backup API): a consistent copy of the whole file while writers go on (WAL
-  mode), including the key tables and read models.
+  mode), including the key tables; the read models' tables are then dropped from
+  the copy and the file rewritten (``VACUUM``), since they hold message texts and
+  slot values in plaintext, which no erasure could reach in a backup.
 - **PostgreSQL**: :func:`postgres_dump` copies every table of the ledger's
-  schema with ``COPY … TO STDOUT (FORMAT binary)``, all in one ``REPEATABLE
+  schema but the read models' with ``COPY … TO STDOUT (FORMAT binary)``, all in one ``REPEATABLE
   READ READ ONLY`` transaction (one snapshot: the tables agree with each other
   and with the seal read in it). :func:`postgres_load` loads them into the
   tables of an empty store (created by opening a ledger there) with ``COPY …
@@ -20,8 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import shutil
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,14 +63,47 @@ def _anchor(root: Any, last_id: Any) -> str:
     return str(Anchor(bytes(root), int(last_id)))
 
 
-def sqlite_copy(source: str, target: Path, prefix: str = DEFAULT_PREFIX) -> CopiedStore:
-    """Copy the SQLite store ``source`` to ``target`` with the online backup API."""
+def is_derived(table: str, derived: Collection[str]) -> bool:
+    """Is ``table`` a read model's (one of ``derived``, or a shadow rebuild's ``<table>__g<N>``)?"""
+    return table in derived or "__g" in table
+
+
+def sqlite_strip(conn: sqlite3.Connection, derived: Collection[str]) -> list[str]:
+    """Drop the read models' tables from the SQLite copy ``conn`` and rewrite the file
+    (``secure_delete`` and ``VACUUM``: no freed page keeps their rows); the tables dropped."""
+    names = [
+        r[0]
+        for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+        if is_derived(r[0], derived)
+    ]
+    conn.execute("PRAGMA secure_delete=ON")
+    for name in names:
+        conn.execute(f'DROP TABLE "{name}"')
+    conn.commit()
+    conn.execute("VACUUM")
+    return names
+
+
+def sqlite_place(copy: Path, target: str, derived: Collection[str]) -> None:
+    """Copy the backup file ``copy`` to ``target``, without read-model tables (a backup
+    made before they were left out holds them)."""
+    shutil.copyfile(copy, target)
+    with contextlib.closing(sqlite3.connect(target)) as conn:
+        sqlite_strip(conn, derived)
+
+
+def sqlite_copy(
+    source: str, target: Path, derived: Collection[str] = (), prefix: str = DEFAULT_PREFIX
+) -> CopiedStore:
+    """Copy the SQLite store ``source`` to ``target`` with the online backup API, without
+    the read models' tables ``derived`` (they hold plaintext; a restore rebuilds them)."""
     with (
         contextlib.closing(sqlite3.connect(f"{Path(source).as_uri()}?mode=ro", uri=True)) as src,
         contextlib.closing(sqlite3.connect(target)) as dst,
     ):
         src.backup(dst)
         dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+        sqlite_strip(dst, derived)
     with contextlib.closing(sqlite3.connect(f"{target.as_uri()}?mode=ro", uri=True)) as conn:
         return sqlite_facts(conn, {target.name: file_digest(target)}, prefix)
 
@@ -122,8 +158,11 @@ def _columns(conn: Any, schema: str, table: str) -> list[str]:
     return [r[0] for r in rows]
 
 
-def postgres_dump(settings: Settings, folder: Path, tables: list[str] | None = None) -> CopiedStore:
-    """COPY every table of the ledger's schema (or ``tables``) into ``folder``, one snapshot."""
+def postgres_dump(
+    settings: Settings, folder: Path, tables: list[str] | None = None, derived: Collection[str] = ()
+) -> CopiedStore:
+    """COPY every table of the ledger's schema (or ``tables``) into ``folder``, one snapshot,
+    but the read models' tables ``derived`` (they hold plaintext; a restore rebuilds them)."""
     from psycopg import sql
 
     schema = _schema(settings)
@@ -131,6 +170,7 @@ def postgres_dump(settings: Settings, folder: Path, tables: list[str] | None = N
     with _postgres(settings) as conn, conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         names = tables if tables is not None else _tables(conn, schema, settings.table_prefix)
+        names = [n for n in names if not is_derived(n, derived)]
         for table in names:
             columns = _columns(conn, schema, table)
             name = f"{table}.copy"
@@ -183,10 +223,13 @@ def postgres_event_count(settings: Settings) -> int:
         return int(conn.execute(query).fetchone()[0])
 
 
-def postgres_load(settings: Settings, folder: Path, files: dict[str, dict[str, Any]]) -> list[str]:
+def postgres_load(
+    settings: Settings, folder: Path, files: dict[str, dict[str, Any]], derived: Collection[str] = ()
+) -> list[str]:
     """Load the dumped tables into the (empty) store at ``settings``, in one transaction;
     the tables it does not have (a read model this process does not define) are
-    returned, not loaded."""
+    returned, not loaded. Read models' tables (``derived``; in backups made before
+    they were left out) are not loaded either: the restore rebuilds them from the log."""
     from psycopg import sql
 
     schema = _schema(settings)
@@ -195,6 +238,8 @@ def postgres_load(settings: Settings, folder: Path, files: dict[str, dict[str, A
         present = set(_tables(conn, schema, settings.table_prefix))
         for name, facts in files.items():
             table = facts["table"]
+            if is_derived(table, derived):
+                continue
             if table not in present:
                 skipped.append(table)
                 continue
@@ -236,10 +281,13 @@ def postgres_drop_schema(settings: Settings) -> None:
 __all__ = [
     "CopiedStore",
     "file_digest",
+    "is_derived",
     "postgres_drop_schema",
     "postgres_dump",
     "postgres_event_count",
     "postgres_load",
     "sqlite_copy",
     "sqlite_facts",
+    "sqlite_place",
+    "sqlite_strip",
 ]

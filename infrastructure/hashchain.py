@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+import json
 from hashlib import sha256
 from itertools import islice
 from operator import itemgetter, lt
@@ -73,6 +74,27 @@ def log_hash(
     ):
         h.update(_field(part))
     return h.digest()
+
+
+class Removed(NamedTuple):
+    """A session retention removed, as its record in the log names it."""
+
+    last_version: int
+    head_hash: str  # hex event_hash of the last version
+    archive: str
+
+
+def removed_sessions(states: Iterable[bytes]) -> dict[UUID, Removed]:
+    """The sessions the stored ``RetentionRecord.Removed`` events name (an unreadable
+    one names none: its own chain reports it altered)."""
+    removed: dict[UUID, Removed] = {}
+    for state in states:
+        try:
+            for s in json.loads(state)["sessions"]:
+                removed[UUID(s["session_id"])] = Removed(int(s["last_version"]), str(s["head_hash"]), str(s["archive"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return removed
 
 
 class EventRow(NamedTuple):
@@ -124,6 +146,8 @@ class VerificationReport:
     tail_count: int = 0  # hash rows after the sealed range: only per-aggregate chained
     tail_first: tuple[UUID, int] | None = None  # (aggregate, version) of the oldest of them
     tail_age_s: float | None = None  # how long ago it occurred (business clock)
+    removed: int = 0  # chain rows whose events retention removed, as its records say
+    removed_by_archive: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -153,6 +177,7 @@ class VerificationReport:
             "seal_root": self.seal_root,
             "seals": self.seals,
             "unsealed_tail": {"count": self.tail_count, "age_seconds": self.tail_age_s},
+            "removed_by_retention": {"events": self.removed, "archives": dict(self.removed_by_archive)},
             "break_count": self.break_count,
             "breaks": [vars(b) for b in self.breaks],
         }
@@ -165,6 +190,7 @@ def verify_rows(
     *,
     check_log_chain: bool = True,
     prev_log_hash: dict[int, bytes] | None = None,
+    removed: dict[UUID, Removed] | None = None,
 ) -> VerificationReport:
     """Merge-join events and hash rows (both in notification order) and check each link.
 
@@ -173,7 +199,11 @@ def verify_rows(
     row re-hashed by hand breaks its successor's link instead.
     ``prev_log_hash`` maps a position to the stored log hash of the row before it,
     for a partial (one-aggregate) verification with ``check_log_chain=False``.
+    ``removed``: the sessions retention removed (:func:`removed_sessions`); their
+    chain rows without events are counted as removed, not as missing events, and
+    the row of each one's last version must hold the record's head hash.
     """
+    removed = removed or {}
     last: dict[UUID, tuple[int, bytes]] = {}
     prev_log = GENESIS
     ev_it: Iterator[EventRow] = iter(events)
@@ -193,12 +223,16 @@ def verify_rows(
             e = next(ev_it, None)
             continue
         if e is None or h.notification_id < e.notification_id:
-            report.add(
-                ChainBreak(
-                    "missing event", h.notification_id, str(h.originator_id), h.originator_version,
-                    "the chain records an event here but the log has none: it was deleted",
+            gone = removed.get(h.originator_id)
+            if gone is not None and h.originator_version <= gone.last_version:
+                _count_removed(report, h, gone)
+            else:
+                report.add(
+                    ChainBreak(
+                        "missing event", h.notification_id, str(h.originator_id), h.originator_version,
+                        "the chain records an event here but the log has none: it was deleted",
+                    )
                 )
-            )
             last[h.originator_id] = (h.originator_version, h.event_hash)
             prev_log = h.log_hash
             report.head_position, report.head_hash = h.notification_id, h.log_hash.hex()
@@ -249,6 +283,19 @@ def verify_rows(
         e = next(ev_it, None)
         h = next(h_it, None)
     return report
+
+
+def _count_removed(report: VerificationReport, h: HashRow, gone: Removed) -> None:
+    report.removed += 1
+    report.removed_by_archive[gone.archive] = report.removed_by_archive.get(gone.archive, 0) + 1
+    if h.originator_version == gone.last_version and h.event_hash.hex() != gone.head_hash:
+        report.add(
+            ChainBreak(
+                "altered removed event", h.notification_id, str(h.originator_id), h.originator_version,
+                "the chain row of a session retention removed does not hold the hash its retention "
+                "record names: the chain row was changed after the removal",
+            )
+        )
 
 
 # --------------------------------------------------------------------------- writing

@@ -1,9 +1,12 @@
 """Master key providers: the content keys in the database, wrapped by a key kept elsewhere.
 
 Each visitor's AES-256 content key (``chatledger_keys``) is stored **wrapped**
-(envelope encryption): ``WRAPPED_PREFIX + provider.wrap(...)``. A row of
-exactly 32 bytes is a key stored before wrapping existed (0.4 and older); it
-is used as it is until ``chatledger keys rotate`` wraps it.
+(envelope encryption): ``provider.prefix + provider.wrap(...)``, each provider
+with its own prefix (``clm1:`` the master key, ``clv1:`` the vault; ``clw1:``
+rows of 0.5, see :func:`~.wrapped_keys.open_wrapped`), so a row is always opened by the provider
+that wrapped it. A row of exactly 32 bytes is a key stored before wrapping
+existed (0.4 and older); it is used as it is until ``chatledger content-keys
+rotate`` wraps it.
 
 A provider is anything with the :class:`KeyProvider` methods. Two are built in:
 
@@ -42,9 +45,19 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ..domain.batching import batched
 from ..domain.errors import ConfigurationError
 
-WRAPPED_PREFIX = b"clw1:"
-"""Marks a stored content key as wrapped (a legacy key is 32 raw bytes)."""
+MASTER_PREFIX = b"clm1:"
+"""Marks a stored content key wrapped by :class:`MasterKeyProvider`."""
+VAULT_PREFIX = b"clv1:"
+"""Marks a stored content key wrapped by :class:`VaultKeyProvider`."""
+LEGACY_PREFIX = b"clw1:"
+"""Rows of 0.5 before each provider had its own prefix (both built-in ones wrote it;
+see :func:`open_wrapped`), and a provider of your own without a ``prefix``."""
+PREFIXES = (MASTER_PREFIX, VAULT_PREFIX, LEGACY_PREFIX)
 _AAD = b"chatledger/content-key/v1|"
+
+
+class AlteredKeyRowError(ConfigurationError):
+    """A wrapped content-key row does not open under its wrapping: it was altered."""
 
 
 @runtime_checkable
@@ -114,7 +127,7 @@ class MasterKeys:
             return key.decrypt(rest[:12], rest[12:], _AAD + kid.encode())
         except InvalidTag as err:
             msg = f"Content key {kid} does not open under master key {mid.decode()!r}: the row was altered."
-            raise ConfigurationError(msg) from err
+            raise AlteredKeyRowError(msg) from err
 
     def is_current(self, blob: bytes) -> bool:
         return blob.partition(b":")[0] == self.current.encode()
@@ -129,6 +142,8 @@ def new_master_key(mid: str) -> str:
 
 class MasterKeyProvider:
     """Content keys wrapped by a master key (AES-256-GCM, the kid as associated data)."""
+
+    prefix = MASTER_PREFIX
 
     def __init__(self, master: MasterKeys) -> None:
         self.master = master
@@ -155,11 +170,25 @@ class MasterKeyProvider:
 class VaultKeyProvider:
     """Content keys wrapped by per-key wrapping keys kept in a vault file (see the module doc)."""
 
-    def __init__(self, master: MasterKeys, path: str | os.PathLike[str]) -> None:
+    prefix = VAULT_PREFIX
+
+    def __init__(
+        self, master: MasterKeys, path: str | os.PathLike[str], *, create: bool = False
+    ) -> None:
         self.master = master
         self.path = os.fspath(path)
         self._lock = threading.Lock()
+        if not create and not os.path.exists(self.path):
+            raise ConfigurationError(
+                f"The key vault {self.path} does not exist: check key_vault (CHATLEDGER_KEY_VAULT). "
+                "To make a new one, set key_vault_create (CHATLEDGER_KEY_VAULT_CREATE=1) or run "
+                "`chatledger content-keys rotate --create-vault` once."
+            )
         try:
+            if create and not os.path.exists(self.path):
+                # Owner-only from the start: SQLite gives the -wal and -shm files the mode
+                # of the database file.
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
             self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA secure_delete=ON")
@@ -171,7 +200,9 @@ class VaultKeyProvider:
             raise ConfigurationError(
                 f"Cannot open the key vault {self.path} ({err}); check key_vault."
             ) from err
-        os.chmod(self.path, 0o600)
+        for name in (self.path, f"{self.path}-wal", f"{self.path}-shm"):
+            if os.path.exists(name):
+                os.chmod(name, 0o600)
 
     def __repr__(self) -> str:
         return f"VaultKeyProvider({self.path!r}, {self.master!r})"
@@ -180,17 +211,33 @@ class VaultKeyProvider:
         self._conn.close()
 
     def wrap(self, keys: Mapping[str, bytes]) -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
-        rows = []
-        for kid, key in keys.items():
-            wrapping = AESGCM.generate_key(256)
-            nonce = os.urandom(12)
-            out[kid] = nonce + AESGCM(wrapping).encrypt(nonce, key, _AAD + kid.encode())
-            rows.append((kid, self.master.seal(kid, wrapping)))
+        """Wrap each key under its kid's wrapping key: a new one, or the one the vault
+        already holds. A kid's wrapping key is never replaced, so two processes that
+        wrap the same key at once (two rotations) make rows that both open, whichever
+        of them the database keeps (its update is a compare-and-set)."""
+        rows = [(kid, self.master.seal(kid, AESGCM.generate_key(256))) for kid in keys]
+        held: dict[str, bytes] = {}
         with self._lock:  # stored before the database row can refer to it
             self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.executemany("INSERT OR REPLACE INTO wrapping_keys VALUES (?,?)", rows)
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.executemany("INSERT OR IGNORE INTO wrapping_keys VALUES (?,?)", rows)
+                for chunk in batched(list(keys)):
+                    marks = ",".join("?" * len(chunk))
+                    held.update(
+                        (kid, bytes(blob))
+                        for kid, blob in self._conn.execute(
+                            f"SELECT kid, wrapped FROM wrapping_keys WHERE kid IN ({marks})", chunk
+                        ).fetchall()
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        out: dict[str, bytes] = {}
+        for kid, key in keys.items():
+            wrapping = self.master.open(kid, held[kid])
+            nonce = os.urandom(12)
+            out[kid] = nonce + AESGCM(wrapping).encrypt(nonce, key, _AAD + kid.encode())
         return out
 
     def unwrap(self, wrapped: Mapping[str, bytes]) -> dict[str, bytes]:
@@ -210,7 +257,7 @@ class VaultKeyProvider:
                     )
                 except InvalidTag as err:
                     msg = f"Content key {kid} does not open under its wrapping key: the row was altered."
-                    raise ConfigurationError(msg) from err
+                    raise AlteredKeyRowError(msg) from err
         return found
 
     def forget(self, kids: Sequence[str]) -> None:
@@ -280,11 +327,17 @@ def provider_from_settings(settings: object) -> KeyProvider | None:
     master = MasterKeys(
         secret.get_secret_value() if hasattr(secret, "get_secret_value") else str(secret)
     )
-    return VaultKeyProvider(master, vault) if vault else MasterKeyProvider(master)
+    if not vault:
+        return MasterKeyProvider(master)
+    return VaultKeyProvider(master, vault, create=bool(getattr(settings, "key_vault_create", False)))
 
 
 __all__ = [
-    "WRAPPED_PREFIX",
+    "AlteredKeyRowError",
+    "LEGACY_PREFIX",
+    "MASTER_PREFIX",
+    "PREFIXES",
+    "VAULT_PREFIX",
     "KeyProvider",
     "MasterKeyProvider",
     "MasterKeys",

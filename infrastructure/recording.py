@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, Self
@@ -41,7 +42,8 @@ from ..domain.table_prefix import DEFAULT_PREFIX, table_name
 from ..domain.tenancy import DEFAULT_TENANT, scoped_key
 from ..domain.visitor import Visitor
 from .hashchain import EventRow, as_uuid
-from .key_providers import WRAPPED_PREFIX, KeyProvider
+from .key_providers import AlteredKeyRowError, KeyProvider
+from .wrapped_keys import is_wrapped, open_wrapped, wrap_keys
 from .sealing import SEALS
 
 HASHES = "chatledger_event_hashes"
@@ -137,6 +139,11 @@ def key_work(
     return list(new_keys.values()), owners, used
 
 
+WRAPPED_CHECK_S = 60.0
+"""How often a process without a key provider looks again whether the store's keys are
+wrapped before it stores a new key (once it found them wrapped, it refuses for good)."""
+
+
 class LedgerTableNames:
     """The ledger's own tables under its table prefix (see ``domain/table_prefix.py``):
     the class attributes are the default prefix's names; :meth:`name_tables` sets
@@ -162,25 +169,66 @@ class KeyCodec(LedgerTableNames):
     key_provider: KeyProvider | None = None
     """Wraps the content keys (see :mod:`.key_providers`); None: stored as they are."""
 
+    _wrapped_store: bool = False
+    _wrapped_checked: float = float("-inf")
+
+    def wrapped_key_count(self) -> tuple[int, int]:  # pragma: no cover - each dialect's
+        """``(wrapped, unwrapped)`` rows of ``chatledger_keys``."""
+        raise NotImplementedError
+
+    def any_wrapped_key(self) -> bool:  # pragma: no cover - each dialect's
+        """Does ``chatledger_keys`` hold a wrapped row?"""
+        raise NotImplementedError
+
     def new_key_row(self, kid: str, visitor_id: str, key: bytes) -> KeyRow:
-        """A new key's row, wrapped by the provider (before any transaction)."""
+        """A new key's row, wrapped by the provider (before any transaction). Without a
+        provider, a store whose keys are wrapped is refused: a process started without
+        the master key would store a visitor's key in the clear next to the data (checked
+        again every ``WRAPPED_CHECK_S`` while the store holds no wrapped key)."""
         provider = self.key_provider
-        stored = key if provider is None else WRAPPED_PREFIX + provider.wrap({kid: key})[kid]
+        if provider is None:
+            now = time.monotonic()
+            if not self._wrapped_store and now - self._wrapped_checked > WRAPPED_CHECK_S:
+                self._wrapped_store = self.any_wrapped_key()
+                self._wrapped_checked = now
+            if self._wrapped_store:
+                raise ConfigurationError(
+                    "This store's content keys are wrapped by a master key, and this process has "
+                    "none: it would store a new visitor's key unwrapped. Set CHATLEDGER_MASTER_KEY "
+                    "(and CHATLEDGER_KEY_VAULT if the store uses one), or key_provider; nothing "
+                    "was written."
+                )
+        stored = key if provider is None else wrap_keys(provider, {kid: key})[kid]
         return KeyRow((kid, visitor_id, key), stored)
 
     def open_keys(self, stored: dict[str, bytes]) -> dict[str, bytes]:
         """``kid -> key`` for ``kid -> stored bytes``: legacy 32-byte keys as they are,
         wrapped ones through the provider (a kid it forgot is left out)."""
-        keys = {kid: raw for kid, raw in stored.items() if not raw.startswith(WRAPPED_PREFIX)}
-        wrapped = {kid: raw[len(WRAPPED_PREFIX):] for kid, raw in stored.items() if kid not in keys}
+        keys = {kid: raw for kid, raw in stored.items() if not is_wrapped(raw)}
+        wrapped = {kid: raw for kid, raw in stored.items() if kid not in keys}
         if wrapped:
             if self.key_provider is None:
                 raise ConfigurationError(
                     "This store's content keys are wrapped by a master key: set "
                     "CHATLEDGER_MASTER_KEY (and CHATLEDGER_KEY_VAULT if it uses one), or key_provider."
                 )
-            keys.update(self.key_provider.unwrap(wrapped))
+            keys.update(open_wrapped(self.key_provider, wrapped))
         return keys
+
+    def audit_open_keys(self, stored: dict[str, bytes]) -> dict[str, bytes | None]:
+        """:meth:`open_keys` for ``audit verify``: a row that does not open (altered) maps
+        to ``b""``, which opens no envelope (reported as ``altered key``), a forgotten one
+        to None, instead of the error stopping the verification."""
+        try:
+            return dict(self.open_keys(stored))
+        except AlteredKeyRowError:
+            opened: dict[str, bytes | None] = {}
+            for kid, raw in stored.items():
+                try:
+                    opened[kid] = self.open_keys({kid: raw}).get(kid)
+                except AlteredKeyRowError:
+                    opened[kid] = b""
+            return opened
 
     def open_key_row(self, kid: str, visitor_id: str, stored: bytes) -> KeyRow | None:
         key = self.open_keys({kid: stored}).get(kid)

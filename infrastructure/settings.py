@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     master_key: SecretStr | None = None  # "ID:BASE64[,ID:BASE64...]", the current one first
     master_key_file: str | None = None  # a file holding the same (when master_key is unset)
     key_vault: str | None = None  # the key vault file (per-key wrapping keys erasure can forget)
+    key_vault_create: bool = False  # make the key vault file if it does not exist (else refused)
     key_provider: str | None = None  # "module:factory" of a KMS/Vault provider (overrides the above)
     # Who appends (see domain/actors.py): the actor of events appended with none set by acting_as.
     actor: str = Field(default="unknown", pattern=r"^[A-Za-z0-9._:@/+=-]{1,128}$")

@@ -48,6 +48,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..domain.batching import batched
 from ..domain.policy import session_deadline
+from ..domain.retention import RetentionRecord
 from ..domain.session import Session
 from ..domain.tenancy import DEFAULT_TENANT
 from .read_model import ReadModel
@@ -255,10 +256,16 @@ class ActiveSessions(ReadModel):
         state: dict[UUID, ActiveRow | object] = dict(existing)
         closed: list[dict[str, Any]] = []
         archived: list[dict[str, Any]] = []
+        deletes_removed: list[dict[str, Any]] = []
         for event in events:
             sid = event.originator_id
             if isinstance(event, Session.Archived):
                 archived.append({"b_session_id": sid})  # retention is done with it
+                continue
+            if isinstance(event, RetentionRecord.Removed):  # for an index behind the removal
+                gone = [{"b_session_id": s.session_id} for s in event.sessions]
+                archived.extend(gone)
+                deletes_removed.extend(gone)
                 continue
             if isinstance(event, Session.Started):
                 state[sid] = ActiveRow.started(event)
@@ -293,7 +300,7 @@ class ActiveSessions(ReadModel):
         ]
         deletes = [
             {"b_session_id": sid} for sid, r in state.items() if r is _CLOSED and sid in existing
-        ]
+        ] + deletes_removed
         if inserts:
             insert = _dialect_insert(conn)(active_sessions)
             conn.execute(insert.on_conflict_do_nothing(index_elements=["session_id"]), inserts)
@@ -329,14 +336,14 @@ class ActiveSessions(ReadModel):
 def _session_event_topics() -> tuple[str, ...]:
     """Every stored event class of Session, found by introspection, so an event
     added later is still seen (and marks its rows inexact)."""
-    found = {
+    found: set[type] = {
         value
         for value in vars(Session).values()
         if isinstance(value, type)
         and issubclass(value, Session.Event)
         and value not in (Session.Event, Session.MessageRecorded)
     }
-    return tuple(sorted(get_topic(cls) for cls in found))
+    return tuple(sorted(get_topic(cls) for cls in (*found, RetentionRecord.Removed)))  # and what removes them
 
 
 ActiveSessions.topics = _session_event_topics()

@@ -22,6 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ..domain.errors import InvalidCommandError
 from ..domain.policy import is_past_deadline, session_deadline
+from ..domain.retention import RetentionRecord
 from ..domain.session import Session
 from ..domain.tenancy import DEFAULT_TENANT
 from ..domain.visitor import Visitor
@@ -204,6 +205,17 @@ class SessionAnalytics(HandlerTableReadModel):
             row["close_reason"] = e.reason if isinstance(e, Session.TimedOut) else None
             row["expires_at"] = None
 
+    def removed(self, e: RetentionRecord.Removed) -> None:
+        """Retention removed sessions from the log: their rows stay (live), or come
+        back from the record's summaries (a rebuild, which never saw their events)."""
+        for removed in e.sessions:
+            sid = str(removed.session_id)
+            if removed.summary is not None and self._session_row(sid) is None:
+                self.sessions.add({"session_id": sid, "tenant": removed.tenant, **removed.summary.model_dump()})
+
+    def _session_row(self, sid: str) -> dict[str, Any] | None:
+        return self.sessions.cached(sid) or self.sessions.get(self.view.conn, sid)
+
     def registered(self, e: Visitor.Registered) -> None:
         self.visitors.add(
             {
@@ -238,6 +250,7 @@ _HANDLERS: dict[type, Any] = {
     Session.Ended: SessionAnalytics.closed,
     Visitor.Registered: SessionAnalytics.registered,
     Visitor.IdentityLinked: SessionAnalytics.visitor_linked,
+    RetentionRecord.Removed: SessionAnalytics.removed,
 }
 
 

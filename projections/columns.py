@@ -4,12 +4,14 @@
 added to a read model's table with a ``server_default`` (0.5's ``tenant``) is
 added to a store's existing table here, on open, with that default: every row
 written before it gets the value that is true of it (before tenants, every row
-was the default tenant's), so the read model stays current without a rebuild.
+was the default tenant's), so the read model stays current without a rebuild. A string column a release
+widens (0.5: the memory and webhook keys, to hold a named tenant's scoped key) is
+widened likewise on PostgreSQL (SQLite does not enforce a ``VARCHAR`` length).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, MetaData, inspect
+from sqlalchemy import Engine, MetaData, String, inspect
 
 from ..domain.errors import ConfigurationError
 
@@ -47,4 +49,35 @@ def add_missing_columns(engine: Engine, metadata: MetaData) -> list[str]:
     return added
 
 
-__all__ = ["add_missing_columns"]
+def widen_columns(engine: Engine, metadata: MetaData) -> list[str]:
+    """On PostgreSQL, widen each ``VARCHAR`` column of ``metadata``'s existing tables
+    that is narrower in the database than in the model (``ALTER COLUMN ... TYPE``: a
+    wider ``varchar`` rewrites nothing); ``table.column`` of each one widened."""
+    if engine.dialect.name != "postgresql":
+        return []
+    inspector = inspect(engine)
+    narrow = []
+    for table in metadata.sorted_tables:
+        if not inspector.has_table(table.name, schema=table.schema):
+            continue
+        have = {c["name"]: c["type"] for c in inspector.get_columns(table.name, schema=table.schema)}
+        for column in table.columns:
+            want, got = column.type, have.get(column.name)
+            if (
+                isinstance(want, String) and want.length is not None
+                and isinstance(got, String) and got.length is not None and got.length < want.length
+            ):
+                narrow.append((table, column))
+    if not narrow:
+        return []
+    with engine.begin() as conn:
+        quote = conn.dialect.identifier_preparer
+        for table, column in narrow:
+            conn.exec_driver_sql(
+                f"ALTER TABLE {quote.format_table(table)} ALTER COLUMN {quote.format_column(column)} "
+                f"TYPE {column.type.compile(dialect=conn.dialect)}"
+            )
+    return [f"{t.name}.{c.name}" for t, c in narrow]
+
+
+__all__ = ["add_missing_columns", "widen_columns"]

@@ -29,6 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ..domain.batching import batched
 from ..domain.erasure import ERASED_TEXT
+from ..domain.retention import RetentionRecord
 from ..domain.session import Session
 from ..domain.tenancy import DEFAULT_TENANT
 from ..domain.visitor import Visitor
@@ -286,6 +287,9 @@ class ConversationLog(HandlerTableReadModel):
         transcript of an archived session is empty, not unknown."""
         self.archived.add(str(e.originator_id))
 
+    def _removed(self, e: RetentionRecord.Removed, notification_id: int) -> None:  # as archived
+        self.archived.update(str(s.session_id) for s in e.sessions)
+
     handlers_take_position = True  # message rows record their notification id
     handlers: ClassVar[dict[type, Any]] = {
         Session.Started: _started,
@@ -293,6 +297,7 @@ class ConversationLog(HandlerTableReadModel):
         Session.MessageSent: _message,
         Session.IdentityLinked: _session_linked,
         Session.Archived: _archived,
+        RetentionRecord.Removed: _removed,
         Visitor.Registered: _visitor_registered,
         Visitor.IdentityLinked: _visitor_linked,
         Visitor.DataErased: _data_erased,
@@ -375,11 +380,8 @@ def session_owner(
     conn: Connection, session_id: str, tenant: str = DEFAULT_TENANT
 ) -> tuple[str, str | None] | None:
     """``(visitor_id, user_id)`` of a session of ``tenant`` (None: no such session)."""
-    row = conn.execute(
-        select(on(conn, sessions_table).c.visitor_id, on(conn, sessions_table).c.user_id).where(
-            on(conn, sessions_table).c.session_id == session_id, on(conn, sessions_table).c.tenant == tenant
-        )
-    ).first()
+    t = on(conn, sessions_table).c
+    row = conn.execute(select(t.visitor_id, t.user_id).where(t.session_id == session_id, t.tenant == tenant)).first()
     return None if row is None else (row[0], row[1])
 
 

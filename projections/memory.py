@@ -6,7 +6,10 @@ profile of its visitor's subject at the time of the event. When a visitor is
 linked, its visitor profile is merged into the user's and removed, so anonymous
 reads (by visitor id) never reveal what belongs to a user. Visitor and user ids
 are kept within their tenant (``domain.tenancy.scoped_key``: the same id in two
-tenants is two people; the default tenant's ids are stored as they are).
+tenants is two people; the default tenant's ids are stored as they are, and no
+default-tenant id is ever a named tenant's key), and every row carries its
+``tenant``: a visitor's user is keyed in the visitor row's tenant, and the reads
+filter by it; no key is parsed back into a tenant.
 
 Preferences come from slots set with ``scope="user"``; the latest value of a
 key wins (by business time) when profiles merge. The *last conversation* is
@@ -27,8 +30,9 @@ from eventsourcing.utils import get_topic
 from sqlalchemy import select
 
 from ..domain.batching import batched
+from ..domain.retention import RetentionRecord
 from ..domain.session import Session
-from ..domain.tenancy import scoped_key, tenant_of
+from ..domain.tenancy import scoped_key
 from ..domain.visitor import Visitor
 from .memory_tables import (
     Base,
@@ -97,7 +101,7 @@ class UserMemory(HandlerTableReadModel):
             is_link = isinstance(e, Visitor.IdentityLinked)
             linked = self.visitors.cached(str(e.originator_id)) if is_link else None
             if linked is not None:
-                subjects.add(user_subject(scoped_key(tenant_of(linked["visitor_id"]), e.user_id)))
+                subjects.add(user_subject(scoped_key(linked["tenant"], e.user_id)))
         subjects |= {visitor_subject(r["visitor_id"]) for r in self.visitors.rows()}
         self.profiles.load(conn, sorted(subjects))
 
@@ -146,7 +150,7 @@ class UserMemory(HandlerTableReadModel):
 
     def visitor_registered(self, e: Visitor.Registered) -> None:
         self.visitors.add(
-            {"visitor_uuid": str(e.originator_id), "visitor_id": _key(e), "user_id": None}
+            {"visitor_uuid": str(e.originator_id), "tenant": e.tenant, "visitor_id": _key(e), "user_id": None}
         )
         self.links[_key(e)] = None
 
@@ -154,7 +158,7 @@ class UserMemory(HandlerTableReadModel):
         visitor = self.visitors.get(self.view.conn, str(e.originator_id))
         if visitor is None:  # pragma: no cover - Registered always comes first
             return
-        user = scoped_key(tenant_of(visitor["visitor_id"]), e.user_id)  # the user, in the tenant
+        user = scoped_key(visitor["tenant"], e.user_id)  # the user, in the visitor's tenant
         visitor["user_id"] = user
         self.visitors.changed(visitor["visitor_uuid"])
         self.links[visitor["visitor_id"]] = user
@@ -179,6 +183,7 @@ class UserMemory(HandlerTableReadModel):
         session = self.sessions.add(
             {
                 "session_id": str(e.originator_id),
+                "tenant": e.tenant,
                 "visitor_id": visitor,
                 "slots": slots,
                 "open_tasks": [],
@@ -192,6 +197,7 @@ class UserMemory(HandlerTableReadModel):
             profile = self.profiles.add(
                 {
                     "subject": subject,
+                    "tenant": e.tenant,
                     "preferences": {},
                     "session_count": 0,
                     "first_seen_at": e.occurred_at,
@@ -281,6 +287,14 @@ def _archived(self: UserMemory, e: Session.Archived) -> None:
         self.sessions.delete(sid)
 
 
+def _removed(self: UserMemory, e: RetentionRecord.Removed) -> None:
+    """Log retention removed the sessions: as archived (for a model behind it)."""
+    for removed in e.sessions:
+        sid = str(removed.session_id)
+        if self.sessions.get(self.view.conn, sid) is not None:
+            self.sessions.delete(sid)
+
+
 def _data_erased(self: UserMemory, e: Visitor.DataErased) -> None:
     """Blank what the erased visitors said: their sessions' slot values, and in
     each profile they fed, the preferences they set and the left-off slots of
@@ -360,6 +374,7 @@ _HANDLERS: dict[type, Any] = {
     Session.TimedOut: UserMemory.closed,
     Session.Ended: UserMemory.closed,
     Session.Archived: _archived,
+    RetentionRecord.Removed: _removed,
     Visitor.Registered: UserMemory.visitor_registered,
     Visitor.IdentityLinked: UserMemory.visitor_linked,
     Visitor.DataErased: _data_erased,

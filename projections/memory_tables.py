@@ -9,8 +9,12 @@ from typing import Any
 from sqlalchemy import JSON, Connection, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from ..domain.tenancy import DEFAULT_TENANT, SCOPED_MAX_CHARS, TENANT_CHARS
 from .prefixes import on
 from .sqltypes import UTCDateTime
+
+KEY_CHARS = SCOPED_MAX_CHARS  # a visitor or user key: the id within its tenant (scoped_key)
+SUBJECT_CHARS = KEY_CHARS + len("visitor:")
 
 DISPLAY_NAME_SLOTS = ("display_name", "name", "first_name")
 """User-scoped slots, in order of preference, that hold the name to greet with."""
@@ -26,7 +30,8 @@ class MemorySession(Base):
     __tablename__ = "memory_sessions"
 
     session_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    visitor_id: Mapped[str] = mapped_column(String(200))
+    tenant: Mapped[str] = mapped_column(String(TENANT_CHARS), server_default=DEFAULT_TENANT)
+    visitor_id: Mapped[str] = mapped_column(String(KEY_CHARS))  # the visitor's key
     slots: Mapped[dict[str, Any]] = mapped_column(JSON)  # key -> [value, scope]
     open_tasks: Mapped[list[str]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(20))
@@ -34,11 +39,15 @@ class MemorySession(Base):
 
 
 class MemoryVisitor(Base):
+    """A visitor's key (its id within its tenant, ``scoped_key``), its tenant and its
+    user's key."""
+
     __tablename__ = "memory_visitors"
 
     visitor_uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
-    visitor_id: Mapped[str] = mapped_column(String(200), unique=True)
-    user_id: Mapped[str | None] = mapped_column(String(200))
+    tenant: Mapped[str] = mapped_column(String(TENANT_CHARS), server_default=DEFAULT_TENANT)
+    visitor_id: Mapped[str] = mapped_column(String(KEY_CHARS), unique=True)
+    user_id: Mapped[str | None] = mapped_column(String(KEY_CHARS))
 
 
 class MemoryProfile(Base):
@@ -46,7 +55,8 @@ class MemoryProfile(Base):
 
     __tablename__ = "memory_profiles"
 
-    subject: Mapped[str] = mapped_column(String(210), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(SUBJECT_CHARS), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(TENANT_CHARS), server_default=DEFAULT_TENANT)
     # key -> [value, set_at iso, visitor_id that set it] (the visitor lets an
     # erasure of one of a user's visitors blank only what that visitor said)
     preferences: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -75,15 +85,18 @@ def visitor_subject(visitor_id: str) -> str:
     return f"visitor:{visitor_id}"
 
 
-def read_profile(conn: Connection, subject: str) -> dict[str, Any] | None:
-    row = conn.execute(select(on(conn, profiles_table)).where(on(conn, profiles_table).c.subject == subject)).mappings().first()
+def read_profile(conn: Connection, subject: str, tenant: str) -> dict[str, Any] | None:
+    """The profile of ``subject`` if it is ``tenant``'s."""
+    table = on(conn, profiles_table)
+    c = table.c
+    row = conn.execute(select(table).where(c.subject == subject, c.tenant == tenant)).mappings().first()
     return dict(row) if row is not None else None
 
 
-def visitor_link(conn: Connection, visitor_id: str) -> str | None:
-    row = conn.execute(
-        select(on(conn, visitors_table).c.user_id).where(on(conn, visitors_table).c.visitor_id == visitor_id)
-    ).first()
+def visitor_link(conn: Connection, visitor_key: str, tenant: str) -> str | None:
+    """The user key the visitor of ``tenant`` is linked to (None: anonymous, or unknown)."""
+    c = on(conn, visitors_table).c
+    row = conn.execute(select(c.user_id).where(c.visitor_id == visitor_key, c.tenant == tenant)).first()
     return row[0] if row else None
 
 

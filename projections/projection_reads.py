@@ -219,7 +219,7 @@ class ProjectionReads:
             }
             # The memory's keys are the visitor's and user's within the tenant.
             visitor = scoped_key(self.tenant, visitor_id) if visitor_id is not None else None
-            if visitor is not None and mem.visitor_link(conn, visitor) is not None:
+            if visitor is not None and mem.visitor_link(conn, visitor, self.tenant) is not None:
                 # Linked: the memory now belongs to the user; never read it anonymously.
                 return Memory(**base, known=False, linked_to_user=True)
             subject = (
@@ -227,7 +227,7 @@ class ProjectionReads:
                 if user_id
                 else mem.visitor_subject(visitor or "")
             )
-            profile = mem.read_profile(conn, subject)
+            profile = mem.read_profile(conn, subject, self.tenant)
             if profile is None:
                 return Memory(**base, known=False)
             preferences = {k: v[0] for k, v in sorted(profile["preferences"].items())}

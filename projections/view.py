@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from ..domain.table_prefix import table_name
-from .columns import add_missing_columns
+from .columns import add_missing_columns, widen_columns
 from .failures import clean_text, error_summary, error_type_name, failures_table
 from .prefixes import prefix_of, prefixed, prefixed_metadata
 from .generations import generation_metadata, generation_suffix, generations_table
@@ -63,6 +63,7 @@ class SQLView(TrackingRecorder):
         metadata.create_all(engine)
         if tables is None:
             add_missing_columns(engine, metadata)  # e.g. 0.5's tenant, on an older store's tables
+            widen_columns(engine, metadata)  # e.g. 0.5's memory keys
             self.create_indexes()  # a rebuild that died may have left some out
 
     def table(self, table: Table) -> Table:

@@ -67,6 +67,21 @@ def unicode_checks_off() -> Iterator[None]:
         validation._check_unicode = original  # type: ignore[assignment]
 
 
+@contextmanager
+def separator_checks_off() -> Iterator[None]:
+    """Let the unit separator (``\\x1f``) through the validation layer (and nothing
+    else), as releases before 0.5 did: to write the ids an old store may hold (a
+    default-tenant visitor ``"acme\\x1fbob"``)."""
+    from chatledger.domain import validation
+
+    original = validation._check_separator
+    validation._check_separator = lambda field, value: None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        validation._check_separator = original  # type: ignore[assignment]
+
+
 def store_unchecked(ledger: ChatLedger, session_id: object, event_class: type, **fields: object) -> int:
     """Append one event of ``event_class`` to a session exactly as given, the
     way a store written before input validation (or by a bug) may hold it:

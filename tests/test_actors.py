@@ -17,7 +17,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from chatledger import ChatLedger, InvalidValueError, ManualClock
+from chatledger import ChatLedger, InvalidValueError, LogEvent, ManualClock
+from chatledger.application.log_retention import remove_archived_sessions
 from chatledger.domain.pydantic_aggregates import AggregateSnapshot, DomainEvent
 from chatledger.infrastructure.hashchain import event_hash
 from eventsourcing.utils import get_topic
@@ -42,8 +43,9 @@ def domain_event_classes() -> set[str]:
     return {get_topic(c) for c in found}
 
 
-def _everything(ledger: ChatLedger, clock: ManualClock, tmp_path: Path) -> None:
-    """A scenario that appends every event type (under operator:alice, request r-1)."""
+def _everything(ledger: ChatLedger, clock: ManualClock, tmp_path: Path) -> list[LogEvent]:
+    """A scenario that appends every event type (under operator:alice, request r-1): the events
+    it appended, those that log retention removed at its end included."""
     with ledger.acting_as("operator:alice", request_id="r-1"):
         turn = ledger.receive("v-ann", "hello")
         sid = turn.session_id
@@ -62,12 +64,15 @@ def _everything(ledger: ChatLedger, clock: ManualClock, tmp_path: Path) -> None:
         ledger.catch_up()
         assert ledger.archive_closed_sessions(timedelta(days=1), tmp_path / "archive").archived >= 1
         ledger.erase(visitor_id="v-eve")
+        before_removal = ledger.events_after(0, limit=10_000)
+        assert remove_archived_sessions(ledger, timedelta(days=1), tmp_path / "archive").removed_sessions >= 1
     assert idle
+    removed_too = {e.position for e in before_removal}
+    return before_removal + [e for e in ledger.events_after(0, limit=10_000) if e.position not in removed_too]
 
 
 def test_every_event_type_records_its_actor(ledger: ChatLedger, clock: ManualClock, tmp_path: Path) -> None:
-    _everything(ledger, clock, tmp_path)
-    events = ledger.events_after(0, limit=10_000)
+    events = _everything(ledger, clock, tmp_path)
     kinds = domain_event_classes()
     assert len(kinds) >= 16
     assert kinds <= {e.topic for e in events}, "the scenario must emit every event type"
@@ -180,6 +185,7 @@ def test_an_api_keys_actor_lands_on_the_message_it_wrote(database_url: str, cloc
     assert sent.actor == f"api-key:{bot_key.key_id}" and sent.request_id not in (None, "req-77")
 
 
+@pytest.mark.slow  # two console-script subprocesses
 def test_the_cli_records_the_operator_or_actor(sqlite_url: str) -> None:
     with ChatLedger.open(sqlite_url) as ledger:
         ledger.receive("v-eve", "erase me")

@@ -120,8 +120,15 @@ def test_backup_restore_verify_round_trip_with_the_console_script(
             "exists" in again.stderr or "already holds" in again.stderr
         )
         # backup verify restores into a scratch store and removes it.
-        verified = cli("backup", "verify", str(folder), "--database", database_url)
+        verified = cli(
+            "backup", "verify", str(folder), "--database", database_url,
+            "--anchor", manifest["anchor"],
+        )
         assert verified.returncode == 0, verified.stdout + verified.stderr
+        other = cli(
+            "backup", "verify", str(folder), "--database", database_url, "--anchor", f"{'0' * 64}@1"
+        )
+        assert other.returncode == 1 and "anchor" in other.stdout
     finally:
         if not target.startswith("sqlite"):
             drop_schema(make_url(target).query["schema"])  # type: ignore[arg-type]
@@ -199,6 +206,7 @@ def test_a_restored_backup_of_before_an_erasure_keeps_the_erased_content_unreada
     options = {
         "master_key": settings["CHATLEDGER_MASTER_KEY"],
         "key_vault": settings["CHATLEDGER_KEY_VAULT"],
+        "key_vault_create": True,
     }
     with ChatLedger.open(database_url, **options) as ledger:
         a = ledger.receive("v-a", "alpha-secret").session_id
@@ -225,6 +233,100 @@ def test_a_restored_backup_of_before_an_erasure_keeps_the_erased_content_unreada
             assert copy.receive("v-a", "a new key now").session_id
             assert copy.verify().ok
             assert [m.text for m in copy.session(b).messages] == ["bravo-secret"]
+    finally:
+        if not target.startswith("sqlite"):
+            drop_schema(make_url(target).query["schema"])  # type: ignore[arg-type]
+
+
+def test_an_erasure_reaches_a_backup_taken_before_it(database_url: str, tmp_path: Path) -> None:
+    """Master key + vault: back up, erase one visitor, restore the backup elsewhere. The
+    erased visitor's content reads as erased through every API (the read models are not in
+    the backup: the restore rebuilds them from the log), its plaintext is in no byte of the
+    backup or of the restored store; the other visitor's content is intact."""
+    options = {
+        "master_key": new_master_key("k1"),
+        "key_vault": str(tmp_path / "vault"),
+        "key_vault_create": True,
+    }
+    with ChatLedger.open(database_url, **options) as ledger:
+        a = ledger.receive("v-a", "alpha-secret-text").session_id
+        ledger.reply(a, "alpha-reply-text")
+        ledger.set_slot(a, "name", "alpha-slot-value", scope="user")
+        ledger.link_identity("v-a", "user-a")
+        b = ledger.receive("v-b", "bravo-secret-text").session_id
+        ledger.set_slot(b, "name", "bravo-slot-value", scope="user")
+        ledger.link_identity("v-b", "user-b")
+        ledger.catch_up()
+        create_backup(ledger, tmp_path / "before")
+        ledger.erase(visitor_id="v-a")
+    backup_bytes = b"".join(p.read_bytes() for p in (tmp_path / "before").iterdir())
+    for secret in ("alpha-secret-text", "alpha-reply-text", "alpha-slot-value"):
+        assert secret.encode() not in backup_bytes, secret
+    target = other_store(database_url, tmp_path)
+    try:
+        check = restore_backup(tmp_path / "before", target, **options)
+        assert any("forgotten key" in p for p in check.problems), check.problems
+        dump = RawDB(target).dump()
+        for secret in ("alpha-secret-text", "alpha-reply-text", "alpha-slot-value"):
+            assert secret.encode() not in dump and secret.encode().hex().encode() not in dump
+        with ChatLedger.open(target, **options) as copy:
+            assert [m.text for m in copy.transcript(a).messages] == [ERASED_TEXT, ERASED_TEXT]
+            assert [m.text for m in copy.session(a).messages] == [ERASED_TEXT, ERASED_TEXT]
+            assert "alpha-slot-value" not in copy.memory(user_id="user-a").model_dump_json()
+            assert [m.text for m in copy.transcript(b).messages] == ["bravo-secret-text"]
+            assert copy.memory(user_id="user-b").display_name == "bravo-slot-value"
+            user_b = [m.text for m in copy.transcript(user_id="user-b").messages]
+            assert user_b == ["bravo-secret-text"]
+    finally:
+        if not target.startswith("sqlite"):
+            drop_schema(make_url(target).query["schema"])  # type: ignore[arg-type]
+
+
+def test_a_tampered_key_row_is_a_reported_break_and_a_published_anchor_is_checked(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A wrapped key row altered in the backup is reported (``altered key``), not a crash;
+    a restored event count that is not the manifest's is reported; and ``anchor=`` (one
+    published elsewhere) is checked, not just the manifest next to the copy."""
+    options = {
+        "master_key": new_master_key("k1"),
+        "key_vault": str(tmp_path / "vault"),
+        "key_vault_create": True,
+    }
+    with ChatLedger.open(database_url, **options) as ledger:
+        ledger.receive("v-a", "alpha").session_id
+        ledger.receive("v-b", "bravo").session_id
+        ledger.seal()
+        published = ledger.anchor()  # published elsewhere, before the backup
+        assert published is not None
+        ledger.receive("v-c", "charlie")
+        manifest = create_backup(ledger, tmp_path / "b")
+    assert manifest.anchor != published
+    good = verify_backup(tmp_path / "b", database_url, anchor=published, **options)
+    assert good.ok, good.problems
+    root, _, position = published.partition("@")
+    forged = f"{'0' * 64}@{position}"
+    wrong = verify_backup(tmp_path / "b", database_url, anchor=forged, **options)
+    assert not wrong.ok and any("anchor" in p for p in wrong.problems)
+    # A copy rewritten and re-sealed with a fresh manifest passes the manifest's own anchor,
+    # but not the one published before.
+    path = tmp_path / "b" / "manifest.json"
+    data = json.loads(path.read_text())
+    data["anchor"] = forged
+    path.write_text(json.dumps(data))
+    assert not verify_backup(tmp_path / "b", database_url, **options).ok
+    assert not verify_backup(tmp_path / "b", database_url, anchor=published, **options).ok
+    target = other_store(database_url, tmp_path)
+    try:
+        restore_backup(tmp_path / "b", target, verify=False, **options)
+        raw = RawDB(target)
+        kid, stored = raw.execute("SELECT kid, key FROM chatledger_keys")[0]
+        altered = bytearray(bytes(stored))
+        altered[-1] ^= 0x01
+        raw.execute("UPDATE chatledger_keys SET key=? WHERE kid=?", (bytes(altered), kid))
+        with ChatLedger.open(target, **options) as copy:
+            report = copy.verify()
+        assert not report.ok and any(b.kind == "altered key" for b in report.breaks)
     finally:
         if not target.startswith("sqlite"):
             drop_schema(make_url(target).query["schema"])  # type: ignore[arg-type]

@@ -125,6 +125,17 @@ def test_an_old_postgres_store_reads_verifies_and_takes_writes(store: Path, post
         if recorded.get("anchor"):
             assert ledger.verify(anchor=recorded["anchor"]).ok
         assert [m.text for m in ledger.session(recorded["ids"]["eve"]).messages] == ["[erased]", "[erased]"]
+        # A named tenant in the old store: the same ids are its own people, its memory
+        # keys fit (the old memory tables' key columns are widened on open).
+        acme = ledger.tenant("acme")
+        sid = acme.receive("visitor-ana", "acme's ana").session_id
+        acme.set_slot(sid, "display_name", "Acme Ana", scope="user")
+        acme.link_identity("visitor-ana", "user-ana")
+        ledger.catch_up()
+        assert acme.memory(user_id="user-ana").display_name == "Acme Ana"
+        assert ledger.memory(user_id="user-ana").display_name == "Ana"
+        assert [m.text for m in acme.transcript(user_id="user-ana").messages] == ["acme's ana"]
+        assert ledger.projection_failures() == []
 
 
 @pytest.mark.parametrize("store", STORES, ids=[p.name for p in STORES])

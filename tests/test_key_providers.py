@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from chatledger import ChatLedger, ConfigurationError, ManualClock, SessionPolicy
-from chatledger.application.key_management import rotate_keys
+from chatledger.application.key_management import KeyStatus, key_status, rotate_keys
 from chatledger.domain.erasure import ERASED_TEXT
 from chatledger.infrastructure.key_providers import (
-    WRAPPED_PREFIX,
+    LEGACY_PREFIX,
+    MASTER_PREFIX,
+    VAULT_PREFIX,
     MasterKeyProvider,
     MasterKeys,
     VaultKeyProvider,
     new_master_key,
 )
+from chatledger.infrastructure.wrapped_keys import open_wrapped
 from chatledger.infrastructure.ledger_recorders import as_ledger_recorder
 
 from .audit_helpers import RawDB
@@ -50,13 +54,13 @@ def test_content_keys_are_stored_wrapped_and_need_the_master_key(
     database_url: str, tmp_path: Path
 ) -> None:
     vault = str(tmp_path / "keys.vault")
-    with ChatLedger.open(database_url, master_key=K1, key_vault=vault) as ledger:
+    with ChatLedger.open(database_url, master_key=K1, key_vault=vault, key_vault_create=True) as ledger:
         sid = ledger.receive("v-1", "wrapped-secret hello").session_id
         ledger.reply(sid, "hi there")
     rows = stored_keys(database_url)
     assert len(rows) == 1
     ((_, stored),) = rows.values()
-    assert stored.startswith(WRAPPED_PREFIX) and len(stored) > 32
+    assert stored.startswith(VAULT_PREFIX) and len(stored) > 32
     # Without the master key the store does not open its content (a clear error, no plaintext).
     with (
         ChatLedger.open(database_url) as bare,
@@ -81,7 +85,7 @@ def test_a_backup_taken_before_an_erasure_cannot_open_the_erased_content(
     """The key rows a backup holds (copied before the erasure) open the other visitor's
     key, but no longer the erased one's: the vault forgot its wrapping key."""
     vault = str(tmp_path / "keys.vault")
-    ledger, recorder = opener(database_url, master_key=K1, key_vault=vault)
+    ledger, recorder = opener(database_url, master_key=K1, key_vault=vault, key_vault_create=True)
     with ledger:
         a = ledger.receive("v-a", "alpha-secret address").session_id
         ledger.link_identity("v-a", "user-a")
@@ -112,7 +116,7 @@ def test_the_master_key_alone_cannot_forget(tmp_path: Path) -> None:
     wrapped = provider.wrap({"kid-1": b"\x07" * 32})
     provider.forget(["kid-1"])
     assert provider.unwrap(wrapped) == {"kid-1": b"\x07" * 32}
-    vault = VaultKeyProvider(MasterKeys(K1), tmp_path / "v")
+    vault = VaultKeyProvider(MasterKeys(K1), tmp_path / "v", create=True)
     wrapped = vault.wrap({"kid-1": b"\x07" * 32})
     vault.forget(["kid-1"])
     assert vault.unwrap(wrapped) == {}
@@ -123,13 +127,17 @@ def test_the_master_key_alone_cannot_forget(tmp_path: Path) -> None:
 def test_master_key_rotation_keeps_every_event_readable(
     database_url: str, tmp_path: Path, with_vault: bool
 ) -> None:
-    vault = {"key_vault": str(tmp_path / "keys.vault")} if with_vault else {}
+    vault: dict[str, Any] = (
+        {"key_vault": str(tmp_path / "keys.vault"), "key_vault_create": True} if with_vault else {}
+    )
     with ChatLedger.open(database_url, master_key=K1, **vault) as ledger:
         sessions = [ledger.receive(f"v-{i}", f"secret-{i} hello").session_id for i in range(5)]
         ledger.set_slot(sessions[0], "name", "Ana", scope="user")
         ledger.catch_up()
         seen = [texts(ledger, s) for s in sessions]
+        ledger.seal()
         anchor = ledger.anchor()
+        assert anchor is not None
     before = stored_keys(database_url)
     # The new master key first, the old one still listed: rotate.
     with ChatLedger.open(database_url, master_key=f"{K2},{K1}", **vault) as ledger:
@@ -161,13 +169,13 @@ def test_rotation_wraps_the_keys_of_an_old_store(tmp_path: Path) -> None:
     url = f"sqlite:///{db}"
     clock = ManualClock(datetime.fromisoformat(recorded["clock"]))
     policy = SessionPolicy(**store_story.POLICY)  # type: ignore[arg-type]
-    settings = {"master_key": K1, "key_vault": str(tmp_path / "vault")}
+    settings = {"master_key": K1, "key_vault": str(tmp_path / "vault"), "key_vault_create": True}
     assert all(len(s) == 32 for _, s in stored_keys(url).values())
     with ChatLedger.open(url, policy=policy, clock=clock, **settings) as ledger:
         seen = store_story.observe(ledger, recorded["ids"])
         result = rotate_keys(ledger)
     assert result.keys_wrapped == len(stored_keys(url)) > 0
-    assert all(s.startswith(WRAPPED_PREFIX) for _, s in stored_keys(url).values())
+    assert all(s.startswith(VAULT_PREFIX) for _, s in stored_keys(url).values())
     with ChatLedger.open(url, policy=policy, clock=clock, **settings) as ledger:
         assert store_story.observe(ledger, recorded["ids"]) == seen
         assert seen["verify_ok"] is True
@@ -184,4 +192,156 @@ def test_bad_master_key_settings_are_refused(tmp_path: Path) -> None:
     key_file.write_text(K1 + "\n")
     with ChatLedger.open(url, master_key_file=str(key_file)) as ledger:
         ledger.receive("v", "from a key file")
-    assert stored_keys(url).popitem()[1][1].startswith(WRAPPED_PREFIX)
+    assert stored_keys(url).popitem()[1][1].startswith(MASTER_PREFIX)
+
+
+def test_adding_a_vault_to_a_master_key_store_keeps_it_readable_and_rotate_moves_the_keys(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Each provider marks its rows with its own prefix: a store wrapped by the master key
+    alone still reads once a vault is configured, and ``rotate`` moves its keys into the
+    vault, after which an erasure reaches a copy of the key table taken before it."""
+    with ChatLedger.open(database_url, master_key=K1) as ledger:
+        a = ledger.receive("v-a", "alpha-secret").session_id
+        b = ledger.receive("v-b", "bravo-secret").session_id
+    assert all(s.startswith(MASTER_PREFIX) for _, s in stored_keys(database_url).values())
+    vault = {"key_vault": str(tmp_path / "keys.vault"), "key_vault_create": True}
+    ledger, recorder = opener(database_url, master_key=K1, **vault)
+    with ledger:
+        assert texts(ledger, a) == ["alpha-secret"] and texts(ledger, b) == ["bravo-secret"]
+        assert ledger.verify().ok
+        done = rotate_keys(ledger)
+        assert done.keys_wrapped == 2
+        rows = stored_keys(database_url)
+        assert all(s.startswith(VAULT_PREFIX) for _, s in rows.values())
+        assert texts(ledger, a) == ["alpha-secret"]
+        ledger.erase(visitor_id="v-a")
+        assert set(recorder.open_keys({k: s for k, (_, s) in rows.items()})) == {
+            k for k, (v, _) in rows.items() if v == "v-b"
+        }
+        assert texts(ledger, b) == ["bravo-secret"]
+        assert ledger.verify().ok
+    # Master key only again: the vault's rows are refused with a clear error, not read as erased.
+    with (
+        ChatLedger.open(database_url, master_key=K1) as bare,
+        pytest.raises(ConfigurationError, match="CHATLEDGER_KEY_VAULT"),
+    ):
+        bare.session(b)
+
+
+def test_rows_of_0_5_with_the_shared_prefix_open_with_the_provider_that_wrote_them(
+    tmp_path: Path,
+) -> None:
+    """Before each provider had its own prefix both wrote ``clw1:``: a vault row is 60 bytes
+    after the prefix, a master-key row longer; each opens through its own provider."""
+    master = MasterKeys(K1)
+    key = b"\x05" * 32
+    master_row = LEGACY_PREFIX + MasterKeyProvider(master).wrap({"kid-m": key})["kid-m"]
+    vault = VaultKeyProvider(master, tmp_path / "v", create=True)
+    vault_row = LEGACY_PREFIX + vault.wrap({"kid-v": key})["kid-v"]
+    assert open_wrapped(vault, {"kid-m": master_row, "kid-v": vault_row}) == {
+        "kid-m": key,
+        "kid-v": key,
+    }
+    assert open_wrapped(MasterKeyProvider(master), {"kid-m": master_row}) == {"kid-m": key}
+    with pytest.raises(ConfigurationError, match="CHATLEDGER_KEY_VAULT"):
+        open_wrapped(MasterKeyProvider(master), {"kid-v": vault_row})
+    vault.close()
+
+
+def test_a_mistyped_vault_path_is_refused_not_created(sqlite_url: str, tmp_path: Path) -> None:
+    missing = tmp_path / "typo.vault"
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        ChatLedger.open(sqlite_url, master_key=K1, key_vault=str(missing))
+    assert not missing.exists()
+    with ChatLedger.open(sqlite_url, master_key=K1, key_vault=str(missing), key_vault_create=True) as ledger:
+        ledger.receive("v", "hi")
+    assert missing.exists()
+    with ChatLedger.open(sqlite_url, master_key=K1, key_vault=str(missing)) as ledger:
+        assert ledger.current_session("v") is not None
+
+
+@pytest.mark.slow
+def test_content_keys_rotate_moves_a_master_key_store_into_a_new_vault_only_when_asked(
+    tmp_path: Path,
+) -> None:
+    from .test_backups import cli
+
+    url = f"sqlite:///{tmp_path}/c.db"
+    with ChatLedger.open(url, master_key=K1) as ledger:
+        sid = ledger.receive("v", "kept-secret").session_id
+    env = {"CHATLEDGER_MASTER_KEY": K1, "CHATLEDGER_KEY_VAULT": str(tmp_path / "new.vault")}
+    refused = cli("content-keys", "rotate", "--database", url, env=env)
+    assert refused.returncode == 1 and "does not exist" in refused.stderr
+    assert not (tmp_path / "new.vault").exists()
+    done = cli("content-keys", "rotate", "--create-vault", "--database", url, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["keys_wrapped"] == 1
+    assert all(s.startswith(VAULT_PREFIX) for _, s in stored_keys(url).values())
+    with ChatLedger.open(url, master_key=K1, key_vault=env["CHATLEDGER_KEY_VAULT"]) as ledger:
+        assert texts(ledger, sid) == ["kept-secret"]
+
+
+def test_two_concurrent_rotations_lose_no_key(database_url: str, tmp_path: Path) -> None:
+    """Two processes' ``content-keys rotate`` at once, moving a master-key store into the
+    vault: each wraps every key anew, one compare-and-set per row wins. The vault never
+    replaces a kid's wrapping key, so whichever won, the row opens; every key still opens."""
+    with ChatLedger.open(database_url, master_key=K1) as ledger:
+        sessions = [ledger.receive(f"v-{i}", f"secret-{i}").session_id for i in range(120)]
+    vault = {"key_vault": str(tmp_path / "keys.vault"), "key_vault_create": True}
+    ledgers = [ChatLedger.open(database_url, master_key=K1, **vault) for _ in range(2)]
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def rotate(ledger: ChatLedger) -> None:
+        start.wait()
+        try:
+            rotate_keys(ledger)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=rotate, args=(ledger,)) for ledger in ledgers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for ledger in ledgers:
+        ledger.close()
+    assert not errors
+    assert all(s.startswith(VAULT_PREFIX) for _, s in stored_keys(database_url).values())
+    ledger, recorder = opener(database_url, master_key=K1, **vault)
+    with ledger:
+        rows = stored_keys(database_url)
+        assert set(recorder.open_keys({k: s for k, (_, s) in rows.items()})) == set(rows)
+        assert [texts(ledger, s) for s in sessions] == [[f"secret-{i}"] for i in range(120)]
+        assert ledger.verify().ok
+
+
+def test_a_process_without_the_master_key_stores_no_raw_key_in_a_wrapped_store(
+    database_url: str,
+) -> None:
+    with ChatLedger.open(database_url) as bare:
+        bare.receive("v-old", "stored before any master key")
+    with ChatLedger.open(database_url, master_key=K1) as ledger:
+        ledger.receive("v-new", "a wrapped key")
+        assert not key_status(ledger).ok  # the old raw key: rotate has not run
+        assert key_status(ledger) == KeyStatus(wrapped=1, unwrapped=1)
+        rotate_keys(ledger)
+        assert key_status(ledger).ok
+    before = stored_keys(database_url)
+    with ChatLedger.open(database_url) as bare:
+        with pytest.raises(ConfigurationError, match="unwrapped"):
+            bare.receive("v-third", "would store a raw key")
+        assert bare.current_session("v-third") is None
+    assert stored_keys(database_url) == before
+
+
+def test_rotation_leaves_no_raw_key_bytes_in_the_sqlite_files(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/c.db"
+    with ChatLedger.open(url) as bare:
+        bare.receive("v-old", "stored before any master key")
+    ((_, raw),) = stored_keys(url).values()
+    with ChatLedger.open(url, master_key=K1) as ledger:
+        rotate_keys(ledger)
+        dump = RawDB(url).dump()
+        assert raw not in dump

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from chatledger import ChatLedger, InvalidValueError, ReadTimeoutError
+from chatledger import ChatLedger, ClientMessageIdConflictError, InvalidValueError, ReadTimeoutError
 
 
 def test_a_bot_that_just_set_a_slot_reads_it_back(ledger: ChatLedger) -> None:
@@ -49,6 +49,21 @@ def test_a_duplicate_turn_carries_a_position_that_covers_the_original(ledger: Ch
     again = ledger.receive("v-3", "once", client_message_id="m-1")
     assert again.duplicate and again.position >= first.position
     assert len(ledger.transcript(first.session_id, after=again.position).messages) == 1
+
+
+def test_a_receive_that_writes_nothing_leaves_the_threads_written_position(ledger: ChatLedger) -> None:
+    """A failed receive wrote nothing: the thread's token is still its last write's
+    (it was reset to 0); a duplicate's token is the turn's, which covers the original."""
+    turn = ledger.receive("v-5", "hello")
+    ledger.reply(turn.session_id, "hi", client_message_id="m-9")
+    token = ledger.written_position()
+    assert token > turn.position
+    with pytest.raises(ClientMessageIdConflictError):
+        ledger.receive("v-5", "again", client_message_id="m-9")  # the bot's id: refused
+    assert ledger.written_position() == token
+    ledger.receive("v-5", "once", client_message_id="m-10")
+    again = ledger.receive("v-5", "once", client_message_id="m-10")
+    assert again.duplicate and ledger.written_position() == again.position > token
 
 
 def test_waiting_for_a_position_not_written_times_out_clearly(ledger: ChatLedger) -> None:

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from chatledger import ChatLedger, ConfigurationError, ManualClock
+from chatledger.application.log_retention import remove_archived_sessions
 from chatledger.domain.table_prefix import MAX_PREFIX_CHARS, table_name
 
 from .conftest import POSTGRES_CONNINFO
@@ -128,7 +129,7 @@ def test_a_prefix_that_cannot_name_tables_is_refused(sqlite_url: str, prefix: st
 
 
 def test_every_name_of_the_longest_prefix_fits_postgres() -> None:
-    from chatledger.application.webhooks import WEBHOOKS
+    from chatledger.application.event_feed import WEBHOOKS
     from chatledger.infrastructure.api_keys import metadata as api_key_metadata
     from chatledger.infrastructure.recording import LedgerTableNames
     from chatledger.projections import DEFAULT_READ_MODELS
@@ -236,3 +237,26 @@ def test_retention_of_one_prefix_archives_only_its_sessions(
     b.catch_up()
     assert _texts(a, visitor_id="v") == ["hi a"] and _texts(b, visitor_id="v") == []
     assert a.verify().break_count == 0 and b.verify().break_count == 0
+
+
+def test_log_retention_removal_of_one_prefix_leaves_the_others_events(
+    pair: tuple[ChatLedger, ChatLedger], clock: ManualClock, tmp_path: Path
+) -> None:
+    a, b = pair
+    sessions = {}
+    for ledger, name in ((a, "a"), (b, "b")):
+        turn = ledger.receive(visitor_id="v", text=f"hi {name}")
+        ledger.end_session(turn.session_id)
+        sessions[name] = turn.session_id
+    clock.advance(timedelta(days=40))
+    for ledger in (a, b):
+        ledger.catch_up()
+    assert b.archive_closed_sessions(timedelta(days=30), tmp_path).archived == 1
+    assert remove_archived_sessions(b, timedelta(days=30), tmp_path).removed_sessions == 1
+    assert list(b.recorder.select_events(sessions["b"])) == []  # type: ignore[attr-defined]
+    kept = list(a.recorder.select_events(sessions["a"]))  # type: ignore[attr-defined]
+    assert len(kept) >= 2 and a.session(sessions["a"]).session_id == sessions["a"]
+    assert _texts(a, visitor_id="v") == ["hi a"]
+    report_a, report_b = a.verify(), b.verify()
+    assert report_a.ok and report_a.removed == 0, report_a.breaks
+    assert report_b.ok and report_b.removed > 0, report_b.breaks

@@ -6,6 +6,9 @@ tenant B. On a real SQLite file and on PostgreSQL."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,8 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .conftest import POSTGRES_URL, drop_schema, require_postgres
+from .helpers import separator_checks_off
 
 TENANTS = ("default", "acme", "globex")
+# Visitor ids: plain ones, and (the default tenant's only: an old store's, written with
+# 0.4's id checks) ones holding the separator that spell another tenant's scoped key,
+# up to the longest id a release accepted.
+VISITORS = ("v-1", "v-2", "acme\x1fv-1", "globex\x1fv-2", "acme\x1fv-1".ljust(200, "\x1f"))
 
 
 def test_transcripts_and_memory_are_per_tenant(ledger: ChatLedger) -> None:
@@ -171,26 +179,43 @@ def fresh_ledger(backend: str, clock: ManualClock) -> Iterator[ChatLedger]:
 
 
 step = st.one_of(
-    st.tuples(st.just("receive"), st.sampled_from(TENANTS), st.sampled_from(("v-1", "v-2"))),
-    st.tuples(st.just("link"), st.sampled_from(TENANTS), st.sampled_from(("v-1", "v-2"))),
-    st.tuples(st.just("slot"), st.sampled_from(TENANTS), st.sampled_from(("v-1", "v-2"))),
-    st.tuples(st.just("erase"), st.sampled_from(TENANTS), st.sampled_from(("v-1", "v-2"))),
-    st.tuples(st.just("wait"), st.sampled_from(TENANTS), st.sampled_from(("v-1", "v-2"))),
+    *(
+        st.tuples(st.just(op), st.sampled_from(TENANTS), st.sampled_from(VISITORS))
+        for op in ("receive", "link", "slot", "erase", "wait")
+    )
 )
+
+
+def visitors_of(tenant: str) -> tuple[str, ...]:
+    return VISITORS if tenant == "default" else VISITORS[:2]
+
+
+def as_of(tenant: str, visitor: str) -> tuple[str, str]:
+    """``(visitor, user)`` of a step in ``tenant``: a named tenant's ids hold no separator
+    (a look-alike id is its plain part); the default tenant's look-alike visitor links
+    to a look-alike user ("acme\\x1fu-1")."""
+    if tenant != "default" or "\x1f" not in visitor:
+        return visitor.strip("\x1f").rsplit("\x1f", 1)[-1], "u-1"
+    return visitor, visitor.split("\x1f")[0] + "\x1fu-1"
+
+
+def users_of(tenant: str) -> tuple[str, ...]:
+    return ("u-1", "acme\x1fu-1", "globex\x1fu-1") if tenant == "default" else ("u-1",)
 
 
 def run_history(
     ledger: ChatLedger, clock: ManualClock, steps: list[tuple[str, str, str]]
 ) -> dict[str, set[UUID]]:
     written: dict[str, set[UUID]] = {t: set() for t in TENANTS}
-    for n, (op, tenant, visitor) in enumerate(steps):
+    for n, (op, tenant, step_visitor) in enumerate(steps):
         t = ledger.tenant(tenant)
+        visitor, user = as_of(tenant, step_visitor)
         if op == "receive":
             written[tenant].add(t.receive(visitor, f"{tenant}|{n}").session_id)
         elif op == "link":
-            t.link_identity(visitor, "u-1") if t.visitor(visitor) is None or t.visitor(
-                visitor
-            ).user_id in (None, "u-1") else None  # type: ignore[union-attr]
+            state = t.visitor(visitor)
+            if state is None or state.user_id in (None, user):
+                t.link_identity(visitor, user)
         elif op == "slot":
             current = t.current_session(visitor)
             if current is not None:
@@ -213,16 +238,17 @@ def check_isolation(ledger: ChatLedger, written: dict[str, set[UUID]]) -> None:
     for tenant in TENANTS:
         t = ledger.tenant(tenant)
         reads: list[Any] = [t.transcript(start=ledger.clock() - timedelta(days=365))]
-        for visitor in ("v-1", "v-2"):
+        for visitor in visitors_of(tenant):
             reads.append(t.transcript(visitor_id=visitor))
             state = t.visitor(visitor)
             assert state is None or set(state.session_ids) <= written[tenant]
             memory = t.memory(visitor_id=visitor)
             assert memory.display_name is None or mine(tenant, memory.display_name)
-        reads.append(t.transcript(user_id="u-1"))
-        memory = t.memory(user_id="u-1")
-        assert memory.display_name is None or mine(tenant, memory.display_name)
-        assert memory.last_session_id is None or memory.last_session_id in written[tenant]
+        for user in users_of(tenant):
+            reads.append(t.transcript(user_id=user))
+            memory = t.memory(user_id=user)
+            assert memory.display_name is None or mine(tenant, memory.display_name)
+            assert memory.last_session_id is None or memory.last_session_id in written[tenant]
         for transcript in reads:
             assert all(mine(tenant, m.text) for m in transcript.messages)
             assert {UUID(str(m.session_id)) for m in transcript.messages} <= written[tenant]
@@ -248,5 +274,49 @@ def test_no_query_of_a_tenant_returns_what_another_tenant_wrote(
     if backend == "postgres":
         require_postgres()
     clock = ManualClock()
-    with fresh_ledger(backend, clock) as ledger:
+    with fresh_ledger(backend, clock) as ledger, separator_checks_off():
         check_isolation(ledger, run_history(ledger, clock, steps))
+        assert ledger.projection_failures() == []
+
+
+def _worker_once(url: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLEDGER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "chatledger", "worker", "--once", "-d", url],
+        env=env, capture_output=True, text=True, timeout=180, check=False,
+    )
+
+
+@pytest.mark.slow
+def test_a_worker_that_never_set_a_tenants_policy_sweeps_by_its_sessions_stamped_deadline(
+    tmp_path: Path,
+) -> None:
+    """Tenant policies live in the process that set them; ``chatledger worker`` (another
+    process, the store's default 30-minute idle timeout) sweeps each session by the
+    deadline its own policy stamped: a tenant's 2-hour session idle for an hour stays
+    active, the default tenant's 30-minute one is timed out; then a second ledger on the
+    file, without the policy, neither sweeps nor times out the tenant's session early
+    (nor by ``time_out_if_idle``), and does once its own deadline has passed."""
+    from datetime import UTC, datetime
+
+    url = f"sqlite:///{tmp_path}/chat.db"
+    start = datetime.now(UTC) - timedelta(hours=1)
+    clock = ManualClock(start)
+    long = SessionPolicy(idle_timeout=timedelta(hours=2))
+    with ChatLedger.open(url, clock=clock) as ledger:
+        slow = ledger.tenant("slow", policy=long).receive("v-1", "hi").session_id
+        default = ledger.receive("v-1", "hi").session_id
+    done = _worker_once(url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "1"  # the default tenant's session only
+    clock = ManualClock(datetime.now(UTC))
+    with ChatLedger.open(url, clock=clock) as other:  # no tenant policy in this process
+        assert other.session(default).status == "timed_out"
+        handle = other.tenant("slow")
+        assert handle.policy == other.policy != long
+        assert handle.session(slow).status == "active"
+        assert other.sweep(all_tenants=True) == 0 and handle.sweep() == 0
+        assert handle.time_out_if_idle(slow) is False
+        clock.advance(timedelta(hours=1, minutes=1))  # past the tenant's own 2 hours
+        assert other.sweep(all_tenants=True) == 1
+        assert handle.session(slow).status == "timed_out"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +15,6 @@ from typing import Any
 
 import pytest
 from chatledger import ChatLedger, InvalidCommandError, ManualClock
-from chatledger.domain.visitor import Visitor
 
 from .helpers import log_head
 
@@ -112,24 +112,6 @@ def test_a_named_tenant_cannot_ask_for_the_whole_store(
         STORE_WIDE[call](ledger, str(archives))  # the operator's ledger may
 
 
-def test_an_old_default_visitor_id_with_the_separator_is_refused_not_crashed(
-    database_url: str, clock: ManualClock
-) -> None:
-    """Before 0.5 a visitor id could hold "\\x1f"; the default tenant's "acme\\x1fbob" has
-    the aggregate id of tenant acme's "bob". acme's "bob" is refused with a
-    ChatLedgerError (not an AssertionError), appending nothing, and never reaches the
-    old visitor's sessions."""
-    with ChatLedger.open(database_url, clock=clock) as ledger:
-        ledger.save(Visitor.register("acme\x1fbob", at=clock()))  # as a 0.4.0 store could hold it
-        head = log_head(ledger)
-        acme = ledger.tenant("acme")
-        with pytest.raises(InvalidCommandError, match="stored before tenants"):
-            acme.receive("bob", "hi")
-        with pytest.raises(InvalidCommandError, match="stored before tenants"):
-            acme.link_identity("bob", "user-1")
-        assert log_head(ledger) == head
-
-
 def test_a_tenant_is_read_right_when_eventsourcing_compresses_whole_events(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -171,3 +153,60 @@ def test_store_wide_operations_are_the_operators_and_key_tenants_are_checked(
         assert root.api_keys.list() == []
         create_backup(root, tmp_path / "ok")
         assert (tmp_path / "ok").is_dir()
+
+
+def test_a_tenants_handle_leads_to_no_other_tenant_nor_to_the_operators_ledger(
+    sqlite_url: str, clock: ManualClock
+) -> None:
+    """Tried as an attacker holding tenant acme's handle (what the HTTP service gives a
+    request): no public attribute or call of it is another ledger, another tenant's handle,
+    the store's API keys (minting a key for another tenant) or the background jobs (which
+    hold the operator's ledger). Refused with nothing written; the operator's ledger may."""
+    import asyncio
+
+    from chatledger import SessionPolicy
+    from chatledger.aio import AsyncChatLedger
+    from chatledger.domain.validation import Limits
+
+    with ChatLedger.open(sqlite_url, clock=clock) as root:
+        globex = root.tenant("globex")
+        globex.receive("v-1", "globex's secret")
+        acme = root.tenant("acme")
+        acme.receive("v-1", "acme's")
+        head = log_head(root)
+        assert not hasattr(acme, "root") and acme.tenant("acme") is acme
+        attempts: dict[str, Callable[[], Any]] = {
+            "another tenant": lambda: acme.tenant("globex"),
+            "the default tenant": lambda: acme.tenant("default"),
+            "a new tenant": lambda: acme.tenant("initech"),
+            "its own policy": lambda: acme.tenant("acme", policy=SessionPolicy(idle_timeout=timedelta(days=9))),
+            "its own limits": lambda: acme.tenant("acme", limits=Limits(max_text_chars=10)),
+            "api keys": lambda: acme.api_keys.create("k", ["bot"], tenant="globex"),
+            "background jobs": lambda: acme.start_background_jobs(),
+        }
+        for what, attempt in attempts.items():
+            with pytest.raises(InvalidCommandError, match="operator"):
+                attempt()
+            assert log_head(root) == head, what
+        assert acme.background is None and acme.policy == root.policy
+        for name in dir(acme):
+            if name.startswith("_"):
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)  # the library's old names
+                    value = getattr(acme, name)
+            except InvalidCommandError:
+                continue  # api_keys
+            assert not isinstance(value, ChatLedger) or value is acme, name
+
+        async def the_async_handle() -> None:
+            async_root = AsyncChatLedger(root)
+            async_acme = await async_root.tenant("acme")
+            assert async_acme.sync is acme
+            with pytest.raises(InvalidCommandError, match="operator"):
+                await async_acme.tenant("globex")
+
+        asyncio.run(the_async_handle())
+        assert root.tenant("globex") is globex and root.api_keys.list() == []  # the operator's
+        assert log_head(root) == head

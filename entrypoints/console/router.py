@@ -42,7 +42,7 @@ async def signed_in(request: Request, *scopes: str) -> Response | None:
     if not request.app.state.require_keys:
         return None
     token = request.cookies.get(COOKIE, "")
-    led = ledger(request)
+    led = request.app.state.ledgers[DEFAULT_TENANT]  # the store's keys: the operator's ledger
     key: ApiKey | None = (
         await led.run("authenticate", lambda: led.sync.api_keys.authenticate(token))
         if token
@@ -82,7 +82,7 @@ def console_router() -> APIRouter:
         token = (
             parse_qs((await request.body()).decode("utf-8", "replace")).get("key", [""])[0].strip()
         )
-        led = ledger(request)
+        led = request.app.state.ledgers[DEFAULT_TENANT]  # the store's keys
         key = await led.run("authenticate", lambda: led.sync.api_keys.authenticate(token))
         if key is None:
             return HTMLResponse(

@@ -53,7 +53,10 @@ def create_statement(schema: str, events_table: str, channel: str, names: Ledger
         "CREATE OR REPLACE FUNCTION {fn}(lock_timeout text, oids uuid[], versions bigint[], topics text[], "
         "states bytea[], hashes bytea[], new_kids text[], new_visitors text[], new_keys bytea[], "
         "owner_ids uuid[], owner_visitors text[], used_kids text[], used_visitors text[]) "
-        "RETURNS SETOF bigint LANGUAGE plpgsql AS $body$ "
+        # Every table is schema-qualified; the built-ins (unnest, set_config, pg_notify,
+        # now) must not resolve to a same-named function another schema on the caller's
+        # search_path defines.
+        "RETURNS SETOF bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $body$ "
         "BEGIN "
         "PERFORM set_config('lock_timeout', lock_timeout, true); "
         "LOCK TABLE {events} IN EXCLUSIVE MODE; "
@@ -88,10 +91,10 @@ def create_statement(schema: str, events_table: str, channel: str, names: Ledger
 
 
 def call_statement(schema: str, prefix: str) -> Composed:
-    """The call: thirteen parameters, the batch's notification ids in order. Text
-    arrays go as text, so psycopg refuses a NUL in one before anything is sent
-    (as the pipelined path does); the others in binary (no hex escaping)."""
+    """The call: thirteen parameters, the batch's notification ids in order. The
+    arrays go in binary, encoded by :mod:`.array_params` (a NUL in a text element
+    is refused there before anything is sent, as psycopg refuses it)."""
     types = ("uuid", "bigint", "text", "bytea", "bytea", "text", "text", "bytea", "uuid", "text", "text", "text")
     return SQL("SELECT f.id FROM {}.{}(%s, {}) AS f(id)").format(
-        Identifier(schema), Identifier(function_name(prefix)), SQL(", ").join(SQL(("%s::" if t == "text" else "%b::") + t + "[]") for t in types)
+        Identifier(schema), Identifier(function_name(prefix)), SQL(", ").join(SQL("%b::" + t + "[]") for t in types)
     )

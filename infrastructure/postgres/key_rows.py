@@ -8,8 +8,6 @@ from typing import Any
 from psycopg.sql import SQL
 
 
-
-
 class PostgresKeyRows:
     """A mixin of :class:`~chatledger.infrastructure.postgres.recorder.PostgresLedgerRecorder`."""
 
@@ -19,6 +17,24 @@ class PostgresKeyRows:
         with me.datastore.transaction(commit=False) as c:
             c.execute(SQL("SELECT kid, key FROM {}").format(me.qualified(me.KEYS)))
             return [(r["kid"], bytes(r["key"])) for r in c.fetchall()]
+
+    def any_wrapped_key(self) -> bool:
+        me: Any = self
+        with me.datastore.transaction(commit=False) as c:
+            c.execute(SQL("SELECT 1 FROM {} WHERE length(key) > 32 LIMIT 1").format(me.qualified(me.KEYS)))
+            return c.fetchone() is not None
+
+    def wrapped_key_count(self) -> tuple[int, int]:
+        me: Any = self
+        with me.datastore.transaction(commit=False) as c:
+            c.execute(
+                SQL(
+                    "SELECT count(*) FILTER (WHERE length(key) > 32) AS w, "
+                    "count(*) FILTER (WHERE length(key) = 32) AS r FROM {}"
+                ).format(me.qualified(me.KEYS))
+            )
+            row = c.fetchone()
+            return int(row["w"]), int(row["r"])
 
     def destroyed_key_ids(self) -> list[str]:
         me: Any = self

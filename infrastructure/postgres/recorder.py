@@ -1,11 +1,6 @@
-"""The PostgreSQL ledger recorder: eventsourcing's ``PostgresApplicationRecorder``
-plus the hash chain and the key tables (see :mod:`chatledger.infrastructure.recording`).
-
-Only eventsourcing's public surface is used: ``insert_events`` is replaced as a
-whole, with the library's public statements (``lock_table_statements``,
-``channel_name``, ``insert_events_statement``, ``construct_pg_stored_event``),
-and the tables are declared by appending to ``sql_create_statements``.
-"""
+"""eventsourcing's ``PostgresApplicationRecorder`` plus the hash chain and the key tables
+(:mod:`chatledger.infrastructure.recording`), on the library's public surface only: ``insert_events``
+replaced as a whole with its public statements; tables appended to ``sql_create_statements``."""
 
 from __future__ import annotations
 
@@ -14,13 +9,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import (
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-    ProgrammingError,
-    StoredEvent,
-)
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, ProgrammingError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import retry
 from psycopg import Cursor
@@ -34,11 +23,15 @@ from ...domain.table_prefix import DEFAULT_PREFIX
 from ..recording import KeyRow, LedgerRecorderMixin, key_work
 from ..sealing import Seal, next_seal
 from . import insert_function
+from .array_params import bytea_array, int8_array, text_array, uuid_array
 from .key_rows import PostgresKeyRows
+from .removal import PostgresRemoval
 from .verification import PostgresVerification
 
 
-class PostgresLedgerRecorder(PostgresVerification, PostgresKeyRows, LedgerRecorderMixin, PostgresApplicationRecorder):
+class PostgresLedgerRecorder(
+    PostgresVerification, PostgresKeyRows, PostgresRemoval, LedgerRecorderMixin, PostgresApplicationRecorder
+):
     """eventsourcing's PostgreSQL recorder plus the hash chain and the key tables."""
 
     datastore: PostgresDatastore
@@ -102,6 +95,7 @@ class PostgresLedgerRecorder(PostgresVerification, PostgresKeyRows, LedgerRecord
             insert_function.create_statement(datastore.schema, self.events_table_name, self.channel_name, self)
         )
         self.insert_call_statement = insert_function.call_statement(datastore.schema, self.table_prefix)
+        self.insert_call_bytes: bytes | None = None
         self.lock_timeout_setting = f"{int(datastore.lock_timeout)}s"
         self.insert_function_ready = True
         """False once a call found no insert function (a store whose tables this version did not create)."""
@@ -226,23 +220,25 @@ class PostgresLedgerRecorder(PostgresVerification, PostgresKeyRows, LedgerRecord
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             prev = self.prev_event_hashes(curs, stored_events)
             hashes = chain_rows(stored_events, range(len(stored_events)), prev, None)
+            if self.insert_call_bytes is None:  # rendered once (psycopg renders a Composed at every call)
+                self.insert_call_bytes = self.insert_call_statement.as_bytes(conn)
             try:
                 curs.execute(
-                    self.insert_call_statement,
+                    self.insert_call_bytes,
                     (
                         self.lock_timeout_setting,
-                        [h[1] for h in hashes],
-                        [h[2] for h in hashes],
-                        [s.topic for s in stored_events],
-                        [s.state for s in stored_events],
-                        [h[3] for h in hashes],
-                        [r[0] for r in new_keys],
-                        [r[1] for r in new_keys],
-                        [r.stored for r in new_keys],
-                        [oid for oid, _ in owners],
-                        [v for _, v in owners],
-                        list(used),
-                        list(used.values()),
+                        uuid_array([h[1] for h in hashes]),
+                        int8_array([h[2] for h in hashes]),
+                        text_array([s.topic for s in stored_events]),
+                        bytea_array([s.state for s in stored_events]),
+                        bytea_array([h[3] for h in hashes]),
+                        text_array([r[0] for r in new_keys]),
+                        text_array([r[1] for r in new_keys]),
+                        bytea_array([r.stored for r in new_keys]),
+                        uuid_array([oid for oid, _ in owners]),
+                        text_array([v for _, v in owners]),
+                        text_array(list(used)),
+                        text_array(list(used.values())),
                     ),
                     prepare=True,
                 )

@@ -11,8 +11,9 @@ from uuid import UUID
 from eventsourcing.postgres import PostgresDatastore
 from psycopg.sql import SQL, Composed, Identifier
 
-from ..hashchain import EventRow, HashRow, VerificationReport, verify_rows
+from ..hashchain import EventRow, HashRow, VerificationReport, removed_sessions, verify_rows
 from ..recording import ERASURE_TOPIC, KeyAuditor, KeyCodec
+from ..removal import REMOVED_TOPIC
 from ..sealing import Anchor, Seal, check_seals
 
 
@@ -83,6 +84,12 @@ class PostgresVerification(KeyCodec):
         tables: PostgresKeyTables,
     ) -> VerificationReport:
         where, params = (SQL("WHERE originator_id = %s "), (originator_id,)) if originator_id else (SQL(""), ())
+        with conn.cursor() as c:
+            c.execute(
+                SQL("SELECT state FROM {} WHERE topic = %s").format(self.qualified(self.events_table_name)),
+                (REMOVED_TOPIC,),
+            )
+            removed = removed_sessions(bytes(r["state"]) for r in c.fetchall())
         ev_cur = conn.cursor(name="chatledger_verify_events")
         ev_cur.itersize = 5000
         ev_cur.execute(
@@ -112,7 +119,7 @@ class PostgresVerification(KeyCodec):
             for r in h_cur
         )
         if originator_id is None:
-            return verify_rows(events, hashes, report)
+            return verify_rows(events, hashes, report, removed=removed)
         with conn.cursor() as c:
             c.execute(
                 SQL(
@@ -123,7 +130,7 @@ class PostgresVerification(KeyCodec):
                 params,
             )
             prev_logs = {r["notification_id"]: bytes(r["prev"]) for r in c.fetchall() if r["prev"] is not None}
-        return verify_rows(events, hashes, report, check_log_chain=False, prev_log_hash=prev_logs)
+        return verify_rows(events, hashes, report, check_log_chain=False, prev_log_hash=prev_logs, removed=removed)
 
     def hash_rows(self, originator_id: UUID) -> dict[int, tuple[bytes, bytes]]:
         with self.datastore.transaction(commit=False) as c:
@@ -160,7 +167,7 @@ class PostgresKeyTables:
     def keys(self, kids: Sequence[str]) -> dict[str, tuple[str, bytes | None]]:
         t = self.recorder.qualified
         rows = self._rows(SQL("SELECT kid, visitor_id, key FROM {} WHERE kid = ANY(%s)").format(t(self.recorder.KEYS)), (list(kids),))
-        opened = self.recorder.open_keys({r["kid"]: bytes(r["key"]) for r in rows})
+        opened = self.recorder.audit_open_keys({r["kid"]: bytes(r["key"]) for r in rows})
         return {r["kid"]: (r["visitor_id"], opened.get(r["kid"])) for r in rows}
 
     def destroyed(self, kids: Sequence[str]) -> set[str]:

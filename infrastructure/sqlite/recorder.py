@@ -25,6 +25,7 @@ from ...domain.table_prefix import DEFAULT_PREFIX
 from ..recording import KeyRow, LedgerRecorderMixin, key_work
 from ..sealing import Seal, next_seal
 from .queries import PAIRS_PER_QUERY, sqlite_select_in
+from .removal import SQLiteRemoval
 from .verification import SQLiteVerification
 
 
@@ -53,7 +54,7 @@ def plain_delete(c: SQLiteCursor) -> None:
     c.execute("PRAGMA secure_delete=OFF")
 
 
-class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplicationRecorder):
+class SQLiteLedgerRecorder(SQLiteVerification, SQLiteRemoval, LedgerRecorderMixin, SQLiteApplicationRecorder):
     """eventsourcing's SQLite recorder plus the hash chain and the key tables."""
 
     datastore: SQLiteDatastore
@@ -272,6 +273,17 @@ class SQLiteLedgerRecorder(SQLiteVerification, LedgerRecorderMixin, SQLiteApplic
         with self.datastore.transaction(commit=False) as c:
             c.execute(f"SELECT kid, key FROM {self.KEYS}")
             return [(r[0], bytes(r[1])) for r in c.fetchall()]
+
+    def any_wrapped_key(self) -> bool:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT 1 FROM {self.KEYS} WHERE length(key) > 32 LIMIT 1")
+            return c.fetchone() is not None
+
+    def wrapped_key_count(self) -> tuple[int, int]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT sum(length(key) > 32), sum(length(key) = 32) FROM {self.KEYS}")
+            wrapped, raw = c.fetchone()
+            return int(wrapped or 0), int(raw or 0)
 
     def destroyed_key_ids(self) -> list[str]:
         with self.datastore.transaction(commit=False) as c:

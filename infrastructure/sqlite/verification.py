@@ -9,9 +9,10 @@ from uuid import UUID
 
 from eventsourcing.sqlite import SQLiteDatastore
 
-from ..hashchain import EventRow, HashRow, VerificationReport, verify_rows
+from ..hashchain import EventRow, HashRow, VerificationReport, removed_sessions, verify_rows
 from ...domain.table_prefix import DEFAULT_PREFIX
 from ..recording import ERASURE_TOPIC, KeyAuditor, KeyCodec, LedgerTableNames
+from ..removal import REMOVED_TOPIC
 from ..sealing import Anchor, Seal, check_seals
 from .queries import sqlite_select_in
 
@@ -20,7 +21,10 @@ class SQLiteKeyTables(LedgerTableNames):
     """The key tables as ``KeyAudit`` reads them, on the verification's connection."""
 
     def __init__(
-        self, conn: sqlite3.Connection, events_table: str, open_keys: Callable[[dict[str, bytes]], dict[str, bytes]],
+        self,
+        conn: sqlite3.Connection,
+        events_table: str,
+        open_keys: Callable[[dict[str, bytes]], dict[str, bytes | None]],
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
         self.name_tables(prefix)
@@ -77,7 +81,7 @@ class SQLiteVerification(KeyCodec):
                     params,
                 )
             )
-            tables = SQLiteKeyTables(conn, self.events_table_name, self.open_keys, self.table_prefix)
+            tables = SQLiteKeyTables(conn, self.events_table_name, self.audit_open_keys, self.table_prefix)
             if key_audit is not None:
                 events = key_audit.watch(events, tables)
             report = self._verify_sqlite(conn, events, report, originator_id, params)
@@ -107,6 +111,9 @@ class SQLiteVerification(KeyCodec):
         params: tuple[Any, ...],
     ) -> VerificationReport:
         where = "WHERE originator_id=? " if originator_id else ""
+        removed = removed_sessions(
+            bytes(r[0]) for r in conn.execute(f"SELECT state FROM {self.events_table_name} WHERE topic=?", (REMOVED_TOPIC,))
+        )
         hashes = (
             HashRow(r[0], UUID(r[1]), r[2], bytes(r[3]), bytes(r[4]))
             for r in conn.execute(
@@ -116,7 +123,7 @@ class SQLiteVerification(KeyCodec):
             )
         )
         if originator_id is None:
-            return verify_rows(events, hashes, report)
+            return verify_rows(events, hashes, report, removed=removed)
         prev_logs = {
             r[0]: bytes(r[1])
             for r in conn.execute(
@@ -127,7 +134,7 @@ class SQLiteVerification(KeyCodec):
             )
             if r[1] is not None
         }
-        return verify_rows(events, hashes, report, check_log_chain=False, prev_log_hash=prev_logs)
+        return verify_rows(events, hashes, report, check_log_chain=False, prev_log_hash=prev_logs, removed=removed)
 
     def newest_anchor(self) -> str | None:
         with self.datastore.transaction(commit=False) as c:
