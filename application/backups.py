@@ -34,9 +34,11 @@ from uuid import uuid4
 from pydantic import BaseModel, ValidationError
 
 from ..domain.errors import ConfigurationError, InvalidCommandError
+from ..domain.table_prefix import DEFAULT_PREFIX
 from ..infrastructure import backups as copies
 from ..infrastructure.settings import Settings
 from ..projections import DEFAULT_READ_MODELS
+from ..projections.prefixes import prefixed_metadata
 from ..projections.read_model import ReadModel
 from ..projections.tracking import TRACKING
 from .audit import verify_log
@@ -58,14 +60,16 @@ class BackupManifest(BaseModel):
     head: int
     events: int
     files: dict[str, dict[str, Any]]
+    table_prefix: str = DEFAULT_PREFIX  # the ledger's (a restore uses it); before it, the default
     left_out: list[str] = []
     """Read-model tables not in the copy (they hold plaintext): the restore rebuilds them."""
 
 
-def derived_tables(read_models: Sequence[type[ReadModel]] = ()) -> set[str]:
+def derived_tables(read_models: Sequence[type[ReadModel]] = (), prefix: str = DEFAULT_PREFIX) -> set[str]:
     """The tables of the read models (``read_models`` and chatledger's own) and of their
     bookkeeping (positions, failures, generations): derived from the log, never backed up."""
     metadata = [m.metadata for m in (*DEFAULT_READ_MODELS, *read_models)] + [TRACKING]
+    metadata = [prefixed_metadata(md, prefix)[0] for md in metadata]
     return {t.name for md in metadata for t in md.sorted_tables}
 
 
@@ -118,10 +122,10 @@ def create_backup(uow: UnitOfWork, destination: str | os.PathLike[str]) -> Backu
             f"Cannot create the backup folder {str(folder)!r} ({err.strerror})."
         ) from err
     uow.recorder.seal()  # type: ignore[attr-defined]
-    derived = derived_tables(uow.read_models)
+    derived = derived_tables(uow.read_models, settings.table_prefix)
     if settings.backend == "sqlite":
         assert settings.sqlite_path is not None
-        copied = copies.sqlite_copy(settings.sqlite_path, folder / SQLITE_FILE, derived)
+        copied = copies.sqlite_copy(settings.sqlite_path, folder / SQLITE_FILE, derived, settings.table_prefix)
     else:
         copied = copies.postgres_dump(settings, folder, derived=derived)
     manifest = BackupManifest(
@@ -131,6 +135,7 @@ def create_backup(uow: UnitOfWork, destination: str | os.PathLike[str]) -> Backu
         head=copied.head,
         events=copied.events,
         files=copied.files,
+        table_prefix=settings.table_prefix,
         left_out=sorted(derived),
     )
     tmp = folder / f".{MANIFEST}.part"
@@ -181,7 +186,12 @@ def restore_backup(
     folder, manifest, problems = read_manifest(source)
     if problems:
         return BackupCheck.of(manifest, problems)
-    target = Settings(database_url=database_url, **settings)
+    target = Settings(database_url=database_url, **{"table_prefix": manifest.table_prefix, **settings})
+    if target.table_prefix != manifest.table_prefix:
+        raise InvalidCommandError(
+            f"The backup is of the ledger with table prefix {manifest.table_prefix!r}; restore it "
+            f"with that prefix, not {target.table_prefix!r} (nothing was written)."
+        )
     if target.backend != manifest.backend:
         raise InvalidCommandError(
             f"A {manifest.backend} backup restores into {manifest.backend}, not {target.backend}."
@@ -196,7 +206,7 @@ def restore_backup(
             )
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.restoring-{uuid4().hex[:8]}"
-        copies.sqlite_place(folder / SQLITE_FILE, tmp, derived_tables())
+        copies.sqlite_place(folder / SQLITE_FILE, tmp, derived_tables(prefix=target.table_prefix))
         os.replace(tmp, path)
     else:
         if copies.postgres_event_count(target):
@@ -209,7 +219,7 @@ def restore_backup(
             empty.projector  # noqa: B018 - and the read models'
         finally:
             empty.close()
-        skipped = copies.postgres_load(target, folder, manifest.files, derived_tables())
+        skipped = copies.postgres_load(target, folder, manifest.files, derived_tables(prefix=target.table_prefix))
         problems += [f"table {t} not restored: this process defines no such table" for t in skipped]
     if rebuild:
         problems += _rebuild_read_models(target)

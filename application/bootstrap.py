@@ -21,6 +21,7 @@ from typing import Any
 from ..domain.actors import Cause
 from ..domain.errors import ConfigurationError, InvalidPolicyError
 from ..domain.policy import SessionPolicy
+from ..domain.table_prefix import event_table_name
 from ..domain.tenancy import DEFAULT_TENANT
 from ..infrastructure.database import make_engine
 from ..infrastructure.key_providers import provider_from_settings
@@ -205,7 +206,8 @@ def require_existing_store(database: str | None) -> None:
     try:
         with contextlib.closing(sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True)) as conn:
             found = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stored_events'"
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                (event_table_name(settings.table_prefix, "events", "stored_events"),),
             ).fetchone()
     except sqlite3.Error as err:
         raise ConfigurationError(f"Cannot read the SQLite database at {path} ({err}); check --database.") from err
@@ -218,7 +220,7 @@ def require_existing_store(database: str | None) -> None:
 
 def require_existing_postgres_store(settings: Settings) -> None:
     schema = settings.postgres_schema or "public"
-    found = postgres_table_exists(settings, "chatledger_events")
+    found = postgres_table_exists(settings, event_table_name(settings.table_prefix, "events", "chatledger_events"))
     if not found:
         raise ConfigurationError(
             f"No chatledger store in schema {schema!r} of PostgreSQL database "

@@ -10,6 +10,7 @@ from sqlalchemy import BigInteger, Column, Engine, Integer, MetaData, String, Ta
 
 from ..domain.tenancy import SCOPED_MAX_CHARS, scoped_key
 from ..projections.columns import widen_columns
+from ..projections.prefixes import on
 from ..projections.sqltypes import UTCDateTime
 
 if TYPE_CHECKING:
@@ -53,8 +54,9 @@ dead_letters_table = Table(
 def create_tables(engine: Engine) -> None:
     """The webhook tables, created if missing, their keys widened if a store's are
     narrower (0.5: a named tenant's subscription key, see :func:`subscription_key`)."""
-    WEBHOOKS.create_all(engine)
-    widen_columns(engine, WEBHOOKS)
+    metadata = on(engine, positions_table).metadata
+    metadata.create_all(engine)
+    widen_columns(engine, metadata)
 
 
 class EventFeed(Protocol):

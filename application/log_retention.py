@@ -49,6 +49,7 @@ from ..infrastructure.hashchain import GENESIS, ChainBreak, VerificationReport, 
 from ..infrastructure.removal import RemovalConflictError
 from ..infrastructure.sealing import Anchor
 from ..projections.analytics import sessions_table
+from ..projections.prefixes import on
 from .audit import chained
 from .repository import LedgerRepository
 from .retention import archive_line, read_archive
@@ -222,9 +223,9 @@ def _summaries(uow: UnitOfWork, ids: list[UUID]) -> dict[UUID, SessionSummary]:
     """The analytics facts of the sessions (those the analytics read model holds)."""
     if "analytics" not in uow.projector.projections:
         return {}
-    table = sessions_table
     fields = set(SessionSummary.model_fields)
     with uow.projector.engine.connect() as conn:
+        table = on(conn, sessions_table)
         rows = conn.execute(select(table).where(table.c.session_id.in_([str(s) for s in ids]))).mappings()
         return {
             UUID(r["session_id"]): SessionSummary.model_validate({k: v for k, v in r.items() if k in fields})

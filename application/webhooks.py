@@ -40,6 +40,7 @@ from ..domain import validation as v
 from ..domain.errors import InvalidValueError
 from ..domain.pydantic_aggregates import Immutable
 from ..infrastructure.persistence import schema_lock
+from ..projections.prefixes import on
 from .event_feed import EventFeed, create_tables, dead_letters_table, positions_table, subscription_key
 
 if TYPE_CHECKING:
@@ -133,11 +134,12 @@ def list_dead_letters(ledger: EventFeed, name: str) -> list[DeadLetter]:
     engine = ledger.projector.engine
     with schema_lock(ledger.settings):
         create_tables(engine)
+    table = on(engine, dead_letters_table)
     with engine.connect() as conn:
         rows = conn.execute(
-            select(dead_letters_table)
-            .where(dead_letters_table.c.subscription == subscription_key(ledger.tenant_id, name))
-            .order_by(dead_letters_table.c.position)
+            select(table)
+            .where(table.c.subscription == subscription_key(ledger.tenant_id, name))
+            .order_by(table.c.position)
         ).mappings()
         return [DeadLetter(**{**dict(r), "subscription": name}) for r in rows]
 
@@ -193,6 +195,7 @@ class WebhookWorker:
         self._sleep = sleep
         self._opener = urllib.request.build_opener(_NoRedirect)
         self.engine = ledger.projector.engine
+        self.positions_table, self.dead_letters_table = on(self.engine, positions_table), on(self.engine, dead_letters_table)
         with schema_lock(ledger.settings):
             create_tables(self.engine)
         self._stop = threading.Event()
@@ -203,7 +206,7 @@ class WebhookWorker:
         """The position of the last event this subscription's receiver accepted."""
         with self.engine.connect() as conn:
             found = conn.execute(
-                select(positions_table.c.position).where(positions_table.c.subscription == self.subscription)
+                select(self.positions_table.c.position).where(self.positions_table.c.subscription == self.subscription)
             ).scalar()
         return int(found or 0)
 
@@ -217,13 +220,13 @@ class WebhookWorker:
         with self.engine.begin() as conn:
             if expected == 0:
                 exists = conn.execute(
-                    select(positions_table.c.position).where(positions_table.c.subscription == self.subscription)
+                    select(self.positions_table.c.position).where(self.positions_table.c.subscription == self.subscription)
                 ).first()
                 if exists is None:
                     try:
                         with conn.begin_nested():
                             conn.execute(
-                                positions_table.insert().values(
+                                self.positions_table.insert().values(
                                     subscription=self.subscription, position=position, updated_at=now
                                 )
                             )
@@ -231,42 +234,39 @@ class WebhookWorker:
                         return False
                     return True
             result = conn.execute(
-                positions_table.update()
-                .where(positions_table.c.subscription == self.subscription, positions_table.c.position == expected)
+                self.positions_table.update()
+                .where(self.positions_table.c.subscription == self.subscription, self.positions_table.c.position == expected)
                 .values(position=position, updated_at=now)
             )
             return result.rowcount == 1
 
     def _record_dead_letter(self, event: LogEvent, attempts: int, error: str, outcome: str) -> DeadLetter:
         now = datetime.now(UTC)
-        key = (dead_letters_table.c.subscription == self.subscription, dead_letters_table.c.position == event.position)
+        key = (self.dead_letters_table.c.subscription == self.subscription, self.dead_letters_table.c.position == event.position)
         with self.engine.begin() as conn:
-            previous = conn.execute(select(dead_letters_table.c.attempts).where(*key)).scalar()
+            previous = conn.execute(select(self.dead_letters_table.c.attempts).where(*key)).scalar()
             values = {"event_id": event.event_id, "last_error": error[:2000], "failed_at": now, "outcome": outcome}
             if previous is None:
                 conn.execute(
-                    dead_letters_table.insert().values(
+                    self.dead_letters_table.insert().values(
                         subscription=self.subscription, position=event.position, attempts=attempts, **values
                     )
                 )
                 total = attempts
             else:
                 total = int(previous) + attempts
-                conn.execute(dead_letters_table.update().where(*key).values(attempts=total, **values))
+                conn.execute(self.dead_letters_table.update().where(*key).values(attempts=total, **values))
         return DeadLetter(
             subscription=self.name, position=event.position, event_id=event.event_id,
             attempts=total, last_error=error[:2000], failed_at=now, outcome=outcome,
         )
 
     def _resolve_dead_letter(self, position: int) -> None:
+        t = self.dead_letters_table
         with self.engine.begin() as conn:
             conn.execute(
-                dead_letters_table.update()
-                .where(
-                    dead_letters_table.c.subscription == self.subscription,
-                    dead_letters_table.c.position == position,
-                    dead_letters_table.c.outcome == "stopped",
-                )
+                t.update()
+                .where(t.c.subscription == self.subscription, t.c.position == position, t.c.outcome == "stopped")
                 .values(outcome="delivered")
             )
 

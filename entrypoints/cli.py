@@ -66,10 +66,19 @@ def _root(
             help="Who the events this command appends are recorded as (default: operator:$USER).",
         ),
     ] = None,
+    table_prefix: Annotated[
+        Optional[str],  # noqa: UP045 - typer needs Optional here
+        typer.Option(
+            "--prefix", envvar="CHATLEDGER_TABLE_PREFIX",
+            help="The ledger's table prefix (default chatledger_: the names stores always had).",
+        ),
+    ] = None,
 ) -> None:
     """Event-sourced conversation state for chatbots."""
-    from .cli_options import cli_actor
+    from .cli_options import cli_actor, cli_table_prefix
 
+    if table_prefix is not None:  # before any command: every command's settings read it (until it ends)
+        ctx.with_resource(cli_table_prefix(table_prefix))
     ctx.with_resource(cli_actor(actor))  # until the command ends (an in-process run leaves nothing set)
 
 

@@ -85,6 +85,20 @@ def cli_actor(actor: str | None) -> AbstractContextManager[object]:
     return acting_as(actor)
 
 
+@contextmanager
+def cli_table_prefix(prefix: str) -> Iterator[None]:
+    """``--prefix``: ``CHATLEDGER_TABLE_PREFIX`` while the command runs (its settings read it)."""
+    before = os.environ.get("CHATLEDGER_TABLE_PREFIX")
+    os.environ["CHATLEDGER_TABLE_PREFIX"] = prefix
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CHATLEDGER_TABLE_PREFIX", None)
+        else:
+            os.environ["CHATLEDGER_TABLE_PREFIX"] = before
+
+
 def open_ledger(database: str | None, *, read_only: bool = False) -> ChatLedger:
     """The ledger at ``database``, for the tenant ``CHATLEDGER_TENANT`` names (default:
     ``default``); a read-only command refuses a missing SQLite file."""

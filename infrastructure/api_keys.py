@@ -11,6 +11,8 @@ from typing import Any
 
 from sqlalchemy import Column, Engine, MetaData, String, Table, insert, select, update
 
+from ..domain.table_prefix import DEFAULT_PREFIX, PREFIX_OPTION, table_name
+
 metadata = MetaData()
 
 api_keys = Table(
@@ -32,21 +34,25 @@ class KeyTable:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._ready = False
+        self.table = api_keys
+        prefix = str(engine.get_execution_options().get(PREFIX_OPTION, DEFAULT_PREFIX))
+        if prefix != DEFAULT_PREFIX:  # the ledger's table prefix (domain/table_prefix.py)
+            self.table = api_keys.to_metadata(MetaData(), name=table_name(prefix, api_keys.name))
 
     def _ensure(self) -> None:
         if not self._ready:
-            metadata.create_all(self.engine, checkfirst=True)
+            self.table.metadata.create_all(self.engine, checkfirst=True)
             self._ready = True
 
     def add(self, **row: Any) -> None:
         self._ensure()
         with self.engine.begin() as conn:
-            conn.execute(insert(api_keys).values(**row))
+            conn.execute(insert(self.table).values(**row))
 
     def get(self, key_id: str) -> dict[str, Any] | None:
         self._ensure()
         with self.engine.connect() as conn:
-            row = conn.execute(select(api_keys).where(api_keys.c.key_id == key_id)).mappings().first()
+            row = conn.execute(select(self.table).where(self.table.c.key_id == key_id)).mappings().first()
         return dict(row) if row is not None else None
 
     def revoke(self, key_id: str, at: str) -> bool:
@@ -54,8 +60,8 @@ class KeyTable:
         self._ensure()
         with self.engine.begin() as conn:
             done = conn.execute(
-                update(api_keys)
-                .where(api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None))
+                update(self.table)
+                .where(self.table.c.key_id == key_id, self.table.c.revoked_at.is_(None))
                 .values(revoked_at=at)
             )
         return bool(done.rowcount)
@@ -63,7 +69,7 @@ class KeyTable:
     def rows(self) -> list[dict[str, Any]]:
         self._ensure()
         with self.engine.connect() as conn:
-            found = conn.execute(select(api_keys).order_by(api_keys.c.created_at, api_keys.c.key_id))
+            found = conn.execute(select(self.table).order_by(self.table.c.created_at, self.table.c.key_id))
             return [dict(row) for row in found.mappings()]
 
 

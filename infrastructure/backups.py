@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..domain.table_prefix import DEFAULT_PREFIX, event_table_name, table_name
 from .sealing import SEALS, Anchor
 from .settings import Settings
 
@@ -91,7 +92,9 @@ def sqlite_place(copy: Path, target: str, derived: Collection[str]) -> None:
         sqlite_strip(conn, derived)
 
 
-def sqlite_copy(source: str, target: Path, derived: Collection[str] = ()) -> CopiedStore:
+def sqlite_copy(
+    source: str, target: Path, derived: Collection[str] = (), prefix: str = DEFAULT_PREFIX
+) -> CopiedStore:
     """Copy the SQLite store ``source`` to ``target`` with the online backup API, without
     the read models' tables ``derived`` (they hold plaintext; a restore rebuilds them)."""
     with (
@@ -102,13 +105,15 @@ def sqlite_copy(source: str, target: Path, derived: Collection[str] = ()) -> Cop
         dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
         sqlite_strip(dst, derived)
     with contextlib.closing(sqlite3.connect(f"{target.as_uri()}?mode=ro", uri=True)) as conn:
-        return sqlite_facts(conn, {target.name: file_digest(target)})
+        return sqlite_facts(conn, {target.name: file_digest(target)}, prefix)
 
 
-def sqlite_facts(conn: sqlite3.Connection, files: dict[str, dict[str, Any]]) -> CopiedStore:
-    seal = conn.execute(f"SELECT root, last_id FROM {SEALS} ORDER BY seq DESC LIMIT 1").fetchone()
+def sqlite_facts(conn: sqlite3.Connection, files: dict[str, dict[str, Any]], prefix: str = DEFAULT_PREFIX) -> CopiedStore:
+    """The seal and head of the ledger of table prefix ``prefix`` in the copy (the file holds
+    every ledger that shares it)."""
+    seal = conn.execute(f"SELECT root, last_id FROM {table_name(prefix, SEALS)} ORDER BY seq DESC LIMIT 1").fetchone()
     head, count = conn.execute(
-        f"SELECT coalesce(max(rowid), 0), count(*) FROM {SQLITE_EVENTS}"
+        f"SELECT coalesce(max(rowid), 0), count(*) FROM {event_table_name(prefix, 'events', SQLITE_EVENTS)}"
     ).fetchone()
     return CopiedStore(_anchor(*seal) if seal else None, int(head), int(count), files)
 
@@ -128,13 +133,20 @@ def _schema(settings: Settings) -> str:
     return settings.postgres_schema or "public"
 
 
-def _tables(conn: Any, schema: str) -> list[str]:
+def _events(settings: Settings) -> str:
+    return event_table_name(settings.table_prefix, "events", POSTGRES_EVENTS)
+
+
+def _tables(conn: Any, schema: str, prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """The tables of the schema; under another prefix than the default, only those named after it
+    (the default prefix's ledger has unprefixed read-model tables: it takes the schema's every table)."""
     rows = conn.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
         "AND table_type = 'BASE TABLE' ORDER BY table_name",
         (schema,),
     ).fetchall()
-    return [r[0] for r in rows if "__g" not in r[0]]  # not a shadow rebuild's tables
+    mine = prefix if prefix != DEFAULT_PREFIX else ""
+    return [r[0] for r in rows if "__g" not in r[0] and r[0].startswith(mine)]  # not a shadow rebuild's tables
 
 
 def _columns(conn: Any, schema: str, table: str) -> list[str]:
@@ -157,7 +169,7 @@ def postgres_dump(
     files: dict[str, dict[str, Any]] = {}
     with _postgres(settings) as conn, conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        names = tables if tables is not None else _tables(conn, schema)
+        names = tables if tables is not None else _tables(conn, schema, settings.table_prefix)
         names = [n for n in names if not is_derived(n, derived)]
         for table in names:
             columns = _columns(conn, schema, table)
@@ -184,12 +196,12 @@ def postgres_dump(
             }
         seal = conn.execute(
             sql.SQL("SELECT root, last_id FROM {}.{} ORDER BY seq DESC LIMIT 1").format(
-                sql.Identifier(schema), sql.Identifier(SEALS)
+                sql.Identifier(schema), sql.Identifier(table_name(settings.table_prefix, SEALS))
             )
         ).fetchone()
         head, count = conn.execute(
             sql.SQL("SELECT coalesce(max(notification_id), 0), count(*) FROM {}.{}").format(
-                sql.Identifier(schema), sql.Identifier(POSTGRES_EVENTS)
+                sql.Identifier(schema), sql.Identifier(_events(settings))
             )
         ).fetchone()
     return CopiedStore(_anchor(*seal) if seal else None, int(head), int(count), files)
@@ -201,12 +213,12 @@ def postgres_event_count(settings: Settings) -> int:
     with _postgres(settings) as conn:
         found = conn.execute(
             "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
-            (_schema(settings), POSTGRES_EVENTS),
+            (_schema(settings), _events(settings)),
         ).fetchone()
         if found is None:
             return 0
         query = sql.SQL("SELECT count(*) FROM {}.{}").format(
-            sql.Identifier(_schema(settings)), sql.Identifier(POSTGRES_EVENTS)
+            sql.Identifier(_schema(settings)), sql.Identifier(_events(settings))
         )
         return int(conn.execute(query).fetchone()[0])
 
@@ -223,7 +235,7 @@ def postgres_load(
     schema = _schema(settings)
     skipped: list[str] = []
     with _postgres(settings) as conn, conn.transaction():
-        present = set(_tables(conn, schema))
+        present = set(_tables(conn, schema, settings.table_prefix))
         for name, facts in files.items():
             table = facts["table"]
             if is_derived(table, derived):

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
 
+from ..domain.table_prefix import DEFAULT_PREFIX, PREFIX_OPTION
 from .settings import Settings
 
 
@@ -25,7 +26,16 @@ def read_model_url(settings: Settings) -> URL:
 
 
 def make_engine(settings: Settings, **kwargs: Any) -> Engine:
-    """An engine for ``settings.database_url``; PostgreSQL honours ``?schema=``."""
+    """An engine for ``settings.database_url``; PostgreSQL honours ``?schema=``.
+    Under another table prefix than the default, the engine carries it (the
+    execution option ``PREFIX_OPTION``; see ``projections/prefixes.py``)."""
+    engine = _make_engine(settings, **kwargs)
+    if settings.table_prefix != DEFAULT_PREFIX:
+        engine = engine.execution_options(**{PREFIX_OPTION: settings.table_prefix})
+    return engine
+
+
+def _make_engine(settings: Settings, **kwargs: Any) -> Engine:
     url = read_model_url(settings)
     if settings.backend == "sqlite":
         engine = create_engine(

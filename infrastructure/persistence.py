@@ -145,6 +145,7 @@ def eventsourcing_env(settings: Settings) -> dict[str, str]:
         "MAPPER_TOPIC": "chatledger.infrastructure.shredding_mapper:ShreddingMapper",
         "AGGREGATE_CACHE_FASTFORWARD": "y",
         "IS_SNAPSHOTTING_ENABLED": "y",
+        "CHATLEDGER_TABLE_PREFIX": settings.table_prefix,  # read by the factories (prefixed_factory.py)
     }
     if settings.cache_size > 0:  # eventsourcing reads 0 as "unbounded"; ours means "off"
         env["AGGREGATE_CACHE_MAXSIZE"] = str(settings.cache_size)

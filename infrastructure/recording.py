@@ -38,11 +38,13 @@ from eventsourcing.persistence import RecordConflictError, StoredEvent
 from eventsourcing.utils import get_topic
 
 from ..domain.errors import ConfigurationError
+from ..domain.table_prefix import DEFAULT_PREFIX, table_name
 from ..domain.tenancy import DEFAULT_TENANT, scoped_key
 from ..domain.visitor import Visitor
 from .hashchain import EventRow, as_uuid
 from .key_providers import AlteredKeyRowError, KeyProvider
 from .wrapped_keys import is_wrapped, open_wrapped, wrap_keys
+from .sealing import SEALS
 
 HASHES = "chatledger_event_hashes"
 KEYS = "chatledger_keys"
@@ -142,7 +144,25 @@ WRAPPED_CHECK_S = 60.0
 wrapped before it stores a new key (once it found them wrapped, it refuses for good)."""
 
 
-class KeyCodec:
+class LedgerTableNames:
+    """The ledger's own tables under its table prefix (see ``domain/table_prefix.py``):
+    the class attributes are the default prefix's names; :meth:`name_tables` sets
+    an instance's for another prefix (before any statement is built)."""
+
+    table_prefix: str = DEFAULT_PREFIX
+    HASHES: str = HASHES
+    KEYS: str = KEYS
+    DESTROYED: str = DESTROYED
+    KEY_OWNERS: str = KEY_OWNERS
+    SEALS: str = SEALS
+
+    def name_tables(self, prefix: str) -> None:
+        self.table_prefix = prefix
+        for attr in ("HASHES", "KEYS", "DESTROYED", "KEY_OWNERS", "SEALS"):
+            setattr(self, attr, table_name(prefix, getattr(LedgerTableNames, attr)))
+
+
+class KeyCodec(LedgerTableNames):
     """The content keys as the store holds them: wrapped by the master key
     provider, or (stores of before 0.5, or no provider) as they are."""
 

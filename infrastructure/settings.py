@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from ..domain.errors import ConfigurationError
+from ..domain.table_prefix import DEFAULT_PREFIX, check_prefix
 from ..domain.validation import ID_CEILING, TEXT_CEILING, Limits
 
 DEFAULT_DATABASE_URL = "sqlite:///chatledger.db"
@@ -41,6 +42,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHATLEDGER_", frozen=True, extra="forbid")
 
     database_url: str = DEFAULT_DATABASE_URL
+    table_prefix: str = DEFAULT_PREFIX  # every table's, index's, function's (domain/table_prefix.py)
     snapshot_interval: int = Field(default=100, ge=2)
     cache_size: int = Field(default=5000, ge=0)  # aggregates (a conversation uses 2); 0 = off
     conflict_retries: int = Field(default=50, ge=1)
@@ -79,6 +81,7 @@ class Settings(BaseSettings):
                 f"Invalid setting ({problems}). Fix the keyword argument or the "
                 "CHATLEDGER_<NAME> environment variable."
             ) from None
+        check_prefix(self.table_prefix)
 
     @property
     def limits(self) -> Limits:

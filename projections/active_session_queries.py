@@ -17,17 +17,17 @@ from sqlalchemy import Connection, func, select, tuple_
 
 from ..domain.batching import batched
 from .active_sessions import active_sessions, closed_sessions
+from .prefixes import on
 
 DUE_COLUMNS = (
     "session_id", "tenant", "version", "expires_at", "expiry_reason", "last_activity_at",
     "open_tasks", "exact",
 )  # fmt: skip
-_DUE = [active_sessions.c[name] for name in DUE_COLUMNS]
 
 
 def first_due(conn: Connection, before: datetime, tenant: str | None = None) -> datetime | None:
     """The earliest deadline before ``before``: a one-row probe on the index."""
-    c = active_sessions.c
+    c = on(conn, active_sessions).c
     query = select(c.expires_at).where(c.expires_at < before)
     if tenant is not None:
         query = query.where(c.tenant == tenant)
@@ -37,7 +37,7 @@ def first_due(conn: Connection, before: datetime, tenant: str | None = None) -> 
 
 def due_count(conn: Connection, before: datetime, tenant: str | None = None) -> int:
     """How many sessions (of ``tenant``; None: of all) are due before ``before``: the sweep's backlog."""
-    c = active_sessions.c
+    c = on(conn, active_sessions).c
     query = select(func.count()).where(c.expires_at < before)
     if tenant is not None:
         query = query.where(c.tenant == tenant)
@@ -56,8 +56,8 @@ def due_rows(
     """Rows (``DUE_COLUMNS``) of sessions whose deadline is before ``before``, by
     deadline, keyset-paged after ``after``; ``lock``: ``FOR UPDATE SKIP LOCKED``
     (PostgreSQL), so concurrent sweepers split the rows."""
-    c = active_sessions.c
-    query = select(*_DUE).where(c.expires_at < before).order_by(c.expires_at, c.session_id)
+    c = on(conn, active_sessions).c
+    query = select(*[c[name] for name in DUE_COLUMNS]).where(c.expires_at < before).order_by(c.expires_at, c.session_id)
     if tenant is not None:
         query = query.where(c.tenant == tenant)
     if after is not None:
@@ -75,8 +75,9 @@ def drop_closed(conn: Connection, session_ids: Sequence[UUID]) -> None:
     """Drop the live rows of sessions now closed, ahead of the index applying
     their closing events (it skips rows already gone): a sweep must not meet
     the sessions it just timed out again."""
+    table = on(conn, active_sessions)
     for chunk in batched(session_ids):
-        conn.execute(active_sessions.delete().where(active_sessions.c.session_id.in_(chunk)))
+        conn.execute(table.delete().where(table.c.session_id.in_(chunk)))
 
 
 def closed_before(
@@ -90,7 +91,7 @@ def closed_before(
     """``(closed_at, session_id, tenant)`` of sessions closed before ``cutoff``,
     oldest first, keyset-paged after ``after`` (retention's query). A tenant's
     rows include those whose tenant the index does not know (``""``, a race)."""
-    c = closed_sessions.c
+    c = on(conn, closed_sessions).c
     query = select(c.closed_at, c.session_id, c.tenant).where(c.closed_at < cutoff)
     if tenant is not None:
         query = query.where(c.tenant.in_([tenant, ""]))

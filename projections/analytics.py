@@ -29,6 +29,7 @@ from .resessionizing import resessionize
 from .sqltypes import UTCDateTime
 from .view import SQLView
 from .writers import RowBuffer
+from .prefixes import on
 
 
 class Base(DeclarativeBase):
@@ -270,7 +271,7 @@ def check_range(start: datetime | None, end: datetime | None) -> None:
 
 def tenants(conn: Connection) -> list[str]:
     """Every tenant that has a session, in order."""
-    column = sessions_table.c.tenant
+    column = on(conn, sessions_table).c.tenant
     return list(conn.execute(select(column).distinct().order_by(column)).scalars())
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Integer,
+    Table,
     and_,
     case,
     cast,
@@ -43,6 +44,7 @@ from sqlalchemy import (
 
 from ..domain.tenancy import DEFAULT_TENANT
 from .analytics import check_range, sessions_table, visitors_table
+from .prefixes import on
 from .query_results import Analytics, Engagement
 
 END_REASONS = ("timed_out", "ended", "abandoned", "active")
@@ -57,9 +59,9 @@ def _micros(column: Any, dialect: str) -> ColumnElement[Any]:
     return seconds * 1_000_000 + cast(func.substr(column, 21, 6), BigInteger)
 
 
-def duration_us(dialect: str) -> ColumnElement[Any]:
+def duration_us(dialect: str, table: Table = sessions_table) -> ColumnElement[Any]:
     """First to last message in integer microseconds (0 if the session has no message)."""
-    s = sessions_table.c
+    s = table.c
     if dialect == "sqlite":
         span = _micros(s.last_message_at, dialect) - _micros(s.first_message_at, dialect)
     else:  # PostgreSQL: an interval's epoch is an exact numeric
@@ -67,16 +69,16 @@ def duration_us(dialect: str) -> ColumnElement[Any]:
     return case((s.first_message_at.is_(None), literal(0, BigInteger)), else_=span)
 
 
-def start_hour(dialect: str) -> ColumnElement[Any]:
+def start_hour(dialect: str, table: Table = sessions_table) -> ColumnElement[Any]:
     """``YYYY-MM-DD HH`` of the start (UTC)."""
-    started = sessions_table.c.started_at
+    started = table.c.started_at
     if dialect == "sqlite":
         return func.substr(started, 1, 13)
     return func.to_char(func.timezone("UTC", started), "YYYY-MM-DD HH24")
 
 
-def end_reason(as_of: datetime) -> ColumnElement[Any]:
-    s = sessions_table.c
+def end_reason(as_of: datetime, table: Table = sessions_table) -> ColumnElement[Any]:
+    s = table.c
     past = and_(s.status == "active", s.expires_at.is_not(None), s.expires_at < as_of)
     return case(
         (and_(s.status == "active", ~past), literal("active")),
@@ -86,8 +88,8 @@ def end_reason(as_of: datetime) -> ColumnElement[Any]:
     )
 
 
-def engaged(rule: Engagement, duration: ColumnElement[Any]) -> ColumnElement[Any]:
-    s = sessions_table.c
+def engaged(rule: Engagement, duration: ColumnElement[Any], table: Table = sessions_table) -> ColumnElement[Any]:
+    s = table.c
     rules: list[ColumnElement[bool]] = []
     if rule.min_duration is not None:
         rules.append(duration >= rule.min_duration // _MICROS)
@@ -112,7 +114,8 @@ def compute_analytics(
     """Aggregate the session facts of ``tenant``'s sessions (None: every tenant's;
     a visitor is one per tenant) that started in ``[start, end)``."""
     check_range(start, end)
-    s, v = sessions_table.c, visitors_table.c
+    table = on(conn, sessions_table)  # under the ledger's table prefix
+    s, v = table.c, on(conn, visitors_table).c
     dialect = conn.dialect.name
     where: list[ColumnElement[bool]] = []
     if tenant is not None:
@@ -121,12 +124,12 @@ def compute_analytics(
         where.append(s.started_at >= start)
     if end is not None:
         where.append(s.started_at < end)
-    duration = duration_us(dialect)
-    hour, reason = start_hour(dialect).label("hour"), end_reason(as_of).label("reason")
+    duration = duration_us(dialect, table)
+    hour, reason = start_hour(dialect, table).label("hour"), end_reason(as_of, table).label("reason")
     groups = conn.execute(
         select(
             hour, s.channel, reason, func.count(), func.sum(cast(s.is_returning, Integer)),
-            func.sum(s.user_messages), func.sum(engaged(engagement, duration)),
+            func.sum(s.user_messages), func.sum(engaged(engagement, duration, table)),
             func.sum(case((s.user_id.is_not(None), 1), else_=0)),
         ).where(*where).group_by(*(literal_column(str(i)) for i in (1, 2, 3)))  # the labels' order
     ).all()

@@ -38,6 +38,7 @@ from .query_results import TranscriptMessage
 from .sqltypes import UTCDateTime
 from .view import SQLView
 from .writers import RowBuffer, executemany, insert_rows
+from .prefixes import on
 
 
 class Base(DeclarativeBase):
@@ -322,8 +323,8 @@ def query_transcript(
     ``visitor_id`` alone reads only the visitor's *anonymous* messages: once a
     visitor is linked, its history belongs to the user and is read by ``user_id``.
     """
-    m = messages_table.c
-    query = select(messages_table)
+    m = on(conn, messages_table).c
+    query = select(on(conn, messages_table))
     if tenant is not None:
         query = query.where(m.tenant == tenant)
     if session_id is not None:
@@ -349,8 +350,8 @@ def iter_messages(
     tenant: str | None = DEFAULT_TENANT,
 ) -> Iterator[TranscriptMessage]:
     """Every message of ``tenant`` (None: all), optionally in a time range, in log order."""
-    m = messages_table.c
-    query = select(messages_table).order_by(m.notification_id)
+    m = on(conn, messages_table).c
+    query = select(on(conn, messages_table)).order_by(m.notification_id)
     if tenant is not None:
         query = query.where(m.tenant == tenant)
     if start is not None:
@@ -365,7 +366,7 @@ def message_times(
     conn: Connection, start: datetime | None, end: datetime | None, tenant: str = DEFAULT_TENANT
 ) -> Iterable[tuple[str, datetime]]:
     """``(visitor_id, at)`` of every message of ``tenant``, per visitor in time order."""
-    m = messages_table.c
+    m = on(conn, messages_table).c
     query = select(m.visitor_id, m.at).order_by(m.visitor_id, m.at, m.notification_id)
     query = query.where(m.tenant == tenant)
     if start is not None:
@@ -379,11 +380,8 @@ def session_owner(
     conn: Connection, session_id: str, tenant: str = DEFAULT_TENANT
 ) -> tuple[str, str | None] | None:
     """``(visitor_id, user_id)`` of a session of ``tenant`` (None: no such session)."""
-    row = conn.execute(
-        select(sessions_table.c.visitor_id, sessions_table.c.user_id).where(
-            sessions_table.c.session_id == session_id, sessions_table.c.tenant == tenant
-        )
-    ).first()
+    t = on(conn, sessions_table).c
+    row = conn.execute(select(t.visitor_id, t.user_id).where(t.session_id == session_id, t.tenant == tenant)).first()
     return None if row is None else (row[0], row[1])
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import exc as sa_exc
 from ..domain.errors import ConfigurationError, EventVersionError
 from .drivers import PgDataError, PgError, PgIntegrityError
 from .sqltypes import UTCDateTime
+from .prefixes import on
 from .tracking import TRACKING, TrackingConflict
 
 failures_table = Table(
@@ -55,12 +56,13 @@ class ProjectionFailure:
 
 def failure_counts(engine: Engine, application_name: str) -> dict[str, int]:
     """How many events each read model (by name) could not apply."""
+    table = on(engine, failures_table)
     with engine.connect() as conn:
         return dict(
             conn.execute(
-                select(failures_table.c.projection, func.count())
-                .where(failures_table.c.application == application_name)
-                .group_by(failures_table.c.projection)
+                select(table.c.projection, func.count())
+                .where(table.c.application == application_name)
+                .group_by(table.c.projection)
             ).all()
         )
 
@@ -69,7 +71,7 @@ def read_failures(
     engine: Engine, application_name: str, names: Sequence[str], name: str | None = None
 ) -> list[ProjectionFailure]:
     """The failures of the read models ``names`` (or of ``name`` only), in log order."""
-    table = failures_table
+    table = on(engine, failures_table)
     query = select(table).where(
         table.c.application == application_name,
         table.c.projection.in_(list(names)),  # not a shadow's (yet)

@@ -29,6 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from ..domain.batching import batched
 from ..domain.session import Session
 from ..domain.tenancy import DEFAULT_TENANT, scoped_key
+from .prefixes import on
 from .read_model import HandlerTableReadModel, batch_ids
 from .sqltypes import UTCDateTime
 from .view import SQLView
@@ -208,7 +209,7 @@ def timeout_curve(
     """``(messages, conversations under each timeout)`` of ``tenant``'s messages in ``[start, end)``,
     in one query: a message starts a conversation under ``T`` if it has no previous message in
     the range or comes more than ``T`` after it (exactly ``T`` does not split, as in the engine)."""
-    m = messages_table.c
+    m = on(conn, messages_table).c  # under the ledger's table prefix
     first = m.prev_at.is_(None) if start is None else or_(m.prev_at.is_(None), m.prev_at < start)
     counts = [
         func.sum(case((or_(first, m.gap_us > t // _MICROS), 1), else_=0)) for t in timeouts

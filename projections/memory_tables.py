@@ -10,6 +10,7 @@ from sqlalchemy import JSON, Connection, Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ..domain.tenancy import DEFAULT_TENANT, SCOPED_MAX_CHARS, TENANT_CHARS
+from .prefixes import on
 from .sqltypes import UTCDateTime
 
 KEY_CHARS = SCOPED_MAX_CHARS  # a visitor or user key: the id within its tenant (scoped_key)
@@ -86,14 +87,15 @@ def visitor_subject(visitor_id: str) -> str:
 
 def read_profile(conn: Connection, subject: str, tenant: str) -> dict[str, Any] | None:
     """The profile of ``subject`` if it is ``tenant``'s."""
-    c = profiles_table.c
-    row = conn.execute(select(profiles_table).where(c.subject == subject, c.tenant == tenant)).mappings().first()
+    table = on(conn, profiles_table)
+    c = table.c
+    row = conn.execute(select(table).where(c.subject == subject, c.tenant == tenant)).mappings().first()
     return dict(row) if row is not None else None
 
 
 def visitor_link(conn: Connection, visitor_key: str, tenant: str) -> str | None:
     """The user key the visitor of ``tenant`` is linked to (None: anonymous, or unknown)."""
-    c = visitors_table.c
+    c = on(conn, visitors_table).c
     row = conn.execute(select(c.user_id).where(c.visitor_id == visitor_key, c.tenant == tenant)).first()
     return row[0] if row else None
 

@@ -40,6 +40,7 @@ from .query_results import (
     TranscriptMessage,
 )
 from .runner import ProjectionRunner
+from .prefixes import on
 from .tracking import tracking_table
 
 T = TypeVar("T")
@@ -65,10 +66,11 @@ class ProjectionReads:
             )
         head = self.projector.head()
         with self.projector.engine.connect() as conn:
+            tracking = on(conn, tracking_table)
             position = conn.execute(
-                select(tracking_table.c.notification_id).where(
-                    tracking_table.c.projection == name,
-                    tracking_table.c.application == self.projector.application_name,
+                select(tracking.c.notification_id).where(
+                    tracking.c.projection == name,
+                    tracking.c.application == self.projector.application_name,
                 )
             ).scalar() or 0
             return query(conn, position, head)

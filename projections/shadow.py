@@ -26,6 +26,7 @@ from .generations import (
     generations_table,
     retired_suffix,
 )
+from .prefixes import on
 from .read_model import ReadModel
 from .status import Progress, ProjectionStatus
 from .tracking import tracking_table
@@ -118,7 +119,7 @@ class ShadowRebuilds:
             # secure_delete zeroes their pages, which takes a while).
             quote = self.engine.dialect.identifier_preparer.quote
             for live, generation in retired:
-                for table in reversed(live.metadata.sorted_tables):
+                for table in reversed(live.view.metadata.sorted_tables):
                     with self.engine.begin() as conn:
                         conn.exec_driver_sql(
                             f"DROP TABLE IF EXISTS {quote(table.name + retired_suffix(generation))}"
@@ -129,12 +130,12 @@ class ShadowRebuilds:
         """Each shadow rebuild under way (or left by a crash, to be continued):
         named ``<read model>__shadow``, with its position."""
         head = self.catch_up.head()
-        g, t = generations_table.c, tracking_table.c
+        g, t = on(self.engine, generations_table).c, on(self.engine, tracking_table).c
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(g.projection, t.notification_id)
                 .select_from(
-                    generations_table.outerjoin(
+                    on(self.engine, generations_table).outerjoin(
                         tracking_table,
                         and_(
                             t.projection == g.projection + SHADOW_SUFFIX,
@@ -158,7 +159,7 @@ class ShadowRebuilds:
             if conn.dialect.name == "sqlite":
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             row = conn.execute(
-                select(generations_table).where(generations_table.c.projection == name)
+                select(on(self.engine, generations_table)).where(on(self.engine, generations_table).c.projection == name)
             ).first()
             if row is not None and row.shadow is not None:
                 generation = row.shadow
@@ -167,18 +168,18 @@ class ShadowRebuilds:
                 generation = max([row.generation if row is not None else 0, *found]) + 1
                 if row is None:
                     conn.execute(
-                        generations_table.insert().values(projection=name, generation=0, shadow=generation)
+                        on(self.engine, generations_table).insert().values(projection=name, generation=0, shadow=generation)
                     )
                 else:
                     conn.execute(
-                        generations_table.update()
-                        .where(generations_table.c.projection == name)
+                        on(self.engine, generations_table).update()
+                        .where(on(self.engine, generations_table).c.projection == name)
                         .values(shadow=generation)
                     )
-                for table in (tracking_table, failures_table):
+                for table in (on(self.engine, tracking_table), on(self.engine, failures_table)):
                     conn.execute(table.delete().where(table.c.projection == name + SHADOW_SUFFIX))
         self.drop_stale(live, keep=generation)
-        metadata, tables = generation_metadata(live.metadata, generation, rename_tables=True)
+        metadata, tables = generation_metadata(live.view.metadata, generation, rename_tables=True)
         view = SQLView(self.engine, name + SHADOW_SUFFIX, metadata, tables=tables, generation=generation)
         view.drop_indexes(live.deferred_indexes)  # built once, before the swap
         view.create_indexes(skip=live.deferred_indexes)  # a crash may have left some out
@@ -198,11 +199,11 @@ class ShadowRebuilds:
                 if conn.dialect.name == "sqlite":
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
                 done = conn.execute(
-                    generations_table.update()
-                    .where(generations_table.c.projection == live.name, generations_table.c.shadow.is_not(None))
+                    on(self.engine, generations_table).update()
+                    .where(on(self.engine, generations_table).c.projection == live.name, on(self.engine, generations_table).c.shadow.is_not(None))
                     .values(shadow=None)
                 )
-                for table in (tracking_table, failures_table):
+                for table in (on(self.engine, tracking_table), on(self.engine, failures_table)):
                     conn.execute(table.delete().where(table.c.projection == live.name + SHADOW_SUFFIX))
             if done.rowcount:
                 cancelled.append(live.name)
@@ -213,14 +214,14 @@ class ShadowRebuilds:
         """The generation a shadow of ``name`` is building, if any."""
         with self.engine.connect() as conn:
             return conn.execute(
-                select(generations_table.c.shadow).where(generations_table.c.projection == name)
+                select(on(self.engine, generations_table).c.shadow).where(on(self.engine, generations_table).c.projection == name)
             ).scalar()
 
     def _generations_on_disk(self, conn: Connection, live: ReadModel) -> list[int]:
         """Generation numbers of ``<table>__g<N>`` tables of ``live`` that exist."""
         names = set(inspect(conn).get_table_names())
         found = []
-        for table in live.metadata.sorted_tables:
+        for table in live.view.metadata.sorted_tables:
             prefix = table.name + "__g"
             found += [int(n[len(prefix):]) for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()]
         return found
@@ -234,7 +235,7 @@ class ShadowRebuilds:
             return
         quote = self.engine.dialect.identifier_preparer.quote
         for generation in stale:
-            for table in reversed(live.metadata.sorted_tables):
+            for table in reversed(live.view.metadata.sorted_tables):
                 with self.engine.begin() as conn:
                     conn.exec_driver_sql(
                         f"DROP TABLE IF EXISTS {quote(table.name + retired_suffix(generation))}"
@@ -271,7 +272,7 @@ class ShadowRebuilds:
             else:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")  # no writer until the swap commits
             names = [p.name for p in lives]
-            query = select(generations_table).where(generations_table.c.projection.in_(names))
+            query = select(on(self.engine, generations_table)).where(on(self.engine, generations_table).c.projection.in_(names))
             rows = {r.projection: r for r in conn.execute(query.with_for_update() if postgres else query)}
             pairs = [
                 (live, shadow)
@@ -282,10 +283,10 @@ class ShadowRebuilds:
                 return 0, []
             # Freeze the live models: their runners wait on these rows.
             for live, _ in pairs:
-                where = and_(tracking_table.c.projection == live.name, tracking_table.c.application == app)
-                locked = select(tracking_table.c.notification_id).where(where)
+                where = and_(on(self.engine, tracking_table).c.projection == live.name, on(self.engine, tracking_table).c.application == app)
+                locked = select(on(self.engine, tracking_table).c.notification_id).where(where)
                 if conn.execute(locked.with_for_update() if postgres else locked).first() is None:
-                    insert = (postgresql.insert if postgres else sqlite.insert)(tracking_table)
+                    insert = (postgresql.insert if postgres else sqlite.insert)(on(self.engine, tracking_table))
                     conn.execute(
                         insert.values(projection=live.name, application=app, notification_id=0)
                         .on_conflict_do_nothing()
@@ -294,8 +295,8 @@ class ShadowRebuilds:
                         conn.execute(locked.with_for_update())
             live_positions = {
                 live.name: conn.execute(
-                    select(tracking_table.c.notification_id).where(
-                        tracking_table.c.projection == live.name, tracking_table.c.application == app
+                    select(on(self.engine, tracking_table).c.notification_id).where(
+                        on(self.engine, tracking_table).c.projection == live.name, on(self.engine, tracking_table).c.application == app
                     )
                 ).scalar() or 0
                 for live, _ in pairs
@@ -312,7 +313,7 @@ class ShadowRebuilds:
                     raise RuntimeError(f"shadow of {live.name!r} is behind the live model")
                 old = rows[live.name].generation
                 generation = shadow.view.generation()
-                for table in live.metadata.sorted_tables:
+                for table in live.view.metadata.sorted_tables:
                     conn.exec_driver_sql(
                         f"ALTER TABLE {quote(table.name)} RENAME TO "
                         f"{quote(table.name + retired_suffix(old))}"
@@ -322,14 +323,14 @@ class ShadowRebuilds:
                         f"RENAME TO {quote(table.name)}"
                     )
                 shadow_name = live.name + SHADOW_SUFFIX
-                for table in (tracking_table, failures_table):
+                for table in (on(self.engine, tracking_table), on(self.engine, failures_table)):
                     conn.execute(table.delete().where(table.c.projection == live.name))
                     conn.execute(
                         table.update().where(table.c.projection == shadow_name).values(projection=live.name)
                     )
                 conn.execute(
-                    generations_table.update()
-                    .where(generations_table.c.projection == live.name)
+                    on(self.engine, generations_table).update()
+                    .where(on(self.engine, generations_table).c.projection == live.name)
                     .values(generation=generation, shadow=None)
                 )
         return applied, [(live, rows[live.name].generation) for live, _ in pairs]

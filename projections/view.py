@@ -16,8 +16,10 @@ from sqlalchemy import Connection, Engine, MetaData, Table, and_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from ..domain.table_prefix import table_name
 from .columns import add_missing_columns, widen_columns
 from .failures import clean_text, error_summary, error_type_name, failures_table
+from .prefixes import prefix_of, prefixed, prefixed_metadata
 from .generations import generation_metadata, generation_suffix, generations_table
 from .tracking import TRACKING, TrackingConflict, tracking_table
 
@@ -51,7 +53,13 @@ class SQLView(TrackingRecorder):
         shadow: canonical table name -> the shadow's table (:meth:`table`)."""
         self.shadow_generation = generation
         self._local = threading.local()
-        TRACKING.create_all(engine)
+        self.prefix = prefix_of(engine)
+        if tables is None:  # the live view: the tables under the ledger's prefix (a shadow's are already)
+            self.metadata = metadata = prefixed_metadata(metadata, self.prefix)[0]
+        self.tracking_table = prefixed(tracking_table, self.prefix)
+        self.failures_table = prefixed(failures_table, self.prefix)
+        self.generations_table = prefixed(generations_table, self.prefix)
+        prefixed_metadata(TRACKING, self.prefix)[0].create_all(engine)
         metadata.create_all(engine)
         if tables is None:
             add_missing_columns(engine, metadata)  # e.g. 0.5's tenant, on an older store's tables
@@ -63,7 +71,8 @@ class SQLView(TrackingRecorder):
         itself, or in a shadow view, the shadow's copy (``<name>__g<N>``).
         Handlers must write through this to be rebuilt in a shadow
         (:attr:`ReadModel.supports_shadow_rebuild`)."""
-        return table if self.tables is None else self.tables[table.name]
+        live = prefixed(table, self.prefix)
+        return live if self.tables is None else self.tables[live.name]
 
     def generation(self) -> int:
         """The generation of the tables this view writes (a live view reads it
@@ -71,8 +80,8 @@ class SQLView(TrackingRecorder):
         if self.shadow_generation is not None:
             return self.shadow_generation
         conn = getattr(self._local, "conn", None)
-        query = select(generations_table.c.generation).where(
-            generations_table.c.projection == self.name
+        query = select(self.generations_table.c.generation).where(
+            self.generations_table.c.projection == self.name
         )
         if conn is not None:
             return conn.execute(query).scalar() or 0
@@ -160,7 +169,7 @@ class SQLView(TrackingRecorder):
             "notification_id": tracking.notification_id,
         }
         dialect = self.conn.dialect.name
-        insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(tracking_table)
+        insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(self.tracking_table)
         self.conn.execute(
             insert.values(values).on_conflict_do_update(
                 index_elements=["projection", "application"],
@@ -174,16 +183,16 @@ class SQLView(TrackingRecorder):
         runner moved it first (so a batch is never applied twice, even when an
         in-process runner and ``chatledger worker`` race)."""
         where = and_(
-            tracking_table.c.projection == self.name,
-            tracking_table.c.application == application_name,
+            self.tracking_table.c.projection == self.name,
+            self.tracking_table.c.application == application_name,
         )
         if expected == 0 and self.conn.execute(
-            select(tracking_table.c.notification_id).where(where)
+            select(self.tracking_table.c.notification_id).where(where)
         ).first() is None:
             try:
                 with self.conn.begin_nested():
                     self.conn.execute(
-                        tracking_table.insert().values(
+                        self.tracking_table.insert().values(
                             projection=self.name,
                             application=application_name,
                             notification_id=position,
@@ -193,8 +202,8 @@ class SQLView(TrackingRecorder):
                 raise TrackingConflict(self.name) from err
             return
         result = self.conn.execute(
-            tracking_table.update()
-            .where(where, tracking_table.c.notification_id == expected)
+            self.tracking_table.update()
+            .where(where, self.tracking_table.c.notification_id == expected)
             .values(notification_id=position)
         )
         if result.rowcount != 1:
@@ -218,13 +227,13 @@ class SQLView(TrackingRecorder):
             "error_message": error_summary(error),
             "failed_at": datetime.now(UTC),
         }
-        self.conn.execute(failures_table.insert().values(values))
+        self.conn.execute(self.failures_table.insert().values(values))
         self._local.failures.append(values)  # logged once committed
 
     def max_tracking_id(self, application_name: str) -> int | None:
-        query = select(tracking_table.c.notification_id).where(
-            tracking_table.c.projection == self.name,
-            tracking_table.c.application == application_name,
+        query = select(self.tracking_table.c.notification_id).where(
+            self.tracking_table.c.projection == self.name,
+            self.tracking_table.c.application == application_name,
         )
         found: int | None
         if getattr(self._local, "joined", False):
@@ -239,7 +248,7 @@ class SQLView(TrackingRecorder):
         :attr:`ReadModel.deferred_indexes`; canonical names, resolved to the
         view's generation)."""
         metadata, suffix = self._index_metadata()
-        wanted = {name + suffix for name in names}
+        wanted = {table_name(self.prefix, name) + suffix for name in names}
         with self.engine.begin() as conn:
             for table in metadata.sorted_tables:
                 for index in table.indexes:
@@ -250,7 +259,7 @@ class SQLView(TrackingRecorder):
         """Create every index of the metadata that does not exist (under the
         names of the view's generation), but those named in ``skip``."""
         metadata, suffix = self._index_metadata()
-        skipped = {name + suffix for name in skip}
+        skipped = {table_name(self.prefix, name) + suffix for name in skip}
         with self.engine.begin() as conn:
             for table in metadata.sorted_tables:
                 for index in table.indexes:
@@ -287,11 +296,11 @@ class SQLView(TrackingRecorder):
         rebuilds (in place, generation 0: canonical index names)."""
         with self.engine.begin() as conn:
             self.metadata.drop_all(conn)
-            conn.execute(tracking_table.delete().where(tracking_table.c.projection == self.name))
-            conn.execute(failures_table.delete().where(failures_table.c.projection == self.name))
+            conn.execute(self.tracking_table.delete().where(self.tracking_table.c.projection == self.name))
+            conn.execute(self.failures_table.delete().where(self.failures_table.c.projection == self.name))
             conn.execute(
-                generations_table.update()
-                .where(generations_table.c.projection == self.name)
+                self.generations_table.update()
+                .where(self.generations_table.c.projection == self.name)
                 .values(generation=0)
             )
         self.metadata.create_all(self.engine)

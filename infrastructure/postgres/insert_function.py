@@ -27,16 +27,22 @@ from __future__ import annotations
 
 from psycopg.sql import SQL, Composed, Identifier, Literal
 
-from ..recording import DESTROYED, HASHES, KEY_OWNERS, KEYS
+from ...domain.table_prefix import table_name
+from ..recording import LedgerTableNames
 
 FUNCTION_NAME = "chatledger_insert_events_v1"
 """Versioned: a change of the function's meaning gets a new name, so processes of
-two versions writing one store each call their own."""
+two versions writing one store each call their own. Under another table prefix
+than the default: ``<prefix>insert_events_v1`` (:func:`function_name`)."""
 STALE_KEYS_SQLSTATE = "CLK01"
 UNDEFINED_FUNCTION_SQLSTATE = "42883"
 
 
-def create_statement(schema: str, events_table: str, channel: str) -> Composed:
+def function_name(prefix: str) -> str:
+    return table_name(prefix, FUNCTION_NAME)
+
+
+def create_statement(schema: str, events_table: str, channel: str, names: LedgerTableNames) -> Composed:
     """``CREATE OR REPLACE FUNCTION`` (run under the schema's creation lock)."""
     s = Identifier(schema)
 
@@ -73,22 +79,22 @@ def create_statement(schema: str, events_table: str, channel: str) -> Composed:
         "RAISE EXCEPTION USING ERRCODE = {stale}, MESSAGE = 'chatledger: stale content keys'; END IF; "
         "END $body$"
     ).format(
-        fn=q(FUNCTION_NAME),
+        fn=q(function_name(names.table_prefix)),
         events=q(events_table),
-        hashes=q(HASHES),
-        keys=q(KEYS),
-        owners=q(KEY_OWNERS),
-        destroyed=q(DESTROYED),
+        hashes=q(names.HASHES),
+        keys=q(names.KEYS),
+        owners=q(names.KEY_OWNERS),
+        destroyed=q(names.DESTROYED),
         channel=Literal(channel),
         stale=Literal(STALE_KEYS_SQLSTATE),
     )
 
 
-def call_statement(schema: str) -> Composed:
+def call_statement(schema: str, prefix: str) -> Composed:
     """The call: thirteen parameters, the batch's notification ids in order. The
     arrays go in binary, encoded by :mod:`.array_params` (a NUL in a text element
     is refused there before anything is sent, as psycopg refuses it)."""
     types = ("uuid", "bigint", "text", "bytea", "bytea", "text", "text", "bytea", "uuid", "text", "text", "text")
     return SQL("SELECT f.id FROM {}.{}(%s, {}) AS f(id)").format(
-        Identifier(schema), Identifier(FUNCTION_NAME), SQL(", ").join(SQL("%b::" + t + "[]") for t in types)
+        Identifier(schema), Identifier(function_name(prefix)), SQL(", ").join(SQL("%b::" + t + "[]") for t in types)
     )

@@ -9,13 +9,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import (
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-    ProgrammingError,
-    StoredEvent,
-)
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, ProgrammingError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import retry
 from psycopg import Cursor
@@ -25,8 +19,9 @@ from psycopg.sql import SQL, Identifier, Literal
 from ...domain.errors import ConfigurationError
 from .. import recording
 from ..hashchain import chain_rows
-from ..recording import DESTROYED, HASHES, KEYS, KEY_OWNERS, KeyRow, LedgerRecorderMixin, key_work
-from ..sealing import SEALS, Seal, next_seal
+from ...domain.table_prefix import DEFAULT_PREFIX
+from ..recording import KeyRow, LedgerRecorderMixin, key_work
+from ..sealing import Seal, next_seal
 from . import insert_function
 from .array_params import bytea_array, int8_array, text_array, uuid_array
 from .key_rows import PostgresKeyRows
@@ -41,13 +36,16 @@ class PostgresLedgerRecorder(
 
     datastore: PostgresDatastore
 
-    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events") -> None:
+    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events", table_prefix: str = DEFAULT_PREFIX) -> None:
+        self.name_tables(table_prefix)
         if datastore.enable_db_functions:
             raise ConfigurationError(
                 "POSTGRES_ENABLE_DB_FUNCTIONS inserts events in a database function that "
                 "bypasses the hash chain; turn it off for chatledger."
             )
         super().__init__(datastore, events_table_name=events_table_name)
+        if table_prefix != DEFAULT_PREFIX:  # not the library's fixed-name (shared) insert function: unused, refused above
+            del self.sql_create_statements[self.create_insert_function_statement_index]
         s = Identifier(datastore.schema)
         self.sql_create_statements += [
             SQL(
@@ -55,20 +53,20 @@ class PostgresLedgerRecorder(
                 "originator_id uuid NOT NULL, originator_version bigint NOT NULL, "
                 "event_hash bytea NOT NULL, log_hash bytea NOT NULL, "
                 "UNIQUE (originator_id, originator_version))"
-            ).format(s, Identifier(HASHES)),
+            ).format(s, Identifier(self.HASHES)),
             SQL(
                 "CREATE TABLE IF NOT EXISTS {}.{} (kid text PRIMARY KEY, visitor_id text NOT NULL UNIQUE, "
                 "key bytea NOT NULL, created_at timestamptz NOT NULL)"
-            ).format(s, Identifier(KEYS)),
+            ).format(s, Identifier(self.KEYS)),
             SQL(
                 "CREATE TABLE IF NOT EXISTS {}.{} (aggregate_id uuid PRIMARY KEY, visitor_id text NOT NULL)"
-            ).format(s, Identifier(KEY_OWNERS)),
-            SQL("CREATE TABLE IF NOT EXISTS {}.{} (kid text PRIMARY KEY)").format(s, Identifier(DESTROYED)),
+            ).format(s, Identifier(self.KEY_OWNERS)),
+            SQL("CREATE TABLE IF NOT EXISTS {}.{} (kid text PRIMARY KEY)").format(s, Identifier(self.DESTROYED)),
             SQL(
                 "CREATE TABLE IF NOT EXISTS {}.{} (seq bigint PRIMARY KEY, first_id bigint NOT NULL, "
                 "last_id bigint NOT NULL UNIQUE, event_count bigint NOT NULL, root bytea NOT NULL, "
                 "sealed_at timestamptz NOT NULL)"
-            ).format(s, Identifier(SEALS)),
+            ).format(s, Identifier(self.SEALS)),
         ]
         if not self.lock_table_statements:  # the sealer's no-gap reasoning needs it (see sealing)
             raise ConfigurationError("chatledger needs eventsourcing's table lock on inserts")
@@ -77,7 +75,7 @@ class PostgresLedgerRecorder(
             "h AS (INSERT INTO {} SELECT n.notification_id, x.oid, x.ver, x.eh, ''::bytea FROM n "
             "JOIN unnest(%s::uuid[], %s::bigint[], %s::bytea[]) WITH ORDINALITY AS x(oid, ver, eh, i) USING (i)) "
             "SELECT notification_id FROM n CROSS JOIN (SELECT pg_notify({}, '')) AS notified ORDER BY notification_id"
-        ).format(self.insert_events_statement, self.qualified(HASHES), Literal(self.channel_name))
+        ).format(self.insert_events_statement, self.qualified(self.HASHES), Literal(self.channel_name))
         """The library's ``insert_events_statement`` (``… RETURNING notification_id``)
         and the batch's hash rows in one statement: sequence values are taken in
         the order the rows are inserted, so the i-th smallest id is the i-th event
@@ -87,16 +85,16 @@ class PostgresLedgerRecorder(
         self.insert_keys_statement = SQL(
             "INSERT INTO {} SELECT k, v, b, now() FROM unnest(%s::text[], %s::text[], %s::bytea[]) "
             "AS x(k, v, b) ON CONFLICT DO NOTHING"
-        ).format(q(KEYS))
+        ).format(q(self.KEYS))
         self.insert_key_owners_statement = SQL(
             "INSERT INTO {} SELECT a, v FROM unnest(%s::uuid[], %s::text[]) AS x(a, v) ON CONFLICT (aggregate_id) DO NOTHING"
-        ).format(q(KEY_OWNERS))
-        self.used_keys_statement = SQL("SELECT kid, visitor_id FROM {} WHERE kid = ANY(%s)").format(q(KEYS))
-        self.destroyed_keys_statement = SQL("SELECT kid FROM {} WHERE kid = ANY(%s)").format(q(DESTROYED))
+        ).format(q(self.KEY_OWNERS))
+        self.used_keys_statement = SQL("SELECT kid, visitor_id FROM {} WHERE kid = ANY(%s)").format(q(self.KEYS))
+        self.destroyed_keys_statement = SQL("SELECT kid FROM {} WHERE kid = ANY(%s)").format(q(self.DESTROYED))
         self.sql_create_statements.append(
-            insert_function.create_statement(datastore.schema, self.events_table_name, self.channel_name)
+            insert_function.create_statement(datastore.schema, self.events_table_name, self.channel_name, self)
         )
-        self.insert_call_statement = insert_function.call_statement(datastore.schema)
+        self.insert_call_statement = insert_function.call_statement(datastore.schema, self.table_prefix)
         self.insert_call_bytes: bytes | None = None
         self.lock_timeout_setting = f"{int(datastore.lock_timeout)}s"
         self.insert_function_ready = True
@@ -128,7 +126,7 @@ class PostgresLedgerRecorder(
                     "SELECT h.originator_id, h.event_hash FROM {} h "
                     "JOIN unnest(%s::uuid[], %s::bigint[]) AS q(oid, ver) "
                     "ON h.originator_id = q.oid AND h.originator_version = q.ver"
-                ).format(self.qualified(HASHES)),
+                ).format(self.qualified(self.HASHES)),
                 (list(missing), list(missing.values())),
             )
             prev.update((r["originator_id"], bytes(r["event_hash"])) for r in c.fetchall())
@@ -177,7 +175,7 @@ class PostgresLedgerRecorder(
 
                 def current_keys(visitors: list[str]) -> list[KeyRow]:
                     q.execute(
-                        SQL("SELECT kid, visitor_id, key FROM {} WHERE visitor_id = ANY(%s)").format(self.qualified(KEYS)),
+                        SQL("SELECT kid, visitor_id, key FROM {} WHERE visitor_id = ANY(%s)").format(self.qualified(self.KEYS)),
                         (visitors,),
                     )
                     rows = [self.open_key_row(r["kid"], r["visitor_id"], bytes(r["key"])) for r in q.fetchall()]
@@ -199,11 +197,11 @@ class PostgresLedgerRecorder(
         with conn.cursor() as c:
             c.execute(
                 SQL("INSERT INTO {} SELECT kid FROM {} WHERE visitor_id = ANY(%s) ON CONFLICT DO NOTHING").format(
-                    self.qualified(DESTROYED), self.qualified(KEYS)
+                    self.qualified(self.DESTROYED), self.qualified(self.KEYS)
                 ),
                 (erased,),
             )
-            c.execute(SQL("DELETE FROM {} WHERE visitor_id = ANY(%s)").format(self.qualified(KEYS)), (erased,))
+            c.execute(SQL("DELETE FROM {} WHERE visitor_id = ANY(%s)").format(self.qualified(self.KEYS)), (erased,))
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)  # as the library's
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
@@ -331,21 +329,21 @@ class PostgresLedgerRecorder(
         seal of the same range is refused by the ``seq`` key and this one yields."""
         try:
             with self.datastore.transaction(commit=True) as c:
-                c.execute(SQL("SELECT seq, first_id, last_id, event_count, root FROM {} ORDER BY seq DESC LIMIT 1").format(self.qualified(SEALS)))
+                c.execute(SQL("SELECT seq, first_id, last_id, event_count, root FROM {} ORDER BY seq DESC LIMIT 1").format(self.qualified(self.SEALS)))
                 r = c.fetchone()
                 last = Seal(r["seq"], r["first_id"], r["last_id"], r["event_count"], bytes(r["root"])) if r else None
                 c.execute(
                     SQL(
                         "SELECT notification_id, originator_id, originator_version, event_hash FROM {} "
                         "WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
-                    ).format(self.qualified(HASHES)),
+                    ).format(self.qualified(self.HASHES)),
                     (last.last_id if last else 0, limit),
                 )
                 rows = [(x["notification_id"], x["originator_id"], x["originator_version"], bytes(x["event_hash"])) for x in c.fetchall()]
                 seal = next_seal(last, rows)
                 if seal is None:
                     return 0
-                c.execute(SQL("INSERT INTO {} VALUES (%s,%s,%s,%s,%s,now())").format(self.qualified(SEALS)), tuple(seal))
+                c.execute(SQL("INSERT INTO {} VALUES (%s,%s,%s,%s,%s,now())").format(self.qualified(self.SEALS)), tuple(seal))
                 return seal.event_count
         except IntegrityError:
             return 0  # another sealer sealed this range first
@@ -354,32 +352,32 @@ class PostgresLedgerRecorder(
 
     def key_by_id(self, kid: str) -> bytes | None:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(SQL("SELECT key FROM {} WHERE kid=%s").format(self.qualified(KEYS)), (kid,))
+            c.execute(SQL("SELECT key FROM {} WHERE kid=%s").format(self.qualified(self.KEYS)), (kid,))
             row = c.fetchone()
         return self.open_keys({kid: bytes(row["key"])}).get(kid) if row else None
 
     def active_key(self, visitor_id: str) -> KeyRow | None:
         """The visitor's key, if any (read only, as on SQLite)."""
         with self.datastore.transaction(commit=False) as c:
-            c.execute(SQL("SELECT kid, visitor_id, key FROM {} WHERE visitor_id=%s").format(self.qualified(KEYS)), (visitor_id,))
+            c.execute(SQL("SELECT kid, visitor_id, key FROM {} WHERE visitor_id=%s").format(self.qualified(self.KEYS)), (visitor_id,))
             row = c.fetchone()
         return self.active_key_row(row["kid"], row["visitor_id"], bytes(row["key"])) if row else None
 
     def key_ids_of(self, visitor_ids: Sequence[str]) -> list[str]:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(SQL("SELECT kid FROM {} WHERE visitor_id = ANY(%s)").format(self.qualified(KEYS)), (list(visitor_ids),))
+            c.execute(SQL("SELECT kid FROM {} WHERE visitor_id = ANY(%s)").format(self.qualified(self.KEYS)), (list(visitor_ids),))
             return sorted(r["kid"] for r in c.fetchall())
 
     def key_owner_of(self, aggregate_id: UUID) -> str | None:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(SQL("SELECT visitor_id FROM {} WHERE aggregate_id=%s").format(self.qualified(KEY_OWNERS)), (aggregate_id,))
+            c.execute(SQL("SELECT visitor_id FROM {} WHERE aggregate_id=%s").format(self.qualified(self.KEY_OWNERS)), (aggregate_id,))
             row = c.fetchone()
         return row["visitor_id"] if row else None
 
     def keys_by_id(self, kids: Sequence[str]) -> dict[str, bytes]:
         """``kid -> key`` of those of ``kids`` that exist."""
         with self.datastore.transaction(commit=False) as c:
-            c.execute(SQL("SELECT kid, key FROM {} WHERE kid = ANY(%s)").format(self.qualified(KEYS)), (list(kids),))
+            c.execute(SQL("SELECT kid, key FROM {} WHERE kid = ANY(%s)").format(self.qualified(self.KEYS)), (list(kids),))
             stored = {row["kid"]: bytes(row["key"]) for row in c.fetchall()}
         return self.open_keys(stored)
 
@@ -394,5 +392,5 @@ class PostgresLedgerRecorder(
         reclaimed (PostgreSQL's WAL and backups still hold them until recycled)."""
         with self.datastore.get_connection() as conn:
             assert conn.autocommit
-            conn.execute(SQL("VACUUM {}").format(self.qualified(KEYS)))
+            conn.execute(SQL("VACUUM {}").format(self.qualified(self.KEYS)))
         return True

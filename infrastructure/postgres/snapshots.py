@@ -9,12 +9,13 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresFactory
 from psycopg.sql import SQL, Identifier
 
-from ..recording import KEYS
+from ..prefixed_factory import PrefixedFactory
+from ..recording import LedgerTableNames
 from ..snapshots import SnapshotKeyGone, newest_versions, used_keys
 from .recorder import PostgresLedgerRecorder
 
 
-class PostgresSnapshotRecorder(PostgresAggregateRecorder):
+class PostgresSnapshotRecorder(LedgerTableNames, PostgresAggregateRecorder):
     """As the SQLite snapshot recorder; the key rows are read ``FOR SHARE``, so
     an erasure's ``DELETE`` of them waits for this transaction (and then deletes
     the snapshot too), or this one waits for the erasure and finds them gone."""
@@ -36,7 +37,7 @@ class PostgresSnapshotRecorder(PostgresAggregateRecorder):
                 if used:
                     curs.execute(
                         SQL("SELECT kid, visitor_id FROM {}.{} WHERE kid = ANY(%s) FOR SHARE").format(
-                            schema, Identifier(KEYS)
+                            schema, Identifier(self.KEYS)
                         ),
                         (list(used),),
                     )
@@ -50,7 +51,7 @@ class PostgresSnapshotRecorder(PostgresAggregateRecorder):
         return None
 
 
-class LedgerPostgresFactory(PostgresFactory):
+class LedgerPostgresFactory(PrefixedFactory, PostgresFactory):
     """eventsourcing's PostgreSQL factory with the ledger's recorders."""
 
     aggregate_recorder_class = PostgresSnapshotRecorder

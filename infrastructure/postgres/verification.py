@@ -12,9 +12,9 @@ from eventsourcing.postgres import PostgresDatastore
 from psycopg.sql import SQL, Composed, Identifier
 
 from ..hashchain import EventRow, HashRow, VerificationReport, removed_sessions, verify_rows
-from ..recording import DESTROYED, ERASURE_TOPIC, HASHES, KEYS, KEY_OWNERS, KeyAuditor, KeyCodec
+from ..recording import ERASURE_TOPIC, KeyAuditor, KeyCodec
 from ..removal import REMOVED_TOPIC
-from ..sealing import SEALS, Anchor, Seal, check_seals
+from ..sealing import Anchor, Seal, check_seals
 
 
 class PostgresVerification(KeyCodec):
@@ -57,13 +57,13 @@ class PostgresVerification(KeyCodec):
 
     def _check_seals(self, conn: Any, report: VerificationReport, anchor: Anchor | None, verified: Sequence[Seal] = ()) -> None:
         with conn.cursor() as c:
-            c.execute(SQL("SELECT seq, first_id, last_id, event_count, root FROM {} ORDER BY seq").format(self.qualified(SEALS)))
+            c.execute(SQL("SELECT seq, first_id, last_id, event_count, root FROM {} ORDER BY seq").format(self.qualified(self.SEALS)))
             seals = [Seal(r["seq"], r["first_id"], r["last_id"], r["event_count"], bytes(r["root"])) for r in c.fetchall()]
         h_cur = conn.cursor(name="chatledger_verify_seals")
         h_cur.itersize = 5000
         h_cur.execute(
             SQL("SELECT notification_id, originator_id, originator_version, event_hash FROM {} WHERE notification_id > %s "
-                "ORDER BY notification_id").format(self.qualified(HASHES)),
+                "ORDER BY notification_id").format(self.qualified(self.HASHES)),
             (verified[-1].last_id if verified else 0,),
         )
         hashes = (
@@ -74,7 +74,7 @@ class PostgresVerification(KeyCodec):
 
     def newest_anchor(self) -> str | None:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(SQL("SELECT root, last_id FROM {} ORDER BY seq DESC LIMIT 1").format(self.qualified(SEALS)))
+            c.execute(SQL("SELECT root, last_id FROM {} ORDER BY seq DESC LIMIT 1").format(self.qualified(self.SEALS)))
             row = c.fetchone()
         return str(Anchor(bytes(row["root"]), row["last_id"])) if row else None
 
@@ -112,7 +112,7 @@ class PostgresVerification(KeyCodec):
             SQL(
                 "SELECT notification_id, originator_id, originator_version, event_hash, log_hash "
                 "FROM {} {}ORDER BY notification_id"
-            ).format(self.qualified(HASHES), where),
+            ).format(self.qualified(self.HASHES), where),
             params,
         )
         events: Iterable[EventRow] = (
@@ -134,13 +134,13 @@ class PostgresVerification(KeyCodec):
                         "SELECT p.originator_id, p.originator_version, p.event_hash FROM {0} p JOIN "
                         "(SELECT originator_id, MIN(originator_version) AS v FROM {0} WHERE notification_id > %s "
                         "GROUP BY originator_id) t ON p.originator_id = t.originator_id AND p.originator_version = t.v - 1"
-                    ).format(self.qualified(HASHES)),
+                    ).format(self.qualified(self.HASHES)),
                     (after,),
                 )
                 prior = {r["originator_id"]: (r["originator_version"], bytes(r["event_hash"])) for r in c.fetchall()}
                 c.execute(
                     SQL("SELECT log_hash FROM {} WHERE notification_id <= %s ORDER BY notification_id DESC LIMIT 1").format(
-                        self.qualified(HASHES)
+                        self.qualified(self.HASHES)
                     ),
                     (after,),
                 )
@@ -155,7 +155,7 @@ class PostgresVerification(KeyCodec):
                     "SELECT h.notification_id, (SELECT p.log_hash FROM {0} p "
                     "WHERE p.notification_id < h.notification_id ORDER BY p.notification_id DESC LIMIT 1) AS prev "
                     "FROM {0} h WHERE h.originator_id = %s"
-                ).format(self.qualified(HASHES)),
+                ).format(self.qualified(self.HASHES)),
                 params,
             )
             prev_logs = {r["notification_id"]: bytes(r["prev"]) for r in c.fetchall() if r["prev"] is not None}
@@ -164,7 +164,7 @@ class PostgresVerification(KeyCodec):
     def hash_rows(self, originator_id: UUID) -> dict[int, tuple[bytes, bytes]]:
         with self.datastore.transaction(commit=False) as c:
             c.execute(
-                SQL("SELECT notification_id, event_hash, log_hash FROM {} WHERE originator_id=%s").format(self.qualified(HASHES)),
+                SQL("SELECT notification_id, event_hash, log_hash FROM {} WHERE originator_id=%s").format(self.qualified(self.HASHES)),
                 (originator_id,),
             )
             return {r["notification_id"]: (bytes(r["event_hash"]), bytes(r["log_hash"])) for r in c.fetchall()}
@@ -195,19 +195,19 @@ class PostgresKeyTables:
 
     def keys(self, kids: Sequence[str]) -> dict[str, tuple[str, bytes | None]]:
         t = self.recorder.qualified
-        rows = self._rows(SQL("SELECT kid, visitor_id, key FROM {} WHERE kid = ANY(%s)").format(t(KEYS)), (list(kids),))
+        rows = self._rows(SQL("SELECT kid, visitor_id, key FROM {} WHERE kid = ANY(%s)").format(t(self.recorder.KEYS)), (list(kids),))
         opened = self.recorder.audit_open_keys({r["kid"]: bytes(r["key"]) for r in rows})
         return {r["kid"]: (r["visitor_id"], opened.get(r["kid"])) for r in rows}
 
     def destroyed(self, kids: Sequence[str]) -> set[str]:
         t = self.recorder.qualified
-        rows = self._rows(SQL("SELECT kid FROM {} WHERE kid = ANY(%s)").format(t(DESTROYED)), (list(kids),))
+        rows = self._rows(SQL("SELECT kid FROM {} WHERE kid = ANY(%s)").format(t(self.recorder.DESTROYED)), (list(kids),))
         return {r["kid"] for r in rows}
 
     def key_owners(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, str]:
         t = self.recorder.qualified
         rows = self._rows(
-            SQL("SELECT aggregate_id, visitor_id FROM {} WHERE aggregate_id = ANY(%s)").format(t(KEY_OWNERS)),
+            SQL("SELECT aggregate_id, visitor_id FROM {} WHERE aggregate_id = ANY(%s)").format(t(self.recorder.KEY_OWNERS)),
             (list(aggregate_ids),),
         )
         return {r["aggregate_id"]: r["visitor_id"] for r in rows}

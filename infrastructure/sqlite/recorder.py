@@ -21,8 +21,9 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLite
 from ...domain.batching import batched
 from .. import recording
 from ..hashchain import as_uuid, chain_rows_by_hex
-from ..recording import DESTROYED, HASHES, KEYS, KEY_OWNERS, KeyRow, LedgerRecorderMixin, key_work
-from ..sealing import SEALS, Seal, next_seal
+from ...domain.table_prefix import DEFAULT_PREFIX
+from ..recording import KeyRow, LedgerRecorderMixin, key_work
+from ..sealing import Seal, next_seal
 from .queries import PAIRS_PER_QUERY, sqlite_select_in
 from .removal import SQLiteRemoval
 from .verification import SQLiteVerification
@@ -58,20 +59,26 @@ class SQLiteLedgerRecorder(SQLiteVerification, SQLiteRemoval, LedgerRecorderMixi
 
     datastore: SQLiteDatastore
 
+    def __init__(
+        self, datastore: SQLiteDatastore, events_table_name: str = "stored_events", *, table_prefix: str = DEFAULT_PREFIX
+    ) -> None:
+        self.name_tables(table_prefix)  # before the library builds the create statements
+        super().__init__(datastore, events_table_name)
+
     def construct_create_table_statements(self) -> list[str]:
         return [
             *super().construct_create_table_statements(),
-            (f"CREATE TABLE IF NOT EXISTS {HASHES} ("
+            (f"CREATE TABLE IF NOT EXISTS {self.HASHES} ("
             "notification_id INTEGER PRIMARY KEY, originator_id TEXT NOT NULL, "
             "originator_version INTEGER NOT NULL, event_hash BLOB NOT NULL, log_hash BLOB NOT NULL, "
             "UNIQUE (originator_id, originator_version))"),
-            (f"CREATE TABLE IF NOT EXISTS {KEYS} ("
+            (f"CREATE TABLE IF NOT EXISTS {self.KEYS} ("
             "kid TEXT PRIMARY KEY, visitor_id TEXT NOT NULL UNIQUE, key BLOB NOT NULL, "
             "created_at TEXT NOT NULL)"),
-            (f"CREATE TABLE IF NOT EXISTS {KEY_OWNERS} ("
+            (f"CREATE TABLE IF NOT EXISTS {self.KEY_OWNERS} ("
             "aggregate_id TEXT PRIMARY KEY, visitor_id TEXT NOT NULL)"),
-            f"CREATE TABLE IF NOT EXISTS {DESTROYED} (kid TEXT PRIMARY KEY)",
-            (f"CREATE TABLE IF NOT EXISTS {SEALS} (seq INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, "
+            f"CREATE TABLE IF NOT EXISTS {self.DESTROYED} (kid TEXT PRIMARY KEY)",
+            (f"CREATE TABLE IF NOT EXISTS {self.SEALS} (seq INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, "
              "last_id INTEGER NOT NULL UNIQUE, event_count INTEGER NOT NULL, root BLOB NOT NULL, sealed_at TEXT NOT NULL)"),
         ]
 
@@ -90,19 +97,19 @@ class SQLiteLedgerRecorder(SQLiteVerification, SQLiteRemoval, LedgerRecorderMixi
         with self.datastore.transaction(commit=True) as c:
             # A write first, so this transaction holds the write lock before it reads (another
             # process's sealer or writer cannot commit between the read and the insert).
-            c.execute(f"DELETE FROM {SEALS} WHERE seq < 0")
-            c.execute(f"SELECT seq, first_id, last_id, event_count, root FROM {SEALS} ORDER BY seq DESC LIMIT 1")
+            c.execute(f"DELETE FROM {self.SEALS} WHERE seq < 0")
+            c.execute(f"SELECT seq, first_id, last_id, event_count, root FROM {self.SEALS} ORDER BY seq DESC LIMIT 1")
             r = c.fetchone()
             last = Seal(r[0], r[1], r[2], r[3], bytes(r[4])) if r else None
             c.execute(
-                f"SELECT notification_id, originator_id, originator_version, event_hash FROM {HASHES} "
+                f"SELECT notification_id, originator_id, originator_version, event_hash FROM {self.HASHES} "
                 "WHERE notification_id > ? ORDER BY notification_id LIMIT ?",
                 (last.last_id if last else 0, limit),
             )
             seal = next_seal(last, [(x[0], UUID(x[1]), x[2], bytes(x[3])) for x in c.fetchall()])
             if seal is None:
                 return 0
-            c.execute(f"INSERT INTO {SEALS} VALUES (?,?,?,?,?,?)", (*seal, datetime.now(UTC).isoformat()))
+            c.execute(f"INSERT INTO {self.SEALS} VALUES (?,?,?,?,?,?)", (*seal, datetime.now(UTC).isoformat()))
             return seal.event_count
 
     def write_batch(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> list[int]:
@@ -114,16 +121,16 @@ class SQLiteLedgerRecorder(SQLiteVerification, SQLiteRemoval, LedgerRecorderMixi
         prev = self._prev_event_hashes(c, stored_events, hexes)
         rows = chain_rows_by_hex(stored_events, oids, hexes, ids, prev, None)  # per aggregate only: see sealing
         c.executemany(
-            f"INSERT INTO {HASHES} VALUES (?,?,?,?,?)",
+            f"INSERT INTO {self.HASHES} VALUES (?,?,?,?,?)",
             [(nid, hex_id, v, ev, lh) for nid, _, hex_id, v, ev, lh in rows],
         )
         self._write_keys(c, stored_events)
         erased = recording.erased_visitor_ids(stored_events)
         if erased:
             params = [(v,) for v in erased]
-            c.executemany(f"INSERT OR IGNORE INTO {DESTROYED} SELECT kid FROM {KEYS} WHERE visitor_id=?", params)
+            c.executemany(f"INSERT OR IGNORE INTO {self.DESTROYED} SELECT kid FROM {self.KEYS} WHERE visitor_id=?", params)
             with secure_delete(c):  # the key bytes are zeroed, not left in a free page
-                c.executemany(f"DELETE FROM {KEYS} WHERE visitor_id=?", params)
+                c.executemany(f"DELETE FROM {self.KEYS} WHERE visitor_id=?", params)
         return ids
 
     def _write_keys(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> None:
@@ -134,25 +141,25 @@ class SQLiteLedgerRecorder(SQLiteVerification, SQLiteRemoval, LedgerRecorderMixi
         if new_keys:
             now = datetime.now(UTC).isoformat()
             c.executemany(
-                f"INSERT INTO {KEYS} VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
+                f"INSERT INTO {self.KEYS} VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
                 [(r[0], r[1], r.stored, now) for r in new_keys],
             )
         if owners:
             c.executemany(
-                f"INSERT INTO {KEY_OWNERS} VALUES (?,?) ON CONFLICT (aggregate_id) DO NOTHING",
+                f"INSERT INTO {self.KEY_OWNERS} VALUES (?,?) ON CONFLICT (aggregate_id) DO NOTHING",
                 [(oid.hex, visitor) for oid, visitor in owners],
             )
         if not used:
             return
-        found = {r[0]: r[1] for r in sqlite_select_in(c, f"SELECT kid, visitor_id FROM {KEYS} WHERE kid IN ({{}})", list(used))}
+        found = {r[0]: r[1] for r in sqlite_select_in(c, f"SELECT kid, visitor_id FROM {self.KEYS} WHERE kid IN ({{}})", list(used))}
         destroyed: set[str] = set()
         if new_keys:
             destroyed = {
-                r[0] for r in sqlite_select_in(c, f"SELECT kid FROM {DESTROYED} WHERE kid IN ({{}})", [k[0] for k in new_keys])
+                r[0] for r in sqlite_select_in(c, f"SELECT kid FROM {self.DESTROYED} WHERE kid IN ({{}})", [k[0] for k in new_keys])
             }
 
         def current_keys(visitors: list[str]) -> list[KeyRow]:
-            rows = sqlite_select_in(c, f"SELECT kid, visitor_id, key FROM {KEYS} WHERE visitor_id IN ({{}})", visitors)
+            rows = sqlite_select_in(c, f"SELECT kid, visitor_id, key FROM {self.KEYS} WHERE visitor_id IN ({{}})", visitors)
             return [k for r in rows if (k := self.open_key_row(r[0], r[1], bytes(r[2]))) is not None]
 
         self.check_used_keys(used, found, destroyed, current_keys)
@@ -222,7 +229,7 @@ class SQLiteLedgerRecorder(SQLiteVerification, SQLiteRemoval, LedgerRecorderMixi
             c.execute(
                 # VALUES first (CROSS JOIN keeps that order): one index probe per pair.
                 f"SELECT h.originator_id, h.event_hash FROM (VALUES {','.join(['(?,?)'] * len(chunk))}) AS q "
-                f"CROSS JOIN {HASHES} h ON h.originator_id = q.column1 AND h.originator_version = q.column2",
+                f"CROSS JOIN {self.HASHES} h ON h.originator_id = q.column1 AND h.originator_version = q.column2",
                 [x for pair in chunk for x in pair],
             )
             prev.update(c.fetchall())
@@ -232,7 +239,7 @@ class SQLiteLedgerRecorder(SQLiteVerification, SQLiteRemoval, LedgerRecorderMixi
 
     def key_by_id(self, kid: str) -> bytes | None:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT key FROM {KEYS} WHERE kid=?", (kid,))
+            c.execute(f"SELECT key FROM {self.KEYS} WHERE kid=?", (kid,))
             row = c.fetchone()
         return self.open_keys({kid: bytes(row[0])}).get(kid) if row else None
 
@@ -240,54 +247,54 @@ class SQLiteLedgerRecorder(SQLiteVerification, SQLiteRemoval, LedgerRecorderMixi
         """The visitor's key, if any (read only: new keys are inserted, and
         checked against the destroyed ones, only in the event transaction)."""
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT kid, visitor_id, key FROM {KEYS} WHERE visitor_id=?", (visitor_id,))
+            c.execute(f"SELECT kid, visitor_id, key FROM {self.KEYS} WHERE visitor_id=?", (visitor_id,))
             row = c.fetchone()
         return self.active_key_row(row[0], row[1], bytes(row[2])) if row else None
 
     def key_ids_of(self, visitor_ids: Sequence[str]) -> list[str]:
         with self.datastore.transaction(commit=False) as c:
-            rows = sqlite_select_in(c, f"SELECT kid FROM {KEYS} WHERE visitor_id IN ({{}})", visitor_ids)
+            rows = sqlite_select_in(c, f"SELECT kid FROM {self.KEYS} WHERE visitor_id IN ({{}})", visitor_ids)
             return sorted(r[0] for r in rows)
 
     def key_owner_of(self, aggregate_id: UUID) -> str | None:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT visitor_id FROM {KEY_OWNERS} WHERE aggregate_id=?", (aggregate_id.hex,))
+            c.execute(f"SELECT visitor_id FROM {self.KEY_OWNERS} WHERE aggregate_id=?", (aggregate_id.hex,))
             row = c.fetchone()
         return row[0] if row else None
 
     def keys_by_id(self, kids: Sequence[str]) -> dict[str, bytes]:
         """``kid -> key`` of those of ``kids`` that exist."""
         with self.datastore.transaction(commit=False) as c:
-            rows = sqlite_select_in(c, f"SELECT kid, key FROM {KEYS} WHERE kid IN ({{}})", kids)
+            rows = sqlite_select_in(c, f"SELECT kid, key FROM {self.KEYS} WHERE kid IN ({{}})", kids)
         return self.open_keys({row[0]: bytes(row[1]) for row in rows})
 
     def stored_keys(self) -> list[tuple[str, bytes]]:
         """Every ``(kid, stored bytes)`` of ``chatledger_keys`` (for ``keys rotate``)."""
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT kid, key FROM {KEYS}")
+            c.execute(f"SELECT kid, key FROM {self.KEYS}")
             return [(r[0], bytes(r[1])) for r in c.fetchall()]
 
     def any_wrapped_key(self) -> bool:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT 1 FROM {KEYS} WHERE length(key) > 32 LIMIT 1")
+            c.execute(f"SELECT 1 FROM {self.KEYS} WHERE length(key) > 32 LIMIT 1")
             return c.fetchone() is not None
 
     def wrapped_key_count(self) -> tuple[int, int]:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT sum(length(key) > 32), sum(length(key) = 32) FROM {KEYS}")
+            c.execute(f"SELECT sum(length(key) > 32), sum(length(key) = 32) FROM {self.KEYS}")
             wrapped, raw = c.fetchone()
             return int(wrapped or 0), int(raw or 0)
 
     def destroyed_key_ids(self) -> list[str]:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT kid FROM {DESTROYED}")
+            c.execute(f"SELECT kid FROM {self.DESTROYED}")
             return [r[0] for r in c.fetchall()]
 
     def replace_stored_keys(self, rows: Sequence[tuple[str, bytes, bytes]]) -> int:
         """``(kid, old, new)``: store ``new`` where the row still holds ``old`` (one
         transaction; a row an erasure deleted meanwhile stays deleted)."""
         with self.datastore.transaction(commit=True) as c, secure_delete(c):
-            c.executemany(f"UPDATE {KEYS} SET key=? WHERE kid=? AND key=?", [(n, k, o) for k, o, n in rows])
+            c.executemany(f"UPDATE {self.KEYS} SET key=? WHERE kid=? AND key=?", [(n, k, o) for k, o, n in rows])
         return len(rows)
 
     # ---- snapshots --------------------------------------------------------

@@ -9,13 +9,14 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteFactory
 
-from ..recording import KEYS
+from ..prefixed_factory import PrefixedFactory
+from ..recording import LedgerTableNames
 from ..snapshots import SnapshotKeyGone, newest_versions, used_keys
 from .queries import sqlite_select_in
 from .recorder import SQLiteLedgerRecorder, plain_delete
 
 
-class SQLiteSnapshotRecorder(SQLiteAggregateRecorder):
+class SQLiteSnapshotRecorder(LedgerTableNames, SQLiteAggregateRecorder):
     """Also: a snapshot is written only if the key of its (encrypted) state is in
     the store, checked in its own write transaction (SQLite has one writer, so no
     erasure commits in between). A snapshot under a destroyed key would be
@@ -45,7 +46,7 @@ class SQLiteSnapshotRecorder(SQLiteAggregateRecorder):
                 used = used_keys(stored_events)
                 if used:
                     kids = list(used)
-                    found = dict(sqlite_select_in(c, f"SELECT kid, visitor_id FROM {KEYS} WHERE kid IN ({{}})", kids))
+                    found = dict(sqlite_select_in(c, f"SELECT kid, visitor_id FROM {self.KEYS} WHERE kid IN ({{}})", kids))
                     if any(found.get(k) != v for k, v in used.items()):
                         raise SnapshotKeyGone
         except SnapshotKeyGone:
@@ -53,7 +54,7 @@ class SQLiteSnapshotRecorder(SQLiteAggregateRecorder):
         return None
 
 
-class LedgerSQLiteFactory(SQLiteFactory):
+class LedgerSQLiteFactory(PrefixedFactory, SQLiteFactory):
     """eventsourcing's SQLite factory with the ledger's recorders."""
 
     aggregate_recorder_class = SQLiteSnapshotRecorder

@@ -10,13 +10,14 @@ from uuid import UUID
 from eventsourcing.sqlite import SQLiteDatastore
 
 from ..hashchain import EventRow, HashRow, VerificationReport, removed_sessions, verify_rows
-from ..recording import DESTROYED, ERASURE_TOPIC, HASHES, KEYS, KEY_OWNERS, KeyAuditor, KeyCodec
+from ...domain.table_prefix import DEFAULT_PREFIX
+from ..recording import ERASURE_TOPIC, KeyAuditor, KeyCodec, LedgerTableNames
 from ..removal import REMOVED_TOPIC
-from ..sealing import SEALS, Anchor, Seal, check_seals
+from ..sealing import Anchor, Seal, check_seals
 from .queries import sqlite_select_in
 
 
-class SQLiteKeyTables:
+class SQLiteKeyTables(LedgerTableNames):
     """The key tables as ``KeyAudit`` reads them, on the verification's connection."""
 
     def __init__(
@@ -24,7 +25,9 @@ class SQLiteKeyTables:
         conn: sqlite3.Connection,
         events_table: str,
         open_keys: Callable[[dict[str, bytes]], dict[str, bytes | None]],
+        prefix: str = DEFAULT_PREFIX,
     ) -> None:
+        self.name_tables(prefix)
         self.conn = conn
         self.events_table = events_table
         self.open_keys = open_keys
@@ -33,16 +36,16 @@ class SQLiteKeyTables:
         return sqlite_select_in(self.conn.cursor(), sql, values)
 
     def keys(self, kids: Sequence[str]) -> dict[str, tuple[str, bytes | None]]:
-        rows = self._select_in(f"SELECT kid, visitor_id, key FROM {KEYS} WHERE kid IN ({{}})", kids)
+        rows = self._select_in(f"SELECT kid, visitor_id, key FROM {self.KEYS} WHERE kid IN ({{}})", kids)
         opened = self.open_keys({r[0]: bytes(r[2]) for r in rows})
         return {r[0]: (r[1], opened.get(r[0])) for r in rows}
 
     def destroyed(self, kids: Sequence[str]) -> set[str]:
-        return {r[0] for r in self._select_in(f"SELECT kid FROM {DESTROYED} WHERE kid IN ({{}})", kids)}
+        return {r[0] for r in self._select_in(f"SELECT kid FROM {self.DESTROYED} WHERE kid IN ({{}})", kids)}
 
     def key_owners(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, str]:
         rows = self._select_in(
-            f"SELECT aggregate_id, visitor_id FROM {KEY_OWNERS} WHERE aggregate_id IN ({{}})",
+            f"SELECT aggregate_id, visitor_id FROM {self.KEY_OWNERS} WHERE aggregate_id IN ({{}})",
             [a.hex for a in aggregate_ids],
         )
         return {UUID(r[0]): r[1] for r in rows}
@@ -81,7 +84,7 @@ class SQLiteVerification(KeyCodec):
                     params,
                 )
             )
-            tables = SQLiteKeyTables(conn, self.events_table_name, self.audit_open_keys)
+            tables = SQLiteKeyTables(conn, self.events_table_name, self.audit_open_keys, self.table_prefix)
             if key_audit is not None:
                 events = key_audit.watch(events, tables)
             report = self._verify_sqlite(conn, events, report, originator_id, params, after)
@@ -90,13 +93,13 @@ class SQLiteVerification(KeyCodec):
             if originator_id is None:
                 seals = (
                     Seal(r[0], r[1], r[2], r[3], bytes(r[4]))
-                    for r in conn.execute(f"SELECT seq, first_id, last_id, event_count, root FROM {SEALS} ORDER BY seq")
+                    for r in conn.execute(f"SELECT seq, first_id, last_id, event_count, root FROM {self.SEALS} ORDER BY seq")
                 )
                 hashes = (
                     HashRow(r[0], UUID(r[1]), r[2], bytes(r[3]), b"")
                     for r in conn.execute(
                         "SELECT notification_id, originator_id, originator_version, event_hash "
-                        f"FROM {HASHES} WHERE notification_id>? ORDER BY notification_id", (after,)
+                        f"FROM {self.HASHES} WHERE notification_id>? ORDER BY notification_id", (after,)
                     )
                 )
                 check_seals(seals, hashes, report, anchor, verified)
@@ -119,7 +122,7 @@ class SQLiteVerification(KeyCodec):
             HashRow(r[0], UUID(r[1]), r[2], bytes(r[3]), bytes(r[4]))
             for r in conn.execute(
                 "SELECT notification_id, originator_id, originator_version, event_hash, log_hash "
-                f"FROM {HASHES} {where}ORDER BY notification_id",
+                f"FROM {self.HASHES} {where}ORDER BY notification_id",
                 params,
             )
         )
@@ -129,22 +132,22 @@ class SQLiteVerification(KeyCodec):
             prior = {
                 UUID(r[0]): (r[1], bytes(r[2]))
                 for r in conn.execute(
-                    f"SELECT p.originator_id, p.originator_version, p.event_hash FROM {HASHES} p JOIN "
-                    f"(SELECT originator_id, MIN(originator_version) AS v FROM {HASHES} WHERE notification_id>? "
+                    f"SELECT p.originator_id, p.originator_version, p.event_hash FROM {self.HASHES} p JOIN "
+                    f"(SELECT originator_id, MIN(originator_version) AS v FROM {self.HASHES} WHERE notification_id>? "
                     "GROUP BY originator_id) t ON p.originator_id=t.originator_id AND p.originator_version=t.v-1",
                     (after,),
                 )
             }
-            prev = conn.execute(f"SELECT log_hash FROM {HASHES} WHERE notification_id<=? ORDER BY notification_id DESC LIMIT 1", (after,)).fetchone()
+            prev = conn.execute(f"SELECT log_hash FROM {self.HASHES} WHERE notification_id<=? ORDER BY notification_id DESC LIMIT 1", (after,)).fetchone()
             return verify_rows(
                 events, hashes, report, removed=removed, prior=prior, prev_log=bytes(prev[0]) if prev else b""
             )
         prev_logs = {
             r[0]: bytes(r[1])
             for r in conn.execute(
-                f"SELECT h.notification_id, (SELECT p.log_hash FROM {HASHES} p "
+                f"SELECT h.notification_id, (SELECT p.log_hash FROM {self.HASHES} p "
                 "WHERE p.notification_id < h.notification_id ORDER BY p.notification_id DESC LIMIT 1) "
-                f"FROM {HASHES} h WHERE h.originator_id=?",
+                f"FROM {self.HASHES} h WHERE h.originator_id=?",
                 params,
             )
             if r[1] is not None
@@ -153,14 +156,14 @@ class SQLiteVerification(KeyCodec):
 
     def newest_anchor(self) -> str | None:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT root, last_id FROM {SEALS} ORDER BY seq DESC LIMIT 1")
+            c.execute(f"SELECT root, last_id FROM {self.SEALS} ORDER BY seq DESC LIMIT 1")
             row = c.fetchone()
         return str(Anchor(bytes(row[0]), row[1])) if row else None
 
     def hash_rows(self, originator_id: UUID) -> dict[int, tuple[bytes, bytes]]:
         with self.datastore.transaction(commit=False) as c:
             c.execute(
-                f"SELECT notification_id, event_hash, log_hash FROM {HASHES} WHERE originator_id=?",
+                f"SELECT notification_id, event_hash, log_hash FROM {self.HASHES} WHERE originator_id=?",
                 (originator_id.hex,),
             )
             return {r[0]: (bytes(r[1]), bytes(r[2])) for r in c.fetchall()}
