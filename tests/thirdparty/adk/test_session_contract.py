@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -179,6 +181,22 @@ async def test_temp_state_is_not_persisted_in_state_or_events(
     got = await session_service.get_session(app_name=APP, user_id="u1", session_id="s1")
     assert got is not None and got.state == {"sk": "v2"}
     assert got.events[0].actions.state_delta == {"sk": "v2"}
+
+
+async def test_temp_state_visible_across_sequential_events(
+    session_service: BaseSessionService,
+) -> None:
+    """One agent's temp: output is readable by the next agent of the same invocation (on the
+    session object in hand), while neither the stored event nor a reload carries it."""
+    session = await session_service.create_session(app_name=APP, user_id="u1", session_id="seq")
+    first = _event(author="agent1", delta={"temp:output": "from agent1"})
+    await session_service.append_event(session, first)
+    assert session.state["temp:output"] == "from agent1"
+    assert "temp:output" not in first.actions.state_delta
+    second = _event(author="agent2", delta={"seen": session.state["temp:output"]})
+    await session_service.append_event(session, second)
+    got = await session_service.get_session(app_name=APP, user_id="u1", session_id="seq")
+    assert got is not None and got.state == {"seen": "from agent1"}
 
 
 async def test_get_session_respects_user_id(session_service: BaseSessionService) -> None:
@@ -373,8 +391,27 @@ async def test_get_user_state(session_service: BaseSessionService) -> None:
     assert await session_service.get_user_state(app_name="other_app", user_id="u1") == {}
 
 
+@pytest.fixture
+def local_timezone_with_dst() -> Iterator[None]:
+    """Run in US Eastern (a local hour repeats each November) where ``time.tzset`` exists."""
+    if not hasattr(time, "tzset"):
+        yield
+        return
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "America/New_York"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
 async def test_get_session_keeps_exact_epoch_across_a_repeated_local_hour(
-    session_service: BaseSessionService,
+    session_service: BaseSessionService, local_timezone_with_dst: None,
 ) -> None:
     epochs = [1730613600.0, 1730615400.0]  # both in US Eastern's repeated hour of 2024-11-03
     session = await session_service.create_session(app_name=APP, user_id="u")

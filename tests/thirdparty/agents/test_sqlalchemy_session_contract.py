@@ -16,7 +16,9 @@ written into its tables (test_*corrupt*: chatledger's log is hash-chained and ve
 its table-creation locks, SQLite write-lock waits and engine registry
 (test_add_items_waits_for_transient_sqlite_write_lock, test_add_items_cancelled_waiter_*,
 test_create_tables_false_*, test_sqlite_configuration_registry_*), its ``engine`` property
-(test_engine_property_*), and rewriting its ``created_at`` column to force timestamp ties
+(test_engine_property_*), the ORDER BY clauses it compiles (test_get_items_orders_by_id_for_ties),
+SessionSettings.resolve alone, with no session in it (test_session_settings_resolve), and
+rewriting its ``created_at`` column to force timestamp ties
 (test_get_items_same_timestamp_consistent_order and test_pop_item_same_timestamp_returns_latest
 are restated on the order of appends, which is what they protect).
 """
@@ -181,6 +183,68 @@ async def test_add_items_concurrent_first_access_with_create_tables(make: Make) 
     )
     assert [r for r in results if isinstance(r, BaseException)] == []
     assert sorted(_contents(await session.get_items())) == sorted(submitted)
+
+
+async def test_add_items_concurrent_first_write_after_tables_exist(make: Make) -> None:
+    await make("concurrent_first_write").get_items()  # the store exists and has been read
+    session = make("concurrent_first_write")  # a second handle on the same session id
+    submitted = [f"msg-{i}" for i in range(25)]
+    results = await asyncio.gather(
+        *(session.add_items([{"role": "user", "content": c}]) for c in submitted),
+        return_exceptions=True,
+    )
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert sorted(_contents(await session.get_items())) == sorted(submitted)
+
+
+async def test_add_items_concurrent_first_access_across_from_url_sessions(
+    database_url: str,
+) -> None:
+    """Two sessions, each on a ledger of its own over the same store, written at once."""
+    ledgers = [AsyncChatLedger(ChatLedger.open(database_url)) for _ in range(2)]
+    try:
+        a, b = (ChatLedgerSession(sid, led) for sid, led in zip(("from_url_a", "from_url_b"), ledgers))
+        results = await asyncio.gather(a.add_items([{"role": "user", "content": "one"}]),
+                                       b.add_items([{"role": "user", "content": "two"}]),
+                                       return_exceptions=True)
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        assert _contents(await a.get_items()) == ["one"]
+        assert _contents(await b.get_items()) == ["two"]
+    finally:
+        for ledger in ledgers:
+            await ledger.aclose()
+
+
+async def test_add_items_concurrent_first_access_across_from_url_sessions_cross_loop(
+    database_url: str,
+) -> None:
+    """Two threads, each with its own event loop, ledger and session, write at once."""
+    barrier = threading.Barrier(2)
+    outcome: dict[str, Any] = {}
+
+    def worker(session_id: str, content: str) -> None:
+        async def run() -> list[Any]:
+            ledger = AsyncChatLedger(ChatLedger.open(database_url))
+            try:
+                session = ChatLedgerSession(session_id, ledger)
+                barrier.wait()
+                await asyncio.wait_for(session.add_items([{"role": "user", "content": content}]), 60)
+                return _contents(await session.get_items())
+            finally:
+                await ledger.aclose()
+
+        try:
+            outcome[session_id] = asyncio.run(run())
+        except Exception as exc:  # noqa: BLE001 -- reported by the assertion below
+            outcome[session_id] = type(exc).__name__
+
+    threads = [threading.Thread(target=worker, args=a)
+               for a in (("cross_loop_a", "one"), ("cross_loop_b", "two"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        await asyncio.to_thread(thread.join)
+    assert outcome == {"cross_loop_a": ["one"], "cross_loop_b": ["two"]}
 
 
 async def test_add_items_concurrent_first_access_across_sessions_with_shared_engine(
