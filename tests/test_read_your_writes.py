@@ -72,7 +72,7 @@ def test_waiting_for_a_position_not_written_times_out_clearly(ledger: ChatLedger
     started = time.monotonic()
     with pytest.raises(ReadTimeoutError, match=f"not {head + 100}") as caught:
         ledger.wait_for(head + 100, timeout=0.2)
-    assert 0.2 <= time.monotonic() - started < 3
+    assert 0.2 <= time.monotonic() - started < 4.5  # the 0.2 s asked for, not the 5 s default (slack for a loaded box)
     assert caught.value.reached == head and isinstance(caught.value, TimeoutError)
     with pytest.raises(InvalidValueError, match="log position"):
         ledger.memory(visitor_id="v-4", after=-1)
