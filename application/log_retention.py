@@ -30,6 +30,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,9 @@ class RemovalResult:
     """The archive files written (one per batch; together they hold every removed session)."""
     kept: dict[str, int] = field(default_factory=dict)
     """Archived sessions old enough that were kept, by reason."""
+
+ARCHIVE_NAME = re.compile(r"removed-[0-9T]{15}-[0-9a-f]{8}-[0-9]{4}\.jsonl\.gz")
+"""The name of an archive file a removal writes (a bare name: no folder)."""
 
 
 def stored_head(session_id: UUID, stored: Sequence[Sequence[Any]] | None) -> tuple[int, bytes] | None:
@@ -268,6 +272,8 @@ def check_archives(
     check = ArchiveCheck()
     for name, sids in sorted(by_file.items()):
         source = directory / name
+        if ARCHIVE_NAME.fullmatch(name) is None:  # a record's name is data: never a path out of the folder
+            source = directory / "removed-(not a bare archive name)"
         lines = {s.session_id: s for s in read_archive(uow, source, all_tenants=True)} if source.is_file() else {}
         for sid in sids:
             check.sessions += 1

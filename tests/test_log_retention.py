@@ -23,6 +23,7 @@ from chatledger import ChatLedger, ManualClock
 from chatledger.application.log_retention import check_archives, remove_archived_sessions
 from chatledger.infrastructure.settings import Settings
 from chatledger.domain.errors import InvalidCommandError, UnknownSessionError
+from chatledger.domain.retention import RemovedSession, RetentionRecord
 from chatledger.projections import ActiveSessions, SessionAnalytics
 
 from .helpers import log_head
@@ -241,6 +242,31 @@ def test_the_retention_record_is_in_no_tenants_feed(database_url: str, clock: Ma
         for feed in (ledger.events_after(0), acme.events_after(0)):
             assert removed not in [e.type for e in feed]
         assert "crm-4711" not in json.dumps([e.data for e in ledger.events_after(0)])  # acme's, not default's
+    finally:
+        ledger.close()
+
+
+def test_an_archive_name_in_a_record_never_leads_out_of_the_archive_folder(
+    database_url: str, clock: ManualClock, tmp_path: Path
+) -> None:
+    """A record's archive name is data (review F2): a forged record naming ``../outside/…``
+    is a problem, never a read of a file outside the folder ``--archive`` names."""
+    ledger = ChatLedger.open(database_url, clock=clock)
+    try:
+        _story(ledger, clock)
+        archive, outside = tmp_path / "archive", tmp_path / "outside"
+        _archive_and_remove(ledger, clock, archive)
+        (record,) = [e for e in ledger.events_after(0, all_tenants=True) if e.type == "RetentionRecord.Removed"]
+        names = {s["archive"] for s in record.data["sessions"]}
+        outside.mkdir()
+        for name in names:
+            shutil.move(str(archive / name), str(outside / name))
+        forged = [
+            RemovedSession.model_validate({**s, "archive": f"../outside/{s['archive']}"}) for s in record.data["sessions"]
+        ]
+        ledger.save(RetentionRecord.removed(forged, sealed_through=record.data["sealed_through"], at=clock()))
+        check = check_archives(ledger, archive)
+        assert check.agreed == 0 and len(check.problems) == check.sessions == 3
     finally:
         ledger.close()
 
