@@ -1,9 +1,10 @@
-"""What the copied Agents SDK tests import, pointed at chatledger.
+"""The names test_session.py (restating the Agents SDK's session tests) imports, on chatledger.
 
 ``SQLiteSession(session_id, db_path, session_settings=...)`` returns a
 :class:`~chatledger.adapters.agents.ChatLedgerSession` on an :class:`AsyncChatLedger` opened
 on that SQLite file (one ledger per file, closed at the end of the test by conftest.py).
-``get_text_message`` is the SDK's own test helper (tests/test_responses.py, MIT), copied.
+``get_text_message(text)``: a completed assistant output message holding ``text``, the shape
+of model output the SDK's tests script (chatledger's own code).
 """
 
 from __future__ import annotations
@@ -42,11 +43,8 @@ def close_all() -> None:
     OPEN.clear()
 
 
-def get_text_message(content: str) -> ResponseOutputItem:
+def get_text_message(text: str) -> ResponseOutputItem:
+    part = ResponseOutputText(type="output_text", text=text, annotations=[], logprobs=[])
     return ResponseOutputMessage(
-        id="1",
-        type="message",
-        role="assistant",
-        content=[ResponseOutputText(text=content, type="output_text", annotations=[], logprobs=[])],
-        status="completed",
+        type="message", id="msg-1", role="assistant", status="completed", content=[part]
     )

@@ -40,7 +40,7 @@ from chatledger.aio import AsyncChatLedger
 
 from ._shim import get_text_message
 
-# slow: the fast loop has the Agents SDK's own test_session.py on ChatLedgerSession already.
+# slow: the fast loop has test_session.py (the SDK's session cases) on ChatLedgerSession already.
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 Make = Callable[..., ChatLedgerSession]
 
