@@ -10,10 +10,9 @@ which one a shadow is building (see ``shadow.py``).
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, Integer, MetaData, String, Table
-from sqlalchemy.sql.elements import conv
+from sqlalchemy import Column, Integer, MetaData, String, Table
 
-from ..domain.errors import ConfigurationError
+from .prefixes import renamed_copy
 from .tracking import TRACKING
 
 generations_table = Table(
@@ -58,17 +57,8 @@ def generation_metadata(
     if cached is not None:
         return cached
     suffix = generation_suffix(generation)
-    copy = MetaData()
-    tables: dict[str, Table] = {}
-    for table in metadata.sorted_tables:
-        new = table.to_metadata(copy, name=table.name + suffix if rename_tables else table.name)
-        for index in list(new.indexes):
-            new.indexes.discard(index)
-        for index in table.indexes:
-            columns = [new.c[c.name] for c in index.columns]
-            if len(columns) != len(index.expressions):  # pragma: no cover - none today
-                raise ConfigurationError(f"index {index.name} is not on plain columns")
-            Index(conv(f"{index.name}{suffix}"), *columns, unique=index.unique)
-        tables[table.name] = new
-    _GENERATIONS[key] = (copy, tables)
-    return copy, tables
+    copied = renamed_copy(
+        metadata, lambda name: name + suffix if rename_tables else name, lambda name: f"{name}{suffix}"
+    )
+    _GENERATIONS[key] = copied
+    return copied

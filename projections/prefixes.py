@@ -10,6 +10,8 @@ its engine carries the prefix as the execution option
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import Connection, Engine, Index, MetaData, Table
 from sqlalchemy.sql.elements import conv
 
@@ -35,19 +37,29 @@ def prefixed_metadata(metadata: MetaData, prefix: str) -> tuple[MetaData, dict[s
     cached = _COPIES.get(key)
     if cached is not None:
         return cached
+    copied = renamed_copy(metadata, lambda name: table_name(prefix, name), lambda name: table_name(prefix, name))
+    _COPIES[key] = copied
+    return copied
+
+
+def renamed_copy(
+    metadata: MetaData, table_named: Callable[[str], str], index_named: Callable[[str], str]
+) -> tuple[MetaData, dict[str, Table]]:
+    """A copy of ``metadata`` (SQLAlchemy's ``Table.to_metadata``) with each table and index
+    renamed; and its tables by their original name. Shared by table prefixes and the shadow
+    rebuild's generations."""
     copy = MetaData()
     tables: dict[str, Table] = {}
     for table in metadata.sorted_tables:
-        new = table.to_metadata(copy, name=table_name(prefix, table.name))
+        new = table.to_metadata(copy, name=table_named(table.name))
         for index in list(new.indexes):
             new.indexes.discard(index)
         for index in table.indexes:
             columns = [new.c[c.name] for c in index.columns]
             if len(columns) != len(index.expressions):  # pragma: no cover - none today
                 raise ConfigurationError(f"index {index.name} is not on plain columns")
-            Index(conv(table_name(prefix, str(index.name))), *columns, unique=index.unique)
+            Index(conv(index_named(str(index.name))), *columns, unique=index.unique)
         tables[table.name] = new
-    _COPIES[key] = (copy, tables)
     return copy, tables
 
 
